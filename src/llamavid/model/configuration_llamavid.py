@@ -1,0 +1,189 @@
+"""Configuration of LLaMA-VID (architecture only; run settings live in the training schema).
+
+Defaults reproduce the released ``llama-vid-7b-full-224-video-fps-1`` checkpoint: EVA ViT-g/14 at 224 px
+(39 blocks, features taken before any final norm), an InstructBLIP Q-Former on BERT-base with 32 queries,
+Vicuna-7B, a ``mlp2x_gelu`` content projector and ``mean`` compression (2 tokens per frame).
+See ``docs/spec`` section numbers in comments (spec = the LLaMA-VID reference handed to the project).
+"""
+
+from __future__ import annotations
+
+import re
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+from transformers.models.instructblip.configuration_instructblip import (
+    InstructBlipQFormerConfig,
+    InstructBlipVisionConfig,
+)
+
+# Placeholder id for one visual token in `input_ids` (spec §5.1). It lies outside every vocabulary, so the LLM
+# embedding table is never resized; the model swaps these positions for visual tokens before the LLM runs.
+IMAGE_TOKEN_INDEX = -200
+IGNORE_INDEX = -100
+
+BERT_TYPES = (
+    "qformer",
+    "qformer_pretrain",
+    "qformer_pretrain_freeze",
+    "qformer_pretrain_freeze_all",
+    "raw_bert",
+)
+_PROJECTOR_RE = re.compile(r"^mlp(\d+)x_gelu$")
+_GRID_RE = re.compile(r"^grid:(\d+)$")
+
+
+def parse_compress_type(value: str | None) -> tuple[str, int]:
+    """Return ``(kind, grid)`` for a compression setting; kind is ``"none"``, ``"mean"`` or ``"grid"``.
+
+    Raises:
+        ValueError: for anything but ``None``/``"none"``, ``"mean"`` or ``"grid:g"`` with ``g > 1``.
+    """
+    if value is None or value == "none":
+        return "none", 0
+    if value == "mean":
+        return "mean", 1
+    match = _GRID_RE.match(value)
+    if match and int(match.group(1)) > 1:
+        return "grid", int(match.group(1))
+    raise ValueError(
+        f"compress_type={value!r} is not supported; expected None (all patches), 'mean' (one content token) "
+        "or 'grid:g' with an integer g > 1 (g*g pooled tokens)."
+    )
+
+
+def parse_bert_type(value: str) -> tuple[str, int | None]:
+    """Split a ``bert_type`` such as ``"qformer_pretrain_freeze_all layer:6"`` into (variant, kept layers)."""
+    variant, layers = value, None
+    if "layer" in value:
+        # Official rule (spec §3.2): any string containing "layer" keeps the first K layers, K after the last ':'.
+        head, _, tail = value.rpartition(":")
+        if not tail.isdigit() or int(tail) < 1:
+            raise ValueError(f"bert_type={value!r}: expected 'layer:K' with a positive integer K.")
+        layers = int(tail)
+        variant = head.rsplit("layer", 1)[0].strip(" _-:")
+    if "raw" in variant:
+        return "raw_bert", layers
+    if variant not in BERT_TYPES:
+        raise ValueError(f"bert_type={value!r} is not supported; expected one of {BERT_TYPES} (optionally + ' layer:K').")
+    return variant, layers
+
+
+@strict
+class LlamaVidConfig(PreTrainedConfig):
+    r"""Configuration for [`LlamaVidForConditionalGeneration`].
+
+    Args:
+        vision_config: EVA ViT-g settings (an `InstructBlipVisionConfig`; 39 blocks, width 1408, patch 14).
+        qformer_config: the text decoder (BERT-base Q-Former, `InstructBlipQFormerConfig`, vocab 30523 with
+            `[DEC]`). Its `encoder_hidden_size` is forced to the vision width.
+        text_config: the LLM (any causal LM config; Llama/Vicuna by default).
+        num_query: number of learned Q-Former queries (32 in every release).
+        bert_type: text decoder variant (spec §3.2): `qformer`, `qformer_pretrain`, `qformer_pretrain_freeze`,
+            `qformer_pretrain_freeze_all` or `raw_bert`, optionally followed by `layer:K` to keep K layers. The
+            freeze variants only change which modules train (see `LlamaVidForConditionalGeneration.frozen_modules`).
+        compress_type: content tokens per video frame: `None` (all N patches), `"mean"` (1 token, released
+            video checkpoints) or `"grid:g"` (g*g average-pooled tokens, row-major).
+        image_compress_type: the same choice for still images; `"same"` (default, the official behaviour)
+            follows `compress_type`. Lets one model keep many content tokens for images and 1 per video frame.
+        mm_projector_type: content projector, `linear`, `mlpNx_gelu` or `identity`.
+        qformer_sees_cls: the Q-Former cross-attends to the CLS token as well as the patches for pixel inputs
+            (official: yes). Context/content tokens always use patches only.
+        features_qformer_sees_cls: the same for precomputed frame features that still carry CLS. The official
+            long-video path drops CLS before the Q-Former (spec §5.4), hence `False`.
+        frame_chunk_size: frames encoded per chunk by the vision tower and the Q-Former; bounds activation memory
+            on long videos and gives identical tokens for any value.
+        image_token_index: placeholder id (-200) for visual positions in `input_ids`.
+    """
+
+    model_type = "llama_vid"
+    sub_configs_defaults = {
+        "vision_config": InstructBlipVisionConfig,
+        "qformer_config": SubConfigSpec(
+            config_class=InstructBlipQFormerConfig, init_kwargs={"vocab_size": 30523}
+        ),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
+    }
+
+    vision_config: dict | PreTrainedConfig | None = None
+    qformer_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    num_query: int = 32
+    bert_type: str = "qformer_pretrain"
+    compress_type: str | None = "mean"
+    image_compress_type: str | None = "same"
+    mm_projector_type: str = "mlp2x_gelu"
+    qformer_sees_cls: bool = True
+    features_qformer_sees_cls: bool = False
+    frame_chunk_size: int = 64
+    image_token_index: int = IMAGE_TOKEN_INDEX
+    initializer_range: float = 0.02
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        # The Q-Former cross-attends to EVA features of the vision width (spec §3.1, att_feat_size).
+        self.qformer_config.encoder_hidden_size = self.vision_config.hidden_size
+        if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
+            self.tie_word_embeddings = True
+
+    def validate_architecture(self):
+        """Reject settings the model cannot build, naming the allowed values."""
+        parse_compress_type(self.compress_type)
+        if self.image_compress_type != "same":
+            parse_compress_type(self.image_compress_type)
+        parse_bert_type(self.bert_type)
+        if not (self.mm_projector_type in ("linear", "identity") or _PROJECTOR_RE.match(self.mm_projector_type)):
+            raise ValueError(
+                f"mm_projector_type={self.mm_projector_type!r} is not supported; expected 'linear', 'identity' "
+                "or 'mlpNx_gelu' (e.g. 'mlp2x_gelu')."
+            )
+        if self.num_query < 1:
+            raise ValueError(f"num_query must be >= 1, got {self.num_query}.")
+        if self.frame_chunk_size < 1:
+            raise ValueError(f"frame_chunk_size must be >= 1, got {self.frame_chunk_size}.")
+        if self.image_token_index >= 0:
+            raise ValueError(
+                f"image_token_index must be negative (outside the vocabulary), got {self.image_token_index}."
+            )
+        image_size, patch_size = self.vision_config.image_size, self.vision_config.patch_size
+        if image_size % patch_size:
+            raise ValueError(f"vision image_size {image_size} is not a multiple of patch_size {patch_size}.")
+        for kind in (self.compress_type, self.resolved_image_compress_type):
+            name, grid = parse_compress_type(kind)
+            side = self.patch_grid_size
+            if name == "grid" and grid > side:
+                raise ValueError(f"compress_type={kind!r} asks for a {grid}x{grid} grid from {side}x{side} patches.")
+
+    # Derived sizes ------------------------------------------------------------------------------------------
+    @property
+    def resolved_image_compress_type(self) -> str | None:
+        return self.compress_type if self.image_compress_type == "same" else self.image_compress_type
+
+    @property
+    def patch_grid_size(self) -> int:
+        """Patches per side (s = S/14: 16 at 224 px, 24 at 336 px)."""
+        return self.vision_config.image_size // self.vision_config.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        """N, the number of patch features per frame (256 at 224 px)."""
+        return self.patch_grid_size**2
+
+    def content_tokens_per_frame(self, is_image: bool = False) -> int:
+        """n, the number of content tokens one frame yields (spec §1: None -> N, mean -> 1, grid:g -> (s//(s//g))^2)."""
+        kind, grid = parse_compress_type(self.resolved_image_compress_type if is_image else self.compress_type)
+        if kind == "none":
+            return self.num_patches
+        if kind == "mean":
+            return 1
+        side = self.patch_grid_size
+        return (side // (side // grid)) ** 2
+
+    def tokens_per_frame(self, is_image: bool = False) -> int:
+        """1 context token + n content tokens."""
+        return 1 + self.content_tokens_per_frame(is_image)
+
+
+__all__ = ["LlamaVidConfig", "IMAGE_TOKEN_INDEX", "IGNORE_INDEX", "parse_compress_type", "parse_bert_type"]
