@@ -90,8 +90,9 @@ class LlamaVidConfig(PreTrainedConfig):
         mm_projector_type: content projector, `linear`, `mlpNx_gelu` or `identity`.
         qformer_sees_cls: the Q-Former cross-attends to the CLS token as well as the patches for pixel inputs
             (official: yes). Context/content tokens always use patches only.
-        features_qformer_sees_cls: the same for precomputed frame features that still carry CLS. The official
-            long-video path drops CLS before the Q-Former (spec §5.4), hence `False`.
+        features_qformer_sees_cls: the same for precomputed frame features that carry CLS. `True` keeps cached
+            features numerically identical to pixels; the converted official long-video checkpoint sets `False`
+            because its long-video path drops CLS before the Q-Former (spec §5.4, §11.7).
         frame_chunk_size: frames encoded per chunk by the vision tower and the Q-Former; bounds activation memory
             on long videos and gives identical tokens for any value.
         image_token_index: placeholder id (-200) for visual positions in `input_ids`.
@@ -115,21 +116,25 @@ class LlamaVidConfig(PreTrainedConfig):
     image_compress_type: str | None = "same"
     mm_projector_type: str = "mlp2x_gelu"
     qformer_sees_cls: bool = True
-    features_qformer_sees_cls: bool = False
+    features_qformer_sees_cls: bool = True
     frame_chunk_size: int = 64
     image_token_index: int = IMAGE_TOKEN_INDEX
     initializer_range: float = 0.02
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
+        if isinstance(self.qformer_config, dict):
+            # BERT-uncased plus the added "[DEC]" token (spec §3.1), also when only other fields are given.
+            self.qformer_config = {"vocab_size": 30523, **self.qformer_config}
         super().__post_init__(**kwargs)
         # The Q-Former cross-attends to EVA features of the vision width (spec §3.1, att_feat_size).
         self.qformer_config.encoder_hidden_size = self.vision_config.hidden_size
         if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
             self.tie_word_embeddings = True
+        self._check_settings()
 
-    def validate_architecture(self):
-        """Reject settings the model cannot build, naming the allowed values."""
+    def _check_settings(self) -> None:
+        """Reject settings the model cannot build with a `ValueError` naming the allowed values."""
         parse_compress_type(self.compress_type)
         if self.image_compress_type != "same":
             parse_compress_type(self.image_compress_type)

@@ -1,0 +1,667 @@
+"""LLaMA-VID: every frame becomes one *context* token and n *content* tokens (spec §1, §4).
+
+Data flow, top to bottom (dimension letters: F frames in the batch, N patches per frame, C vision width,
+Q queries, L instruction length, D LLM width, K visual blocks = (media, question) pairs):
+
+1. EVA ViT-g encodes each frame once: ``(F, 3, S, S) -> (F, 1+N, C)`` (CLS + patches, no final norm).
+2. Content tokens, once per frame: pool the patches (``None`` / ``grid:g`` / ``mean``) and project to D.
+3. Context tokens, once per (frame, question): the instruction-aware Q-Former turns the question and the
+   frame into Q text queries; each query attends over the key-projected patches (softmax, scale 1/sqrt(C)),
+   the attended *raw* patches are averaged over queries and projected to D.
+4. Each block's tokens ``[ctx_0, content_0, ctx_1, content_1, ...]`` replace the placeholder ids (-200) in
+   ``input_ids``; the LLM reads the result.
+
+The vision tower and the Q-Former are transformers' InstructBLIP modules, whose numerics match the official
+EVA / LAVIS code (checked in tests/parity); we only drop the vision ``post_layernorm`` that LLaMA-VID never uses.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import Tensor, nn
+from transformers import AutoModel, BertConfig, BertModel, GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import ModelOutput
+from transformers.models.instructblip.modeling_instructblip import (
+    InstructBlipEncoder,
+    InstructBlipQFormerEmbeddings,
+    InstructBlipQFormerModel,
+    InstructBlipVisionEmbeddings,
+)
+
+from llamavid.model.configuration_llamavid import LlamaVidConfig, parse_bert_type, parse_compress_type
+
+# Inputs that only the prefill step needs; `generate` drops them afterwards (the KV cache holds their effect).
+VISUAL_INPUT_NAMES = (
+    "pixel_values",
+    "vision_features",
+    "frame_counts",
+    "media_is_image",
+    "qformer_input_ids",
+    "qformer_attention_mask",
+    "block_media",
+    "block_question",
+)
+
+
+@dataclass
+class LlamaVidVisualOutput(ModelOutput):
+    """Visual tokens of every block, flattened in placeholder order, plus what produced the context tokens.
+
+    Attributes:
+        tokens: ``(sum_k T_k * (1 + n_k), D)``; block k's frames in time order, each ``[context, content...]``.
+        context_tokens: ``(sum_k T_k, D)``, one per (block, frame).
+        block_frame_counts: ``(K,)`` frames per block, to split the per-(block, frame) tensors.
+        attention_weights: ``(sum_k T_k, Q, N)`` softmax weights of each query over patches (when requested).
+        frame_scores: ``(sum_k T_k,)`` unnormalised frame relevance (see `LlamaVidModel.frame_relevance`).
+    """
+
+    tokens: Tensor | None = None
+    context_tokens: Tensor | None = None
+    block_frame_counts: Tensor | None = None
+    attention_weights: Tensor | None = None
+    frame_scores: Tensor | None = None
+
+
+@dataclass
+class LlamaVidCausalLMOutput(ModelOutput):
+    loss: Tensor | None = None
+    logits: Tensor | None = None
+    cache: object | None = None
+    hidden_states: tuple[Tensor, ...] | None = None
+    attentions: tuple[Tensor, ...] | None = None
+    visual: LlamaVidVisualOutput | None = None
+
+
+def build_mm_projector(projector_type: str, in_features: int, out_features: int) -> nn.Module:
+    """Content projector (spec §4): `linear`, `identity` or `mlpNx_gelu` (N Linear layers with exact GELU)."""
+    if projector_type == "identity":
+        return nn.Identity()
+    if projector_type == "linear":
+        return nn.Linear(in_features, out_features)
+    depth = int(projector_type[len("mlp") : projector_type.index("x")])
+    layers: list[nn.Module] = [nn.Linear(in_features, out_features)]
+    for _ in range(depth - 1):
+        # Indices 0, 2, 4, ... hold the Linear layers, as in the released `mm_projector.{0,2}` keys.
+        layers += [nn.GELU(), nn.Linear(out_features, out_features)]
+    return nn.Sequential(*layers)
+
+
+class LlamaVidVisionTower(nn.Module):
+    """EVA ViT-g/14 as LLaMA-VID uses it: 39 pre-norm blocks and **no** final norm (spec §2).
+
+    transformers' InstructBLIP vision model computes the same blocks (fused qkv with a zero key bias) but ends
+    in a `post_layernorm`; we keep its embeddings and encoder and stop before that norm.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        if config._attn_implementation is None:
+            # Not a PreTrainedModel, so nothing dispatches an attention backend to this sub-config.
+            config._attn_implementation = "sdpa"
+        self.config = config
+        self.embeddings = InstructBlipVisionEmbeddings(config)
+        self.encoder = InstructBlipEncoder(config)
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        # (F, 3, S, S) -> (F, 1+N, C)
+        hidden_states = self.embeddings(pixel_values)
+        return self.encoder(inputs_embeds=hidden_states).last_hidden_state
+
+
+class LlamaVidRawBertDecoder(nn.Module):
+    """`raw_bert` text decoder (spec §3.2): a causal BERT with cross-attention in every layer, no queries."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.bert = BertModel(config, add_pooling_layer=False)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, encoder_hidden_states: Tensor) -> Tensor:
+        return self.bert(
+            input_ids=input_ids, attention_mask=attention_mask, encoder_hidden_states=encoder_hidden_states
+        ).last_hidden_state
+
+
+class LlamaVidPreTrainedModel(PreTrainedModel):
+    config_class = LlamaVidConfig
+    config: LlamaVidConfig
+    base_model_prefix = "model"
+    input_modalities = ("image", "video", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_attention_backend = True
+    _no_split_modules = ["InstructBlipEncoderLayer", "InstructBlipQFormerLayer", "LlamaDecoderLayer"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        if isinstance(module, InstructBlipVisionEmbeddings):
+            nn.init.trunc_normal_(module.position_embedding, std=std)
+            nn.init.trunc_normal_(module.class_embedding, std=std)
+        elif isinstance(module, InstructBlipQFormerEmbeddings):
+            module.position_ids.copy_(torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
+        elif isinstance(module, LlamaVidModel) and module.vlm_att_query is not None:
+            nn.init.normal_(module.vlm_att_query, std=std)
+
+
+class LlamaVidModel(LlamaVidPreTrainedModel):
+    """Vision tower, text decoder, token generation and the LLM body (no LM head)."""
+
+    def __init__(self, config: LlamaVidConfig):
+        super().__init__(config)
+        vision_width = config.vision_config.hidden_size
+        llm_width = config.text_config.hidden_size
+        self.bert_variant, kept_layers = parse_bert_type(config.bert_type)
+
+        self.vision_tower = LlamaVidVisionTower(config.vision_config)
+
+        qformer_config = config.qformer_config
+        if kept_layers is not None:
+            qformer_config = qformer_config.__class__(**{**qformer_config.to_dict(), "num_hidden_layers": kept_layers})
+            qformer_config._attn_implementation = config.qformer_config._attn_implementation
+        self.vlm_att_query: nn.Parameter | None = None
+        self.vlm_att_ln: nn.LayerNorm | None = None
+        self.vlm_att_bert_proj: nn.Linear | None = None
+        if self.bert_variant == "raw_bert":
+            bert_config = BertConfig(
+                vocab_size=qformer_config.vocab_size,
+                hidden_size=qformer_config.hidden_size,
+                num_hidden_layers=qformer_config.num_hidden_layers,
+                num_attention_heads=qformer_config.num_attention_heads,
+                intermediate_size=qformer_config.intermediate_size,
+                hidden_dropout_prob=qformer_config.hidden_dropout_prob,
+                attention_probs_dropout_prob=qformer_config.attention_probs_dropout_prob,
+                max_position_embeddings=qformer_config.max_position_embeddings,
+                layer_norm_eps=qformer_config.layer_norm_eps,
+                pad_token_id=qformer_config.pad_token_id,
+                is_decoder=True,
+                add_cross_attention=True,
+            )
+            self.vlm_att_encoder: nn.Module = LlamaVidRawBertDecoder(bert_config)
+            # raw BERT cross-attends to patches projected to its own width (spec §3.4).
+            self.vlm_att_bert_proj = nn.Linear(vision_width, qformer_config.hidden_size)
+        else:
+            self.vlm_att_encoder = InstructBlipQFormerModel(qformer_config)
+            self.vlm_att_query = nn.Parameter(torch.zeros(1, config.num_query, qformer_config.hidden_size))
+            if "pretrain" in self.bert_variant:
+                # InstructBLIP's `ln_vision`; torch's default eps (1e-5), as in the official code.
+                self.vlm_att_ln = nn.LayerNorm(vision_width)
+
+        self.vlm_att_projector = nn.Linear(qformer_config.hidden_size, vision_width)
+        self.vlm_att_key_projector = nn.Linear(vision_width, vision_width)
+        self.vlm_att_val_projector = nn.Linear(vision_width, llm_width)
+        self.mm_projector = build_mm_projector(config.mm_projector_type, vision_width, llm_width)
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    # 1. Vision ------------------------------------------------------------------------------------------------
+    def get_vision_features(self, pixel_values: Tensor) -> Tensor:
+        """EVA features of every frame, ``(F, 3, S, S) -> (F, 1+N, C)``, encoded in chunks of `frame_chunk_size`.
+
+        Gradients flow only when some vision parameter trains (the released recipes keep EVA frozen).
+        """
+        size = self.config.vision_config.image_size
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != 3 or tuple(pixel_values.shape[-2:]) != (size, size):
+            raise ValueError(
+                f"pixel_values must have shape (frames, 3, {size}, {size}) for this model, got "
+                f"{tuple(pixel_values.shape)}; preprocess media with LlamaVidProcessor of the same checkpoint."
+            )
+        tower = self.vision_tower
+        param = tower.embeddings.patch_embedding.weight
+        trainable = torch.is_grad_enabled() and any(p.requires_grad for p in tower.parameters())
+        chunk = self.config.frame_chunk_size
+        with torch.set_grad_enabled(trainable):
+            features = [tower(part.to(device=param.device, dtype=param.dtype)) for part in pixel_values.split(chunk)]
+        return torch.cat(features) if len(features) > 1 else features[0]
+
+    def split_vision_features(self, vision_features: Tensor, from_pixels: bool) -> tuple[Tensor, Tensor]:
+        """Return ``(patches (F, N, C), qformer_input (F, N or 1+N, C))`` with explicit CLS handling.
+
+        Features with N+1 tokens carry CLS first; N tokens carry none. The count is matched against the
+        config exactly instead of the official "odd token count" guess (spec §11.7).
+        """
+        num_patches = self.config.num_patches
+        tokens = vision_features.shape[1]
+        if vision_features.ndim != 3 or tokens not in (num_patches, num_patches + 1):
+            raise ValueError(
+                f"vision features must have shape (frames, {num_patches} or {num_patches + 1}, "
+                f"{self.config.vision_config.hidden_size}) for this model, got {tuple(vision_features.shape)}."
+            )
+        if tokens == num_patches:
+            return vision_features, vision_features
+        patches = vision_features[:, 1:]
+        sees_cls = self.config.qformer_sees_cls if from_pixels else self.config.features_qformer_sees_cls
+        return patches, vision_features if sees_cls else patches
+
+    # 2. Content tokens -----------------------------------------------------------------------------------------
+    def pool_patches(self, patches: Tensor, compress_type: str | None) -> Tensor:
+        """Content pooling on raw patches (spec §4): ``(F, N, C) -> (F, n, C)``."""
+        kind, grid = parse_compress_type(compress_type)
+        if kind == "none":
+            return patches
+        if kind == "mean":
+            return patches.mean(dim=1, keepdim=True)
+        frames, num_patches, width = patches.shape
+        side = math.isqrt(num_patches)
+        stride = side // grid
+        grid_map = patches.reshape(frames, side, side, width).permute(0, 3, 1, 2)  # (F, C, s, s)
+        pooled = F.avg_pool2d(grid_map, kernel_size=stride, stride=stride, padding=0)
+        return pooled.permute(0, 2, 3, 1).flatten(1, 2)  # (F, n, C), row-major
+
+    def get_content_tokens(self, patches: Tensor, frame_is_image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Content tokens of every frame, computed once and shared by all questions.
+
+        Returns:
+            ``(table, offsets, counts)``: ``table`` is ``(sum_f n_f, D)`` and frame f owns rows
+            ``offsets[f] : offsets[f] + counts[f]``.
+        """
+        config = self.config
+        kinds = {False: config.compress_type, True: config.resolved_image_compress_type}
+        counts = torch.tensor(
+            [config.content_tokens_per_frame(is_image=False), config.content_tokens_per_frame(is_image=True)],
+            device=patches.device,
+        )[frame_is_image.long()]
+        if kinds[False] == kinds[True] or frame_is_image.all() or not frame_is_image.any():
+            kind = kinds[bool(frame_is_image[0])] if len(frame_is_image) else kinds[False]
+            table = self.mm_projector(self.pool_patches(patches, kind)).flatten(0, 1)
+            offsets = torch.cumsum(counts, 0) - counts
+            return table, offsets, counts
+        # Images and video frames pooled differently: one pass per kind, rows stored group by group.
+        parts, offsets = [], torch.zeros_like(counts)
+        start = 0
+        for is_image in (False, True):
+            index = torch.nonzero(frame_is_image == is_image).squeeze(1)
+            pooled = self.mm_projector(self.pool_patches(patches[index], kinds[is_image]))  # (F_g, n_g, D)
+            offsets[index] = start + torch.arange(len(index), device=patches.device) * pooled.shape[1]
+            start += pooled.shape[0] * pooled.shape[1]
+            parts.append(pooled.flatten(0, 1))
+        return torch.cat(parts), offsets, counts
+
+    # 3. Context tokens -----------------------------------------------------------------------------------------
+    def text_queries(self, qformer_visual: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Instruction-guided text queries Q_t: ``(b, N', C) x (b, L) -> (b, Q or L, C)`` (spec §3)."""
+        if self.bert_variant == "raw_bert":
+            hidden = self.vlm_att_encoder(input_ids, attention_mask, self.vlm_att_bert_proj(qformer_visual))
+        else:
+            visual = self.vlm_att_ln(qformer_visual) if self.vlm_att_ln is not None else qformer_visual
+            queries = self.vlm_att_query.expand(len(input_ids), -1, -1).to(visual.dtype)
+            query_mask = torch.ones(queries.shape[:2], dtype=attention_mask.dtype, device=attention_mask.device)
+            hidden = self.vlm_att_encoder(
+                input_ids=input_ids,
+                attention_mask=torch.cat([query_mask, attention_mask], dim=1),
+                query_embeds=queries,
+                encoder_hidden_states=visual,
+            ).last_hidden_state[:, : queries.shape[1]]
+        return self.vlm_att_projector(hidden)
+
+    def context_attention(self, text_queries: Tensor, keys: Tensor) -> Tensor:
+        """Unnormalised attention logits ``(b, Q, C) x (b, N, C) -> (b, Q, N)``, scaled by 1/sqrt(C)."""
+        return text_queries @ keys.transpose(-1, -2) / math.sqrt(keys.shape[-1])
+
+    @staticmethod
+    def frame_relevance(scores: Tensor) -> Tensor:
+        """Per-frame relevance from unnormalised logits ``(b, Q, N) -> (b,)``: mean over queries of logsumexp.
+
+        Each frame's softmax sums to one, so the weights alone cannot rank frames. The log-partition
+        ``logsumexp_n s_qn`` grows with how strongly a query matches *some* patch of the frame; averaging it
+        over queries gives a score whose softmax over frames ranks them. This definition is ours, not the paper's.
+        """
+        return torch.logsumexp(scores.float(), dim=-1).mean(dim=-1)
+
+    def get_visual_tokens(
+        self,
+        vision_features: Tensor,
+        frame_counts: Tensor,
+        qformer_input_ids: Tensor,
+        qformer_attention_mask: Tensor,
+        block_media: Tensor,
+        block_question: Tensor,
+        media_is_image: Tensor | None = None,
+        from_pixels: bool = True,
+        output_attentions: bool = False,
+    ) -> LlamaVidVisualOutput:
+        """Turn frame features and questions into the visual tokens of every block.
+
+        Args:
+            vision_features: ``(F, 1+N, C)`` or ``(F, N, C)`` EVA outputs of all media, media after media.
+            frame_counts: ``(M,)`` frames of each media item; sums to F.
+            qformer_input_ids / qformer_attention_mask: ``(P, L)`` tokenised questions (text decoder vocab).
+            block_media / block_question: ``(K,)`` which media and which question fill the k-th placeholder run.
+            media_is_image: ``(M,)`` selects `image_compress_type` for those media (default: none are images).
+            from_pixels: whether the features came from the tower in this call (selects the CLS setting).
+            output_attentions: also return the softmax weights and frame scores behind each context token.
+        """
+        device = vision_features.device
+        frame_counts = frame_counts.to(device)
+        block_media, block_question = block_media.to(device), block_question.to(device)
+        self._check_blocks(vision_features, frame_counts, qformer_input_ids, block_media, block_question)
+        patches, qformer_visual = self.split_vision_features(vision_features, from_pixels)
+        if media_is_image is None:
+            media_is_image = torch.zeros(len(frame_counts), dtype=torch.bool, device=device)
+        frame_is_image = torch.repeat_interleave(media_is_image.to(device), frame_counts)
+        content_table, content_offsets, content_counts = self.get_content_tokens(patches, frame_is_image)
+        keys = self.vlm_att_key_projector(patches)  # (F, N, C): once per frame, shared by all questions
+
+        # Every (block, frame) pair in placeholder order, built without Python loops over frames or questions.
+        media_start = torch.cumsum(frame_counts, 0) - frame_counts
+        block_frames = frame_counts[block_media]  # (K,)
+        pair_block = torch.repeat_interleave(torch.arange(len(block_media), device=device), block_frames)
+        pair_rank = torch.arange(len(pair_block), device=device) - (torch.cumsum(block_frames, 0) - block_frames)[pair_block]
+        pair_frame = media_start[block_media][pair_block] + pair_rank
+        pair_question = block_question[pair_block]
+
+        qformer_input_ids = qformer_input_ids.to(device)
+        qformer_attention_mask = qformer_attention_mask.to(device)
+        context, weights, scores = [], [], []
+        # Chunks of pairs bound activation memory on long videos; every pair is independent, so any chunk size
+        # gives the same tokens.
+        for frames, questions in zip(
+            pair_frame.split(self.config.frame_chunk_size), pair_question.split(self.config.frame_chunk_size)
+        ):
+            text_q = self.text_queries(
+                qformer_visual[frames], qformer_input_ids[questions], qformer_attention_mask[questions]
+            )  # (b, Q, C)
+            logits = self.context_attention(text_q, keys[frames])  # (b, Q, N)
+            attention = logits.softmax(dim=-1)
+            # Values are the raw patches, not projected (spec §4); mean over the queries.
+            context.append((attention @ patches[frames]).mean(dim=1))  # (b, C)
+            if output_attentions:
+                weights.append(attention)
+                scores.append(self.frame_relevance(logits))
+        context_tokens = self.vlm_att_val_projector(torch.cat(context))  # (pairs, D)
+
+        # Interleave [context, content...] per pair with one gather.
+        segment = 1 + content_counts[pair_frame]  # 1 context + n_f content tokens per pair
+        position_pair = torch.repeat_interleave(torch.arange(len(pair_frame), device=device), segment)
+        offset = torch.arange(len(position_pair), device=device) - (torch.cumsum(segment, 0) - segment)[position_pair]
+        source = torch.where(
+            offset == 0,
+            position_pair,
+            len(pair_frame) + content_offsets[pair_frame[position_pair]] + offset - 1,
+        )
+        table = torch.cat([context_tokens, content_table.to(context_tokens.dtype)])
+        return LlamaVidVisualOutput(
+            tokens=table[source],
+            context_tokens=context_tokens,
+            block_frame_counts=block_frames,
+            attention_weights=torch.cat(weights) if output_attentions else None,
+            frame_scores=torch.cat(scores) if output_attentions else None,
+        )
+
+    def _check_blocks(
+        self, features: Tensor, frame_counts: Tensor, qformer_ids: Tensor, block_media: Tensor, block_question: Tensor
+    ) -> None:
+        if int(frame_counts.sum()) != features.shape[0]:
+            raise ValueError(
+                f"frame_counts add up to {int(frame_counts.sum())} frames but {features.shape[0]} frames were given."
+            )
+        if (frame_counts < 1).any():
+            empty = torch.nonzero(frame_counts < 1).flatten().tolist()
+            raise ValueError(f"media {empty} have no frames; every image or video needs at least one frame.")
+        if len(block_media) != len(block_question):
+            raise ValueError(
+                f"block_media has {len(block_media)} entries but block_question has {len(block_question)}."
+            )
+        if len(block_media) and (block_media.min() < 0 or block_media.max() >= len(frame_counts)):
+            raise ValueError(f"block_media refers to media outside 0..{len(frame_counts) - 1}.")
+        if len(block_question) and (block_question.min() < 0 or block_question.max() >= len(qformer_ids)):
+            raise ValueError(f"block_question refers to questions outside 0..{len(qformer_ids) - 1}.")
+        unused = set(range(len(frame_counts))) - set(block_media.tolist())
+        if unused:
+            raise ValueError(
+                f"media {sorted(unused)} have frames but no question; give each image or video at least one "
+                "question (the context token is computed from it)."
+            )
+
+    # 4. Assembly ----------------------------------------------------------------------------------------------
+    def get_inputs_embeds(
+        self,
+        input_ids: Tensor,
+        pixel_values: Tensor | None = None,
+        vision_features: Tensor | None = None,
+        frame_counts: Tensor | None = None,
+        media_is_image: Tensor | None = None,
+        qformer_input_ids: Tensor | None = None,
+        qformer_attention_mask: Tensor | None = None,
+        block_media: Tensor | None = None,
+        block_question: Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[Tensor, LlamaVidVisualOutput | None]:
+        """Embed `input_ids` and write visual tokens into the placeholder positions (spec §5.3)."""
+        placeholder = input_ids == self.config.image_token_index
+        embeds = self.get_input_embeddings()(input_ids.masked_fill(placeholder, 0))
+        if pixel_values is None and vision_features is None:
+            if placeholder.any():
+                raise ValueError(
+                    f"input_ids contain {int(placeholder.sum())} visual placeholders ({self.config.image_token_index}) "
+                    "but no pixel_values or vision_features were given."
+                )
+            return embeds, None
+        if pixel_values is not None and vision_features is not None:
+            raise ValueError("Pass either pixel_values or vision_features, not both.")
+        if qformer_input_ids is None:
+            raise ValueError("qformer_input_ids (the tokenised questions) are required with visual inputs.")
+        if qformer_attention_mask is None:
+            qformer_attention_mask = torch.ones_like(qformer_input_ids)
+        from_pixels = pixel_values is not None
+        features = self.get_vision_features(pixel_values) if from_pixels else vision_features
+        if frame_counts is None:
+            frame_counts = torch.ones(features.shape[0], dtype=torch.long)
+        if block_media is None or block_question is None:
+            if len(frame_counts) != len(qformer_input_ids):
+                raise ValueError(
+                    f"{len(frame_counts)} media and {len(qformer_input_ids)} questions: pass block_media and "
+                    "block_question to say which question goes with which media."
+                )
+            block_media = torch.arange(len(frame_counts))
+            block_question = torch.arange(len(frame_counts))
+        visual = self.get_visual_tokens(
+            features.to(embeds.dtype),
+            frame_counts,
+            qformer_input_ids,
+            qformer_attention_mask,
+            block_media,
+            block_question,
+            media_is_image=media_is_image,
+            from_pixels=from_pixels,
+            output_attentions=output_attentions,
+        )
+        expected, found = visual.tokens.shape[0], int(placeholder.sum())
+        if expected != found:
+            per_row = placeholder.sum(dim=1).tolist()
+            raise ValueError(
+                f"input_ids hold {found} visual placeholder ids (per sample: {per_row}) but the media and questions "
+                f"produce {expected} visual tokens; build inputs with LlamaVidProcessor so the counts match."
+            )
+        embeds = embeds.masked_scatter(placeholder.unsqueeze(-1), visual.tokens.to(embeds.dtype))
+        return embeds, visual
+
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        cache: object | None = None,
+        inputs_embeds: Tensor | None = None,
+        use_cache: bool | None = None,
+        output_visual_attentions: bool = False,
+        **visual_inputs: Tensor,
+    ) -> tuple[ModelOutput, LlamaVidVisualOutput | None]:
+        visual = None
+        if inputs_embeds is None:
+            if input_ids is None:
+                raise ValueError("Pass input_ids or inputs_embeds.")
+            inputs_embeds, visual = self.get_inputs_embeds(
+                input_ids, output_attentions=output_visual_attentions, **visual_inputs
+            )
+        outputs = self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=use_cache,
+        )
+        return outputs, visual
+
+
+class LlamaVidForConditionalGeneration(LlamaVidPreTrainedModel, GenerationMixin):
+    """LLaMA-VID with a language-modelling head; `generate` computes visual tokens once, at prefill."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+
+    def __init__(self, config: LlamaVidConfig):
+        super().__init__(config)
+        self.model = LlamaVidModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def frozen_module_names(self) -> list[str]:
+        """Modules that the configured `bert_type` freezes during training (spec §3.2); EVA is always frozen."""
+        names = ["model.vision_tower"]
+        variant = self.model.bert_variant
+        if "freeze" in variant:
+            names += ["model.vlm_att_encoder", "model.vlm_att_ln", "model.vlm_att_query"]
+        if variant.endswith("freeze_all"):
+            names += ["model.vlm_att_projector", "model.vlm_att_key_projector", "model.vlm_att_val_projector"]
+        return names
+
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        cache: object | None = None,
+        inputs_embeds: Tensor | None = None,
+        labels: Tensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+        pixel_values: Tensor | None = None,
+        vision_features: Tensor | None = None,
+        frame_counts: Tensor | None = None,
+        media_is_image: Tensor | None = None,
+        qformer_input_ids: Tensor | None = None,
+        qformer_attention_mask: Tensor | None = None,
+        block_media: Tensor | None = None,
+        block_question: Tensor | None = None,
+        output_visual_attentions: bool = False,
+        **kwargs,
+    ) -> LlamaVidCausalLMOutput:
+        """Run the LLM on text with visual tokens in the placeholder positions.
+
+        Args:
+            input_ids: ``(B, L)`` with one placeholder id (-200) per visual token, as `LlamaVidProcessor` builds.
+            pixel_values: ``(F, 3, S, S)`` every frame of every media item, media after media.
+            vision_features: ``(F, 1+N or N, C)`` precomputed EVA features instead of pixels (long videos).
+            frame_counts: ``(M,)`` frames per media item (default: each frame is its own image).
+            media_is_image: ``(M,)`` which media use `image_compress_type`.
+            qformer_input_ids / qformer_attention_mask: ``(P, Lq)`` questions for the text decoder.
+            block_media / block_question: ``(K,)`` media and question of each placeholder run, in order.
+            labels: ``(B, L)`` next-token targets; -100 (and placeholder positions) are ignored.
+        """
+        outputs, visual = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_visual_attentions=output_visual_attentions,
+            pixel_values=pixel_values,
+            vision_features=vision_features,
+            frame_counts=frame_counts,
+            media_is_image=media_is_image,
+            qformer_input_ids=qformer_input_ids,
+            qformer_attention_mask=qformer_attention_mask,
+            block_media=block_media,
+            block_question=block_question,
+        )
+        hidden_states = outputs.last_hidden_state
+        if logits_to_keep:
+            hidden_states = hidden_states[:, -logits_to_keep:]
+        logits = self.lm_head(hidden_states)
+        loss = None
+        if labels is not None:
+            labels = labels.masked_fill(labels == self.config.image_token_index, -100)
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size)
+        return LlamaVidCausalLMOutput(
+            loss=loss,
+            logits=logits,
+            cache=getattr(outputs, "cache", None),
+            hidden_states=getattr(outputs, "hidden_states", None),
+            attentions=getattr(outputs, "attentions", None),
+            visual=visual,
+        )
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: Tensor,
+        next_sequence_length: int | None = None,
+        cache: object | None = None,
+        attention_mask: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        is_first_iteration: bool | None = False,
+        **kwargs,
+    ):
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids,
+            next_sequence_length=next_sequence_length,
+            cache=cache,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            is_first_iteration=is_first_iteration,
+            **kwargs,
+        )
+        if not is_first_iteration and kwargs.get("use_cache", True):
+            for name in VISUAL_INPUT_NAMES:
+                model_inputs.pop(name, None)
+        return model_inputs
+
+    @torch.no_grad()
+    def generate(self, input_ids: Tensor | None = None, **kwargs):
+        """`GenerationMixin.generate` with the visual tokens spliced in once, before prefill.
+
+        The prompt's placeholder ids are replaced by the pad id in what logits processors see (a repetition
+        penalty would otherwise index the vocabulary with -200); the returned sequences hold that pad id where
+        visual tokens were, which `skip_special_tokens=True` drops when decoding.
+        """
+        visual_inputs = {name: kwargs.pop(name) for name in VISUAL_INPUT_NAMES if kwargs.get(name) is not None}
+        if input_ids is None or kwargs.get("inputs_embeds") is not None:
+            if visual_inputs:
+                raise ValueError("Visual inputs need input_ids with placeholders, not inputs_embeds.")
+            return super().generate(input_ids=input_ids, **kwargs)
+        inputs_embeds, _ = self.model.get_inputs_embeds(input_ids, **visual_inputs)
+        pad_id = self.generation_config.pad_token_id
+        if pad_id is None:
+            pad_id = self.config.text_config.pad_token_id or 0
+        visible_ids = input_ids.masked_fill(input_ids == self.config.image_token_index, int(pad_id))
+        return super().generate(input_ids=visible_ids, inputs_embeds=inputs_embeds, **kwargs)
+
+
+__all__ = [
+    "LlamaVidForConditionalGeneration",
+    "LlamaVidModel",
+    "LlamaVidPreTrainedModel",
+    "LlamaVidVisualOutput",
+    "LlamaVidCausalLMOutput",
+    "build_mm_projector",
+]
