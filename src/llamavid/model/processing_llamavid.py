@@ -278,6 +278,8 @@ class LlamaVidProcessor:
             name == "questions" and isinstance(value, str) or name == "media" and not isinstance(value, list)
         ):
             value = [value]
+        if name == "questions" and batch == 1 and len(value) != 1 and all(isinstance(v, str) for v in value):
+            value = [list(value)]  # one sample with one question per placeholder
         if name == "media" and batch == 1 and isinstance(value, list) and len(value) != 1:
             value = [value]  # one sample with several media items
         if len(value) != batch:

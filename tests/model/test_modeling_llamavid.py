@@ -1,0 +1,367 @@
+"""LlamaVidForConditionalGeneration on the tiny seeded config: token counts, spec formulas, batching, caching."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import build_tiny_model, moving_square_video, tiny_config_kwargs
+
+from llamavid import LlamaVidConfig, LlamaVidForConditionalGeneration
+from llamavid.model import IMAGE_TOKEN_INDEX
+
+VISUAL_KEYS = (
+    "pixel_values",
+    "vision_features",
+    "frame_counts",
+    "media_is_image",
+    "qformer_input_ids",
+    "qformer_attention_mask",
+    "block_media",
+    "block_question",
+)
+
+
+def visual_inputs(batch) -> dict:
+    return {key: batch[key] for key in VISUAL_KEYS if key in batch}
+
+
+def question_prompt(processor, question: str) -> str:
+    return processor.apply_chat_template([{"role": "user", "content": f"<image>\n{question}"}])
+
+
+# Token counts ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("compress", "per_frame"),
+    # 4x4 patches; grid:g pools with kernel = stride = 4 // g, giving (4 // (4 // g))^2 tokens (spec §1):
+    # grid:3 -> kernel 1 -> 16 tokens.
+    [(None, 1 + 16), ("none", 1 + 16), ("mean", 1 + 1), ("grid:2", 1 + 4), ("grid:3", 1 + 16), ("grid:4", 1 + 16)],
+)
+def test_tokens_per_frame_for_each_compression(compress, per_frame):
+    model = build_tiny_model(compress_type=compress, image_compress_type="same")
+    assert model.config.tokens_per_frame() == per_frame
+    frames, questions = 3, 2
+    features = torch.randn(frames, 17, 32)
+    out = model.model.get_visual_tokens(
+        features,
+        frame_counts=torch.tensor([frames]),
+        qformer_input_ids=torch.randint(1000, 2000, (questions, 5)),
+        qformer_attention_mask=torch.ones(questions, 5, dtype=torch.long),
+        block_media=torch.tensor([0, 0]),
+        block_question=torch.tensor([0, 1]),
+    )
+    assert out.tokens.shape == (questions * frames * per_frame, 32)
+    assert out.context_tokens.shape == (questions * frames, 32)
+
+
+def test_images_and_videos_use_their_own_compression(tiny_processor, tiny_model, rng):
+    # tiny config: images keep all 16 patches (1 + 16), video frames are pooled to 1 (1 + 1)
+    video = moving_square_video(frames=5)
+    image = rng.integers(0, 255, (40, 70, 3), dtype="uint8")
+    prompts = [question_prompt(tiny_processor, "what moves?"), question_prompt(tiny_processor, "what colour?")]
+    batch = tiny_processor(prompts, media=[video, image], questions=["what moves?", "what colour?"])
+    placeholders = (batch["input_ids"] == IMAGE_TOKEN_INDEX).sum(dim=1).tolist()
+    assert placeholders == [5 * 2, 1 * 17]
+    out = tiny_model(**batch)
+    assert out.visual.tokens.shape[0] == 5 * 2 + 17
+
+
+def test_grid_pooling_is_row_major(tiny_model):
+    # Patch (r, c) of the 4x4 grid carries the value 10*r + c; grid:2 must average 2x2 blocks row by row.
+    patches = torch.zeros(1, 16, 32)
+    for row in range(4):
+        for col in range(4):
+            patches[0, row * 4 + col] = 10 * row + col
+    pooled = tiny_model.model.pool_patches(patches, "grid:2")[0, :, 0]
+    expected = torch.tensor([(0 + 1 + 10 + 11) / 4, (2 + 3 + 12 + 13) / 4, (20 + 21 + 30 + 31) / 4, (22 + 23 + 32 + 33) / 4])
+    torch.testing.assert_close(pooled, expected)
+
+
+# Spec §4 by hand ----------------------------------------------------------------------------------------------------
+def test_context_token_matches_spec_formula(tiny_model, qformer_tokenizer):
+    torch.manual_seed(1)
+    model = tiny_model.model
+    features = torch.randn(2, 17, 32)  # CLS + 16 patches
+    question = qformer_tokenizer(["what colour is the square?"], return_tensors="pt")
+    out = model.get_visual_tokens(
+        features,
+        frame_counts=torch.tensor([2]),
+        qformer_input_ids=question["input_ids"],
+        qformer_attention_mask=question["attention_mask"],
+        block_media=torch.tensor([0]),
+        block_question=torch.tensor([0]),
+        from_pixels=True,
+    )
+    with torch.no_grad():
+        for frame in range(2):
+            x_full = features[frame : frame + 1]  # the Q-Former sees CLS + patches through vlm_att_ln
+            x = x_full[:, 1:]  # context/content use patches only, no LayerNorm
+            queries = model.vlm_att_query
+            mask = torch.cat([torch.ones(1, queries.shape[1], dtype=torch.long), question["attention_mask"]], 1)
+            hidden = model.vlm_att_encoder(
+                input_ids=question["input_ids"],
+                attention_mask=mask,
+                query_embeds=queries,
+                encoder_hidden_states=model.vlm_att_ln(x_full),
+            ).last_hidden_state[:, : queries.shape[1]]
+            q_t = model.vlm_att_projector(hidden)  # (1, Q, C)
+            keys = model.vlm_att_key_projector(x)  # (1, N, C)
+            weights = torch.softmax(q_t @ keys.transpose(1, 2) / math.sqrt(32), dim=-1)
+            context = model.vlm_att_val_projector((weights @ x).mean(dim=1))  # (1, D)
+            content = model.mm_projector(x.mean(dim=1))  # mean compression
+            torch.testing.assert_close(out.tokens[2 * frame], context[0], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(out.tokens[2 * frame + 1], content[0], rtol=1e-5, atol=1e-6)
+
+
+def test_vectorised_equals_loop_over_frames_and_questions(tiny_model, qformer_tokenizer):
+    torch.manual_seed(2)
+    model = tiny_model.model
+    frame_counts = torch.tensor([3, 1, 4])
+    features = torch.randn(int(frame_counts.sum()), 17, 32)
+    questions = qformer_tokenizer(["what moves?", "how many?", "colour of the circle?"], padding=True, return_tensors="pt")
+    block_media, block_question = torch.tensor([0, 0, 1, 2, 2]), torch.tensor([0, 1, 2, 0, 2])
+    batched = model.get_visual_tokens(
+        features, frame_counts, questions["input_ids"], questions["attention_mask"], block_media, block_question
+    ).tokens
+    starts = torch.cumsum(frame_counts, 0) - frame_counts
+    pieces = []
+    for media, question in zip(block_media.tolist(), block_question.tolist()):
+        for frame in range(int(frame_counts[media])):
+            index = int(starts[media]) + frame
+            one = model.get_visual_tokens(
+                features[index : index + 1],
+                torch.tensor([1]),
+                questions["input_ids"][question : question + 1],
+                questions["attention_mask"][question : question + 1],
+                torch.tensor([0]),
+                torch.tensor([0]),
+            ).tokens
+            pieces.append(one)
+    torch.testing.assert_close(batched, torch.cat(pieces), rtol=1e-5, atol=1e-6)
+
+
+def test_frame_chunking_gives_identical_tokens(qformer_tokenizer):
+    small = build_tiny_model(frame_chunk_size=1)
+    large = build_tiny_model(frame_chunk_size=64)
+    features = torch.randn(7, 17, 32)
+    question = qformer_tokenizer(["where is it?"], return_tensors="pt")
+    args = (features, torch.tensor([7]), question["input_ids"], question["attention_mask"], torch.tensor([0]), torch.tensor([0]))
+    torch.testing.assert_close(small.model.get_visual_tokens(*args).tokens, large.model.get_visual_tokens(*args).tokens)
+
+
+# Attention maps -----------------------------------------------------------------------------------------------------
+def test_frame_relevance_finds_the_matching_frame(tiny_model, qformer_tokenizer):
+    model = tiny_model.model
+    width = 32
+    direction = torch.zeros(width)
+    direction[3] = 1.0
+    with torch.no_grad():
+        # Hand-set weights: every text query equals `direction` whatever the Q-Former says, keys are the patches.
+        model.vlm_att_projector.weight.zero_()
+        model.vlm_att_projector.bias.copy_(4.0 * direction)
+        model.vlm_att_key_projector.weight.copy_(torch.eye(width))
+        model.vlm_att_key_projector.bias.zero_()
+    torch.manual_seed(3)
+    features = 0.1 * torch.randn(6, 16, width)  # no CLS: 16 patches
+    features[4, 9] += 5.0 * direction  # frame 4, patch 9 matches the query
+    question = qformer_tokenizer(["find the bright patch"], return_tensors="pt")
+    out = model.get_visual_tokens(
+        features,
+        torch.tensor([6]),
+        question["input_ids"],
+        question["attention_mask"],
+        torch.tensor([0]),
+        torch.tensor([0]),
+        output_attentions=True,
+    )
+    assert out.attention_weights.shape == (6, 4, 16)  # (T, Q, N) for the one question
+    torch.testing.assert_close(out.attention_weights.sum(-1), torch.ones(6, 4))
+    assert int(out.frame_scores.argmax()) == 4
+    assert int(out.attention_weights[4].mean(0).argmax()) == 9
+    # Each frame's weights sum to one, so the raw weights cannot rank frames; the scores can.
+    relevance = out.frame_scores.softmax(0)
+    others = torch.cat([relevance[:4], relevance[5:]])
+    assert relevance[4] > 2 * others.max()
+    assert others.max() - others.min() < 0.05  # frames without the match are about equally (ir)relevant
+
+
+# Generation, batching, caching ---------------------------------------------------------------------------------------
+def test_greedy_generation_is_reproducible_and_cache_matches(tiny_model, tiny_processor):
+    video = moving_square_video(frames=4)
+    prompt = question_prompt(tiny_processor, "which way does the square move?")
+    batch = tiny_processor(prompt, media=video, questions="which way does the square move?")
+    cached = tiny_model.generate(**batch, max_new_tokens=8, do_sample=False)
+    uncached = tiny_model.generate(**batch, max_new_tokens=8, do_sample=False, use_cache=False)
+    new_tokens = cached[0, batch["input_ids"].shape[1] :].tolist()
+    assert new_tokens == uncached[0, batch["input_ids"].shape[1] :].tolist()
+    assert new_tokens == [452, 198, 32, 281, 273, 264, 209, 493]  # stored from a seeded run (fp32, CPU)
+    # Placeholders never reach the returned ids (logits processors saw the pad id instead).
+    assert (cached >= 0).all()
+
+
+def test_left_padded_batch_equals_one_by_one(tiny_model, tiny_processor, rng):
+    samples = [
+        (moving_square_video(frames=3, seed=1), "which way does it move?"),
+        (rng.integers(0, 255, (50, 50, 3), dtype="uint8"), "what colour is the big square in the image?"),
+        (moving_square_video(frames=6, seed=2), "how many?"),
+    ]
+    prompts = [question_prompt(tiny_processor, question) for _, question in samples]
+    batch = tiny_processor(prompts, media=[m for m, _ in samples], questions=[q for _, q in samples])
+    together = tiny_model.generate(**batch, max_new_tokens=6, do_sample=False)[:, batch["input_ids"].shape[1] :]
+    for row, (media, question) in enumerate(samples):
+        single = tiny_processor(prompts[row], media=media, questions=question)
+        alone = tiny_model.generate(**single, max_new_tokens=6, do_sample=False)[:, single["input_ids"].shape[1] :]
+        assert together[row].tolist() == alone[0].tolist()
+
+
+def test_cached_frame_features_equal_recompute_across_questions(tiny_model, tiny_processor):
+    video = moving_square_video(frames=5)
+    questions = ["which way does the square move?", "what colour is the square?"]
+    features = tiny_model.model.get_vision_features(tiny_processor.image_processor(video, is_video=True))
+    for question in questions:
+        prompt = question_prompt(tiny_processor, question)
+        from_pixels = tiny_model(**tiny_processor(prompt, media=video, questions=question)).logits
+        from_cache = tiny_model(**tiny_processor(prompt, media=features, questions=question)).logits
+        torch.testing.assert_close(from_pixels, from_cache, rtol=1e-5, atol=1e-5)
+
+
+def test_several_questions_share_frames_but_not_context(tiny_model, tiny_processor):
+    video = moving_square_video(frames=3)
+    prompt = tiny_processor.apply_chat_template(
+        [
+            {"role": "user", "content": "<image>\nwhat moves?"},
+            {"role": "assistant", "content": "a square"},
+            {"role": "user", "content": "<image>\nwhich colour?"},
+        ]
+    )
+    batch = tiny_processor(prompt, media=video, questions=["what moves?", "which colour?"])
+    out = tiny_model(**batch)
+    tokens = out.visual.tokens.reshape(2, 3, 2, -1)  # (P, T, 1 + n, D)
+    torch.testing.assert_close(tokens[0, :, 1], tokens[1, :, 1])  # content tokens: identical copies
+    assert not torch.allclose(tokens[0, :, 0], tokens[1, :, 0])  # context tokens follow the question
+
+
+def test_training_loss_ignores_visual_positions_and_falls(tiny_processor):
+    model = build_tiny_model().train()
+    video = moving_square_video(frames=2)
+    batch = tiny_processor(question_prompt(tiny_processor, "what moves?") + " a red square", media=video,
+                           questions="what moves?", padding_side="right")
+    labels = batch["input_ids"].clone()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    losses = []
+    for _ in range(5):
+        loss = model(**batch, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert math.isfinite(losses[0])
+    assert losses[-1] < losses[0]
+
+
+# Persistence ---------------------------------------------------------------------------------------------------------
+def test_save_and_load_give_identical_logits(tmp_path, tiny_model, tiny_processor):
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    video = moving_square_video(frames=3)
+    batch = tiny_processor(question_prompt(tiny_processor, "what?"), media=video, questions="what?")
+    tiny_model.save_pretrained(tmp_path)
+    tiny_processor.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    assert not list(tmp_path.glob("*.bin"))
+    assert AutoConfig.from_pretrained(tmp_path).model_type == "llama_vid"
+    reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path)
+    processor = AutoProcessor.from_pretrained(tmp_path)
+    assert isinstance(reloaded, LlamaVidForConditionalGeneration)
+    again = processor(question_prompt(processor, "what?"), media=video, questions="what?")
+    for key in batch:
+        torch.testing.assert_close(batch[key], again[key])
+    torch.testing.assert_close(tiny_model(**batch).logits, reloaded(**again).logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("bert_type", ["qformer", "qformer_pretrain_freeze_all", "raw_bert", "qformer_pretrain layer:1"])
+def test_text_decoder_variants_build_and_run(bert_type, qformer_tokenizer):
+    model = build_tiny_model(bert_type=bert_type)
+    question = qformer_tokenizer(["what moves?", "a longer question here?"], padding=True, return_tensors="pt")
+    out = model.model.get_visual_tokens(
+        torch.randn(2, 17, 32), torch.tensor([2]), question["input_ids"], question["attention_mask"],
+        torch.tensor([0, 0]), torch.tensor([0, 1]),
+    )
+    assert out.tokens.shape == (2 * 2 * 2, 32)
+    assert torch.isfinite(out.tokens).all()
+    if bert_type.endswith("layer:1"):
+        assert len(model.model.vlm_att_encoder.encoder.layer) == 1
+    if bert_type == "raw_bert":
+        assert model.model.vlm_att_query is None and model.model.vlm_att_bert_proj is not None
+    frozen = model.frozen_module_names()
+    assert ("model.vlm_att_key_projector" in frozen) == bert_type.endswith("freeze_all")
+
+
+# Errors --------------------------------------------------------------------------------------------------------------
+def test_wrong_placeholder_count_is_a_clear_error(tiny_model, tiny_processor):
+    batch = tiny_processor(question_prompt(tiny_processor, "what?"), media=moving_square_video(frames=3), questions="what?")
+    ids = batch["input_ids"]
+    position = int((ids[0] == IMAGE_TOKEN_INDEX).nonzero()[0])
+    batch["input_ids"] = torch.cat([ids[:, :position], ids[:, position + 1 :]], dim=1)
+    batch["attention_mask"] = batch["attention_mask"][:, 1:]
+    with pytest.raises(ValueError, match=r"5 visual placeholder ids .* produce 6 visual tokens"):
+        tiny_model(**batch)
+
+
+def test_wrong_image_size_is_a_clear_error(tiny_model):
+    with pytest.raises(ValueError, match=r"\(frames, 3, 56, 56\).*got \(2, 3, 64, 64\)"):
+        tiny_model.model.get_vision_features(torch.zeros(2, 3, 64, 64))
+
+
+def test_frames_without_a_question_are_an_error(tiny_model, qformer_tokenizer):
+    question = qformer_tokenizer(["what?"], return_tensors="pt")
+    with pytest.raises(ValueError, match=r"media \[1\] have frames but no question"):
+        tiny_model.model.get_visual_tokens(
+            torch.randn(3, 17, 32), torch.tensor([2, 1]), question["input_ids"], question["attention_mask"],
+            torch.tensor([0]), torch.tensor([0]),
+        )
+
+
+def test_empty_video_is_an_error(tiny_processor, tiny_model, qformer_tokenizer):
+    with pytest.raises(ValueError, match="empty"):
+        tiny_processor(question_prompt(tiny_processor, "what?"), media=np.zeros((0, 8, 8, 3), "uint8"), questions="what?")
+    question = qformer_tokenizer(["what?"], return_tensors="pt")
+    with pytest.raises(ValueError, match=r"media \[1\] have no frames"):
+        tiny_model.model.get_visual_tokens(
+            torch.randn(2, 17, 32), torch.tensor([2, 0]), question["input_ids"], question["attention_mask"],
+            torch.tensor([0, 1]), torch.tensor([0, 0]),
+        )
+
+
+def test_bad_config_values_are_value_errors():
+    with pytest.raises(ValueError, match="compress_type='grid:1'"):
+        LlamaVidConfig(**tiny_config_kwargs(compress_type="grid:1"))
+    with pytest.raises(ValueError, match="mm_projector_type"):
+        LlamaVidConfig(**tiny_config_kwargs(mm_projector_type="mlp2x_relu"))
+    with pytest.raises(ValueError, match="bert_type"):
+        LlamaVidConfig(**tiny_config_kwargs(bert_type="t5"))
+    assert LlamaVidConfig().model_type == "llama_vid"
+
+
+def test_default_config_matches_the_released_video_checkpoint():
+    config = LlamaVidConfig()
+    assert config.vision_config.num_hidden_layers == 39 and config.vision_config.hidden_size == 1408
+    assert config.vision_config.layer_norm_eps == 1e-6 and config.vision_config.intermediate_size == 6144
+    assert config.qformer_config.vocab_size == 30523 and config.qformer_config.cross_attention_frequency == 2
+    assert config.text_config.hidden_size == 4096 and config.text_config.vocab_size == 32000
+    assert config.num_query == 32 and config.tokens_per_frame() == 2 and config.num_patches == 256
+
+
+def test_source_never_hard_codes_cuda():
+    root = Path(__file__).resolve().parents[2]
+    offenders = [
+        str(path.relative_to(root))
+        for folder in ("src", "benchmarks", "examples")
+        for path in (root / folder).rglob("*.py")
+        if re.search(r"\.cuda\(", path.read_text())
+    ]
+    assert offenders == []
