@@ -17,7 +17,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
-ASSETS = Path(__file__).resolve().parent / "assets"
+from llamavid.assets import DEMO_TOKENIZER_DIR  # noqa: E402
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -61,7 +61,7 @@ def tiny_config_kwargs(**overrides) -> dict:
     """Hidden 32, 2 layers, 4 heads, 4 queries, 56-px frames with patch 14 (an even 4x4 patch grid)."""
     from transformers import LlamaTokenizer
 
-    vocab = len(LlamaTokenizer.from_pretrained(str(ASSETS / "tiny_llm_tokenizer")))
+    vocab = len(LlamaTokenizer.from_pretrained(str(DEMO_TOKENIZER_DIR)))
     kwargs = dict(
         vision_config=dict(
             hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=56, patch_size=14
@@ -112,7 +112,7 @@ def tiny_model():
 def llm_tokenizer():
     from transformers import LlamaTokenizer
 
-    return LlamaTokenizer.from_pretrained(str(ASSETS / "tiny_llm_tokenizer"))
+    return LlamaTokenizer.from_pretrained(str(DEMO_TOKENIZER_DIR))
 
 
 @pytest.fixture(scope="session")

@@ -329,12 +329,15 @@ class LlamaVidProcessor:
 
     # Decoding -------------------------------------------------------------------------------------------------
     def batch_decode(self, sequences: torch.Tensor | Sequence[Sequence[int]], **kwargs: Any) -> list[str]:
-        """Decode, dropping placeholder ids and stopping at the template's stop string."""
+        """Decode, dropping placeholder ids and stopping at EOS or the template's stop string."""
         kwargs.setdefault("skip_special_tokens", True)
         stops = get_template(self.template).stop_strings
+        eos = self.tokenizer.eos_token_id
         texts = []
         for sequence in sequences:
             ids = [int(token) for token in sequence if int(token) >= 0]
+            if eos is not None and eos in ids:
+                ids = ids[: ids.index(eos)]
             text = self.tokenizer.decode(ids, **kwargs)
             for stop in stops:
                 text = text.split(stop)[0]

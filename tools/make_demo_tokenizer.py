@@ -1,7 +1,7 @@
-"""Regenerate the tiny test assets (deterministic): a sentencepiece LLM tokenizer trained on a small corpus.
+"""Regenerate the demo/test LLM tokenizer (deterministic): a 512-piece sentencepiece BPE with byte fallback.
 
-Run: ``.venv/bin/python tests/assets/make_assets.py``. The output folder ``tests/assets/tiny_llm_tokenizer`` is
-committed; tests never train tokenizers themselves.
+Run: ``.venv/bin/python tools/make_demo_tokenizer.py``. The output ``src/llamavid/assets/demo_tokenizer`` ships
+in the package (the random demo model and the tests use it); nothing trains tokenizers at run time.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-HERE = Path(__file__).resolve().parent
+OUT = Path(__file__).resolve().parents[1] / "src" / "llamavid" / "assets" / "demo_tokenizer"
 
 WORDS = (
     "a an the is are was what which who where when how many color colour shape red green blue yellow purple "
@@ -35,8 +35,8 @@ def corpus() -> list[str]:
 
 
 def main() -> None:
-    out = HERE / "tiny_llm_tokenizer"
-    out.mkdir(exist_ok=True)
+    out = OUT
+    out.mkdir(parents=True, exist_ok=True)
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(corpus()),
