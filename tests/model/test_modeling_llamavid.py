@@ -365,3 +365,15 @@ def test_source_never_hard_codes_cuda():
         if re.search(r"\.cuda\(", path.read_text())
     ]
     assert offenders == []
+
+
+def test_attention_maps_per_media_and_question(tiny_model, tiny_processor, rng):
+    video = moving_square_video(frames=5)
+    image = rng.integers(0, 255, (40, 40, 3), dtype="uint8")
+    prompts = ["<image> what moves? <image> what colour?", "<image> describe"]
+    batch = tiny_processor(prompts, media=[video, image], questions=[["what moves?", "what colour?"], "describe"])
+    maps = tiny_model.get_attention_maps(**batch)
+    assert [m["weights"].shape for m in maps] == [(2, 5, 4, 16), (1, 1, 4, 16)]  # (P, T, Q, N)
+    assert maps[0]["relevance"].shape == (2, 5)
+    torch.testing.assert_close(maps[0]["relevance"].sum(-1), torch.ones(2))
+    assert maps[0]["questions"].tolist() == [0, 1] and maps[1]["questions"].tolist() == [2]

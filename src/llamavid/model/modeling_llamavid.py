@@ -65,6 +65,16 @@ class LlamaVidVisualOutput(ModelOutput):
     attention_weights: Tensor | None = None
     frame_scores: Tensor | None = None
 
+    def per_block(self) -> list[dict[str, Tensor]]:
+        """Split the attention outputs by block: ``[{"weights": (T_k, Q, N), "scores": (T_k,)}, ...]``."""
+        if self.attention_weights is None or self.frame_scores is None:
+            raise ValueError("attention maps were not computed; pass output_visual_attentions=True.")
+        sizes = self.block_frame_counts.tolist()
+        return [
+            {"weights": weights, "scores": scores}
+            for weights, scores in zip(self.attention_weights.split(sizes), self.frame_scores.split(sizes))
+        ]
+
 
 @dataclass
 class LlamaVidCausalLMOutput(ModelOutput):
@@ -611,6 +621,36 @@ class LlamaVidForConditionalGeneration(LlamaVidPreTrainedModel, GenerationMixin)
             attentions=getattr(outputs, "attentions", None),
             visual=visual,
         )
+
+    @torch.no_grad()
+    def get_attention_maps(self, **inputs: Tensor) -> list[dict[str, Tensor]]:
+        """Attention behind every context token, grouped per media item, from a processor batch.
+
+        Returns:
+            One dict per media item: ``weights`` ``(P, T, Q, N)`` (softmax over patches, one row per question
+            about that media), ``scores`` ``(P, T)`` unnormalised frame relevance and ``relevance`` ``(P, T)``
+            its softmax over frames (our definition; see `LlamaVidModel.frame_relevance`), ``questions``
+            ``(P,)`` indices into the batch's questions.
+        """
+        names = ("input_ids", *VISUAL_INPUT_NAMES)
+        visual_inputs = {name: inputs[name] for name in names if inputs.get(name) is not None}
+        _, visual = self.model.get_inputs_embeds(output_attentions=True, **visual_inputs)
+        if visual is None:
+            raise ValueError("the inputs hold no media: nothing to explain.")
+        blocks = visual.per_block()
+        maps = []
+        for media in range(len(inputs["frame_counts"])):
+            members = [k for k, m in enumerate(inputs["block_media"].tolist()) if m == media]
+            scores = torch.stack([blocks[k]["scores"] for k in members])
+            maps.append(
+                {
+                    "weights": torch.stack([blocks[k]["weights"] for k in members]),
+                    "scores": scores,
+                    "relevance": scores.softmax(dim=-1),
+                    "questions": inputs["block_question"][members],
+                }
+            )
+        return maps
 
     def prepare_inputs_for_generation(
         self,

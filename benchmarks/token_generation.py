@@ -1,0 +1,493 @@
+"""Benchmark LLaMA-VID token generation: every frame -> 1 context token + n content tokens.
+
+Compares the vectorised path (one `LlamaVidModel.get_visual_tokens` call for T frames of one video and
+Q questions, i.e. Q blocks over one media item) with a per-frame, per-question loop (one call per
+(frame, question) pair), at two sizes:
+
+* ``tiny``: the test-suite config (vision/Q-Former/LLM width 32, 2 layers, 4 queries, 56-px frames).
+* ``spec``: the released widths that token generation touches: 1408-wide EVA features at 224 px
+  (N = 256 patches + CLS), the BERT-base Q-Former (768 wide, 12 layers, 12 heads, 32 queries,
+  vocab 30523) and a 4096-wide LLM for the projectors. The EVA tower and the LLM body do not run here,
+  so they are built shrunk (1 layer each; see `spec_config_kwargs`) to keep memory modest.
+
+Inputs are random precomputed ``vision_features`` of shape ``(T, 1+N, C)``, so the vision tower is not timed.
+Each variant runs in a fresh subprocess, which makes its peak-RSS reading its own: the kernel's
+peak-RSS counter (``VmHWM``) is reset after the model and inputs are built and read after the runs.
+
+Run: ``python benchmarks/token_generation.py --sizes tiny,spec --json results.json``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Real-looking questions; tokenised together (padded) by the BERT-uncased Q-Former tokenizer.
+QUESTIONS = (
+    "What is happening in this video?",
+    "How many people appear in the scene?",
+    "What colour is the car that drives past?",
+    "Where does this video take place?",
+)
+
+
+# Model sizes -----------------------------------------------------------------------------------------------------
+def tiny_config_kwargs() -> dict[str, Any]:
+    """The `tests/conftest.py::tiny_config_kwargs` model (copied, not imported: benchmarks never import tests).
+
+    The LLM vocabulary is fixed at 99 instead of the tiny tokenizer's size; the LLM never runs here.
+    """
+    return dict(
+        vision_config=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=56, patch_size=14
+        ),
+        qformer_config=dict(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64
+        ),
+        text_config=dict(
+            model_type="llama",
+            vocab_size=99,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=1024,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        ),
+        num_query=4,
+        compress_type="mean",
+        image_compress_type="none",
+    )
+
+
+def spec_config_kwargs() -> dict[str, Any]:
+    """Released widths for everything token generation runs; shrunk depth for the parts it does not run.
+
+    Token generation uses the Q-Former (full BERT-base size here), `vlm_att_*` and `mm_projector`
+    (mlp2x_gelu 1408 -> 4096 -> 4096, value projector 1408 -> 4096). The EVA tower keeps its width
+    (the Q-Former's cross-attention width follows it) but only 1 block, since features are precomputed.
+    The LLM keeps hidden 4096 (the projectors' output width) with 1 layer, intermediate 1024 and vocab 1000:
+    `LlamaVidForConditionalGeneration` always builds one, but token generation never calls it.
+    """
+    return dict(
+        vision_config=dict(
+            hidden_size=1408,
+            intermediate_size=6144,
+            num_hidden_layers=1,
+            num_attention_heads=16,
+            image_size=224,
+            patch_size=14,
+        ),
+        qformer_config=dict(
+            hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, vocab_size=30523
+        ),
+        text_config=dict(
+            model_type="llama",
+            vocab_size=1000,
+            hidden_size=4096,
+            intermediate_size=1024,
+            num_hidden_layers=1,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+        ),
+        num_query=32,
+        compress_type="mean",
+        mm_projector_type="mlp2x_gelu",
+    )
+
+
+SIZES = {"tiny": tiny_config_kwargs, "spec": spec_config_kwargs}
+SIZE_NOTES = {
+    "tiny": "vision/Q-Former/LLM width 32, 2 layers, 4 queries, N=16 patches + CLS",
+    "spec": (
+        "EVA width 1408, N=256 patches + CLS (224 px); Q-Former BERT-base (768, 12 layers, 12 heads, 32 queries, "
+        "vocab 30523); projectors 1408->4096 (mm_projector mlp2x_gelu, value projector). EVA tower built with 1 "
+        "block and LLM built with 1 layer, intermediate 1024, vocab 1000: neither runs in token generation"
+    ),
+}
+
+
+# One variant, run in its own process ------------------------------------------------------------------------------
+@dataclass
+class VariantSpec:
+    """Everything a worker process needs to time one variant."""
+
+    size: str
+    variant: str  # "vectorised" or "loop"
+    frames: int
+    questions: int
+    frame_chunk_size: int
+    repeats: int
+    warmup_frames: int  # vectorised: frames in the warm-up call; loop: warm-up is one pair
+    loop_pairs: int  # loop: number of (frame, question) pairs timed; <= frames * questions
+    device: str
+    threads: int
+    seed: int
+    tokens_path: str
+
+
+@dataclass
+class VariantResult:
+    """Timings and memory of one variant; `tokens_path` holds the tokens for the equality check."""
+
+    size: str
+    variant: str
+    frame_chunk_size: int
+    pairs_timed: int
+    repeats: int
+    seconds: list[float] = field(default_factory=list)
+    median_s: float = 0.0
+    peak_rss_growth_mib: float | None = None
+    peak_rss_mib: float = 0.0
+    peak_device_mib: float | None = None
+    parameters_m: float = 0.0
+    tokens_path: str = ""
+
+
+def _status_kib(name: str) -> int | None:
+    """A ``VmXXX`` field of /proc/self/status in KiB (Linux only)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(name + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM) so it covers only what runs next (Linux >= 4.0)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _select_loop_pairs(frames: int, questions: int, count: int) -> list[tuple[int, int]]:
+    """``count`` (frame, question) pairs: all questions of evenly spaced frames (all pairs if count covers them)."""
+    if count >= frames * questions:
+        frame_ids = list(range(frames))
+    else:
+        step = max(1, count // questions)
+        frame_ids = torch.linspace(0, frames - 1, step).round().long().unique().tolist()
+    return [(f, q) for f in frame_ids for q in range(questions)]
+
+
+def run_variant(spec: VariantSpec) -> VariantResult:
+    """Build the model and inputs, then time `spec.variant`; called in a fresh process per variant."""
+    from llamavid import LlamaVidConfig, LlamaVidForConditionalGeneration
+    from llamavid.model.processing_llamavid import load_qformer_tokenizer
+
+    torch.set_num_threads(spec.threads)
+    device = torch.device(spec.device)
+    torch.manual_seed(spec.seed)
+    config = LlamaVidConfig(**SIZES[spec.size](), frame_chunk_size=spec.frame_chunk_size)
+    model = LlamaVidForConditionalGeneration(config).eval().to(device=device, dtype=torch.float32).model
+    parameters_m = sum(p.numel() for p in model.parameters()) / 1e6
+
+    tokenizer = load_qformer_tokenizer()
+    texts = [QUESTIONS[i % len(QUESTIONS)] + " " * (i // len(QUESTIONS)) for i in range(spec.questions)]
+    questions = tokenizer(texts, padding=True, return_tensors="pt").to(device)
+    ids, mask = questions["input_ids"], questions["attention_mask"]
+    generator = torch.Generator().manual_seed(spec.seed + 1)
+    width = config.vision_config.hidden_size
+    features = torch.randn(spec.frames, config.num_patches + 1, width, generator=generator).to(device)  # (T, 1+N, C)
+    tokens_per_frame = config.tokens_per_frame()
+
+    one, zero = torch.tensor([1], device=device), torch.tensor([0], device=device)
+    block_media = torch.zeros(spec.questions, dtype=torch.long, device=device)
+    block_question = torch.arange(spec.questions, device=device)
+
+    def vectorised(frames: int) -> torch.Tensor:
+        # Q blocks over one video of `frames` frames: tokens (Q * T * (1+n), D), block after block.
+        return model.get_visual_tokens(
+            features[:frames], torch.tensor([frames], device=device), ids, mask, block_media, block_question
+        ).tokens
+
+    pairs = _select_loop_pairs(spec.frames, spec.questions, spec.loop_pairs)
+
+    def loop() -> torch.Tensor:
+        out = [
+            model.get_visual_tokens(features[f : f + 1], one, ids[q : q + 1], mask[q : q + 1], zero, zero).tokens
+            for f, q in pairs
+        ]
+        return torch.stack(out)  # (P, 1+n, D)
+
+    result = VariantResult(
+        size=spec.size,
+        variant=spec.variant,
+        frame_chunk_size=spec.frame_chunk_size,
+        pairs_timed=spec.frames * spec.questions if spec.variant == "vectorised" else len(pairs),
+        repeats=spec.repeats,
+        parameters_m=parameters_m,
+        tokens_path=spec.tokens_path,
+    )
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    baseline_kib = _status_kib("VmRSS")
+    reset = _reset_peak_rss()
+    with torch.inference_mode():
+        if spec.variant == "vectorised":
+            vectorised(spec.warmup_frames)
+        else:
+            model.get_visual_tokens(features[:1], one, ids[:1], mask[:1], zero, zero)
+        _sync(device)
+        tokens = None
+        for _ in range(spec.repeats):
+            start = time.perf_counter()
+            tokens = vectorised(spec.frames) if spec.variant == "vectorised" else loop()
+            _sync(device)
+            result.seconds.append(time.perf_counter() - start)
+    peak_kib = _status_kib("VmHWM")
+    max_rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux; whole-process peak
+    result.peak_rss_mib = max_rss_kib / 1024
+    if reset and peak_kib is not None and baseline_kib is not None:
+        result.peak_rss_growth_mib = (peak_kib - baseline_kib) / 1024
+    if device.type == "cuda":
+        result.peak_device_mib = torch.cuda.max_memory_allocated(device) / 2**20
+    result.median_s = statistics.median(result.seconds)
+
+    if tokens is None:
+        raise RuntimeError("no timed repeat ran; repeats must be >= 1")
+    if spec.variant == "vectorised":
+        # (Q*T*(1+n), D) -> (T, Q, 1+n, D), indexed [frame, question] like the loop's pairs.
+        grid = tokens.reshape(spec.questions, spec.frames, tokens_per_frame, -1).transpose(0, 1)
+        torch.save({"grid": grid.cpu()}, spec.tokens_path)
+    else:
+        torch.save({"pairs": torch.tensor(pairs), "tokens": tokens.cpu()}, spec.tokens_path)
+    return result
+
+
+# Parent: run the variants, compare, report -----------------------------------------------------------------------
+def _spawn(spec: VariantSpec) -> VariantResult:
+    """Run one variant in a fresh interpreter so its peak memory is its own."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(asdict(spec))]
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{spec.size}/{spec.variant} worker failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+    return VariantResult(**json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def hardware_info(device: torch.device, threads: int) -> dict[str, Any]:
+    """CPU model, core count, library versions and the checkout's commit (read-only git calls)."""
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+
+    def git(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+
+    commit = git("rev-parse", "--short", "HEAD").stdout.strip() or "unknown"
+    if git("diff", "--quiet", "HEAD", "--", "src/llamavid").returncode == 1:
+        commit += " (+ uncommitted changes under src/llamavid)"
+    import transformers
+
+    info: dict[str, Any] = {
+        "cpu": cpu,
+        "logical_cores": os.cpu_count(),
+        "torch_threads": threads,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "commit": commit,
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _max_abs_diff(reference: dict[str, torch.Tensor], other: dict[str, torch.Tensor]) -> float:
+    grid = reference["grid"]  # (T, Q, 1+n, D)
+    if "grid" in other:
+        return (grid - other["grid"]).abs().max().item()
+    pairs = other["pairs"]
+    return (grid[pairs[:, 0], pairs[:, 1]] - other["tokens"]).abs().max().item()
+
+
+def benchmark_size(size: str, args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
+    """Time vectorised (chunk 64 and 16) and the loop for one size; return one table row per variant."""
+    is_spec = size == "spec"
+    repeats = args.spec_repeats if is_spec else args.repeats
+    loop_pairs = args.loop_pairs if args.loop_pairs is not None else (64 if is_spec else args.frames * args.questions)
+    total_pairs = args.frames * args.questions
+    # Warm-up: at spec width one chunk's worth of pairs (same kernel shapes) instead of a full ~minute-long pass.
+    warmup_frames = max(1, min(args.frames, 64 // args.questions)) if is_spec else args.frames
+    base = dict(
+        size=size,
+        frames=args.frames,
+        questions=args.questions,
+        repeats=repeats,
+        warmup_frames=warmup_frames,
+        loop_pairs=loop_pairs,
+        device=args.device,
+        threads=args.threads,
+        seed=args.seed,
+    )
+    plan = [("vectorised", chunk) for chunk in args.chunks] + [("loop", args.chunks[0])]
+    results: list[VariantResult] = []
+    for variant, chunk in plan:
+        spec = VariantSpec(
+            variant=variant,
+            frame_chunk_size=chunk,
+            tokens_path=str(workdir / f"{size}_{variant}_{chunk}.pt"),
+            **base,  # type: ignore[arg-type]
+        )
+        print(f"  {size}: {variant} (frame_chunk_size={chunk}) ...", file=sys.stderr, flush=True)
+        results.append(_spawn(spec))
+
+    reference = torch.load(results[0].tokens_path)
+    rows = []
+    for result in results:
+        pairs_per_s = result.pairs_timed / result.median_s
+        is_loop = result.variant == "loop"
+        label = "loop, 1 call per (frame, question)" if is_loop else f"vectorised, frame_chunk_size={result.frame_chunk_size}"
+        extrapolated = is_loop and result.pairs_timed < total_pairs
+        rows.append(
+            {
+                "size": size,
+                "variant": label,
+                "frame_chunk_size": result.frame_chunk_size,
+                "pairs_timed": result.pairs_timed,
+                "extrapolated": extrapolated,
+                "repeats": result.repeats,
+                "median_s": result.median_s,
+                "all_s": result.seconds,
+                # Frames with all Q questions answered: pairs/s divided by Q.
+                "frames_per_s": pairs_per_s / args.questions,
+                "pairs_per_s": pairs_per_s,
+                "full_run_s": total_pairs / pairs_per_s,
+                "speedup_vs_loop": None,
+                "peak_rss_growth_mib": result.peak_rss_growth_mib,
+                "peak_rss_mib": result.peak_rss_mib,
+                "peak_device_mib": result.peak_device_mib,
+                "parameters_m": result.parameters_m,
+                "max_abs_diff_vs_vectorised": _max_abs_diff(reference, torch.load(result.tokens_path)),
+            }
+        )
+    loop_pairs_per_s = rows[-1]["pairs_per_s"]
+    for row in rows:
+        row["speedup_vs_loop"] = row["pairs_per_s"] / loop_pairs_per_s
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table of the rows (also readable in a terminal)."""
+    header = (
+        "| size | variant | pairs timed | repeats | median s (timed pairs) | frames/s | pairs/s | "
+        "est. s for all pairs | speed-up vs loop | peak RSS growth MiB | max abs diff vs vectorised |"
+    )
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for row in rows:
+        growth = "n/a" if row["peak_rss_growth_mib"] is None else f"{row['peak_rss_growth_mib']:.0f}"
+        pairs = f"{row['pairs_timed']}" + (" (subset, extrapolated)" if row["extrapolated"] else "")
+        lines.append(
+            f"| {row['size']} | {row['variant']} | {pairs} | {row['repeats']} | {row['median_s']:.3f} | "
+            f"{row['frames_per_s']:.2f} | {row['pairs_per_s']:.1f} | {row['full_run_s']:.2f} | "
+            f"{row['speedup_vs_loop']:.1f}x | {growth} | {row['max_abs_diff_vs_vectorised']:.2e} |"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="tiny,spec", help="comma-separated subset of: " + ", ".join(SIZES))
+    parser.add_argument("--frames", type=int, default=256, help="frames T of the one video (default 256)")
+    parser.add_argument("--questions", type=int, default=4, help="questions Q asked about the video (default 4)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats at tiny size; the median is reported")
+    parser.add_argument(
+        "--spec-repeats", type=int, default=1, help="timed repeats at spec size (a vectorised pass takes ~1 min on 2 cores)"
+    )
+    parser.add_argument(
+        "--loop-pairs",
+        type=int,
+        default=None,
+        help="(frame, question) pairs the loop times; default all at tiny, 64 at spec (then extrapolated per pair)",
+    )
+    parser.add_argument(
+        "--chunks", default="64,16", help="frame_chunk_size values for the vectorised path; the first is the reference"
+    )
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default cpu)")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="also write hardware, settings and rows here")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker is None:
+        unknown = [s for s in args.sizes.split(",") if s not in SIZES]
+        if unknown:
+            parser.error(f"--sizes got {unknown}; choose from {sorted(SIZES)}")
+        if args.frames < 1 or args.questions < 1 or args.repeats < 1 or args.spec_repeats < 1:
+            parser.error("--frames, --questions, --repeats and --spec-repeats must be >= 1")
+        args.chunks = [int(c) for c in args.chunks.split(",")]
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.worker is not None:
+        print(json.dumps(asdict(run_variant(VariantSpec(**json.loads(args.worker))))))
+        return
+    device = torch.device(args.device)
+    info = hardware_info(device, args.threads)
+    settings = {
+        "dtype": "float32",
+        "mode": "torch.inference_mode()",
+        "batch": f"1 video x {args.frames} frames x {args.questions} questions = {args.frames * args.questions} pairs",
+        "inputs": "random precomputed vision_features (T, 1+N, C); vision tower not timed",
+        "compress_type": "mean (1 content token per frame, so 2 tokens per (frame, question))",
+    }
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="llamavid-bench-") as workdir:
+        for size in args.sizes.split(","):
+            rows += benchmark_size(size, args, Path(workdir))
+
+    print("## Token generation (context + content tokens)\n")
+    print(f"command: python benchmarks/token_generation.py {' '.join(sys.argv[1:])}".rstrip())
+    for key, value in {**info, **settings}.items():
+        print(f"{key}: {value}")
+    for size in dict.fromkeys(row["size"] for row in rows):
+        params = next(row["parameters_m"] for row in rows if row["size"] == size)
+        print(f"{size}: {SIZE_NOTES[size]} ({params:.0f}M parameters built)")
+    print()
+    print(format_table(rows))
+    print(
+        "\nframes/s = frames with all questions answered per second (pairs/s / Q). Peak RSS growth = VmHWM after "
+        "warm-up and timed runs minus VmRSS before them, one fresh process per variant. Loop rows marked "
+        "'subset' time that many pairs and extrapolate per-pair throughput to all pairs."
+    )
+    if args.json is not None:
+        args.json.write_text(json.dumps({"hardware": info, "settings": settings, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
