@@ -54,10 +54,19 @@ def tiny_config_kwargs() -> dict[str, Any]:
     """
     return dict(
         vision_config=dict(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=56, patch_size=14
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=56,
+            patch_size=14,
         ),
         qformer_config=dict(
-            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=64,
         ),
         text_config=dict(
             model_type="llama",
@@ -96,7 +105,11 @@ def spec_config_kwargs() -> dict[str, Any]:
             patch_size=14,
         ),
         qformer_config=dict(
-            hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, vocab_size=30523
+            hidden_size=768,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            intermediate_size=3072,
+            vocab_size=30523,
         ),
         text_config=dict(
             model_type="llama",
@@ -214,7 +227,9 @@ def run_variant(spec: VariantSpec) -> VariantResult:
     ids, mask = questions["input_ids"], questions["attention_mask"]
     generator = torch.Generator().manual_seed(spec.seed + 1)
     width = config.vision_config.hidden_size
-    features = torch.randn(spec.frames, config.num_patches + 1, width, generator=generator).to(device)  # (T, 1+N, C)
+    features = torch.randn(spec.frames, config.num_patches + 1, width, generator=generator).to(
+        device
+    )  # (T, 1+N, C)
     tokens_per_frame = config.tokens_per_frame()
 
     one, zero = torch.tensor([1], device=device), torch.tensor([0], device=device)
@@ -231,7 +246,9 @@ def run_variant(spec: VariantSpec) -> VariantResult:
 
     def loop() -> torch.Tensor:
         out = [
-            model.get_visual_tokens(features[f : f + 1], one, ids[q : q + 1], mask[q : q + 1], zero, zero).tokens
+            model.get_visual_tokens(
+                features[f : f + 1], one, ids[q : q + 1], mask[q : q + 1], zero, zero
+            ).tokens
             for f, q in pairs
         ]
         return torch.stack(out)  # (P, 1+n, D)
@@ -285,10 +302,17 @@ def run_variant(spec: VariantSpec) -> VariantResult:
 def _spawn(spec: VariantSpec) -> VariantResult:
     """Run one variant in a fresh interpreter so its peak memory is its own."""
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(asdict(spec))]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"{spec.size}/{spec.variant} worker failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+        raise RuntimeError(
+            f"{spec.size}/{spec.variant} worker failed (exit {done.returncode}):\n{done.stderr[-4000:]}"
+        )
     return VariantResult(**json.loads(done.stdout.strip().splitlines()[-1]))
 
 
@@ -319,6 +343,7 @@ def hardware_info(device: torch.device, threads: int) -> dict[str, Any]:
         "transformers": transformers.__version__,
         "python": platform.python_version(),
         "device": str(device),
+        "load_average_at_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "commit": commit,
     }
     if device.type == "cuda":
@@ -338,29 +363,28 @@ def benchmark_size(size: str, args: argparse.Namespace, workdir: Path) -> list[d
     """Time vectorised (chunk 64 and 16) and the loop for one size; return one table row per variant."""
     is_spec = size == "spec"
     repeats = args.spec_repeats if is_spec else args.repeats
-    loop_pairs = args.loop_pairs if args.loop_pairs is not None else (64 if is_spec else args.frames * args.questions)
+    loop_pairs = (
+        args.loop_pairs if args.loop_pairs is not None else (64 if is_spec else args.frames * args.questions)
+    )
     total_pairs = args.frames * args.questions
     # Warm-up: at spec width one chunk's worth of pairs (same kernel shapes) instead of a full ~minute-long pass.
     warmup_frames = max(1, min(args.frames, 64 // args.questions)) if is_spec else args.frames
-    base = dict(
-        size=size,
-        frames=args.frames,
-        questions=args.questions,
-        repeats=repeats,
-        warmup_frames=warmup_frames,
-        loop_pairs=loop_pairs,
-        device=args.device,
-        threads=args.threads,
-        seed=args.seed,
-    )
     plan = [("vectorised", chunk) for chunk in args.chunks] + [("loop", args.chunks[0])]
     results: list[VariantResult] = []
     for variant, chunk in plan:
         spec = VariantSpec(
+            size=size,
             variant=variant,
+            frames=args.frames,
+            questions=args.questions,
             frame_chunk_size=chunk,
+            repeats=args.loop_repeats if variant == "loop" else repeats,
+            warmup_frames=warmup_frames,
+            loop_pairs=loop_pairs,
+            device=args.device,
+            threads=args.threads,
+            seed=args.seed,
             tokens_path=str(workdir / f"{size}_{variant}_{chunk}.pt"),
-            **base,  # type: ignore[arg-type]
         )
         print(f"  {size}: {variant} (frame_chunk_size={chunk}) ...", file=sys.stderr, flush=True)
         results.append(_spawn(spec))
@@ -370,7 +394,11 @@ def benchmark_size(size: str, args: argparse.Namespace, workdir: Path) -> list[d
     for result in results:
         pairs_per_s = result.pairs_timed / result.median_s
         is_loop = result.variant == "loop"
-        label = "loop, 1 call per (frame, question)" if is_loop else f"vectorised, frame_chunk_size={result.frame_chunk_size}"
+        label = (
+            "loop, 1 call per (frame, question)"
+            if is_loop
+            else f"vectorised, frame_chunk_size={result.frame_chunk_size}"
+        )
         extrapolated = is_loop and result.pairs_timed < total_pairs
         rows.append(
             {
@@ -422,10 +450,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="tiny,spec", help="comma-separated subset of: " + ", ".join(SIZES))
     parser.add_argument("--frames", type=int, default=256, help="frames T of the one video (default 256)")
-    parser.add_argument("--questions", type=int, default=4, help="questions Q asked about the video (default 4)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats at tiny size; the median is reported")
     parser.add_argument(
-        "--spec-repeats", type=int, default=1, help="timed repeats at spec size (a vectorised pass takes ~1 min on 2 cores)"
+        "--questions", type=int, default=4, help="questions Q asked about the video (default 4)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timed repeats at tiny size; the median is reported"
+    )
+    parser.add_argument(
+        "--spec-repeats",
+        type=int,
+        default=1,
+        help="timed repeats at spec size (a vectorised pass takes ~1 min on 2 cores)",
+    )
+    parser.add_argument(
+        "--loop-repeats",
+        type=int,
+        default=1,
+        help="timed passes of the loop (default 1: one pass already averages over every timed pair)",
     )
     parser.add_argument(
         "--loop-pairs",
@@ -434,7 +475,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="(frame, question) pairs the loop times; default all at tiny, 64 at spec (then extrapolated per pair)",
     )
     parser.add_argument(
-        "--chunks", default="64,16", help="frame_chunk_size values for the vectorised path; the first is the reference"
+        "--chunks",
+        default="64,16",
+        help="frame_chunk_size values for the vectorised path; the first is the reference",
     )
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default cpu)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
@@ -446,8 +489,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         unknown = [s for s in args.sizes.split(",") if s not in SIZES]
         if unknown:
             parser.error(f"--sizes got {unknown}; choose from {sorted(SIZES)}")
-        if args.frames < 1 or args.questions < 1 or args.repeats < 1 or args.spec_repeats < 1:
-            parser.error("--frames, --questions, --repeats and --spec-repeats must be >= 1")
+        if min(args.frames, args.questions, args.repeats, args.spec_repeats, args.loop_repeats) < 1:
+            parser.error("--frames, --questions, --repeats, --spec-repeats and --loop-repeats must be >= 1")
         args.chunks = [int(c) for c in args.chunks.split(",")]
     return args
 
@@ -471,6 +514,7 @@ def main(argv: list[str] | None = None) -> None:
         for size in args.sizes.split(","):
             rows += benchmark_size(size, args, Path(workdir))
 
+    info["load_average_at_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print("## Token generation (context + content tokens)\n")
     print(f"command: python benchmarks/token_generation.py {' '.join(sys.argv[1:])}".rstrip())
     for key, value in {**info, **settings}.items():

@@ -6,7 +6,6 @@ import importlib
 import ipaddress
 import os
 import socket
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 from llamavid.assets import DEMO_TOKENIZER_DIR  # noqa: E402
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -64,10 +64,19 @@ def tiny_config_kwargs(**overrides) -> dict:
     vocab = len(LlamaTokenizer.from_pretrained(str(DEMO_TOKENIZER_DIR)))
     kwargs = dict(
         vision_config=dict(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=56, patch_size=14
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=56,
+            patch_size=14,
         ),
         qformer_config=dict(
-            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=64,
         ),
         text_config=dict(
             model_type="llama",

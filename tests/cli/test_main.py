@@ -11,7 +11,9 @@ from llamavid.cli.main import build_parser
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "llamavid.cli.main", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "llamavid.cli.main", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_every_registered_command_has_help():

@@ -29,8 +29,13 @@ def test_multi_turn_uses_sep_and_sep2():
 
 
 def test_plain_guided_is_caption_only():
-    assert build_prompt([{"role": "user", "content": "<image>"}, {"role": "assistant", "content": "a cat"}],
-                        "plain_guided") == "<image>\na cat\n"
+    assert (
+        build_prompt(
+            [{"role": "user", "content": "<image>"}, {"role": "assistant", "content": "a cat"}],
+            "plain_guided",
+        )
+        == "<image>\na cat\n"
+    )
 
 
 def test_llava_v1_differs_by_the_human_wording():

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny_model, moving_square_video, tiny_config_kwargs
 
+from conftest import build_tiny_model, moving_square_video, tiny_config_kwargs
 from llamavid import LlamaVidConfig, LlamaVidForConditionalGeneration
 from llamavid.model import IMAGE_TOKEN_INDEX
 
@@ -39,7 +39,14 @@ def question_prompt(processor, question: str) -> str:
     ("compress", "per_frame"),
     # 4x4 patches; grid:g pools with kernel = stride = 4 // g, giving (4 // (4 // g))^2 tokens (spec §1):
     # grid:3 -> kernel 1 -> 16 tokens.
-    [(None, 1 + 16), ("none", 1 + 16), ("mean", 1 + 1), ("grid:2", 1 + 4), ("grid:3", 1 + 16), ("grid:4", 1 + 16)],
+    [
+        (None, 1 + 16),
+        ("none", 1 + 16),
+        ("mean", 1 + 1),
+        ("grid:2", 1 + 4),
+        ("grid:3", 1 + 16),
+        ("grid:4", 1 + 16),
+    ],
 )
 def test_tokens_per_frame_for_each_compression(compress, per_frame):
     model = build_tiny_model(compress_type=compress, image_compress_type="same")
@@ -62,7 +69,10 @@ def test_images_and_videos_use_their_own_compression(tiny_processor, tiny_model,
     # tiny config: images keep all 16 patches (1 + 16), video frames are pooled to 1 (1 + 1)
     video = moving_square_video(frames=5)
     image = rng.integers(0, 255, (40, 70, 3), dtype="uint8")
-    prompts = [question_prompt(tiny_processor, "what moves?"), question_prompt(tiny_processor, "what colour?")]
+    prompts = [
+        question_prompt(tiny_processor, "what moves?"),
+        question_prompt(tiny_processor, "what colour?"),
+    ]
     batch = tiny_processor(prompts, media=[video, image], questions=["what moves?", "what colour?"])
     placeholders = (batch["input_ids"] == IMAGE_TOKEN_INDEX).sum(dim=1).tolist()
     assert placeholders == [5 * 2, 1 * 17]
@@ -77,7 +87,9 @@ def test_grid_pooling_is_row_major(tiny_model):
         for col in range(4):
             patches[0, row * 4 + col] = 10 * row + col
     pooled = tiny_model.model.pool_patches(patches, "grid:2")[0, :, 0]
-    expected = torch.tensor([(0 + 1 + 10 + 11) / 4, (2 + 3 + 12 + 13) / 4, (20 + 21 + 30 + 31) / 4, (22 + 23 + 32 + 33) / 4])
+    expected = torch.tensor(
+        [(0 + 1 + 10 + 11) / 4, (2 + 3 + 12 + 13) / 4, (20 + 21 + 30 + 31) / 4, (22 + 23 + 32 + 33) / 4]
+    )
     torch.testing.assert_close(pooled, expected)
 
 
@@ -101,7 +113,9 @@ def test_context_token_matches_spec_formula(tiny_model, qformer_tokenizer):
             x_full = features[frame : frame + 1]  # the Q-Former sees CLS + patches through vlm_att_ln
             x = x_full[:, 1:]  # context/content use patches only, no LayerNorm
             queries = model.vlm_att_query
-            mask = torch.cat([torch.ones(1, queries.shape[1], dtype=torch.long), question["attention_mask"]], 1)
+            mask = torch.cat(
+                [torch.ones(1, queries.shape[1], dtype=torch.long), question["attention_mask"]], 1
+            )
             hidden = model.vlm_att_encoder(
                 input_ids=question["input_ids"],
                 attention_mask=mask,
@@ -122,14 +136,21 @@ def test_vectorised_equals_loop_over_frames_and_questions(tiny_model, qformer_to
     model = tiny_model.model
     frame_counts = torch.tensor([3, 1, 4])
     features = torch.randn(int(frame_counts.sum()), 17, 32)
-    questions = qformer_tokenizer(["what moves?", "how many?", "colour of the circle?"], padding=True, return_tensors="pt")
+    questions = qformer_tokenizer(
+        ["what moves?", "how many?", "colour of the circle?"], padding=True, return_tensors="pt"
+    )
     block_media, block_question = torch.tensor([0, 0, 1, 2, 2]), torch.tensor([0, 1, 2, 0, 2])
     batched = model.get_visual_tokens(
-        features, frame_counts, questions["input_ids"], questions["attention_mask"], block_media, block_question
+        features,
+        frame_counts,
+        questions["input_ids"],
+        questions["attention_mask"],
+        block_media,
+        block_question,
     ).tokens
     starts = torch.cumsum(frame_counts, 0) - frame_counts
     pieces = []
-    for media, question in zip(block_media.tolist(), block_question.tolist()):
+    for media, question in zip(block_media.tolist(), block_question.tolist(), strict=True):
         for frame in range(int(frame_counts[media])):
             index = int(starts[media]) + frame
             one = model.get_visual_tokens(
@@ -149,8 +170,17 @@ def test_frame_chunking_gives_identical_tokens(qformer_tokenizer):
     large = build_tiny_model(frame_chunk_size=64)
     features = torch.randn(7, 17, 32)
     question = qformer_tokenizer(["where is it?"], return_tensors="pt")
-    args = (features, torch.tensor([7]), question["input_ids"], question["attention_mask"], torch.tensor([0]), torch.tensor([0]))
-    torch.testing.assert_close(small.model.get_visual_tokens(*args).tokens, large.model.get_visual_tokens(*args).tokens)
+    args = (
+        features,
+        torch.tensor([7]),
+        question["input_ids"],
+        question["attention_mask"],
+        torch.tensor([0]),
+        torch.tensor([0]),
+    )
+    torch.testing.assert_close(
+        small.model.get_visual_tokens(*args).tokens, large.model.get_visual_tokens(*args).tokens
+    )
 
 
 # Attention maps -----------------------------------------------------------------------------------------------------
@@ -211,10 +241,14 @@ def test_left_padded_batch_equals_one_by_one(tiny_model, tiny_processor, rng):
     ]
     prompts = [question_prompt(tiny_processor, question) for _, question in samples]
     batch = tiny_processor(prompts, media=[m for m, _ in samples], questions=[q for _, q in samples])
-    together = tiny_model.generate(**batch, max_new_tokens=6, do_sample=False)[:, batch["input_ids"].shape[1] :]
+    together = tiny_model.generate(**batch, max_new_tokens=6, do_sample=False)[
+        :, batch["input_ids"].shape[1] :
+    ]
     for row, (media, question) in enumerate(samples):
         single = tiny_processor(prompts[row], media=media, questions=question)
-        alone = tiny_model.generate(**single, max_new_tokens=6, do_sample=False)[:, single["input_ids"].shape[1] :]
+        alone = tiny_model.generate(**single, max_new_tokens=6, do_sample=False)[
+            :, single["input_ids"].shape[1] :
+        ]
         assert together[row].tolist() == alone[0].tolist()
 
 
@@ -248,8 +282,12 @@ def test_several_questions_share_frames_but_not_context(tiny_model, tiny_process
 def test_training_loss_ignores_visual_positions_and_falls(tiny_processor):
     model = build_tiny_model().train()
     video = moving_square_video(frames=2)
-    batch = tiny_processor(question_prompt(tiny_processor, "what moves?") + " a red square", media=video,
-                           questions="what moves?", padding_side="right")
+    batch = tiny_processor(
+        question_prompt(tiny_processor, "what moves?") + " a red square",
+        media=video,
+        questions="what moves?",
+        padding_side="right",
+    )
     labels = batch["input_ids"].clone()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     losses = []
@@ -283,13 +321,21 @@ def test_save_and_load_give_identical_logits(tmp_path, tiny_model, tiny_processo
     torch.testing.assert_close(tiny_model(**batch).logits, reloaded(**again).logits, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("bert_type", ["qformer", "qformer_pretrain_freeze_all", "raw_bert", "qformer_pretrain layer:1"])
+@pytest.mark.parametrize(
+    "bert_type", ["qformer", "qformer_pretrain_freeze_all", "raw_bert", "qformer_pretrain layer:1"]
+)
 def test_text_decoder_variants_build_and_run(bert_type, qformer_tokenizer):
     model = build_tiny_model(bert_type=bert_type)
-    question = qformer_tokenizer(["what moves?", "a longer question here?"], padding=True, return_tensors="pt")
+    question = qformer_tokenizer(
+        ["what moves?", "a longer question here?"], padding=True, return_tensors="pt"
+    )
     out = model.model.get_visual_tokens(
-        torch.randn(2, 17, 32), torch.tensor([2]), question["input_ids"], question["attention_mask"],
-        torch.tensor([0, 0]), torch.tensor([0, 1]),
+        torch.randn(2, 17, 32),
+        torch.tensor([2]),
+        question["input_ids"],
+        question["attention_mask"],
+        torch.tensor([0, 0]),
+        torch.tensor([0, 1]),
     )
     assert out.tokens.shape == (2 * 2 * 2, 32)
     assert torch.isfinite(out.tokens).all()
@@ -303,7 +349,9 @@ def test_text_decoder_variants_build_and_run(bert_type, qformer_tokenizer):
 
 # Errors --------------------------------------------------------------------------------------------------------------
 def test_wrong_placeholder_count_is_a_clear_error(tiny_model, tiny_processor):
-    batch = tiny_processor(question_prompt(tiny_processor, "what?"), media=moving_square_video(frames=3), questions="what?")
+    batch = tiny_processor(
+        question_prompt(tiny_processor, "what?"), media=moving_square_video(frames=3), questions="what?"
+    )
     ids = batch["input_ids"]
     position = int((ids[0] == IMAGE_TOKEN_INDEX).nonzero()[0])
     batch["input_ids"] = torch.cat([ids[:, :position], ids[:, position + 1 :]], dim=1)
@@ -321,19 +369,29 @@ def test_frames_without_a_question_are_an_error(tiny_model, qformer_tokenizer):
     question = qformer_tokenizer(["what?"], return_tensors="pt")
     with pytest.raises(ValueError, match=r"media \[1\] have frames but no question"):
         tiny_model.model.get_visual_tokens(
-            torch.randn(3, 17, 32), torch.tensor([2, 1]), question["input_ids"], question["attention_mask"],
-            torch.tensor([0]), torch.tensor([0]),
+            torch.randn(3, 17, 32),
+            torch.tensor([2, 1]),
+            question["input_ids"],
+            question["attention_mask"],
+            torch.tensor([0]),
+            torch.tensor([0]),
         )
 
 
 def test_empty_video_is_an_error(tiny_processor, tiny_model, qformer_tokenizer):
     with pytest.raises(ValueError, match="empty"):
-        tiny_processor(question_prompt(tiny_processor, "what?"), media=np.zeros((0, 8, 8, 3), "uint8"), questions="what?")
+        tiny_processor(
+            question_prompt(tiny_processor, "what?"), media=np.zeros((0, 8, 8, 3), "uint8"), questions="what?"
+        )
     question = qformer_tokenizer(["what?"], return_tensors="pt")
     with pytest.raises(ValueError, match=r"media \[1\] have no frames"):
         tiny_model.model.get_visual_tokens(
-            torch.randn(2, 17, 32), torch.tensor([2, 0]), question["input_ids"], question["attention_mask"],
-            torch.tensor([0, 1]), torch.tensor([0, 0]),
+            torch.randn(2, 17, 32),
+            torch.tensor([2, 0]),
+            question["input_ids"],
+            question["attention_mask"],
+            torch.tensor([0, 1]),
+            torch.tensor([0, 0]),
         )
 
 
@@ -371,7 +429,9 @@ def test_attention_maps_per_media_and_question(tiny_model, tiny_processor, rng):
     video = moving_square_video(frames=5)
     image = rng.integers(0, 255, (40, 40, 3), dtype="uint8")
     prompts = ["<image> what moves? <image> what colour?", "<image> describe"]
-    batch = tiny_processor(prompts, media=[video, image], questions=[["what moves?", "what colour?"], "describe"])
+    batch = tiny_processor(
+        prompts, media=[video, image], questions=[["what moves?", "what colour?"], "describe"]
+    )
     maps = tiny_model.get_attention_maps(**batch)
     assert [m["weights"].shape for m in maps] == [(2, 5, 4, 16), (1, 1, 4, 16)]  # (P, T, Q, N)
     assert maps[0]["relevance"].shape == (2, 5)

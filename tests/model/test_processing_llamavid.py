@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import moving_square_video
 from PIL import Image
 
+from conftest import moving_square_video
 from llamavid import LlamaVidProcessor
 from llamavid.model import IMAGE_TOKEN_INDEX
 from llamavid.model.image_processing_llamavid import CLIP_MEAN, CLIP_STD, LlamaVidImageProcessor
@@ -18,7 +18,9 @@ def test_image_preprocessing_follows_the_clip_pipeline(rng):
     processor = LlamaVidImageProcessor(size=56, image_aspect_ratio="square")
     pixels = processor(array)
     # By hand: shortest edge 30 -> 56 (long side int(56 * 60 / 30) = 112), PIL bicubic, centre crop, CLIP norm.
-    resized = np.asarray(Image.fromarray(array).resize((112, 56), Image.Resampling.BICUBIC)).astype(np.float32)
+    resized = np.asarray(Image.fromarray(array).resize((112, 56), Image.Resampling.BICUBIC)).astype(
+        np.float32
+    )
     crop = resized[:, 28:84] / 255.0
     expected = (crop - np.array(CLIP_MEAN, np.float32)) / np.array(CLIP_STD, np.float32)
     assert pixels.shape == (1, 3, 56, 56) and pixels.dtype == torch.float32
@@ -28,11 +30,17 @@ def test_image_preprocessing_follows_the_clip_pipeline(rng):
 def test_pad_mode_pads_images_with_the_mean_colour_but_never_video_frames():
     wide = np.zeros((20, 80, 3), dtype=np.uint8)  # black, 4:1
     padded = LlamaVidImageProcessor(size=56, image_aspect_ratio="pad")(wide)
-    background = (np.array([122, 116, 104], np.float32) / 255 - np.array(CLIP_MEAN, np.float32)) / np.array(CLIP_STD, np.float32)
+    background = (np.array([122, 116, 104], np.float32) / 255 - np.array(CLIP_MEAN, np.float32)) / np.array(
+        CLIP_STD, np.float32
+    )
     np.testing.assert_allclose(padded[0, :, 0, 28].numpy(), background, atol=1e-4)  # top rows: padding
-    np.testing.assert_allclose(padded[0, :, 28, 28].numpy(), (0 - np.array(CLIP_MEAN)) / np.array(CLIP_STD), atol=1e-4)
+    np.testing.assert_allclose(
+        padded[0, :, 28, 28].numpy(), (0 - np.array(CLIP_MEAN)) / np.array(CLIP_STD), atol=1e-4
+    )
     frames = LlamaVidImageProcessor(size=56, image_aspect_ratio="pad")(wide[None], is_video=True)
-    np.testing.assert_allclose(frames[0, :, 0, 28].numpy(), (0 - np.array(CLIP_MEAN)) / np.array(CLIP_STD), atol=1e-4)
+    np.testing.assert_allclose(
+        frames[0, :, 0, 28].numpy(), (0 - np.array(CLIP_MEAN)) / np.array(CLIP_STD), atol=1e-4
+    )
 
 
 def test_grayscale_and_pil_inputs_become_rgb():
@@ -76,12 +84,18 @@ def test_batch_layout_for_mixed_media_and_questions(tiny_processor, rng):
     assert batch["block_question"].tolist() == [0, 1, 2, 3]
     counts = (batch["input_ids"] == IMAGE_TOKEN_INDEX).sum(1).tolist()
     assert counts == [2 * 4 * 2, 17 + 2 * 2]
-    assert batch["attention_mask"][0, 0] == 1 and batch["input_ids"][0, 0] == tiny_processor.tokenizer.bos_token_id
+    assert (
+        batch["attention_mask"][0, 0] == 1
+        and batch["input_ids"][0, 0] == tiny_processor.tokenizer.bos_token_id
+    )
 
 
 def test_left_padding_for_generation(tiny_processor):
-    batch = tiny_processor(["<image> short", "<image> a much longer prompt here"], media=[moving_square_video(2)] * 2,
-                           questions=["a", "b"])
+    batch = tiny_processor(
+        ["<image> short", "<image> a much longer prompt here"],
+        media=[moving_square_video(2)] * 2,
+        questions=["a", "b"],
+    )
     assert batch["attention_mask"][0, 0] == 0 and batch["attention_mask"][1, 0] == 1
     assert batch["attention_mask"][:, -1].tolist() == [1, 1]
 
@@ -90,9 +104,18 @@ def test_left_padding_for_generation(tiny_processor):
     ("kwargs", "message"),
     [
         (dict(text="<image> what?", media=None, questions="what?"), "no media"),
-        (dict(text="what?", media=np.zeros((8, 8, 3), np.uint8), questions="what?"), "no <image> placeholder"),
-        (dict(text="<image> <image>", media=np.zeros((8, 8, 3), np.uint8), questions=["a", "b", "c"]), "need 2 questions"),
-        (dict(text=["<image>", "<image>"], media=[np.zeros((8, 8, 3), np.uint8)], questions=["a", "b"]), "one per prompt"),
+        (
+            dict(text="what?", media=np.zeros((8, 8, 3), np.uint8), questions="what?"),
+            "no <image> placeholder",
+        ),
+        (
+            dict(text="<image> <image>", media=np.zeros((8, 8, 3), np.uint8), questions=["a", "b", "c"]),
+            "need 2 questions",
+        ),
+        (
+            dict(text=["<image>", "<image>"], media=[np.zeros((8, 8, 3), np.uint8)], questions=["a", "b"]),
+            "one per prompt",
+        ),
         (dict(text="<image>", media=np.zeros((8, 8, 3), np.float32), questions="a"), "uint8"),
     ],
 )

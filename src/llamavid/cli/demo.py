@@ -24,7 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("--question", default="Which way does the red square move?", help="question to ask")
-    parser.add_argument("--frames", type=int, default=8, help="number of generated frames at 1 fps (default 8)")
+    parser.add_argument(
+        "--frames", type=int, default=8, help="number of generated frames at 1 fps (default 8)"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=12, help="answer length limit (default 12)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random demo weights")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
@@ -54,7 +56,9 @@ def build_random_demo_model(seed: int):
         vision_config=dict(
             hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=112
         ),
-        qformer_config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128),
+        qformer_config=dict(
+            hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128
+        ),
         text_config=dict(
             model_type="llama",
             vocab_size=len(tokenizer),

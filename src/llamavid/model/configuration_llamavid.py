@@ -66,7 +66,9 @@ def parse_bert_type(value: str) -> tuple[str, int | None]:
     if "raw" in variant:
         return "raw_bert", layers
     if variant not in BERT_TYPES:
-        raise ValueError(f"bert_type={value!r} is not supported; expected one of {BERT_TYPES} (optionally + ' layer:K').")
+        raise ValueError(
+            f"bert_type={value!r} is not supported; expected one of {BERT_TYPES} (optionally + ' layer:K')."
+        )
     return variant, layers
 
 
@@ -139,7 +141,9 @@ class LlamaVidConfig(PreTrainedConfig):
         if self.image_compress_type != "same":
             parse_compress_type(self.image_compress_type)
         parse_bert_type(self.bert_type)
-        if not (self.mm_projector_type in ("linear", "identity") or _PROJECTOR_RE.match(self.mm_projector_type)):
+        if not (
+            self.mm_projector_type in ("linear", "identity") or _PROJECTOR_RE.match(self.mm_projector_type)
+        ):
             raise ValueError(
                 f"mm_projector_type={self.mm_projector_type!r} is not supported; expected 'linear', 'identity' "
                 "or 'mlpNx_gelu' (e.g. 'mlp2x_gelu')."
@@ -159,7 +163,9 @@ class LlamaVidConfig(PreTrainedConfig):
             name, grid = parse_compress_type(kind)
             side = self.patch_grid_size
             if name == "grid" and grid > side:
-                raise ValueError(f"compress_type={kind!r} asks for a {grid}x{grid} grid from {side}x{side} patches.")
+                raise ValueError(
+                    f"compress_type={kind!r} asks for a {grid}x{grid} grid from {side}x{side} patches."
+                )
 
     # Derived sizes ------------------------------------------------------------------------------------------
     @property
@@ -178,7 +184,9 @@ class LlamaVidConfig(PreTrainedConfig):
 
     def content_tokens_per_frame(self, is_image: bool = False) -> int:
         """n, the number of content tokens one frame yields (spec §1: None -> N, mean -> 1, grid:g -> (s//(s//g))^2)."""
-        kind, grid = parse_compress_type(self.resolved_image_compress_type if is_image else self.compress_type)
+        kind, grid = parse_compress_type(
+            self.resolved_image_compress_type if is_image else self.compress_type
+        )
         if kind == "none":
             return self.num_patches
         if kind == "mean":

@@ -57,7 +57,9 @@ def get_template(name: str) -> ConversationTemplate:
     try:
         return TEMPLATES[name]
     except KeyError:
-        raise ValueError(f"Unknown conversation template {name!r}; known templates: {sorted(TEMPLATES)}.") from None
+        raise ValueError(
+            f"Unknown conversation template {name!r}; known templates: {sorted(TEMPLATES)}."
+        ) from None
 
 
 def build_prompt(

@@ -88,7 +88,9 @@ class LlamaVidImageProcessor:
         top = (array.shape[0] - self.crop_size) // 2
         left = (array.shape[1] - self.crop_size) // 2
         if top < 0 or left < 0:
-            raise ValueError(f"crop_size {self.crop_size} is larger than the resized frame {array.shape[:2]}.")
+            raise ValueError(
+                f"crop_size {self.crop_size} is larger than the resized frame {array.shape[:2]}."
+            )
         return array[top : top + self.crop_size, left : left + self.crop_size]
 
     def preprocess(self, images: Any, is_video: bool = False) -> torch.Tensor:
@@ -98,9 +100,7 @@ class LlamaVidImageProcessor:
             images: one image (PIL or HWC uint8), a list of them, or a ``(T, H, W, 3)`` uint8 array of frames.
             is_video: frames of a video are never padded; still images follow `image_aspect_ratio`.
         """
-        if isinstance(images, np.ndarray) and images.ndim == 4:
-            frames = list(images)
-        elif isinstance(images, (list, tuple)):
+        if isinstance(images, np.ndarray) and images.ndim == 4 or isinstance(images, (list, tuple)):
             frames = list(images)
         else:
             frames = [images]

@@ -72,7 +72,9 @@ class LlamaVidVisualOutput(ModelOutput):
         sizes = self.block_frame_counts.tolist()
         return [
             {"weights": weights, "scores": scores}
-            for weights, scores in zip(self.attention_weights.split(sizes), self.frame_scores.split(sizes))
+            for weights, scores in zip(
+                self.attention_weights.split(sizes), self.frame_scores.split(sizes), strict=True
+            )
         ]
 
 
@@ -172,7 +174,9 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
 
         qformer_config = config.qformer_config
         if kept_layers is not None:
-            qformer_config = qformer_config.__class__(**{**qformer_config.to_dict(), "num_hidden_layers": kept_layers})
+            qformer_config = qformer_config.__class__(
+                **{**qformer_config.to_dict(), "num_hidden_layers": kept_layers}
+            )
             qformer_config._attn_implementation = config.qformer_config._attn_implementation
         self.vlm_att_query: nn.Parameter | None = None
         self.vlm_att_ln: nn.LayerNorm | None = None
@@ -222,7 +226,11 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
         Gradients flow only when some vision parameter trains (the released recipes keep EVA frozen).
         """
         size = self.config.vision_config.image_size
-        if pixel_values.ndim != 4 or pixel_values.shape[1] != 3 or tuple(pixel_values.shape[-2:]) != (size, size):
+        if (
+            pixel_values.ndim != 4
+            or pixel_values.shape[1] != 3
+            or tuple(pixel_values.shape[-2:]) != (size, size)
+        ):
             raise ValueError(
                 f"pixel_values must have shape (frames, 3, {size}, {size}) for this model, got "
                 f"{tuple(pixel_values.shape)}; preprocess media with LlamaVidProcessor of the same checkpoint."
@@ -232,7 +240,9 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
         trainable = torch.is_grad_enabled() and any(p.requires_grad for p in tower.parameters())
         chunk = self.config.frame_chunk_size
         with torch.set_grad_enabled(trainable):
-            features = [tower(part.to(device=param.device, dtype=param.dtype)) for part in pixel_values.split(chunk)]
+            features = [
+                tower(part.to(device=param.device, dtype=param.dtype)) for part in pixel_values.split(chunk)
+            ]
         return torch.cat(features) if len(features) > 1 else features[0]
 
     def split_vision_features(self, vision_features: Tensor, from_pixels: bool) -> tuple[Tensor, Tensor]:
@@ -306,7 +316,9 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
         else:
             visual = self.vlm_att_ln(qformer_visual) if self.vlm_att_ln is not None else qformer_visual
             queries = self.vlm_att_query.expand(len(input_ids), -1, -1).to(visual.dtype)
-            query_mask = torch.ones(queries.shape[:2], dtype=attention_mask.dtype, device=attention_mask.device)
+            query_mask = torch.ones(
+                queries.shape[:2], dtype=attention_mask.dtype, device=attention_mask.device
+            )
             hidden = self.vlm_att_encoder(
                 input_ids=input_ids,
                 attention_mask=torch.cat([query_mask, attention_mask], dim=1),
@@ -367,7 +379,10 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
         media_start = torch.cumsum(frame_counts, 0) - frame_counts
         block_frames = frame_counts[block_media]  # (K,)
         pair_block = torch.repeat_interleave(torch.arange(len(block_media), device=device), block_frames)
-        pair_rank = torch.arange(len(pair_block), device=device) - (torch.cumsum(block_frames, 0) - block_frames)[pair_block]
+        pair_rank = (
+            torch.arange(len(pair_block), device=device)
+            - (torch.cumsum(block_frames, 0) - block_frames)[pair_block]
+        )
         pair_frame = media_start[block_media][pair_block] + pair_rank
         pair_question = block_question[pair_block]
 
@@ -377,7 +392,9 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
         # Chunks of pairs bound activation memory on long videos; every pair is independent, so any chunk size
         # gives the same tokens.
         for frames, questions in zip(
-            pair_frame.split(self.config.frame_chunk_size), pair_question.split(self.config.frame_chunk_size)
+            pair_frame.split(self.config.frame_chunk_size),
+            pair_question.split(self.config.frame_chunk_size),
+            strict=True,
         ):
             text_q = self.text_queries(
                 qformer_visual[frames], qformer_input_ids[questions], qformer_attention_mask[questions]
@@ -394,7 +411,10 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
         # Interleave [context, content...] per pair with one gather.
         segment = 1 + content_counts[pair_frame]  # 1 context + n_f content tokens per pair
         position_pair = torch.repeat_interleave(torch.arange(len(pair_frame), device=device), segment)
-        offset = torch.arange(len(position_pair), device=device) - (torch.cumsum(segment, 0) - segment)[position_pair]
+        offset = (
+            torch.arange(len(position_pair), device=device)
+            - (torch.cumsum(segment, 0) - segment)[position_pair]
+        )
         source = torch.where(
             offset == 0,
             position_pair,
@@ -410,7 +430,12 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
         )
 
     def _check_blocks(
-        self, features: Tensor, frame_counts: Tensor, qformer_ids: Tensor, block_media: Tensor, block_question: Tensor
+        self,
+        features: Tensor,
+        frame_counts: Tensor,
+        qformer_ids: Tensor,
+        block_media: Tensor,
+        block_question: Tensor,
     ) -> None:
         if int(frame_counts.sum()) != features.shape[0]:
             raise ValueError(
@@ -612,7 +637,9 @@ class LlamaVidForConditionalGeneration(LlamaVidPreTrainedModel, GenerationMixin)
         loss = None
         if labels is not None:
             labels = labels.masked_fill(labels == self.config.image_token_index, -100)
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size)
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size
+            )
         return LlamaVidCausalLMOutput(
             loss=loss,
             logits=logits,
@@ -684,7 +711,9 @@ class LlamaVidForConditionalGeneration(LlamaVidPreTrainedModel, GenerationMixin)
         penalty would otherwise index the vocabulary with -200); the returned sequences hold that pad id where
         visual tokens were, which `skip_special_tokens=True` drops when decoding.
         """
-        visual_inputs = {name: kwargs.pop(name) for name in VISUAL_INPUT_NAMES if kwargs.get(name) is not None}
+        visual_inputs = {
+            name: kwargs.pop(name) for name in VISUAL_INPUT_NAMES if kwargs.get(name) is not None
+        }
         if input_ids is None or kwargs.get("inputs_embeds") is not None:
             if visual_inputs:
                 raise ValueError("Visual inputs need input_ids with placeholders, not inputs_embeds.")

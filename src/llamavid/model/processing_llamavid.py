@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer, BertTokenizer, BatchFeature, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, BatchFeature, BertTokenizer, PreTrainedTokenizerBase
 
 from llamavid.model.configuration_llamavid import IMAGE_TOKEN_INDEX, LlamaVidConfig
 from llamavid.model.conversation import DEFAULT_IMAGE_TOKEN, build_prompt, get_template
@@ -131,7 +131,10 @@ class LlamaVidProcessor:
 
     # Prompts ------------------------------------------------------------------------------------------------
     def apply_chat_template(
-        self, messages: Sequence[dict[str, str]], template: str | None = None, add_generation_prompt: bool = True
+        self,
+        messages: Sequence[dict[str, str]],
+        template: str | None = None,
+        add_generation_prompt: bool = True,
     ) -> str:
         return build_prompt(messages, template or self.template, add_generation_prompt)
 
@@ -207,7 +210,9 @@ class LlamaVidProcessor:
             placeholders = prompt.count(DEFAULT_IMAGE_TOKEN)
             items = media_per_sample[sample]
             if placeholders and not items:
-                raise ValueError(f"sample {sample}: the prompt has {placeholders} {DEFAULT_IMAGE_TOKEN} but no media.")
+                raise ValueError(
+                    f"sample {sample}: the prompt has {placeholders} {DEFAULT_IMAGE_TOKEN} but no media."
+                )
             if items and not placeholders:
                 raise ValueError(
                     f"sample {sample}: {len(items)} media given but the prompt has no {DEFAULT_IMAGE_TOKEN} "
@@ -240,7 +245,11 @@ class LlamaVidProcessor:
             lengths = []
             for slot, media_id in enumerate(indices):
                 global_media = first_media + media_id
-                per_frame = self.image_tokens_per_frame if media_is_image[global_media] else self.video_tokens_per_frame
+                per_frame = (
+                    self.image_tokens_per_frame
+                    if media_is_image[global_media]
+                    else self.video_tokens_per_frame
+                )
                 lengths.append(frame_counts[global_media] * per_frame)
                 block_media.append(global_media)
                 block_question.append(len(question_texts))
@@ -248,7 +257,9 @@ class LlamaVidProcessor:
             sequences.append(self.tokenize_prompt(prompt, lengths))
 
         if pixel_frames and feature_frames:
-            raise ValueError("a batch mixes pixel media and precomputed features; send them in separate batches.")
+            raise ValueError(
+                "a batch mixes pixel media and precomputed features; send them in separate batches."
+            )
         data: dict[str, Any] = self._pad(sequences, padding_side)
         if pixel_frames:
             data["pixel_values"] = torch.cat(pixel_frames)
@@ -283,9 +294,13 @@ class LlamaVidProcessor:
         if name == "media" and batch == 1 and isinstance(value, list) and len(value) != 1:
             value = [value]  # one sample with several media items
         if len(value) != batch:
-            raise ValueError(f"{name} has {len(value)} entries but there are {batch} prompts; give one per prompt.")
+            raise ValueError(
+                f"{name} has {len(value)} entries but there are {batch} prompts; give one per prompt."
+            )
         if name == "media":
-            return [list(item) if isinstance(item, list) else ([] if item is None else [item]) for item in value]
+            return [
+                list(item) if isinstance(item, list) else ([] if item is None else [item]) for item in value
+            ]
         return list(value)
 
     @staticmethod
@@ -305,7 +320,9 @@ class LlamaVidProcessor:
             )
         unused = set(range(len(items))) - set(indices)
         if unused:
-            raise ValueError(f"sample {sample}: media items {sorted(unused)} are not shown by any placeholder.")
+            raise ValueError(
+                f"sample {sample}: media items {sorted(unused)} are not shown by any placeholder."
+            )
         return indices
 
     def _pad(self, sequences: list[list[int]], padding_side: str) -> dict[str, torch.Tensor]:
@@ -314,7 +331,9 @@ class LlamaVidProcessor:
         ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
         mask = torch.zeros((len(sequences), longest), dtype=torch.long)
         for row, sequence in enumerate(sequences):
-            span = slice(longest - len(sequence), longest) if padding_side == "left" else slice(0, len(sequence))
+            span = (
+                slice(longest - len(sequence), longest) if padding_side == "left" else slice(0, len(sequence))
+            )
             ids[row, span] = torch.tensor(sequence, dtype=torch.long)
             mask[row, span] = 1
         return {"input_ids": ids, "attention_mask": mask}
