@@ -378,7 +378,7 @@ def benchmark_size(size: str, args: argparse.Namespace, workdir: Path) -> list[d
             frames=args.frames,
             questions=args.questions,
             frame_chunk_size=chunk,
-            repeats=args.loop_repeats if variant == "loop" else repeats,
+            repeats=args.loop_repeats if variant == "loop" and args.loop_repeats is not None else repeats,
             warmup_frames=warmup_frames,
             loop_pairs=loop_pairs,
             device=args.device,
@@ -465,8 +465,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--loop-repeats",
         type=int,
-        default=1,
-        help="timed passes of the loop (default 1: one pass already averages over every timed pair)",
+        default=None,
+        help="timed passes of the loop (default: --repeats at tiny, --spec-repeats at spec)",
     )
     parser.add_argument(
         "--loop-pairs",
@@ -489,7 +489,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         unknown = [s for s in args.sizes.split(",") if s not in SIZES]
         if unknown:
             parser.error(f"--sizes got {unknown}; choose from {sorted(SIZES)}")
-        if min(args.frames, args.questions, args.repeats, args.spec_repeats, args.loop_repeats) < 1:
+        if min(args.frames, args.questions, args.repeats, args.spec_repeats, args.loop_repeats or 1) < 1:
             parser.error("--frames, --questions, --repeats, --spec-repeats and --loop-repeats must be >= 1")
         args.chunks = [int(c) for c in args.chunks.split(",")]
     return args
