@@ -36,6 +36,7 @@ from llamavid.model.configuration_llamavid import LlamaVidConfig, parse_bert_typ
 
 # Inputs that only the prefill step needs; `generate` drops them afterwards (the KV cache holds their effect).
 VISUAL_INPUT_NAMES = (
+    "visual_tokens",
     "pixel_values",
     "vision_features",
     "frame_counts",
@@ -472,10 +473,26 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
         block_media: Tensor | None = None,
         block_question: Tensor | None = None,
         output_attentions: bool = False,
+        visual_tokens: Tensor | None = None,
     ) -> tuple[Tensor, LlamaVidVisualOutput | None]:
-        """Embed `input_ids` and write visual tokens into the placeholder positions (spec §5.3)."""
+        """Embed `input_ids` and write visual tokens into the placeholder positions (spec §5.3).
+
+        `visual_tokens` ``(n_placeholders, D)`` are tokens computed earlier with `get_visual_tokens` (for example
+        streamed chunk by chunk over a cached long video); they are written as they are.
+        """
         placeholder = input_ids == self.config.image_token_index
         embeds = self.get_input_embeddings()(input_ids.masked_fill(placeholder, 0))
+        if visual_tokens is not None:
+            if pixel_values is not None or vision_features is not None:
+                raise ValueError("Pass visual_tokens or pixel_values/vision_features, not both.")
+            found = int(placeholder.sum())
+            if visual_tokens.ndim != 2 or visual_tokens.shape[0] != found:
+                raise ValueError(
+                    f"visual_tokens must have shape ({found}, {embeds.shape[-1]}) to fill {found} placeholders, got "
+                    f"{tuple(visual_tokens.shape)}."
+                )
+            embeds = embeds.masked_scatter(placeholder.unsqueeze(-1), visual_tokens.to(embeds))
+            return embeds, LlamaVidVisualOutput(tokens=visual_tokens)
         if pixel_values is None and vision_features is None:
             if placeholder.any():
                 raise ValueError(
@@ -599,6 +616,7 @@ class LlamaVidForConditionalGeneration(LlamaVidPreTrainedModel, GenerationMixin)
         block_media: Tensor | None = None,
         block_question: Tensor | None = None,
         output_visual_attentions: bool = False,
+        visual_tokens: Tensor | None = None,
         **kwargs,
     ) -> LlamaVidCausalLMOutput:
         """Run the LLM on text with visual tokens in the placeholder positions.
@@ -611,6 +629,7 @@ class LlamaVidForConditionalGeneration(LlamaVidPreTrainedModel, GenerationMixin)
             media_is_image: ``(M,)`` which media use `image_compress_type`.
             qformer_input_ids / qformer_attention_mask: ``(P, Lq)`` questions for the text decoder.
             block_media / block_question: ``(K,)`` media and question of each placeholder run, in order.
+            visual_tokens: ``(n_placeholders, D)`` visual tokens computed beforehand (instead of media).
             labels: ``(B, L)`` next-token targets; -100 (and placeholder positions) are ignored.
         """
         outputs, visual = self.model(
@@ -629,6 +648,7 @@ class LlamaVidForConditionalGeneration(LlamaVidPreTrainedModel, GenerationMixin)
             qformer_attention_mask=qformer_attention_mask,
             block_media=block_media,
             block_question=block_question,
+            visual_tokens=visual_tokens,
         )
         hidden_states = outputs.last_hidden_state
         if logits_to_keep:
