@@ -333,8 +333,9 @@ def make_episode(
             slots.append((time, time + duration))
             time += duration + int(rng.integers(2, 11))
         if scene == secret_scene and not slots:
-            # The scene is too short for a free slot: the secret shares the introduction's window end instead.
-            slots.append((max(start, intro_end - 1), end))
+            # The scene is too short for a gap before the cue: the secret fills the rest of the scene
+            # (intro_end < end always holds, see intro_end above).
+            slots.append((intro_end, end))
         secret_slot = int(rng.integers(len(slots))) if scene == secret_scene else -1
         for slot_index, (cue_start, cue_end) in enumerate(slots):
             if slot_index == secret_slot:
