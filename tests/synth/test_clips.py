@@ -12,7 +12,8 @@ def _objects(clip, index):
     labels = clip.frame_labels(index)
     rows, cols = np.nonzero(labels.shape)
     return [
-        (SHAPES[labels.shape[r, c] - 1], COLOURS[labels.colour[r, c] - 1], int(r), int(c)) for r, c in zip(rows, cols)
+        (SHAPES[labels.shape[r, c] - 1], COLOURS[labels.colour[r, c] - 1], int(r), int(c))
+        for r, c in zip(rows, cols, strict=False)
     ]
 
 
@@ -28,7 +29,9 @@ def _check(item):
         moved = {"left": c1 < c0, "right": c1 > c0, "up": r1 < r0, "down": r1 > r0}
         assert [d for d in DIRECTIONS if moved[d]] == [answer]
     elif item.question_type == "video_order":
-        first_seen = {s: min(t for t, present in enumerate(shapes_at) if s in present) for s in set().union(*shapes_at)}
+        first_seen = {
+            s: min(t for t, present in enumerate(shapes_at) if s in present) for s in set().union(*shapes_at)
+        }
         pick = min if "first" in question else max
         assert first_seen[answer] == pick(first_seen.values())
         assert list(first_seen.values()).count(first_seen[answer]) == 1
@@ -40,7 +43,7 @@ def _check(item):
         assert answer in colours_at[0] and answer not in colours_at[-1]
     elif item.question_type == "video_scene_change":
         backgrounds = [clip.frame_labels(t).background for t in range(clip.num_frames)]
-        assert sum(a != b for a, b in zip(backgrounds, backgrounds[1:])) == int(answer)
+        assert sum(a != b for a, b in zip(backgrounds, backgrounds[1:], strict=False)) == int(answer)
     elif item.question_type == "video_colour_change":
         shape = question.split()[-3]
         before = [c for s, c, *_ in frames[0] if s == shape]
@@ -51,7 +54,9 @@ def _check(item):
 @pytest.mark.parametrize("question_type", list(VIDEO_QUESTION_TYPES))
 def test_answers_agree_with_frame_labels(question_type):
     for index in range(25):
-        item = make_clip_question(np.random.default_rng(index), "heldout", question_type, "x", num_frames=(5, 20))
+        item = make_clip_question(
+            np.random.default_rng(index), "heldout", question_type, "x", num_frames=(5, 20)
+        )
         assert item.answer in item.answer_options
         assert 5 <= item.media.num_frames <= 20
         _check(item)
@@ -60,7 +65,8 @@ def test_answers_agree_with_frame_labels(question_type):
 def test_answers_are_balanced_within_each_type():
     for question_type, options in VIDEO_QUESTION_TYPES.items():
         answers = Counter(
-            make_clip_question(np.random.default_rng(i), "train", question_type, "x").answer for i in range(150)
+            make_clip_question(np.random.default_rng(i), "train", question_type, "x").answer
+            for i in range(150)
         )
         assert set(answers) == set(options)
         assert max(answers.values()) / 150 <= 2.0 / len(options)

@@ -13,7 +13,10 @@ def episode():
 def _on_screen(episode, index):
     labels = episode.frame_labels(index)
     rows, cols = np.nonzero(labels.shape)
-    return {(SHAPES[labels.shape[r, c] - 1], COLOURS[labels.colour[r, c] - 1]) for r, c in zip(rows, cols)}
+    return {
+        (SHAPES[labels.shape[r, c] - 1], COLOURS[labels.colour[r, c] - 1])
+        for r, c in zip(rows, cols, strict=False)
+    }
 
 
 def test_streaming_frames_equal_sequential_render(episode):
@@ -30,7 +33,7 @@ def test_streaming_frames_equal_sequential_render(episode):
 def test_visual_needle_is_one_white_frame_with_the_answer_colour(episode):
     backgrounds = np.array([episode.frame_labels(i).background for i in range(episode.num_frames)])
     assert np.flatnonzero(backgrounds == -1).tolist() == [episode.needle_start]
-    (shape, colour), = _on_screen(episode, episode.needle_start)
+    ((shape, colour),) = _on_screen(episode, episode.needle_start)
     assert colour == episode.answers["long_visual_needle"] and shape == episode.needle_shape
 
 
@@ -51,7 +54,7 @@ def test_subtitle_needle_and_reasoning_answer(episode):
 def test_characters_plot_and_scene_count(episode):
     facts = episode.answers
     assert len(episode.scenes) == int(facts["long_summary"])
-    assert all(a.background != b.background for a, b in zip(episode.scenes, episode.scenes[1:]))
+    assert all(a.background != b.background for a, b in zip(episode.scenes, episode.scenes[1:], strict=False))
     assert episode.scenes[0].start == 0 and episode.scenes[-1].end == episode.num_frames
     intros = [e.detail["name"] for e in episode.events if e.kind == "intro"]
     assert intros[-1] == facts["long_plot"] and len(set(intros)) == len(episode.characters)
@@ -86,7 +89,9 @@ def test_train_episodes_avoid_heldout_pairs_and_seeds_differ():
 
 
 def test_forced_answers_and_validation():
-    episode = make_episode(np.random.default_rng(0), "train", 60, answers={"long_summary": "9", "long_reasoning": "navy"})
+    episode = make_episode(
+        np.random.default_rng(0), "train", 60, answers={"long_summary": "9", "long_reasoning": "navy"}
+    )
     assert len(episode.scenes) == 9 and episode.answers["long_reasoning"] == "navy"
     assert "navy" in BACKGROUNDS
     with pytest.raises(ValueError, match="too short"):
@@ -103,8 +108,10 @@ def test_short_curriculum_episodes_stay_consistent(num_frames):
         facts = episode.answers
         (secret,) = [cue for cue in episode.subtitles if "secret number" in cue.text]
         scene = episode.scenes[episode.scene_index(int(secret.start))]
-        assert scene.background == facts["long_reasoning"] and len(episode.scenes) == int(facts["long_summary"])
+        assert scene.background == facts["long_reasoning"] and len(episode.scenes) == int(
+            facts["long_summary"]
+        )
         speaker = next(i for i, c in enumerate(episode.characters) if c.name == facts["secret_speaker"])
         assert speaker in [cast[0] for cast in scene.cast]
         cues = sorted(episode.subtitles, key=lambda c: c.start)
-        assert all(a.end <= b.start for a, b in zip(cues, cues[1:])), "cues must not overlap"
+        assert all(a.end <= b.start for a, b in zip(cues, cues[1:], strict=False)), "cues must not overlap"

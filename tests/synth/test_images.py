@@ -3,7 +3,12 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from llamavid.synth.images import IMAGE_QUESTION_TYPES, describe_image, make_image_caption, make_image_question
+from llamavid.synth.images import (
+    IMAGE_QUESTION_TYPES,
+    describe_image,
+    make_image_caption,
+    make_image_question,
+)
 from llamavid.synth.render import frame_labels, quadrant_of, render_frame
 from llamavid.synth.world import BACKGROUNDS, COLOUR_RGB, COLOURS, QUADRANTS, SHAPES, SIZES, WORDS
 
@@ -56,7 +61,8 @@ def test_answers_agree_with_labels_and_pixels(question_type):
 def test_answers_are_balanced_within_each_type():
     for question_type, options in IMAGE_QUESTION_TYPES.items():
         answers = Counter(
-            make_image_question(np.random.default_rng(i), "train", question_type, "x").answer for i in range(200)
+            make_image_question(np.random.default_rng(i), "train", question_type, "x").answer
+            for i in range(200)
         )
         assert set(answers) == set(options)
         assert max(answers.values()) / 200 <= 2.0 / len(options)

@@ -10,7 +10,15 @@ from llamavid.synth.render import (
     random_frame_spec,
     render_frame,
 )
-from llamavid.synth.world import BACKGROUND_RGB, BACKGROUNDS, COLOUR_RGB, COLOURS, HELDOUT_PAIRS, SHAPES, SIZES
+from llamavid.synth.world import (
+    BACKGROUND_RGB,
+    BACKGROUNDS,
+    COLOUR_RGB,
+    COLOURS,
+    HELDOUT_PAIRS,
+    SHAPES,
+    SIZES,
+)
 
 
 def _cell_colours(image: np.ndarray, row: int, col: int, grid: int, background: tuple[int, int, int]) -> set:
@@ -52,7 +60,11 @@ def test_shapes_and_sizes_are_distinguishable():
         masks[shape] = image[:16, :16, 0] > 0
     assert len({m.tobytes() for m in masks.values()}) == len(SHAPES)
     areas = [
-        int((render_frame(FrameSpec("black", (SceneObject("circle", "white", 0.5, 0.5, s),)))[..., 0] > 0).sum())
+        int(
+            (
+                render_frame(FrameSpec("black", (SceneObject("circle", "white", 0.5, 0.5, s),)))[..., 0] > 0
+            ).sum()
+        )
         for s in range(len(SIZES))
     ]
     assert areas == sorted(areas) and len(set(areas)) == len(SIZES)

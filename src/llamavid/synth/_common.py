@@ -103,7 +103,9 @@ def pick_distractors(
     return pairs
 
 
-def distinct_cells(rng: np.random.Generator, count: int, grid: int, rows: int | None = None) -> list[tuple[int, int]]:
+def distinct_cells(
+    rng: np.random.Generator, count: int, grid: int, rows: int | None = None
+) -> list[tuple[int, int]]:
     """``count`` distinct (row, col) cells among the first ``rows`` rows."""
     rows = grid if rows is None else rows
     flat = rng.permutation(rows * grid)[:count]
@@ -111,7 +113,7 @@ def distinct_cells(rng: np.random.Generator, count: int, grid: int, rows: int | 
 
 
 def phrase(shape: str, colour: str, size: str | None = None) -> str:
-    """"a large red circle" style noun phrase for captions."""
+    """ "a large red circle" style noun phrase for captions."""
     words = [w for w in (size, colour, shape) if w]
     article = "an" if words[0][0] in "aeiou" else "a"
     return f"{article} {' '.join(words)}"

@@ -12,7 +12,15 @@ from typing import Any
 
 import numpy as np
 
-from llamavid.synth._common import QAItem, choose, distinct_cells, join_phrases, phrase, pick_distractors, pick_target
+from llamavid.synth._common import (
+    QAItem,
+    choose,
+    distinct_cells,
+    join_phrases,
+    phrase,
+    pick_distractors,
+    pick_target,
+)
 from llamavid.synth.render import (
     DEFAULT_FRAME_SIZE,
     DEFAULT_GRID,
@@ -133,7 +141,8 @@ def _frames_from_visibility(
 ) -> tuple[FrameSpec, ...]:
     """Frames where object ``j`` is drawn at frame ``t`` iff ``visible[j][t]``."""
     return tuple(
-        FrameSpec(background[t], tuple(o for o, v in zip(objects, visible) if v[t])) for t in range(len(background))
+        FrameSpec(background[t], tuple(o for o, v in zip(objects, visible, strict=True) if v[t]))
+        for t in range(len(background))
     )
 
 
@@ -152,10 +161,14 @@ def make_clip_question(
     """
     check_split(split)
     if question_type not in VIDEO_QUESTION_TYPES:
-        raise ValueError(f"question_type={question_type!r} is unknown; expected one of {list(VIDEO_QUESTION_TYPES)}.")
+        raise ValueError(
+            f"question_type={question_type!r} is unknown; expected one of {list(VIDEO_QUESTION_TYPES)}."
+        )
     options = VIDEO_QUESTION_TYPES[question_type]
     answer = choose(rng, options)
-    clip, question, heldout, caption = _BUILDERS[question_type](rng, split, answer, _clip_length(rng, num_frames), grid)
+    clip, question, heldout, caption = _BUILDERS[question_type](
+        rng, split, answer, _clip_length(rng, num_frames), grid
+    )
     return QAItem(
         id=item_id,
         question=question,
@@ -178,7 +191,9 @@ def make_clip_caption(
     check_split(split)
     question_type = choose(rng, list(VIDEO_QUESTION_TYPES))
     answer = choose(rng, VIDEO_QUESTION_TYPES[question_type])
-    clip, _, heldout, caption = _BUILDERS[question_type](rng, split, answer, _clip_length(rng, num_frames), grid)
+    clip, _, heldout, caption = _BUILDERS[question_type](
+        rng, split, answer, _clip_length(rng, num_frames), grid
+    )
     return QAItem(
         id=item_id,
         question=choose(rng, VIDEO_CAPTION_PROMPTS),
@@ -205,14 +220,16 @@ def _direction(rng: np.random.Generator, split: str, answer: str, length: int, g
     horizontal = answer in ("left", "right")
     # Distractors stay in other lanes so the paths never overlap.
     free = [(r, c) for r, c in distinct_cells(rng, grid * grid, grid) if (r if horizontal else c) != lane]
-    statics = [_static(s, c, cell) for (s, c), cell in zip(distractors, free)]
+    statics = [_static(s, c, cell) for (s, c), cell in zip(distractors, free, strict=False)]
     background = choose(rng, BACKGROUNDS)
     frames = []
     for t in range(length):
         along = start + (end - start) * t / (length - 1)
         x, y = (along, lane + 0.5) if horizontal else (lane + 0.5, along)
         frames.append(FrameSpec(background, (*statics, SceneObject(shape, colour, x, y))))
-    parts = [f"{phrase(shape, colour)} moves {answer}"] + [f"{phrase(o.shape, o.colour)} stays still" for o in statics]
+    parts = [f"{phrase(shape, colour)} moves {answer}"] + [
+        f"{phrase(o.shape, o.colour)} stays still" for o in statics
+    ]
     caption = _sentence(join_phrases(parts) + f" on a {background} background.")
     events = (Event(0.0, "move", {"shape": shape, "colour": colour, "direction": answer}),)
     question = f"Which way does the {colour} {shape} move?"
@@ -227,15 +244,20 @@ def _order(rng: np.random.Generator, split: str, answer: str, length: int, grid:
     # Objects are listed in order of appearance; the distractors are already in random order.
     pairs = [(shape, colour), *others] if first else [*others, (shape, colour)]
     cells = distinct_cells(rng, 3, grid)
-    objects = [_static(s, c, cell) for (s, c), cell in zip(pairs, cells)]
+    objects = [_static(s, c, cell) for (s, c), cell in zip(pairs, cells, strict=True)]
     visible = [[t >= start for t in range(length)] for start in times]
     background = choose(rng, BACKGROUNDS)
     clip = Clip(
         _frames_from_visibility([background] * length, objects, visible),
-        tuple(Event(float(t), "appear", {"shape": o.shape, "colour": o.colour}) for t, o in zip(times, objects)),
+        tuple(
+            Event(float(t), "appear", {"shape": o.shape, "colour": o.colour})
+            for t, o in zip(times, objects, strict=True)
+        ),
         grid=grid,
     )
-    caption = _sentence(", then ".join(phrase(o.shape, o.colour) for o in objects) + " appear one after another.")
+    caption = _sentence(
+        ", then ".join(phrase(o.shape, o.colour) for o in objects) + " appear one after another."
+    )
     question = "Which shape appears first?" if first else "Which shape appears last?"
     return clip, question, heldout, caption
 
@@ -250,7 +272,7 @@ def _count(rng: np.random.Generator, split: str, answer: str, length: int, grid:
         pairs.append((s, c))
         heldout |= h
     cells = distinct_cells(rng, count, grid)
-    objects = [_static(s, c, cell) for (s, c), cell in zip(pairs, cells)]
+    objects = [_static(s, c, cell) for (s, c), cell in zip(pairs, cells, strict=True)]
     visible = []
     for _ in objects:
         duration = int(rng.integers(1, max(2, length // 2) + 1))
@@ -259,14 +281,21 @@ def _count(rng: np.random.Generator, split: str, answer: str, length: int, grid:
     background = choose(rng, BACKGROUNDS)
     events = tuple(
         sorted(
-            (Event(float(v.index(True)), "appear", {"shape": o.shape, "colour": o.colour}) for o, v in zip(objects, visible)),
+            (
+                Event(float(v.index(True)), "appear", {"shape": o.shape, "colour": o.colour})
+                for o, v in zip(objects, visible, strict=True)
+            ),
             key=lambda e: e.time,
         )
     )
     clip = Clip(_frames_from_visibility([background] * length, objects, visible), events, grid=grid)
     noun = "shape" if count == 1 else "shapes"
-    caption = _sentence(f"{count} different {noun} come and go: " + join_phrases([phrase(s, c) for s, c in pairs]) + ".")
-    question = choose(rng, ["How many different shapes appear in the video?", "How many distinct shapes are shown?"])
+    caption = _sentence(
+        f"{count} different {noun} come and go: " + join_phrases([phrase(s, c) for s, c in pairs]) + "."
+    )
+    question = choose(
+        rng, ["How many different shapes appear in the video?", "How many distinct shapes are shown?"]
+    )
     return clip, question, heldout, caption
 
 
@@ -274,7 +303,7 @@ def _appear(rng: np.random.Generator, split: str, answer: str, length: int, grid
     shape, colour, heldout = pick_target(rng, split, shape=answer)
     others = pick_distractors(rng, int(rng.integers(1, 3)), {shape}, {colour})
     cells = distinct_cells(rng, len(others) + 1, grid)
-    objects = [_static(s, c, cell) for (s, c), cell in zip([*others, (shape, colour)], cells)]
+    objects = [_static(s, c, cell) for (s, c), cell in zip([*others, (shape, colour)], cells, strict=True)]
     moment = int(rng.integers(1, length))
     visible = [[True] * length for _ in others] + [[t >= moment for t in range(length)]]
     background = choose(rng, BACKGROUNDS)
@@ -295,7 +324,7 @@ def _disappear(rng: np.random.Generator, split: str, answer: str, length: int, g
     shape, colour, heldout = pick_target(rng, split, colour=answer)
     others = pick_distractors(rng, int(rng.integers(1, 3)), {shape}, {colour})
     cells = distinct_cells(rng, len(others) + 1, grid)
-    objects = [_static(s, c, cell) for (s, c), cell in zip([*others, (shape, colour)], cells)]
+    objects = [_static(s, c, cell) for (s, c), cell in zip([*others, (shape, colour)], cells, strict=True)]
     moment = int(rng.integers(1, length))
     visible = [[True] * length for _ in others] + [[t < moment for t in range(length)]]
     background = choose(rng, BACKGROUNDS)
@@ -316,13 +345,17 @@ def _scene_change(rng: np.random.Generator, split: str, answer: str, length: int
     shape, colour, heldout = pick_target(rng, split)
     others = pick_distractors(rng, int(rng.integers(0, 2)), {shape}, {colour})
     cells = distinct_cells(rng, len(others) + 1, grid)
-    objects = tuple(_static(s, c, cell) for (s, c), cell in zip([(shape, colour), *others], cells))
+    objects = tuple(
+        _static(s, c, cell) for (s, c), cell in zip([(shape, colour), *others], cells, strict=True)
+    )
     moments = sorted(int(t) for t in 1 + rng.choice(length - 1, size=changes, replace=False))
     backgrounds = [choose(rng, BACKGROUNDS)]
     for _ in moments:
         backgrounds.append(choose(rng, [b for b in BACKGROUNDS if b != backgrounds[-1]]))
     per_frame = [backgrounds[sum(t >= m for m in moments)] for t in range(length)]
-    events = tuple(Event(float(m), "scene_change", {"background": backgrounds[k + 1]}) for k, m in enumerate(moments))
+    events = tuple(
+        Event(float(m), "scene_change", {"background": backgrounds[k + 1]}) for k, m in enumerate(moments)
+    )
     clip = Clip(tuple(FrameSpec(b, objects) for b in per_frame), events, grid=grid)
     if changes:
         caption = _sentence(
@@ -331,7 +364,9 @@ def _scene_change(rng: np.random.Generator, split: str, answer: str, length: int
             + f" still while the background changes from {' to '.join(backgrounds)}."
         )
     else:
-        caption = _sentence(join_phrases([phrase(o.shape, o.colour) for o in objects]) + f" on a {backgrounds[0]} background.")
+        caption = _sentence(
+            join_phrases([phrase(o.shape, o.colour) for o in objects]) + f" on a {backgrounds[0]} background."
+        )
     question = "How many times does the background colour change?"
     return clip, question, heldout, caption
 
@@ -341,7 +376,7 @@ def _colour_change(rng: np.random.Generator, split: str, answer: str, length: in
     _, colour_before, heldout_before = pick_target(rng, split, shape=shape, exclude_colours={colour_after})
     others = pick_distractors(rng, int(rng.integers(1, 3)), {shape}, {colour_before, colour_after})
     cells = distinct_cells(rng, len(others) + 1, grid)
-    statics = [_static(s, c, cell) for (s, c), cell in zip(others, cells[1:])]
+    statics = [_static(s, c, cell) for (s, c), cell in zip(others, cells[1:], strict=True)]
     before = _static(shape, colour_before, cells[0])
     after = _static(shape, colour_after, cells[0])
     moment = int(rng.integers(1, length))

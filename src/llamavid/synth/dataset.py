@@ -18,8 +18,21 @@ import numpy as np
 from PIL import Image
 
 from llamavid.synth._common import QAItem
-from llamavid.synth.clips import DEFAULT_CLIP_FRAMES, VIDEO_QUESTION_TYPES, Clip, Subtitle, make_clip_caption, make_clip_question
-from llamavid.synth.episodes import DEFAULT_EPISODE_FRAMES, LONG_QUESTION_TYPES, Episode, episode_questions, make_episode
+from llamavid.synth.clips import (
+    DEFAULT_CLIP_FRAMES,
+    VIDEO_QUESTION_TYPES,
+    Clip,
+    Subtitle,
+    make_clip_caption,
+    make_clip_question,
+)
+from llamavid.synth.episodes import (
+    DEFAULT_EPISODE_FRAMES,
+    LONG_QUESTION_TYPES,
+    Episode,
+    episode_questions,
+    make_episode,
+)
 from llamavid.synth.images import IMAGE_QUESTION_TYPES, make_image_caption, make_image_question
 from llamavid.synth.render import (
     DEFAULT_FRAME_SIZE,
@@ -134,7 +147,9 @@ def generate_items(
         else:
             types = list(TEXT_QUESTION_TYPES)
             item = make_text_question(rng, split, types[index % len(types)], item_id)
-        item.meta.update(media_id=item_id, synth={"split": split, "stream": sub_kind, "seed": seed, "index": index})
+        item.meta.update(
+            media_id=item_id, synth={"split": split, "stream": sub_kind, "seed": seed, "index": index}
+        )
         items.append(item)
     return items
 
@@ -150,7 +165,13 @@ def _long_items(
         for item in episode_questions(episode, episode_id, include_summary):
             item.meta.update(
                 media_id=episode_id,
-                synth={"split": split, "stream": "episode", "seed": seed, "index": index, "num_frames": episode_frames},
+                synth={
+                    "split": split,
+                    "stream": "episode",
+                    "seed": seed,
+                    "index": index,
+                    "num_frames": episode_frames,
+                },
             )
             items.append(item)
     return items[:n]
@@ -383,6 +404,11 @@ def answer_statistics(
         row[2] += record["answer"] == question_majority
         row[3] = 1.0 / len(options)
     return {
-        question_type: {"count": count, "chance": chance, "majority": hits / count, "question_majority": q_hits / count}
+        question_type: {
+            "count": count,
+            "chance": chance,
+            "majority": hits / count,
+            "question_majority": q_hits / count,
+        }
         for question_type, (count, hits, q_hits, chance) in totals.items()
     }

@@ -165,15 +165,21 @@ class Episode:
             raise IndexError(f"frame {index} is outside this episode's {self.num_frames} frames.")
         if self.needle_start <= index < self.needle_start + self.needle_length:
             centre = self.grid / 2 - 0.5  # middle of the cell just up-left of the frame centre
-            return FrameSpec(NEEDLE_BACKGROUND, (SceneObject(self.needle_shape, self.needle_colour, centre, centre, 3),))
+            return FrameSpec(
+                NEEDLE_BACKGROUND, (SceneObject(self.needle_shape, self.needle_colour, centre, centre, 3),)
+            )
         scene = self.scenes[self.scene_index(index)]
         objects = []
         for character_index, row, col, phase in scene.cast:
             if index < scene.intro_end and character_index != scene.intro:
                 continue
             character = self.characters[character_index]
-            wobble = _WOBBLE_AMPLITUDE * math.sin(2 * math.pi * (index - scene.start) / _WOBBLE_PERIOD + phase)
-            objects.append(SceneObject(character.shape, character.colour, col + 0.5 + wobble, row + 0.5, DEFAULT_SIZE))
+            wobble = _WOBBLE_AMPLITUDE * math.sin(
+                2 * math.pi * (index - scene.start) / _WOBBLE_PERIOD + phase
+            )
+            objects.append(
+                SceneObject(character.shape, character.colour, col + 0.5 + wobble, row + 0.5, DEFAULT_SIZE)
+            )
         return FrameSpec(scene.background, tuple(objects))
 
     def render_frame(self, index: int, size: int = DEFAULT_FRAME_SIZE) -> np.ndarray:
@@ -243,11 +249,15 @@ def make_episode(
     """
     check_split(split)
     if num_frames < MIN_EPISODE_FRAMES:
-        raise ValueError(f"num_frames={num_frames} is too short for an episode; use at least {MIN_EPISODE_FRAMES}.")
+        raise ValueError(
+            f"num_frames={num_frames} is too short for an episode; use at least {MIN_EPISODE_FRAMES}."
+        )
     chosen = {key: choose(rng, options) for key, options in LONG_QUESTION_TYPES.items()}
     for key, value in (answers or {}).items():
         if key not in LONG_QUESTION_TYPES or value not in LONG_QUESTION_TYPES[key]:
-            raise ValueError(f"cannot force answer {key}={value!r}; see LONG_QUESTION_TYPES for allowed values.")
+            raise ValueError(
+                f"cannot force answer {key}={value!r}; see LONG_QUESTION_TYPES for allowed values."
+            )
         chosen[key] = value
     heldout_combo = False
 
@@ -256,12 +266,17 @@ def make_episode(
     lengths = _scene_lengths(rng, num_frames, scene_count)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int).tolist()
     character_count = min(int(rng.integers(3, 6)), scene_count)
-    intro_scenes = [0, *sorted(int(s) for s in 1 + rng.choice(scene_count - 1, character_count - 1, replace=False))]
+    intro_scenes = [
+        0,
+        *sorted(int(s) for s in 1 + rng.choice(scene_count - 1, character_count - 1, replace=False)),
+    ]
 
     # 2. The cast: the last-introduced character carries the plot answer's name; one random character carries
     # the character answer's colour. Shapes and colours are distinct within an episode.
     names = [n for n in NAMES if n != chosen["long_plot"]]
-    names = [names[int(i)] for i in rng.permutation(len(names))[: character_count - 1]] + [chosen["long_plot"]]
+    names = [names[int(i)] for i in rng.permutation(len(names))[: character_count - 1]] + [
+        chosen["long_plot"]
+    ]
     queried = int(rng.integers(character_count))
     colours: list[str] = [""] * character_count
     shapes: list[str] = [""] * character_count
@@ -274,7 +289,7 @@ def make_episode(
             rng, split, exclude_shapes={s for s in shapes if s}, exclude_colours={c for c in colours if c}
         )
         heldout_combo |= held
-    characters = tuple(Character(n, s, c) for n, s, c in zip(names, shapes, colours))
+    characters = tuple(Character(n, s, c) for n, s, c in zip(names, shapes, colours, strict=True))
 
     # 3. Who is on screen in each scene.
     cast_indices: list[list[int]] = []
@@ -310,19 +325,30 @@ def make_episode(
         start, end = starts[scene], starts[scene] + lengths[scene]
         cells = distinct_cells(rng, len(cast_indices[scene]), grid)
         cast = tuple(
-            (index, row, col, float(rng.uniform(0, 2 * math.pi))) for index, (row, col) in zip(cast_indices[scene], cells)
+            (index, row, col, float(rng.uniform(0, 2 * math.pi)))
+            for index, (row, col) in zip(cast_indices[scene], cells, strict=True)
         )
         intro = intro_of_scene.get(scene, -1)
         intro_end = start + max(1, min(6, lengths[scene] // 2)) if intro >= 0 else start
         scenes.append(ScenePlan(start, end, backgrounds[scene], cast, intro, intro_end))
         events.append(
-            Event(float(start), "scene", {"background": backgrounds[scene], "cast": [names[i] for i in cast_indices[scene]]})
+            Event(
+                float(start),
+                "scene",
+                {"background": backgrounds[scene], "cast": [names[i] for i in cast_indices[scene]]},
+            )
         )
         if intro >= 0:
             character = characters[intro]
             line = f"{character.name}: Hello, I am {character.name}."
             subtitles.append(Subtitle(float(start), float(intro_end), line))
-            events.append(Event(float(start), "intro", {"name": character.name, "shape": character.shape, "colour": character.colour}))
+            events.append(
+                Event(
+                    float(start),
+                    "intro",
+                    {"name": character.name, "shape": character.shape, "colour": character.colour},
+                )
+            )
         # Cue slots after the introduction, 2-3 s long with 2-10 s gaps.
         slots = []
         time = intro_end + int(rng.integers(1, 4))
@@ -340,12 +366,20 @@ def make_episode(
         for slot_index, (cue_start, cue_end) in enumerate(slots):
             if slot_index == secret_slot:
                 subtitles.append(Subtitle(float(cue_start), float(cue_end), secret_line))
-                events.append(Event(float(cue_start), "secret", {"name": names[speaker], "number": chosen["long_subtitle_needle"]}))
+                events.append(
+                    Event(
+                        float(cue_start),
+                        "secret",
+                        {"name": names[speaker], "number": chosen["long_subtitle_needle"]},
+                    )
+                )
                 continue
             talker = choose(rng, cast_indices[scene])
             others = [names[i] for i in cast_indices[scene] if i != talker]
             # Nobody to talk to: only lines that address no one.
-            lines = _FILLER_LINES if others else tuple(line for line in _FILLER_LINES if "{other}" not in line)
+            lines = (
+                _FILLER_LINES if others else tuple(line for line in _FILLER_LINES if "{other}" not in line)
+            )
             text = choose(rng, lines).format(other=choose(rng, others) if others else "")
             subtitles.append(Subtitle(float(cue_start), float(cue_end), f"{names[talker]}: {text}"))
 

@@ -6,7 +6,7 @@ an integer factor gives byte-identical text at every frame size, which the deter
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 
@@ -57,7 +57,7 @@ _GLYPHS: dict[str, tuple[str, str, str, str, str]] = {
 SUPPORTED_CHARACTERS: frozenset[str] = frozenset(_GLYPHS)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _glyph(char: str) -> np.ndarray:
     rows = _GLYPHS[char]
     return np.array([[cell == "#" for cell in row] for row in rows], dtype=bool)  # (5, 3)

@@ -18,7 +18,14 @@ from llamavid.synth._common import (
     pick_distractors,
     pick_target,
 )
-from llamavid.synth.render import DEFAULT_GRID, FrameSpec, SceneObject, cell_centre, position_jitter, quadrant_of
+from llamavid.synth.render import (
+    DEFAULT_GRID,
+    FrameSpec,
+    SceneObject,
+    cell_centre,
+    position_jitter,
+    quadrant_of,
+)
 from llamavid.synth.world import (
     BACKGROUNDS,
     COLOURS,
@@ -54,7 +61,7 @@ def _place(
     rng: np.random.Generator, pairs: list[tuple[str, str]], cells: list[tuple[int, int]], sizes: list[int]
 ) -> list[SceneObject]:
     objects = []
-    for (shape, colour), (row, col), size_index in zip(pairs, cells, sizes):
+    for (shape, colour), (row, col), size_index in zip(pairs, cells, sizes, strict=True):
         x, y = cell_centre(row, col)
         dx, dy = position_jitter(rng, size_index)
         objects.append(SceneObject(shape, colour, x + dx, y + dy, size_index))
@@ -98,7 +105,9 @@ def make_image_question(
     """
     check_split(split)
     if question_type not in IMAGE_QUESTION_TYPES:
-        raise ValueError(f"question_type={question_type!r} is unknown; expected one of {list(IMAGE_QUESTION_TYPES)}.")
+        raise ValueError(
+            f"question_type={question_type!r} is unknown; expected one of {list(IMAGE_QUESTION_TYPES)}."
+        )
     options = IMAGE_QUESTION_TYPES[question_type]
     answer = choose(rng, options)
     n_distractors = int(rng.integers(1, 4))
@@ -176,7 +185,9 @@ def describe_image(spec: FrameSpec, grid: int = DEFAULT_GRID) -> str:
     return caption
 
 
-def make_image_caption(rng: np.random.Generator, split: str, item_id: str, grid: int = DEFAULT_GRID) -> QAItem:
+def make_image_caption(
+    rng: np.random.Generator, split: str, item_id: str, grid: int = DEFAULT_GRID
+) -> QAItem:
     """A stage-1 caption item: 1-4 objects, sometimes a word, caption from :func:`describe_image`."""
     check_split(split)
     count = int(rng.integers(1, 5))
@@ -184,7 +195,9 @@ def make_image_caption(rng: np.random.Generator, split: str, item_id: str, grid:
     word = choose(rng, WORDS) if rng.random() < 0.2 else None
     rows = grid - 1 if word is not None else grid
     chosen = [pairs[int(i)] for i in rng.integers(len(pairs), size=count)]
-    objects = _place(rng, chosen, distinct_cells(rng, count, grid, rows), [int(rng.integers(4)) for _ in chosen])
+    objects = _place(
+        rng, chosen, distinct_cells(rng, count, grid, rows), [int(rng.integers(4)) for _ in chosen]
+    )
     spec = FrameSpec(background=choose(rng, BACKGROUNDS), objects=tuple(objects), word=word)
     return QAItem(
         id=item_id,

@@ -103,7 +103,9 @@ def _background_rgb(name: str) -> tuple[int, int, int]:
     try:
         return BACKGROUND_RGB[name]
     except KeyError:
-        raise ValueError(f"background={name!r} is unknown; expected one of {BACKGROUNDS} or 'needle'.") from None
+        raise ValueError(
+            f"background={name!r} is unknown; expected one of {BACKGROUNDS} or 'needle'."
+        ) from None
 
 
 def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -198,7 +200,9 @@ def _draw_word(image: np.ndarray, word: str, cell: int, grid: int) -> None:
     height, width = mask.shape
     size = image.shape[0]
     if width > size:
-        raise ValueError(f"word {word!r} is {width} px wide at scale {scale}; it does not fit a {size}-px frame.")
+        raise ValueError(
+            f"word {word!r} is {width} px wide at scale {scale}; it does not fit a {size}-px frame."
+        )
     top = int((grid - 0.5) * cell - height / 2)
     left = (size - width) // 2
     image[top : top + height, left : left + width][mask] = TEXT_RGB

@@ -28,7 +28,9 @@ def make_text_question(rng: np.random.Generator, split: str, question_type: str,
     """
     check_split(split)
     if question_type not in TEXT_QUESTION_TYPES:
-        raise ValueError(f"question_type={question_type!r} is unknown; expected one of {list(TEXT_QUESTION_TYPES)}.")
+        raise ValueError(
+            f"question_type={question_type!r} is unknown; expected one of {list(TEXT_QUESTION_TYPES)}."
+        )
     options = TEXT_QUESTION_TYPES[question_type]
     answer = choose(rng, options)
     if question_type == "text_next":
