@@ -1,0 +1,210 @@
+"""Single-image questions and captions (stage 1 captions, stage 2 image instructions).
+
+Every question is built *answer first*: the answer is drawn uniformly from the type's answer options and the
+scene is then constructed to make it true. That keeps answer distributions flat, so a text-only model cannot
+beat chance by learning answer priors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from llamavid.synth._common import (
+    QAItem,
+    choose,
+    distinct_cells,
+    join_phrases,
+    phrase,
+    pick_distractors,
+    pick_target,
+)
+from llamavid.synth.render import (
+    DEFAULT_GRID,
+    FrameSpec,
+    SceneObject,
+    cell_centre,
+    position_jitter,
+    quadrant_of,
+)
+from llamavid.synth.world import (
+    BACKGROUNDS,
+    COLOURS,
+    QUADRANTS,
+    SHAPES,
+    SIZES,
+    WORDS,
+    allowed_pairs,
+    check_split,
+)
+
+IMAGE_COUNT_OPTIONS: tuple[str, ...] = tuple(str(n) for n in range(1, 7))
+
+IMAGE_QUESTION_TYPES: dict[str, list[str]] = {
+    "image_colour": list(COLOURS),
+    "image_shape": list(SHAPES),
+    "image_count": list(IMAGE_COUNT_OPTIONS),
+    "image_position": list(QUADRANTS),
+    "image_size": list(SIZES),
+    "image_text": list(WORDS),
+    "image_background": list(BACKGROUNDS),
+}
+"""Image question types and their answer options."""
+
+CAPTION_PROMPTS: tuple[str, ...] = (
+    "Describe the image briefly.",
+    "What is in this picture?",
+    "Give a short description of the image.",
+)
+
+
+def _place(
+    rng: np.random.Generator, pairs: list[tuple[str, str]], cells: list[tuple[int, int]], sizes: list[int]
+) -> list[SceneObject]:
+    objects = []
+    for (shape, colour), (row, col), size_index in zip(pairs, cells, sizes, strict=True):
+        x, y = cell_centre(row, col)
+        dx, dy = position_jitter(rng, size_index)
+        objects.append(SceneObject(shape, colour, x + dx, y + dy, size_index))
+    return objects
+
+
+def _scene(
+    rng: np.random.Generator,
+    target: tuple[str, str],
+    distractors: list[tuple[str, str]],
+    grid: int,
+    word: str | None = None,
+    target_cell: tuple[int, int] | None = None,
+    target_size: int | None = None,
+) -> tuple[FrameSpec, SceneObject]:
+    """A frame with the target and distractors in distinct cells, objects in random order of drawing."""
+    rows = grid - 1 if word is not None else grid
+    cells = distinct_cells(rng, len(distractors) + 1, grid, rows)
+    if target_cell is not None:
+        cells = [target_cell] + [c for c in distinct_cells(rng, rows * grid, grid, rows) if c != target_cell][
+            : len(distractors)
+        ]
+    sizes = [int(rng.integers(len(SIZES))) for _ in range(len(distractors) + 1)]
+    if target_size is not None:
+        sizes[0] = target_size
+    objects = _place(rng, [target, *distractors], cells, sizes)
+    target_object = objects[0]
+    order = rng.permutation(len(objects))
+    background = choose(rng, BACKGROUNDS)
+    spec = FrameSpec(background=background, objects=tuple(objects[i] for i in order), word=word)
+    return spec, target_object
+
+
+def make_image_question(
+    rng: np.random.Generator, split: str, question_type: str, item_id: str, grid: int = DEFAULT_GRID
+) -> QAItem:
+    """Build one image question of ``question_type`` (a key of :data:`IMAGE_QUESTION_TYPES`).
+
+    Raises:
+        ValueError: on an unknown question type or split.
+    """
+    check_split(split)
+    if question_type not in IMAGE_QUESTION_TYPES:
+        raise ValueError(
+            f"question_type={question_type!r} is unknown; expected one of {list(IMAGE_QUESTION_TYPES)}."
+        )
+    options = IMAGE_QUESTION_TYPES[question_type]
+    answer = choose(rng, options)
+    n_distractors = int(rng.integers(1, 4))
+    heldout = False
+    if question_type == "image_colour":
+        shape, colour, heldout = pick_target(rng, split, colour=answer)
+        distractors = pick_distractors(rng, n_distractors, {shape}, {colour})
+        spec, _ = _scene(rng, (shape, colour), distractors, grid)
+        question = f"What colour is the {shape}?"
+    elif question_type == "image_shape":
+        shape, colour, heldout = pick_target(rng, split, shape=answer)
+        distractors = pick_distractors(rng, n_distractors, {shape}, {colour})
+        spec, _ = _scene(rng, (shape, colour), distractors, grid)
+        question = f"What shape is the {colour} object?"
+    elif question_type == "image_count":
+        count = int(answer)
+        pairs = allowed_pairs(split)
+        chosen = [pairs[int(i)] for i in rng.integers(len(pairs), size=count)]
+        cells = distinct_cells(rng, count, grid)
+        objects = _place(rng, chosen, cells, [int(rng.integers(len(SIZES))) for _ in range(count)])
+        spec = FrameSpec(background=choose(rng, BACKGROUNDS), objects=tuple(objects))
+        heldout = split == "heldout" and any(p not in allowed_pairs("train") for p in chosen)
+        question = choose(rng, ["How many objects are there?", "How many shapes are in the image?"])
+    elif question_type == "image_position":
+        shape, colour, heldout = pick_target(rng, split)
+        distractors = pick_distractors(rng, n_distractors, {shape}, {colour})
+        quadrant = QUADRANTS.index(answer)
+        half = grid // 2
+        row = int(rng.integers(half)) + half * (quadrant // 2)
+        col = int(rng.integers(half)) + half * (quadrant % 2)
+        spec, target = _scene(rng, (shape, colour), distractors, grid, target_cell=(row, col))
+        if quadrant_of(target, grid) != quadrant:
+            raise AssertionError("internal error: target placed outside the requested quadrant")
+        question = f"Where is the {colour} {shape}?"
+    elif question_type == "image_size":
+        shape, colour, heldout = pick_target(rng, split)
+        distractors = pick_distractors(rng, n_distractors, {shape}, {colour})
+        spec, _ = _scene(rng, (shape, colour), distractors, grid, target_size=SIZES.index(answer))
+        question = f"What size is the {colour} {shape}?"
+    elif question_type == "image_text":
+        shape, colour, heldout = pick_target(rng, split)
+        distractors = pick_distractors(rng, n_distractors - 1, {shape}, {colour})
+        spec, _ = _scene(rng, (shape, colour), distractors, grid, word=answer)
+        question = choose(rng, ["What word is written on the screen?", "What does the text say?"])
+    else:  # image_background
+        shape, colour, heldout = pick_target(rng, split)
+        distractors = pick_distractors(rng, n_distractors, {shape}, {colour})
+        spec, _ = _scene(rng, (shape, colour), distractors, grid)
+        spec = FrameSpec(background=answer, objects=spec.objects, word=spec.word)
+        question = "What colour is the background?"
+    return QAItem(
+        id=item_id,
+        question=question,
+        answer=answer,
+        question_type=question_type,
+        answer_options=list(options),
+        media=spec,
+        meta={"heldout_combo": bool(heldout)},
+    )
+
+
+def describe_image(spec: FrameSpec, grid: int = DEFAULT_GRID) -> str:
+    """A deterministic one- or two-sentence caption listing every object with size, colour and quadrant."""
+    parts = [
+        f"{phrase(o.shape, o.colour, SIZES[o.size])} in the {QUADRANTS[quadrant_of(o, grid)]}"
+        for o in sorted(spec.objects, key=lambda o: (o.cell(grid), o.shape))
+    ]
+    if parts:
+        caption = f"{join_phrases(parts)} on a {spec.background} background."
+    else:
+        caption = f"an empty {spec.background} background."
+    caption = caption[0].upper() + caption[1:]
+    if spec.word is not None:
+        caption += f" The word {spec.word} is written at the bottom."
+    return caption
+
+
+def make_image_caption(
+    rng: np.random.Generator, split: str, item_id: str, grid: int = DEFAULT_GRID
+) -> QAItem:
+    """A stage-1 caption item: 1-4 objects, sometimes a word, caption from :func:`describe_image`."""
+    check_split(split)
+    count = int(rng.integers(1, 5))
+    pairs = allowed_pairs(split)
+    word = choose(rng, WORDS) if rng.random() < 0.2 else None
+    rows = grid - 1 if word is not None else grid
+    chosen = [pairs[int(i)] for i in rng.integers(len(pairs), size=count)]
+    objects = _place(
+        rng, chosen, distinct_cells(rng, count, grid, rows), [int(rng.integers(4)) for _ in chosen]
+    )
+    spec = FrameSpec(background=choose(rng, BACKGROUNDS), objects=tuple(objects), word=word)
+    return QAItem(
+        id=item_id,
+        question=choose(rng, CAPTION_PROMPTS),
+        answer=describe_image(spec, grid),
+        question_type="image_caption",
+        answer_options=None,
+        media=spec,
+        meta={"heldout_combo": split == "heldout" and any(p not in allowed_pairs("train") for p in chosen)},
+    )

@@ -1,0 +1,83 @@
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from llamavid.synth.images import (
+    IMAGE_QUESTION_TYPES,
+    describe_image,
+    make_image_caption,
+    make_image_question,
+)
+from llamavid.synth.render import frame_labels, quadrant_of, render_frame
+from llamavid.synth.world import BACKGROUNDS, COLOUR_RGB, COLOURS, QUADRANTS, SHAPES, SIZES, WORDS
+
+
+def _mentioned(question: str, vocabulary: tuple[str, ...]) -> str | None:
+    words = question.rstrip("?").split()
+    hits = [w for w in vocabulary if w in words]
+    return hits[0] if hits else None
+
+
+@pytest.mark.parametrize("question_type", list(IMAGE_QUESTION_TYPES))
+def test_answers_agree_with_labels_and_pixels(question_type):
+    for index in range(40):
+        item = make_image_question(np.random.default_rng(index), "heldout", question_type, f"q{index}")
+        spec, answer = item.media, item.answer
+        assert answer in item.answer_options
+        labels = frame_labels(spec)
+        image = render_frame(spec)
+        shape = _mentioned(item.question, SHAPES)
+        colour = _mentioned(item.question, COLOURS)
+        matches = [o for o in spec.objects if shape in (None, o.shape) and colour in (None, o.colour)]
+        if question_type == "image_count":
+            assert int((labels.shape > 0).sum()) == int(answer)
+            continue
+        if question_type == "image_text":
+            assert labels.word == WORDS.index(answer)
+            continue
+        if question_type == "image_background":
+            assert labels.background == BACKGROUNDS.index(answer)
+            continue
+        assert len(matches) == 1, "the question must single out exactly one object"
+        target = matches[0]
+        row, col = target.cell(4)
+        if question_type == "image_colour":
+            assert labels.colour[row, col] == COLOURS.index(answer) + 1
+            cell = image[row * 16 : (row + 1) * 16, col * 16 : (col + 1) * 16]
+            assert (cell == COLOUR_RGB[answer]).all(axis=-1).any()
+        elif question_type == "image_shape":
+            assert labels.shape[row, col] == SHAPES.index(answer) + 1
+        elif question_type == "image_position":
+            assert quadrant_of(target) == QUADRANTS.index(answer)
+            half = 32
+            top, left = (QUADRANTS.index(answer) // 2) * half, (QUADRANTS.index(answer) % 2) * half
+            quadrant = image[top : top + half, left : left + half]
+            assert (quadrant == COLOUR_RGB[target.colour]).all(axis=-1).any()
+        elif question_type == "image_size":
+            assert labels.size[row, col] == SIZES.index(answer) + 1
+
+
+def test_answers_are_balanced_within_each_type():
+    for question_type, options in IMAGE_QUESTION_TYPES.items():
+        answers = Counter(
+            make_image_question(np.random.default_rng(i), "train", question_type, "x").answer
+            for i in range(200)
+        )
+        assert set(answers) == set(options)
+        assert max(answers.values()) / 200 <= 2.0 / len(options)
+
+
+def test_caption_mentions_every_object():
+    item = make_image_caption(np.random.default_rng(3), "train", "c")
+    caption = describe_image(item.media)
+    assert item.answer == caption
+    for obj in item.media.objects:
+        assert f"{obj.colour} {obj.shape}" in caption
+
+
+def test_rejects_unknown_type_and_split():
+    with pytest.raises(ValueError, match="question_type"):
+        make_image_question(np.random.default_rng(0), "train", "image_mood", "x")
+    with pytest.raises(ValueError, match="split"):
+        make_image_question(np.random.default_rng(0), "test", "image_colour", "x")
