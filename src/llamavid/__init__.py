@@ -1,11 +1,27 @@
 """llamavid: LLaMA-VID ("An Image is Worth 2 Tokens in Large Language Models") on transformers 5.
 
 Public API: `LlamaVidConfig`, `LlamaVidForConditionalGeneration`, `LlamaVidProcessor`. Everything else is
-reachable by module path but not promised.
+reachable by module path but not promised. The model classes load lazily, so data-only modules
+(`llamavid.data`, `llamavid.synth`) import without torch or transformers.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0.dev0"
 
-from llamavid.model import LlamaVidConfig, LlamaVidForConditionalGeneration, LlamaVidProcessor
+_LAZY = {
+    "LlamaVidConfig": "llamavid.model",
+    "LlamaVidForConditionalGeneration": "llamavid.model",
+    "LlamaVidProcessor": "llamavid.model",
+}
 
 __all__ = ["LlamaVidConfig", "LlamaVidForConditionalGeneration", "LlamaVidProcessor", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'llamavid' has no attribute {name!r}")
