@@ -1,4 +1,5 @@
-"""Regenerate the tiny test assets (deterministic): a sentencepiece LLM tokenizer trained on a small corpus.
+"""Regenerate the tiny test assets (deterministic): a sentencepiece LLM tokenizer trained on a small corpus and a
+small BERT WordPiece vocab for tiny Q-Former checkpoints.
 
 Run: ``.venv/bin/python tests/assets/make_assets.py``. The output folder ``tests/assets/tiny_llm_tokenizer`` is
 committed; tests never train tokenizers themselves.
@@ -34,7 +35,21 @@ def corpus() -> list[str]:
     return lines
 
 
+def write_tiny_bert_vocab() -> None:
+    """A WordPiece vocab small enough for tiny Q-Former checkpoints: special tokens, punctuation, single letters
+    (so every lowercase word tokenises) and the corpus words. The real one is bert-base-uncased (30,522)."""
+    out = HERE / "tiny_bert_tokenizer"
+    out.mkdir(exist_ok=True)
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    digits = [str(d) for d in range(10)]
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"?.,'!:;-()\"", *digits, *letters]
+    tokens += ["##" + c for c in letters + digits]
+    tokens += sorted(set(WORDS) - set(tokens))
+    (out / "vocab.txt").write_text("\n".join(tokens) + "\n")
+
+
 def main() -> None:
+    write_tiny_bert_vocab()
     out = HERE / "tiny_llm_tokenizer"
     out.mkdir(exist_ok=True)
     model = io.BytesIO()
