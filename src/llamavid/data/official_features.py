@@ -42,12 +42,20 @@ def _numpy_core() -> Any:
     return core
 
 
+def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
+    """Protocol-2 pickles store bytes as ``_codecs.encode(text, "latin1")``; accept that codec only."""
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise UnsafePickleError(f"refused _codecs.encode with encoding {encoding!r}; only latin1 bytes are expected.")
+    return text.encode("latin1")
+
+
 _CORE = _numpy_core()
 # (module, name) -> object. Files written under numpy 1.x name `numpy.core`, under 2.x `numpy._core`.
 _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
     ("collections", "OrderedDict"): OrderedDict,
+    ("_codecs", "encode"): _latin1_bytes,
 }
 for _module in ("numpy.core.multiarray", "numpy._core.multiarray"):
     _ALLOWED_GLOBALS[(_module, "_reconstruct")] = _CORE.multiarray._reconstruct
@@ -60,7 +68,8 @@ class RestrictedFeatureUnpickler(pickle.Unpickler):
     """An unpickler that builds only numpy arrays, numbers, strings, bytes, lists, tuples and dicts.
 
     Numbers, strings and containers need no globals; numpy arrays need ``_reconstruct``/``ndarray``/``dtype``
-    (or ``_frombuffer`` for protocol-5 files), allowed under both the numpy 1 and numpy 2 module names. Any other
+    (or ``_frombuffer`` for protocol-5 files), allowed under both the numpy 1 and numpy 2 module names, and
+    protocol-2 files spell raw bytes as ``_codecs.encode(text, "latin1")`` (only that codec passes). Any other
     global (``os.system``, ``builtins.eval``, torch storages, ...) raises `UnsafePickleError` before it is
     called.
     """
