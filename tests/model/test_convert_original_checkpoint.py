@@ -138,7 +138,7 @@ def test_336_interpolates_position_table_once(tmp_path):
     assert json.loads((out / "generation_config.json").read_text())["do_sample"] is False
 
 
-def test_raw_bert_and_layer_suffix_checkpoints_convert(tmp_path):
+def test_raw_bert_checkpoint_converts_and_loads(tmp_path):
     files = make_official_release(tmp_path / "raw", SIZES, bert_type="raw_bert")
     out = _convert(files, tmp_path / "raw_out", save_processor=False)
     ours = _state(out)
