@@ -1,4 +1,5 @@
-"""Regenerate the demo/test LLM tokenizer (deterministic): a 512-piece sentencepiece BPE with byte fallback.
+"""Regenerate the demo/test LLM tokenizer (deterministic): a 512-piece sentencepiece BPE with byte fallback, and a
+small BERT WordPiece vocab (``tests/assets/tiny_bert_tokenizer``) that keeps tiny Q-Former checkpoints small.
 
 Run: ``.venv/bin/python tools/make_demo_tokenizer.py``. The output ``src/llamavid/assets/demo_tokenizer`` ships
 in the package (the random demo model and the tests use it); nothing trains tokenizers at run time.
@@ -12,7 +13,9 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-OUT = Path(__file__).resolve().parents[1] / "src" / "llamavid" / "assets" / "demo_tokenizer"
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "src" / "llamavid" / "assets" / "demo_tokenizer"
+TEST_ASSETS = ROOT / "tests" / "assets"
 
 WORDS = (
     "a an the is are was what which who where when how many color colour shape red green blue yellow purple "
@@ -34,7 +37,21 @@ def corpus() -> list[str]:
     return lines
 
 
+def write_tiny_bert_vocab() -> None:
+    """A WordPiece vocab small enough for tiny Q-Former checkpoints: special tokens, punctuation, single letters
+    (so every lowercase word tokenises) and the corpus words. The real one is bert-base-uncased (30,522)."""
+    out = TEST_ASSETS / "tiny_bert_tokenizer"
+    out.mkdir(exist_ok=True)
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    digits = [str(d) for d in range(10)]
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"?.,'!:;-()\"", *digits, *letters]
+    tokens += ["##" + c for c in letters + digits]
+    tokens += sorted(set(WORDS) - set(tokens))
+    (out / "vocab.txt").write_text("\n".join(tokens) + "\n")
+
+
 def main() -> None:
+    write_tiny_bert_vocab()
     out = OUT
     out.mkdir(parents=True, exist_ok=True)
     model = io.BytesIO()

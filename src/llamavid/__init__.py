@@ -18,10 +18,20 @@ _LAZY = {
     "LlamaVidProcessor": "llamavid.model",
 }
 
-__all__ = ["LlamaVidConfig", "LlamaVidForConditionalGeneration", "LlamaVidProcessor", "__version__"]
+__all__ = ["LlamaVidConfig", "LlamaVidForConditionalGeneration", "LlamaVidProcessor", "convert", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'llamavid' has no attribute {name!r}")
+
+
+def convert(*args: Any, **kwargs: Any) -> Any:
+    """Convert a released LLaMA-VID checkpoint; see `llamavid.model.convert_original_checkpoint.convert`.
+
+    Imported on first use so ``import llamavid`` stays light.
+    """
+    from llamavid.model.convert_original_checkpoint import convert as _convert
+
+    return _convert(*args, **kwargs)

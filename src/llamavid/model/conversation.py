@@ -52,6 +52,60 @@ TEMPLATES: dict[str, ConversationTemplate] = {
 }
 
 
+# Long-video (movie) prompts wrapped around the frame/subtitle string (spec §5.4). The CLI form glues the
+# sentences to the frames with no separator, exactly as the official movie script does.
+MOVIE_START = "Below is a movie. Memorize the content and answer my question after watching this movie."
+MOVIE_END = "Now the movie end."
+# The web demo serves movies in parts and words it differently.
+MOVIE_PART_START = (
+    "Below is a part of movie. Memorize the content and answer my question after this movie part. "
+    "The movie part start.\n"
+)
+MOVIE_PART_END = "\nThe movie part end.\n"
+
+# Official sampling settings per entry point (spec §6), in `transformers.GenerationConfig` field names.
+# Greedy runs leave temperature/top_p unset so transformers does not warn about unused sampling fields.
+GENERATION_DEFAULTS: dict[str, dict[str, float | int | bool]] = {
+    # llamavid/serve/cli.py: always samples.
+    "cli": {"do_sample": True, "temperature": 0.2, "top_p": 0.7, "max_new_tokens": 512},
+    # llamavid/serve/run_llamavid_movie.py (long-video checkpoint).
+    "movie": {"do_sample": True, "temperature": 0.6, "top_p": 0.9, "max_new_tokens": 1024},
+    # Video QA evaluation (MSVD / MSRVTT / ActivityNet / Video-ChatGPT); top_p left at its default.
+    "video_qa": {"do_sample": True, "temperature": 0.2, "max_new_tokens": 1024},
+    # Image benchmarks (model_vqa_loader with temperature 0): greedy.
+    "image_eval": {"do_sample": False, "max_new_tokens": 128},
+}
+
+
+def long_video_inputs(subtitles: Sequence[str]) -> str:
+    """The frame/subtitle string of a long video: ``"<image>sub_0<image>sub_1..."``, one ``<image>`` per frame.
+
+    Args:
+        subtitles: one entry per sampled frame, the subtitle text assigned to it (``""`` for none). The official
+            loader deletes ``"..."`` from this string before use; we do the same so prompts match training.
+    """
+    return "".join(DEFAULT_IMAGE_TOKEN + text for text in subtitles).replace("...", "")
+
+
+def build_long_video_message(subtitles: Sequence[str] | str, question: str, variant: str = "cli") -> str:
+    """The user message of a movie question: start sentence, frames with subtitles, end sentence, question.
+
+    Args:
+        subtitles: per-frame subtitles (see `long_video_inputs`) or an already built ``inputs`` string, such as the
+            one stored in official feature files.
+        question: the user's question; it is also the text-decoder instruction for every frame.
+        variant: ``"cli"`` (``run_llamavid_movie.py``: the official default) or ``"web"`` (the demo's movie parts).
+
+    Every ``<image>`` stands for one frame, i.e. ``1 + n`` visual tokens (2 for the long-video checkpoint).
+    """
+    inputs = subtitles.replace("...", "") if isinstance(subtitles, str) else long_video_inputs(subtitles)
+    if variant == "cli":
+        return MOVIE_START + inputs + MOVIE_END + "\n" + question
+    if variant == "web":
+        return MOVIE_PART_START + inputs + MOVIE_PART_END + question
+    raise ValueError(f"variant={variant!r}; expected 'cli' (movie script) or 'web' (demo movie parts).")
+
+
 def get_template(name: str) -> ConversationTemplate:
     """Look up a template by name, failing with the list of known names."""
     try:
@@ -92,4 +146,17 @@ def build_prompt(
     return text
 
 
-__all__ = ["ConversationTemplate", "TEMPLATES", "DEFAULT_IMAGE_TOKEN", "get_template", "build_prompt"]
+__all__ = [
+    "ConversationTemplate",
+    "TEMPLATES",
+    "DEFAULT_IMAGE_TOKEN",
+    "GENERATION_DEFAULTS",
+    "MOVIE_START",
+    "MOVIE_END",
+    "MOVIE_PART_START",
+    "MOVIE_PART_END",
+    "get_template",
+    "build_prompt",
+    "build_long_video_message",
+    "long_video_inputs",
+]
