@@ -129,3 +129,17 @@ def h264_mp4(media_dir: Path) -> Path:
 def mpeg4_mkv(media_dir: Path) -> Path:
     """25 fps MPEG-4 Part 2 in Matroska (1 ms time base), 3 s."""
     return write_video(media_dir / "mpeg4_25fps.mkv", codec="mpeg4", rate=25, num_frames=75, options={"qscale": "2"})
+
+
+def require_module(name: str) -> None:
+    """Skip when an optional backend is missing locally, but fail under CI, where it must be installed."""
+    import importlib
+    import os
+
+    try:
+        importlib.import_module(name)
+    except Exception as error:  # ImportError, or OSError from a missing shared library
+        message = f"optional backend {name!r} unavailable: {type(error).__name__}: {error}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message + " (CI=true: optional backends must be installed)")
+        pytest.skip(message)

@@ -566,7 +566,8 @@ def _iter_pyav(
     previous_ts: float | None = None
     last_kept: float | None = None
     timestamps_reliable = True
-    keyframe_times: list[float] = []
+    last_keyframe: float | None = None
+    gop: float | None = None  # longest keyframe interval seen between two consecutively decoded keyframes
     seek_allowed = opened.seekable
     kept = bad_packets = 0
     warned_timestamps = False
@@ -604,9 +605,13 @@ def _iter_pyav(
                     )
                     warned_timestamps = True
                 ts = 0.0 if previous_ts is None else previous_ts + 1.0 / rate
+            if previous_ts is None and kept == 0:
+                _check_dimensions(frame.width, frame.height, name)  # headers can lie about the size
             previous_ts = ts
             if frame.key_frame:
-                keyframe_times.append(ts)
+                if last_keyframe is not None:
+                    gop = max(gop or 0.0, ts - last_keyframe)
+                last_keyframe = ts
             if selector.accept(ts):
                 rgb = frame.to_ndarray(format="rgb24")
                 rotation = _normalise_rotation(getattr(frame, "rotation", 0))
@@ -621,14 +626,13 @@ def _iter_pyav(
             and timestamps_reliable
             and target is not None
             and previous_ts is not None
-            and len(keyframe_times) >= 2
+            and gop is not None
+            and target - previous_ts > max(2 * gop, 1.0)
         ):
-            gop = max(b - a for a, b in zip(keyframe_times, keyframe_times[1:]))
-            if target - previous_ts > max(2 * gop, 1.0):
-                seek_allowed = _seek_before(opened, target, last_kept)
-                if seek_allowed:
-                    packets = container.demux(stream)
-                    previous_ts = None
+            seek_allowed = _seek_before(opened, target, last_kept)
+            if seek_allowed:
+                packets = container.demux(stream)
+                previous_ts = last_keyframe = None
     if bad_packets:
         logger.warning("%s: skipped %d undecodable packets.", name, bad_packets)
     if kept == 0:
