@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import frame_index, index_colour, require_module, write_audio_only, write_video
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from media_factory import frame_index, index_colour, require_module, write_audio_only, write_video
 from PIL import Image
 
 from llamavid.data import video as video_module
@@ -21,6 +23,7 @@ from llamavid.data.video import (
     load_image,
     load_image_folder,
     load_media,
+    probe_video,
 )
 
 
@@ -34,7 +37,12 @@ def indices(frames: np.ndarray) -> list[int]:
 @pytest.mark.parametrize(
     ("name", "kwargs", "expected_times", "expected_indices"),
     [
-        ("h264_2fps.mp4", {"rate": 2, "num_frames": 20}, [float(t) for t in range(10)], list(range(0, 20, 2))),
+        (
+            "h264_2fps.mp4",
+            {"rate": 2, "num_frames": 20},
+            [float(t) for t in range(10)],
+            list(range(0, 20, 2)),
+        ),
         ("mpeg4_25fps.mkv", {"codec": "mpeg4", "rate": 25, "num_frames": 75}, [0.0, 1.0, 2.0], [0, 25, 50]),
         (
             "ntsc.mp4",
@@ -86,12 +94,18 @@ def test_uniform_and_max_frames(media_dir: Path) -> None:
     assert len(decode_video(path, num_frames=1000)) == 100  # each decoded frame at most once
 
 
-def test_sparse_sampling_seeks_but_matches_sequential_decode(media_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = write_video(media_dir / "gop.mkv", rate=10, num_frames=600, options={"g": "10", "keyint_min": "10"})
+def test_sparse_sampling_seeks_but_matches_sequential_decode(
+    media_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_video(
+        media_dir / "gop.mkv", rate=10, num_frames=600, options={"g": "10", "keyint_min": "10"}
+    )
     seeks: list[float] = []
     real_seek = video_module._seek_before
     monkeypatch.setattr(
-        video_module, "_seek_before", lambda opened, target, last: seeks.append(target) or real_seek(opened, target, last)
+        video_module,
+        "_seek_before",
+        lambda opened, target, last: seeks.append(target) or real_seek(opened, target, last),
     )
     seeking = decode_video(path, num_frames=5)
     assert seeks == [12.0, 24.0, 36.0, 48.0]  # 1 s keyframe interval: each 12 s gap is skipped by a seek
@@ -153,7 +167,11 @@ def _quadrant_picture(index: int, width: int, height: int) -> np.ndarray:
 @pytest.mark.parametrize(("rotation", "red_corner"), [(90, (1, 0)), (180, (1, 1)), (270, (0, 1))])
 def test_rotation_metadata_is_applied(media_dir: Path, rotation: int, red_corner: tuple[int, int]) -> None:
     path = write_video(
-        media_dir / f"rot{rotation}.mp4", rotation=rotation, size=(32, 16), num_frames=2, picture=_quadrant_picture
+        media_dir / f"rot{rotation}.mp4",
+        rotation=rotation,
+        size=(32, 16),
+        num_frames=2,
+        picture=_quadrant_picture,
     )
     frame = decode_video(path).frames[0]
     assert frame.shape[:2] == ((16, 32) if rotation == 180 else (32, 16))
@@ -166,7 +184,9 @@ def test_rotation_metadata_is_applied(media_dir: Path, rotation: int, red_corner
 
 
 def test_non_square_pixels_give_display_size(media_dir: Path) -> None:
-    path = write_video(media_dir / "sar2.mp4", size=(32, 16), sample_aspect_ratio=Fraction(2, 1), num_frames=2)
+    path = write_video(
+        media_dir / "sar2.mp4", size=(32, 16), sample_aspect_ratio=Fraction(2, 1), num_frames=2
+    )
     info = inspect_video(path)
     assert (info.width, info.height, info.sample_aspect_ratio) == (64, 16, 2.0)
     assert decode_video(path).frames.shape[1:] == (16, 64, 3)
@@ -216,7 +236,9 @@ def test_unknown_backend_is_rejected(h264_mp4: Path) -> None:
 # --- images and folders ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("suffix", "mode"), [(".jpg", "RGB"), (".png", "L"), (".webp", "RGB"), (".png", "RGBA")])
+@pytest.mark.parametrize(
+    ("suffix", "mode"), [(".jpg", "RGB"), (".png", "L"), (".webp", "RGB"), (".png", "RGBA")]
+)
 def test_images_load_as_one_rgb_frame(tmp_path: Path, suffix: str, mode: str) -> None:
     path = tmp_path / f"image{suffix}"
     Image.new(mode, (20, 10), 128 if mode == "L" else (200, 100, 50, 255)[: len(mode)]).save(path)
@@ -282,7 +304,9 @@ def test_clear_errors_for_bad_content(tmp_path: Path, h264_mp4: Path) -> None:
         load_media(broken_image)
 
 
-def test_absurd_resolution_is_rejected(tmp_path: Path, h264_mp4: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_absurd_resolution_is_rejected(
+    tmp_path: Path, h264_mp4: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Writing a real 16385 px video would take too long; lower the limit instead (checked at call time).
     monkeypatch.setattr(video_module, "MAX_DIMENSION", 16)
     with pytest.raises(VideoDecodeError, match=r"32x32 is outside the supported range 1..16"):
@@ -330,3 +354,81 @@ def test_thirty_minute_video_streams_with_flat_memory(media_dir: Path) -> None:
     assert count == 1800 and last is not None and last.timestamps[-1] == 1799.0
     assert frame_index(last.frames[-1]) == 3598
     assert peak - baseline < all_frames_bytes / 2, (peak - baseline, generated)
+
+
+# --- probing untrusted files in a subprocess ------------------------------------------------------------
+
+
+def test_probe_video_in_subprocess(h264_mp4: Path, tmp_path: Path) -> None:
+    info = probe_video(h264_mp4)
+    assert (info.width, info.height, info.fps, info.duration, info.codec) == (32, 32, 2.0, 10.0, "h264")
+    assert info.source == str(h264_mp4)
+    garbage = tmp_path / "garbage.mkv"
+    garbage.write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(VideoDecodeError, match="garbage.mkv: cannot open"):
+        probe_video(garbage)
+    with pytest.raises(NoVideoStreamError, match="has audio but no video"):
+        probe_video(write_audio_only(tmp_path / "a.wav"))
+    with pytest.raises(VideoDecodeError, match="probing took longer than 0.001 s"):
+        probe_video(h264_mp4, timeout=0.001)
+
+
+def test_probe_reports_a_crashing_decoder(h264_mp4: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Stand in for a decoder segfault: the child kills itself with SIGSEGV.
+    monkeypatch.setattr(video_module.sys, "executable", "/bin/sh")
+    monkeypatch.setattr(
+        video_module.subprocess,
+        "run",
+        _run_as(["/bin/sh", "-c", "kill -SEGV $$"], video_module.subprocess.run),
+    )
+    with pytest.raises(VideoDecodeError, match=r"decoder crashed while probing \(signal 11\)"):
+        probe_video(h264_mp4)
+
+
+def _run_as(command: list[str], real_run):  # type: ignore[no-untyped-def]
+    return lambda _command, **kwargs: real_run(command, **kwargs)
+
+
+# --- fuzzing: hostile bytes give our errors, never a crash ----------------------------------------------
+
+
+FUZZ = settings(
+    derandomize=True,
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+def _decode_or_clean_error(path: Path) -> None:
+    try:
+        frames = decode_video(path, fps=2.0)
+    except MediaError as error:
+        assert str(path) in str(error)
+        return
+    assert frames.frames.dtype == np.uint8 and np.all(np.diff(frames.timestamps) > 0)
+
+
+@FUZZ
+@given(data=st.binary(min_size=1, max_size=4096))
+def test_fuzz_random_bytes(tmp_path: Path, data: bytes) -> None:
+    path = tmp_path / "random.mp4"
+    path.write_bytes(data)
+    _decode_or_clean_error(path)
+
+
+@FUZZ
+@given(
+    cut=st.floats(0.0, 1.0), flips=st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(0, 255)), max_size=8)
+)
+@pytest.mark.parametrize("fixture", ["h264_mp4", "mpeg4_mkv"])
+def test_fuzz_truncated_and_corrupted_files(
+    request: pytest.FixtureRequest, tmp_path: Path, fixture: str, cut: float, flips: list[tuple[float, int]]
+) -> None:
+    original = request.getfixturevalue(fixture).read_bytes()
+    data = bytearray(original[: max(1, int(len(original) * cut))])
+    for where, value in flips:
+        data[min(int(where * len(data)), len(data) - 1)] = value
+    path = tmp_path / f"damaged{Path(fixture).suffix or '.bin'}"
+    path.write_bytes(bytes(data))
+    _decode_or_clean_error(path)

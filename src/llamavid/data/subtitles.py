@@ -249,7 +249,9 @@ def read_subtitles(path: str | os.PathLike[str], *, encoding: str | None = None)
             p,
         )
     text = decode_subtitle_bytes(p.read_bytes(), source=str(p), encoding=encoding)
-    is_vtt = p.suffix.lower() == ".vtt" or (p.suffix.lower() != ".srt" and text.lstrip("\ufeff").startswith("WEBVTT"))
+    is_vtt = p.suffix.lower() == ".vtt" or (
+        p.suffix.lower() != ".srt" and text.lstrip("\ufeff").startswith("WEBVTT")
+    )
     cues = parse_webvtt(text, source=str(p)) if is_vtt else parse_srt(text, source=str(p))
     if not cues:
         raise SubtitleError(
@@ -260,7 +262,9 @@ def read_subtitles(path: str | os.PathLike[str], *, encoding: str | None = None)
     return sorted(cues, key=lambda cue: (cue.start, cue.end))
 
 
-def read_embedded_subtitles(path: str | os.PathLike[str], *, stream_index: int | None = None) -> list[SubtitleCue]:
+def read_embedded_subtitles(
+    path: str | os.PathLike[str], *, stream_index: int | None = None
+) -> list[SubtitleCue]:
     """Read a text subtitle stream embedded in a container (SRT/ASS in MKV, mov_text in MP4).
 
     Times are relative to the container start, like :func:`~llamavid.data.video.decode_video`'s
@@ -284,7 +288,7 @@ def read_embedded_subtitles(path: str | os.PathLike[str], *, stream_index: int |
     except (av.FFmpegError, OSError, ValueError) as error:
         raise MediaError(f"{p}: cannot open as a media container ({error}).", p) from error
     with container:
-        streams = container.streams.subtitles
+        streams = list(container.streams.subtitles)
         if stream_index is not None:
             streams = [s for s in streams if s.index == stream_index]
         if not streams:
@@ -310,10 +314,14 @@ def read_embedded_subtitles(path: str | os.PathLike[str], *, stream_index: int |
                     if text:
                         cues.append(SubtitleCue(start, start + length, text))
         except (av.FFmpegError, ValueError) as error:
-            raise SubtitleError(f"{p}: subtitle stream {stream.index} cannot be decoded ({error}).", p) from error
+            raise SubtitleError(
+                f"{p}: subtitle stream {stream.index} cannot be decoded ({error}).", p
+            ) from error
     if not cues:
         hint = " It holds pictures of text (DVD/Blu-ray style), which would need OCR." if bitmap_only else ""
-        raise SubtitleError(f"{p}: subtitle stream {stream.index} has no text cue.{hint} Pass a .srt file.", p)
+        raise SubtitleError(
+            f"{p}: subtitle stream {stream.index} has no text cue.{hint} Pass a .srt file.", p
+        )
     return sorted(cues, key=lambda cue: (cue.start, cue.end))
 
 
@@ -415,7 +423,7 @@ def interleave_subtitles(
     string of spec §5.4. Arguments and errors as :func:`align_subtitles`.
     """
     texts = align_subtitles(cues, timestamps, duration=duration, source=source)
-    return [(float(t), text) for t, text in zip(np.asarray(timestamps, dtype=np.float64), texts)]
+    return [(float(t), text) for t, text in zip(np.asarray(timestamps, dtype=np.float64), texts, strict=True)]
 
 
 # ---------------------------------------------------------------------------------------------------------

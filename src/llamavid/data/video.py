@@ -84,7 +84,9 @@ class Frames:
 
     def __post_init__(self) -> None:
         if self.frames.ndim != 4 or self.frames.shape[-1] != 3 or self.frames.dtype != np.uint8:
-            raise ValueError(f"frames must be uint8 (T, H, W, 3), got {self.frames.dtype} {self.frames.shape}")
+            raise ValueError(
+                f"frames must be uint8 (T, H, W, 3), got {self.frames.dtype} {self.frames.shape}"
+            )
         if self.timestamps.shape != (self.frames.shape[0],):
             raise ValueError(
                 f"timestamps must have shape ({self.frames.shape[0]},), got {self.timestamps.shape}"
@@ -168,7 +170,9 @@ def _check_path(path: str | os.PathLike[str], *, allow_dir: bool = False) -> Pat
             p,
         )
     if p.stat().st_size == 0:
-        raise MediaError(f"{p}: file is empty (0 bytes). The download or copy probably failed; fetch it again.", p)
+        raise MediaError(
+            f"{p}: file is empty (0 bytes). The download or copy probably failed; fetch it again.", p
+        )
     return p
 
 
@@ -257,7 +261,11 @@ def _make_selector(
         if expected > max_frames:
             logger.info(
                 "%s: %d frames at %g fps exceed max_frames=%d; sampling %d frames uniformly instead.",
-                source, expected, fps, max_frames, max_frames,
+                source,
+                expected,
+                fps,
+                max_frames,
+                max_frames,
             )
             num_frames = max_frames
     if num_frames is not None:
@@ -425,7 +433,9 @@ def _scan_duration(opened: _OpenVideo) -> float | None:
             end = packet_end if end is None else max(end, packet_end)
         opened.container.seek(0, backward=True, any_frame=False)
     except _av_error_types() as error:
-        logger.warning("%s: could not scan for the duration (%s); sampling from the start.", opened.source, error)
+        logger.warning(
+            "%s: could not scan for the duration (%s); sampling from the start.", opened.source, error
+        )
         return None
     return end
 
@@ -539,7 +549,9 @@ def probe_video(path: str | os.PathLike[str], *, timeout: float = 30.0) -> Video
         report = None
     if isinstance(report, dict) and report.get("error") in _PROBE_ERRORS:
         raise _PROBE_ERRORS[report["error"]](str(report.get("message")), name)
-    how = f"signal {-completed.returncode}" if completed.returncode < 0 else f"exit code {completed.returncode}"
+    how = (
+        f"signal {-completed.returncode}" if completed.returncode < 0 else f"exit code {completed.returncode}"
+    )
     detail = completed.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
     raise VideoDecodeError(
         f"{name}: the decoder crashed while probing ({how}) {detail[0]}. The file is corrupted or hostile; "
@@ -584,7 +596,9 @@ def _iter_pyav(
                     "The file is truncated or corrupted; re-encode or fetch it again.",
                     name,
                 ) from error
-            logger.warning("%s: stopped reading at a damaged part (%s); keeping %d frames.", name, error, kept)
+            logger.warning(
+                "%s: stopped reading at a damaged part (%s); keeping %d frames.", name, error, kept
+            )
             break
         try:
             decoded = packet.decode()
@@ -601,7 +615,9 @@ def _iter_pyav(
                 timestamps_reliable = False
                 if not warned_timestamps:
                     logger.warning(
-                        "%s: missing or non-increasing frame timestamps; using frame index / %g fps.", name, rate
+                        "%s: missing or non-increasing frame timestamps; using frame index / %g fps.",
+                        name,
+                        rate,
                     )
                     warned_timestamps = True
                 ts = 0.0 if previous_ts is None else previous_ts + 1.0 / rate
@@ -840,7 +856,12 @@ def decode_video(
     """
     chunks = list(
         iter_video_frames(
-            path, fps=fps, num_frames=num_frames, max_frames=max_frames, backend=backend, chunk_size=chunk_size
+            path,
+            fps=fps,
+            num_frames=num_frames,
+            max_frames=max_frames,
+            backend=backend,
+            chunk_size=chunk_size,
         )
     )
     shapes = {chunk.frames.shape[1:] for chunk in chunks}
@@ -923,7 +944,9 @@ def load_image_folder(
         raise ValueError(f"frame_rate must be a positive number, got {frame_rate!r}.")
     folder = _check_path(path, allow_dir=True)
     if not folder.is_dir():
-        raise MediaError(f"{folder}: expected a folder of frames, got a file. Use load_media() for files.", folder)
+        raise MediaError(
+            f"{folder}: expected a folder of frames, got a file. Use load_media() for files.", folder
+        )
     files = sorted(
         (f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS),
         key=lambda f: _natural_key(f.name),
@@ -936,7 +959,12 @@ def load_image_folder(
         )
     duration = len(files) / frame_rate
     selector, sampling_fps = _make_selector(
-        fps=fps, num_frames=num_frames, max_frames=max_frames, duration=duration, slack=1e-9, source=str(folder)
+        fps=fps,
+        num_frames=num_frames,
+        max_frames=max_frames,
+        duration=duration,
+        slack=1e-9,
+        source=str(folder),
     )
     chosen = [i for i in range(len(files)) if selector.accept(i / frame_rate)]
     if max_frames is not None:
@@ -982,8 +1010,9 @@ def load_media(
     """
     p = Path(path)
     if p.is_dir():
-        return load_image_folder(p, fps=fps, num_frames=num_frames, max_frames=max_frames, frame_rate=frame_rate)
+        return load_image_folder(
+            p, fps=fps, num_frames=num_frames, max_frames=max_frames, frame_rate=frame_rate
+        )
     if p.suffix.lower() in IMAGE_EXTENSIONS:
         return load_image(p)
     return decode_video(p, fps=fps, num_frames=num_frames, max_frames=max_frames, backend=backend)
-
