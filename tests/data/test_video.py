@@ -116,6 +116,20 @@ def test_sparse_sampling_seeks_but_matches_sequential_decode(
     assert indices(seeking.frames) == indices(sequential.frames) == [0, 120, 240, 360, 480]
 
 
+@pytest.mark.parametrize("fps", [1.0, 3.0])
+def test_gop_skipping_keeps_exact_frames_with_b_frames(media_dir: Path, fps: float) -> None:
+    # Keyframe every 0.5 s and 3 B-frames: whole GOPs before each target are never decoded.
+    path = media_dir / "bframes.mp4"
+    if not path.exists():
+        write_video(
+            path, rate=10, num_frames=40, options={"preset": "medium", "tune": "film", "g": "5", "bf": "3"}
+        )
+    frames = decode_video(path, fps=fps)
+    expected = [next(i for i in range(40) if i / 10 >= k / fps - 1e-9) for k in range(int(3.9 * fps) + 1)]
+    assert indices(frames.frames) == expected
+    np.testing.assert_allclose(frames.timestamps, [i / 10 for i in expected])
+
+
 class _NonSeekable(io.RawIOBase):
     """A pipe-like reader: bytes in order, no seeking."""
 
