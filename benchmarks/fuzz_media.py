@@ -57,7 +57,7 @@ def main() -> None:
     @given(
         st.sampled_from(seeds),
         st.floats(0, 1),
-        st.lists(st.tuples(st.floats(0, 1), st.binary(1, 8)), max_size=16),
+        st.lists(st.tuples(st.floats(0, 1), st.binary(min_size=1, max_size=8)), max_size=16),
     )
     def damaged(seed: Path, cut: float, patches: list[tuple[float, bytes]]) -> None:
         data = bytearray(seed.read_bytes()[: max(1, int(seed.stat().st_size * cut))])

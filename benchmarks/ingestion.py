@@ -120,7 +120,7 @@ def main() -> None:
         for name, (count, seconds) in results.items():
             rate = count / seconds
             print(
-                f"  {name:<24}: {rate:8.1f} sampled frames/s ({rate * args.rate:7.0f} decoded/s), "
+                f"  {name:<24}: {rate:8.1f} sampled frames/s ({rate * args.rate:7.0f} source frames/s covered), "
                 f"x{rate / baseline_fps:.2f} vs baseline"
             )
 
