@@ -15,7 +15,9 @@ from pathlib import Path
 import torch
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
-LLM_TOKENIZER = Path(__file__).resolve().parents[2] / "src" / "llamavid" / "assets" / "demo_tokenizer" / "tokenizer.model"
+LLM_TOKENIZER = (
+    Path(__file__).resolve().parents[2] / "src" / "llamavid" / "assets" / "demo_tokenizer" / "tokenizer.model"
+)
 BERT_TOKENIZER = ASSETS / "tiny_bert_tokenizer"
 
 
@@ -58,10 +60,15 @@ def _rand(generator: torch.Generator, *shape: int, scale: float = 0.2) -> torch.
 
 
 def _layer_norm(generator: torch.Generator, prefix: str, width: int) -> dict[str, torch.Tensor]:
-    return {f"{prefix}.weight": 1 + _rand(generator, width, scale=0.05), f"{prefix}.bias": _rand(generator, width, scale=0.05)}
+    return {
+        f"{prefix}.weight": 1 + _rand(generator, width, scale=0.05),
+        f"{prefix}.bias": _rand(generator, width, scale=0.05),
+    }
 
 
-def _linear(generator: torch.Generator, prefix: str, out_f: int, in_f: int, bias: bool = True) -> dict[str, torch.Tensor]:
+def _linear(
+    generator: torch.Generator, prefix: str, out_f: int, in_f: int, bias: bool = True
+) -> dict[str, torch.Tensor]:
     tensors = {f"{prefix}.weight": _rand(generator, out_f, in_f, scale=in_f**-0.5)}
     if bias:
         tensors[f"{prefix}.bias"] = _rand(generator, out_f, scale=0.05)
@@ -92,7 +99,9 @@ def eva_state_dict(sizes: TinySizes, seed: int = 0, grid: int = 16) -> dict[str,
     return state
 
 
-def qformer_state_dict(sizes: TinySizes, prefix: str, seed: int = 1, raw_bert: bool = False) -> dict[str, torch.Tensor]:
+def qformer_state_dict(
+    sizes: TinySizes, prefix: str, seed: int = 1, raw_bert: bool = False
+) -> dict[str, torch.Tensor]:
     """LAVIS Q-Former (or HF BERT decoder for raw_bert) weights under `prefix` (e.g. ``model.vlm_att_encoder.``)."""
     g = torch.Generator().manual_seed(seed)
     width, mlp = sizes.qformer_width, sizes.qformer_mlp
@@ -279,13 +288,25 @@ def make_official_release(
     folder = root / "llama-vid-tiny"
     state = official_state_dict(sizes, bert_type, with_vlm_att=with_vlm_att)
     write_official_folder(
-        folder, state, official_config(sizes, bert_type, compress_type, image_size, rope_scaling), num_shards, fmt
+        folder,
+        state,
+        official_config(sizes, bert_type, compress_type, image_size, rope_scaling),
+        num_shards,
+        fmt,
     )
     torch.save(eva_state_dict(sizes), root / "eva_vit_g.pth")
-    blip = {f"Qformer.{k[len('model.vlm_att_encoder.'):]}": v for k, v in qformer_state_dict(sizes, "model.vlm_att_encoder.", seed=7).items()}
+    blip = {
+        f"Qformer.{k[len('model.vlm_att_encoder.') :]}": v
+        for k, v in qformer_state_dict(sizes, "model.vlm_att_encoder.", seed=7).items()
+    }
     g = torch.Generator().manual_seed(8)
     blip["query_tokens"] = _rand(g, 1, sizes.num_query, sizes.qformer_width)
-    blip.update({k.replace("model.vlm_att_ln", "ln_vision"): v for k, v in _layer_norm(g, "model.vlm_att_ln", sizes.eva_width).items()})
+    blip.update(
+        {
+            k.replace("model.vlm_att_ln", "ln_vision"): v
+            for k, v in _layer_norm(g, "model.vlm_att_ln", sizes.eva_width).items()
+        }
+    )
     blip["llm_proj.weight"] = _rand(g, sizes.llm_width, sizes.qformer_width)
     torch.save({"model": blip}, root / "instruct_blip_trimmed.pth")
     return {

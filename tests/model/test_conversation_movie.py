@@ -37,7 +37,12 @@ def test_web_movie_part_message_and_prebuilt_inputs():
 
 
 def test_generation_defaults_follow_the_official_entry_points():
-    assert GENERATION_DEFAULTS["cli"] == {"do_sample": True, "temperature": 0.2, "top_p": 0.7, "max_new_tokens": 512}
+    assert GENERATION_DEFAULTS["cli"] == {
+        "do_sample": True,
+        "temperature": 0.2,
+        "top_p": 0.7,
+        "max_new_tokens": 512,
+    }
     assert GENERATION_DEFAULTS["movie"]["temperature"] == 0.6 and GENERATION_DEFAULTS["movie"]["top_p"] == 0.9
     assert GENERATION_DEFAULTS["image_eval"] == {"do_sample": False, "max_new_tokens": 128}
     assert GENERATION_DEFAULTS["video_qa"]["max_new_tokens"] == 1024

@@ -70,9 +70,16 @@ def test_every_official_tensor_lands_under_our_name(converted):
     model_keys = set(LlamaVidForConditionalGeneration.from_pretrained(converted).state_dict())
     assert set(ours) == model_keys
     # LLM, projectors, Q-Former (renamed), EVA blocks, fused bias.
-    torch.testing.assert_close(ours["model.language_model.layers.1.mlp.down_proj.weight"], official["model.layers.1.mlp.down_proj.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(
+        ours["model.language_model.layers.1.mlp.down_proj.weight"],
+        official["model.layers.1.mlp.down_proj.weight"],
+        rtol=0,
+        atol=0,
+    )
     torch.testing.assert_close(ours["lm_head.weight"], official["lm_head.weight"], rtol=0, atol=0)
-    torch.testing.assert_close(ours["model.mm_projector.2.bias"], official["model.mm_projector.2.bias"], rtol=0, atol=0)
+    torch.testing.assert_close(
+        ours["model.mm_projector.2.bias"], official["model.mm_projector.2.bias"], rtol=0, atol=0
+    )
     torch.testing.assert_close(ours["model.vlm_att_query"], official["model.vlm_att_query"], rtol=0, atol=0)
     pairs = {
         "model.vlm_att_encoder.embeddings.layernorm.weight": "model.vlm_att_encoder.bert.embeddings.LayerNorm.weight",
@@ -87,7 +94,9 @@ def test_every_official_tensor_lands_under_our_name(converted):
     torch.testing.assert_close(bias[:width], eva["blocks.1.attn.q_bias"], rtol=0, atol=0)
     assert torch.count_nonzero(bias[width : 2 * width]) == 0
     torch.testing.assert_close(bias[2 * width :], eva["blocks.1.attn.v_bias"], rtol=0, atol=0)
-    torch.testing.assert_close(ours["model.vision_tower.embeddings.position_embedding"], eva["pos_embed"], rtol=0, atol=0)
+    torch.testing.assert_close(
+        ours["model.vision_tower.embeddings.position_embedding"], eva["pos_embed"], rtol=0, atol=0
+    )
     # The unused last EVA block, its final norm and the RoPE caches are not carried over.
     assert not any(f"layers.{SIZES.eva_blocks - 1}." in key for key in ours if "vision_tower" in key)
     assert not any("inv_freq" in key or "position_ids" in key for key in ours)
@@ -98,12 +107,16 @@ def test_converted_folder_loads_and_generates(converted):
     assert config["model_type"] == "llama_vid"
     assert config["compress_type"] == "mean" and config["features_qformer_sees_cls"] is True
     generation = json.loads((converted / "generation_config.json").read_text())
-    assert generation["temperature"] == 0.2 and generation["max_new_tokens"] == 1024 and generation["do_sample"]
+    assert (
+        generation["temperature"] == 0.2 and generation["max_new_tokens"] == 1024 and generation["do_sample"]
+    )
     model = LlamaVidForConditionalGeneration.from_pretrained(converted).eval()
     processor = LlamaVidProcessor.from_pretrained(converted)
     assert processor.template == "vicuna_v1" and processor.video_tokens_per_frame == 2
     video = torch.randint(0, 255, (3, 40, 48, 3), dtype=torch.uint8).numpy()
-    prompt = processor.apply_chat_template([{"role": "user", "content": "<image>\nwhat color is the circle?"}])
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": "<image>\nwhat color is the circle?"}]
+    )
     inputs = processor(prompt, media=video, questions="what color is the circle?")
     assert int((inputs["input_ids"] == -200).sum()) == 3 * 2
     out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
@@ -112,7 +125,11 @@ def test_converted_folder_loads_and_generates(converted):
 
 def test_long_video_config_rope_and_cls_flag(tmp_path):
     files = make_official_release(
-        tmp_path, SIZES, bert_type="qformer_pretrain_freeze_all", rope_scaling={"type": "linear", "factor": 16.0}, fmt="safetensors"
+        tmp_path,
+        SIZES,
+        bert_type="qformer_pretrain_freeze_all",
+        rope_scaling={"type": "linear", "factor": 16.0},
+        fmt="safetensors",
     )
     out = _convert(files, tmp_path / "out", save_processor=False)
     config = json.loads((out / "config.json").read_text())
@@ -133,7 +150,11 @@ def test_336_interpolates_position_table_once(tmp_path):
     assert table.shape == (1, 1 + 24 * 24, SIZES.eva_width)
     torch.testing.assert_close(table[:, 0], source[:, 0], rtol=0, atol=0)
     grid = source[:, 1:].reshape(1, 16, 16, -1).permute(0, 3, 1, 2)
-    expected = F.interpolate(grid, size=(24, 24), mode="bicubic", align_corners=False).permute(0, 2, 3, 1).reshape(1, 576, -1)
+    expected = (
+        F.interpolate(grid, size=(24, 24), mode="bicubic", align_corners=False)
+        .permute(0, 2, 3, 1)
+        .reshape(1, 576, -1)
+    )
     torch.testing.assert_close(table[:, 1:], expected, rtol=0, atol=1e-6)
     assert json.loads((out / "generation_config.json").read_text())["do_sample"] is False
 
@@ -170,7 +191,12 @@ def test_qformer_file_of_another_width_is_refused(tmp_path):
     # An InstructBLIP file made for a vision tower of another width (its cross-attention and ln_vision are 48 wide).
     wide = make_official_release(tmp_path / "wide", TinySizes(eva_width=48))
     with pytest.raises(CheckpointMismatchError, match=r"shape .*expects"):
-        _convert({**files, "qformer": wide["qformer"]}, tmp_path / "out", qformer_path=wide["qformer"], save_processor=False)
+        _convert(
+            {**files, "qformer": wide["qformer"]},
+            tmp_path / "out",
+            qformer_path=wide["qformer"],
+            save_processor=False,
+        )
 
 
 def test_refusals_name_the_problem(tmp_path, release):
@@ -181,7 +207,9 @@ def test_refusals_name_the_problem(tmp_path, release):
     plain = tmp_path / "plain"
     plain.mkdir()
     config = json.loads((release["folder"] / "config.json").read_text())
-    (plain / "config.json").write_text(json.dumps({**config, "model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    (plain / "config.json").write_text(
+        json.dumps({**config, "model_type": "llama", "architectures": ["LlamaForCausalLM"]})
+    )
     with pytest.raises(CheckpointMismatchError, match="not a LLaMA-VID checkpoint"):
         convert(plain, release["eva"], tmp_path / "o3")
     with pytest.raises(CheckpointMismatchError, match="unknown key 'model.visual_resampler.weight'"):
@@ -228,7 +256,11 @@ def test_bin_that_would_run_code_is_refused(tmp_path):
 
 
 def test_shard_writer_round_trips_and_casts(tmp_path):
-    tensors = {"a": torch.randn(3, 4, dtype=torch.bfloat16), "b": torch.arange(5), "c": torch.randn(2).double().float()}
+    tensors = {
+        "a": torch.randn(3, 4, dtype=torch.bfloat16),
+        "b": torch.arange(5),
+        "c": torch.randn(2).double().float(),
+    }
     SafetensorsShardWriter(tmp_path / "x.safetensors", tensors).write()
     SafetensorsShardWriter(tmp_path / "y.safetensors", tensors, dtype=torch.float16).write()
     with safe_open(str(tmp_path / "x.safetensors"), framework="pt") as handle:
@@ -242,7 +274,16 @@ def test_cli_convert(tmp_path, release, capsys):
     from llamavid.cli.main import main
 
     code = main(
-        ["convert", str(release["folder"]), "--eva", str(release["eva"]), "-o", str(tmp_path / "o"), "--bert-tokenizer", str(release["bert"])]
+        [
+            "convert",
+            str(release["folder"]),
+            "--eva",
+            str(release["eva"]),
+            "-o",
+            str(tmp_path / "o"),
+            "--bert-tokenizer",
+            str(release["bert"]),
+        ]
     )
     # Tiny widths need the head-count overrides that only the Python API takes: the CLI must fail cleanly.
     assert code == 2

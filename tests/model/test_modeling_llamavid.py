@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import build_tiny_model, moving_square_video, tiny_config_kwargs
 from llamavid import LlamaVidConfig, LlamaVidForConditionalGeneration
 from llamavid.model import IMAGE_TOKEN_INDEX
+from tiny_helpers import build_tiny_model, moving_square_video, tiny_config_kwargs
 
 VISUAL_KEYS = (
     "pixel_values",

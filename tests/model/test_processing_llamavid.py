@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import moving_square_video
 from llamavid import LlamaVidProcessor
 from llamavid.model import IMAGE_TOKEN_INDEX
 from llamavid.model.image_processing_llamavid import CLIP_MEAN, CLIP_STD, LlamaVidImageProcessor
+from tiny_helpers import moving_square_video
 
 
 def test_image_preprocessing_follows_the_clip_pipeline(rng):
