@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,7 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "demo",
         help="answer a question about a generated video with the embedded model",
         description=(
-            "Generate a short video (a red square moving right), ask a question about it and print the answer. "
+            "Write a short MP4 (a red square moving right), decode it at 1 fps, ask a question about it and print "
+            "the answer. "
             "Runs offline on CPU in seconds."
         ),
     )
@@ -42,6 +45,21 @@ def generated_video(frames: int, size: int = 112) -> np.ndarray:
         top = size // 2 - side // 2
         video[index, top : top + side, left : left + side] = (220, 30, 30)
     return video
+
+
+def write_demo_video(path: Path, seconds: int, fps: int = 4, size: int = 112) -> Path:
+    """Encode the moving-square clip as an H.264 MP4 with PyAV (``seconds * fps`` frames)."""
+    import av
+
+    frames = generated_video(seconds * fps, size)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "crf": "18"})
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return path
 
 
 def build_random_demo_model(seed: int):
@@ -83,8 +101,12 @@ def run(args: argparse.Namespace) -> int:
     if args.frames < 1:
         raise ValueError(f"--frames must be at least 1, got {args.frames}.")
     start = time.perf_counter()
+    from llamavid.data import decode_video
+
     model, processor = build_random_demo_model(args.seed)
-    video = generated_video(args.frames)
+    with tempfile.TemporaryDirectory(prefix="llamavid-demo-") as folder:
+        # The real path: a video file on disk, decoded and sampled at 1 fps like the paper.
+        video = decode_video(write_demo_video(Path(folder) / "demo.mp4", seconds=args.frames), fps=1.0).frames
     prompt = processor.apply_chat_template([{"role": "user", "content": f"<image>\n{args.question}"}])
     inputs = processor(prompt, media=video, questions=args.question)
     visual_tokens = int((inputs["input_ids"] < 0).sum())
@@ -92,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     answer = processor.decode(output[0, inputs["input_ids"].shape[1] :])
     result = {
         "model": "random tiny LLaMA-VID (untrained: the answer is noise until the trained tiny model ships)",
-        "video": f"generated, {args.frames} frames at 1 fps, red square moving right",
+        "video": f"generated {args.frames}-second MP4, sampled at 1 fps: a red square moving right",
         "question": args.question,
         "visual_tokens": visual_tokens,
         "answer": answer,
