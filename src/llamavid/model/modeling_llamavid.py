@@ -142,7 +142,7 @@ class LlamaVidPreTrainedModel(PreTrainedModel):
     config_class = LlamaVidConfig
     config: LlamaVidConfig
     base_model_prefix = "model"
-    input_modalities = ("image", "video", "text")
+    input_modalities = ["image", "video", "text"]
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _supports_flash_attn = True
