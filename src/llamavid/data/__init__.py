@@ -1,0 +1,23 @@
+"""Media ingestion: decoding, sampling and subtitles. Knows files, time and frames; never imports the model."""
+
+from .errors import BackendUnavailableError, MediaError, NoVideoStreamError, SubtitleError, VideoDecodeError
+from .subtitles import SubtitleCue, align_subtitles, interleave_subtitles, read_subtitles
+from .video import Frames, VideoInfo, decode_video, iter_video_frames, load_media, probe_video
+
+__all__ = [
+    "BackendUnavailableError",
+    "Frames",
+    "MediaError",
+    "NoVideoStreamError",
+    "SubtitleCue",
+    "SubtitleError",
+    "VideoDecodeError",
+    "VideoInfo",
+    "align_subtitles",
+    "decode_video",
+    "interleave_subtitles",
+    "iter_video_frames",
+    "load_media",
+    "probe_video",
+    "read_subtitles",
+]

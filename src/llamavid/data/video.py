@@ -1,0 +1,1080 @@
+"""Decode videos, images and frame folders into timestamped RGB frames.
+
+One entry point per shape of result: :func:`decode_video` returns every sampled frame at once,
+:func:`iter_video_frames` yields fixed-size chunks so an hour-long film never sits in RAM, and
+:func:`load_media` dispatches on what the path is (video, image or folder of frames). Everything downstream
+(subtitle alignment, feature-cache keys) is keyed by the returned timestamps, never by frame index.
+
+Sampling follows the paper (spec §8.3): 1 frame per second by default, the first frame at t=0 and then the
+first decoded frame at or after every ``k / fps`` seconds. For constant-rate video this picks exactly the
+frames of the official ``0, step, 2·step, …`` indexing (``step = round(avg_fps / fps)``), and unlike it stays
+correct for variable frame rate and for sources slower than the sampling rate (spec §11, quirk 18).
+
+PyAV is the default and the fallback backend: it bundles its own FFmpeg and opens everything we test,
+including non-seekable Matroska that torchcodec rejects. torchcodec is used only when asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
+from fractions import Fraction
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import numpy as np
+
+from .errors import BackendUnavailableError, MediaError, NoVideoStreamError, VideoDecodeError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MAX_DIMENSION",
+    "Frames",
+    "VideoInfo",
+    "decode_video",
+    "inspect_video",
+    "iter_video_frames",
+    "load_image",
+    "load_image_folder",
+    "load_media",
+    "probe_video",
+]
+
+logger = logging.getLogger(__name__)
+
+Backend = Literal["pyav", "torchcodec"]
+MediaSource = str | os.PathLike[str] | IO[bytes]
+
+# Larger than any real camera or screen recording (8K is 7680 px) but small enough that one RGB frame
+# (16384² · 3 B = 805 MB) cannot exhaust memory by surprise; bigger headers are corrupt or hostile.
+MAX_DIMENSION = 16384
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+DEFAULT_CHUNK_SIZE = 64
+# Only used when a stream has neither usable timestamps nor a declared rate; FFmpeg assumes the same.
+_FALLBACK_RATE = 25.0
+# A frame whose timestamp is within this of a target counts as "at" the target: containers round
+# timestamps to their time base (Matroska: 1 ms), so 1/3 s is stored as 0.333 s.
+_MAX_TIMESTAMP_SLACK_S = 1e-3
+
+
+@dataclass(frozen=True)
+class Frames:
+    """Sampled frames with the timestamps they were displayed at.
+
+    Attributes:
+        frames: ``(T, H, W, 3)`` uint8 RGB, rotation and non-square pixels already applied (display geometry).
+        timestamps: ``(T,)`` float64 seconds from the start of the media, strictly increasing.
+        fps: The sampling rate that was asked for, or ``None`` for uniform sampling and single images.
+        duration: Length of the whole source in seconds (not just of the sampled frames).
+        source: The path (or a description of the file object) the frames came from.
+    """
+
+    frames: np.ndarray  # (T, H, W, 3) uint8
+    timestamps: np.ndarray  # (T,) float64 seconds
+    fps: float | None
+    duration: float
+    source: str
+
+    def __post_init__(self) -> None:
+        if self.frames.ndim != 4 or self.frames.shape[-1] != 3 or self.frames.dtype != np.uint8:
+            raise ValueError(
+                f"frames must be uint8 (T, H, W, 3), got {self.frames.dtype} {self.frames.shape}"
+            )
+        if self.timestamps.shape != (self.frames.shape[0],):
+            raise ValueError(
+                f"timestamps must have shape ({self.frames.shape[0]},), got {self.timestamps.shape}"
+            )
+
+    def __len__(self) -> int:
+        return int(self.frames.shape[0])
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a container holds, read from its headers and its first decoded frame.
+
+    Attributes:
+        source: The probed path.
+        width: Display width in pixels (after rotation and sample aspect ratio).
+        height: Display height in pixels.
+        coded_width: Width of the decoded picture before any correction.
+        coded_height: Height of the decoded picture before any correction.
+        rotation: Counter-clockwise display rotation in degrees stored in the file (0, 90, 180, 270).
+        sample_aspect_ratio: Width of one pixel over its height (1.0 for square pixels).
+        fps: Average frame rate declared by the container, if any.
+        duration: Length in seconds, if the container declares it.
+        num_frames: Number of frames, if the container declares it.
+        codec: Video codec name as FFmpeg spells it.
+        pix_fmt: Pixel format of the coded picture (``yuv420p10le`` for 10-bit), if known.
+        stream_index: Index of the chosen video stream in the container.
+        has_audio: Whether the container also has an audio stream.
+        subtitle_streams: Indices of embedded subtitle streams.
+    """
+
+    source: str
+    width: int
+    height: int
+    coded_width: int
+    coded_height: int
+    rotation: int
+    sample_aspect_ratio: float
+    fps: float | None
+    duration: float | None
+    num_frames: int | None
+    codec: str
+    pix_fmt: str | None
+    stream_index: int
+    has_audio: bool
+    subtitle_streams: tuple[int, ...]
+
+    def to_json(self) -> str:
+        """Serialise to JSON (how :func:`probe_video` passes results out of its subprocess)."""
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> VideoInfo:
+        """Inverse of :meth:`to_json`."""
+        fields = json.loads(text)
+        fields["subtitle_streams"] = tuple(fields["subtitle_streams"])
+        return cls(**fields)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Input checks shared by all media kinds.
+
+
+def _describe(source: MediaSource) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    return f"<file object {getattr(source, 'name', type(source).__name__)}>"
+
+
+def _check_path(path: str | os.PathLike[str], *, allow_dir: bool = False) -> Path:
+    """Fail early, with a message naming the file, on the mistakes FFmpeg reports cryptically."""
+    p = Path(path)
+    if not p.exists():
+        raise MediaError(f"{p}: file not found. Check the path (relative paths start at {os.getcwd()}).", p)
+    if p.is_dir():
+        if allow_dir:
+            return p
+        raise MediaError(
+            f"{p}: is a directory, expected a video or image file. "
+            "To read a folder of frames, use load_media() or load_image_folder().",
+            p,
+        )
+    if p.stat().st_size == 0:
+        raise MediaError(
+            f"{p}: file is empty (0 bytes). The download or copy probably failed; fetch it again.", p
+        )
+    return p
+
+
+def _check_dimensions(width: int, height: int, source: str) -> None:
+    if width <= 0 or height <= 0 or width > MAX_DIMENSION or height > MAX_DIMENSION:
+        raise VideoDecodeError(
+            f"{source}: picture size {width}x{height} is outside the supported range 1..{MAX_DIMENSION} px per "
+            "side; the file is corrupt or not a normal video. Re-encode it at a smaller size "
+            "(e.g. ffmpeg -i in -vf scale=-2:720 out.mp4).",
+            source,
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sampling: which decoded frames to keep. Pure logic, shared by every backend and by frame folders.
+
+
+class _TargetSelector:
+    """Keeps the first frame at or after each target time, fed one timestamp at a time.
+
+    Targets are either ``k / fps`` for k = 0, 1, … (open-ended, so streaming needs no duration) or a finite
+    list (uniform sampling). A frame that satisfies several targets (a gap in variable-rate video) is kept
+    once, so timestamps stay strictly increasing and no frame is duplicated.
+    """
+
+    def __init__(self, *, fps: float | None, targets: Sequence[float] | None, slack: float) -> None:
+        self._fps = fps
+        self._targets = None if targets is None else list(targets)
+        self._slack = slack
+        self._k = 0
+
+    def _target(self, k: int) -> float | None:
+        if self._targets is None:
+            assert self._fps is not None
+            return k / self._fps
+        return self._targets[k] if k < len(self._targets) else None
+
+    @property
+    def next_target(self) -> float | None:
+        return self._target(self._k)
+
+    @property
+    def done(self) -> bool:
+        return self.next_target is None
+
+    def accept(self, timestamp: float) -> bool:
+        """Whether the frame displayed at ``timestamp`` is kept; advances past every target it satisfies."""
+        target = self._target(self._k)
+        if target is None or timestamp < target - self._slack:
+            return False
+        while target is not None and target - self._slack <= timestamp:
+            self._k += 1
+            target = self._target(self._k)
+        return True
+
+
+def _validate_sampling(fps: float | None, num_frames: int | None, max_frames: int | None) -> None:
+    if num_frames is not None:
+        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+            raise ValueError(f"num_frames must be a positive int or None, got {num_frames!r}.")
+    elif fps is None or not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be a positive number (or pass num_frames), got {fps!r}.")
+    if max_frames is not None and (
+        isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 1
+    ):
+        raise ValueError(f"max_frames must be a positive int or None, got {max_frames!r}.")
+
+
+def _make_selector(
+    *,
+    fps: float | None,
+    num_frames: int | None,
+    max_frames: int | None,
+    duration: float | None,
+    slack: float,
+    source: str,
+) -> tuple[_TargetSelector, float | None]:
+    """Build the selector; returns it with the effective sampling fps (``None`` when uniform).
+
+    ``max_frames`` switches fps sampling to uniform sampling over the whole video instead of truncating it,
+    so a capped long video still covers its ending (and its subtitles).
+    """
+    if num_frames is None and max_frames is not None and duration is not None:
+        assert fps is not None
+        expected = math.floor(max(duration - slack, 0.0) * fps) + 1
+        if expected > max_frames:
+            logger.info(
+                "%s: %d frames at %g fps exceed max_frames=%d; sampling %d frames uniformly instead.",
+                source,
+                expected,
+                fps,
+                max_frames,
+                max_frames,
+            )
+            num_frames = max_frames
+    if num_frames is not None:
+        num_frames = min(num_frames, max_frames) if max_frames is not None else num_frames
+        span = duration if duration is not None and duration > 0 else 0.0
+        targets = [i * span / num_frames for i in range(num_frames)]
+        return _TargetSelector(fps=None, targets=targets, slack=slack), None
+    return _TargetSelector(fps=fps, targets=None, slack=slack), fps
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pixel fixes applied identically by every backend.
+
+
+def _apply_geometry(rgb: np.ndarray, rotation: int, sample_aspect_ratio: float) -> np.ndarray:
+    """Turn a coded picture into what a player shows: stretch non-square pixels, then rotate.
+
+    Args:
+        rgb: ``(H, W, 3)`` uint8 picture as decoded.
+        rotation: Counter-clockwise degrees from the display matrix (FFmpeg/PyAV convention).
+        sample_aspect_ratio: Pixel width over height; anamorphic DVD video is 64:45 or 16:15.
+    """
+    if sample_aspect_ratio > 0 and abs(sample_aspect_ratio - 1.0) > 1e-3:
+        from PIL import Image
+
+        height, width = rgb.shape[:2]
+        display_width = max(1, round(width * sample_aspect_ratio))
+        rgb = np.asarray(Image.fromarray(rgb).resize((display_width, height), Image.Resampling.BICUBIC))
+    quarter_turns = (round(rotation / 90) % 4) if rotation else 0
+    if quarter_turns:
+        rgb = np.ascontiguousarray(np.rot90(rgb, k=quarter_turns))
+    return rgb
+
+
+def _normalise_rotation(degrees: float | None) -> int:
+    if not degrees or not math.isfinite(degrees):
+        return 0
+    return int(round(degrees / 90.0) * 90) % 360
+
+
+def _display_size(width: int, height: int, rotation: int, sar: float) -> tuple[int, int]:
+    if sar > 0 and abs(sar - 1.0) > 1e-3:
+        width = max(1, round(width * sar))
+    return (height, width) if rotation in (90, 270) else (width, height)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# PyAV: opening and inspecting containers.
+
+
+def _import_av() -> Any:
+    try:
+        import av
+    except ImportError as error:  # pragma: no cover - av is a core dependency
+        raise BackendUnavailableError(
+            "PyAV is required to decode video but is not installed. Install it with: pip install av"
+        ) from error
+    return av
+
+
+def _av_error_types() -> tuple[type[BaseException], ...]:
+    av = _import_av()
+    return (av.FFmpegError, OSError, EOFError, UnicodeDecodeError, ValueError, IndexError, MemoryError)
+
+
+@dataclass
+class _OpenVideo:
+    container: Any
+    stream: Any
+    source: str
+    origin: float  # seconds subtracted from every timestamp so the media starts at 0
+    duration: float | None
+    rate: float | None
+    seekable: bool
+
+
+def _open_video(source: MediaSource) -> _OpenVideo:
+    """Open a container and pick its video stream, turning every failure into one clear error."""
+    av = _import_av()
+    name = _describe(source)
+    seekable = True
+    if isinstance(source, (str, os.PathLike)):
+        _check_path(source)
+        target: Any = os.fspath(source)
+    else:
+        target = source
+        seekable = bool(getattr(source, "seekable", lambda: False)())
+    try:
+        container = av.open(target, mode="r", metadata_errors="replace")
+    except _av_error_types() as error:
+        raise VideoDecodeError(
+            f"{name}: cannot open as a media container ({type(error).__name__}: {error}). The file is "
+            "truncated, corrupted or not audio/video; check it plays (e.g. ffprobe) or re-encode it to MP4/H.264.",
+            name,
+        ) from error
+    try:
+        return _select_stream(container, name, seekable)
+    except BaseException:
+        container.close()
+        raise
+
+
+def _select_stream(container: Any, name: str, seekable: bool) -> _OpenVideo:
+    av = _import_av()
+    streams = [
+        stream
+        for stream in container.streams.video
+        # Cover art in MP3/M4A/MKV is a one-picture "video" stream; it is not the video.
+        if not (stream.disposition & av.stream.Disposition.attached_pic)
+    ]
+    if not streams:
+        if container.streams.audio:
+            raise NoVideoStreamError(
+                f"{name}: has audio but no video stream. LLaMA-VID needs pictures; pass a video or image file "
+                "(to use only the speech, transcribe it and give the text as the prompt).",
+                name,
+            )
+        raise NoVideoStreamError(
+            f"{name}: contains no video stream (format '{container.format.name}'). Expected a video file "
+            "such as MP4, MKV or WebM.",
+            name,
+        )
+    stream = streams[0]
+    codec_context = stream.codec_context
+    codec_name = getattr(getattr(codec_context, "codec", None), "name", None) or "unknown"
+    if codec_context is None or codec_name in ("none", "unknown"):
+        raise VideoDecodeError(
+            f"{name}: video codec is not supported by the bundled FFmpeg (codec tag "
+            f"'{getattr(stream, 'codec_tag', '?')}'). Re-encode to H.264 (ffmpeg -i in -c:v libx264 out.mp4).",
+            name,
+        )
+    _check_dimensions(codec_context.width, codec_context.height, name)
+    stream.thread_type = "AUTO"
+
+    container_start = container.start_time / 1_000_000 if container.start_time is not None else None
+    stream_start = (
+        float(stream.start_time * stream.time_base)
+        if stream.start_time is not None and stream.time_base is not None
+        else None
+    )
+    origin = container_start if container_start is not None else (stream_start or 0.0)
+    duration = None
+    if stream.duration is not None and stream.time_base is not None and stream.duration > 0:
+        duration = float(stream.duration * stream.time_base)
+    elif container.duration is not None and container.duration > 0:
+        duration = container.duration / 1_000_000
+    rate = None
+    for candidate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if candidate is not None and 0 < float(candidate) < 10_000:
+            rate = float(candidate)
+            break
+    return _OpenVideo(container, stream, name, origin, duration, rate, seekable)
+
+
+def _scan_duration(opened: _OpenVideo) -> float | None:
+    """Duration from packet timestamps, for containers whose header does not declare it (demux only)."""
+    stream, end = opened.stream, None
+    if not opened.seekable:
+        return None
+    try:
+        for packet in opened.container.demux(stream):
+            if packet.pts is None or packet.time_base is None:
+                continue
+            packet_end = float((packet.pts + (packet.duration or 0)) * packet.time_base) - opened.origin
+            end = packet_end if end is None else max(end, packet_end)
+        opened.container.seek(0, backward=True, any_frame=False)
+    except _av_error_types() as error:
+        logger.warning(
+            "%s: could not scan for the duration (%s); sampling from the start.", opened.source, error
+        )
+        return None
+    return end
+
+
+def inspect_video(path: str | os.PathLike[str]) -> VideoInfo:
+    """Read a video's geometry, rate and length, decoding only its first frame.
+
+    Runs in the calling process; use :func:`probe_video` for untrusted files so a decoder crash or hang
+    cannot take the caller down.
+
+    Raises:
+        MediaError: Missing, empty or directory path.
+        NoVideoStreamError: Audio-only or stream-less container.
+        VideoDecodeError: Corrupted/truncated container, unsupported codec, absurd size, undecodable frames.
+    """
+    opened = _open_video(path)
+    try:
+        stream, name = opened.stream, opened.source
+        first = None
+        try:
+            for frame in opened.container.decode(stream):
+                first = frame
+                break
+        except _av_error_types() as error:
+            raise VideoDecodeError(
+                f"{name}: the first video frame cannot be decoded ({type(error).__name__}: {error}). "
+                "The file is corrupted or uses an unsupported codec profile; re-encode it to H.264.",
+                name,
+            ) from error
+        if first is None:
+            raise VideoDecodeError(
+                f"{name}: the video stream holds no decodable frame. The file is truncated or empty; "
+                "fetch it again.",
+                name,
+            )
+        rotation = _normalise_rotation(getattr(first, "rotation", 0))
+        sar = _frame_sar(first, stream)
+        width, height = _display_size(first.width, first.height, rotation, sar)
+        num_frames = int(stream.frames) if stream.frames and stream.frames > 0 else None
+        return VideoInfo(
+            source=name,
+            width=width,
+            height=height,
+            coded_width=first.width,
+            coded_height=first.height,
+            rotation=rotation,
+            sample_aspect_ratio=sar,
+            fps=opened.rate,
+            duration=opened.duration,
+            num_frames=num_frames,
+            codec=stream.codec_context.codec.name,
+            pix_fmt=getattr(first.format, "name", None),
+            stream_index=stream.index,
+            has_audio=bool(opened.container.streams.audio),
+            subtitle_streams=tuple(s.index for s in opened.container.streams.subtitles),
+        )
+    finally:
+        opened.container.close()
+
+
+def _frame_sar(frame: Any, stream: Any) -> float:
+    for owner in (frame, stream.codec_context, stream):
+        ratio = getattr(owner, "sample_aspect_ratio", None)
+        if ratio is not None and ratio.numerator > 0 and ratio.denominator > 0:
+            return float(Fraction(ratio.numerator, ratio.denominator))
+    return 1.0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Probing in a subprocess.
+
+_PROBE_ERRORS: dict[str, type[MediaError]] = {
+    cls.__name__: cls for cls in (MediaError, VideoDecodeError, NoVideoStreamError, BackendUnavailableError)
+}
+
+
+def probe_video(path: str | os.PathLike[str], *, timeout: float = 30.0) -> VideoInfo:
+    """:func:`inspect_video` in a child process, for files from untrusted users.
+
+    FFmpeg parses hostile input in C; a crash (segfault, abort) or an endless loop there would take the
+    whole server down. The child reports back through JSON on stdout, so nothing but plain data crosses the
+    process boundary.
+
+    Args:
+        path: Video file to probe.
+        timeout: Seconds before the child is killed and the file rejected.
+
+    Raises:
+        MediaError: Same as :func:`inspect_video`, plus a ``VideoDecodeError`` when the child crashes or hangs.
+    """
+    name = os.fspath(path)
+    _check_path(path)
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    command = [sys.executable, "-m", "llamavid.data._probe", os.path.abspath(name)]
+    try:
+        completed = subprocess.run(command, capture_output=True, timeout=timeout, env=env, check=False)
+    except subprocess.TimeoutExpired as error:
+        raise VideoDecodeError(
+            f"{name}: probing took longer than {timeout:g} s and was stopped; the file is probably malformed. "
+            "Re-encode it, or raise the timeout if it lives on a very slow disk.",
+            name,
+        ) from error
+    stdout = completed.stdout.decode("utf-8", "replace").strip()
+    if completed.returncode == 0:
+        return replace(VideoInfo.from_json(stdout), source=name)
+    try:
+        report = json.loads(stdout.splitlines()[-1]) if stdout else None
+    except json.JSONDecodeError:
+        report = None
+    if isinstance(report, dict) and report.get("error") in _PROBE_ERRORS:
+        raise _PROBE_ERRORS[report["error"]](str(report.get("message")), name)
+    how = (
+        f"signal {-completed.returncode}" if completed.returncode < 0 else f"exit code {completed.returncode}"
+    )
+    detail = completed.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
+    raise VideoDecodeError(
+        f"{name}: the decoder crashed while probing ({how}) {detail[0]}. The file is corrupted or hostile; "
+        "re-encode it from a trusted source.",
+        name,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Decoding backends (private): each yields (timestamp, (H, W, 3) uint8) for the selected frames.
+
+
+def _iter_pyav(
+    opened: _OpenVideo, selector: _TargetSelector, max_frames: int | None
+) -> Iterator[tuple[float, np.ndarray]]:
+    """Decode sequentially, seeking only over gaps longer than two observed keyframe intervals.
+
+    Sequential decoding is what makes 1 fps sampling of high-rate video cheap (every frame has to be
+    decoded from the previous keyframe anyway); seeking pays off only for sparse uniform sampling.
+    """
+    container, stream, name = opened.container, opened.stream, opened.source
+    time_base = stream.time_base
+    rate = opened.rate or _FALLBACK_RATE
+    previous_ts: float | None = None
+    last_kept: float | None = None
+    timestamps_reliable = True
+    gop = _KeyframeInterval()
+    seek_allowed = opened.seekable
+    kept = bad_packets = 0
+    warned_timestamps = False
+    packets = _skip_to_keyframes(container.demux(stream), opened, selector, gop)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            break
+        except _av_error_types() as error:
+            if kept == 0:
+                raise VideoDecodeError(
+                    f"{name}: reading the container failed before any frame ({type(error).__name__}: {error}). "
+                    "The file is truncated or corrupted; re-encode or fetch it again.",
+                    name,
+                ) from error
+            logger.warning(
+                "%s: stopped reading at a damaged part (%s); keeping %d frames.", name, error, kept
+            )
+            break
+        try:
+            decoded = packet.decode()
+        except _av_error_types():
+            bad_packets += 1
+            continue
+        for frame in decoded:
+            if frame.pts is not None and time_base is not None:
+                ts = float(frame.pts * time_base) - opened.origin
+            else:
+                ts = None
+            if ts is None or (previous_ts is not None and ts <= previous_ts):
+                # Broken or missing timestamps: count frames at the declared rate instead.
+                timestamps_reliable = False
+                if not warned_timestamps:
+                    logger.warning(
+                        "%s: missing or non-increasing frame timestamps; using frame index / %g fps.",
+                        name,
+                        rate,
+                    )
+                    warned_timestamps = True
+                ts = 0.0 if previous_ts is None else previous_ts + 1.0 / rate
+            if previous_ts is None and kept == 0:
+                _check_dimensions(frame.width, frame.height, name)  # headers can lie about the size
+            previous_ts = ts
+            if selector.accept(ts):
+                rgb = frame.to_ndarray(format="rgb24")
+                rotation = _normalise_rotation(getattr(frame, "rotation", 0))
+                yield ts, _apply_geometry(rgb, rotation, _frame_sar(frame, stream))
+                kept += 1
+                last_kept = ts
+                if (max_frames is not None and kept >= max_frames) or selector.done:
+                    return
+        target = selector.next_target
+        if (
+            seek_allowed
+            and timestamps_reliable
+            and target is not None
+            and previous_ts is not None
+            and gop.longest is not None
+            and target - previous_ts > max(2 * gop.longest, 1.0)
+        ):
+            seek_allowed = _seek_before(opened, target, last_kept)
+            if seek_allowed:
+                gop.last = previous_ts = None
+                packets = _skip_to_keyframes(container.demux(stream), opened, selector, gop)
+    if bad_packets:
+        logger.warning("%s: skipped %d undecodable packets.", name, bad_packets)
+    if kept == 0:
+        raise VideoDecodeError(
+            f"{name}: no frame could be decoded from the video stream. The file is truncated, corrupted or uses "
+            "an unsupported codec profile; re-encode it to H.264.",
+            name,
+        )
+
+
+# Bounds the look-ahead of _skip_to_keyframes (packets are small; 4096 is minutes of 30 fps video).
+_MAX_LOOKAHEAD_PACKETS = 4096
+
+
+@dataclass
+class _KeyframeInterval:
+    """Longest distance between consecutive keyframe packets seen so far (what a seek can save)."""
+
+    last: float | None = None
+    longest: float | None = None
+
+    def observe(self, keyframe_time: float) -> None:
+        if self.last is not None and keyframe_time > self.last:
+            self.longest = max(self.longest or 0.0, keyframe_time - self.last)
+        self.last = keyframe_time
+
+
+def _skip_to_keyframes(
+    packets: Iterator[Any], opened: _OpenVideo, selector: _TargetSelector, gop: _KeyframeInterval
+) -> Iterator[Any]:
+    """Pass packets on to the decoder, dropping whole GOPs that end before the next target.
+
+    Demuxing is cheap and decoding is not: packets are buffered until one reaches the next target time; if
+    the buffer holds a keyframe at or before the target, everything before that keyframe cannot be the
+    kept frame nor a reference of it (keyframes start a GOP), so it is never decoded. This gives sequential
+    decoding the benefit of seeking without a seek per sampled frame (at 1 fps with a 2 s GOP it halves the
+    frames decoded) and works on non-seekable input.
+    """
+    stream = opened.stream
+    time_base = stream.time_base
+    pending: list[Any] = []
+    for packet in packets:
+        pending.append(packet)
+        target = selector.next_target
+        if target is None or packet.pts is None or time_base is None:
+            yield from pending
+            pending = []
+            continue
+        packet_time = float(packet.pts * time_base) - opened.origin
+        if packet.is_keyframe:
+            gop.observe(packet_time)
+        reached = packet_time >= target
+        if not reached and len(pending) < _MAX_LOOKAHEAD_PACKETS:
+            continue
+        start = 0
+        for index, candidate in enumerate(pending):
+            if (
+                candidate.is_keyframe
+                and candidate.pts is not None
+                and float(candidate.pts * time_base) - opened.origin <= target
+            ):
+                start = index
+        if start > 0:
+            # Frames still delayed inside the decoder precede the keyframe, hence the target: drop them too.
+            stream.codec_context.flush_buffers()
+        if reached:
+            yield from pending[start:]
+            pending = []
+        else:
+            # Look-ahead full and the target still ahead: keep only the GOP that may contain it.
+            pending = pending[start:]
+            if len(pending) >= _MAX_LOOKAHEAD_PACKETS:
+                yield from pending
+                pending = []
+    yield from pending
+
+
+def _seek_before(opened: _OpenVideo, target: float, last_kept: float | None) -> bool:
+    """Seek to the keyframe before ``target``; returns whether seeking should stay enabled."""
+    stream = opened.stream
+    try:
+        offset = int((target + opened.origin) / stream.time_base)
+        opened.container.seek(offset, stream=stream, backward=True, any_frame=False)
+    except _av_error_types() as error:
+        logger.debug("%s: seek failed (%s); decoding sequentially.", opened.source, error)
+        if last_kept is not None:
+            # A failed seek may leave the demuxer anywhere; go back to a known point and never seek again.
+            back = int((last_kept + opened.origin) / stream.time_base)
+            opened.container.seek(back, stream=stream, backward=True, any_frame=False)
+        return False
+    return True
+
+
+def _load_torchcodec() -> Any:
+    try:
+        from torchcodec.decoders import VideoDecoder
+    except Exception as error:  # ImportError, or OSError when FFmpeg/CUDA libraries are missing
+        raise BackendUnavailableError(
+            f"torchcodec backend requested but it cannot be imported ({type(error).__name__}: {error}). "
+            "Install it with `pip install torchcodec==0.13.0` plus the system FFmpeg libraries "
+            "(apt-get install ffmpeg), or drop backend='torchcodec' to use PyAV."
+        ) from error
+    return VideoDecoder
+
+
+def _iter_torchcodec(
+    opened: _OpenVideo, selector: _TargetSelector, max_frames: int | None, chunk_size: int
+) -> Iterator[tuple[float, np.ndarray]]:
+    """Pick frames from packet timestamps (PyAV demux, no decode), then let torchcodec decode them.
+
+    Sharing the timestamp logic with the PyAV path is what guarantees both backends return the same frames.
+    torchcodec applies the rotation itself; non-square pixels are corrected here like for PyAV.
+    """
+    video_decoder = _load_torchcodec()
+    name, stream = opened.source, opened.stream
+    packet_times: list[float] = []
+    for packet in opened.container.demux(stream):
+        if packet.size and packet.pts is not None and stream.time_base is not None:
+            packet_times.append(float(packet.pts * stream.time_base) - opened.origin)
+    packet_times.sort()
+    indices = []
+    for index, ts in enumerate(packet_times):
+        if selector.accept(ts):
+            indices.append(index)
+            if (max_frames is not None and len(indices) >= max_frames) or selector.done:
+                break
+    if not indices:
+        raise VideoDecodeError(f"{name}: no frame with a timestamp found for torchcodec to decode.", name)
+    sar = _frame_sar(None, stream)
+    try:
+        decoder = video_decoder(name, stream_index=stream.index, dimension_order="NHWC", seek_mode="exact")
+        for start in range(0, len(indices), chunk_size):
+            batch = decoder.get_frames_at(indices[start : start + chunk_size])
+            pixels = batch.data.numpy()
+            for i, ts in enumerate(batch.pts_seconds.tolist()):
+                yield ts - opened.origin, _apply_geometry(pixels[i], 0, sar)
+    except MediaError:
+        raise
+    except Exception as error:
+        raise VideoDecodeError(
+            f"{name}: torchcodec failed to decode ({type(error).__name__}: {error}). Use backend='pyav' "
+            "(the default), which reads more files.",
+            name,
+        ) from error
+
+
+def _resolve_backend(backend: str | None, source: MediaSource) -> Backend:
+    if backend is None or backend == "pyav":
+        return "pyav"
+    if backend == "torchcodec":
+        if not isinstance(source, (str, os.PathLike)):
+            raise ValueError("backend='torchcodec' needs a file path; file objects are decoded with PyAV.")
+        return "torchcodec"
+    raise ValueError(f"backend must be 'pyav', 'torchcodec' or None, got {backend!r}.")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Public decoding API.
+
+
+def iter_video_frames(
+    path: MediaSource,
+    *,
+    fps: float | None = 1.0,
+    num_frames: int | None = None,
+    max_frames: int | None = None,
+    backend: str | None = None,
+    chunk_size: int | None = None,
+) -> Iterator[Frames]:
+    """Stream sampled frames in chunks, so memory stays flat however long the video is.
+
+    Args:
+        path: Video file path, or a binary file object (decoded with PyAV; non-seekable objects such as
+            pipes are read strictly sequentially).
+        fps: Sampling rate in frames per second; 1 matches LLaMA-VID's training data, and changing it
+            shifts which subtitles land on which frame. Ignored when ``num_frames`` is given.
+        num_frames: Sample this many frames uniformly instead (targets ``i · duration / num_frames``).
+        max_frames: Upper bound on the number of frames. With fps sampling, a video that would exceed it is
+            sampled uniformly with ``max_frames`` frames instead, so the end of the video is never cut off.
+        backend: ``"pyav"`` (default, also used for ``None``) or ``"torchcodec"``.
+        chunk_size: Frames per yielded chunk (default 64).
+
+    Yields:
+        :class:`Frames` chunks in time order; concatenated they equal :func:`decode_video`'s result.
+
+    Raises:
+        MediaError: See :func:`inspect_video`; ``BackendUnavailableError`` if torchcodec is asked for but missing.
+        ValueError: Invalid sampling arguments.
+    """
+    _validate_sampling(fps, num_frames, max_frames)
+    chosen = _resolve_backend(backend, path)
+    chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}.")
+    if chosen == "torchcodec":
+        _load_torchcodec()  # fail before opening anything
+    opened = _open_video(path)
+    try:
+        duration = opened.duration
+        needs_duration = num_frames is not None or max_frames is not None
+        if duration is None and needs_duration:
+            duration = _scan_duration(opened)
+        if duration is None and num_frames is not None:
+            raise VideoDecodeError(
+                f"{opened.source}: the video declares no duration and cannot be scanned (not seekable), so "
+                "uniform sampling is impossible. Use fps sampling or save the stream to a file first.",
+                opened.source,
+            )
+        slack = min(float(opened.stream.time_base or 0.0), _MAX_TIMESTAMP_SLACK_S)
+        slack = max(slack, 1e-6)
+        selector, sampling_fps = _make_selector(
+            fps=fps,
+            num_frames=num_frames,
+            max_frames=max_frames,
+            duration=duration,
+            slack=slack,
+            source=opened.source,
+        )
+        if chosen == "torchcodec":
+            frames_iter = _iter_torchcodec(opened, selector, max_frames, chunk_size)
+        else:
+            frames_iter = _iter_pyav(opened, selector, max_frames)
+        known_duration = duration
+        batch: list[np.ndarray] = []
+        times: list[float] = []
+        for ts, rgb in frames_iter:
+            if batch and rgb.shape != batch[0].shape:
+                # Resolution changed mid-stream (e.g. adaptive streaming): a chunk must be one array.
+                yield _chunk(batch, times, sampling_fps, known_duration, opened.source)
+                batch, times = [], []
+            batch.append(rgb)
+            times.append(ts)
+            if len(batch) >= chunk_size:
+                yield _chunk(batch, times, sampling_fps, known_duration, opened.source)
+                batch, times = [], []
+        if batch:
+            yield _chunk(batch, times, sampling_fps, known_duration, opened.source)
+    finally:
+        opened.container.close()
+
+
+def _chunk(
+    batch: list[np.ndarray], times: list[float], fps: float | None, duration: float | None, source: str
+) -> Frames:
+    timestamps = np.asarray(times, dtype=np.float64)
+    return Frames(
+        frames=np.stack(batch),
+        timestamps=timestamps,
+        fps=fps,
+        duration=float(duration) if duration is not None else float(timestamps[-1]),
+        source=source,
+    )
+
+
+def decode_video(
+    path: MediaSource,
+    *,
+    fps: float | None = 1.0,
+    num_frames: int | None = None,
+    max_frames: int | None = None,
+    backend: str | None = None,
+    chunk_size: int | None = None,
+) -> Frames:
+    """Decode and sample a video into one :class:`Frames` (all sampled frames in memory).
+
+    The single decode entry point of the package; for long videos prefer :func:`iter_video_frames` (same
+    arguments), which keeps memory flat. See it for the arguments.
+
+    Raises:
+        MediaError: The file is missing, empty, a directory, corrupted, audio-only or has an unsupported codec.
+        ValueError: Invalid sampling arguments.
+    """
+    chunks = list(
+        iter_video_frames(
+            path,
+            fps=fps,
+            num_frames=num_frames,
+            max_frames=max_frames,
+            backend=backend,
+            chunk_size=chunk_size,
+        )
+    )
+    shapes = {chunk.frames.shape[1:] for chunk in chunks}
+    if len(shapes) > 1:
+        raise VideoDecodeError(
+            f"{_describe(path)}: the picture size changes inside the video ({sorted(shapes)}); frames cannot be "
+            "stacked. Re-encode to one size, or use iter_video_frames() which yields one chunk per size.",
+            _describe(path),
+        )
+    return Frames(
+        frames=np.concatenate([chunk.frames for chunk in chunks]),
+        timestamps=np.concatenate([chunk.timestamps for chunk in chunks]),
+        fps=chunks[0].fps,
+        duration=chunks[-1].duration,
+        source=chunks[0].source,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Images and folders of frames.
+
+
+def load_image(path: str | os.PathLike[str]) -> Frames:
+    """Load one image as a single-frame :class:`Frames` at t=0.
+
+    Grayscale, palette and alpha images become RGB; EXIF orientation is applied (phone photos); an animated
+    GIF or WebP contributes its first frame, as an image model expects one picture.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    p = _check_path(path)
+    try:
+        with Image.open(p) as image:
+            _check_dimensions(image.width, image.height, str(p))
+            image.seek(0)
+            rgb = ImageOps.exif_transpose(image).convert("RGB")
+            array = np.asarray(rgb, dtype=np.uint8)
+    except MediaError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise MediaError(
+            f"{p}: cannot read as an image ({type(error).__name__}: {error}). Expected JPEG, PNG, WebP, BMP, "
+            "GIF or TIFF; the file may be truncated.",
+            p,
+        ) from error
+    return Frames(frames=array[None], timestamps=np.zeros(1), fps=None, duration=0.0, source=str(p))
+
+
+def _natural_key(name: str) -> list[int | str]:
+    # frame_2.png before frame_10.png, as a person numbering files expects.
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def load_image_folder(
+    path: str | os.PathLike[str],
+    *,
+    fps: float | None = 1.0,
+    num_frames: int | None = None,
+    max_frames: int | None = None,
+    frame_rate: float = 1.0,
+) -> Frames:
+    """Load a folder of extracted frames as a video.
+
+    Files are ordered naturally (``2.jpg`` before ``10.jpg``) and frame ``i`` is given the timestamp
+    ``i / frame_rate``: frame dumps rarely record their times, and 1 fps is how LLaMA-VID's data was
+    extracted. Sampling then works exactly as for a video, and only the kept files are read.
+
+    Args:
+        path: Directory holding image files (other files are ignored).
+        fps: Sampling rate, as in :func:`decode_video`.
+        num_frames: Uniform sampling, as in :func:`decode_video`.
+        max_frames: Frame cap, as in :func:`decode_video`.
+        frame_rate: Rate at which the frames were extracted.
+
+    Raises:
+        MediaError: Missing folder, no image in it, unreadable image, or images of different sizes.
+    """
+    _validate_sampling(fps, num_frames, max_frames)
+    if not (math.isfinite(frame_rate) and frame_rate > 0):
+        raise ValueError(f"frame_rate must be a positive number, got {frame_rate!r}.")
+    folder = _check_path(path, allow_dir=True)
+    if not folder.is_dir():
+        raise MediaError(
+            f"{folder}: expected a folder of frames, got a file. Use load_media() for files.", folder
+        )
+    files = sorted(
+        (f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS),
+        key=lambda f: _natural_key(f.name),
+    )
+    if not files:
+        raise MediaError(
+            f"{folder}: no image files found; expected frames named like 0001.jpg "
+            f"(extensions {', '.join(sorted(IMAGE_EXTENSIONS))}).",
+            folder,
+        )
+    duration = len(files) / frame_rate
+    selector, sampling_fps = _make_selector(
+        fps=fps,
+        num_frames=num_frames,
+        max_frames=max_frames,
+        duration=duration,
+        slack=1e-9,
+        source=str(folder),
+    )
+    chosen = [i for i in range(len(files)) if selector.accept(i / frame_rate)]
+    if max_frames is not None:
+        chosen = chosen[:max_frames]
+    images = [load_image(files[i]).frames[0] for i in chosen]
+    shapes = {image.shape for image in images}
+    if len(shapes) > 1:
+        raise MediaError(
+            f"{folder}: frames have different sizes {sorted(shapes)}; expected one size for a video. "
+            "Resize them to one size first.",
+            folder,
+        )
+    return Frames(
+        frames=np.stack(images),
+        timestamps=np.asarray([i / frame_rate for i in chosen], dtype=np.float64),
+        fps=sampling_fps,
+        duration=duration,
+        source=str(folder),
+    )
+
+
+def load_media(
+    path: str | os.PathLike[str],
+    *,
+    fps: float | None = 1.0,
+    num_frames: int | None = None,
+    max_frames: int | None = None,
+    backend: str | None = None,
+    frame_rate: float = 1.0,
+) -> Frames:
+    """Load a video, an image or a folder of frames through one call.
+
+    Dispatches on what ``path`` is: a directory is a frame folder, a file with an image extension is one
+    image (GIFs included: first frame), anything else is decoded as video.
+
+    Args:
+        path: Video file, image file or folder of frames.
+        fps: Sampling rate for videos and folders.
+        num_frames: Uniform sampling for videos and folders.
+        max_frames: Frame cap for videos and folders.
+        backend: Video backend, see :func:`decode_video`.
+        frame_rate: Extraction rate of a frame folder, see :func:`load_image_folder`.
+    """
+    p = Path(path)
+    if p.is_dir():
+        return load_image_folder(
+            p, fps=fps, num_frames=num_frames, max_frames=max_frames, frame_rate=frame_rate
+        )
+    if p.suffix.lower() in IMAGE_EXTENSIONS:
+        return load_image(p)
+    return decode_video(p, fps=fps, num_frames=num_frames, max_frames=max_frames, backend=backend)
