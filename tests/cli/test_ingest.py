@@ -11,10 +11,27 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
-from conftest import build_tiny_model  # noqa: E402
 from media_factory import write_audio_only, write_video  # noqa: E402
 
 from llamavid.cli.main import main  # noqa: E402
+
+
+def _root_conftest():
+    """tests/conftest.py as a module (a bare ``import conftest`` may resolve to tests/data/conftest.py)."""
+    import importlib.util
+
+    name = "_llamavid_tests_root_conftest"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            name, Path(__file__).resolve().parents[1] / "conftest.py"
+        )
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return sys.modules[name]
+
+
+build_tiny_model = _root_conftest().build_tiny_model
 
 
 @pytest.fixture(scope="module")
