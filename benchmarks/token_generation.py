@@ -170,6 +170,9 @@ class VariantResult:
     peak_rss_growth_mib: float | None = None
     peak_rss_mib: float = 0.0
     peak_device_mib: float | None = None
+    cpu_utilisation: float = (
+        0.0  # process CPU seconds / wall seconds over the timed repeats; ~threads if uncontended
+    )
     parameters_m: float = 0.0
     tokens_path: str = ""
 
@@ -273,11 +276,13 @@ def run_variant(spec: VariantSpec) -> VariantResult:
             model.get_visual_tokens(features[:1], one, ids[:1], mask[:1], zero, zero)
         _sync(device)
         tokens = None
+        cpu_start = time.process_time()
         for _ in range(spec.repeats):
             start = time.perf_counter()
             tokens = vectorised(spec.frames) if spec.variant == "vectorised" else loop()
             _sync(device)
             result.seconds.append(time.perf_counter() - start)
+        result.cpu_utilisation = (time.process_time() - cpu_start) / sum(result.seconds)
     peak_kib = _status_kib("VmHWM")
     max_rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux; whole-process peak
     result.peak_rss_mib = max_rss_kib / 1024
@@ -417,6 +422,7 @@ def benchmark_size(size: str, args: argparse.Namespace, workdir: Path) -> list[d
                 "speedup_vs_loop": None,
                 "peak_rss_growth_mib": result.peak_rss_growth_mib,
                 "peak_rss_mib": result.peak_rss_mib,
+                "cpu_utilisation": result.cpu_utilisation,
                 "peak_device_mib": result.peak_device_mib,
                 "parameters_m": result.parameters_m,
                 "max_abs_diff_vs_vectorised": _max_abs_diff(reference, torch.load(result.tokens_path)),
@@ -432,7 +438,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table of the rows (also readable in a terminal)."""
     header = (
         "| size | variant | pairs timed | repeats | median s (timed pairs) | frames/s | pairs/s | "
-        "est. s for all pairs | speed-up vs loop | peak RSS growth MiB | max abs diff vs vectorised |"
+        "est. s for all pairs | speed-up vs loop | peak RSS growth MiB | CPU util | max abs diff vs vectorised |"
     )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for row in rows:
@@ -441,7 +447,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {row['size']} | {row['variant']} | {pairs} | {row['repeats']} | {row['median_s']:.3f} | "
             f"{row['frames_per_s']:.2f} | {row['pairs_per_s']:.1f} | {row['full_run_s']:.2f} | "
-            f"{row['speedup_vs_loop']:.1f}x | {growth} | {row['max_abs_diff_vs_vectorised']:.2e} |"
+            f"{row['speedup_vs_loop']:.1f}x | {growth} | {row['cpu_utilisation']:.2f} | {row['max_abs_diff_vs_vectorised']:.2e} |"
         )
     return "\n".join(lines)
 
@@ -526,7 +532,8 @@ def main(argv: list[str] | None = None) -> None:
     print(format_table(rows))
     print(
         "\nframes/s = frames with all questions answered per second (pairs/s / Q). Peak RSS growth = VmHWM after "
-        "warm-up and timed runs minus VmRSS before them, one fresh process per variant. Loop rows marked "
+        "warm-up and timed runs minus VmRSS before them, one fresh process per variant. CPU util = process CPU "
+        "time / wall time over the timed runs (about the thread count when no other process competes). Loop rows marked "
         "'subset' time that many pairs and extrapolate per-pair throughput to all pairs."
     )
     if args.json is not None:

@@ -1,0 +1,164 @@
+"""``llamavid ingest``: encode a (long) video's frames once into the feature cache, so questions are cheap later.
+
+Bad inputs are checked before the model is loaded (a typo should not cost a model load) and before anything is
+written, so a failed run leaves the cache as it was; an interrupted run keeps its finished chunks and the next
+run resumes from them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from llamavid.cli.main import CommandError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "ingest",
+        help="encode a video's frames into the feature cache (resumable)",
+        description=(
+            "Sample frames, run the vision encoder and store fp16 features (CLS included) in the feature cache, "
+            "keyed by video content, sampling, encoder weights and preprocessing. Re-running resumes an "
+            "interrupted ingestion; a complete entry is not recomputed."
+        ),
+    )
+    parser.add_argument("video", nargs="?", help="video file to ingest")
+    parser.add_argument(
+        "--subtitles", help="subtitle file (.srt/.vtt) aligned to the frames and stored with them"
+    )
+    parser.add_argument("--model", help="checkpoint folder (model + processor) whose vision encoder to use")
+    parser.add_argument(
+        "--fps", type=float, default=1.0, help="frames sampled per second (default 1, as trained)"
+    )
+    parser.add_argument(
+        "--max-frames", type=int, help="sample at most this many frames, uniformly over the video"
+    )
+    parser.add_argument(
+        "--cache-dir", help="cache root (default $LLAMAVID_CACHE or ~/.cache/llamavid/features)"
+    )
+    parser.add_argument("--batch-size", type=int, default=16, help="frames per encoder call (default 16)")
+    parser.add_argument("--info", action="store_true", help="list cached entries instead of ingesting")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.set_defaults(func=run)
+
+
+def _print_info(cache: Any, as_json: bool) -> int:
+    rows = cache.list_entries()
+    if as_json:
+        print(json.dumps({"cache_dir": str(cache.root), "entries": rows}))
+        return 0
+    print(f"cache: {cache.root} ({len(rows)} entries)")
+    for row in rows:
+        if row.get("complete"):
+            print(
+                f"  {row['digest'][:12]}  {row['num_frames']:>6} frames @ {row['fps']} fps  "
+                f"{row['bytes'] / 2**20:8.1f} MiB  {row['source']}"
+            )
+        else:
+            done = row.get("finished_chunks")
+            state = (
+                f"unfinished ({done} chunks done)" if done is not None else f"unusable: {row.get('problem')}"
+            )
+            print(f"  {row['digest'][:12]}  {state}  {row.get('source') or ''}")
+    return 0
+
+
+def _load(model_dir: str) -> tuple[Any, Any]:
+    folder = Path(model_dir)
+    if not folder.is_dir():
+        raise CommandError(f"--model {model_dir}: not a folder (expected a saved LLaMA-VID checkpoint).")
+    from llamavid import LlamaVidForConditionalGeneration, LlamaVidProcessor
+
+    try:
+        model = LlamaVidForConditionalGeneration.from_pretrained(str(folder)).eval()
+        processor = LlamaVidProcessor.from_pretrained(str(folder))
+    except (OSError, ValueError, KeyError) as error:
+        raise CommandError(f"--model {model_dir}: cannot load a LLaMA-VID checkpoint: {error}") from error
+    return model, processor
+
+
+def run(args: argparse.Namespace) -> int:
+    from llamavid.data.feature_cache import FeatureCache
+
+    cache = FeatureCache(args.cache_dir)
+    if args.info:
+        return _print_info(cache, args.json)
+    if not args.video:
+        raise CommandError("give a VIDEO to ingest, or --info to list the cache.")
+    if args.fps <= 0:
+        raise CommandError(f"--fps must be positive, got {args.fps}.")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise CommandError(f"--max-frames must be at least 1, got {args.max_frames}.")
+    if args.batch_size < 1:
+        raise CommandError(f"--batch-size must be at least 1, got {args.batch_size}.")
+
+    # Validate the inputs before the (slow) model load; these raise MediaError naming the file.
+    from llamavid.data import probe_video, read_subtitles
+
+    probe_video(args.video)
+    if args.subtitles:
+        read_subtitles(args.subtitles)
+    if not args.model:
+        raise CommandError(
+            "--model is required: no default checkpoint ships yet. Pass a folder saved with "
+            "model.save_pretrained() + processor.save_pretrained()."
+        )
+    model, processor = _load(args.model)
+
+    from tqdm import tqdm
+
+    from llamavid.inference.long_video import FrameEncoder
+
+    encoder = FrameEncoder(model, processor)
+    bar = tqdm(desc="ingest", unit="frame", file=sys.stderr, disable=None, dynamic_ncols=True)
+
+    def progress(done: int, expected: int | None) -> None:
+        if expected and bar.total != expected:
+            bar.total = expected
+        bar.update(done - bar.n)
+
+    try:
+        report = cache.ingest(
+            args.video,
+            encoder,
+            fps=args.fps,
+            max_frames=args.max_frames,
+            subtitles=args.subtitles,
+            batch_size=args.batch_size,
+            progress=progress,
+        )
+    finally:
+        bar.close()
+    entry = report.entry
+    summary = entry.summary()
+    result = {
+        "video": os.path.abspath(args.video),
+        "cache_hit": report.hit,
+        "digest": entry.digest,
+        "entry": str(entry.path),
+        "frames": entry.num_frames,
+        "fps": entry.meta["fps"],
+        "feature_shape": list(entry.feature_shape),
+        "bytes": summary["bytes"],
+        "encoded_chunks": report.encoded_chunks,
+        "reused_chunks": report.reused_chunks,
+        "visual_tokens": entry.num_frames * processor.video_tokens_per_frame,
+        "subtitled_frames": sum(bool(t) for t in entry.frame_texts),
+        "seconds": round(report.seconds, 2),
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        verb = "already cached" if report.hit else "cached"
+        print(
+            f"{verb}: {result['frames']} frames -> {result['visual_tokens']} visual tokens, "
+            f"{result['bytes'] / 2**20:.1f} MiB in {entry.path}"
+        )
+        if report.reused_chunks:
+            print(f"resumed: {report.reused_chunks} chunks reused, {report.encoded_chunks} encoded")
+    return 0

@@ -1,0 +1,662 @@
+"""A resumable, validated on-disk cache of per-frame vision-encoder features for long videos.
+
+Why: a 3-hour movie at 1 fps is ~10,800 frames; running EVA over it takes far longer than answering a question,
+and the features do not depend on the question. So they are computed once, stored as fp16 safetensors chunks
+(CLS included, so both the pixel and the long-video CLS conventions stay possible), and streamed back chunk by
+chunk, memory-mapped, so memory does not grow with video length.
+
+Key (STYLE §3.6): sha256 over the video's content hash, the sampling (fps / num_frames / max_frames), the vision
+encoder id and the preprocessing id. Any change gives another key, so a stale entry misses instead of loading.
+
+On-disk layout of one entry, ``<root>/<digest>/``::
+
+    meta.json              sidecar, written last (atomically) with ``complete: true``
+    progress.json          while ingesting: the finished chunks (atomically rewritten after each chunk)
+    chunk_00000.safetensors  ``features`` (t, 1+N, C) float16 and ``timestamps`` (t,) float64
+
+A reader accepts an entry only if ``meta.json`` says complete, the format version matches, every chunk exists with
+the recorded size and (when verified) sha256. Anything else is a miss with a reason, or :class:`CacheEntryError`
+when an entry is opened explicitly.
+
+This module never imports the model package: the encoder is any object with ``encoder_id``, ``preprocessing_id``
+and ``__call__(frames uint8 (T, H, W, 3)) -> (T, 1+N, C)`` (see ``llamavid.inference.long_video.FrameEncoder``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from .errors import VideoDecodeError
+from .subtitles import SubtitleCue, align_subtitles, read_subtitles
+from .video import Frames, iter_video_frames, probe_video
+
+__all__ = [
+    "CACHE_ENV",
+    "FORMAT_VERSION",
+    "PREPROCESSING_VERSION",
+    "CacheEntry",
+    "CacheEntryError",
+    "CacheKey",
+    "FeatureCache",
+    "FrameEncoderLike",
+    "default_cache_root",
+    "file_sha256",
+    "module_sha256",
+    "preprocessing_id",
+]
+
+logger = logging.getLogger(__name__)
+
+CACHE_ENV = "LLAMAVID_CACHE"
+FORMAT_VERSION = 1
+# Bump when the frame pipeline changes in a way `to_dict()` cannot see (decoder colour conversion, resize code).
+PREPROCESSING_VERSION = "1"
+DEFAULT_CHUNK_FRAMES = 64
+_META = "meta.json"
+_PROGRESS = "progress.json"
+_HASH_BLOCK = 1 << 20
+
+
+class CacheEntryError(ValueError):
+    """A cache entry is incomplete, stale or corrupted; the message names the entry and the reason."""
+
+
+class FrameEncoderLike(Protocol):
+    """What :meth:`FeatureCache.ingest` needs from an encoder (duck-typed so this module stays model-free)."""
+
+    encoder_id: str
+    preprocessing_id: str
+
+    def __call__(self, frames: np.ndarray) -> Any:
+        """``(T, H, W, 3)`` uint8 -> ``(T, 1+N, C)`` features (torch tensor or numpy array)."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Identities.
+
+
+def default_cache_root() -> Path:
+    """``$LLAMAVID_CACHE`` if set, else ``~/.cache/llamavid/features``."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "llamavid" / "features"
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Streaming sha256 of a file's bytes: the content, not the name or mtime, identifies a video."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(_HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def module_sha256(module: Any) -> str:
+    """sha256 over a module's state dict (names, dtypes, shapes and bytes), in name order.
+
+    Why: the checkpoint path says nothing about the weights behind it (fine-tuned towers share names), while
+    the bytes do. Hashing a 1B-parameter tower reads ~2 GB once per process, cheap next to encoding a movie.
+    """
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        data = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{name}|{data.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(data.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def preprocessing_id(image_processor: Any) -> str:
+    """Hash of an image processor's ``to_dict()`` plus :data:`PREPROCESSING_VERSION`."""
+    payload = json.dumps(
+        {"processor": image_processor.to_dict(), "version": PREPROCESSING_VERSION}, sort_keys=True
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    """Everything the cached features depend on; :attr:`digest` names the entry folder.
+
+    Attributes:
+        video_sha256: :func:`file_sha256` of the video.
+        fps / num_frames / max_frames: the sampling passed to ``iter_video_frames``.
+        encoder_id: identity of the vision encoder weights (:func:`module_sha256`).
+        preprocessing_id: identity of the frame preprocessing (:func:`preprocessing_id`).
+    """
+
+    video_sha256: str
+    fps: float | None
+    num_frames: int | None
+    max_frames: int | None
+    encoder_id: str
+    preprocessing_id: str
+
+    @property
+    def digest(self) -> str:
+        payload = json.dumps({"format": FORMAT_VERSION, **asdict(self)}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Atomic writes.
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, then ``os.replace``: readers see old or new, never half."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_write_json(path: Path, value: Mapping[str, Any]) -> None:
+    _atomic_write_bytes(path, (json.dumps(value, indent=1) + "\n").encode())
+
+
+def _to_fp16_numpy(features: Any) -> np.ndarray:
+    if hasattr(features, "detach"):  # torch tensor, converted without importing torch here
+        features = features.detach().to("cpu").float().numpy()
+    array = np.asarray(features)
+    if array.ndim != 3:
+        raise ValueError(
+            f"the encoder must return (frames, tokens, channels) features, got shape {array.shape}."
+        )
+    return np.ascontiguousarray(array, dtype=np.float16)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading.
+
+
+@dataclass
+class CacheEntry:
+    """A complete, validated cache entry. Features are read lazily, one chunk at a time.
+
+    Attributes:
+        path: the entry folder.
+        meta: the parsed ``meta.json`` sidecar.
+    """
+
+    path: Path
+    meta: dict[str, Any]
+    _verified: set[str] = field(default_factory=set, repr=False)
+
+    @property
+    def digest(self) -> str:
+        return str(self.meta["digest"])
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.meta["num_frames"])
+
+    @property
+    def timestamps(self) -> np.ndarray:
+        return np.asarray(self.meta["timestamps"], dtype=np.float64)
+
+    @property
+    def frame_texts(self) -> list[str]:
+        """Subtitle text after each frame (spec §5.4 alignment), ``""`` everywhere when there are none."""
+        subtitles = self.meta.get("subtitles") or {}
+        return list(subtitles.get("per_frame") or [""] * self.num_frames)
+
+    @property
+    def feature_shape(self) -> tuple[int, int]:
+        tokens, channels = self.meta["feature_shape"]
+        return int(tokens), int(channels)
+
+    def iter_chunks(self, *, framework: str = "pt", verify: bool = True) -> Iterator[Any]:
+        """Yield ``(t, 1+N, C)`` float16 feature chunks in time order, memory-mapped via ``safe_open``.
+
+        Args:
+            framework: ``"pt"`` (torch tensors) or ``"np"``.
+            verify: check each chunk's sha256 right before reading it (once per chunk and entry object), so a
+                file corrupted after the entry was opened raises :class:`CacheEntryError` instead of feeding
+                garbage to the model.
+        """
+        from safetensors import safe_open
+
+        for chunk in self.meta["chunks"]:
+            path = self.path / chunk["file"]
+            if verify and chunk["file"] not in self._verified:
+                _check_chunk(path, chunk, checksum=True, entry=self.path)
+                self._verified.add(chunk["file"])
+            with safe_open(str(path), framework=framework) as handle:
+                yield handle.get_tensor("features")
+
+    def load_features(self, framework: str = "pt") -> Any:
+        """All features at once, ``(T, 1+N, C)``; for short videos and tests (memory grows with length)."""
+        chunks = list(self.iter_chunks(framework=framework))
+        if framework == "np":
+            return np.concatenate(chunks)
+        import torch
+
+        return torch.cat(chunks)
+
+    def summary(self) -> dict[str, Any]:
+        """The ``--info`` row: what, how sampled, how big."""
+        return {
+            "digest": self.digest,
+            "source": self.meta["source"]["path"],
+            "video_sha256": self.meta["key"]["video_sha256"],
+            "fps": self.meta["key"]["fps"],
+            "num_frames": self.num_frames,
+            "duration": self.meta.get("duration"),
+            "feature_shape": list(self.feature_shape),
+            "bytes": sum(int(c["bytes"]) for c in self.meta["chunks"]),
+            "encoder_id": self.meta["key"]["encoder_id"][:16],
+            "subtitles": (self.meta.get("subtitles") or {}).get("path"),
+            "complete": bool(self.meta.get("complete")),
+            "path": str(self.path),
+        }
+
+
+def _chunk_sha256(path: Path) -> str:
+    return file_sha256(path)
+
+
+def _check_chunk(path: Path, chunk: Mapping[str, Any], *, checksum: bool, entry: Path) -> None:
+    if not path.is_file():
+        raise CacheEntryError(f"cache entry {entry}: chunk {chunk['file']} is missing.")
+    size = path.stat().st_size
+    if size != int(chunk["bytes"]):
+        raise CacheEntryError(
+            f"cache entry {entry}: chunk {chunk['file']} has {size} bytes, the sidecar records {chunk['bytes']}."
+        )
+    if checksum and _chunk_sha256(path) != chunk["sha256"]:
+        raise CacheEntryError(
+            f"cache entry {entry}: chunk {chunk['file']} fails its sha256 checksum (corrupted)."
+        )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CacheEntryError(f"cannot read {path}: {error}") from error
+    if not isinstance(value, dict):
+        raise CacheEntryError(f"{path} does not hold a JSON object.")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The cache.
+
+
+@dataclass
+class IngestReport:
+    """What :meth:`FeatureCache.ingest` did (for the CLI's ``--json``)."""
+
+    entry: CacheEntry
+    hit: bool
+    encoded_chunks: int
+    reused_chunks: int
+    seconds: float
+    miss_reason: str | None = None
+
+
+class FeatureCache:
+    """Feature cache rooted at `root` (default :func:`default_cache_root`).
+
+    Args:
+        root: cache folder; created on first write.
+        chunk_frames: frames per chunk file. Bounds both the work lost to an interruption and read memory.
+    """
+
+    def __init__(
+        self, root: str | os.PathLike[str] | None = None, *, chunk_frames: int = DEFAULT_CHUNK_FRAMES
+    ) -> None:
+        if chunk_frames < 1:
+            raise ValueError(f"chunk_frames must be at least 1, got {chunk_frames}.")
+        self.root = Path(root).expanduser() if root is not None else default_cache_root()
+        self.chunk_frames = int(chunk_frames)
+
+    def entry_path(self, key: CacheKey | str) -> Path:
+        return self.root / (key if isinstance(key, str) else key.digest)
+
+    # Reading ------------------------------------------------------------------------------------------------
+    def open(self, key: CacheKey | str, *, verify_checksums: bool = True) -> CacheEntry:
+        """Open a complete entry or raise :class:`CacheEntryError` saying why it cannot be used.
+
+        Args:
+            key: a :class:`CacheKey` or an entry digest.
+            verify_checksums: hash every chunk now (reads the whole entry once). With False, sizes are checked
+                now and checksums as chunks are streamed by :meth:`CacheEntry.iter_chunks`.
+        """
+        path = self.entry_path(key)
+        meta_path = path / _META
+        if not meta_path.is_file():
+            state = (
+                "an unfinished ingestion (resume it with `llamavid ingest`)"
+                if (path / _PROGRESS).is_file()
+                else "no entry"
+            )
+            raise CacheEntryError(f"cache entry {path}: {state}.")
+        meta = _read_json(meta_path)
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise CacheEntryError(
+                f"cache entry {path}: format version {meta.get('format_version')!r}, this llamavid reads "
+                f"{FORMAT_VERSION}; re-ingest the video."
+            )
+        if not meta.get("complete"):
+            raise CacheEntryError(f"cache entry {path}: marked incomplete.")
+        if isinstance(key, CacheKey) and meta.get("key") != key.to_dict():
+            raise CacheEntryError(
+                f"cache entry {path}: its recorded key does not match the requested one (stale)."
+            )
+        try:
+            chunks = meta["chunks"]
+            frames = sum(int(c["frames"]) for c in chunks)
+            if frames != int(meta["num_frames"]) or len(meta["timestamps"]) != frames:
+                raise CacheEntryError(
+                    f"cache entry {path}: chunks hold {frames} frames, sidecar says {meta['num_frames']}."
+                )
+            for chunk in chunks:
+                _check_chunk(path / chunk["file"], chunk, checksum=verify_checksums, entry=path)
+        except (KeyError, TypeError) as error:
+            raise CacheEntryError(f"cache entry {path}: malformed sidecar ({error!r}).") from error
+        entry = CacheEntry(path, meta)
+        if verify_checksums:
+            entry._verified.update(c["file"] for c in chunks)
+        return entry
+
+    def lookup(self, key: CacheKey, *, verify_checksums: bool = True) -> tuple[CacheEntry | None, str | None]:
+        """``(entry, None)`` on a hit, ``(None, reason)`` on a miss; never returns an unusable entry."""
+        try:
+            return self.open(key, verify_checksums=verify_checksums), None
+        except CacheEntryError as error:
+            return None, str(error)
+
+    def list_entries(self) -> list[dict[str, Any]]:
+        """One summary per entry folder, complete or not (unfinished ones say how far they got)."""
+        rows: list[dict[str, Any]] = []
+        if not self.root.is_dir():
+            return rows
+        for path in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            try:
+                rows.append(self.open(path.name, verify_checksums=False).summary())
+            except CacheEntryError as error:
+                row: dict[str, Any] = {
+                    "digest": path.name,
+                    "complete": False,
+                    "path": str(path),
+                    "problem": str(error),
+                }
+                if (path / _PROGRESS).is_file():
+                    try:
+                        progress = _read_json(path / _PROGRESS)
+                        row["source"] = progress.get("source", {}).get("path")
+                        row["finished_chunks"] = len(progress.get("chunks", []))
+                    except CacheEntryError:
+                        pass
+                rows.append(row)
+        return rows
+
+    # Writing ------------------------------------------------------------------------------------------------
+    def make_key(
+        self,
+        video: str | os.PathLike[str],
+        encoder: FrameEncoderLike,
+        *,
+        fps: float | None = 1.0,
+        num_frames: int | None = None,
+        max_frames: int | None = None,
+        video_sha256: str | None = None,
+    ) -> CacheKey:
+        return CacheKey(
+            video_sha256=video_sha256 or file_sha256(video),
+            fps=None if num_frames is not None else (None if fps is None else float(fps)),
+            num_frames=num_frames,
+            max_frames=max_frames,
+            encoder_id=encoder.encoder_id,
+            preprocessing_id=encoder.preprocessing_id,
+        )
+
+    def ingest(
+        self,
+        video: str | os.PathLike[str],
+        encoder: FrameEncoderLike,
+        *,
+        fps: float | None = 1.0,
+        num_frames: int | None = None,
+        max_frames: int | None = None,
+        subtitles: str | os.PathLike[str] | Sequence[SubtitleCue] | None = None,
+        batch_size: int = 16,
+        progress: Callable[[int, int | None], None] | None = None,
+    ) -> IngestReport:
+        """Encode a video's sampled frames into the cache, resuming an interrupted run; a no-op on a hit.
+
+        Args:
+            video: the video file.
+            encoder: see :class:`FrameEncoderLike`.
+            fps / num_frames / max_frames: sampling, as for ``iter_video_frames``.
+            subtitles: a subtitle file or parsed cues, aligned to the frames (spec §5.4) and stored in the
+                sidecar. They do not change the features, so on a hit they just replace the stored ones.
+            batch_size: frames per encoder call (bounds activation memory).
+            progress: called as ``progress(frames_done, frames_expected_or_None)`` after each chunk.
+
+        Raises:
+            MediaError: the video or subtitles are unusable (raised before anything is written).
+        """
+        start = time.perf_counter()
+        if batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {batch_size}.")
+        info = probe_video(video)  # names the file in every failure: missing, empty, truncated, no stream
+        cues, subtitle_source = self._load_cues(subtitles)
+        key = self.make_key(video, encoder, fps=fps, num_frames=num_frames, max_frames=max_frames)
+        path = self.entry_path(key)
+        entry, reason = self.lookup(key)
+        if entry is not None:
+            if cues is not None:
+                entry.meta["subtitles"] = self._subtitle_meta(cues, subtitle_source, entry.timestamps, info)
+                _atomic_write_json(path / _META, entry.meta)
+            if progress:
+                progress(entry.num_frames, entry.num_frames)
+            return IngestReport(entry, True, 0, 0, time.perf_counter() - start)
+
+        path.mkdir(parents=True, exist_ok=True)
+        if (path / _META).exists():  # stale/corrupt complete entry: demote it before rewriting chunks
+            (path / _META).unlink()
+        source = {
+            "path": os.path.abspath(os.fspath(video)),
+            "sha256": key.video_sha256,
+            "bytes": os.path.getsize(video),
+        }
+        done = self._resumable_chunks(path, key)
+        expected = self._expected_frames(info, fps=fps, num_frames=num_frames, max_frames=max_frames)
+        chunks: list[dict[str, Any]] = list(done)
+        timestamps: list[float] = [t for c in done for t in c["timestamps"]]
+        encoded = 0
+        feature_shape: list[int] | None = done[0]["feature_shape"] if done else None
+        duration = info.duration
+        for index, frames in enumerate(
+            iter_video_frames(
+                video, fps=fps, num_frames=num_frames, max_frames=max_frames, chunk_size=self.chunk_frames
+            )
+        ):
+            duration = frames.duration
+            if index < len(done):
+                if not np.allclose(frames.timestamps, done[index]["timestamps"], atol=1e-6):
+                    raise VideoDecodeError(
+                        f"{video}: decoded timestamps differ from the interrupted run's; delete {path} and retry.",
+                        video,
+                    )
+                continue
+            record = self._encode_chunk(path, index, frames, encoder, batch_size)
+            feature_shape = record["feature_shape"]
+            chunks.append(record)
+            timestamps.extend(record["timestamps"])
+            encoded += 1
+            _atomic_write_json(
+                path / _PROGRESS,
+                {"format_version": FORMAT_VERSION, "key": key.to_dict(), "source": source, "chunks": chunks},
+            )
+            if progress:
+                progress(len(timestamps), expected)
+        if not chunks:
+            raise VideoDecodeError(f"{video}: no frames could be sampled from the video.", video)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "digest": key.digest,
+            "key": key.to_dict(),
+            "source": source,
+            "encoder_id": key.encoder_id,
+            "preprocessing_id": key.preprocessing_id,
+            "fps": key.fps,
+            "duration": duration,
+            "num_frames": len(timestamps),
+            "feature_shape": feature_shape,
+            "dtype": "float16",
+            "timestamps": timestamps,
+            "subtitles": self._subtitle_meta(cues, subtitle_source, np.asarray(timestamps), info)
+            if cues is not None
+            else None,
+            "chunks": [
+                {k: v for k, v in c.items() if k not in ("timestamps", "feature_shape")} for c in chunks
+            ],
+            "complete": True,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        _atomic_write_json(path / _META, meta)
+        (path / _PROGRESS).unlink(missing_ok=True)
+        logger.info(
+            "cached %d frames of %s in %s (%d chunks encoded, %d reused)",
+            len(timestamps),
+            video,
+            path,
+            encoded,
+            len(done),
+        )
+        return IngestReport(
+            self.open(key, verify_checksums=False),
+            False,
+            encoded,
+            len(done),
+            time.perf_counter() - start,
+            reason,
+        )
+
+    def remove(self, key: CacheKey | str) -> None:
+        """Delete an entry folder (complete or not)."""
+        shutil.rmtree(self.entry_path(key), ignore_errors=True)
+
+    # Internals ----------------------------------------------------------------------------------------------
+    @staticmethod
+    def _load_cues(
+        subtitles: str | os.PathLike[str] | Sequence[SubtitleCue] | None,
+    ) -> tuple[list[SubtitleCue] | None, str | None]:
+        if subtitles is None:
+            return None, None
+        if isinstance(subtitles, (str, os.PathLike)):
+            return read_subtitles(subtitles), os.path.abspath(os.fspath(subtitles))
+        return list(subtitles), None
+
+    @staticmethod
+    def _subtitle_meta(
+        cues: Sequence[SubtitleCue], source: str | None, timestamps: np.ndarray, info: Any
+    ) -> dict[str, Any]:
+        per_frame = (
+            align_subtitles(
+                cues, timestamps, duration=getattr(info, "duration", None), source=source or "<subtitles>"
+            )
+            if cues
+            else [""] * len(timestamps)
+        )
+        return {
+            "path": source,
+            "cues": [{"start": c.start, "end": c.end, "text": c.text} for c in cues],
+            "per_frame": per_frame,
+        }
+
+    @staticmethod
+    def _expected_frames(
+        info: Any, *, fps: float | None, num_frames: int | None, max_frames: int | None
+    ) -> int | None:
+        if num_frames is not None:
+            return num_frames
+        duration = getattr(info, "duration", None)
+        if not duration or fps is None:
+            return None
+        expected = max(1, int(np.ceil(duration * fps - 1e-6)))
+        return min(expected, max_frames) if max_frames else expected
+
+    def _resumable_chunks(self, path: Path, key: CacheKey) -> list[dict[str, Any]]:
+        """The finished chunks of an interrupted run with the same key, verified; drop anything after a bad one."""
+        progress_path = path / _PROGRESS
+        if not progress_path.is_file():
+            return []
+        try:
+            progress = _read_json(progress_path)
+        except CacheEntryError as error:
+            logger.warning("ignoring unreadable progress file: %s", error)
+            return []
+        if progress.get("key") != key.to_dict() or progress.get("format_version") != FORMAT_VERSION:
+            return []
+        kept: list[dict[str, Any]] = []
+        for index, chunk in enumerate(progress.get("chunks", [])):
+            if chunk.get("file") != _chunk_name(index):
+                break
+            try:
+                _check_chunk(path / chunk["file"], chunk, checksum=True, entry=path)
+            except CacheEntryError as error:
+                logger.warning("re-encoding from chunk %d: %s", index, error)
+                break
+            kept.append(chunk)
+        if kept:
+            logger.info("resuming %s: %d finished chunks kept", path, len(kept))
+        return kept
+
+    def _encode_chunk(
+        self, path: Path, index: int, frames: Frames, encoder: FrameEncoderLike, batch_size: int
+    ) -> dict[str, Any]:
+        from safetensors.numpy import save
+
+        parts = [
+            _to_fp16_numpy(encoder(frames.frames[i : i + batch_size]))
+            for i in range(0, len(frames), batch_size)
+        ]
+        features = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        if features.shape[0] != len(frames):
+            raise ValueError(
+                f"the encoder returned {features.shape[0]} feature rows for {len(frames)} frames."
+            )
+        data = save(
+            {"features": features, "timestamps": np.ascontiguousarray(frames.timestamps, dtype=np.float64)},
+            metadata={"format_version": str(FORMAT_VERSION)},
+        )
+        name = _chunk_name(index)
+        _atomic_write_bytes(path / name, data)
+        return {
+            "file": name,
+            "start": float(frames.timestamps[0]),
+            "frames": len(frames),
+            "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "timestamps": [float(t) for t in frames.timestamps],
+            "feature_shape": [int(features.shape[1]), int(features.shape[2])],
+        }
+
+
+def _chunk_name(index: int) -> str:
+    return f"chunk_{index:05d}.safetensors"

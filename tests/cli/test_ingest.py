@@ -1,0 +1,152 @@
+"""``llamavid ingest``: exit codes, one-line errors, --json and --info, with a tiny seeded checkpoint on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+from media_factory import write_audio_only, write_video  # noqa: E402
+
+from llamavid.cli.main import main  # noqa: E402
+
+
+def _root_conftest():
+    """tests/conftest.py as a module (a bare ``import conftest`` may resolve to tests/data/conftest.py)."""
+    import importlib.util
+
+    name = "_llamavid_tests_root_conftest"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            name, Path(__file__).resolve().parents[1] / "conftest.py"
+        )
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return sys.modules[name]
+
+
+build_tiny_model = _root_conftest().build_tiny_model
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from transformers import LlamaTokenizer
+
+    from llamavid import LlamaVidProcessor
+    from llamavid.assets import DEMO_TOKENIZER_DIR
+
+    folder = tmp_path_factory.mktemp("tiny_model")
+    model = build_tiny_model(seed=0)
+    model.save_pretrained(folder)
+    LlamaVidProcessor.from_config(
+        model.config, LlamaTokenizer.from_pretrained(str(DEMO_TOKENIZER_DIR))
+    ).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("ingest_media")
+    good = write_video(folder / "good.mp4", rate=2, num_frames=20, size=(64, 64))
+    truncated = folder / "truncated.mp4"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 3])
+    empty = folder / "empty.mp4"
+    empty.write_bytes(b"")
+    srt = folder / "good.srt"
+    srt.write_text("1\n00:00:01,000 --> 00:00:02,000\nhello\n")
+    bad_srt = folder / "bad.srt"
+    bad_srt.write_text("1\nnot a timestamp line\nhello\n")
+    return {
+        "good": good,
+        "truncated": truncated,
+        "empty": empty,
+        "audio": write_audio_only(folder / "audio.wav"),
+        "srt": srt,
+        "bad_srt": bad_srt,
+        "dir": folder,
+        "missing": folder / "missing.mp4",
+    }
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.run(
+        [sys.executable, "-m", "llamavid.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+def test_ingest_json_then_hit_then_info(tmp_path: Path, model_dir: Path, media: dict[str, Path]) -> None:
+    cache = str(tmp_path / "cache")
+    args = ["ingest", str(media["good"]), "--model", str(model_dir), "--fps", "2", "--cache-dir", cache]
+    first = run_cli(*args, "--subtitles", str(media["srt"]), "--json", "--batch-size", "7")
+    assert first.returncode == 0, first.stderr
+    payload = json.loads(first.stdout)
+    assert payload["frames"] == 20 and payload["visual_tokens"] == 40 and not payload["cache_hit"]
+    assert payload["feature_shape"] == [17, 32] and payload["subtitled_frames"] == 1
+
+    second = run_cli(*args, "--json")
+    assert second.returncode == 0 and json.loads(second.stdout)["cache_hit"] is True
+
+    info = run_cli("ingest", "--info", "--json", "--cache-dir", cache)
+    entries = json.loads(info.stdout)["entries"]
+    assert info.returncode == 0 and [e["num_frames"] for e in entries] == [20]
+
+
+def test_missing_file_subprocess(tmp_path: Path, model_dir: Path, media: dict[str, Path]) -> None:
+    result = run_cli("ingest", str(media["missing"]), "--model", str(model_dir), "--cache-dir", str(tmp_path))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "missing.mp4" in lines[0] and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("video", "subtitles", "needle"),
+    [
+        ("missing", None, "missing.mp4"),
+        ("dir", None, "ingest_media"),
+        ("empty", None, "empty.mp4"),
+        ("truncated", None, "truncated.mp4"),
+        ("audio", None, "audio.wav"),
+        ("good", "bad_srt", "bad.srt"),
+    ],
+)
+def test_bad_inputs_one_line_exit_2(
+    tmp_path: Path,
+    model_dir: Path,
+    media: dict[str, Path],
+    capsys: pytest.CaptureFixture[str],
+    video: str,
+    subtitles: str | None,
+    needle: str,
+) -> None:
+    cache = tmp_path / "cache"
+    args = ["ingest", str(media[video]), "--model", str(model_dir), "--cache-dir", str(cache)]
+    if subtitles:
+        args += ["--subtitles", str(media[subtitles])]
+    code = main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and needle in err[0], err
+    assert not cache.exists() or not any(cache.iterdir())  # nothing half-written
+
+
+def test_model_is_required(
+    tmp_path: Path, media: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["ingest", str(media["good"]), "--cache-dir", str(tmp_path)])
+    assert code == 2 and "--model is required" in capsys.readouterr().err
+
+
+def test_info_on_empty_cache(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ingest", "--info", "--cache-dir", str(tmp_path / "none")]) == 0
+    assert "0 entries" in capsys.readouterr().out

@@ -1,0 +1,210 @@
+"""Feature cache: keys, round trip, atomic/resumable writes, validation. Uses a fake numpy encoder (no model)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from media_factory import frame_index, write_video
+
+from llamavid.data.feature_cache import CacheEntryError, FeatureCache, file_sha256, preprocessing_id
+
+
+class FakeEncoder:
+    """Deterministic features from pixels: row 0 ('CLS') = frame index, rows 1.. = mean colour; counts calls."""
+
+    def __init__(
+        self, encoder_id: str = "enc-a", preprocessing: str = "pre-a", fail_after: int | None = None
+    ):
+        self.encoder_id = encoder_id
+        self.preprocessing_id = preprocessing
+        self.fail_after = fail_after
+        self.calls = 0
+        self.frames_seen: list[int] = []
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        if self.fail_after is not None and self.calls >= self.fail_after:
+            raise KeyboardInterrupt("simulated kill")
+        self.calls += 1
+        indices = [frame_index(f) for f in frames]
+        self.frames_seen.extend(indices)
+        out = np.zeros((len(frames), 3, 4), np.float32)
+        out[:, 0, :] = np.asarray(indices)[:, None]
+        out[:, 1:, :3] = frames.reshape(len(frames), -1, 3).mean(axis=1)[:, None, :] / 255
+        return out
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """20 s at 2 fps = 40 frames; with chunk_frames=8 that is 5 chunks."""
+    return write_video(tmp_path_factory.mktemp("fc") / "clip.mp4", rate=2, num_frames=40, size=(64, 64))
+
+
+def test_round_trip_and_hit(tmp_path: Path, clip: Path) -> None:
+    cache = FeatureCache(tmp_path, chunk_frames=8)
+    encoder = FakeEncoder()
+    report = cache.ingest(clip, encoder, fps=2, batch_size=3)
+    assert not report.hit and report.encoded_chunks == 5
+    entry = report.entry
+    assert entry.num_frames == 40 and entry.feature_shape == (3, 4)
+    np.testing.assert_allclose(entry.timestamps, np.arange(40) / 2)
+    features = entry.load_features("np")
+    assert features.dtype == np.float16 and features.shape == (40, 3, 4)
+    np.testing.assert_array_equal(features[:, 0, 0], np.arange(40))  # CLS row kept, frames in order
+    meta = json.loads((entry.path / "meta.json").read_text())
+    assert meta["complete"] and meta["source"]["sha256"] == file_sha256(clip)
+    assert all(len(c["sha256"]) == 64 and c["bytes"] > 0 for c in meta["chunks"])
+    assert not (entry.path / "progress.json").exists()
+
+    again = FakeEncoder()
+    second = cache.ingest(clip, again, fps=2)
+    assert second.hit and again.calls == 0
+    assert [row["num_frames"] for row in cache.list_entries()] == [40]
+
+
+def test_streaming_chunks_are_bounded(tmp_path: Path, clip: Path) -> None:
+    entry = FeatureCache(tmp_path, chunk_frames=8).ingest(clip, FakeEncoder(), fps=2).entry
+    sizes = [len(chunk) for chunk in entry.iter_chunks(framework="np")]
+    assert sizes == [8] * 5
+
+
+@pytest.mark.parametrize(
+    "change",
+    [dict(fps=1), dict(encoder_id="enc-b"), dict(preprocessing="pre-b"), dict(max_frames=10)],
+)
+def test_stale_key_misses(tmp_path: Path, clip: Path, change: dict) -> None:
+    cache = FeatureCache(tmp_path, chunk_frames=8)
+    base = cache.make_key(clip, FakeEncoder(), fps=2)
+    cache.ingest(clip, FakeEncoder(), fps=2)
+    encoder = FakeEncoder(change.get("encoder_id", "enc-a"), change.get("preprocessing", "pre-a"))
+    key = cache.make_key(clip, encoder, fps=change.get("fps", 2), max_frames=change.get("max_frames"))
+    assert key.digest != base.digest
+    entry, reason = cache.lookup(key)
+    assert entry is None and "no entry" in reason
+    report = cache.ingest(clip, encoder, fps=change.get("fps", 2), max_frames=change.get("max_frames"))
+    assert not report.hit and encoder.calls > 0
+
+
+def test_content_hash_not_name(tmp_path: Path, clip: Path) -> None:
+    other = write_video(tmp_path / "clip.mp4", rate=2, num_frames=41, size=(64, 64))
+    cache = FeatureCache(tmp_path / "cache")
+    assert cache.make_key(clip, FakeEncoder()).digest != cache.make_key(other, FakeEncoder()).digest
+
+
+def test_preprocessing_id_tracks_settings() -> None:
+    class Proc:
+        def __init__(self, size: int) -> None:
+            self.size = size
+
+        def to_dict(self) -> dict:
+            return {"size": self.size}
+
+    assert preprocessing_id(Proc(224)) == preprocessing_id(Proc(224)) != preprocessing_id(Proc(336))
+
+
+def test_killed_ingestion_resumes(tmp_path: Path, clip: Path) -> None:
+    cache = FeatureCache(tmp_path / "resumed", chunk_frames=8)
+    dying = FakeEncoder(fail_after=2)  # batch_size 8 -> one call per chunk: dies while encoding chunk 3
+    with pytest.raises(KeyboardInterrupt):
+        cache.ingest(clip, dying, fps=2, batch_size=8)
+    key = cache.make_key(clip, dying, fps=2)
+    entry, reason = cache.lookup(key)
+    assert entry is None and "unfinished ingestion" in reason
+    assert any("finished_chunks" in row and row["finished_chunks"] == 2 for row in cache.list_entries())
+    with pytest.raises(CacheEntryError, match="unfinished"):
+        cache.open(key)
+
+    rerun = FakeEncoder()
+    report = cache.ingest(clip, rerun, fps=2, batch_size=8)
+    assert (report.reused_chunks, report.encoded_chunks) == (2, 3)
+    assert rerun.frames_seen == list(range(16, 40))  # only the remaining frames were encoded
+
+    fresh = FeatureCache(tmp_path / "fresh", chunk_frames=8).ingest(clip, FakeEncoder(), fps=2).entry
+    np.testing.assert_array_equal(report.entry.load_features("np"), fresh.load_features("np"))
+    assert report.entry.meta["timestamps"] == fresh.meta["timestamps"]
+
+
+def test_resume_reencodes_corrupted_finished_chunk(tmp_path: Path, clip: Path) -> None:
+    cache = FeatureCache(tmp_path, chunk_frames=8)
+    with pytest.raises(KeyboardInterrupt):
+        cache.ingest(clip, FakeEncoder(fail_after=3), fps=2, batch_size=8)
+    path = cache.entry_path(cache.make_key(clip, FakeEncoder(), fps=2))
+    (path / "chunk_00001.safetensors").write_bytes(b"garbage")
+    rerun = FakeEncoder()
+    report = cache.ingest(clip, rerun, fps=2, batch_size=8)
+    assert report.reused_chunks == 1 and rerun.frames_seen == list(range(8, 40))
+
+
+@pytest.mark.parametrize("damage", ["flip_byte", "truncate", "delete", "incomplete", "garbled_meta"])
+def test_corrupted_entry_is_rejected(tmp_path: Path, clip: Path, damage: str) -> None:
+    cache = FeatureCache(tmp_path, chunk_frames=8)
+    entry = cache.ingest(clip, FakeEncoder(), fps=2).entry
+    chunk = entry.path / "chunk_00002.safetensors"
+    meta_path = entry.path / "meta.json"
+    if damage == "flip_byte":
+        data = bytearray(chunk.read_bytes())
+        data[-5] ^= 0xFF
+        chunk.write_bytes(bytes(data))
+        expected = "checksum"
+    elif damage == "truncate":
+        chunk.write_bytes(chunk.read_bytes()[:-10])
+        expected = "bytes"
+    elif damage == "delete":
+        chunk.unlink()
+        expected = "missing"
+    elif damage == "incomplete":
+        meta = json.loads(meta_path.read_text())
+        meta["complete"] = False
+        meta_path.write_text(json.dumps(meta))
+        expected = "incomplete"
+    else:
+        meta_path.write_text("{not json")
+        expected = "cannot read"
+    key = cache.make_key(clip, FakeEncoder(), fps=2)
+    hit, reason = cache.lookup(key)
+    assert hit is None and expected in reason
+    with pytest.raises(CacheEntryError, match=expected):
+        cache.open(key)
+    # Re-ingesting repairs the entry.
+    repaired = cache.ingest(clip, FakeEncoder(), fps=2)
+    assert not repaired.hit and cache.open(key).num_frames == 40
+
+
+def test_corruption_after_open_is_caught_while_streaming(tmp_path: Path, clip: Path) -> None:
+    cache = FeatureCache(tmp_path, chunk_frames=8)
+    key = cache.make_key(clip, FakeEncoder(), fps=2)
+    cache.ingest(clip, FakeEncoder(), fps=2)
+    entry = cache.open(key, verify_checksums=False)
+    chunk = entry.path / "chunk_00003.safetensors"
+    data = bytearray(chunk.read_bytes())
+    data[-1] ^= 0x01
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(CacheEntryError, match="chunk_00003"):
+        list(entry.iter_chunks(framework="np"))
+
+
+def test_subtitles_stored_and_aligned(tmp_path: Path, clip: Path) -> None:
+    srt = tmp_path / "clip.srt"
+    srt.write_text("1\n00:00:01,000 --> 00:00:02,200\nhello there\n\n2\n00:00:10,000 --> 00:00:11,000\nbye\n")
+    cache = FeatureCache(tmp_path / "cache", chunk_frames=8)
+    entry = cache.ingest(clip, FakeEncoder(), fps=2, subtitles=srt).entry
+    texts = entry.frame_texts
+    assert len(texts) == 40 and texts[4] == "hello there" and texts[21] == "bye"
+    assert sum(bool(t) for t in texts) == 2
+    assert entry.meta["subtitles"]["cues"][0]["text"] == "hello there"
+
+
+def test_default_root_honours_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("LLAMAVID_CACHE", str(tmp_path / "c"))
+    assert FeatureCache().root == tmp_path / "c"
+
+
+def test_module_does_not_import_the_model() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, llamavid.data.feature_cache; print('llamavid.model' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
