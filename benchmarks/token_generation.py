@@ -225,14 +225,13 @@ def run_variant(spec: VariantSpec) -> VariantResult:
     parameters_m = sum(p.numel() for p in model.parameters()) / 1e6
 
     tokenizer = load_qformer_tokenizer()
-    texts = [QUESTIONS[i % len(QUESTIONS)] + " " * (i // len(QUESTIONS)) for i in range(spec.questions)]
+    texts = [QUESTIONS[i % len(QUESTIONS)] for i in range(spec.questions)]  # cycles past 4 questions
     questions = tokenizer(texts, padding=True, return_tensors="pt").to(device)
     ids, mask = questions["input_ids"], questions["attention_mask"]
     generator = torch.Generator().manual_seed(spec.seed + 1)
     width = config.vision_config.hidden_size
-    features = torch.randn(spec.frames, config.num_patches + 1, width, generator=generator).to(
-        device
-    )  # (T, 1+N, C)
+    # (T, 1+N, C): CLS + patches, as EVA emits them.
+    features = torch.randn(spec.frames, config.num_patches + 1, width, generator=generator).to(device)
     tokens_per_frame = config.tokens_per_frame()
 
     one, zero = torch.tensor([1], device=device), torch.tensor([0], device=device)

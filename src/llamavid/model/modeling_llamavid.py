@@ -374,7 +374,6 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
             media_is_image = torch.zeros(len(frame_counts), dtype=torch.bool, device=device)
         frame_is_image = torch.repeat_interleave(media_is_image.to(device), frame_counts)
         content_table, content_offsets, content_counts = self.get_content_tokens(patches, frame_is_image)
-        keys = self.vlm_att_key_projector(patches)  # (F, N, C): once per frame, shared by all questions
 
         # Every (block, frame) pair in placeholder order, built without Python loops over frames or questions.
         media_start = torch.cumsum(frame_counts, 0) - frame_counts
@@ -389,25 +388,34 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
 
         qformer_input_ids = qformer_input_ids.to(device)
         qformer_attention_mask = qformer_attention_mask.to(device)
-        context, weights, scores = [], [], []
-        # Chunks of pairs bound activation memory on long videos; every pair is independent, so any chunk size
-        # gives the same tokens.
-        for frames, questions in zip(
-            pair_frame.split(self.config.frame_chunk_size),
-            pair_question.split(self.config.frame_chunk_size),
-            strict=True,
-        ):
-            text_q = self.text_queries(
-                qformer_visual[frames], qformer_input_ids[questions], qformer_attention_mask[questions]
-            )  # (b, Q, C)
-            logits = self.context_attention(text_q, keys[frames])  # (b, Q, N)
-            attention = logits.softmax(dim=-1)
-            # Values are the raw patches, not projected (spec §4); mean over the queries.
-            context.append((attention @ patches[frames]).mean(dim=1))  # (b, C)
-            if output_attentions:
-                weights.append(attention)
-                scores.append(self.frame_relevance(logits))
-        context_tokens = self.vlm_att_val_projector(torch.cat(context))  # (pairs, D)
+        num_queries = self.config.num_query if self.bert_variant != "raw_bert" else qformer_input_ids.shape[1]
+        context = patches.new_empty(len(pair_frame), patches.shape[-1])
+        weights = patches.new_empty(len(pair_frame), num_queries, patches.shape[1]) if output_attentions else None
+        scores = patches.new_empty(len(pair_frame), dtype=torch.float32) if output_attentions else None
+        # Frames are visited in chunks of `frame_chunk_size`: keys are projected once per frame and shared by
+        # every question about it, and activations stay bounded however long the video is. Pairs are
+        # independent, so the chunk size never changes the tokens.
+        chunk = self.config.frame_chunk_size
+        for start in range(0, patches.shape[0], chunk):
+            in_chunk = torch.nonzero((pair_frame >= start) & (pair_frame < start + chunk)).squeeze(1)
+            if not len(in_chunk):
+                continue
+            chunk_patches = patches[start : start + chunk]  # (c, N, C)
+            chunk_keys = self.vlm_att_key_projector(chunk_patches)  # (c, N, C)
+            for pairs in in_chunk.split(chunk):
+                local = pair_frame[pairs] - start
+                questions = pair_question[pairs]
+                text_q = self.text_queries(
+                    qformer_visual[pair_frame[pairs]], qformer_input_ids[questions], qformer_attention_mask[questions]
+                )  # (b, Q, C)
+                logits = self.context_attention(text_q, chunk_keys[local])  # (b, Q, N)
+                attention = logits.softmax(dim=-1)
+                # Values are the raw patches, not projected (spec §4); mean over the queries.
+                context[pairs] = (attention @ chunk_patches[local]).mean(dim=1).to(context.dtype)  # (b, C)
+                if weights is not None and scores is not None:
+                    weights[pairs] = attention.to(weights.dtype)
+                    scores[pairs] = self.frame_relevance(logits)
+        context_tokens = self.vlm_att_val_projector(context)  # (pairs, D)
 
         # Interleave [context, content...] per pair with one gather.
         segment = 1 + content_counts[pair_frame]  # 1 context + n_f content tokens per pair
@@ -426,8 +434,8 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
             tokens=table[source],
             context_tokens=context_tokens,
             block_frame_counts=block_frames,
-            attention_weights=torch.cat(weights) if output_attentions else None,
-            frame_scores=torch.cat(scores) if output_attentions else None,
+            attention_weights=weights,
+            frame_scores=scores,
         )
 
     def _check_blocks(
