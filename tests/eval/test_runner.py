@@ -153,3 +153,49 @@ def test_cli_scores_cached_predictions_and_exits_3_when_missing(tmp_path, capsys
         )
     assert code == 0
     assert "accuracy=50.00, score=3.00" in capsys.readouterr().out
+
+
+def test_cli_image_task_with_saved_tiny_model(tmp_path, tiny_model, tiny_processor, capsys):
+    """`llamavid eval pope --model DIR`: from_pretrained, greedy preset, batch 2, real POPE scoring."""
+    from llamavid.cli.main import main
+
+    from .builders import write_image, write_jsonl
+
+    model_dir = tmp_path / "model"
+    tiny_model.save_pretrained(model_dir)
+    tiny_processor.save_pretrained(model_dir)
+    data = tmp_path / "pope"
+    write_image(data / "val2014" / "c.jpg", size=40)
+    rows = [
+        {"question_id": i, "image": "c.jpg", "text": "Is there a dog?", "category": "random"}
+        for i in range(3)
+    ]
+    write_jsonl(data / "llava_pope_test.jsonl", rows)
+    write_jsonl(
+        data / "coco" / "coco_pope_random.json",
+        [{**r, "label": "yes" if r["question_id"] else "no"} for r in rows],
+    )
+    out = tmp_path / "out"
+    code = main(
+        [
+            "eval",
+            "pope",
+            "--model",
+            str(model_dir),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--batch-size",
+            "2",
+            "--max-new-tokens",
+            "2",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "results.json").read_text())
+    assert report["decoding"] == [
+        {"preset": "image_eval", "seed": 0, "do_sample": False, "max_new_tokens": 2}
+    ]
+    assert report["models"] == [str(model_dir)] and report["counts"]["items"] == 3
+    assert set(report["per_category"]["random"]) >= {"f1", "precision", "recall", "yes_ratio", "accuracy"}
