@@ -100,9 +100,9 @@ def main() -> int:
         sys.stdout.write(result.stdout[-4000:])
         sys.stderr.write(result.stderr[-6000:])
         if result.returncode != 0 or "exact_match" not in result.stdout:
-            print(f"lmms-eval smoke FAILED (exit {result.returncode})", file=sys.stderr)
+            sys.stderr.write(f"lmms-eval smoke FAILED (exit {result.returncode})\n")
             return 1
-    print("lmms-eval smoke OK")
+    sys.stdout.write("lmms-eval smoke OK\n")
     return 0
 
 
