@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test install style quality bench test-gpu clean
+.PHONY: demo test install style quality bench test-gpu clean lmms-venv lmms-smoke
 
 $(VENV)/.installed: pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,5 +46,12 @@ quality: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests benchmarks examples
 	$(VENV)/bin/mypy src
 
+# lmms-eval 0.7.3 pins av<16: it gets its own venv (.venv-lmms); the smoke runs a local task end to end.
+lmms-venv:
+	tools/lmms_eval_venv.sh .venv-lmms
+
+lmms-smoke: lmms-venv
+	HF_DATASETS_OFFLINE=1 .venv-lmms/bin/python tools/lmms_eval_smoke.py
+
 clean:
-	rm -rf $(VENV) build dist .pytest_cache .ruff_cache .mypy_cache demo-output
+	rm -rf $(VENV) .venv-lmms build dist .pytest_cache .ruff_cache .mypy_cache demo-output

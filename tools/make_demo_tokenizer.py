@@ -17,13 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "src" / "llamavid" / "assets" / "demo_tokenizer"
 TEST_ASSETS = ROOT / "tests" / "assets"
 
-WORDS = (
-    "a an the is are was what which who where when how many color colour shape red green blue yellow purple "
-    "orange white black circle square triangle star left right up down top bottom middle moves moving first "
-    "last before after appears disappears video image frame scene movie says said character answer question "
-    "one two three four five six seven eight nine ten zero yes no there in on of to and with describe briefly "
-    "object objects count number big small large tiny"
-).split()
+WORDS = ["a", "an", "the", "is", "are", "was", "what", "which", "who", "where", "when", "how", "many", "color", "colour", "shape", "red", "green", "blue", "yellow", "purple", "orange", "white", "black", "circle", "square", "triangle", "star", "left", "right", "up", "down", "top", "bottom", "middle", "moves", "moving", "first", "last", "before", "after", "appears", "disappears", "video", "image", "frame", "scene", "movie", "says", "said", "character", "answer", "question", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "zero", "yes", "no", "there", "in", "on", "of", "to", "and", "with", "describe", "briefly", "object", "objects", "count", "number", "big", "small", "large", "tiny"]
 
 
 def corpus() -> list[str]:
