@@ -6,4 +6,20 @@ line to ``COMMAND_MODULES``; third-party packages can add commands through the `
 group (each entry point names a module with the same ``register`` function).
 """
 
-COMMAND_MODULES: tuple[str, ...] = ("llamavid.cli.demo", "llamavid.cli.convert")
+COMMAND_MODULES: tuple[str, ...] = (
+    "llamavid.cli.demo",
+    "llamavid.cli.convert",
+    "llamavid.cli.ask",
+    "llamavid.cli.chat",
+    "llamavid.cli.attention",
+    "llamavid.cli.serve",
+    "llamavid.cli.web",
+)
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed as one line, exit code 2, no traceback.
+
+    Defined here rather than in ``main`` so that ``python -m llamavid.cli.main`` (where ``main`` runs as
+    ``__main__``) and the command modules share one class.
+    """
