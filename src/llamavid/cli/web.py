@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
-        from llamavid.serve.webui import build_ui
+        from llamavid.serve.webui import build_ui, launch
     except ImportError as error:
         raise CommandError(
             f"the web UI needs the serving extra ({error.name} is missing): pip install 'llamavid[serve]'"
@@ -35,5 +35,5 @@ def run(args: argparse.Namespace) -> int:
     engine = build_engine(args)
     demo = build_ui(engine, fps=args.fps, max_frames=args.max_frames)
     print(f"web UI for {engine.name} on http://{args.host}:{args.port}", flush=True)
-    demo.launch(server_name=args.host, server_port=args.port, share=False, show_error=True)
+    launch(demo, host=args.host, port=args.port)
     return 0
