@@ -1,7 +1,7 @@
 """Describe a video from Python: write a short clip with PyAV, load a model once, ask, stream, chat, explain.
 
-    python examples/describe_video.py                 # embedded tiny model (random until it ships)
-    python examples/describe_video.py --model FOLDER  # any llamavid model folder
+python examples/describe_video.py                 # embedded tiny model (random until it ships)
+python examples/describe_video.py --model FOLDER  # any llamavid model folder
 """
 
 from __future__ import annotations

@@ -26,7 +26,9 @@ def test_load_ask_chat_attention(serving_model_dir, tmp_path):
 
 
 def test_example_runs(serving_model_dir, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", [str(EXAMPLE), "--model", str(serving_model_dir), "--max-new-tokens", "4"])
+    monkeypatch.setattr(
+        sys, "argv", [str(EXAMPLE), "--model", str(serving_model_dir), "--max-new-tokens", "4"]
+    )
     runpy.run_path(str(EXAMPLE), run_name="__main__")
     out = capsys.readouterr().out
     assert "6 frames -> 12 visual tokens" in out and "chat turns: 2" in out

@@ -51,14 +51,11 @@ def test_chat_reads_stdin_with_commands(serving_model_dir, demo_video_path, tmp_
     assert (tmp_path / "a.png").stat().st_size > 0
 
 
-def test_attention_writes_strip(serving_model_dir, demo_video_path, tmp_path):
+def test_attention_writes_strip(serving_model_dir, demo_video_path, tmp_path, capsys):
     out = tmp_path / "strip.png"
-    result = run_cli(
-        "attention", str(demo_video_path), "Where is it?", "--out", str(out), "--model", str(serving_model_dir),
-        "--json",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    payload = json.loads(result.stdout)
+    args = ["attention", str(demo_video_path), "Where is it?", "--out", str(out), "--model", str(serving_model_dir)]
+    assert main([*args, "--json"]) == 0  # in-process: the subprocess path is covered by ask and chat
+    payload = json.loads(capsys.readouterr().out)
     assert len(payload["relevance"]) == 4 and abs(sum(payload["relevance"]) - 1) < 1e-4
     assert out.stat().st_size > 0
 
@@ -67,8 +64,6 @@ def test_attention_writes_strip(serving_model_dir, demo_video_path, tmp_path):
     "args",
     [
         ("ask", "/no/such/video.mp4", "q"),
-        ("chat", "/no/such/video.mp4"),
-        ("attention", "/no/such/video.mp4", "q", "--out", "x.png"),
         ("serve", "--max-batch-size", "0"),
     ],
 )
@@ -78,6 +73,21 @@ def test_bad_input_is_one_line_exit_2(args):
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert result.stderr.startswith(f"llamavid {args[0]}: error:")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("chat", "/no/such/video.mp4"),
+        ("attention", "/no/such/video.mp4", "q", "--out", "x.png"),
+        ("attention", "{video}", "q", "--out", "x.txt"),
+        ("web", "--model", "/no/such/model"),
+    ],
+)
+def test_bad_input_in_process(args, demo_video_path, capsys):
+    assert main([arg.format(video=demo_video_path) for arg in args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"llamavid {args[0]}: error:") and len(err.splitlines()) == 1
 
 
 def test_ask_streams_text_and_greedy_is_deterministic(serving_model_dir, demo_video_path, capsys):

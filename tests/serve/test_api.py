@@ -65,7 +65,11 @@ def start(engine, **config):
 @pytest.fixture(scope="module")
 def server(serving_engine, media_root):
     running = start(
-        serving_engine, allowed_roots=(media_root,), max_upload_bytes=1_000_000, max_batch_size=4, batch_wait_ms=20
+        serving_engine,
+        allowed_roots=(media_root,),
+        max_upload_bytes=1_000_000,
+        max_batch_size=4,
+        batch_wait_ms=20,
     )
     yield running
     running.stop()
@@ -115,7 +119,11 @@ def test_multi_turn_and_image_parts(server, client, serving_engine, media_root):
     response = client.chat.completions.create(model=serving_engine.name, messages=messages, **GREEDY)
     media = serving_engine.load_media(image)
     expected = serving_engine.generate(
-        [serving_engine.build_request("Are you sure?", media, [("Colour?", "red")], SamplingSettings(0, 1, 6))]
+        [
+            serving_engine.build_request(
+                "Are you sure?", media, [("Colour?", "red")], SamplingSettings(0, 1, 6)
+            )
+        ]
     )[0]
     assert response.choices[0].message.content == expected.text
 
@@ -127,20 +135,30 @@ def test_concurrent_requests_are_batched_with_unbatched_answers(serving_engine, 
         client = openai.OpenAI(base_url=f"{running.url}/v1", api_key="x", max_retries=0, timeout=60)
 
         def ask(question):
-            return client.chat.completions.create(
-                model=serving_engine.name, messages=ask_message(video_part(demo_video_path), question), **GREEDY
-            ).choices[0].message.content
+            return (
+                client.chat.completions.create(
+                    model=serving_engine.name,
+                    messages=ask_message(video_part(demo_video_path), question),
+                    **GREEDY,
+                )
+                .choices[0]
+                .message.content
+            )
 
         with ThreadPoolExecutor(4) as pool:
             first = pool.submit(ask, questions[0])
             assert held.entered.wait(60)  # the first request holds the device ...
             rest = [pool.submit(ask, question) for question in questions[1:]]
-            assert running.server.config.app.state.scheduler.wait_until_queued(3, timeout=60)  # ... the others wait
+            assert running.server.config.app.state.scheduler.wait_until_queued(
+                3, timeout=60
+            )  # ... the others wait
             held.release.set()
             answers = [first.result(), *(future.result() for future in rest)]
     assert [len(batch) for batch in held.batches] == [1, 3]
     monkeypatch.undo()
-    expected = [serving_engine.ask(demo_video_path, q, temperature=0, max_new_tokens=6).text for q in questions]
+    expected = [
+        serving_engine.ask(demo_video_path, q, temperature=0, max_new_tokens=6).text for q in questions
+    ]
     assert answers == expected
 
 
@@ -170,9 +188,16 @@ def test_full_queue_answers_429_and_timeout_504(serving_engine, monkeypatch):
         assert httpx.get(f"{running.url}/health").status_code == 200
 
 
-def test_client_disconnect_mid_stream_cancels_and_server_stays_up(serving_engine, monkeypatch, demo_video_path):
+def test_client_disconnect_mid_stream_cancels_and_server_stays_up(
+    serving_engine, monkeypatch, demo_video_path
+):
     held = HeldEngine(serving_engine, monkeypatch)
-    body = {"messages": [{"role": "user", "content": "tell a long story"}], "stream": True, "temperature": 0, "max_tokens": 400}
+    body = {
+        "messages": [{"role": "user", "content": "tell a long story"}],
+        "stream": True,
+        "temperature": 0,
+        "max_tokens": 400,
+    }
     with start(serving_engine) as running:
         url = f"{running.url}/v1/chat/completions"
         with httpx.stream("POST", url, json=body, timeout=60) as response:
@@ -209,7 +234,9 @@ def test_client_disconnect_mid_stream_cancels_and_server_stays_up(serving_engine
 )
 def test_refused_media_urls(server, media_root, url, status, words):
     part = {"type": "video_url", "video_url": {"url": url.format(root=media_root)}}
-    response = httpx.post(f"{server.url}/v1/chat/completions", json={"messages": ask_message(part), **GREEDY}, timeout=60)
+    response = httpx.post(
+        f"{server.url}/v1/chat/completions", json={"messages": ask_message(part), **GREEDY}, timeout=60
+    )
     assert response.status_code == status, response.text
     assert words in response.json()["error"]["message"]
     assert "Traceback" not in response.text
@@ -231,7 +258,10 @@ def test_refused_media_urls(server, media_root, url, status, words):
 )
 def test_malformed_and_oversize_bodies(server, body, status):
     response = httpx.post(
-        f"{server.url}/v1/chat/completions", content=body, headers={"content-type": "application/json"}, timeout=60
+        f"{server.url}/v1/chat/completions",
+        content=body,
+        headers={"content-type": "application/json"},
+        timeout=60,
     )
     assert response.status_code == status, response.text
     assert set(response.json()["error"]) >= {"message", "type"}
@@ -248,7 +278,10 @@ def test_two_media_parts_are_refused(server, demo_video_path):
 def test_api_key_and_disabled_file_urls(serving_engine, demo_video_path):
     with start(serving_engine, api_key="s3cret") as running:
         assert httpx.get(f"{running.url}/v1/models").status_code == 401
-        assert httpx.get(f"{running.url}/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert (
+            httpx.get(f"{running.url}/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code
+            == 200
+        )
         part = {"type": "video_url", "video_url": {"url": f"file://{demo_video_path}"}}
         response = httpx.post(
             f"{running.url}/v1/chat/completions",

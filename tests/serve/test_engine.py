@@ -60,7 +60,9 @@ def test_batched_answers_equal_unbatched(serving_engine):
 
 def test_per_row_limits_and_cancellation_in_one_batch(serving_engine):
     video = moving_square_video(3, 64)
-    short = serving_engine.build_request("a?", serving_engine.load_media(video), settings=SamplingSettings(0, 1, 2))
+    short = serving_engine.build_request(
+        "a?", serving_engine.load_media(video), settings=SamplingSettings(0, 1, 2)
+    )
     long = serving_engine.build_request("b?", None, settings=SamplingSettings(0, 1, 6))
     cancelled = serving_engine.build_request("c?", None, settings=SamplingSettings(0, 1, 6))
     answers = serving_engine.generate([short, long, cancelled], is_cancelled=lambda row: row == 2)

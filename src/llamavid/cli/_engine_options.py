@@ -23,7 +23,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser, media: bool = True, ou
         default=None,
         help="llamavid model folder (default: the embedded tiny model; a random one, with a warning, until it ships)",
     )
-    group.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda[:N] or mps")
+    group.add_argument(
+        "--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda[:N] or mps"
+    )
     group.add_argument(
         "--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"), help="weights dtype"
     )
@@ -33,18 +35,29 @@ def add_engine_arguments(parser: argparse.ArgumentParser, media: bool = True, ou
         default=None,
         help=f"sampling temperature, 0 = greedy and deterministic (default {DEFAULT_TEMPERATURE}, as the official CLI)",
     )
-    group.add_argument("--top-p", type=float, default=None, help=f"nucleus sampling mass (default {DEFAULT_TOP_P})")
     group.add_argument(
-        "--max-new-tokens", type=int, default=None, help=f"answer length limit (default {DEFAULT_MAX_NEW_TOKENS})"
+        "--top-p", type=float, default=None, help=f"nucleus sampling mass (default {DEFAULT_TOP_P})"
+    )
+    group.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help=f"answer length limit (default {DEFAULT_MAX_NEW_TOKENS})",
     )
     group.add_argument("--seed", type=int, default=None, help="seed for sampling (reproducible answers)")
     if media:
         media_group = parser.add_argument_group("media")
-        media_group.add_argument("--subtitles", type=Path, default=None, help=".srt or .vtt file, interleaved per frame")
-        media_group.add_argument("--fps", type=float, default=1.0, help="frames sampled per second (default 1, as trained)")
+        media_group.add_argument(
+            "--subtitles", type=Path, default=None, help=".srt or .vtt file, interleaved per frame"
+        )
+        media_group.add_argument(
+            "--fps", type=float, default=1.0, help="frames sampled per second (default 1, as trained)"
+        )
         media_group.add_argument("--max-frames", type=int, default=None, help="cap on sampled frames")
     if output:
-        parser.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+        parser.add_argument(
+            "--json", action="store_true", help="print one JSON object instead of streaming text"
+        )
 
 
 def build_engine(args: argparse.Namespace) -> Any:
@@ -80,7 +93,9 @@ def media_options(args: argparse.Namespace) -> dict[str, Any]:
 def check_media_path(path: Path) -> Path:
     """Fail with a one-line message before loading the model when the media path is plainly wrong."""
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or folder; pass a video, an image or a folder of frames.")
+        raise FileNotFoundError(
+            f"{path}: no such file or folder; pass a video, an image or a folder of frames."
+        )
     return path
 
 

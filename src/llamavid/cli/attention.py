@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from llamavid.cli._engine_options import add_engine_arguments, build_engine, check_media_path, media_options, print_json
+from llamavid.cli._engine_options import (
+    add_engine_arguments,
+    build_engine,
+    check_media_path,
+    media_options,
+    print_json,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,7 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     check_media_path(args.media)
     if args.out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp", ".bmp"):
-        raise ValueError(f"--out {args.out}: expected an image file name ending in .png, .jpg, .webp or .bmp.")
+        raise ValueError(
+            f"--out {args.out}: expected an image file name ending in .png, .jpg, .webp or .bmp."
+        )
     options = media_options(args)
     engine = build_engine(args)
     result = engine.attention(args.media, args.question, **options)

@@ -46,7 +46,9 @@ def _command(session, line: str, as_json: bool) -> bool:
         message = {"event": "reset"}
     elif name in ("/save", "/attention"):
         if not argument:
-            raise ValueError(f"{name} needs a file name, e.g. {name} out.{'json' if name == '/save' else 'png'}")
+            raise ValueError(
+                f"{name} needs a file name, e.g. {name} out.{'json' if name == '/save' else 'png'}"
+            )
         path = session.save(argument) if name == "/save" else session.attention().save(argument)
         message = {"event": name[1:], "path": str(path)}
     else:

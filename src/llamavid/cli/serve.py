@@ -27,13 +27,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="folder whose files may be named by file:// URLs (repeatable; none = file URLs refused)",
     )
     parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 routes")
-    parser.add_argument("--max-batch-size", type=int, default=8, help="requests answered together on the device")
+    parser.add_argument(
+        "--max-batch-size", type=int, default=8, help="requests answered together on the device"
+    )
     parser.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long to wait to fill a batch")
     parser.add_argument("--max-queue", type=int, default=64, help="waiting requests before answering 429")
     parser.add_argument("--request-timeout", type=float, default=300.0, help="seconds per request before 504")
     parser.add_argument("--max-video-seconds", type=float, default=3600.0, help="longest accepted video")
-    parser.add_argument("--max-upload-mb", type=float, default=64.0, help="largest accepted request body / data URL")
-    parser.add_argument("--fps", type=float, default=1.0, help="frames sampled per second (default 1, as trained)")
+    parser.add_argument(
+        "--max-upload-mb", type=float, default=64.0, help="largest accepted request body / data URL"
+    )
+    parser.add_argument(
+        "--fps", type=float, default=1.0, help="frames sampled per second (default 1, as trained)"
+    )
     parser.add_argument("--max-frames", type=int, default=256, help="cap on sampled frames per request")
     add_engine_arguments(parser, media=False, output=False)
     parser.set_defaults(func=run)

@@ -19,7 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: localhost only)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--max-frames", type=int, default=256, help="cap on sampled frames per upload")
-    parser.add_argument("--fps", type=float, default=1.0, help="frames sampled per second (default 1, as trained)")
+    parser.add_argument(
+        "--fps", type=float, default=1.0, help="frames sampled per second (default 1, as trained)"
+    )
     add_engine_arguments(parser, media=False, output=False)
     parser.set_defaults(func=run)
 

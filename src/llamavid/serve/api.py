@@ -118,7 +118,9 @@ class ServerConfig:
 class APIError(Exception):
     """An error answered in OpenAI's shape: ``{"error": {"message", "type", "code"}}``."""
 
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", code: str | None = None):
+    def __init__(
+        self, status: int, message: str, kind: str = "invalid_request_error", code: str | None = None
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
@@ -192,7 +194,9 @@ class MediaResolver:
                 "(data:video/mp4;base64,...) or, for files on the server, as file:///path under an --allowed-root.",
                 code="remote_url_refused",
             )
-        raise APIError(400, f"unsupported media URL scheme {scheme or url[:20]!r}; use a data: or file:// URL.")
+        raise APIError(
+            400, f"unsupported media URL scheme {scheme or url[:20]!r}; use a data: or file:// URL."
+        )
 
     def _cached(self, key: tuple[Any, ...], load: Callable[[], PreparedMedia]) -> PreparedMedia:
         with self._lock:
@@ -227,10 +231,13 @@ class MediaResolver:
         suffix = _MEDIA_SUFFIXES.get(mime)
         if suffix is None:
             raise APIError(
-                400, f"unsupported media type {mime!r} in data: URL; expected one of {', '.join(sorted(_MEDIA_SUFFIXES))}."
+                400,
+                f"unsupported media type {mime!r} in data: URL; expected one of {', '.join(sorted(_MEDIA_SUFFIXES))}.",
             )
         if len(payload) * 3 // 4 > self.config.max_upload_bytes:
-            raise APIError(413, f"the data: URL exceeds the upload limit of {self.config.max_upload_bytes} bytes.")
+            raise APIError(
+                413, f"the data: URL exceeds the upload limit of {self.config.max_upload_bytes} bytes."
+            )
         try:
             data = base64.b64decode(payload, validate=True)
         except (binascii.Error, ValueError):
@@ -258,7 +265,9 @@ class MediaResolver:
             )
         parsed = urlparse(url)
         if parsed.netloc not in ("", "localhost"):
-            raise APIError(400, f"file URL host {parsed.netloc!r} is not supported; use file:///absolute/path.")
+            raise APIError(
+                400, f"file URL host {parsed.netloc!r} is not supported; use file:///absolute/path."
+            )
         requested = unquote(parsed.path)
         # realpath resolves symlinks and '..' so a link inside a root cannot point outside it.
         real = os.path.realpath(requested)
@@ -340,7 +349,11 @@ class BatchScheduler:
         if self._carry:
             return self._carry.popleft()
         try:
-            return self._queue.get(timeout=timeout) if timeout is None or timeout > 0 else self._queue.get_nowait()
+            return (
+                self._queue.get(timeout=timeout)
+                if timeout is None or timeout > 0
+                else self._queue.get_nowait()
+            )
         except queue.Empty:
             return None
 
@@ -348,7 +361,8 @@ class BatchScheduler:
         first = self._next(timeout=0.1)
         if first is None or first.cancelled.is_set():
             return []
-        batch, skipped = [first], []
+        batch: list[_Job] = [first]
+        skipped: list[_Job] = []
         key = first.request.settings.batch_key
         deadline = time.monotonic() + self.batch_wait
         while len(batch) < self.max_batch_size:
@@ -361,6 +375,13 @@ class BatchScheduler:
         self._carry.extendleft(reversed(skipped))
         return batch
 
+    def _generate(self, batch: list[_Job]) -> list[Answer]:
+        return self.engine.generate(
+            [job.request for job in batch],
+            on_delta=lambda row, text: batch[row].send("delta", text),
+            is_cancelled=lambda row: batch[row].cancelled.is_set(),
+        )
+
     def _run(self) -> None:
         while not self._stop.is_set():
             batch = self._collect()
@@ -370,11 +391,7 @@ class BatchScheduler:
                 self._changed.notify_all()
             self.batches_run += 1
             try:
-                answers = self.engine.generate(
-                    [job.request for job in batch],
-                    on_delta=lambda row, text: batch[row].send("delta", text),
-                    is_cancelled=lambda row: batch[row].cancelled.is_set(),
-                )
+                answers = self._generate(batch)
             except Exception as error:  # one bad batch must not stop the worker
                 logger.exception("generation failed for a batch of %d", len(batch))
                 for job in batch:
@@ -396,7 +413,9 @@ class BodyLimitMiddleware:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
-        too_large = APIError(413, f"request body exceeds the limit of {self.limit} bytes.", code="body_too_large")
+        too_large = APIError(
+            413, f"request body exceeds the limit of {self.limit} bytes.", code="body_too_large"
+        )
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             await too_large.response()(scope, receive, send)
@@ -439,9 +458,12 @@ def _conversation(body: ChatCompletionRequest) -> tuple[list[tuple[str, str]], s
             if part.type == "text":
                 texts.append(part.text or "")
                 continue
-            url = (part.image_url or part.video_url).url if (part.image_url or part.video_url) else None
+            reference = part.image_url or part.video_url
+            url = reference.url if reference is not None else None
             if url is None:
-                raise APIError(400, f"messages[{index}]: a {part.type} part needs {{'{part.type}': {{'url': ...}}}}.")
+                raise APIError(
+                    400, f"messages[{index}]: a {part.type} part needs {{'{part.type}': {{'url': ...}}}}."
+                )
             if message.role != "user":
                 raise APIError(400, f"messages[{index}]: only user messages may carry media.")
             media_urls.append(url)
@@ -449,9 +471,13 @@ def _conversation(body: ChatCompletionRequest) -> tuple[list[tuple[str, str]], s
     roles = [role for role, _ in turns]
     expected = ["user" if i % 2 == 0 else "assistant" for i in range(len(roles))]
     if not roles or roles != expected or roles[-1] != "user":
-        raise APIError(400, f"messages must alternate user/assistant, start and end with a user message; got {roles}.")
+        raise APIError(
+            400, f"messages must alternate user/assistant, start and end with a user message; got {roles}."
+        )
     if len(media_urls) > 1:
-        raise APIError(400, f"{len(media_urls)} media parts given; LLaMA-VID answers about one image or video at a time.")
+        raise APIError(
+            400, f"{len(media_urls)} media parts given; LLaMA-VID answers about one image or video at a time."
+        )
     history = [(turns[i][1], turns[i + 1][1]) for i in range(0, len(turns) - 1, 2)]
     return history, turns[-1][1], media_urls[0] if media_urls else None
 
@@ -491,7 +517,11 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
             return
         header = request.headers.get("authorization", "")
         if header != f"Bearer {config.api_key}":
-            raise APIError(401, "missing or wrong API key; send 'Authorization: Bearer <key>'.", kind="authentication_error")
+            raise APIError(
+                401,
+                "missing or wrong API key; send 'Authorization: Bearer <key>'.",
+                kind="authentication_error",
+            )
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -506,11 +536,17 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
         }
 
     @app.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(request: Request, body: ChatCompletionRequest) -> JSONResponse | StreamingResponse:
+    async def chat_completions(
+        request: Request, body: ChatCompletionRequest
+    ) -> JSONResponse | StreamingResponse:
         check_key(request)
         arrived = time.monotonic()
         if body.model not in (None, engine.name):
-            raise APIError(404, f"model {body.model!r} is not served here; available: {engine.name!r}.", code="model_not_found")
+            raise APIError(
+                404,
+                f"model {body.model!r} is not served here; available: {engine.name!r}.",
+                code="model_not_found",
+            )
         if body.n != 1:
             raise APIError(400, "only n=1 is supported.")
         history, question, media_url = _conversation(body)
@@ -535,7 +571,9 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
         try:
             scheduler.submit(job)
         except QueueFullError:
-            raise APIError(429, "the server is busy (request queue full); retry shortly.", kind="rate_limit_error") from None
+            raise APIError(
+                429, "the server is busy (request queue full); retry shortly.", kind="rate_limit_error"
+            ) from None
         deadline = arrived + config.request_timeout
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         if body.stream:
@@ -566,7 +604,11 @@ async def _next_event(job: _Job, deadline: float) -> tuple[str, Any]:
         return await asyncio.wait_for(job.events.get(), timeout=remaining)
     except asyncio.TimeoutError:
         job.cancelled.set()
-        raise APIError(504, "the request timed out before the answer was complete; retry or ask for fewer tokens.", kind="timeout_error") from None
+        raise APIError(
+            504,
+            "the request timed out before the answer was complete; retry or ask for fewer tokens.",
+            kind="timeout_error",
+        ) from None
 
 
 def _usage(answer: Answer) -> dict[str, int]:
@@ -588,13 +630,19 @@ def _completion(completion_id: str, model: str, answer: Answer) -> dict[str, Any
         "created": int(time.time()),
         "model": model,
         "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": answer.text}, "finish_reason": _finish(answer)}
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer.text},
+                "finish_reason": _finish(answer),
+            }
         ],
         "usage": _usage(answer),
     }
 
 
-async def _sse(job: _Job, deadline: float, completion_id: str, model: str, include_usage: bool) -> AsyncIterator[str]:
+async def _sse(
+    job: _Job, deadline: float, completion_id: str, model: str, include_usage: bool
+) -> AsyncIterator[str]:
     created = int(time.time())
 
     def chunk(delta: dict[str, Any], finish: str | None = None, usage: dict[str, int] | None = None) -> str:
@@ -645,7 +693,9 @@ class RunningServer:
         self.port = self._socket.getsockname()[1]
         self.url = f"http://{host}:{self.port}"
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._socket]}, daemon=True)
+        self._thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self._socket]}, daemon=True
+        )
         self._thread.start()
         started = time.monotonic()
         while not self.server.started:

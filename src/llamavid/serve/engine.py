@@ -218,12 +218,16 @@ class AttentionResult:
                 # Contrast within the frame: uniform attention draws no overlay rather than a solid red tile.
                 spread = float(heat.max() - heat.min())
                 heat = (heat - heat.min()) / spread if spread > 1e-12 else np.zeros_like(heat)
-                alpha = Image.fromarray((heat * 140).astype(np.uint8)).resize((tile, tile), Image.BILINEAR)
+                alpha = Image.fromarray((heat * 140).astype(np.uint8)).resize(
+                    (tile, tile), Image.Resampling.BILINEAR
+                )
                 picture = Image.composite(Image.new("RGB", (tile, tile), (255, 0, 0)), picture, alpha)
             canvas.paste(picture, (x, y))
             width = max(1, int(round((tile - 2) * float(self.relevance[index]) / peak)))
             draw.rectangle([x + 1, y + tile + 2, x + width, y + tile + bar - 2], fill=(30, 90, 200))
-            draw.text((x + 2, y + tile + bar), f"{self.timestamps[index]:.0f}s {self.relevance[index]:.0%}", fill=0)
+            draw.text(
+                (x + 2, y + tile + bar), f"{self.timestamps[index]:.0f}s {self.relevance[index]:.0%}", fill=0
+            )
         return canvas
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -350,11 +354,15 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     try:
         resolved = torch.device(device)
     except RuntimeError:
-        raise ValueError(f"device {device!r} is not a device name; expected auto, cpu, cuda[:N] or mps.") from None
+        raise ValueError(
+            f"device {device!r} is not a device name; expected auto, cpu, cuda[:N] or mps."
+        ) from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available here; use --device cpu.")
     if resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {device!r} requested but Apple MPS is not available here; use --device cpu.")
+        raise ValueError(
+            f"device {device!r} requested but Apple MPS is not available here; use --device cpu."
+        )
     if resolved.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"device {device!r} is not supported; expected auto, cpu, cuda[:N] or mps.")
     return resolved
@@ -449,9 +457,11 @@ class Engine:
 
         started = time.perf_counter()
         model = LlamaVidForConditionalGeneration.from_pretrained(str(folder), dtype=torch_dtype)
-        model = model.to(torch_device).eval()
+        model = model.to(device=torch_device).eval()  # type: ignore[arg-type, call-arg]
         processor = LlamaVidProcessor.from_pretrained(folder)
-        logger.info("loaded %s on %s (%s) in %.1f s", folder, torch_device, torch_dtype, time.perf_counter() - started)
+        logger.info(
+            "loaded %s on %s (%s) in %.1f s", folder, torch_device, torch_dtype, time.perf_counter() - started
+        )
         return cls(model, processor, name=folder.resolve().name)
 
     @classmethod
@@ -532,14 +542,22 @@ class Engine:
                     )
             frames = load_media(path, fps=fps, max_frames=max_frames)
         if max_frames is not None and len(frames) > max_frames:
-            frames = Frames(frames.frames[:max_frames], frames.timestamps[:max_frames], frames.fps, frames.duration, frames.source)
+            frames = Frames(
+                frames.frames[:max_frames],
+                frames.timestamps[:max_frames],
+                frames.fps,
+                frames.duration,
+                frames.source,
+            )
         if max_duration is not None and not is_image and float(frames.duration) > max_duration:
             raise ValueError(
                 f"{frames.source}: the video lasts {frames.duration:.0f} s but at most {max_duration:.0f} s is "
                 "accepted; cut it or raise --max-video-seconds."
             )
         per_frame_subtitles = self._subtitles_for(frames, subtitles, is_image)
-        pixels = self.processor.image_processor(frames.frames[0] if is_image else frames.frames, is_video=not is_image)
+        pixels = self.processor.image_processor(
+            frames.frames[0] if is_image else frames.frames, is_video=not is_image
+        )
         with self._lock, torch.no_grad():
             features = self.model.model.get_vision_features(pixels)  # (T, 1+N, C)
         return PreparedMedia(
@@ -562,10 +580,14 @@ class Engine:
             from llamavid.data import align_subtitles, read_subtitles
 
             cues = read_subtitles(subtitles)
-            return align_subtitles(cues, frames.timestamps, duration=frames.duration or None, source=str(subtitles))
+            return align_subtitles(
+                cues, frames.timestamps, duration=frames.duration or None, source=str(subtitles)
+            )
         texts = [str(text) for text in subtitles]
         if len(texts) != len(frames):
-            raise ValueError(f"{len(texts)} subtitle texts for {len(frames)} frames; give one per sampled frame.")
+            raise ValueError(
+                f"{len(texts)} subtitle texts for {len(frames)} frames; give one per sampled frame."
+            )
         return texts
 
     # Prompts -------------------------------------------------------------------------------------------------
@@ -636,7 +658,9 @@ class Engine:
         if not question:
             raise ValueError("the question is empty; type a question about the media.")
         if DEFAULT_IMAGE_TOKEN in question:
-            raise ValueError(f"the question contains {DEFAULT_IMAGE_TOKEN!r}; the media is inserted automatically.")
+            raise ValueError(
+                f"the question contains {DEFAULT_IMAGE_TOKEN!r}; the media is inserted automatically."
+            )
         settings = settings or self.default_settings
         messages: list[dict[str, str]] = []
         for user, assistant in history:
@@ -707,7 +731,9 @@ class Engine:
         tracker = _RowTracker(
             self.processor.decode, {int(eos)} if eos is not None else set(), limits, on_delta, is_cancelled
         )
-        sampling = {"temperature": settings.temperature, "top_p": settings.top_p} if settings.do_sample else {}
+        sampling = (
+            {"temperature": settings.temperature, "top_p": settings.top_p} if settings.do_sample else {}
+        )
         generation_config = GenerationConfig(
             do_sample=settings.do_sample,
             max_new_tokens=max(limits),
@@ -766,7 +792,9 @@ class Engine:
         (``fps``, ``max_frames``, ``subtitles``, ...).
         """
         prepared = None if media is None else self.load_media(media, **media_options)
-        settings = self._settings(None, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+        settings = self._settings(
+            None, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed
+        )
         request = self.build_request(question, prepared, settings=settings)
         callback = None if on_delta is None else (lambda row, text: on_delta(text))
         return self.generate([request], on_delta=callback)[0]
@@ -846,7 +874,9 @@ def _pop_media_options(options: dict[str, Any]) -> dict[str, Any]:
 def _thumbnails(frames: np.ndarray, side: int = THUMBNAIL_SIDE) -> np.ndarray:
     from PIL import Image
 
-    small = [np.asarray(Image.fromarray(frame).resize((side, side), Image.BILINEAR)) for frame in frames]
+    small = [
+        np.asarray(Image.fromarray(frame).resize((side, side), Image.Resampling.BILINEAR)) for frame in frames
+    ]
     return np.stack(small)  # (T, side, side, 3)
 
 
@@ -907,7 +937,9 @@ class ChatSession:
 
     def ask(self, question: str, on_delta: Callable[[str], None] | None = None, **overrides: Any) -> Answer:
         """Answer the next question; the turn is appended to the history."""
-        request = self.engine.build_request(question, self.media, self.history, self.settings.updated(**overrides))
+        request = self.engine.build_request(
+            question, self.media, self.history, self.settings.updated(**overrides)
+        )
         callback = None if on_delta is None else (lambda row, text: on_delta(text))
         answer = self.engine.generate([request], on_delta=callback)[0]
         self.history.append((request.question, answer.text))
@@ -915,7 +947,9 @@ class ChatSession:
 
     def stream(self, question: str, **overrides: Any) -> Iterator[str]:
         """Yield the answer piece by piece; the turn is added to the history when the answer is complete."""
-        request = self.engine.build_request(question, self.media, self.history, self.settings.updated(**overrides))
+        request = self.engine.build_request(
+            question, self.media, self.history, self.settings.updated(**overrides)
+        )
         text_stream = TextStream(self.engine, request)
         yield from text_stream
         if text_stream.answer is not None:

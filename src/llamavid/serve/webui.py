@@ -106,10 +106,14 @@ def build_ui(
                 media_input = gr.File(label="Video or image", file_types=MEDIA_TYPES, elem_id="media-upload")
                 subtitle_input = gr.File(label="Subtitles (.srt/.vtt, optional)", file_types=[".srt", ".vtt"])
                 status = gr.Markdown("Upload a video or an image to start.", elem_id="status")
-                relevance = gr.Image(label="Frame relevance of the last question", elem_id="relevance", type="pil")
+                relevance = gr.Image(
+                    label="Frame relevance of the last question", elem_id="relevance", type="pil"
+                )
             with gr.Column(scale=2):
                 chatbot = gr.Chatbot(label="Chat", elem_id="chatbot", height=420)
-                question = gr.Textbox(label="Question", placeholder="What happens in the video?", elem_id="question")
+                question = gr.Textbox(
+                    label="Question", placeholder="What happens in the video?", elem_id="question"
+                )
                 with gr.Row():
                     send = gr.Button("Send", variant="primary", elem_id="send")
                     clear = gr.Button("New conversation", elem_id="reset")
