@@ -53,7 +53,15 @@ def test_chat_reads_stdin_with_commands(serving_model_dir, demo_video_path, tmp_
 
 def test_attention_writes_strip(serving_model_dir, demo_video_path, tmp_path, capsys):
     out = tmp_path / "strip.png"
-    args = ["attention", str(demo_video_path), "Where is it?", "--out", str(out), "--model", str(serving_model_dir)]
+    args = [
+        "attention",
+        str(demo_video_path),
+        "Where is it?",
+        "--out",
+        str(out),
+        "--model",
+        str(serving_model_dir),
+    ]
     assert main([*args, "--json"]) == 0  # in-process: the subprocess path is covered by ask and chat
     payload = json.loads(capsys.readouterr().out)
     assert len(payload["relevance"]) == 4 and abs(sum(payload["relevance"]) - 1) < 1e-4
