@@ -96,3 +96,27 @@ def tiny_processor(tiny_config, llm_tokenizer, qformer_tokenizer):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+# Serving ----------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def serving_model_dir(tmp_path_factory):
+    """A saved random tiny model folder, shared by the CLI, API, server and web UI tests (seconds to build)."""
+    from tiny_helpers import save_serving_model
+
+    return save_serving_model(tmp_path_factory.mktemp("serving-model"))
+
+
+@pytest.fixture(scope="session")
+def serving_engine(serving_model_dir):
+    from llamavid.serve.engine import Engine
+
+    return Engine.from_pretrained(serving_model_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def demo_video_path(tmp_path_factory):
+    """A 4-second H.264 MP4 of a red square moving right (4 frames at 1 fps)."""
+    from llamavid.cli.demo import write_demo_video
+
+    return write_demo_video(tmp_path_factory.mktemp("media") / "square.mp4", seconds=4)

@@ -66,3 +66,23 @@ def moving_square_video(frames: int = 6, size: int = 64, seed: int = 0) -> np.nd
         left = int(index * (size - side) / max(frames - 1, 1))
         video[index, size // 2 - side // 2 : size // 2 + side // 2, left : left + side] = (220, 30, 30)
     return video
+
+
+def save_serving_model(folder, seed: int = 0):
+    """Save the random demo model (`llamavid demo`'s) as a model folder, with input-sensitive weights.
+
+    The default initialisation (std 0.02) makes a random LM answer every prompt with the same tokens, which
+    would hide batching or prompt bugs; redrawing the matrices with std 0.15 makes answers depend on the
+    input. Answers are still noise: tests check schema, determinism and equivalences, not content.
+    """
+    from llamavid.cli.demo import build_random_demo_model
+
+    model, processor = build_random_demo_model(seed)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.ndim >= 2:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.15)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder

@@ -1,6 +1,7 @@
 """llamavid: LLaMA-VID ("An Image is Worth 2 Tokens in Large Language Models") on transformers 5.
 
-Public API: `LlamaVidConfig`, `LlamaVidForConditionalGeneration`, `LlamaVidProcessor`. Everything else is
+Public API: `load` (a ready-to-ask model, see `llamavid.api`), `LlamaVidConfig`,
+`LlamaVidForConditionalGeneration`, `LlamaVidProcessor`. Everything else is
 reachable by module path but not promised. The model classes load lazily, so data-only modules
 (`llamavid.data`, `llamavid.synth`) import without torch or transformers.
 """
@@ -16,9 +17,19 @@ _LAZY = {
     "LlamaVidConfig": "llamavid.model",
     "LlamaVidForConditionalGeneration": "llamavid.model",
     "LlamaVidProcessor": "llamavid.model",
+    "load": "llamavid.api",
+    "LlamaVid": "llamavid.api",
 }
 
-__all__ = ["LlamaVidConfig", "LlamaVidForConditionalGeneration", "LlamaVidProcessor", "convert", "__version__"]
+__all__ = [
+    "LlamaVid",
+    "LlamaVidConfig",
+    "LlamaVidForConditionalGeneration",
+    "LlamaVidProcessor",
+    "convert",
+    "load",
+    "__version__",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -23,3 +23,11 @@ def command_modules() -> tuple[str, ...]:
 
 
 COMMAND_MODULES: tuple[str, ...] = command_modules()
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed as one line, exit code 2, no traceback.
+
+    Defined here rather than in ``main`` so that ``python -m llamavid.cli.main`` (where ``main`` runs as
+    ``__main__``) and the command modules share one class.
+    """

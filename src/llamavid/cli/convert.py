@@ -13,12 +13,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Join an official llama-vid-* folder, eva_vit_g.pth and a BERT-uncased tokenizer into a "
         "self-contained llamavid folder (safetensors, config, processor, generation defaults).",
     )
-    parser.add_argument("official", type=Path, help="downloaded llama-vid-* folder (config.json, shards, tokenizer)")
+    parser.add_argument(
+        "official", type=Path, help="downloaded llama-vid-* folder (config.json, shards, tokenizer)"
+    )
     parser.add_argument("--eva", type=Path, required=True, help="eva_vit_g.pth from the LAVIS BLIP-2 release")
     parser.add_argument("--output", "-o", type=Path, required=True, help="new folder to write")
-    parser.add_argument("--bert-tokenizer", type=Path, default=None, help="local bert-base-uncased folder (vocab.txt)")
     parser.add_argument(
-        "--qformer", type=Path, default=None, help="InstructBLIP file for checkpoints without vlm_att_* weights"
+        "--bert-tokenizer", type=Path, default=None, help="local bert-base-uncased folder (vocab.txt)"
+    )
+    parser.add_argument(
+        "--qformer",
+        type=Path,
+        default=None,
+        help="InstructBLIP file for checkpoints without vlm_att_* weights",
     )
     parser.add_argument("--image-size", type=int, default=None, help="frame side (default: from config.json)")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None)
@@ -35,7 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="convert official long-video feature .pkl files to safetensors + JSON (no code runs while reading)",
     )
     features.add_argument("pickles", type=Path, nargs="+", help="official .pkl feature files")
-    features.add_argument("--output-dir", type=Path, default=None, help="folder for the outputs (default: beside)")
+    features.add_argument(
+        "--output-dir", type=Path, default=None, help="folder for the outputs (default: beside)"
+    )
     features.set_defaults(func=run_features)
 
 

@@ -10,11 +10,9 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 
 from llamavid import __version__
-from llamavid.cli import COMMAND_MODULES
+from llamavid.cli import COMMAND_MODULES, CommandError
 
-
-class CommandError(Exception):
-    """A user-facing failure: printed as one line, exit code 2, no traceback."""
+__all__ = ["CommandError", "build_parser", "main"]
 
 
 def _command_modules() -> list[str]:
@@ -49,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (CommandError, ValueError, FileNotFoundError) as error:
+    except (CommandError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as error:
         if args.verbose:
             raise
         print(f"llamavid {args.command}: error: {error}", file=sys.stderr)

@@ -45,7 +45,9 @@ def _numpy_core() -> Any:
 def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
     """Protocol-2 pickles store bytes as ``_codecs.encode(text, "latin1")``; accept that codec only."""
     if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
-        raise UnsafePickleError(f"refused _codecs.encode with encoding {encoding!r}; only latin1 bytes are expected.")
+        raise UnsafePickleError(
+            f"refused _codecs.encode with encoding {encoding!r}; only latin1 bytes are expected."
+        )
     return text.encode("latin1")
 
 
@@ -84,7 +86,9 @@ class RestrictedFeatureUnpickler(pickle.Unpickler):
             ) from None
 
     def persistent_load(self, pid: Any) -> Any:
-        raise UnsafePickleError("refused a persistent id in a feature pickle; expected numpy arrays and strings only.")
+        raise UnsafePickleError(
+            "refused a persistent id in a feature pickle; expected numpy arrays and strings only."
+        )
 
 
 def restricted_load(path: str | os.PathLike) -> Any:
@@ -125,7 +129,9 @@ def load_official_feature_pickle(path: str | os.PathLike) -> tuple[torch.Tensor,
     return torch.from_numpy(np.ascontiguousarray(feats)), inputs
 
 
-def save_features(features: torch.Tensor, inputs: str, stem: str | os.PathLike, source: str = "") -> tuple[Path, Path]:
+def save_features(
+    features: torch.Tensor, inputs: str, stem: str | os.PathLike, source: str = ""
+) -> tuple[Path, Path]:
     """Write the documented pair ``<stem>.safetensors`` (``feats``) + ``<stem>.json`` (``inputs``, counts)."""
     from safetensors.torch import save_file
 
@@ -171,7 +177,9 @@ def load_features(stem: str | os.PathLike) -> tuple[torch.Tensor, dict[str, Any]
     return feats, sidecar
 
 
-def convert_feature_pickle(pkl_path: str | os.PathLike, output_stem: str | os.PathLike | None = None) -> tuple[Path, Path]:
+def convert_feature_pickle(
+    pkl_path: str | os.PathLike, output_stem: str | os.PathLike | None = None
+) -> tuple[Path, Path]:
     """Convert one official ``.pkl`` to the safetensors + JSON pair (default stem: next to the input)."""
     pkl_path = Path(pkl_path)
     feats, inputs = load_official_feature_pickle(pkl_path)

@@ -89,8 +89,14 @@ def load_torch_file(path: str | os.PathLike) -> dict[str, Any]:
                 raise
             # Files in torch's legacy (pre-1.6, non-zip) format cannot be memory-mapped.
             return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises UnpicklingError (or a RuntimeError wrapping it) on unsafe content
-        if "weights_only" in str(error) or "Unsupported global" in str(error) or "Unpickl" in type(error).__name__:
+    except (
+        Exception
+    ) as error:  # torch raises UnpicklingError (or a RuntimeError wrapping it) on unsafe content
+        if (
+            "weights_only" in str(error)
+            or "Unsupported global" in str(error)
+            or "Unpickl" in type(error).__name__
+        ):
             raise CheckpointMismatchError(
                 f"{path}: refused to load, it contains Python objects other than tensors (unpickling it could run "
                 "code). Only plain state-dict files are accepted; get the file from the official release."
@@ -105,7 +111,9 @@ def _load_weights(path: Path) -> Mapping[str, torch.Tensor]:
         return load_file(str(path))
     state = load_torch_file(path)
     if not isinstance(state, dict):
-        raise CheckpointMismatchError(f"{path}: expected a state dict (a dict of tensors), found {type(state).__name__}.")
+        raise CheckpointMismatchError(
+            f"{path}: expected a state dict (a dict of tensors), found {type(state).__name__}."
+        )
     return state
 
 
@@ -188,7 +196,10 @@ _QFORMER_PREFIX = "model.vlm_att_encoder."
 _QFORMER_RENAMES = (
     (re.compile(r"^bert\.embeddings\.LayerNorm\."), "embeddings.layernorm."),
     (re.compile(r"^bert\.embeddings\."), "embeddings."),
-    (re.compile(r"^bert\.encoder\.layer\.(\d+)\.(attention|crossattention)\.self\."), r"encoder.layer.\1.\2.attention."),
+    (
+        re.compile(r"^bert\.encoder\.layer\.(\d+)\.(attention|crossattention)\.self\."),
+        r"encoder.layer.\1.\2.attention.",
+    ),
     (re.compile(r"^bert\.encoder\."), "encoder."),
 )
 _EVA_BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
@@ -318,7 +329,9 @@ def convert_eva_state_dict(
         )
     position_key = VISION_PREFIX + "embeddings.position_embedding"
     if position_key in out:
-        out[position_key] = interpolate_position_table(out[position_key], image_size, patch_size=_eva_patch(eva_state))
+        out[position_key] = interpolate_position_table(
+            out[position_key], image_size, patch_size=_eva_patch(eva_state)
+        )
     return out
 
 
@@ -520,7 +533,9 @@ class OfficialCheckpoint:
         folder = Path(folder)
         config_path = folder / "config.json"
         if not config_path.is_file():
-            raise FileNotFoundError(f"{config_path} not found; pass the folder of a downloaded llama-vid-* model.")
+            raise FileNotFoundError(
+                f"{config_path} not found; pass the folder of a downloaded llama-vid-* model."
+            )
         config = json.loads(config_path.read_text())
         check_official_config(config, config_path)
         keys: dict[Path, list[str]] = {}
@@ -529,7 +544,9 @@ class OfficialCheckpoint:
             if index_path.is_file():
                 weight_map = json.loads(index_path.read_text()).get("weight_map")
                 if not isinstance(weight_map, dict) or not weight_map:
-                    raise CheckpointMismatchError(f"{index_path}: no 'weight_map'; re-download the index file.")
+                    raise CheckpointMismatchError(
+                        f"{index_path}: no 'weight_map'; re-download the index file."
+                    )
                 for key, file_name in weight_map.items():
                     keys.setdefault(folder / file_name, []).append(key)
                 break
@@ -606,8 +623,12 @@ class _Writer:
                     f"{self.expected[key]}; the files come from different model sizes. Pass matching files."
                 )
             if key in self.written:
-                raise CheckpointMismatchError(f"{source}: {key!r} was already written from another input file.")
-        name = f"part-{len(self.shards):05d}.safetensors"  # renamed to model-XXXXX-of-YYYYY once all are known
+                raise CheckpointMismatchError(
+                    f"{source}: {key!r} was already written from another input file."
+                )
+        name = (
+            f"part-{len(self.shards):05d}.safetensors"  # renamed to model-XXXXX-of-YYYYY once all are known
+        )
         self.total_size += SafetensorsShardWriter(self.output / name, tensors, self.dtype).write()
         self.shards.append((name, list(tensors)))
         self.written.update(tensors)
@@ -631,7 +652,9 @@ class _Writer:
         (self.output / OUTPUT_INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
 
 
-def _iter_official_tensors(checkpoint: OfficialCheckpoint) -> Iterator[tuple[Path, Mapping[str, torch.Tensor]]]:
+def _iter_official_tensors(
+    checkpoint: OfficialCheckpoint,
+) -> Iterator[tuple[Path, Mapping[str, torch.Tensor]]]:
     for path in checkpoint.files:
         state = _load_weights(path)
         yield path, state
@@ -693,7 +716,9 @@ def convert(
     checkpoint = OfficialCheckpoint.open(official_folder)
     eva_path, output = Path(eva_path), Path(output_folder)
     if not eva_path.is_file():
-        raise FileNotFoundError(f"EVA weights {eva_path} not found; download eva_vit_g.pth from the LAVIS release.")
+        raise FileNotFoundError(
+            f"EVA weights {eva_path} not found; download eva_vit_g.pth from the LAVIS release."
+        )
     if output.exists() and any(output.iterdir()):
         raise ValueError(f"output folder {output} exists and is not empty; choose a new output folder.")
     if dtype is not None and dtype not in _DTYPES:
@@ -716,13 +741,17 @@ def convert(
                 qformer_state[renamed] = value
         del blip
         if "model.vlm_att_query" not in qformer_state:
-            raise CheckpointMismatchError(f"{qformer_path}: key 'query_tokens' is missing; is it an InstructBLIP file?")
+            raise CheckpointMismatchError(
+                f"{qformer_path}: key 'query_tokens' is missing; is it an InstructBLIP file?"
+            )
     official_qformer_shapes = {
         renamed: shape
         for key, shape in checkpoint.shapes_of(lambda key: key.startswith(_QFORMER_PREFIX)).items()
         if (renamed := rename_official_key(key, bert_variant)) is not None
     }
-    qformer_shapes = official_qformer_shapes or {key: tuple(value.shape) for key, value in qformer_state.items()}
+    qformer_shapes = official_qformer_shapes or {
+        key: tuple(value.shape) for key, value in qformer_state.items()
+    }
     eva_state = load_torch_file(eva_path)
     eva_shapes = {key: tuple(value.shape) for key, value in eva_state.items()}
     for required in ("cls_token", "patch_embed.proj.weight", "blocks.0.mlp.fc1.weight"):
@@ -738,7 +767,9 @@ def convert(
     writer = _Writer(output, expected, _DTYPES.get(dtype) if dtype else None)
 
     # 2. Weights, one input file at a time.
-    converted_eva = convert_eva_state_dict(eva_state, config.vision_config.num_hidden_layers, config.vision_config.image_size)
+    converted_eva = convert_eva_state_dict(
+        eva_state, config.vision_config.num_hidden_layers, config.vision_config.image_size
+    )
     del eva_state
     writer.write(converted_eva, str(eva_path))
     del converted_eva
@@ -757,7 +788,9 @@ def convert(
     if qformer_state:
         extra = {key: value for key, value in qformer_state.items() if key not in writer.written}
         if len(extra) != len(qformer_state):
-            logger.info("the checkpoint has its own Q-Former weights; the InstructBLIP file fills only missing ones")
+            logger.info(
+                "the checkpoint has its own Q-Former weights; the InstructBLIP file fills only missing ones"
+            )
         for name in ("vlm_att_projector", "vlm_att_key_projector", "vlm_att_val_projector"):
             if f"model.{name}.weight" not in writer.written:
                 out_features, in_features = expected[f"model.{name}.weight"]

@@ -390,7 +390,9 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
         qformer_attention_mask = qformer_attention_mask.to(device)
         num_queries = self.config.num_query if self.bert_variant != "raw_bert" else qformer_input_ids.shape[1]
         context = patches.new_empty(len(pair_frame), patches.shape[-1])
-        weights = patches.new_empty(len(pair_frame), num_queries, patches.shape[1]) if output_attentions else None
+        weights = (
+            patches.new_empty(len(pair_frame), num_queries, patches.shape[1]) if output_attentions else None
+        )
         scores = patches.new_empty(len(pair_frame), dtype=torch.float32) if output_attentions else None
         # Frames are visited in chunks of `frame_chunk_size`: keys are projected once per frame and shared by
         # every question about it, and activations stay bounded however long the video is. Pairs are
@@ -406,7 +408,9 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
                 local = pair_frame[pairs] - start
                 questions = pair_question[pairs]
                 text_q = self.text_queries(
-                    qformer_visual[pair_frame[pairs]], qformer_input_ids[questions], qformer_attention_mask[questions]
+                    qformer_visual[pair_frame[pairs]],
+                    qformer_input_ids[questions],
+                    qformer_attention_mask[questions],
                 )  # (b, Q, C)
                 logits = self.context_attention(text_q, chunk_keys[local])  # (b, Q, N)
                 attention = logits.softmax(dim=-1)

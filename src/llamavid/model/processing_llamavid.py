@@ -347,7 +347,9 @@ class LlamaVidProcessor:
         return 0
 
     # Decoding -------------------------------------------------------------------------------------------------
-    def batch_decode(self, sequences: torch.Tensor | Sequence[torch.Tensor | Sequence[int]], **kwargs: Any) -> list[str]:
+    def batch_decode(
+        self, sequences: torch.Tensor | Sequence[torch.Tensor | Sequence[int]], **kwargs: Any
+    ) -> list[str]:
         """Decode, dropping placeholder ids and stopping at EOS or the template's stop string."""
         kwargs.setdefault("skip_special_tokens", True)
         stops = get_template(self.template).stop_strings

@@ -1,0 +1,76 @@
+"""The Python API: ``model = llamavid.load(); print(model.ask("clip.mp4", "What happens?"))``.
+
+A thin, stable face over `llamavid.serve.engine.Engine` (which the CLI, HTTP server and web UI share), so a
+script, a notebook and the server answer the same question the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from llamavid.serve.engine import Answer, AttentionResult, ChatSession, Engine, PreparedMedia, TextStream
+
+
+class LlamaVid:
+    """A loaded LLaMA-VID model with the operations users ask for.
+
+    Media is a path (video, image, or folder of frames), a ``(T, H, W, 3)``/``(H, W, 3)`` uint8 array, a
+    `llamavid.data.Frames`, or a `PreparedMedia` from `prepare` (decode and encode once, ask many times).
+    Keyword options: ``fps`` (default 1, as in training), ``max_frames``, ``subtitles`` (an .srt/.vtt path),
+    ``temperature`` (0 = greedy; default 0.2 as the official CLI), ``top_p``, ``max_new_tokens``, ``seed``.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def __repr__(self) -> str:
+        facts = self.engine.describe()
+        return f"LlamaVid(model={facts['model']!r}, device={facts['device']!r}, dtype={facts['dtype']!r})"
+
+    def prepare(self, media: Any, **media_options: Any) -> PreparedMedia:
+        """Decode `media` and compute its frame features once, to ask several questions cheaply."""
+        return self.engine.load_media(media, **media_options)
+
+    def ask(self, media: Any, question: str, **options: Any) -> Answer:
+        """Answer one question; ``str(answer)`` is the text, the fields hold token counts and timing."""
+        return self.engine.ask(media, question, **options)
+
+    def stream(self, media: Any, question: str, **options: Any) -> TextStream:
+        """Iterate over the answer as it is generated: ``for piece in model.stream(video, q): print(piece)``."""
+        return self.engine.stream(media, question, **options)
+
+    def ask_many(self, items: Sequence[tuple[Any, str]], **options: Any) -> list[Answer]:
+        """Answer ``[(media, question), ...]`` in device batches (``batch_size``, default 8)."""
+        return self.engine.ask_many(items, **options)
+
+    def chat(self, media: Any = None, **options: Any) -> ChatSession:
+        """A multi-turn conversation: ``session.ask(q)`` remembers earlier turns; the frames are encoded once."""
+        return self.engine.chat(media, **options)
+
+    def attention(
+        self, media: Any, question: str, out: str | os.PathLike[str] | None = None, **media_options: Any
+    ) -> AttentionResult:
+        """Per-frame relevance for `question`; with `out`, also write the relevance strip image there."""
+        result = self.engine.attention(media, question, **media_options)
+        if out is not None:
+            result.save(Path(out))
+        return result
+
+
+def load(
+    path: str | os.PathLike[str] | None = None, device: str | None = None, dtype: str | None = None
+) -> LlamaVid:
+    """Load a llamavid model folder (default: the embedded tiny model, or a random one with a warning).
+
+    Args:
+        path: folder written by ``save_pretrained`` or ``llamavid convert``.
+        device: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda[:N]`` or ``mps``.
+        dtype: ``auto`` (float32 on CPU, bfloat16/float16 on GPUs), ``float32``, ``float16`` or ``bfloat16``.
+    """
+    return LlamaVid(Engine.from_pretrained(path, device=device, dtype=dtype))
+
+
+__all__ = ["LlamaVid", "load"]

@@ -1,0 +1,109 @@
+"""Options shared by every command that runs the model (``ask``, ``chat``, ``attention``, ``serve``, ``web``).
+
+Declared once so the flags, their defaults and their help read the same in every command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from llamavid.serve.defaults import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser, media: bool = True, output: bool = True) -> None:
+    """Add ``--model --device --dtype --temperature --top-p --max-new-tokens`` (+ media and ``--json``)."""
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="llamavid model folder (default: the embedded tiny model; a random one, with a warning, until it ships)",
+    )
+    group.add_argument(
+        "--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda[:N] or mps"
+    )
+    group.add_argument(
+        "--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"), help="weights dtype"
+    )
+    group.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help=f"sampling temperature, 0 = greedy and deterministic (default {DEFAULT_TEMPERATURE}, as the official CLI)",
+    )
+    group.add_argument(
+        "--top-p", type=float, default=None, help=f"nucleus sampling mass (default {DEFAULT_TOP_P})"
+    )
+    group.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help=f"answer length limit (default {DEFAULT_MAX_NEW_TOKENS})",
+    )
+    group.add_argument("--seed", type=int, default=None, help="seed for sampling (reproducible answers)")
+    if media:
+        media_group = parser.add_argument_group("media")
+        media_group.add_argument(
+            "--subtitles", type=Path, default=None, help=".srt or .vtt file, interleaved per frame"
+        )
+        media_group.add_argument(
+            "--fps", type=float, default=1.0, help="frames sampled per second (default 1, as trained)"
+        )
+        media_group.add_argument("--max-frames", type=int, default=None, help="cap on sampled frames")
+    if output:
+        parser.add_argument(
+            "--json", action="store_true", help="print one JSON object instead of streaming text"
+        )
+
+
+def build_engine(args: argparse.Namespace) -> Any:
+    """Load the engine named by the options (imported here so ``llamavid --help`` stays fast)."""
+    from transformers.utils import logging as transformers_logging
+
+    from llamavid.serve.engine import Engine
+
+    # A "Loading weights" bar on stderr would break the one-line error contract and clutter piped output.
+    transformers_logging.disable_progress_bar()
+    engine = Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    engine.default_settings = engine.default_settings.updated(**sampling_options(args))
+    return engine
+
+
+def sampling_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "max_new_tokens": args.max_new_tokens,
+        "seed": args.seed,
+    }
+
+
+def media_options(args: argparse.Namespace) -> dict[str, Any]:
+    if args.max_frames is not None and args.max_frames < 1:
+        raise ValueError(f"--max-frames must be at least 1, got {args.max_frames}.")
+    if args.fps is not None and args.fps <= 0:
+        raise ValueError(f"--fps must be positive, got {args.fps}.")
+    return {"fps": args.fps, "max_frames": args.max_frames, "subtitles": args.subtitles}
+
+
+def check_media_path(path: Path) -> Path:
+    """Fail with a one-line message before loading the model when the media path is plainly wrong."""
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path}: no such file or folder; pass a video, an image or a folder of frames."
+        )
+    return path
+
+
+def print_json(payload: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(payload) + "\n")
+    sys.stdout.flush()
+
+
+def print_piece(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()

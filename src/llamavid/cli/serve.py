@@ -1,0 +1,73 @@
+"""``llamavid serve``: the OpenAI-compatible HTTP API (``POST /v1/chat/completions``, SSE streaming)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from llamavid.cli import CommandError
+from llamavid.cli._engine_options import add_engine_arguments, build_engine
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve an OpenAI-compatible /v1/chat/completions API (video_url, image_url content parts)",
+        description="Start an HTTP server with POST /v1/chat/completions (vLLM's video_url/image_url parts, "
+        "non-streaming and SSE streaming), GET /v1/models and GET /health. Media comes as data: URLs or as "
+        "file:// paths under --allowed-root; remote URLs are refused. Concurrent requests are batched.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: localhost only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--allowed-root",
+        type=Path,
+        action="append",
+        default=[],
+        help="folder whose files may be named by file:// URLs (repeatable; none = file URLs refused)",
+    )
+    parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 routes")
+    parser.add_argument(
+        "--max-batch-size", type=int, default=8, help="requests answered together on the device"
+    )
+    parser.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long to wait to fill a batch")
+    parser.add_argument("--max-queue", type=int, default=64, help="waiting requests before answering 429")
+    parser.add_argument("--request-timeout", type=float, default=300.0, help="seconds per request before 504")
+    parser.add_argument("--max-video-seconds", type=float, default=3600.0, help="longest accepted video")
+    parser.add_argument(
+        "--max-upload-mb", type=float, default=64.0, help="largest accepted request body / data URL"
+    )
+    parser.add_argument(
+        "--fps", type=float, default=1.0, help="frames sampled per second (default 1, as trained)"
+    )
+    parser.add_argument("--max-frames", type=int, default=256, help="cap on sampled frames per request")
+    add_engine_arguments(parser, media=False, output=False)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from llamavid.serve.api import ServerConfig, create_app
+    except ImportError as error:
+        raise CommandError(
+            f"the HTTP server needs the serving extra ({error.name} is missing): pip install 'llamavid[serve]'"
+        ) from None
+    config = ServerConfig(
+        allowed_roots=tuple(args.allowed_root),
+        api_key=args.api_key,
+        max_batch_size=args.max_batch_size,
+        batch_wait_ms=args.batch_wait_ms,
+        max_queue=args.max_queue,
+        request_timeout=args.request_timeout,
+        max_video_seconds=args.max_video_seconds,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        fps=args.fps,
+        max_frames=args.max_frames,
+    )
+    engine = build_engine(args)
+    app = create_app(engine, config)
+    print(f"serving {engine.name} on http://{args.host}:{args.port}/v1 (Ctrl+C to stop)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0

@@ -1,0 +1,115 @@
+"""``llamavid ask|chat|attention`` (and the argument checks of ``serve``/``web``) as real subprocesses."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from llamavid.cli.main import main
+
+ANSWER_KEYS = {
+    "model", "random_weights", "device", "dtype", "media", "answer", "question", "finish_reason", "frames",
+    "visual_tokens", "prompt_tokens", "completion_tokens", "seconds",
+}  # fmt: skip
+
+
+def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "llamavid.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        input=stdin,
+    )
+
+
+def test_ask_json_schema(serving_model_dir, demo_video_path):
+    result = run_cli(
+        "ask", str(demo_video_path), "Which way?", "--model", str(serving_model_dir),
+        "--temperature", "0", "--max-new-tokens", "6", "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert set(payload) == ANSWER_KEYS
+    assert payload["frames"] == 4 and payload["visual_tokens"] == 8
+    assert payload["finish_reason"] in ("stop", "length") and payload["completion_tokens"] <= 6
+
+
+def test_chat_reads_stdin_with_commands(serving_model_dir, demo_video_path, tmp_path):
+    script = f"What moves?\n/attention {tmp_path / 'a.png'}\nAnd then?\n/save {tmp_path / 'c.json'}\n/nope\n/quit\n"
+    result = run_cli(
+        "chat", str(demo_video_path), "--model", str(serving_model_dir), "--temperature", "0",
+        "--max-new-tokens", "4", "--json", stdin=script,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line.get("turn", line.get("event")) for line in lines] == [1, "attention", 2, "save"]
+    assert "unknown command" in result.stderr  # a typo does not end the chat
+    saved = json.loads((tmp_path / "c.json").read_text())
+    assert [turn["user"] for turn in saved["turns"]] == ["What moves?", "And then?"]
+    assert (tmp_path / "a.png").stat().st_size > 0
+
+
+def test_attention_writes_strip(serving_model_dir, demo_video_path, tmp_path, capsys):
+    out = tmp_path / "strip.png"
+    args = [
+        "attention",
+        str(demo_video_path),
+        "Where is it?",
+        "--out",
+        str(out),
+        "--model",
+        str(serving_model_dir),
+    ]
+    assert main([*args, "--json"]) == 0  # in-process: the subprocess path is covered by ask and chat
+    payload = json.loads(capsys.readouterr().out)
+    assert len(payload["relevance"]) == 4 and abs(sum(payload["relevance"]) - 1) < 1e-4
+    assert out.stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("ask", "/no/such/video.mp4", "q"),
+        ("serve", "--max-batch-size", "0"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(args):
+    result = run_cli(*args)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith(f"llamavid {args[0]}: error:")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("chat", "/no/such/video.mp4"),
+        ("attention", "/no/such/video.mp4", "q", "--out", "x.png"),
+        ("attention", "{video}", "q", "--out", "x.txt"),
+        ("web", "--model", "/no/such/model"),
+    ],
+)
+def test_bad_input_in_process(args, demo_video_path, capsys):
+    assert main([arg.format(video=demo_video_path) for arg in args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"llamavid {args[0]}: error:") and len(err.splitlines()) == 1
+
+
+def test_ask_streams_text_and_greedy_is_deterministic(serving_model_dir, demo_video_path, capsys):
+    args = ["ask", str(demo_video_path), "What?", "--model", str(serving_model_dir), "--temperature", "0",
+            "--max-new-tokens", "6"]  # fmt: skip
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert main(args) == 0
+    assert capsys.readouterr().out == first and first.endswith("\n")
+
+
+def test_bad_media_file_is_a_one_line_error(serving_model_dir, tmp_path, capsys):
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video at all" * 10)
+    assert main(["ask", str(broken), "q", "--model", str(serving_model_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("llamavid ask: error:") and "broken.mp4" in err
