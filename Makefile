@@ -29,7 +29,7 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/llamavid demo
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed .venv-lmms/.installed
 	$(PY) -m pytest --durations=15 $(PYTEST_ARGS)
 
 test-gpu: $(VENV)/.installed
@@ -46,9 +46,13 @@ quality: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests benchmarks examples
 	$(VENV)/bin/mypy src
 
-# lmms-eval 0.7.3 pins av<16: it gets its own venv (.venv-lmms); the smoke runs a local task end to end.
-lmms-venv:
+# lmms-eval 0.7.3 pins av<16: it gets its own venv (.venv-lmms, ~2 min to build); `make test` builds it so the
+# plugin test runs the real lmms-eval on a local task (tests/eval/test_lmms_eval_venv.py).
+.venv-lmms/.installed: pyproject.toml tools/lmms_eval_venv.sh
 	tools/lmms_eval_venv.sh .venv-lmms
+	@touch $@
+
+lmms-venv: .venv-lmms/.installed
 
 lmms-smoke: lmms-venv
 	HF_DATASETS_OFFLINE=1 .venv-lmms/bin/python tools/lmms_eval_smoke.py
