@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test install style quality bench test-gpu clean lmms-venv lmms-smoke
+.PHONY: demo test install style quality bench test-gpu clean screenshots lmms-venv lmms-smoke
 
 $(VENV)/.installed: pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,9 @@ lmms-venv: .venv-lmms/.installed
 
 lmms-smoke: lmms-venv
 	HF_DATASETS_OFFLINE=1 .venv-lmms/bin/python tools/lmms_eval_smoke.py
+
+screenshots: $(VENV)/.installed
+	$(PY) tools/screenshots.py --out docs/images/webui.png
 
 clean:
 	rm -rf $(VENV) .venv-lmms build dist .pytest_cache .ruff_cache .mypy_cache demo-output
