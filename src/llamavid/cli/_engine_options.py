@@ -45,6 +45,12 @@ def add_engine_arguments(parser: argparse.ArgumentParser, media: bool = True, ou
         help=f"answer length limit (default {DEFAULT_MAX_NEW_TOKENS})",
     )
     group.add_argument("--seed", type=int, default=None, help="seed for sampling (reproducible answers)")
+    group.add_argument(
+        "--max-memory",
+        type=parse_memory,
+        default=None,
+        help="refuse prompts whose estimated KV cache exceeds this (e.g. 8G, 512M; a plain number is MiB)",
+    )
     if media:
         media_group = parser.add_argument_group("media")
         media_group.add_argument(
@@ -54,6 +60,18 @@ def add_engine_arguments(parser: argparse.ArgumentParser, media: bool = True, ou
             "--fps", type=float, default=1.0, help="frames sampled per second (default 1, as trained)"
         )
         media_group.add_argument("--max-frames", type=int, default=None, help="cap on sampled frames")
+        media_group.add_argument(
+            "--cache-dir",
+            type=Path,
+            default=None,
+            help="feature cache to read videos ingested with `llamavid ingest` from "
+            "(default $LLAMAVID_CACHE or ~/.cache/llamavid/features)",
+        )
+        media_group.add_argument(
+            "--no-cache",
+            action="store_true",
+            help="always decode and encode the video, ignoring the feature cache",
+        )
     if output:
         parser.add_argument(
             "--json", action="store_true", help="print one JSON object instead of streaming text"
@@ -70,7 +88,28 @@ def build_engine(args: argparse.Namespace) -> Any:
     transformers_logging.disable_progress_bar()
     engine = Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype)
     engine.default_settings = engine.default_settings.updated(**sampling_options(args))
+    engine.max_memory = getattr(args, "max_memory", None)
+    if hasattr(args, "no_cache") and not args.no_cache:
+        engine.use_feature_cache(args.cache_dir)
     return engine
+
+
+def parse_memory(text: str) -> int:
+    """``"8G"`` / ``"512M"`` / ``"1.5GiB"`` / ``"300"`` (MiB) -> bytes."""
+    units = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+    value = text.strip().lower().removesuffix("ib").removesuffix("b")
+    try:
+        if value and value[-1] in units:
+            amount = float(value[:-1]) * units[value[-1]]
+        else:
+            amount = float(value) * units["m"]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a memory size; use e.g. 8G, 512M or 300 (MiB)"
+        ) from None
+    if amount <= 0:
+        raise argparse.ArgumentTypeError(f"memory size must be positive, got {text!r}")
+    return int(amount)
 
 
 def sampling_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -94,7 +94,9 @@ class PreparedMedia:
         is_image: still images use the image token layout (`image_compress_type`), videos the video one.
         timestamps: ``(T,)`` seconds of each sampled frame.
         duration: length of the source in seconds (0 for images).
-        features: ``(T, 1+N, C)`` EVA features on the engine's device, in the model dtype.
+        features: ``(T, 1+N, C)`` EVA features on the engine's device, in the model dtype; ``None`` when the
+            video comes from the feature cache, whose chunks are streamed for every question instead (memory
+            then does not grow with the video's length).
         thumbnails: ``(T, h, w, 3)`` uint8 small copies of the frames for relevance strips.
         subtitles: one text per frame (``""`` for none) when subtitles were given: the prompt then interleaves
             them with the frames in the long-video format (spec §5.4).
@@ -104,12 +106,15 @@ class PreparedMedia:
     is_image: bool
     timestamps: np.ndarray
     duration: float
-    features: Tensor
+    features: Tensor | None
     thumbnails: np.ndarray
     subtitles: list[str] | None = None
+    cache_entry: Any = None
 
     @property
     def num_frames(self) -> int:
+        if self.features is None:
+            return int(self.cache_entry.num_frames)
         return int(self.features.shape[0])
 
 
@@ -416,6 +421,35 @@ class Engine:
         self.dtype = parameter.dtype
         self._lock = threading.RLock()
         self.default_settings = SamplingSettings()
+        # Optional: reuse videos ingested with `llamavid ingest`, and a KV-cache budget checked before generating.
+        self.feature_cache: Any = None
+        self.max_memory: int | None = None
+        self._frame_encoder: Any = None
+
+    def use_feature_cache(self, root: str | os.PathLike[str] | None = None) -> None:
+        """Answer questions about videos already in the feature cache (`llamavid ingest`) from the cache.
+
+        Cached features are streamed chunk by chunk for each question, so an hour-long movie costs memory for
+        its visual *tokens* only. Videos not in the cache are decoded as usual (nothing is written).
+        """
+        from llamavid.data import FeatureCache
+
+        self.feature_cache = FeatureCache(root)
+
+    def _cached_entry(self, path: Path, fps: float | None, max_frames: int | None) -> Any:
+        """The complete cache entry for this video, model and sampling, or ``None``."""
+        if self.feature_cache is None:
+            return None
+        from llamavid.inference.long_video import FrameEncoder
+
+        if self._frame_encoder is None:
+            self._frame_encoder = FrameEncoder(self.model, self.processor)  # hashes the vision weights once
+        key = self.feature_cache.make_key(path, self._frame_encoder, fps=fps, max_frames=max_frames)
+        # Sizes are checked here; chunk checksums are verified while the chunks stream.
+        entry, reason = self.feature_cache.lookup(key, verify_checksums=False)
+        if entry is None:
+            logger.info("%s: not served from the feature cache (%s)", path, reason)
+        return entry
 
     # Loading -------------------------------------------------------------------------------------------------
     @classmethod
@@ -478,7 +512,11 @@ class Engine:
 
     @property
     def max_context(self) -> int:
-        return int(self.model.config.text_config.max_position_embeddings)
+        """Positions the LLM can attend to: ``max_position_embeddings`` times any RoPE scaling (64K for stage 3)."""
+        from llamavid.inference.long_video import _rope_factor
+
+        text_config = self.model.config.text_config
+        return int(text_config.max_position_embeddings * _rope_factor(text_config))
 
     # Media ---------------------------------------------------------------------------------------------------
     def load_media(
@@ -533,6 +571,11 @@ class Engine:
         else:
             path = Path(media)
             is_image = path.suffix.lower() in IMAGE_EXTENSIONS and not path.is_dir()
+            entry = (
+                None if is_image or path.is_dir() or untrusted else self._cached_entry(path, fps, max_frames)
+            )
+            if entry is not None:
+                return self._media_from_cache(path, entry, subtitles)
             if untrusted and not is_image and not path.is_dir():
                 info = probe_video(path, timeout=probe_timeout)
                 if max_duration is not None and info.duration is not None and info.duration > max_duration:
@@ -568,6 +611,30 @@ class Engine:
             features=features,
             thumbnails=_thumbnails(frames.frames),
             subtitles=per_frame_subtitles,
+        )
+
+    def _media_from_cache(self, path: Path, entry: Any, subtitles: Any) -> PreparedMedia:
+        timestamps = np.asarray(entry.timestamps, dtype=np.float64)
+        duration = float(entry.meta.get("duration") or (timestamps[-1] if len(timestamps) else 0.0))
+        if subtitles is not None:
+            per_frame = self._subtitles_for(_SampledTimes(timestamps, duration), subtitles, False)
+        else:
+            # Subtitles given at ingestion time come with the entry.
+            stored = list(entry.frame_texts or [])
+            per_frame = stored if any(text.strip() for text in stored) else None
+        logger.info(
+            "%s: %d frames served from the feature cache %s", path, entry.num_frames, entry.digest[:12]
+        )
+        return PreparedMedia(
+            source=str(path),
+            is_image=False,
+            timestamps=timestamps,
+            duration=duration,
+            features=None,
+            # No pixels are kept in the cache: relevance strips show grey tiles for cached videos.
+            thumbnails=np.full((entry.num_frames, 8, 8, 3), 128, dtype=np.uint8),
+            subtitles=per_frame,
+            cache_entry=entry,
         )
 
     @staticmethod
@@ -618,9 +685,10 @@ class Engine:
             max_length=processor.qformer_max_length,
             return_tensors="pt",
         )
-        with self._lock, torch.no_grad():
+
+        def tokens_for(features: Tensor, frame_counts: Tensor, block_media: Tensor) -> Any:
             return self.model.model.get_visual_tokens(
-                media.features,
+                features,
                 frame_counts,
                 encoded["input_ids"],
                 encoded["attention_mask"],
@@ -629,6 +697,32 @@ class Engine:
                 media_is_image=torch.full((len(frame_counts),), media.is_image, dtype=torch.bool),
                 from_pixels=True,
                 output_attentions=output_attentions,
+            )
+
+        with self._lock, torch.no_grad():
+            if media.features is not None:
+                return tokens_for(media.features, frame_counts, block_media)
+            # Cached video: stream its chunks; frames are independent, so the concatenation equals one pass.
+            from llamavid.model.modeling_llamavid import LlamaVidVisualOutput
+
+            parts = []
+            for chunk in media.cache_entry.iter_chunks(framework="pt"):
+                chunk = chunk.to(device=self.device, dtype=self.dtype)
+                if media.subtitles is not None:
+                    counts, blocks = torch.ones(len(chunk), dtype=torch.long), torch.arange(len(chunk))
+                else:
+                    counts, blocks = torch.tensor([len(chunk)]), torch.zeros(1, dtype=torch.long)
+                parts.append(tokens_for(chunk, counts, blocks))
+            return LlamaVidVisualOutput(
+                tokens=torch.cat([part.tokens for part in parts]),
+                context_tokens=torch.cat([part.context_tokens for part in parts]),
+                block_frame_counts=block_media.new_tensor([frames])
+                if media.subtitles is None
+                else frame_counts,
+                attention_weights=torch.cat([part.attention_weights for part in parts])
+                if output_attentions
+                else None,
+                frame_scores=torch.cat([part.frame_scores for part in parts]) if output_attentions else None,
             )
 
     def build_request(
@@ -687,6 +781,20 @@ class Engine:
                 f"the prompt has {len(input_ids)} tokens ({sum(lengths)} visual) and up to "
                 f"{settings.max_new_tokens} new tokens were asked for, but the model's context is {self.max_context}. "
                 "Lower --max-frames or --fps, shorten the chat (/reset) or lower --max-new-tokens."
+            )
+        from llamavid.inference.long_video import estimate_kv_cache_bytes
+
+        kv_bytes = estimate_kv_cache_bytes(self.model.config.text_config, needed, self.dtype)
+        logger.info(
+            "prompt: %d tokens (%d visual); KV cache about %.1f MiB",
+            len(input_ids),
+            sum(lengths),
+            kv_bytes / 2**20,
+        )
+        if self.max_memory is not None and kv_bytes > self.max_memory:
+            raise ValueError(
+                f"the KV cache for {needed} tokens ({sum(lengths)} visual) needs about {kv_bytes / 2**20:.1f} MiB, "
+                f"over --max-memory {self.max_memory / 2**20:.1f} MiB; lower --max-frames or --fps, or raise the budget."
             )
         return GenerationRequest(input_ids, visual_tokens, settings, question, media)
 
@@ -865,6 +973,17 @@ class Engine:
 
 
 _MEDIA_OPTIONS = ("fps", "max_frames", "subtitles", "untrusted", "probe_timeout", "max_duration")
+
+
+@dataclass
+class _SampledTimes:
+    """What subtitle alignment needs from sampled frames: their timestamps and the video's duration."""
+
+    timestamps: np.ndarray
+    duration: float
+
+    def __len__(self) -> int:
+        return len(self.timestamps)
 
 
 def _pop_media_options(options: dict[str, Any]) -> dict[str, Any]:
