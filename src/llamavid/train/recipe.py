@@ -823,7 +823,7 @@ class TrainingRecipe:
     def _log_metrics(self, record: dict[str, Any]) -> None:
         with open(self.output_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
-        logger.info("step %(step)d loss %(loss).4f lr %(lr).3g", record)
+        logger.debug("step %(step)d loss %(loss).4f lr %(lr).3g", record)
 
     def _truncate_metrics(self) -> None:
         """Drop metric lines past the resumed step (written after the checkpoint by a killed run)."""

@@ -10,6 +10,7 @@ Overrides use dotted keys with YAML-typed values: ``optim.lr=2e-5 train.max_step
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -389,7 +390,7 @@ def load_config(source: str | Path | dict[str, Any] | None = None, overrides: li
     if source is None:
         values: dict[str, Any] = {}
     elif isinstance(source, dict):
-        values = dict(source)
+        values = copy.deepcopy(source)
     else:
         path = resolve_config_path(source)
         values = yaml.safe_load(path.read_text()) or {}
