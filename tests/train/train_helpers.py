@@ -39,7 +39,7 @@ def write_records(path: Path, records: list[dict[str, Any]]) -> Path:
     return path
 
 
-def fixed_records(image_rel: str) -> list[dict[str, Any]]:
+def fixed_records(image_rel: str, turns: int = 4) -> list[dict[str, Any]]:
     """Repeated multi-turn image records: a model can memorise them in a few steps (loss must fall)."""
     conv = [
         {"from": "human", "value": "What colour is the square?\n<image>"},
@@ -47,4 +47,4 @@ def fixed_records(image_rel: str) -> list[dict[str, Any]]:
         {"from": "human", "value": "Where is it?"},
         {"from": "gpt", "value": "top left"},
     ]
-    return [{"id": f"r{i}", "image": image_rel, "conversations": conv} for i in range(4)]
+    return [{"id": f"r{i}", "image": image_rel, "conversations": conv[:turns]} for i in range(4)]
