@@ -485,12 +485,15 @@ class TrainingRecipe:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         base = model.get_base_model() if self.peft else model
-        block_names = set(getattr(base, "_no_split_modules", None) or [])
+        # The class attribute: transformers widens the instance's list with nested sub-blocks at load time.
+        block_names = set(type(base)._no_split_modules or [])
         reshard = self.cfg.distributed.fsdp_reshard_after_forward
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16) if self.precision == "bf16" else MixedPrecisionPolicy()
-        for module in model.modules():
-            if type(module).__name__ in block_names:
+        sharded: list[str] = []
+        for name, module in model.named_modules():
+            if type(module).__name__ in block_names and not _is_under(name, sharded):
                 fully_shard(module, reshard_after_forward=reshard, mp_policy=policy)
+                sharded.append(name)
         fully_shard(model, reshard_after_forward=reshard, mp_policy=policy)
         return model
 
