@@ -20,7 +20,15 @@ def test_help_lists_usage_and_examples(capsys):
         main(["train", "--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for needle in ("CONFIG", "KEY=VALUE", "--resume", "tiny_debug", "torchrun", "optim.lr=", "loss_curve.png"):
+    for needle in (
+        "CONFIG",
+        "KEY=VALUE",
+        "--resume",
+        "tiny_debug",
+        "torchrun",
+        "optim.lr=",
+        "loss_curve.png",
+    ):
         assert needle in text
 
 
@@ -35,7 +43,15 @@ def test_config_errors_are_one_line(capsys):
 def test_bad_data_names_the_record(tmp_path, capsys):
     data = tmp_path / "bad.json"
     data.write_text(json.dumps([{"id": "q1", "conversations": [{"from": "human", "value": "hi"}]}]))
-    code = main(["train", "tiny_debug", f"train.output_dir={tmp_path / 'out'}", "data.synth={}", f"data.train_files=[{data}]"])
+    code = main(
+        [
+            "train",
+            "tiny_debug",
+            f"train.output_dir={tmp_path / 'out'}",
+            "data.synth={}",
+            f"data.train_files=[{data}]",
+        ]
+    )
     assert code == 2
     assert "bad.json[0] (id='q1')" in capsys.readouterr().err
 
@@ -44,8 +60,16 @@ def test_tiny_debug_runs_end_to_end(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     command = [
-        sys.executable, "-m", "llamavid.cli.main", "train", "tiny_debug", f"train.output_dir={out}",
-        "train.max_steps=2", "train.save_steps=1", "train.per_device_batch_size=2", "data.synth.n=8",
+        sys.executable,
+        "-m",
+        "llamavid.cli.main",
+        "train",
+        "tiny_debug",
+        f"train.output_dir={out}",
+        "train.max_steps=2",
+        "train.save_steps=1",
+        "train.per_device_batch_size=2",
+        "data.synth.n=8",
     ]
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert completed.returncode == 0, completed.stderr[-3000:]

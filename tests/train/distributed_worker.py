@@ -55,9 +55,13 @@ def main() -> None:
         import deepspeed
 
         with deepspeed.zero.GatheredParameters([params[name] for name in expected]):
-            loaded_ok = all(torch.equal(params[name].detach().cpu(), tensor) for name, tensor in expected.items())
+            loaded_ok = all(
+                torch.equal(params[name].detach().cpu(), tensor) for name, tensor in expected.items()
+            )
     else:
-        loaded_ok = all(torch.equal(_full(params[name]).detach().cpu(), tensor) for name, tensor in expected.items())
+        loaded_ok = all(
+            torch.equal(_full(params[name]).detach().cpu(), tensor) for name, tensor in expected.items()
+        )
     trainable = [p for p in module.parameters() if p.requires_grad]
     result = {
         "rank": rank,

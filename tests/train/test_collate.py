@@ -11,8 +11,12 @@ from llamavid.model.configuration_llamavid import IGNORE_INDEX, IMAGE_TOKEN_INDE
 from llamavid.train.collate import LlamaVidCollator, OverlongSampleError
 from llamavid.train.datasets import LlavaJsonDataset
 
-CONV = [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "a long answer " * 3},
-        {"from": "human", "value": "Sure?"}, {"from": "gpt", "value": "yes"}]
+CONV = [
+    {"from": "human", "value": "<image>\nWhat is it?"},
+    {"from": "gpt", "value": "a long answer " * 3},
+    {"from": "human", "value": "Sure?"},
+    {"from": "gpt", "value": "yes"},
+]
 
 
 @pytest.fixture
@@ -47,6 +51,8 @@ def test_overlong_policies(dataset, tiny_processor, caplog):
         LlamaVidCollator(tiny_processor, length - 1, "error")([sample])
     truncated = LlamaVidCollator(tiny_processor, length - 3, "truncate")([sample])
     assert truncated["input_ids"].shape[1] == length - 3
-    assert int((truncated["input_ids"] == IMAGE_TOKEN_INDEX).sum()) == 2 * tiny_processor.image_tokens_per_frame
+    assert (
+        int((truncated["input_ids"] == IMAGE_TOKEN_INDEX).sum()) == 2 * tiny_processor.image_tokens_per_frame
+    )
     # Cutting into the visual tokens is never allowed: skipped instead.
     assert LlamaVidCollator(tiny_processor, 20, "truncate")([sample]) is None

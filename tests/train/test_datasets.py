@@ -11,7 +11,12 @@ from PIL import Image
 from train_helpers import write_records
 
 from llamavid.model.configuration_llamavid import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from llamavid.train.datasets import BadRecordError, LlavaJsonDataset, render_conversation, sample_frame_indices
+from llamavid.train.datasets import (
+    BadRecordError,
+    LlavaJsonDataset,
+    render_conversation,
+    sample_frame_indices,
+)
 
 MULTI_TURN = [
     {"from": "human", "value": "What colour\nis the square?\n<image>"},
@@ -45,8 +50,16 @@ def supervised_runs(labels: list[int]) -> list[list[int]]:
 
 
 def test_stage1_plain_guided_supervises_caption_and_newline(media_dir, llm_tokenizer):
-    records = [{"id": "c", "image": "a.png", "conversations": [
-        {"from": "human", "value": "<image>\nDescribe the image\nbriefly."}, {"from": "gpt", "value": "A grey picture."}]}]
+    records = [
+        {
+            "id": "c",
+            "image": "a.png",
+            "conversations": [
+                {"from": "human", "value": "<image>\nDescribe the image\nbriefly."},
+                {"from": "gpt", "value": "A grey picture."},
+            ],
+        }
+    ]
     dataset = LlavaJsonDataset([write_records(media_dir / "s1.json", records)], llm_tokenizer, "plain_guided")
     sample = dataset[0]
     assert sample["prompt"] == "<image>A grey picture.\n"
@@ -67,7 +80,7 @@ def test_stage2_multi_turn_supervises_only_answers_and_eos(media_dir, llm_tokeni
     for run in runs:
         assert run[-1] == llm_tokenizer.eos_token_id
     # Prompt, questions and visual placeholders are never supervised.
-    for token, label in zip(sample["input_ids"], sample["labels"]):
+    for token, label in zip(sample["input_ids"], sample["labels"], strict=True):
         assert label in (IGNORE_INDEX, token)
         if token == IMAGE_TOKEN_INDEX:
             assert label == IGNORE_INDEX
@@ -108,7 +121,9 @@ def test_text_only_and_video_records(media_dir, llm_tokenizer):
         {"id": "t", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]},
         {"id": "v", "video": "v.npz", "conversations": MULTI_TURN[:2]},
     ]
-    dataset = LlavaJsonDataset([write_records(media_dir / "tv.json", records)], llm_tokenizer, "imgsp_v1", max_frames=3)
+    dataset = LlavaJsonDataset(
+        [write_records(media_dir / "tv.json", records)], llm_tokenizer, "imgsp_v1", max_frames=3
+    )
     text = dataset[0]
     assert text["media"] == [] and text["questions"] == [] and IMAGE_TOKEN_INDEX not in text["input_ids"]
     video = dataset[1]
@@ -126,11 +141,22 @@ def test_long_video_features_record(tmp_path, llm_tokenizer):
     from llamavid.data.official_features import save_features
 
     save_features(torch.randn(3, 17, 32), "<image>hello<image><image>bye", tmp_path / "movie")
-    records = [{"id": "movie", "video": "movie.safetensors", "conversations": [
-        {"from": "human", "value": "<image>\nWho speaks?"}, {"from": "gpt", "value": "Leo"}]}]
+    records = [
+        {
+            "id": "movie",
+            "video": "movie.safetensors",
+            "conversations": [
+                {"from": "human", "value": "<image>\nWho speaks?"},
+                {"from": "gpt", "value": "Leo"},
+            ],
+        }
+    ]
     dataset = LlavaJsonDataset([write_records(tmp_path / "long.json", records)], llm_tokenizer, "imgsp_v1")
     sample = dataset[0]
-    assert sample["prompt"].count("<image>") == 3 and "<image>hello<image><image>bye\nWho speaks?" in sample["prompt"]
+    assert (
+        sample["prompt"].count("<image>") == 3
+        and "<image>hello<image><image>bye\nWho speaks?" in sample["prompt"]
+    )
     assert sample["questions"] == ["Who speaks?"] * 3 and len(sample["media"]) == 3
     assert sample["media_index"] == [0, 1, 2] and sample["blocks"] == [(1, False)] * 3
 
@@ -143,16 +169,53 @@ def _dataset(tmp_path, tokenizer, records, template="imgsp_v1"):
 @pytest.mark.parametrize(
     ("record", "message"),
     [
-        ({"id": "x", "image": "missing.png", "conversations": MULTI_TURN[:2]}, r"image file .*missing.png not found"),
-        ({"id": "x", "image": "a.png", "conversations": [{"from": "human", "value": "<image>\nhi"}]}, "no answer"),
-        ({"id": "x", "conversations": [{"from": "human", "value": "<image>\nhi"}, {"from": "gpt", "value": "a"}]},
-         "text-only record"),
-        ({"id": "x", "image": "a.png", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "a"}]},
-         "exactly one <image>"),
-        ({"id": "x", "image": "a.png", "conversations": [*MULTI_TURN[:2], {"from": "human", "value": "<image>\nmore"},
-                                                         {"from": "gpt", "value": "b"}]}, "exactly one <image>"),
-        ({"id": "x", "image": "a.png", "conversations": [{"from": "human", "value": "<image>"}, {"from": "human", "value": "?"},
-                                                         {"from": "gpt", "value": "b"}]}, "must alternate"),
+        (
+            {"id": "x", "image": "missing.png", "conversations": MULTI_TURN[:2]},
+            r"image file .*missing.png not found",
+        ),
+        (
+            {"id": "x", "image": "a.png", "conversations": [{"from": "human", "value": "<image>\nhi"}]},
+            "no answer",
+        ),
+        (
+            {
+                "id": "x",
+                "conversations": [{"from": "human", "value": "<image>\nhi"}, {"from": "gpt", "value": "a"}],
+            },
+            "text-only record",
+        ),
+        (
+            {
+                "id": "x",
+                "image": "a.png",
+                "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "a"}],
+            },
+            "exactly one <image>",
+        ),
+        (
+            {
+                "id": "x",
+                "image": "a.png",
+                "conversations": [
+                    *MULTI_TURN[:2],
+                    {"from": "human", "value": "<image>\nmore"},
+                    {"from": "gpt", "value": "b"},
+                ],
+            },
+            "exactly one <image>",
+        ),
+        (
+            {
+                "id": "x",
+                "image": "a.png",
+                "conversations": [
+                    {"from": "human", "value": "<image>"},
+                    {"from": "human", "value": "?"},
+                    {"from": "gpt", "value": "b"},
+                ],
+            },
+            "must alternate",
+        ),
         ({"id": "x", "image": "a.png", "conversations": "nope"}, "non-empty list"),
     ],
 )
@@ -173,7 +236,12 @@ def test_malformed_json_and_undecodable_media(media_dir, llm_tokenizer):
     with pytest.raises(BadRecordError, match=r"bad.json\[0\] \(id='j'\): cannot load media"):
         dataset[0]
     with pytest.raises(BadRecordError, match="plain_guided template needs exactly one human and one gpt"):
-        _dataset(media_dir, llm_tokenizer, [{"id": "p", "image": "a.png", "conversations": MULTI_TURN}], "plain_guided")
+        _dataset(
+            media_dir,
+            llm_tokenizer,
+            [{"id": "p", "image": "a.png", "conversations": MULTI_TURN}],
+            "plain_guided",
+        )
 
 
 def test_synth_records_load(tmp_path, llm_tokenizer):

@@ -33,19 +33,34 @@ def _launch(strategy: str, tmp_path: Path) -> list[dict]:
 
     weights = tmp_path / "mm_projector.safetensors"
     save_file(
-        {"model.vlm_att_query": torch.full((1, 4, 32), 0.5), "model.mm_projector.0.weight": torch.full((32, 32), 0.25)},
+        {
+            "model.vlm_att_query": torch.full((1, 4, 32), 0.5),
+            "model.mm_projector.0.weight": torch.full((32, 32), 0.25),
+        },
         str(weights),
     )
     out = tmp_path / strategy.replace(":", "_")
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2] / "src"), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).resolve().parents[2] / "src"), os.environ.get("PYTHONPATH", "")]
+        ),
         "DS_ACCELERATOR": "cpu",
     }
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-        str(WORKER), strategy, str(out), str(data), str(weights),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(_free_port()),
+        str(WORKER),
+        strategy,
+        str(out),
+        str(data),
+        str(weights),
     ]
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-6000:]

@@ -38,19 +38,52 @@ def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 STAGE_MODULES = {
-    1: ({"model.mm_projector", "model.vlm_att_projector", "model.vlm_att_key_projector", "model.vlm_att_val_projector"},
-        {"model.language_model", "lm_head", "model.vision_tower", "model.vlm_att_encoder", "model.vlm_att_query"}),
-    2: ({"model.language_model", "lm_head", "model.vlm_att_encoder", "model.vlm_att_query", "model.mm_projector",
-         "model.vlm_att_val_projector", "model.vlm_att_ln"}, {"model.vision_tower"}),
-    3: ({"model.language_model", "lm_head", "model.mm_projector"},
-        {"model.vision_tower", "model.vlm_att_encoder", "model.vlm_att_query", "model.vlm_att_projector",
-         "model.vlm_att_key_projector", "model.vlm_att_val_projector"}),
+    1: (
+        {
+            "model.mm_projector",
+            "model.vlm_att_projector",
+            "model.vlm_att_key_projector",
+            "model.vlm_att_val_projector",
+        },
+        {
+            "model.language_model",
+            "lm_head",
+            "model.vision_tower",
+            "model.vlm_att_encoder",
+            "model.vlm_att_query",
+        },
+    ),
+    2: (
+        {
+            "model.language_model",
+            "lm_head",
+            "model.vlm_att_encoder",
+            "model.vlm_att_query",
+            "model.mm_projector",
+            "model.vlm_att_val_projector",
+            "model.vlm_att_ln",
+        },
+        {"model.vision_tower"},
+    ),
+    3: (
+        {"model.language_model", "lm_head", "model.mm_projector"},
+        {
+            "model.vision_tower",
+            "model.vlm_att_encoder",
+            "model.vlm_att_query",
+            "model.vlm_att_projector",
+            "model.vlm_att_key_projector",
+            "model.vlm_att_val_projector",
+        },
+    ),
 }
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_stage_trains_its_modules_and_loss_falls(stage, tmp_path, image_data, long_video_data):
-    files = {1: [image_data.replace("train.json", "captions.json")], 2: [image_data], 3: [long_video_data]}[stage]
+    files = {1: [image_data.replace("train.json", "captions.json")], 2: [image_data], 3: [long_video_data]}[
+        stage
+    ]
     extra = {"data": {"model_max_length": 2048}} if stage == 3 else {}
     cfg = tiny_run_config(tmp_path / f"run{stage}", files, stage=stage, **extra)
     cfg.train.max_steps = 4
@@ -78,7 +111,9 @@ def test_stage_trains_its_modules_and_loss_falls(stage, tmp_path, image_data, lo
 
 def test_resume_after_kill_continues_with_identical_losses(tmp_path, image_data):
     def config(name):
-        cfg = tiny_run_config(tmp_path / name, [image_data], optim={"scheduler": "cosine", "warmup_ratio": 0.25})
+        cfg = tiny_run_config(
+            tmp_path / name, [image_data], optim={"scheduler": "cosine", "warmup_ratio": 0.25}
+        )
         cfg.train.max_steps, cfg.train.save_steps, cfg.train.per_device_batch_size = 4, 2, 1
         return cfg
 
@@ -110,7 +145,9 @@ def test_resume_after_kill_continues_with_identical_losses(tmp_path, image_data)
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
     assert (out / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
-    assert (out / "final" / "model.safetensors").is_file() and (out / "final" / "processor_config.json").is_file()
+    assert (out / "final" / "model.safetensors").is_file() and (
+        out / "final" / "processor_config.json"
+    ).is_file()
 
     from llamavid import LlamaVidForConditionalGeneration, LlamaVidProcessor
 
@@ -121,7 +158,9 @@ def test_resume_after_kill_continues_with_identical_losses(tmp_path, image_data)
 
 
 def test_lora_trains_adapters_and_merges(tmp_path, image_data):
-    cfg = tiny_run_config(tmp_path / "lora", [image_data], lora={"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0})
+    cfg = tiny_run_config(
+        tmp_path / "lora", [image_data], lora={"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0}
+    )
     cfg.train.max_steps = 4
     recipe = TrainingRecipe(cfg)
     recipe.setup()

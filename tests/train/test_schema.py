@@ -12,15 +12,21 @@ BASE = {"data": {"train_files": ["x.json"]}, "model": {"init": "some/llamavid-fo
 
 
 def test_unknown_key_is_an_error_with_suggestion():
-    with pytest.raises(ConfigError, match=r"unknown config key 'optim.weight_decy'.*Did you mean 'optim.weight_decay'"):
+    with pytest.raises(
+        ConfigError, match=r"unknown config key 'optim.weight_decy'.*Did you mean 'optim.weight_decay'"
+    ):
         load_config({**BASE, "optim": {"weight_decy": 0.1}})
     with pytest.raises(ConfigError, match="unknown config key 'trainer'"):
         load_config({**BASE, "trainer": {}})
 
 
 def test_dotted_overrides_are_typed():
-    cfg = load_config(BASE, ["optim.lr=2e-5", "train.max_steps=7", "data.train_files=[a.json, b.json]", "lora.enabled=true"])
-    assert cfg.optim.lr == pytest.approx(2e-5) and isinstance(cfg.optim.lr, float)  # YAML 1.1 reads 2e-5 as str
+    cfg = load_config(
+        BASE, ["optim.lr=2e-5", "train.max_steps=7", "data.train_files=[a.json, b.json]", "lora.enabled=true"]
+    )
+    assert cfg.optim.lr == pytest.approx(2e-5) and isinstance(
+        cfg.optim.lr, float
+    )  # YAML 1.1 reads 2e-5 as str
     assert cfg.train.max_steps == 7
     assert cfg.data.train_files == ["a.json", "b.json"]
     assert cfg.lora.enabled is True
@@ -67,9 +73,16 @@ def test_paper_hyper_parameters(name):
     stage, lr, batch, accum, length, ds, template = PAPER[name]
     cfg = load_config(name)
     assert (cfg.train.stage, cfg.optim.lr, cfg.train.per_device_batch_size, cfg.train.grad_accum_steps) == (
-        stage, lr, batch, accum
+        stage,
+        lr,
+        batch,
+        accum,
     )
-    assert (cfg.data.model_max_length, cfg.distributed.deepspeed_config, cfg.template) == (length, ds, template)
+    assert (cfg.data.model_max_length, cfg.distributed.deepspeed_config, cfg.template) == (
+        length,
+        ds,
+        template,
+    )
     assert (cfg.optim.scheduler, cfg.optim.warmup_ratio, cfg.optim.weight_decay) == ("cosine", 0.03, 0.0)
     assert cfg.train.precision == "bf16" and cfg.train.gradient_checkpointing and cfg.train.num_epochs == 1
 

@@ -6,12 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from llamavid.train.schema import RunConfig, load_config
 from tiny_helpers import tiny_config_kwargs
 
-from llamavid.train.schema import RunConfig, load_config
 
-
-def tiny_run_config(output_dir: Path, train_files: list[str], stage: int = 2, **sections: dict[str, Any]) -> RunConfig:
+def tiny_run_config(
+    output_dir: Path, train_files: list[str], stage: int = 2, **sections: dict[str, Any]
+) -> RunConfig:
     """A random tiny model, fp32, no checkpointing, batch 2; `sections` update the YAML-level sections."""
     values: dict[str, Any] = {
         "model": {"init": "random", "tokenizer": "demo", "seed": 0, "random_init": tiny_config_kwargs()},

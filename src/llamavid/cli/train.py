@@ -31,13 +31,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("config", metavar="CONFIG", help="YAML file or packaged config name (e.g. tiny_debug)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. optim.lr=2e-5")
     parser.add_argument(
-        "--resume", metavar="DIR", help="run folder (uses its latest checkpoint) or a checkpoints/step_N folder"
+        "config", metavar="CONFIG", help="YAML file or packaged config name (e.g. tiny_debug)"
     )
     parser.add_argument(
-        "--print-config", action="store_true", help="print the resolved config as JSON and exit without training"
+        "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. optim.lr=2e-5"
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="run folder (uses its latest checkpoint) or a checkpoints/step_N folder",
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config as JSON and exit without training",
     )
     parser.set_defaults(func=run)
 

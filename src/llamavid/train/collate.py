@@ -43,7 +43,9 @@ class LlamaVidCollator:
         self.overlong = overlong
 
     def block_length(self, frames: int, is_image: bool) -> int:
-        per_frame = self.processor.image_tokens_per_frame if is_image else self.processor.video_tokens_per_frame
+        per_frame = (
+            self.processor.image_tokens_per_frame if is_image else self.processor.video_tokens_per_frame
+        )
         return frames * per_frame
 
     def expand(self, sample: dict[str, Any]) -> tuple[list[int], list[int]]:
@@ -94,12 +96,14 @@ class LlamaVidCollator:
         batch = self.processor(
             text=[sample["prompt"] for sample in kept],
             media=[sample["media"] for sample in kept],
-            questions=[sample["questions"] if media else None for sample, media in zip(kept, has_media)],
+            questions=[
+                sample["questions"] if media else None for sample, media in zip(kept, has_media, strict=True)
+            ],
             media_index=[sample["media_index"] for sample in kept] if any(has_media) else None,
             padding_side="right",
         )
         input_ids = batch["input_ids"]
-        labels = torch.full_like(input_ids, IGNORE_INDEX)
+        label_tensor = torch.full_like(input_ids, IGNORE_INDEX)
         for row, (ids, row_labels) in enumerate(expanded):
             built = input_ids[row, : len(ids)].tolist()
             if built != ids or int(batch["attention_mask"][row].sum()) != len(ids):
@@ -107,14 +111,14 @@ class LlamaVidCollator:
                     f"{kept[row]['origin']}: the processor tokenised the prompt differently from the dataset "
                     "(labels would be misaligned); the tokenizer must tokenise each chunk deterministically."
                 )
-            labels[row, : len(ids)] = torch.tensor(row_labels, dtype=torch.long)
+            label_tensor[row, : len(ids)] = torch.tensor(row_labels, dtype=torch.long)
         limit = self.model_max_length
         if input_ids.shape[1] > limit:
             # Right padding: cutting columns only trims the admitted samples' trailing text.
             batch["input_ids"] = input_ids[:, :limit]
             batch["attention_mask"] = batch["attention_mask"][:, :limit]
-            labels = labels[:, :limit]
-        batch["labels"] = labels
+            label_tensor = label_tensor[:, :limit]
+        batch["labels"] = label_tensor
         data = dict(batch)
         data["sample_ids"] = [sample["origin"] for sample in kept]
         return data

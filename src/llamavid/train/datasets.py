@@ -79,9 +79,14 @@ def _check_turns(conversations: Any, origin: str) -> list[tuple[str, str]]:
         raise BadRecordError(origin, "'conversations' must be a non-empty list of {from, value} turns.")
     turns = []
     for number, turn in enumerate(conversations):
-        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str) or turn.get("from") not in (
-            "human",
-            "gpt",
+        if (
+            not isinstance(turn, dict)
+            or not isinstance(turn.get("value"), str)
+            or turn.get("from")
+            not in (
+                "human",
+                "gpt",
+            )
         ):
             raise BadRecordError(
                 origin, f"turn {number} must be {{'from': 'human'|'gpt', 'value': str}}, got {turn!r:.120}."
@@ -96,12 +101,15 @@ def _check_turns(conversations: Any, origin: str) -> list[tuple[str, str]]:
         expected = "human" if number % 2 == 0 else "gpt"
         if role != expected:
             raise BadRecordError(
-                origin, f"turn {number} is from {role!r} but turns must alternate human/gpt starting with human."
+                origin,
+                f"turn {number} is from {role!r} but turns must alternate human/gpt starting with human.",
             )
         if role == "gpt" and not text.strip():
             raise BadRecordError(origin, f"turn {number} (gpt) has an empty answer.")
         if role == "gpt" and DEFAULT_IMAGE_TOKEN in text:
-            raise BadRecordError(origin, f"turn {number} (gpt) contains {DEFAULT_IMAGE_TOKEN}; only human turns may.")
+            raise BadRecordError(
+                origin, f"turn {number} (gpt) contains {DEFAULT_IMAGE_TOKEN}; only human turns may."
+            )
     if turns[-1][0] == "human":
         turns = turns[:-1]  # a trailing question without answer adds nothing to the loss
     return turns
@@ -135,7 +143,8 @@ def render_conversation(
     image_counts = [text.count(DEFAULT_IMAGE_TOKEN) for _, text in turns]
     if not has_media and any(image_counts):
         raise BadRecordError(
-            origin, f"a text-only record (no 'image'/'video') has {sum(image_counts)} {DEFAULT_IMAGE_TOKEN} markers."
+            origin,
+            f"a text-only record (no 'image'/'video') has {sum(image_counts)} {DEFAULT_IMAGE_TOKEN} markers.",
         )
     if has_media and (image_counts[0] != 1 or sum(image_counts) != 1):
         raise BadRecordError(
@@ -148,12 +157,13 @@ def render_conversation(
         # Stage 1 (official preprocess_plain): one caption per sample; the instruction only feeds the Q-Former.
         if len(turns) != 2:
             raise BadRecordError(
-                origin, f"the {template} template needs exactly one human and one gpt turn, got {len(turns)} turns."
+                origin,
+                f"the {template} template needs exactly one human and one gpt turn, got {len(turns)} turns.",
             )
         head = DEFAULT_IMAGE_TOKEN if has_media else ""
         prompt = head + turns[1][1] + conv.sep
-        questions = [_question_text(turns[0][1])] if has_media else []
-        return RenderedConversation(prompt, [(len(head), len(prompt))], questions)
+        caption_questions = [_question_text(turns[0][1])] if has_media else []
+        return RenderedConversation(prompt, [(len(head), len(prompt))], caption_questions)
 
     messages: list[dict[str, str]] = []
     questions: list[str] = []
@@ -189,7 +199,9 @@ def render_conversation(
         else:
             prompt += " " + message["content"] + conv.sep
     if prompt != build_prompt(messages, template, add_generation_prompt=False):
-        raise RuntimeError(f"template {template!r} rendering drifted from llamavid.model.conversation.build_prompt.")
+        raise RuntimeError(
+            f"template {template!r} rendering drifted from llamavid.model.conversation.build_prompt."
+        )
     return RenderedConversation(prompt, spans, questions)
 
 
@@ -271,7 +283,9 @@ class LlavaJsonDataset(Dataset):
         add_bos: bool = True,
     ) -> None:
         if not files:
-            raise ValueError("no training files given; set data.train_files to one or more LLaVA-format JSON files.")
+            raise ValueError(
+                "no training files given; set data.train_files to one or more LLaVA-format JSON files."
+            )
         get_template(template)
         self.tokenizer = tokenizer
         self.template = template
@@ -326,7 +340,9 @@ class LlavaJsonDataset(Dataset):
         number, _, record = self.records[position]
         value = record[key]
         if not isinstance(value, str) or not value:
-            raise BadRecordError(self.origin(position), f"'{key}' must be a relative path string, got {value!r}.")
+            raise BadRecordError(
+                self.origin(position), f"'{key}' must be a relative path string, got {value!r}."
+            )
         folder = self.folders[number][0 if key == "image" else 1]
         return folder / value
 
@@ -360,7 +376,9 @@ class LlavaJsonDataset(Dataset):
                 candidates = [path.with_suffix(".safetensors"), path.with_suffix(".json")]
             for candidate in candidates:
                 if not candidate.exists():
-                    raise BadRecordError(origin, f"{key} file {candidate} not found (check data.{key}_folder).")
+                    raise BadRecordError(
+                        origin, f"{key} file {candidate} not found (check data.{key}_folder)."
+                    )
             if record.get("subtitles"):
                 subtitles = self.folders[self.records[position][0]][1] / str(record["subtitles"])
                 if not subtitles.is_file():
@@ -372,9 +390,13 @@ class LlavaJsonDataset(Dataset):
         if path.suffix.lower() == NPZ_SUFFIX:
             with np.load(path, allow_pickle=False) as archive:
                 frames = archive["frames"]
-                timestamps = archive["timestamps"] if "timestamps" in archive else np.arange(len(frames), dtype=float)
+                timestamps = (
+                    archive["timestamps"] if "timestamps" in archive else np.arange(len(frames), dtype=float)
+                )
             if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-                raise ValueError(f"{path}: 'frames' must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}.")
+                raise ValueError(
+                    f"{path}: 'frames' must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}."
+                )
             keep = sample_frame_indices(timestamps, self.video_fps, max_frames)
             step = float(np.median(np.diff(timestamps))) if len(timestamps) > 1 else 1.0
             return frames[keep], np.asarray(timestamps)[keep], float(timestamps[-1]) + step
@@ -393,7 +415,9 @@ class LlavaJsonDataset(Dataset):
         feats, sidecar = load_features(path.with_suffix(""))
         return feats, str(sidecar.get("inputs", ""))
 
-    def _media(self, position: int, record: dict[str, Any]) -> tuple[list[Any], list[tuple[int, bool]], str | None]:
+    def _media(
+        self, position: int, record: dict[str, Any]
+    ) -> tuple[list[Any], list[tuple[int, bool]], str | None]:
         """Media items, per-``<image>`` ``(frames, is_image)``, and the long-video inputs string (or None)."""
         if "image" in record:
             from llamavid.data import load_media
@@ -409,8 +433,8 @@ class LlavaJsonDataset(Dataset):
                     f"{path}: inputs has {inputs.count(DEFAULT_IMAGE_TOKEN)} <image> but the features have "
                     f"{len(feats)} frames."
                 )
-            frames = [feats[i : i + 1].float() for i in range(len(feats))]  # (1, 1+N, C) per frame
-            return frames, [(1, False)] * len(frames), inputs
+            per_frame = [feats[i : i + 1].float() for i in range(len(feats))]  # (1, 1+N, C) per frame
+            return per_frame, [(1, False)] * len(per_frame), inputs
         long = self._is_long(record)
         frames, timestamps, duration = self._load_video_frames(
             path, self.long_video_max_frames if long else self.max_frames
@@ -422,7 +446,9 @@ class LlavaJsonDataset(Dataset):
         from llamavid.data import interleave_subtitles, read_subtitles
 
         subtitles = self.folders[self.records[position][0]][1] / str(record["subtitles"])
-        pairs = interleave_subtitles(read_subtitles(subtitles), timestamps, duration=duration, source=str(subtitles))
+        pairs = interleave_subtitles(
+            read_subtitles(subtitles), timestamps, duration=duration, source=str(subtitles)
+        )
         inputs = long_video_inputs([text for _, text in pairs])
         return [frames[i : i + 1] for i in range(len(frames))], [(1, False)] * len(frames), inputs
 
@@ -461,7 +487,9 @@ class LlavaJsonDataset(Dataset):
             media_index = [0] * placeholders
         else:
             media_index = list(range(len(media)))
-        input_ids, labels = tokenize_with_labels(self.tokenizer, rendered.prompt, rendered.answer_spans, self.add_bos)
+        input_ids, labels = tokenize_with_labels(
+            self.tokenizer, rendered.prompt, rendered.answer_spans, self.add_bos
+        )
         return {
             "id": record.get("id"),
             "origin": origin,

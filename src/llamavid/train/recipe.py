@@ -40,7 +40,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import nn
 from torch.utils.data import DataLoader
 
 from llamavid.model.configuration_llamavid import IGNORE_INDEX
@@ -53,7 +52,12 @@ logger = logging.getLogger(__name__)
 # Trainable modules per stage (spec §9.1). EVA and whatever the checkpoint's `bert_type` freezes are removed from
 # these afterwards (`frozen_module_names`), so the stage-2 "everything" excludes the vision tower.
 STAGE_TRAINABLE: dict[int, tuple[str, ...]] = {
-    1: ("model.mm_projector", "model.vlm_att_projector", "model.vlm_att_key_projector", "model.vlm_att_val_projector"),
+    1: (
+        "model.mm_projector",
+        "model.vlm_att_projector",
+        "model.vlm_att_key_projector",
+        "model.vlm_att_val_projector",
+    ),
     2: ("model", "lm_head"),
     3: ("model.language_model", "lm_head", "model.mm_projector"),
 }
@@ -84,6 +88,15 @@ def _strip_wrappers(name: str) -> str:
         if name.startswith(prefix):
             name = name[len(prefix) :]
     return name
+
+
+def _walk(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """``(dotted key, value)`` for every leaf of a nested dict."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _walk(value, f"{prefix}.{key}" if prefix else str(key))
+    else:
+        yield prefix, node
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -120,7 +133,9 @@ def resolve_deepspeed_config(name: str) -> Path:
     packaged = packaged_config_dir() / (path.name if path.suffix == ".json" else f"{path.name}.json")
     if packaged.is_file():
         return packaged
-    raise FileNotFoundError(f"DeepSpeed config {name!r} not found; use zero2, zero2_offload, zero3 or a JSON path.")
+    raise FileNotFoundError(
+        f"DeepSpeed config {name!r} not found; use zero2, zero2_offload, zero3 or a JSON path."
+    )
 
 
 def lr_lambda(total_steps: int, warmup_steps: int, kind: str):
@@ -180,10 +195,11 @@ class TrainingRecipe:
         self.output_dir = Path(cfg.train.output_dir)
         self.state = TrainState()
         self.strategy = cfg.distributed.strategy
-        self.model: nn.Module | None = None
+        # Any: a plain module, a DDP / FSDP2 / PEFT wrapper or a DeepSpeed engine, depending on the strategy.
+        self.model: Any = None
         self.engine: Any = None  # DeepSpeed engine
-        self.optimizer: torch.optim.Optimizer | None = None
-        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.optimizer: Any = None
+        self.scheduler: Any = None
         self.peft = False
         self._owns_process_group = False
         self._last_batch: dict[str, Any] | None = None
@@ -214,7 +230,11 @@ class TrainingRecipe:
         if torch.cuda.is_available():
             self.device = torch.device("cuda", local_rank)
             torch.cuda.set_device(self.device)
-        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available() and self.world_size == 1:
+        elif (
+            getattr(torch.backends, "mps", None) is not None
+            and torch.backends.mps.is_available()
+            and self.world_size == 1
+        ):
             self.device = torch.device("mps")
         else:
             self.device = torch.device("cpu")
@@ -222,13 +242,17 @@ class TrainingRecipe:
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
             self._owns_process_group = True
         if self.strategy in ("fsdp2", "deepspeed", "ddp") and self.world_size == 1:
-            logger.info("strategy %s with one process: it runs, but nothing is sharded or replicated.", self.strategy)
+            logger.info(
+                "strategy %s with one process: it runs, but nothing is sharded or replicated.", self.strategy
+            )
         precision = self.cfg.train.precision
         if precision == "auto":
             bf16_ok = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
             precision = "bf16" if bf16_ok else "fp32"
         if precision == "fp16" and self.strategy != "deepspeed":
-            raise ConfigError("train.precision=fp16 needs distributed.strategy=deepspeed (loss scaling); use bf16.")
+            raise ConfigError(
+                "train.precision=fp16 needs distributed.strategy=deepspeed (loss scaling); use bf16."
+            )
         self.precision = precision
 
     @property
@@ -239,7 +263,7 @@ class TrainingRecipe:
         if dist.is_initialized():
             dist.barrier()
 
-    def _build_model(self) -> tuple[nn.Module, Any]:
+    def _build_model(self) -> tuple[Any, Any]:
         from transformers import AutoTokenizer, LlamaTokenizer
 
         from llamavid.model import LlamaVidConfig, LlamaVidForConditionalGeneration, LlamaVidProcessor
@@ -279,7 +303,10 @@ class TrainingRecipe:
             processor = LlamaVidProcessor.from_pretrained(init_dir)
         else:
             processor = LlamaVidProcessor.from_config(
-                config, tokenizer, image_aspect_ratio=self.cfg.data.image_aspect_ratio, template=self.cfg.template
+                config,
+                tokenizer,
+                image_aspect_ratio=self.cfg.data.image_aspect_ratio,
+                template=self.cfg.template,
             )
         processor.image_processor.image_aspect_ratio = self.cfg.data.image_aspect_ratio
         return model, processor
@@ -298,7 +325,12 @@ class TrainingRecipe:
             params.update({"rope_type": "linear", "factor": factor})
             params.setdefault("rope_theta", 10000.0)
             text.rope_parameters = params
-            logger.info("model_max_length %d > %d positions: linear RoPE scaling, factor %g.", wanted, positions, factor)
+            logger.info(
+                "model_max_length %d > %d positions: linear RoPE scaling, factor %g.",
+                wanted,
+                positions,
+                factor,
+            )
 
     def _quantization_config(self) -> Any:
         from transformers import BitsAndBytesConfig
@@ -314,7 +346,7 @@ class TrainingRecipe:
             )
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
 
-    def _load_weight_files(self, model: nn.Module) -> None:
+    def _load_weight_files(self, model: Any) -> None:
         """``model.load_weights`` files into the *unsharded* model (stage 1's projector/Q-Former for stage 2)."""
         from safetensors.torch import load_file
 
@@ -328,7 +360,7 @@ class TrainingRecipe:
                 )
             logger.info("loaded %d tensors from %s", len(state), path)
 
-    def trainable_prefixes(self, model: nn.Module) -> tuple[list[str], list[str]]:
+    def trainable_prefixes(self, model: Any) -> tuple[list[str], list[str]]:
         """``(train, frozen)`` module prefixes for this stage; frozen wins (EVA, `bert_type` freezes)."""
         train = list(self.cfg.train.trainable or STAGE_TRAINABLE[self.cfg.train.stage])
         frozen = list(model.frozen_module_names())
@@ -362,14 +394,22 @@ class TrainingRecipe:
             raise ConfigError("no parameter is trainable with this stage / train.trainable setting.")
         count = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
-        logger.info("stage %d: %d / %d parameters trainable (%.2f%%)", self.cfg.train.stage, count, total, 100 * count / total)
+        logger.info(
+            "stage %d: %d / %d parameters trainable (%.2f%%)",
+            self.cfg.train.stage,
+            count,
+            total,
+            100 * count / total,
+        )
         self.model = model
 
-    def _apply_lora(self, model: nn.Module, train: list[str], frozen: list[str]) -> nn.Module:
+    def _apply_lora(self, model: Any, train: list[str], frozen: list[str]) -> Any:
         try:
             from peft import LoraConfig, get_peft_model
         except ImportError:
-            raise ConfigError("lora.enabled needs PEFT: pip install 'llamavid[train]' (or pip install peft).") from None
+            raise ConfigError(
+                "lora.enabled needs PEFT: pip install 'llamavid[train]' (or pip install peft)."
+            ) from None
         lcfg = self.cfg.lora
         if self.cfg.lora.quantize:
             from peft import prepare_model_for_kbit_training
@@ -391,7 +431,11 @@ class TrainingRecipe:
             plain = _strip_wrappers(name)
             if "lora_" in name:
                 continue
-            if _is_under(plain, train) and not _is_under(plain, frozen) and not _is_under(plain, LLM_PREFIXES):
+            if (
+                _is_under(plain, train)
+                and not _is_under(plain, frozen)
+                and not _is_under(plain, LLM_PREFIXES)
+            ):
                 param.requires_grad_(True)
         return model
 
@@ -411,7 +455,9 @@ class TrainingRecipe:
             try:
                 path = write_dataset(folder, split, **synth)
             except TypeError as error:
-                raise ConfigError(f"data.synth: {error} (keys are llamavid.synth.write_dataset arguments).") from None
+                raise ConfigError(
+                    f"data.synth: {error} (keys are llamavid.synth.write_dataset arguments)."
+                ) from None
         self._barrier()
         if path is None:
             seed = synth.get("seed", 0)
@@ -435,7 +481,11 @@ class TrainingRecipe:
         )
         self.collator = LlamaVidCollator(self.processor, dcfg.model_max_length, dcfg.overlong)
         self.sampler = _BatchSampler(
-            len(self.dataset), self.cfg.train.per_device_batch_size, self.cfg.train.seed, self.rank, self.world_size
+            len(self.dataset),
+            self.cfg.train.per_device_batch_size,
+            self.cfg.train.seed,
+            self.rank,
+            self.world_size,
         )
         per_epoch = self.sampler.batches_per_epoch()
         accum = self.cfg.train.grad_accum_steps
@@ -459,16 +509,23 @@ class TrainingRecipe:
             from torch.nn.parallel import DistributedDataParallel
 
             model = DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None, find_unused_parameters=True
+                model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True,
             )
         params = [p for p in model.parameters() if p.requires_grad]
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
-        groups = [{"params": decay, "weight_decay": ocfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = [
+            {"params": decay, "weight_decay": ocfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
         groups = [g for g in groups if g["params"]]
-        optimizer = torch.optim.AdamW(groups, lr=ocfg.lr, betas=tuple(ocfg.betas), eps=ocfg.eps)
+        optimizer = torch.optim.AdamW(groups, lr=ocfg.lr, betas=(ocfg.betas[0], ocfg.betas[1]), eps=ocfg.eps)
         warmup = math.ceil(self.total_steps * ocfg.warmup_ratio)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(self.total_steps, warmup, ocfg.scheduler))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_lambda(self.total_steps, warmup, ocfg.scheduler)
+        )
         if self.strategy == "deepspeed":
             import deepspeed
 
@@ -480,15 +537,19 @@ class TrainingRecipe:
             model = engine
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
 
-    def _shard_fsdp2(self, model: nn.Module) -> nn.Module:
+    def _shard_fsdp2(self, model: Any) -> Any:
         """``fully_shard`` each transformer block, then the root; weights are already loaded (load-then-shard)."""
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         base = model.get_base_model() if self.peft else model
         # The class attribute: transformers widens the instance's list with nested sub-blocks at load time.
-        block_names = set(type(base)._no_split_modules or [])
+        block_names = set(getattr(type(base), "_no_split_modules", None) or [])
         reshard = self.cfg.distributed.fsdp_reshard_after_forward
-        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16) if self.precision == "bf16" else MixedPrecisionPolicy()
+        policy = (
+            MixedPrecisionPolicy(param_dtype=torch.bfloat16)
+            if self.precision == "bf16"
+            else MixedPrecisionPolicy()
+        )
         sharded: list[str] = []
         for name, module in model.named_modules():
             if type(module).__name__ in block_names and not _is_under(name, sharded):
@@ -515,8 +576,28 @@ class TrainingRecipe:
             section = config.setdefault(key, {})
             if section.get("enabled", "auto") == "auto":
                 section["enabled"] = enabled
+        zero = config.get("zero_optimization", {})
+        hidden = int(self._base_model().config.text_config.hidden_size)
+        # The HF Trainer's fills for bucket sizes, scaled to the LLM width.
+        for key, value in (
+            ("reduce_bucket_size", hidden * hidden),
+            ("stage3_prefetch_bucket_size", int(0.9 * hidden * hidden)),
+            ("stage3_param_persistence_threshold", 10 * hidden),
+        ):
+            if zero.get(key) == "auto":
+                zero[key] = value
+        if "offload_optimizer" in zero and "optimizer" not in config:
+            # We hand DeepSpeed torch's AdamW; allow it on offloaded states (DeepSpeedCPUAdam needs a compiled op).
+            config.setdefault("zero_force_ds_cpu_optimizer", False)
+        left = [key for key, value in _walk(config) if value == "auto"]
+        if left:
+            raise ConfigError(f"DeepSpeed config {path}: no value to fill 'auto' for {left}; set them explicitly.")
         config.setdefault("steps_per_print", 10**9)
         return config
+
+    def _base_model(self) -> Any:
+        model = self.model.module if hasattr(self.model, "module") else self.model
+        return model.get_base_model() if self.peft else model
 
     # Resume -----------------------------------------------------------------------------------------------------
     def _load_trainable(self, checkpoint: Path) -> None:
@@ -654,7 +735,11 @@ class TrainingRecipe:
                 boundary = (micro + 1) % accum == 0
                 sync = boundary or self.engine is not None
                 no_sync = getattr(self.model, "no_sync", None)
-                context = no_sync() if (not sync and no_sync is not None and self.strategy != "fsdp2") else nullcontext()
+                context = (
+                    no_sync()
+                    if (not sync and no_sync is not None and self.strategy != "fsdp2")
+                    else nullcontext()
+                )
                 if self.strategy == "fsdp2" and hasattr(self.model, "set_requires_gradient_sync"):
                     self.model.set_requires_gradient_sync(boundary)
                 with context:
@@ -670,7 +755,9 @@ class TrainingRecipe:
                 self.state.batches_done_in_epoch += 1
                 if not boundary:
                     continue
-                grad_norm = self._step() if self.engine is None else float(self.engine.get_global_grad_norm() or 0.0)
+                grad_norm = (
+                    self._step() if self.engine is None else float(self.engine.get_global_grad_norm() or 0.0)
+                )
                 self.state.global_step += 1
                 loss_value = self._reduce_mean(step_loss)
                 run_losses.append(loss_value)
@@ -719,7 +806,9 @@ class TrainingRecipe:
             return {n: p.detach().cpu().clone() for n, p in params}
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        state: dict[str, Any] = get_model_state_dict(
+            self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
         wanted = set(self.trainable_names)
         return {name: tensor.detach().clone() for name, tensor in state.items() if name in wanted}
 
@@ -789,13 +878,16 @@ class TrainingRecipe:
 
         final = self.output_dir / "final"
         if self.engine is not None and self.engine.zero_optimization_stage() == 3:
-            raise NotImplementedError("final export under ZeRO-3: use the last checkpoint's trainable.safetensors.")
+            raise NotImplementedError(
+                "final export under ZeRO-3: use the last checkpoint's trainable.safetensors."
+            )
+        state: dict[str, Any] | None = None
         if self.strategy == "fsdp2":
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-            state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        else:
-            state = None
+            state = get_model_state_dict(
+                self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+            )
         if not self.is_main:
             self._barrier()
             return final
@@ -816,7 +908,9 @@ class TrainingRecipe:
             module.save_pretrained(str(final))
             full = module.state_dict()
         self.processor.save_pretrained(final)
-        adapter = {k: v.detach().cpu().contiguous() for k, v in full.items() if any(key in k for key in ADAPTER_KEYS)}
+        adapter = {
+            k: v.detach().cpu().contiguous() for k, v in full.items() if any(key in k for key in ADAPTER_KEYS)
+        }
         save_file(adapter, str(final / "mm_projector.safetensors"))
         self.plot_losses(final / "loss_curve.png")
         self._barrier()
@@ -833,7 +927,11 @@ class TrainingRecipe:
         path = self.output_dir / "metrics.jsonl"
         if not path.is_file():
             return
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= self.state.global_step]
+        kept = [
+            line
+            for line in path.read_text().splitlines()
+            if line and json.loads(line)["step"] <= self.state.global_step
+        ]
         _atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     def plot_losses(self, path: Path) -> Path | None:
@@ -851,7 +949,9 @@ class TrainingRecipe:
             return None
         rows = [json.loads(line) for line in metrics.read_text().splitlines() if line]
         figure, axis = plt.subplots(figsize=(6, 3.5), dpi=100)
-        axis.plot([r["step"] for r in rows], [r["loss"] for r in rows], marker="o" if len(rows) < 50 else None)
+        axis.plot(
+            [r["step"] for r in rows], [r["loss"] for r in rows], marker="o" if len(rows) < 50 else None
+        )
         axis.set_xlabel("optimizer step")
         axis.set_ylabel("training loss")
         axis.set_title(f"LLaMA-VID stage {self.cfg.train.stage}: {self.output_dir.name}")

@@ -219,7 +219,7 @@ class RunConfig:
         _choice("data.image_aspect_ratio", self.data.image_aspect_ratio, ("pad", "square"))
         _choice("train.rope_scaling", self.train.rope_scaling, ("auto", "none"))
         _choice("lora.quantize", self.lora.quantize, (None, "4bit", "8bit"))
-        positive = {
+        positive: dict[str, float] = {
             "train.per_device_batch_size": self.train.per_device_batch_size,
             "train.grad_accum_steps": self.train.grad_accum_steps,
             "train.num_epochs": self.train.num_epochs,
@@ -231,13 +231,14 @@ class RunConfig:
         for key, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{key} must be positive, got {value}.")
-        for key, value in {
+        optional: dict[str, int | None] = {
             "train.max_steps": self.train.max_steps,
             "data.max_frames": self.data.max_frames,
             "data.long_video_max_frames": self.data.long_video_max_frames,
-        }.items():
-            if value is not None and value <= 0:
-                raise ConfigError(f"{key} must be positive or null, got {value}.")
+        }
+        for key, count in optional.items():
+            if count is not None and count <= 0:
+                raise ConfigError(f"{key} must be positive or null, got {count}.")
         if self.optim.lr <= 0:
             raise ConfigError(f"optim.lr must be positive, got {self.optim.lr}.")
         if not 0 <= self.optim.warmup_ratio < 1:
@@ -257,7 +258,9 @@ class RunConfig:
                 "zero3 or a JSON path)."
             )
         if self.lora.quantize and self.model.init == "random":
-            raise ConfigError("lora.quantize needs model.init to be a model folder (weights are quantized on load).")
+            raise ConfigError(
+                "lora.quantize needs model.init to be a model folder (weights are quantized on load)."
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -293,9 +296,10 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
                 errors.append(str(error))
         raise ConfigError(errors[0] if errors else f"{key}: cannot use {value!r}.")
     if dataclasses.is_dataclass(annotation):
+        cls = typing.cast(type, annotation)
         if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a mapping of {annotation.__name__} fields, got {value!r}.")
-        return _build(annotation, value, key)
+            raise ConfigError(f"{key} must be a mapping of {cls.__name__} fields, got {value!r}.")
+        return _build(cls, value, key)
     if origin is list:
         (inner,) = typing.get_args(annotation) or (Any,)
         if isinstance(value, (str, int, float)) and inner is str:
@@ -373,7 +377,9 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
     return values
 
 
-def load_config(source: str | Path | dict[str, Any] | None = None, overrides: list[str] | None = None) -> RunConfig:
+def load_config(
+    source: str | Path | dict[str, Any] | None = None, overrides: list[str] | None = None
+) -> RunConfig:
     """Build a validated `RunConfig` from a YAML path (or packaged config name, or dict) plus overrides.
 
     Args:
@@ -395,7 +401,9 @@ def load_config(source: str | Path | dict[str, Any] | None = None, overrides: li
         path = resolve_config_path(source)
         values = yaml.safe_load(path.read_text()) or {}
         if not isinstance(values, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(values).__name__}.")
+            raise ConfigError(
+                f"{path}: expected a mapping of sections at the top level, got {type(values).__name__}."
+            )
     values = apply_overrides(values, list(overrides or []))
     return _build(RunConfig, values)
 
@@ -413,7 +421,9 @@ def resolve_config_path(source: str | Path) -> Path:
     if packaged.is_file() and len(path.parts) == 1:
         return packaged
     names = sorted(p.stem for p in packaged_config_dir().glob("*.yaml"))
-    raise FileNotFoundError(f"config {str(source)!r} not found; give a YAML path or a packaged config: {names}.")
+    raise FileNotFoundError(
+        f"config {str(source)!r} not found; give a YAML path or a packaged config: {names}."
+    )
 
 
 __all__ = [
