@@ -181,3 +181,24 @@ def test_lora_trains_adapters_and_merges(tmp_path, image_data):
     merged = LlamaVidForConditionalGeneration.from_pretrained(final)
     assert not any("lora" in name for name in merged.state_dict())
     recipe.cleanup()
+
+
+def test_official_stage1_bin_is_renamed_and_loaded(tmp_path, image_data):
+    """An official `mm_projector.bin` (pickle-free state dict, official key names) feeds stage 2."""
+    from tiny_helpers import build_tiny_model
+
+    reference = build_tiny_model(seed=7).state_dict()
+    official = {
+        "model.mm_projector.0.weight": reference["model.mm_projector.0.weight"],
+        "model.vlm_att_query": reference["model.vlm_att_query"],
+        "model.vlm_att_key_projector.bias": reference["model.vlm_att_key_projector.bias"],
+    }
+    torch.save(official, tmp_path / "mm_projector.bin")
+    cfg = tiny_run_config(
+        tmp_path / "s2", [image_data], model={"load_weights": [str(tmp_path / "mm_projector.bin")]}
+    )
+    recipe = TrainingRecipe(cfg)
+    recipe.setup()
+    for name, tensor in official.items():
+        assert torch.equal(recipe.model.get_parameter(name).detach(), tensor), name
+    recipe.cleanup()

@@ -351,7 +351,17 @@ class TrainingRecipe:
         from safetensors.torch import load_file
 
         for path in self.cfg.model.load_weights:
-            state = load_file(str(path))
+            if Path(path).suffix in (".bin", ".pth", ".pt"):
+                # An official stage-1 `mm_projector.bin`: read with weights_only and renamed to our parameter names.
+                from llamavid.model.convert_original_checkpoint import load_torch_file, rename_official_key
+
+                raw = load_torch_file(path)
+                renamed = {
+                    rename_official_key(key, model.model.bert_variant): value for key, value in raw.items()
+                }
+                state = {key: value for key, value in renamed.items() if key is not None}
+            else:
+                state = load_file(str(path))
             result = model.load_state_dict(state, strict=False)
             if result.unexpected_keys:
                 raise ConfigError(
@@ -591,7 +601,9 @@ class TrainingRecipe:
             config.setdefault("zero_force_ds_cpu_optimizer", False)
         left = [key for key, value in _walk(config) if value == "auto"]
         if left:
-            raise ConfigError(f"DeepSpeed config {path}: no value to fill 'auto' for {left}; set them explicitly.")
+            raise ConfigError(
+                f"DeepSpeed config {path}: no value to fill 'auto' for {left}; set them explicitly."
+            )
         config.setdefault("steps_per_print", 10**9)
         return config
 

@@ -40,9 +40,9 @@ class ModelConfig:
             ``"random"`` to build a randomly initialised model from `random_init` (debug/tests only).
         random_init: `LlamaVidConfig` keyword arguments used when ``init == "random"``.
         tokenizer: tokenizer folder; default: `init`. ``"demo"`` = the small packaged sentencepiece tokenizer.
-        load_weights: extra safetensors files loaded on top of `init` *before* any sharding (stage 2 reads
-            stage 1's ``mm_projector.safetensors`` here, the official ``--pretrain_mm_mlp_adapter``). Names must
-            exist in the model; unknown names are an error.
+        load_weights: extra weight files loaded on top of `init` *before* any sharding (stage 2 reads stage
+            1's ``mm_projector.safetensors`` here, the official ``--pretrain_mm_mlp_adapter``; an official
+            ``mm_projector.bin`` is read with ``weights_only`` and renamed). Unknown names are an error.
         config_overrides: named `LlamaVidConfig` fields to change (e.g. ``bert_type``), applied before weights.
         seed: seed of the random initialisation (``init: random``) and of freshly created modules.
         attn_implementation: transformers attention backend (``sdpa``, ``eager``, ``flash_attention_2``).
