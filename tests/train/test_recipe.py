@@ -158,6 +158,7 @@ def test_resume_after_kill_continues_with_identical_losses(tmp_path, image_data)
 
 
 def test_lora_trains_adapters_and_merges(tmp_path, image_data):
+    pytest.importorskip("peft")
     cfg = tiny_run_config(
         tmp_path / "lora", [image_data], lora={"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0}
     )
