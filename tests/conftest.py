@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import ipaddress
 import os
 import socket
@@ -17,9 +16,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 from llamavid.assets import DEMO_TOKENIZER_DIR  # noqa: E402
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
+from testing_utils import IN_CI, require_module  # noqa: E402,F401  (re-exported for fixtures)
 
 # Offline guard ----------------------------------------------------------------------------------------------------
 _real_connect = socket.socket.connect
@@ -44,16 +41,6 @@ def _guarded_connect(self, address):
 
 
 socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
-
-
-def require_module(name: str):
-    """Import an optional backend; skip without it locally, but fail under CI (a silent skip hides a gap)."""
-    try:
-        return importlib.import_module(name)
-    except ImportError as error:
-        if IN_CI:
-            pytest.fail(f"{name} is required in CI but cannot be imported: {error}")
-        pytest.skip(f"{name} not installed")
 
 
 # Tiny model -------------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IN_CI
+from testing_utils import IN_CI
 
 ROOT = Path(__file__).resolve().parents[2]
 LMMS_PYTHON = Path(os.environ.get("LLAMAVID_LMMS_VENV", ROOT / ".venv-lmms")) / "bin" / "python"

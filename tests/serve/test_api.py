@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import require_module  # noqa: E402
 from llamavid.serve.engine import SamplingSettings
+from testing_utils import require_module  # noqa: E402
 
 openai = require_module("openai")
 httpx = require_module("httpx")

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from train_helpers import fixed_records, write_records
 
-from conftest import require_module
+from testing_utils import require_module
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 

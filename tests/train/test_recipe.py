@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 from train_helpers import fixed_records, tiny_run_config, write_records
 
-from conftest import require_module
 from llamavid.train.recipe import TrainingRecipe, run
+from testing_utils import require_module
 
 
 @pytest.fixture
