@@ -808,9 +808,7 @@ def convert(
     use = generation_use or default_generation_use(config)
     _generation_config(checkpoint.config, use).save_pretrained(output)
     if save_processor:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(checkpoint.folder))
+        tokenizer = load_official_tokenizer(checkpoint.folder)
         qformer_tokenizer = load_qformer_tokenizer(bert_tokenizer_folder)
         processor = LlamaVidProcessor.from_config(
             config,
@@ -820,6 +818,13 @@ def convert(
             template=template,
         )
         processor.save_pretrained(output)
+        if tokenizer.init_kwargs.get("llamavid_keep_tokenizer_json"):
+            # LlamaTokenizer rebuilds its normaliser on load; the generic class reads tokenizer.json as written.
+            settings_path = output / "tokenizer_config.json"
+            settings = json.loads(settings_path.read_text())
+            settings.pop("llamavid_keep_tokenizer_json", None)
+            settings["tokenizer_class"] = "TokenizersBackend"
+            settings_path.write_text(json.dumps(settings, indent=2) + "\n")
     info = {
         "source": checkpoint.folder.name,
         "eva": eva_path.name,
@@ -830,6 +835,57 @@ def convert(
     (output / CONVERSION_INFO_NAME).write_text(json.dumps(info, indent=2) + "\n")
     logger.info("converted %s into %s", checkpoint.folder, output)
     return output
+
+
+def load_official_tokenizer(folder: str | os.PathLike):
+    """The LLM tokenizer of an official folder, as the class its ``tokenizer_config.json`` names.
+
+    ``AutoTokenizer`` would read ``model_type: "llava"`` from the folder's config.json and build a generic
+    sentencepiece converter instead of ``LlamaTokenizer``; with a model whose normaliser removes extra whitespace
+    that generic tokenizer drops the word-boundary prefix of text starting with a space (``" ASSISTANT:"``), so
+    chunks after ``<image>`` got other ids than the official slow tokenizer (found by tests/parity).
+    """
+    from transformers import AutoTokenizer
+
+    folder = Path(folder)
+    settings_path = folder / "tokenizer_config.json"
+    settings = json.loads(settings_path.read_text()) if settings_path.is_file() else {}
+    name = str(settings.get("tokenizer_class") or "")
+    if not name.startswith("Llama"):
+        return AutoTokenizer.from_pretrained(str(folder))
+    from transformers import LlamaTokenizer
+
+    tokenizer = LlamaTokenizer.from_pretrained(str(folder))
+    if _sentencepiece_removes_extra_whitespace(folder / "tokenizer.model"):
+        # transformers 5's LlamaTokenizer ignores the sentencepiece normaliser flag `remove_extra_whitespaces`
+        # (false in Llama/Vicuna's model, true in small test models): emulate sentencepiece's order exactly,
+        # strip and collapse spaces, then always add the word-boundary prefix, then escape spaces.
+        from tokenizers import Regex, normalizers
+
+        backend = tokenizer.backend_tokenizer
+        backend.normalizer = normalizers.Sequence(
+            [
+                normalizers.Replace(Regex(r"\A +| +\z"), ""),
+                normalizers.Replace(Regex(" {2,}"), " "),
+                normalizers.Prepend("▁"),
+                normalizers.Replace(" ", "▁"),
+            ]
+        )
+        backend.pre_tokenizer = None
+        tokenizer.init_kwargs["llamavid_keep_tokenizer_json"] = True
+    return tokenizer
+
+
+def _sentencepiece_removes_extra_whitespace(model_path: Path) -> bool:
+    """Whether a sentencepiece model strips leading/trailing and collapses repeated spaces (its normaliser)."""
+    if not model_path.is_file():
+        return False
+    try:
+        import sentencepiece
+    except ImportError:
+        return False
+    processor = sentencepiece.SentencePieceProcessor(model_file=str(model_path))
+    return processor.encode(" a  b ", out_type=str) == processor.encode("a b", out_type=str)
 
 
 def _generation_config(official: Mapping[str, Any], use: str):
@@ -853,6 +909,7 @@ __all__ = [
     "convert_eva_state_dict",
     "convert_rope_scaling",
     "interpolate_position_table",
+    "load_official_tokenizer",
     "load_torch_file",
     "rename_instructblip_key",
     "rename_official_key",
