@@ -509,8 +509,11 @@ def build_config(
         bert_type=bert_type,
         compress_type=official.get("compress_type"),
         mm_projector_type=official.get("mm_projector_type", "linear"),
+        # raw_bert: the official vlm_attention drops CLS before the text decoder as well (spec §3.4); found by
+        # tests/parity (the converted raw_bert checkpoint cross-attended to CLS).
+        qformer_sees_cls=bert_variant != "raw_bert",
         # The long-video path drops CLS before the Q-Former (spec §5.4, §11.7).
-        features_qformer_sees_cls=not bert_variant.endswith("freeze_all"),
+        features_qformer_sees_cls=not bert_variant.endswith("freeze_all") and bert_variant != "raw_bert",
     )
     config.dtype = dtype or official.get("torch_dtype") or "float32"
     return config
