@@ -29,6 +29,22 @@ def add_engine_arguments(parser: argparse.ArgumentParser, media: bool = True, ou
     group.add_argument(
         "--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"), help="weights dtype"
     )
+    quant = group.add_mutually_exclusive_group()
+    quant.add_argument(
+        "--load-in-8bit",
+        dest="quantization",
+        action="store_const",
+        const="8bit",
+        default=None,
+        help="load the LLM layers in 8-bit (bitsandbytes; vision tower, text decoder, projectors stay in --dtype)",
+    )
+    quant.add_argument(
+        "--load-in-4bit",
+        dest="quantization",
+        action="store_const",
+        const="4bit",
+        help="load the LLM layers in 4-bit NF4 (bitsandbytes), as --load-in-8bit",
+    )
     group.add_argument(
         "--temperature",
         type=float,
@@ -86,7 +102,10 @@ def build_engine(args: argparse.Namespace) -> Any:
 
     # A "Loading weights" bar on stderr would break the one-line error contract and clutter piped output.
     transformers_logging.disable_progress_bar()
-    engine = Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    quantization = getattr(args, "quantization", None)
+    if quantization is not None and args.model is None:
+        raise ValueError("--load-in-8bit/--load-in-4bit need --model FOLDER (the random demo model is not quantised).")
+    engine = Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype, quantization=quantization)
     engine.default_settings = engine.default_settings.updated(**sampling_options(args))
     engine.max_memory = getattr(args, "max_memory", None)
     if hasattr(args, "no_cache") and not args.no_cache:

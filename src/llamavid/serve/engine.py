@@ -458,6 +458,7 @@ class Engine:
         path: str | os.PathLike[str] | None = None,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
+        quantization: str | None = None,
     ) -> Engine:
         """Load a llamavid model folder once.
 
@@ -468,9 +469,12 @@ class Engine:
             device: ``auto`` (default), ``cpu``, ``cuda[:N]`` or ``mps``.
             dtype: ``auto`` (default: float32 on CPU, bfloat16/float16 on GPUs), ``float32``, ``float16`` or
                 ``bfloat16``.
+            quantization: ``"8bit"`` or ``"4bit"`` loads the LLM layers through bitsandbytes (vision tower,
+                text decoder, projectors and lm_head stay in `dtype`; see `llamavid.model.quantization`).
 
         Raises:
             FileNotFoundError: `path` is not a llamavid model folder.
+            ImportError: quantization asked for without bitsandbytes installed.
         """
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
@@ -490,11 +494,25 @@ class Engine:
         from llamavid.model import LlamaVidForConditionalGeneration, LlamaVidProcessor
 
         started = time.perf_counter()
-        model = LlamaVidForConditionalGeneration.from_pretrained(str(folder), dtype=torch_dtype)
-        model = model.to(device=torch_device).eval()  # type: ignore[arg-type, call-arg]
+        from llamavid.model.quantization import quantization_config
+
+        bnb_config = quantization_config(quantization, compute_dtype=torch_dtype)
+        if bnb_config is None:
+            model = LlamaVidForConditionalGeneration.from_pretrained(str(folder), dtype=torch_dtype)
+            model = model.to(device=torch_device).eval()  # type: ignore[arg-type, call-arg]
+        else:
+            # Quantised weights cannot be moved after loading: place them on the device while loading.
+            model = LlamaVidForConditionalGeneration.from_pretrained(
+                str(folder), dtype=torch_dtype, quantization_config=bnb_config, device_map=str(torch_device)
+            ).eval()
         processor = LlamaVidProcessor.from_pretrained(folder)
         logger.info(
-            "loaded %s on %s (%s) in %.1f s", folder, torch_device, torch_dtype, time.perf_counter() - started
+            "loaded %s on %s (%s%s) in %.1f s",
+            folder,
+            torch_device,
+            torch_dtype,
+            f", LLM in {quantization}" if bnb_config is not None else "",
+            time.perf_counter() - started,
         )
         return cls(model, processor, name=folder.resolve().name)
 
