@@ -46,8 +46,11 @@ def test_loads_quantised_and_generates(folder, mode):
     engine = Engine.from_pretrained(folder, device="cpu", dtype="float32", quantization=mode)
     model = engine.model
     layers = dict(model.named_modules())
-    llm_linears = [name for name in layers if name.startswith("model.language_model.layers.") and
-                   isinstance(layers[name], nn.Linear)]
+    llm_linears = [
+        name
+        for name in layers
+        if name.startswith("model.language_model.layers.") and isinstance(layers[name], nn.Linear)
+    ]
     assert llm_linears and all(isinstance(layers[name], QUANTISED[mode]) for name in llm_linears)
     for prefix in ("model.vision_tower", "model.vlm_att", "model.mm_projector", "lm_head"):
         kept = [m for name, m in layers.items() if name.startswith(prefix) and isinstance(m, nn.Linear)]

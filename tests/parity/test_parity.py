@@ -126,8 +126,16 @@ def test_matches_official(name, root):
 
     # 3. Visual tokens, inputs_embeds, logits (fp32).
     with torch.no_grad():
-        names = ("pixel_values", "vision_features", "frame_counts", "media_is_image", "qformer_input_ids",
-                 "qformer_attention_mask", "block_media", "block_question")
+        names = (
+            "pixel_values",
+            "vision_features",
+            "frame_counts",
+            "media_is_image",
+            "qformer_input_ids",
+            "qformer_attention_mask",
+            "block_media",
+            "block_question",
+        )
         embeds, _ = model.model.get_inputs_embeds(
             inputs["input_ids"], **{k: inputs[k] for k in names if k in inputs}
         )

@@ -20,9 +20,9 @@ Shim (everything that differs from an unmodified official run, all forced by "ti
   created in a temporary working directory; the processor json is the official one with the tiny frame size.
 * `tokenizer_image_token` and `process_images` (LLaVA's `mm_utils`, not in the official repo): stand-ins written
   from the spec (§5.2 per-chunk tokenisation; §8.2 pad to a square with the mean colour).
-* fp32 on CPU: no ``.cuda()`` / ``.half()``; `initialize_attention_modules(for_eval=True)` casts to fp16, so the
-  model is cast back with ``.float()`` afterwards (the fp16 round trip is lossless for the stored fp32 weights?
-  No: so the ``vlm_att_*`` weights are re-loaded in fp32 after that cast, see `_load_official`).
+* fp32 on CPU: no ``.cuda()`` / ``.half()``. `initialize_attention_modules(for_eval=True)` casts the ``vlm_att_*``
+  modules to fp16 (spec §11.4); `load_official` casts back with ``.float()`` and re-loads their fp32 tensors from
+  the checkpoint, with the official loader's own key handling.
 
 Outputs under ``--out``: ``checkpoints/<kind>.safetensors`` (official key names, the exact tensors the official run
 loaded), ``checkpoints/eva_<grid>.safetensors``, ``cases.json`` (per case: config, prompt strings, settings) and
@@ -111,6 +111,7 @@ def import_official(official: Path):
     sys.meta_path.insert(0, _PatchFinder())
     sys.path.insert(0, str(official))
     import llamavid.model.llamavid_arch  # noqa: F401
+
     from llamavid.model import LlavaLlamaAttForCausalLM
 
     return LlavaLlamaAttForCausalLM
@@ -305,14 +306,24 @@ def load_official(model_class, folder: Path, official_state: dict[str, torch.Ten
     # for_eval casts vlm_att_* to fp16 (spec §11.4); undo it by re-reading the fp32 tensors of the checkpoint.
     model.float()
     inner = model.get_model()
-    for name in ("vlm_att_encoder", "vlm_att_projector", "vlm_att_key_projector", "vlm_att_val_projector",
-                 "vlm_att_ln", "vlm_att_bert_proj"):
+    for name in (
+        "vlm_att_encoder",
+        "vlm_att_projector",
+        "vlm_att_key_projector",
+        "vlm_att_val_projector",
+        "vlm_att_ln",
+        "vlm_att_bert_proj",
+    ):
         module = getattr(inner, name, None)
         if module is None:
             continue
         prefix = f"model.{name}."
-        part = {k[len(prefix):]: v for k, v in official_state.items() if k.startswith(prefix)}
-        if name == "vlm_att_encoder" and "bert.embeddings.position_ids" not in part and "raw" not in model.config.bert_type:
+        part = {k[len(prefix) :]: v for k, v in official_state.items() if k.startswith(prefix)}
+        if (
+            name == "vlm_att_encoder"
+            and "bert.embeddings.position_ids" not in part
+            and "raw" not in model.config.bert_type
+        ):
             part["bert.embeddings.position_ids"] = module.bert.embeddings.position_ids
         module.load_state_dict(part)
     if getattr(inner, "vlm_att_query", None) is not None:
@@ -332,7 +343,9 @@ def run_case(case: dict, model, tokenizer, image_processor) -> tuple[dict[str, t
     if case["media"] == "features":
         frames = len(case["subtitles"])
         g = torch.Generator().manual_seed(11)
-        feats = torch.randn(frames, SIZES_PATCHES(case) + 1, SIZES.eva_width, generator=g)  # (T, 1+N, C) with CLS
+        feats = torch.randn(
+            frames, SIZES_PATCHES(case) + 1, SIZES.eva_width, generator=g
+        )  # (T, 1+N, C) with CLS
         tensors["vision_features"] = feats
         images = [feats[:, 1:]]
         prompt = long_video_prompt(case)
@@ -360,9 +373,13 @@ def run_case(case: dict, model, tokenizer, image_processor) -> tuple[dict[str, t
     tensors["input_ids"] = input_ids
     prompts = [[question]]
     model.update_prompt(prompts)
-    tensors["qformer_input_ids"] = model.get_model().vlm_att_tokenlizer(
-        prompts[0], padding="longest", truncation=True, max_length=256, return_tensors="pt"
-    ).input_ids
+    tensors["qformer_input_ids"] = (
+        model.get_model()
+        .vlm_att_tokenlizer(
+            prompts[0], padding="longest", truncation=True, max_length=256, return_tensors="pt"
+        )
+        .input_ids
+    )
     with torch.no_grad():
         attention_mask = torch.ones_like(input_ids)
         _, _, _, inputs_embeds, _ = model.prepare_inputs_labels_for_multimodal(
@@ -376,7 +393,9 @@ def run_case(case: dict, model, tokenizer, image_processor) -> tuple[dict[str, t
             start = int(placeholder.nonzero()[0])
             count = inputs_embeds.shape[1] - input_ids.shape[1] + 1
             tensors["visual_tokens"] = inputs_embeds[0, start : start + count]
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, images=images, prompts=prompts).logits
+        logits = model(
+            input_ids=input_ids, attention_mask=attention_mask, images=images, prompts=prompts
+        ).logits
         tensors["logits"] = logits[0]
         output = model.generate(
             input_ids, images=images, do_sample=False, max_new_tokens=GREEDY_TOKENS, use_cache=True
@@ -409,7 +428,9 @@ def main() -> None:
 
     states = {kind: checkpoint_state(kind) for kind in ("qformer_pretrain", "raw_bert")}
     for kind, state in states.items():
-        save_file({k: v.contiguous() for k, v in state.items()}, str(out / "checkpoints" / f"{kind}.safetensors"))
+        save_file(
+            {k: v.contiguous() for k, v in state.items()}, str(out / "checkpoints" / f"{kind}.safetensors")
+        )
     eva = eva_state_dict(SIZES, grid=BASE_SIZE // SIZES.patch)
     save_file(eva, str(out / "checkpoints" / "eva.safetensors"))
 
@@ -423,7 +444,11 @@ def main() -> None:
                 write_workdir(work, official, eva, case["image_size"])
                 kind = "raw_bert" if "raw" in case["bert_type"] else "qformer_pretrain"
                 config = official_config(
-                    SIZES, case["bert_type"], case["compress_type"], case["image_size"], case.get("rope_scaling")
+                    SIZES,
+                    case["bert_type"],
+                    case["compress_type"],
+                    case["image_size"],
+                    case.get("rope_scaling"),
                 )
                 folder = work / "llama-vid-tiny"
                 write_official_folder(folder, states[kind], config, num_shards=2, fmt="bin")
@@ -431,9 +456,17 @@ def main() -> None:
                 tensors, meta = run_case(case, model, tokenizer, image_processor)
             finally:
                 os.chdir(cwd)
-        save_file({k: v.detach().clone().contiguous() for k, v in tensors.items()}, str(out / f"{case['name']}.safetensors"))
+        save_file(
+            {k: v.detach().clone().contiguous() for k, v in tensors.items()},
+            str(out / f"{case['name']}.safetensors"),
+        )
         index[case["name"]] = {**case, **meta, "checkpoint": kind, "official_config": config}
-        print(case["name"], {k: tuple(v.shape) for k, v in tensors.items()}, "greedy", tensors["greedy_tokens"].tolist())
+        print(
+            case["name"],
+            {k: tuple(v.shape) for k, v in tensors.items()},
+            "greedy",
+            tensors["greedy_tokens"].tolist(),
+        )
     (out / "cases.json").write_text(json.dumps(index, indent=2) + "\n")
 
 

@@ -104,8 +104,12 @@ def build_engine(args: argparse.Namespace) -> Any:
     transformers_logging.disable_progress_bar()
     quantization = getattr(args, "quantization", None)
     if quantization is not None and args.model is None:
-        raise ValueError("--load-in-8bit/--load-in-4bit need --model FOLDER (the random demo model is not quantised).")
-    engine = Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype, quantization=quantization)
+        raise ValueError(
+            "--load-in-8bit/--load-in-4bit need --model FOLDER (the random demo model is not quantised)."
+        )
+    engine = Engine.from_pretrained(
+        args.model, device=args.device, dtype=args.dtype, quantization=quantization
+    )
     engine.default_settings = engine.default_settings.updated(**sampling_options(args))
     engine.max_memory = getattr(args, "max_memory", None)
     if hasattr(args, "no_cache") and not args.no_cache:
