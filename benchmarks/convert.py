@@ -93,17 +93,24 @@ def main() -> None:
         largest = max(path.stat().st_size for path in inputs)
         total = sum(path.stat().st_size for path in inputs)
         result = subprocess.run(
-            [sys.executable, "-c", CHILD, json.dumps(spec)], capture_output=True, text=True, check=True,
+            [sys.executable, "-c", CHILD, json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            check=True,
             env={"PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
         )
         stats = json.loads(result.stdout.strip().splitlines()[-1])
     mb = 1e6
     print(f"input files: {len(inputs)}, total {total / mb:.0f} MB, largest {largest / mb:.0f} MB")
     print(f"conversion time: {stats['seconds']:.1f} s")
-    print(f"peak anonymous RSS over baseline: {stats['peak_anon'] / mb:.0f} MB "
-          f"= {stats['peak_anon'] / largest:.2f} x largest input file")
-    print(f"VmHWM over baseline (includes mapped file pages): {stats['hwm'] / mb:.0f} MB "
-          f"= {stats['hwm'] / largest:.2f} x largest input file")
+    print(
+        f"peak anonymous RSS over baseline: {stats['peak_anon'] / mb:.0f} MB "
+        f"= {stats['peak_anon'] / largest:.2f} x largest input file"
+    )
+    print(
+        f"VmHWM over baseline (includes mapped file pages): {stats['hwm'] / mb:.0f} MB "
+        f"= {stats['hwm'] / largest:.2f} x largest input file"
+    )
 
 
 if __name__ == "__main__":

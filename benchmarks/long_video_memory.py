@@ -34,7 +34,9 @@ def write_video(path: Path, minutes: float, rate: int, size: int = 64) -> Path:
     """A `size`x`size` H.264 video whose frames change colour every second (fast to encode, 2 fps native)."""
     frames = int(minutes * 60 * rate)
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=rate, options={"preset": "ultrafast", "g": str(rate * 30)})
+        stream = container.add_stream(
+            "libx264", rate=rate, options={"preset": "ultrafast", "g": str(rate * 30)}
+        )
         stream.width = stream.height = size
         stream.pix_fmt = "yuv420p"
         for index in range(frames):
@@ -91,11 +93,17 @@ def main() -> int:
             ask_s, ask_mb, out = run(["ask", str(video), "what changes?", "--model", str(model), "--cache-dir",
                                       str(cache), "--temperature", "0", "--max-new-tokens", "8", "--json"])  # fmt: skip
             answer = json.loads(out.strip().splitlines()[-1])
-            rows.append((minutes, int(minutes * 60), ingest_s, ingest_mb, ask_s, ask_mb, answer.get("prompt_tokens")))
-    print("| video | frames at 1 fps | ingest s | ingest peak RSS MiB | ask s | ask peak RSS MiB | prompt tokens |")
+            rows.append(
+                (minutes, int(minutes * 60), ingest_s, ingest_mb, ask_s, ask_mb, answer.get("prompt_tokens"))
+            )
+    print(
+        "| video | frames at 1 fps | ingest s | ingest peak RSS MiB | ask s | ask peak RSS MiB | prompt tokens |"
+    )
     print("|---|---|---|---|---|---|---|")
     for minutes, frames, ingest_s, ingest_mb, ask_s, ask_mb, tokens in rows:
-        print(f"| {minutes:g} min | {frames} | {ingest_s:.1f} | {ingest_mb} | {ask_s:.1f} | {ask_mb} | {tokens} |")
+        print(
+            f"| {minutes:g} min | {frames} | {ingest_s:.1f} | {ingest_mb} | {ask_s:.1f} | {ask_mb} | {tokens} |"
+        )
     if len(rows) >= 2:
         print(f"\npeak RSS ratio {rows[-1][0]:g} min / {rows[0][0]:g} min: ingest {rows[-1][3] / rows[0][3]:.2f}x, "
               f"ask {rows[-1][5] / rows[0][5]:.2f}x")  # fmt: skip
