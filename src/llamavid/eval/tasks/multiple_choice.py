@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +110,40 @@ def _answer_letter(answer: str, options: Sequence[str], where: str) -> str:
     raise DataFormatError(f"{where}: answer {answer!r} is not among the candidates {list(options)}.")
 
 
+def _load_task_json_files(
+    task: MultipleChoiceVideoTask, data_dir: Path, layout: str, category: Callable[[dict, Path], str]
+) -> list[EvalItem]:
+    """Read the ``DIR/json/<task>.json`` + ``DIR/video/[<task>/]`` layout that MVBench and MLVU share.
+
+    Args:
+        layout: the expected file names, for the error when none are found.
+        category: the reporting category of a row (its task file or its question type).
+    """
+    files = sorted((data_dir / "json").glob("*.json"))
+    if not files:
+        raise DataFormatError(f"{data_dir / 'json'}: no task files; expected {layout}.")
+    items = []
+    for file in files:
+        for index, row in enumerate(read_json(file)):
+            where = f"{file.name}[{index}]"
+            require(row, ("video", "question", "candidates", "answer"), where)
+            media = find_media(data_dir / "video" / file.stem, row["video"], VIDEO_EXTENSIONS)
+            if media[0] is None:
+                media = find_media(data_dir / "video", row["video"], VIDEO_EXTENSIONS)
+            options = [str(c) for c in row["candidates"]]
+            items.append(
+                task._item(
+                    f"{file.stem}/{index}",
+                    row["question"],
+                    options,
+                    _answer_letter(row["answer"], options, where),
+                    media,
+                    category(row, file),
+                )
+            )
+    return items
+
+
 class MVBench(MultipleChoiceVideoTask):
     """MVBench: ``DIR/json/<task>.json`` = ``[{"video", "question", "candidates", "answer"}]`` (answer = option
     text); videos under ``DIR/video/<task>/`` or ``DIR/video/``. Reported per task (20) and overall."""
@@ -118,31 +152,9 @@ class MVBench(MultipleChoiceVideoTask):
     description = "MVBench (20 temporal tasks, multiple choice)"
 
     def load(self, data_dir: Path) -> list[EvalItem]:
-        files = sorted((data_dir / "json").glob("*.json"))
-        if not files:
-            raise DataFormatError(
-                f"{data_dir / 'json'}: no task files; expected MVBench's json/<task>.json files."
-            )
-        items = []
-        for file in files:
-            for index, row in enumerate(read_json(file)):
-                where = f"{file.name}[{index}]"
-                require(row, ("video", "question", "candidates", "answer"), where)
-                media = find_media(data_dir / "video" / file.stem, row["video"], VIDEO_EXTENSIONS)
-                if media[0] is None:
-                    media = find_media(data_dir / "video", row["video"], VIDEO_EXTENSIONS)
-                options = [str(c) for c in row["candidates"]]
-                items.append(
-                    self._item(
-                        f"{file.stem}/{index}",
-                        row["question"],
-                        options,
-                        _answer_letter(row["answer"], options, where),
-                        media,
-                        file.stem,
-                    )
-                )
-        return items
+        return _load_task_json_files(
+            self, data_dir, "MVBench's json/<task>.json files", lambda row, file: file.stem
+        )
 
 
 class MLVU(MultipleChoiceVideoTask):
@@ -153,31 +165,12 @@ class MLVU(MultipleChoiceVideoTask):
     description = "MLVU dev multiple-choice (long videos), per question type"
 
     def load(self, data_dir: Path) -> list[EvalItem]:
-        files = sorted((data_dir / "json").glob("*.json"))
-        if not files:
-            raise DataFormatError(
-                f"{data_dir / 'json'}: no task files; expected MLVU's json/<n>_<task>.json files."
-            )
-        items = []
-        for file in files:
-            for index, row in enumerate(read_json(file)):
-                where = f"{file.name}[{index}]"
-                require(row, ("video", "question", "candidates", "answer"), where)
-                media = find_media(data_dir / "video" / file.stem, row["video"], VIDEO_EXTENSIONS)
-                if media[0] is None:
-                    media = find_media(data_dir / "video", row["video"], VIDEO_EXTENSIONS)
-                options = [str(c) for c in row["candidates"]]
-                items.append(
-                    self._item(
-                        f"{file.stem}/{index}",
-                        row["question"],
-                        options,
-                        _answer_letter(row["answer"], options, where),
-                        media,
-                        str(row.get("question_type", file.stem)),
-                    )
-                )
-        return items
+        return _load_task_json_files(
+            self,
+            data_dir,
+            "MLVU's json/<n>_<task>.json files",
+            lambda row, file: str(row.get("question_type", file.stem)),
+        )
 
 
 class VideoMME(MultipleChoiceVideoTask):
