@@ -53,11 +53,11 @@ EVALS = ("eval_image_qa", "eval_video_qa", "eval_text_qa")
 
 PHASES: list[TrainPhase] = [
     # Images first: they are the cheapest samples and teach the LLM the visual-token interface.
-    TrainPhase("images", steps=350, mixture={"image_qa": 0.85, "text_qa": 0.15}, batch_size=32, lr=1e-3,
-               eval_every=0),
+    TrainPhase("images", steps=500, mixture={"image_qa": 0.85, "text_qa": 0.15}, batch_size=32, lr=1e-3,
+               eval_every=250),
     # Then the short-video mix (2 tokens per frame), keeping images and text in the mix.
-    TrainPhase("videos", steps=350, mixture={"image_qa": 0.4, "video_qa": 0.5, "text_qa": 0.1}, batch_size=32,
-               lr=5e-4, eval_every=0),
+    TrainPhase("videos", steps=500, mixture={"image_qa": 0.4, "video_qa": 0.5, "text_qa": 0.1}, batch_size=32,
+               lr=5e-4, eval_every=250),
 ]
 
 

@@ -6,4 +6,4 @@ line to ``COMMAND_MODULES``; third-party packages can add commands through the `
 group (each entry point names a module with the same ``register`` function).
 """
 
-COMMAND_MODULES: tuple[str, ...] = ("llamavid.cli.demo", "llamavid.cli.convert")
+COMMAND_MODULES: tuple[str, ...] = ("llamavid.cli.demo", "llamavid.cli.convert", "llamavid.cli.eval_synth")
