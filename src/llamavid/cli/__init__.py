@@ -6,4 +6,9 @@ line to ``COMMAND_MODULES``; third-party packages can add commands through the `
 group (each entry point names a module with the same ``register`` function).
 """
 
-COMMAND_MODULES: tuple[str, ...] = ("llamavid.cli.demo", "llamavid.cli.convert", "llamavid.cli.eval_synth")
+COMMAND_MODULES: tuple[str, ...] = (
+    "llamavid.cli.demo",
+    "llamavid.cli.convert",
+    "llamavid.cli.train",
+    "llamavid.cli.eval_synth",
+)
