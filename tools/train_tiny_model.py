@@ -58,6 +58,9 @@ PHASES: list[TrainPhase] = [
     # Then the short-video mix (2 tokens per frame), keeping images and text in the mix.
     TrainPhase("videos", steps=500, mixture={"image_qa": 0.4, "video_qa": 0.5, "text_qa": 0.1}, batch_size=32,
                lr=5e-4, eval_every=250),
+    # Longer mixed training at a lower rate: binding a named object to its colour/shape/size is the slow skill.
+    TrainPhase("mix", steps=1000, mixture={"image_qa": 0.5, "video_qa": 0.4, "text_qa": 0.1}, batch_size=32,
+               lr=4e-4, eval_every=500),
 ]
 
 
@@ -118,6 +121,9 @@ def main(argv: list[str] | None = None) -> None:
         timings[f"phase_{phase.name}"] = time.time() - started
         save_tiny_model(model, processor, phase_dir)
         (phase_dir / "curve.json").write_text(json.dumps(log.curve[before:], indent=1) + "\n")
+        # Continue from the saved fp16 weights, so a resumed run and an uninterrupted run are the same run.
+        model = LlamaVidForConditionalGeneration.from_pretrained(str(phase_dir), dtype=torch.float32)
+        model.model.vision_tower.requires_grad_(False)
 
     assert model is not None and processor is not None
     final = {name: score_items(model, processor, *data[name]) for name in EVALS}
