@@ -8,9 +8,9 @@ Prints one JSON line per (model, sequence length). Used for the LLM choice in ``
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import time
-import importlib.util
 from pathlib import Path
 
 import torch
@@ -52,15 +52,25 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     candidates = {
         "tiny-llama-4x256": lambda: LlamaForCausalLM(
-            LlamaConfig(vocab_size=256, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
-                        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=4096,
-                        tie_word_embeddings=True)
+            LlamaConfig(
+                vocab_size=256,
+                hidden_size=256,
+                intermediate_size=768,
+                num_hidden_layers=4,
+                num_attention_heads=4,
+                num_key_value_heads=4,
+                max_position_embeddings=4096,
+                tie_word_embeddings=True,
+            )
         )
     }
     if not args.skip_smollm2:
+
         def load_smol() -> torch.nn.Module:
             path = smollm2_path()
-            return LlamaForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+            return LlamaForCausalLM.from_pretrained(
+                str(path.parent), gguf_file=path.name, dtype=torch.float32
+            )
 
         candidates["smollm2-135m"] = load_smol
     for name, factory in candidates.items():
@@ -70,9 +80,20 @@ def main() -> None:
         params = sum(p.numel() for p in model.parameters())
         for length in (int(v) for v in args.lengths.split(",")):
             seconds = measure(model, model.config.vocab_size, length, 1, args.repeats)
-            print(json.dumps({"model": name, "params_m": round(params / 1e6, 1), "load_s": round(load_seconds, 1),
-                              "tokens": length, "step_s": round(seconds, 3),
-                              "tokens_per_s": round(length / seconds), "threads": args.threads}), flush=True)
+            print(  # noqa: T201 - the bench reports on stdout
+                json.dumps(
+                    {
+                        "model": name,
+                        "params_m": round(params / 1e6, 1),
+                        "load_s": round(load_seconds, 1),
+                        "tokens": length,
+                        "step_s": round(seconds, 3),
+                        "tokens_per_s": round(length / seconds),
+                        "threads": args.threads,
+                    }
+                ),
+                flush=True,
+            )  # noqa: T201
 
 
 if __name__ == "__main__":

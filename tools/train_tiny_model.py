@@ -53,14 +53,32 @@ EVALS = ("eval_image_qa", "eval_video_qa", "eval_text_qa")
 
 PHASES: list[TrainPhase] = [
     # Images first: they are the cheapest samples and teach the LLM the visual-token interface.
-    TrainPhase("images", steps=500, mixture={"image_qa": 0.85, "text_qa": 0.15}, batch_size=32, lr=1e-3,
-               eval_every=250),
+    TrainPhase(
+        "images",
+        steps=500,
+        mixture={"image_qa": 0.85, "text_qa": 0.15},
+        batch_size=32,
+        lr=1e-3,
+        eval_every=250,
+    ),
     # Then the short-video mix (2 tokens per frame), keeping images and text in the mix.
-    TrainPhase("videos", steps=500, mixture={"image_qa": 0.4, "video_qa": 0.5, "text_qa": 0.1}, batch_size=32,
-               lr=5e-4, eval_every=250),
+    TrainPhase(
+        "videos",
+        steps=500,
+        mixture={"image_qa": 0.4, "video_qa": 0.5, "text_qa": 0.1},
+        batch_size=32,
+        lr=5e-4,
+        eval_every=250,
+    ),
     # Longer mixed training at a lower rate: binding a named object to its colour/shape/size is the slow skill.
-    TrainPhase("mix", steps=1000, mixture={"image_qa": 0.5, "video_qa": 0.4, "text_qa": 0.1}, batch_size=32,
-               lr=4e-4, eval_every=500),
+    TrainPhase(
+        "mix",
+        steps=1000,
+        mixture={"image_qa": 0.5, "video_qa": 0.4, "text_qa": 0.1},
+        batch_size=32,
+        lr=4e-4,
+        eval_every=500,
+    ),
 ]
 
 
@@ -94,8 +112,9 @@ def main(argv: list[str] | None = None) -> None:
     data = {}
     for name, (split, kind, count, seed) in DATASETS.items():
         items = generate_items(split, count, seed=seed, kind=kind)
-        cache = build_feature_cache(work / "cache" / f"{name}.safetensors", items, tower,
-                                    stage0_settings.image_size)
+        cache = build_feature_cache(
+            work / "cache" / f"{name}.safetensors", items, tower, stage0_settings.image_size
+        )
         data[name] = (items, cache)
     timings["tokenizers_and_caches"] = time.time() - started
 
@@ -113,7 +132,9 @@ def main(argv: list[str] | None = None) -> None:
             continue
         if model is None:
             model = build_tiny_model(work / "stage0", tokenizer, qformer_tokenizer, TinyModelSettings())
-            processor = LlamaVidProcessor.from_config(model.config, tokenizer, qformer_tokenizer, template=TEMPLATE)
+            processor = LlamaVidProcessor.from_config(
+                model.config, tokenizer, qformer_tokenizer, template=TEMPLATE
+            )
         assert processor is not None
         started = time.time()
         before = len(log.curve)

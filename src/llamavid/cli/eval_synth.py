@@ -30,7 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("model", type=Path, help="llamavid model folder (e.g. src/llamavid/assets/tiny-llamavid)")
+    parser.add_argument(
+        "model", type=Path, help="llamavid model folder (e.g. src/llamavid/assets/tiny-llamavid)"
+    )
     parser.add_argument("--sets", default="image_qa,video_qa,text_qa", help=f"comma list of {SETS}")
     parser.add_argument("-n", "--items", type=int, default=140, help="held-out items per set (types rotate)")
     parser.add_argument("--seed", type=int, default=0, help="held-out dataset seed")
@@ -69,7 +71,11 @@ def _normalise(text: str) -> str:
 
 
 def evaluate(
-    model_dir: Path, sets: list[str], items_per_set: int, seed: int = 0, batch_size: int = 16,
+    model_dir: Path,
+    sets: list[str],
+    items_per_set: int,
+    seed: int = 0,
+    batch_size: int = 16,
     episode_frames: int = 1200,
 ) -> dict[str, Any]:
     """Score ``model_dir`` on ``items_per_set`` held-out items of each set; returns per-type tables."""
@@ -90,8 +96,13 @@ def evaluate(
         extra = {"episode_frames": episode_frames} if set_name == "long_qa" else {}
         items = generate_items("heldout", items_per_set, seed=seed, kind=set_name, **extra)
         fit_count = 200 if set_name == "long_qa" else BLIND_FIT_ITEMS
-        fit = generate_items("train", fit_count, seed=seed, kind=set_name,
-                             **({"episode_frames": 60} if set_name == "long_qa" else {}))
+        fit = generate_items(
+            "train",
+            fit_count,
+            seed=seed,
+            kind=set_name,
+            **({"episode_frames": 60} if set_name == "long_qa" else {}),
+        )
         blind = answer_statistics(
             [item_to_record(i, "m") for i in fit], [item_to_record(i, "m") for i in items]
         )
@@ -136,19 +147,27 @@ def evaluate(
             "examples": examples,
             "seconds": time.time() - started,
         }
-        logger.info("%s: mean %.3f in %.0f s", set_name, results["sets"][set_name]["mean"], time.time() - started)
+        logger.info(
+            "%s: mean %.3f in %.0f s", set_name, results["sets"][set_name]["mean"], time.time() - started
+        )
     return results
 
 
 def format_tables(results: dict[str, Any]) -> str:
     lines = [f"model: {results['model']}"]
     for set_name, data in results["sets"].items():
-        lines += ["", f"## {set_name} (mean {data['mean']:.3f}, blind {data['blind_mean']:.3f}, "
-                  f"chance {data['chance_mean']:.3f})", "| type | n | accuracy | blind | chance |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## {set_name} (mean {data['mean']:.3f}, blind {data['blind_mean']:.3f}, "
+            f"chance {data['chance_mean']:.3f})",
+            "| type | n | accuracy | blind | chance |",
+            "|---|---|---|---|---|",
+        ]
         for name, row in data["per_type"].items():
-            lines.append(f"| {name} | {row['count']} | {row['accuracy']:.3f} | {row['blind']:.3f} | "
-                         f"{row['chance']:.3f} |")
+            lines.append(
+                f"| {name} | {row['count']} | {row['accuracy']:.3f} | {row['blind']:.3f} | "
+                f"{row['chance']:.3f} |"
+            )
         if data["heldout_combo_accuracy"] is not None:
             lines.append(f"held-out (shape, colour) combos: {data['heldout_combo_accuracy']:.3f}")
     return "\n".join(lines)

@@ -196,11 +196,15 @@ def evaluate_tower(
             correct = logits[name].argmax(-1) == targets[name]
             add(f"cell_{name}", correct)
             add(f"object_{name}", correct, occupied)
-        add("cell_all3_object", (
-            (logits["shape"].argmax(-1) == targets["shape"])
-            & (logits["colour"].argmax(-1) == targets["colour"])
-            & (logits["size"].argmax(-1) == targets["size"])
-        ), occupied)
+        add(
+            "cell_all3_object",
+            (
+                (logits["shape"].argmax(-1) == targets["shape"])
+                & (logits["colour"].argmax(-1) == targets["colour"])
+                & (logits["size"].argmax(-1) == targets["size"])
+            ),
+            occupied,
+        )
         add("background", logits["background"].argmax(-1) == targets["background"])
         add("word_mean", logits["word"].argmax(-1) == targets["word"])
         add("word_row", logits["row_word"].argmax(-1) == targets["word"])
@@ -265,7 +269,11 @@ def train_stage0(settings: Stage0Settings, out_dir: str | Path) -> dict[str, Any
     started = time.time()
     for step in range(settings.steps):
         images, labels = pretraining_batch(
-            "train", settings.seed, step * settings.batch_size, settings.batch_size, settings.image_size,
+            "train",
+            settings.seed,
+            step * settings.batch_size,
+            settings.batch_size,
+            settings.image_size,
             settings.grid,
         )
         loss = stage0_loss(heads(tower(normalise(images))), batch_targets(labels))

@@ -26,7 +26,7 @@ import re
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from llamavid.model.configuration_llamavid import IGNORE_INDEX, LlamaVidConfig
-from llamavid.model.conversation import DEFAULT_IMAGE_TOKEN, _VICUNA_SYSTEM, build_long_video_message
+from llamavid.model.conversation import _VICUNA_SYSTEM, DEFAULT_IMAGE_TOKEN, build_long_video_message
 from llamavid.model.modeling_llamavid import LlamaVidForConditionalGeneration
 from llamavid.model.processing_llamavid import LlamaVidProcessor, load_qformer_tokenizer
 from llamavid.synth import QUESTION_TYPES, FrameSpec, generate_items, render_frame
@@ -81,7 +81,9 @@ def build_llm_tokenizer(out_dir: Path, corpus: Iterable[str]) -> Any:
         vocab.setdefault(word, len(vocab))
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
-    core.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins words with spaces, tidies punctuation
+    core.decoder = decoders.WordPiece(
+        prefix="##", cleanup=True
+    )  # joins words with spaces, tidies punctuation
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
     )
@@ -207,7 +209,9 @@ def build_feature_cache(
             counts.append(0)
             continue
         if key not in seen:
-            features = encode_frames(tower, item_frames(item, size))
+            frames = item_frames(item, size)
+            assert frames is not None
+            features = encode_frames(tower, frames)
             seen[key] = (total, len(features))
             chunks.append(features)
             total += len(features)
@@ -222,7 +226,9 @@ def build_feature_cache(
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(cache, path)
-    logger.info("cached %d frames for %d items in %.0f s -> %s", total, len(items), time.time() - started, path)
+    logger.info(
+        "cached %d frames for %d items in %.0f s -> %s", total, len(items), time.time() - started, path
+    )
     return cache
 
 
@@ -264,23 +270,25 @@ def make_batch(
         ids = processor.tokenize_prompt(prompt, lengths)
         labels = [IGNORE_INDEX] * len(ids)
         if train:
-            answer = tokenizer(" " + item.answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            answer = tokenizer(" " + item.answer, add_special_tokens=False)["input_ids"] + [
+                tokenizer.eos_token_id
+            ]
             ids, labels = ids + answer, labels + answer
         sequences.append(ids)
         label_rows.append(labels)
     longest = max(len(s) for s in sequences)
     pad = processor.pad_token_id
     input_ids = torch.full((len(sequences), longest), pad, dtype=torch.long)
-    labels = torch.full((len(sequences), longest), IGNORE_INDEX, dtype=torch.long)
+    label_ids = torch.full((len(sequences), longest), IGNORE_INDEX, dtype=torch.long)
     mask = torch.zeros((len(sequences), longest), dtype=torch.long)
     for row, (ids, labs) in enumerate(zip(sequences, label_rows, strict=True)):
         span = slice(0, len(ids)) if train else slice(longest - len(ids), longest)
         input_ids[row, span] = torch.tensor(ids)
-        labels[row, span] = torch.tensor(labs)
+        label_ids[row, span] = torch.tensor(labs)
         mask[row, span] = 1
     batch: dict[str, Tensor] = {"input_ids": input_ids, "attention_mask": mask}
     if train:
-        batch["labels"] = labels
+        batch["labels"] = label_ids
     if features:
         encoded = processor.qformer_tokenizer(questions, padding="longest", return_tensors="pt")
         batch.update(
@@ -313,7 +321,7 @@ def score_items(
     model.eval()
     hits: dict[str, list[int]] = defaultdict(list)
     combo: list[int] = []
-    examples = []
+    examples: list[dict[str, str]] = []
     for start in range(0, len(items), batch_size):
         indices = list(range(start, min(start + batch_size, len(items))))
         batch = make_batch(items, cache, indices, processor, train=False)
@@ -395,17 +403,33 @@ def train_phase(
         scheduler.step()
         running = 0.98 * running + 0.02 * float(loss.detach()) if step else float(loss.detach())
         if step % 50 == 0:
-            logger.info("%s step %d/%d loss %.3f (%.0f s)", phase.name, step, phase.steps, running,
-                        time.time() - started)
+            logger.info(
+                "%s step %d/%d loss %.3f (%.0f s)",
+                phase.name,
+                step,
+                phase.steps,
+                running,
+                time.time() - started,
+            )
         last = step == phase.steps - 1
         if (phase.eval_every and step and step % phase.eval_every == 0) or last:
-            point: dict[str, Any] = {"phase": phase.name, "step": step, "loss": running,
-                                     "seconds": time.time() - started}
+            point: dict[str, Any] = {
+                "phase": phase.name,
+                "step": step,
+                "loss": running,
+                "seconds": time.time() - started,
+            }
             for eval_name, (eval_items, eval_cache) in evals.items():
                 result = score_items(model, processor, eval_items, eval_cache)
                 point[eval_name] = {"mean": result["mean"], "per_type": result["per_type"]}
-                logger.info("%s step %d %s: mean %.3f %s", phase.name, step, eval_name, result["mean"],
-                            json.dumps({k: round(v, 2) for k, v in result["per_type"].items()}))
+                logger.info(
+                    "%s step %d %s: mean %.3f %s",
+                    phase.name,
+                    step,
+                    eval_name,
+                    result["mean"],
+                    json.dumps({k: round(v, 2) for k, v in result["per_type"].items()}),
+                )
             log.curve.append(point)
 
 
@@ -414,8 +438,8 @@ def save_tiny_model(
 ) -> None:
     """A complete llamavid folder in fp16 (config, weights, processor, both tokenizers)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.to(torch.float16).save_pretrained(str(out_dir), safe_serialization=True)
-    model.to(torch.float32)
+    model.half().save_pretrained(str(out_dir), safe_serialization=True)
+    model.float()
     processor.save_pretrained(out_dir)
 
 
