@@ -79,6 +79,15 @@ PHASES: list[TrainPhase] = [
         lr=4e-4,
         eval_every=500,
     ),
+    # Second mixed phase, image-heavier: video types kept rising in "mix" while image binding lagged.
+    TrainPhase(
+        "mix2",
+        steps=1000,
+        mixture={"image_qa": 0.6, "video_qa": 0.3, "text_qa": 0.1},
+        batch_size=32,
+        lr=3e-4,
+        eval_every=500,
+    ),
 ]
 
 
