@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test install style quality bench test-gpu clean screenshots lmms-venv lmms-smoke
+.PHONY: demo test install style quality bench test-gpu clean screenshots lmms-venv lmms-smoke tiny-model eval-tiny
 
 $(VENV)/.installed: pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,13 @@ lmms-smoke: lmms-venv
 
 screenshots: $(VENV)/.installed
 	$(PY) tools/screenshots.py --out docs/images/webui.png
+
+# Retrain the committed tiny LLaMA-VID from scratch (docs/tiny-model.md); resumable, work files in build/tiny-model.
+tiny-model: $(VENV)/.installed
+	$(PY) tools/train_tiny_model.py --work-dir build/tiny-model --out src/llamavid/assets/tiny-llamavid
+
+eval-tiny: $(VENV)/.installed
+	$(VENV)/bin/llamavid eval-synth src/llamavid/assets/tiny-llamavid -n 280
 
 clean:
 	rm -rf $(VENV) .venv-lmms build dist .pytest_cache .ruff_cache .mypy_cache demo-output

@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import torch
 
-from llamavid.cli.demo import write_demo_video
+from llamavid.demo import write_demo_video
 from llamavid.serve.api import RunningServer, ServerConfig, create_app
 from llamavid.serve.engine import Engine
 

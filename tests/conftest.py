@@ -104,6 +104,6 @@ def serving_engine(serving_model_dir):
 @pytest.fixture(scope="session")
 def demo_video_path(tmp_path_factory):
     """A 4-second H.264 MP4 of a red square moving right (4 frames at 1 fps)."""
-    from llamavid.cli.demo import write_demo_video
+    from llamavid.demo import write_demo_video
 
     return write_demo_video(tmp_path_factory.mktemp("media") / "square.mp4", seconds=4)

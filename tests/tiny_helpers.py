@@ -75,7 +75,7 @@ def save_serving_model(folder, seed: int = 0):
     would hide batching or prompt bugs; redrawing the matrices with std 0.15 makes answers depend on the
     input. Answers are still noise: tests check schema, determinism and equivalences, not content.
     """
-    from llamavid.cli.demo import build_random_demo_model
+    from llamavid.demo import build_random_demo_model
 
     model, processor = build_random_demo_model(seed)
     generator = torch.Generator().manual_seed(seed)

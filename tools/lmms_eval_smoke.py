@@ -60,7 +60,7 @@ metric_list:
 
 
 def main() -> int:
-    from llamavid.cli.demo import build_random_demo_model
+    from llamavid.demo import build_random_demo_model
 
     with tempfile.TemporaryDirectory(prefix="llamavid-lmms-") as folder:
         root = Path(folder)

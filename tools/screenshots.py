@@ -34,7 +34,7 @@ def main() -> int:
 
     from playwright.sync_api import sync_playwright
 
-    from llamavid.cli.demo import write_demo_video
+    from llamavid.demo import write_demo_video
     from llamavid.serve.engine import Engine
     from llamavid.serve.webui import build_ui, launch
 

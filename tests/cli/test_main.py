@@ -30,12 +30,20 @@ def test_help_lists_commands():
     assert "demo" in result.stdout
 
 
-def test_demo_answers_in_json():
-    result = run_cli("demo", "--json", "--frames", "4", "--max-new-tokens", "4")
+def test_demo_answers_correctly_with_the_embedded_model():
+    result = run_cli("demo", "--json")
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
-    assert payload["visual_tokens"] == 8  # 2 tokens per frame
-    assert isinstance(payload["answer"], str)
+    assert payload["model"] == "tiny-llamavid"
+    assert payload["visual_tokens"] == 2 * payload["frames"]  # 2 tokens per frame
+    assert payload["expected"] in payload["answer"].lower().split()
+
+
+def test_demo_with_random_weights_says_so():
+    result = run_cli("demo", "--random", "--json", "--frames", "4", "--max-new-tokens", "4")
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["visual_tokens"] == 8 and payload["expected"] is None
     assert "untrained" in payload["model"]
 
 

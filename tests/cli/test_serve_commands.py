@@ -4,9 +4,11 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from llamavid.cli.main import main
+from llamavid.serve.engine import default_model_path
 
 ANSWER_KEYS = {
     "model", "random_weights", "device", "dtype", "media", "answer", "question", "finish_reason", "frames",
@@ -113,3 +115,28 @@ def test_bad_media_file_is_a_one_line_error(serving_model_dir, tmp_path, capsys)
     assert main(["ask", str(broken), "q", "--model", str(serving_model_dir)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("llamavid ask: error:") and "broken.mp4" in err
+
+
+@pytest.mark.skipif(default_model_path() is None, reason="the trained tiny model is not embedded yet")
+def test_ask_and_chat_answer_correctly_about_a_generated_video(tmp_path):
+    """Real media path with the shipped tiny model: a lossless MKV on disk, decoded at 1 fps, default --model."""
+    from llamavid.synth.clips import make_clip_question
+    from llamavid.synth.dataset import write_video
+
+    rng = np.random.default_rng(0)
+    right = 0
+    for index in range(6):
+        item = make_clip_question(rng, "heldout", "video_colour_change", f"cli{index}")
+        video = write_video(item.media.render(), tmp_path / f"clip{index}", video_format="mkv")
+        result = run_cli("ask", str(video), item.question, "--temperature", "0", "--json")
+        assert result.returncode == 0, result.stderr
+        payload = json.loads(result.stdout)
+        right += item.answer in payload["answer"].lower().split()
+    assert right >= 4  # chance is 1/8 per question
+
+    chat = subprocess.run(
+        [sys.executable, "-m", "llamavid.cli.main", "chat", str(video), "--temperature", "0"],
+        input=f"{item.question}\n/quit\n", capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert chat.returncode == 0, chat.stderr
+    assert item.answer in chat.stdout.lower()

@@ -47,6 +47,9 @@ TEMPLATES: dict[str, ConversationTemplate] = {
     "imgsp_v1": ConversationTemplate("imgsp_v1", _VICUNA_SYSTEM, ("USER", "ASSISTANT"), " ", "</s>"),
     # Chosen by the official cli.py for names containing "vid"; differs from training ("curious human").
     "llava_v1": ConversationTemplate("llava_v1", _LLAVA_SYSTEM, ("USER", "ASSISTANT"), " ", "</s>"),
+    # The tiny synthetic-world model (docs/tiny-model.md): vicuna roles without the 30-word system text, which
+    # a from-scratch 4-layer LM would only spend compute on.
+    "synth_v1": ConversationTemplate("synth_v1", "", ("USER", "ASSISTANT"), " ", "</s>"),
     # Stage 1 captions.
     "plain_guided": ConversationTemplate("plain_guided", "", ("", ""), "\n", "\n", style="plain"),
 }

@@ -521,7 +521,7 @@ class Engine:
         cls, seed: int = 0, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
     ) -> Engine:
         """The random tiny demo model (`llamavid demo`'s); for tests and for trying the plumbing offline."""
-        from llamavid.cli.demo import build_random_demo_model
+        from llamavid.demo import build_random_demo_model
 
         torch_device = resolve_device(device)
         model, processor = build_random_demo_model(seed)

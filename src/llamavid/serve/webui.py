@@ -32,7 +32,7 @@ _MONO_FONTS = ["ui-monospace", "monospace"]
 
 def _example_folder() -> Path:
     """Write the example clip (a red square moving right) once per process; removed at exit."""
-    from llamavid.cli.demo import write_demo_video
+    from llamavid.demo import write_demo_video
 
     folder = Path(tempfile.mkdtemp(prefix="llamavid-webui-examples-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)

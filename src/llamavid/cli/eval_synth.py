@@ -1,0 +1,183 @@
+"""``llamavid eval-synth MODEL``: exact-match accuracy on held-out synthetic items, per question type.
+
+Why: the synthetic world (``llamavid.synth``) knows every answer, so a model folder can be scored end to end —
+rendered pixels -> `LlamaVidProcessor` -> greedy `generate` — against two references per type: chance
+(1 / number of answer options) and the blind baseline (the best text-only answer fitted on train questions,
+``question_majority`` from :func:`llamavid.synth.answer_statistics`). A score near blind means the model is not
+using the video.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+SETS = ("image_qa", "video_qa", "text_qa", "long_qa")
+BLIND_FIT_ITEMS = 2000
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval-synth",
+        help="score a model folder on held-out synthetic image/video/text/long-video questions",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "model", type=Path, help="llamavid model folder (e.g. src/llamavid/assets/tiny-llamavid)"
+    )
+    parser.add_argument("--sets", default="image_qa,video_qa,text_qa", help=f"comma list of {SETS}")
+    parser.add_argument("-n", "--items", type=int, default=140, help="held-out items per set (types rotate)")
+    parser.add_argument("--seed", type=int, default=0, help="held-out dataset seed")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--episode-frames", type=int, default=1200, help="long-video length in frames")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    parser.set_defaults(func=run)
+
+
+def _prompt_and_media(item: Any, size: int, template: str) -> tuple[str, Any]:
+    """The user prompt (in the model's template) and the pixel medium of one item."""
+    from llamavid.model.conversation import DEFAULT_IMAGE_TOKEN, build_long_video_message, build_prompt
+    from llamavid.synth import Episode, FrameSpec, render_frame
+
+    if item.media is None:
+        return build_prompt([{"role": "user", "content": item.question}], template), None
+    if isinstance(item.media, FrameSpec):
+        media: Any = render_frame(item.media, size)
+        content = DEFAULT_IMAGE_TOKEN + "\n" + item.question
+    elif isinstance(item.media, Episode):
+        media = item.media.render(size)
+        subtitles = [""] * item.media.num_frames
+        for cue in item.media.subtitles:  # each cue goes after the frame sampled at its start (1 fps)
+            index = min(int(cue.start * item.media.fps), item.media.num_frames - 1)
+            subtitles[index] += cue.text
+        content = build_long_video_message(subtitles, item.question)
+    else:
+        media = item.media.render(size)
+        content = DEFAULT_IMAGE_TOKEN + "\n" + item.question
+    return build_prompt([{"role": "user", "content": content}], template), media
+
+
+def _normalise(text: str) -> str:
+    return " ".join(text.lower().replace(".", " ").split())
+
+
+def evaluate(
+    model_dir: Path,
+    sets: list[str],
+    items_per_set: int,
+    seed: int = 0,
+    batch_size: int = 16,
+    episode_frames: int = 1200,
+) -> dict[str, Any]:
+    """Score ``model_dir`` on ``items_per_set`` held-out items of each set; returns per-type tables."""
+    import torch
+
+    from llamavid.model.modeling_llamavid import LlamaVidForConditionalGeneration
+    from llamavid.model.processing_llamavid import LlamaVidProcessor
+    from llamavid.synth import answer_statistics, generate_items, item_to_record
+
+    model = LlamaVidForConditionalGeneration.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    processor = LlamaVidProcessor.from_pretrained(model_dir)
+    size = model.config.vision_config.image_size
+    results: dict[str, Any] = {"model": str(model_dir), "sets": {}}
+    for set_name in sets:
+        if set_name not in SETS:
+            raise ValueError(f"unknown set {set_name!r}; expected some of {SETS}")
+        started = time.time()
+        extra = {"episode_frames": episode_frames} if set_name == "long_qa" else {}
+        items = generate_items("heldout", items_per_set, seed=seed, kind=set_name, **extra)
+        fit_count = 200 if set_name == "long_qa" else BLIND_FIT_ITEMS
+        fit = generate_items(
+            "train",
+            fit_count,
+            seed=seed,
+            kind=set_name,
+            **({"episode_frames": 60} if set_name == "long_qa" else {}),
+        )
+        blind = answer_statistics(
+            [item_to_record(i, "m") for i in fit], [item_to_record(i, "m") for i in items]
+        )
+        hits: dict[str, list[int]] = defaultdict(list)
+        combo: list[int] = []
+        examples: list[dict[str, str]] = []
+        step = 1 if set_name == "long_qa" else batch_size
+        for start in range(0, len(items), step):
+            chunk = items[start : start + step]
+            prompts, media, questions = [], [], []
+            for item in chunk:
+                prompt, medium = _prompt_and_media(item, size, processor.template)
+                prompts.append(prompt)
+                media.append(medium)
+                questions.append(item.question)
+            inputs = processor(prompts, media=media, questions=questions)
+            with torch.no_grad():
+                output = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+            texts = processor.batch_decode(output[:, inputs["input_ids"].shape[1] :])
+            for item, text in zip(chunk, texts, strict=True):
+                correct = int(_normalise(text) == _normalise(item.answer))
+                hits[item.question_type].append(correct)
+                if item.meta.get("heldout_combo"):
+                    combo.append(correct)
+                if len(examples) < 5:
+                    examples.append({"question": item.question, "answer": item.answer, "predicted": text})
+        per_type = {
+            name: {
+                "accuracy": sum(values) / len(values),
+                "count": len(values),
+                "blind": blind[name]["question_majority"],
+                "chance": blind[name]["chance"],
+            }
+            for name, values in sorted(hits.items())
+        }
+        results["sets"][set_name] = {
+            "mean": sum(row["accuracy"] for row in per_type.values()) / max(len(per_type), 1),
+            "blind_mean": sum(row["blind"] for row in per_type.values()) / max(len(per_type), 1),
+            "chance_mean": sum(row["chance"] for row in per_type.values()) / max(len(per_type), 1),
+            "heldout_combo_accuracy": sum(combo) / len(combo) if combo else None,
+            "per_type": per_type,
+            "examples": examples,
+            "seconds": time.time() - started,
+        }
+        logger.info(
+            "%s: mean %.3f in %.0f s", set_name, results["sets"][set_name]["mean"], time.time() - started
+        )
+    return results
+
+
+def format_tables(results: dict[str, Any]) -> str:
+    lines = [f"model: {results['model']}"]
+    for set_name, data in results["sets"].items():
+        lines += [
+            "",
+            f"## {set_name} (mean {data['mean']:.3f}, blind {data['blind_mean']:.3f}, "
+            f"chance {data['chance_mean']:.3f})",
+            "| type | n | accuracy | blind | chance |",
+            "|---|---|---|---|---|",
+        ]
+        for name, row in data["per_type"].items():
+            lines.append(
+                f"| {name} | {row['count']} | {row['accuracy']:.3f} | {row['blind']:.3f} | "
+                f"{row['chance']:.3f} |"
+            )
+        if data["heldout_combo_accuracy"] is not None:
+            lines.append(f"held-out (shape, colour) combos: {data['heldout_combo_accuracy']:.3f}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    sets = [name.strip() for name in args.sets.split(",") if name.strip()]
+    results = evaluate(args.model, sets, args.items, args.seed, args.batch_size, args.episode_frames)
+    print(json.dumps(results, indent=1) if args.json else format_tables(results))
+    return 0

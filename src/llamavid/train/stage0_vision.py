@@ -1,0 +1,318 @@
+"""Stage 0: pretrain the tiny EVA-style vision tower on per-cell synthetic labels, then freeze it.
+
+Why a separate recipe: LLaMA-VID keeps its vision encoder frozen (EVA ViT-g, pretrained elsewhere), and no image
+weights can be downloaded here, so the tiny model needs its own "pretrained" encoder before stages 1-3. Its loop
+trains the tower and throw-away heads on dense labels, not the LLM, so it does not fit the generic recipe.
+
+The findings (``shared/tiny-model-findings.md``) drive the targets:
+
+* attribute-only targets made features position-blind ("where" stayed at blind), so every target is **per grid
+  cell** (shape, colour, size of the object whose centre is in the cell; 0 = empty), read from the patches of
+  that cell (2x2 patches at 64 px / patch 8 with a 4x4 grid; the same pooling as ``grid:4`` content tokens);
+* video frames are compressed to one ``mean`` content token, so heads on the **mean of all patches** must also
+  predict which cells are occupied and which shapes/colours are present: this forces the mean-pooled token
+  (what a video frame becomes) to keep layout information for motion and counting questions;
+* background and on-screen word from the mean token; the word also from the bottom-row cell features.
+
+Inputs are normalised exactly as :class:`~llamavid.model.image_processing_llamavid.LlamaVidImageProcessor`
+does for a square frame of the tower's size (no resize), so the frozen tower sees the same pixels at inference.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from transformers.models.instructblip.configuration_instructblip import InstructBlipVisionConfig
+
+from llamavid.model.image_processing_llamavid import CLIP_MEAN, CLIP_STD
+from llamavid.model.modeling_llamavid import LlamaVidVisionTower
+from llamavid.synth import pretraining_batch
+from llamavid.synth.world import BACKGROUNDS, COLOURS, SHAPES, SIZES, WORDS
+
+logger = logging.getLogger(__name__)
+
+TOWER_WEIGHTS = "vision_tower.safetensors"
+TOWER_CONFIG = "vision_config.json"
+METRICS = "stage0_metrics.json"
+
+
+@dataclass
+class Stage0Settings:
+    """Everything that defines a stage-0 run (saved next to the weights for reproducibility)."""
+
+    image_size: int = 64
+    patch_size: int = 8
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 512
+    grid: int = 4
+    steps: int = 1200
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup: int = 50
+    seed: int = 0
+    eval_frames: int = 2000
+    threads: int = 1  # measured: 2 threads are ~8x slower than 1 when other jobs share the 2 cores
+
+
+def tiny_vision_config(settings: Stage0Settings) -> InstructBlipVisionConfig:
+    """EVA layout (fused qkv with zero key bias, pre-norm, exact GELU) at a CPU-sized width."""
+    config = InstructBlipVisionConfig(
+        hidden_size=settings.hidden_size,
+        intermediate_size=settings.intermediate_size,
+        num_hidden_layers=settings.num_layers,
+        num_attention_heads=settings.num_heads,
+        image_size=settings.image_size,
+        patch_size=settings.patch_size,
+        hidden_act="gelu",
+        layer_norm_eps=1e-6,
+        attention_dropout=0.0,
+        qkv_bias=True,
+    )
+    config._attn_implementation = "sdpa"
+    return config
+
+
+def normalise(images: np.ndarray) -> Tensor:
+    """``(B, H, W, 3)`` uint8 -> ``(B, 3, H, W)`` float, CLIP-normalised like the processor (square, no resize)."""
+    pixels = torch.from_numpy(images).float().div_(255.0).permute(0, 3, 1, 2)
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return ((pixels - mean) / std).contiguous()
+
+
+class Stage0Heads(nn.Module):
+    """Throw-away probes on the tower output; linear on purpose so the *features* must carry the information."""
+
+    def __init__(self, width: int, grid: int):
+        super().__init__()
+        cells = grid * grid
+        self.grid = grid
+        self.cell_shape = nn.Linear(width, len(SHAPES) + 1)
+        self.cell_colour = nn.Linear(width, len(COLOURS) + 1)
+        self.cell_size = nn.Linear(width, len(SIZES) + 1)
+        self.background = nn.Linear(width, len(BACKGROUNDS))
+        self.word = nn.Linear(width, len(WORDS) + 1)  # last class = no word
+        self.row_word = nn.Linear(width * grid, len(WORDS) + 1)
+        self.mean_occupancy = nn.Linear(width, cells)
+        self.mean_shapes = nn.Linear(width, len(SHAPES))
+        self.mean_colours = nn.Linear(width, len(COLOURS))
+
+    def forward(self, features: Tensor) -> dict[str, Tensor]:
+        """``features`` ``(B, 1+N, C)`` tower output -> logits per target."""
+        patches = features[:, 1:]
+        batch, num_patches, width = patches.shape
+        side = math.isqrt(num_patches)
+        stride = side // self.grid
+        grid_map = patches.reshape(batch, side, side, width).permute(0, 3, 1, 2)
+        cells = F.avg_pool2d(grid_map, stride, stride).permute(0, 2, 3, 1)  # (B, G, G, C), as grid:G pooling
+        mean = patches.mean(dim=1)
+        return {
+            "shape": self.cell_shape(cells),
+            "colour": self.cell_colour(cells),
+            "size": self.cell_size(cells),
+            "background": self.background(mean),
+            "word": self.word(mean),
+            "row_word": self.row_word(cells[:, -1].flatten(1)),
+            "occupancy": self.mean_occupancy(mean),
+            "shapes_present": self.mean_shapes(mean),
+            "colours_present": self.mean_colours(mean),
+        }
+
+
+def batch_targets(labels: dict[str, np.ndarray]) -> dict[str, Tensor]:
+    """Synth labels -> training targets (word -1 becomes the explicit "no word" class)."""
+    shape = torch.from_numpy(labels["shape"])
+    colour = torch.from_numpy(labels["colour"])
+    word = torch.from_numpy(labels["word"]).clone()
+    word[word < 0] = len(WORDS)
+    shapes_present = torch.zeros(len(shape), len(SHAPES) + 1).scatter_(1, shape.flatten(1), 1.0)[:, 1:]
+    colours_present = torch.zeros(len(colour), len(COLOURS) + 1).scatter_(1, colour.flatten(1), 1.0)[:, 1:]
+    return {
+        "shape": shape,
+        "colour": colour,
+        "size": torch.from_numpy(labels["size"]),
+        "background": torch.from_numpy(labels["background"]),
+        "word": word,
+        "row_word": word,
+        "occupancy": (shape > 0).flatten(1).float(),
+        "shapes_present": shapes_present,
+        "colours_present": colours_present,
+    }
+
+
+_MULTI_LABEL = ("occupancy", "shapes_present", "colours_present")
+
+
+def stage0_loss(logits: dict[str, Tensor], targets: dict[str, Tensor]) -> Tensor:
+    total = logits["shape"].new_zeros(())
+    for name, value in logits.items():
+        if name in _MULTI_LABEL:
+            total = total + F.binary_cross_entropy_with_logits(value, targets[name])
+        else:
+            total = total + F.cross_entropy(value.flatten(0, -2), targets[name].flatten(), ignore_index=-1)
+    return total
+
+
+@torch.no_grad()
+def evaluate_tower(
+    tower: LlamaVidVisionTower, heads: Stage0Heads, frames: int, grid: int, size: int, seed: int = 0
+) -> dict[str, float]:
+    """Per-attribute accuracy on held-out frames (held-out split: new seeds *and* held-out shape/colour pairs).
+
+    Cell accuracies are reported over all cells and over occupied cells only (most cells are empty, so the
+    all-cell number alone flatters the probe).
+    """
+    tower.eval()
+    heads.eval()
+    hits: dict[str, float] = {}
+    counts: dict[str, float] = {}
+
+    def add(name: str, correct: Tensor, mask: Tensor | None = None) -> None:
+        if mask is not None:
+            correct = correct[mask]
+        hits[name] = hits.get(name, 0.0) + float(correct.float().sum())
+        counts[name] = counts.get(name, 0.0) + float(correct.numel())
+
+    for start in range(0, frames, 250):
+        images, labels = pretraining_batch("heldout", seed, start, min(250, frames - start), size, grid)
+        targets = batch_targets(labels)
+        logits = heads(tower(normalise(images)))
+        occupied = targets["shape"] > 0
+        for name in ("shape", "colour", "size"):
+            correct = logits[name].argmax(-1) == targets[name]
+            add(f"cell_{name}", correct)
+            add(f"object_{name}", correct, occupied)
+        add(
+            "cell_all3_object",
+            (
+                (logits["shape"].argmax(-1) == targets["shape"])
+                & (logits["colour"].argmax(-1) == targets["colour"])
+                & (logits["size"].argmax(-1) == targets["size"])
+            ),
+            occupied,
+        )
+        add("background", logits["background"].argmax(-1) == targets["background"])
+        add("word_mean", logits["word"].argmax(-1) == targets["word"])
+        add("word_row", logits["row_word"].argmax(-1) == targets["word"])
+        has_word = targets["word"] < len(WORDS)
+        add("word_row_present", logits["row_word"].argmax(-1) == targets["word"], has_word)
+        for name in _MULTI_LABEL:
+            add(f"mean_{name}_exact", ((logits[name] > 0) == (targets[name] > 0.5)).all(-1))
+    tower.train()
+    heads.train()
+    return {name: hits[name] / max(counts[name], 1.0) for name in hits}
+
+
+def save_tower(tower: LlamaVidVisionTower, settings: Stage0Settings, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in tower.state_dict().items()}, out_dir / TOWER_WEIGHTS)
+    (out_dir / TOWER_CONFIG).write_text(json.dumps(asdict(settings), indent=2) + "\n")
+
+
+def load_tower(out_dir: str | Path) -> tuple[LlamaVidVisionTower, Stage0Settings]:
+    """The frozen stage-0 tower (eval mode, no grad) and the settings it was trained with."""
+    out_dir = Path(out_dir)
+    settings = Stage0Settings(**json.loads((out_dir / TOWER_CONFIG).read_text()))
+    tower = LlamaVidVisionTower(tiny_vision_config(settings))
+    tower.load_state_dict(load_file(out_dir / TOWER_WEIGHTS))
+    tower.eval().requires_grad_(False)
+    return tower, settings
+
+
+def train_stage0(settings: Stage0Settings, out_dir: str | Path) -> dict[str, Any]:
+    """Train, evaluate on held-out frames, save ``vision_tower.safetensors`` + metrics; resumable by skipping.
+
+    If ``out_dir`` already holds metrics for these settings the run is skipped (``make tiny-model`` reruns).
+    """
+    out_dir = Path(out_dir)
+    metrics_path = out_dir / METRICS
+    if metrics_path.is_file() and (out_dir / TOWER_WEIGHTS).is_file():
+        saved = json.loads(metrics_path.read_text())
+        if saved.get("settings") == asdict(settings):
+            logger.info("stage 0 already done in %s; skipping", out_dir)
+            return saved
+    torch.manual_seed(settings.seed)
+    torch.set_num_threads(settings.threads)
+    tower = LlamaVidVisionTower(tiny_vision_config(settings))
+    for module in tower.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.trunc_normal_(module.weight, std=0.02)
+            nn.init.zeros_(module.bias)
+    nn.init.trunc_normal_(tower.embeddings.position_embedding, std=0.02)
+    nn.init.trunc_normal_(tower.embeddings.class_embedding, std=0.02)
+    heads = Stage0Heads(settings.hidden_size, settings.grid)
+    params = list(tower.parameters()) + list(heads.parameters())
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+
+    def lr_at(step: int) -> float:
+        if step < settings.warmup:
+            return (step + 1) / settings.warmup
+        progress = (step - settings.warmup) / max(1, settings.steps - settings.warmup)
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    curve: list[dict[str, float]] = []
+    started = time.time()
+    for step in range(settings.steps):
+        images, labels = pretraining_batch(
+            "train",
+            settings.seed,
+            step * settings.batch_size,
+            settings.batch_size,
+            settings.image_size,
+            settings.grid,
+        )
+        loss = stage0_loss(heads(tower(normalise(images))), batch_targets(labels))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        if step % 100 == 0 or step == settings.steps - 1:
+            logger.info("stage0 step %d loss %.4f (%.0f s)", step, loss.item(), time.time() - started)
+            curve.append({"step": step, "loss": float(loss.detach()), "seconds": time.time() - started})
+    train_seconds = time.time() - started
+    held = evaluate_tower(tower, heads, settings.eval_frames, settings.grid, settings.image_size)
+    logger.info("stage0 held-out: %s", json.dumps({k: round(v, 4) for k, v in held.items()}))
+    save_tower(tower, settings, out_dir)
+    result = {
+        "settings": asdict(settings),
+        "train_seconds": train_seconds,
+        "frames_seen": settings.steps * settings.batch_size,
+        "heldout": held,
+        "curve": curve,
+        "tower_parameters": sum(p.numel() for p in tower.parameters()),
+    }
+    metrics_path.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out_dir")
+    for name, value in asdict(Stage0Settings()).items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    args = vars(parser.parse_args(argv))
+    out_dir = args.pop("out_dir")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    train_stage0(Stage0Settings(**args), out_dir)
+
+
+if __name__ == "__main__":
+    main()
