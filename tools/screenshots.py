@@ -34,7 +34,7 @@ def main() -> int:
 
     from playwright.sync_api import sync_playwright
 
-    from llamavid.demo import write_demo_video
+    from llamavid.demo import synthetic_question_clip, write_clip
     from llamavid.serve.engine import Engine
     from llamavid.serve.webui import build_ui, launch
 
@@ -45,7 +45,8 @@ def main() -> int:
     launch(demo, port=port, prevent_thread_lock=True, quiet=True)
     try:
         with tempfile.TemporaryDirectory() as folder, sync_playwright() as playwright:
-            video = write_demo_video(Path(folder) / "square.mp4", seconds=8)
+            frames, question, _ = synthetic_question_clip(seed=1)
+            video = write_clip(frames, Path(folder) / "synthetic_clip.mkv")
             browser = playwright.chromium.launch_persistent_context(
                 str(Path(folder) / "profile"),
                 executable_path=chromium,
@@ -66,7 +67,7 @@ def main() -> int:
             page.wait_for_selector("#media-upload input[type=file]", state="attached")
             page.set_input_files("#media-upload input[type=file]", str(video))
             page.wait_for_selector("#status :text('Ready')")
-            page.fill("#question textarea", "Which way does the red square move?")
+            page.fill("#question textarea", question)
             page.click("#send")
             page.wait_for_selector("#relevance img")
             args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -30,14 +30,20 @@ _SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]
 _MONO_FONTS = ["ui-monospace", "monospace"]
 
 
-def _example_folder() -> Path:
-    """Write the example clip (a red square moving right) once per process; removed at exit."""
-    from llamavid.demo import write_demo_video
+def _example(engine: Engine) -> tuple[Path, str]:
+    """Write the example clip once per process (removed at exit) and return ``(path, question)``.
+
+    A trained model gets a held-out clip of the synthetic world it learned, so its answer can be right; the
+    random fallback gets the moving-square clip.
+    """
+    from llamavid.demo import synthetic_question_clip, write_clip, write_demo_video
 
     folder = Path(tempfile.mkdtemp(prefix="llamavid-webui-examples-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    write_demo_video(folder / "red_square.mp4", seconds=6)
-    return folder
+    if engine.is_random:
+        return write_demo_video(folder / "red_square.mp4", seconds=6), "Which way does the red square move?"
+    frames, question, _ = synthetic_question_clip(seed=1)
+    return write_clip(frames, folder / "synthetic_clip.mkv"), question
 
 
 def build_ui(
@@ -53,7 +59,7 @@ def build_ui(
         fps / max_frames: sampling of uploads (1 fps as trained; the cap bounds memory and context).
         max_new_tokens: answer length limit (default: the engine's).
     """
-    examples = _example_folder()
+    example_path, example_question = _example(engine)
 
     def load(media_file: str | None, subtitle_file: str | None, progress: gr.Progress = gr.Progress()):  # noqa: B008
         """Decode the upload and encode its frames once; the chat then reuses them every turn."""
@@ -118,7 +124,7 @@ def build_ui(
                     send = gr.Button("Send", variant="primary", elem_id="send")
                     clear = gr.Button("New conversation", elem_id="reset")
         gr.Examples(
-            examples=[[str(examples / "red_square.mp4"), "Which way does the red square move?"]],
+            examples=[[str(example_path), example_question]],
             inputs=[media_input, question],
         )
         loaded = [session_state, status, chatbot, relevance]
@@ -127,7 +133,7 @@ def build_ui(
         question.submit(respond, [question, chatbot, session_state], [chatbot, question, relevance])
         send.click(respond, [question, chatbot, session_state], [chatbot, question, relevance])
         clear.click(reset, [session_state], [chatbot, relevance])
-    demo.llamavid_examples = examples  # type: ignore[attr-defined]
+    demo.llamavid_examples = example_path.parent  # type: ignore[attr-defined]
     return demo
 
 
