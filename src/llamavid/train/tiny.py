@@ -358,6 +358,7 @@ class TrainPhase:
     lr: float = 1e-3
     warmup: int = 30
     eval_every: int = 0
+    seed: int = 0  # added to the run seed for this phase's batch sampling
 
 
 @dataclass
@@ -375,7 +376,7 @@ def train_phase(
     seed: int = 0,
 ) -> None:
     """AdamW + warmup/cosine over a weighted mixture; every trainable module except the frozen tower learns."""
-    rng = random.Random(seed)
+    rng = random.Random(seed + phase.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=phase.lr, weight_decay=0.0, betas=(0.9, 0.98))
 
