@@ -20,7 +20,7 @@ Shim (everything that differs from an unmodified official run, all forced by "ti
   created in a temporary working directory; the processor json is the official one with the tiny frame size.
 * `tokenizer_image_token` and `process_images` (LLaVA's `mm_utils`, not in the official repo): stand-ins written
   from the spec (§5.2 per-chunk tokenisation; §8.2 pad to a square with the mean colour).
-* fp32 on CPU: no ``.cuda()`` / ``.half()``. `initialize_attention_modules(for_eval=True)` casts the ``vlm_att_*``
+* fp32 on CPU: no device moves or ``half`` casts. `initialize_attention_modules(for_eval=True)` casts the ``vlm_att_*``
   modules to fp16 (spec §11.4); `load_official` casts back with ``.float()`` and re-loads their fp32 tensors from
   the checkpoint, with the official loader's own key handling.
 
