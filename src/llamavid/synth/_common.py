@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from llamavid.synth.world import COLOURS, HELDOUT_PAIRS, SHAPES
+from llamavid.synth.world import COLOURS, HELDOUT_PAIRS, SHAPES, check_split
 
 HELDOUT_COMBO_PROBABILITY = 0.5
 """In the held-out split, the fraction of targets drawn from the held-out (shape, colour) pairs."""
@@ -43,6 +43,24 @@ def choose(rng: np.random.Generator, options: list[Any] | tuple[Any, ...]) -> An
     if not options:
         raise ValueError("cannot choose from an empty list of options")
     return options[int(rng.integers(len(options)))]
+
+
+def draw_answer(
+    rng: np.random.Generator, split: str, question_type: str, types: dict[str, list[Any]]
+) -> tuple[list[Any], Any]:
+    """Validate ``split`` and ``question_type`` and draw the answer uniformly from that type's options.
+
+    The answer is drawn *first* and the medium is then built to make it true, which keeps blind baselines at
+    chance.
+
+    Raises:
+        ValueError: on an unknown split or question type.
+    """
+    check_split(split)
+    if question_type not in types:
+        raise ValueError(f"question_type={question_type!r} is unknown; expected one of {list(types)}.")
+    options = types[question_type]
+    return options, choose(rng, options)
 
 
 def pick_target(

@@ -16,6 +16,7 @@ from llamavid.synth._common import (
     QAItem,
     choose,
     distinct_cells,
+    draw_answer,
     join_phrases,
     phrase,
     pick_distractors,
@@ -159,13 +160,7 @@ def make_clip_question(
     Raises:
         ValueError: on an unknown type or split, or a clip length outside 5-60 frames.
     """
-    check_split(split)
-    if question_type not in VIDEO_QUESTION_TYPES:
-        raise ValueError(
-            f"question_type={question_type!r} is unknown; expected one of {list(VIDEO_QUESTION_TYPES)}."
-        )
-    options = VIDEO_QUESTION_TYPES[question_type]
-    answer = choose(rng, options)
+    options, answer = draw_answer(rng, split, question_type, VIDEO_QUESTION_TYPES)
     clip, question, heldout, caption = _BUILDERS[question_type](
         rng, split, answer, _clip_length(rng, num_frames), grid
     )

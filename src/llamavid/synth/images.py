@@ -13,6 +13,7 @@ from llamavid.synth._common import (
     QAItem,
     choose,
     distinct_cells,
+    draw_answer,
     join_phrases,
     phrase,
     pick_distractors,
@@ -103,13 +104,7 @@ def make_image_question(
     Raises:
         ValueError: on an unknown question type or split.
     """
-    check_split(split)
-    if question_type not in IMAGE_QUESTION_TYPES:
-        raise ValueError(
-            f"question_type={question_type!r} is unknown; expected one of {list(IMAGE_QUESTION_TYPES)}."
-        )
-    options = IMAGE_QUESTION_TYPES[question_type]
-    answer = choose(rng, options)
+    options, answer = draw_answer(rng, split, question_type, IMAGE_QUESTION_TYPES)
     n_distractors = int(rng.integers(1, 4))
     heldout = False
     if question_type == "image_colour":

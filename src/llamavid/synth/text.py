@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from llamavid.synth._common import QAItem, choose
-from llamavid.synth.world import COLOURS, NAMES, check_split
+from llamavid.synth._common import QAItem, draw_answer
+from llamavid.synth.world import COLOURS, NAMES
 
 TEXT_QUESTION_TYPES: dict[str, list[str]] = {
     "text_next": [str(n) for n in range(1, 10)],
@@ -26,13 +26,7 @@ def make_text_question(rng: np.random.Generator, split: str, question_type: str,
     Raises:
         ValueError: on an unknown question type or split.
     """
-    check_split(split)
-    if question_type not in TEXT_QUESTION_TYPES:
-        raise ValueError(
-            f"question_type={question_type!r} is unknown; expected one of {list(TEXT_QUESTION_TYPES)}."
-        )
-    options = TEXT_QUESTION_TYPES[question_type]
-    answer = choose(rng, options)
+    options, answer = draw_answer(rng, split, question_type, TEXT_QUESTION_TYPES)
     if question_type == "text_next":
         question = f"What number comes after {int(answer) - 1}?"
     elif question_type == "text_bigger":
