@@ -13,7 +13,6 @@ The prompt follows the movie CLI of the original code (spec §5.4): a start sent
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from llamavid.data.feature_cache import CacheEntry, module_sha256, preprocessing_id
+from llamavid.model.modeling_llamavid import LlamaVidVisualOutput
 
 __all__ = [
     "MOVIE_END",
@@ -33,6 +33,7 @@ __all__ = [
     "build_movie_prompt",
     "check_context_budget",
     "estimate_kv_cache_bytes",
+    "stream_visual_output",
     "stream_visual_tokens",
 ]
 
@@ -76,30 +77,67 @@ def _qformer_inputs(processor: Any, question: str) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def stream_visual_tokens(model: Any, processor: Any, entry: CacheEntry, question: str) -> torch.Tensor:
-    """Visual tokens ``(T * (1+n), D)`` of a cached video for one question, computed chunk by chunk.
+def stream_visual_output(
+    model: Any,
+    entry: CacheEntry,
+    qformer_input_ids: torch.Tensor,
+    qformer_attention_mask: torch.Tensor,
+    *,
+    frame_blocks: bool = False,
+    output_attentions: bool = False,
+) -> LlamaVidVisualOutput:
+    """Visual tokens of a cached video for one question, computed chunk by chunk (``LlamaVidVisualOutput``).
 
-    Each chunk goes through ``get_visual_tokens`` as a one-media, one-question block; cached features keep CLS,
-    so ``from_pixels=True`` applies the same CLS rule as for freshly decoded frames.
+    Only one chunk of features is in memory at a time; every (frame, question) pair is independent, so the
+    concatenated chunks equal one pass over the whole video. Cached features keep CLS, so ``from_pixels=True``
+    applies the same CLS rule as for freshly decoded frames.
+
+    Args:
+        frame_blocks: one block per frame (the subtitle-interleaved layout, one ``<image>`` per frame) instead
+            of one block for the whole video; the tokens are the same, only `block_frame_counts` differs.
+        output_attentions: also return the attention weights and frame scores.
     """
     core = getattr(model, "model", model)
     param = next(core.parameters())
-    encoded = _qformer_inputs(processor, question)
-    tokens: list[torch.Tensor] = []
+    parts = []
     for chunk in entry.iter_chunks(framework="pt"):
         features = chunk.to(device=param.device, dtype=param.dtype)
-        out = core.get_visual_tokens(
-            features,
-            frame_counts=torch.tensor([len(features)]),
-            qformer_input_ids=encoded["input_ids"],
-            qformer_attention_mask=encoded["attention_mask"],
-            block_media=torch.tensor([0]),
-            block_question=torch.tensor([0]),
-            from_pixels=True,
+        frames = len(features)
+        if frame_blocks:
+            counts, blocks = torch.ones(frames, dtype=torch.long), torch.arange(frames)
+        else:
+            counts, blocks = torch.tensor([frames]), torch.zeros(1, dtype=torch.long)
+        parts.append(
+            core.get_visual_tokens(
+                features,
+                counts,
+                qformer_input_ids,
+                qformer_attention_mask,
+                blocks,
+                torch.zeros(len(blocks), dtype=torch.long),
+                from_pixels=True,
+                output_attentions=output_attentions,
+            )
         )
-        tokens.append(out.tokens)
-        del features, out, chunk
-    return torch.cat(tokens)
+        del features, chunk
+    total = entry.num_frames
+    return LlamaVidVisualOutput(
+        tokens=torch.cat([part.tokens for part in parts]),
+        context_tokens=torch.cat([part.context_tokens for part in parts]),
+        block_frame_counts=torch.ones(total, dtype=torch.long) if frame_blocks else torch.tensor([total]),
+        attention_weights=torch.cat([part.attention_weights for part in parts])
+        if output_attentions
+        else None,
+        frame_scores=torch.cat([part.frame_scores for part in parts]) if output_attentions else None,
+    )
+
+
+def stream_visual_tokens(model: Any, processor: Any, entry: CacheEntry, question: str) -> torch.Tensor:
+    """Visual tokens ``(T * (1+n), D)`` of a cached video for one question (see `stream_visual_output`)."""
+    encoded = _qformer_inputs(processor, question)
+    tokens = stream_visual_output(model, entry, encoded["input_ids"], encoded["attention_mask"]).tokens
+    assert tokens is not None  # always set by stream_visual_output
+    return tokens
 
 
 def build_movie_prompt(processor: Any, frame_texts: Sequence[str], question: str) -> str:
@@ -214,8 +252,3 @@ def answer_long_video(
     )
     answer = processor.decode(output[0, input_ids.shape[1] :], skip_special_tokens=True)
     return LongVideoAnswer(answer, len(ids), int(tokens.shape[0]), limit, kv_bytes)
-
-
-def kv_cache_mib(bytes_: int) -> float:
-    """Bytes to MiB, rounded for display."""
-    return math.floor(bytes_ / 2**20 * 10) / 10

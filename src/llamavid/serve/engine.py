@@ -704,43 +704,29 @@ class Engine:
             return_tensors="pt",
         )
 
-        def tokens_for(features: Tensor, frame_counts: Tensor, block_media: Tensor) -> Any:
-            return self.model.model.get_visual_tokens(
-                features,
-                frame_counts,
-                encoded["input_ids"],
-                encoded["attention_mask"],
-                block_media,
-                torch.zeros(len(block_media), dtype=torch.long),
-                media_is_image=torch.full((len(frame_counts),), media.is_image, dtype=torch.bool),
-                from_pixels=True,
-                output_attentions=output_attentions,
-            )
-
         with self._lock, torch.no_grad():
             if media.features is not None:
-                return tokens_for(media.features, frame_counts, block_media)
+                return self.model.model.get_visual_tokens(
+                    media.features,
+                    frame_counts,
+                    encoded["input_ids"],
+                    encoded["attention_mask"],
+                    block_media,
+                    torch.zeros(len(block_media), dtype=torch.long),
+                    media_is_image=torch.full((len(frame_counts),), media.is_image, dtype=torch.bool),
+                    from_pixels=True,
+                    output_attentions=output_attentions,
+                )
             # Cached video: stream its chunks; frames are independent, so the concatenation equals one pass.
-            from llamavid.model.modeling_llamavid import LlamaVidVisualOutput
+            from llamavid.inference.long_video import stream_visual_output
 
-            parts = []
-            for chunk in media.cache_entry.iter_chunks(framework="pt"):
-                chunk = chunk.to(device=self.device, dtype=self.dtype)
-                if media.subtitles is not None:
-                    counts, blocks = torch.ones(len(chunk), dtype=torch.long), torch.arange(len(chunk))
-                else:
-                    counts, blocks = torch.tensor([len(chunk)]), torch.zeros(1, dtype=torch.long)
-                parts.append(tokens_for(chunk, counts, blocks))
-            return LlamaVidVisualOutput(
-                tokens=torch.cat([part.tokens for part in parts]),
-                context_tokens=torch.cat([part.context_tokens for part in parts]),
-                block_frame_counts=block_media.new_tensor([frames])
-                if media.subtitles is None
-                else frame_counts,
-                attention_weights=torch.cat([part.attention_weights for part in parts])
-                if output_attentions
-                else None,
-                frame_scores=torch.cat([part.frame_scores for part in parts]) if output_attentions else None,
+            return stream_visual_output(
+                self.model,
+                media.cache_entry,
+                encoded["input_ids"],
+                encoded["attention_mask"],
+                frame_blocks=media.subtitles is not None,
+                output_attentions=output_attentions,
             )
 
     def build_request(
