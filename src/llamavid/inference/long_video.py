@@ -32,6 +32,7 @@ __all__ = [
     "answer_long_video",
     "build_movie_prompt",
     "check_context_budget",
+    "context_limit",
     "estimate_kv_cache_bytes",
     "stream_visual_output",
     "stream_visual_tokens",
@@ -166,6 +167,11 @@ def _rope_factor(text_config: Any) -> float:
     return 1.0
 
 
+def context_limit(text_config: Any) -> int:
+    """Positions the LLM can attend to: ``max_position_embeddings`` times any RoPE scaling factor."""
+    return int(text_config.max_position_embeddings * _rope_factor(text_config))
+
+
 def check_context_budget(
     text_config: Any, tokens: int, dtype: torch.dtype, max_memory: int | None = None
 ) -> tuple[int, int]:
@@ -174,7 +180,7 @@ def check_context_budget(
     The context limit is ``max_position_embeddings`` times the RoPE scaling factor (stage-3 long-video
     checkpoints use linear scaling x16 to reach 64K; spec §6).
     """
-    limit = int(text_config.max_position_embeddings * _rope_factor(text_config))
+    limit = context_limit(text_config)
     kv_bytes = estimate_kv_cache_bytes(text_config, tokens, dtype)
     if tokens > limit:
         raise ContextBudgetError(

@@ -531,10 +531,9 @@ class Engine:
     @property
     def max_context(self) -> int:
         """Positions the LLM can attend to: ``max_position_embeddings`` times any RoPE scaling (64K for stage 3)."""
-        from llamavid.inference.long_video import _rope_factor
+        from llamavid.inference.long_video import context_limit
 
-        text_config = self.model.config.text_config
-        return int(text_config.max_position_embeddings * _rope_factor(text_config))
+        return context_limit(self.model.config.text_config)
 
     # Media ---------------------------------------------------------------------------------------------------
     def load_media(
