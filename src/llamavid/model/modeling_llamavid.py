@@ -32,7 +32,12 @@ from transformers.models.instructblip.modeling_instructblip import (
     InstructBlipVisionEmbeddings,
 )
 
-from llamavid.model.configuration_llamavid import LlamaVidConfig, parse_bert_type, parse_compress_type
+from llamavid.model.configuration_llamavid import (
+    IGNORE_INDEX,
+    LlamaVidConfig,
+    parse_bert_type,
+    parse_compress_type,
+)
 
 # Inputs that only the prefill step needs; `generate` drops them afterwards (the KV cache holds their effect).
 VISUAL_INPUT_NAMES = (
@@ -668,7 +673,7 @@ class LlamaVidForConditionalGeneration(LlamaVidPreTrainedModel, GenerationMixin)
         logits = self.lm_head(hidden_states)
         loss = None
         if labels is not None:
-            labels = labels.masked_fill(labels == self.config.image_token_index, -100)
+            labels = labels.masked_fill(labels == self.config.image_token_index, IGNORE_INDEX)
             loss = self.loss_function(
                 logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size
             )
