@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test install style quality bench test-gpu clean screenshots lmms-venv lmms-smoke tiny-model eval-tiny
+.PHONY: demo test install style quality bench test-gpu clean screenshots lmms-venv lmms-smoke tiny-model eval-tiny tiny-ablation
 
 $(VENV)/.installed: pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -67,7 +67,11 @@ tiny-model: $(VENV)/.installed
 	$(PY) tools/train_tiny_model.py --work-dir build/tiny-model --out src/llamavid/assets/tiny-llamavid
 
 eval-tiny: $(VENV)/.installed
-	$(VENV)/bin/llamavid eval-synth src/llamavid/assets/tiny-llamavid -n 280
+	$(VENV)/bin/llamavid eval-synth src/llamavid/assets/tiny-llamavid -n 280 --sets image_qa,video_qa,text_qa,long_qa
+
+# The paper's token ablation in miniature (docs/tiny-model.md): reuses make tiny-model's stage 0 and caches.
+tiny-ablation: $(VENV)/.installed
+	$(PY) tools/tiny_ablation.py --work-dir build/tiny-model --out build/tiny-ablation
 
 clean:
 	rm -rf $(VENV) .venv-lmms build dist .pytest_cache .ruff_cache .mypy_cache demo-output

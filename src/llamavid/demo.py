@@ -74,7 +74,7 @@ def build_random_demo_model(seed: int):
 
 
 def synthetic_question_clip(
-    seed: int = 0, question_type: str = "video_disappear"
+    seed: int = 0, question_type: str = "video_direction"
 ) -> tuple[np.ndarray, str, str]:
     """A held-out clip of the synthetic world the tiny model was trained on: ``(frames, question, answer)``."""
     from llamavid.synth.clips import make_clip_question

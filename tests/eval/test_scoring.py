@@ -82,3 +82,27 @@ def test_judge_reply_parsing(reply, expected):
 def test_malformed_judge_replies(reply):
     with pytest.raises(MalformedJudgeReplyError):
         parse_judge_reply(reply, wants_pred=True)
+
+
+def test_paired_bootstrap_separates_real_gaps_from_noise() -> None:
+    import numpy as np
+
+    from llamavid.eval.scoring import paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 2, 400)
+    better = np.where(rng.random(400) < 0.3, 1, base)  # fixes ~30 % of items, breaks none
+    result = paired_bootstrap(better, base)
+    assert result["difference"] > 0.1 and result["low"] > 0 and result["beats"] == 1.0
+    same = paired_bootstrap(base, rng.permutation(base))  # same accuracy, unrelated errors
+    assert same["low"] < 0 < same["high"] and same["beats"] == 0.0
+    assert paired_bootstrap(base, base)["difference"] == 0.0
+
+
+def test_paired_bootstrap_rejects_unpaired_lists() -> None:
+    import pytest
+
+    from llamavid.eval.scoring import paired_bootstrap
+
+    with pytest.raises(ValueError, match="same items"):
+        paired_bootstrap([1, 0], [1])

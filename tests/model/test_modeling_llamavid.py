@@ -65,6 +65,54 @@ def test_tokens_per_frame_for_each_compression(compress, per_frame):
     assert out.context_tokens.shape == (questions * frames, 32)
 
 
+@pytest.mark.parametrize(
+    ("context", "compress", "image_compress", "video_tokens", "image_tokens"),
+    [(False, "mean", "grid:2", 1, 4), (True, "off", "off", 1, 1), (True, "off", "grid:2", 1, 5)],
+)
+def test_ablation_settings_drop_context_or_content(
+    context, compress, image_compress, video_tokens, image_tokens
+):
+    """The paper's ablation: content-only (no context token) and context-only (no content token) models."""
+    model = build_tiny_model(
+        context_token=context, compress_type=compress, image_compress_type=image_compress
+    )
+    assert model.config.tokens_per_frame() == video_tokens
+    assert model.config.tokens_per_frame(is_image=True) == image_tokens
+    features = torch.randn(3, 17, 32)
+    inputs = {
+        "frame_counts": torch.tensor([2, 1]),
+        "media_is_image": torch.tensor([False, True]),
+        "qformer_input_ids": torch.randint(1000, 2000, (2, 5)),
+        "qformer_attention_mask": torch.ones(2, 5, dtype=torch.long),
+        "block_media": torch.tensor([0, 1]),
+        "block_question": torch.tensor([0, 1]),
+    }
+    out = model.model.get_visual_tokens(features, **inputs)
+    assert out.tokens.shape == (2 * video_tokens + image_tokens, 32)
+    if not context:  # the content tokens alone, in frame order: the video's means, then the image's grid
+        pooled = torch.cat(
+            [
+                model.model.pool_patches(features[:2, 1:], "mean").flatten(0, 1),
+                model.model.pool_patches(features[2:, 1:], "grid:2").flatten(0, 1),
+            ]
+        )
+        torch.testing.assert_close(out.tokens, model.model.mm_projector(pooled))
+    else:  # context tokens first in each frame's segment
+        torch.testing.assert_close(out.tokens[0], out.context_tokens[0])
+    width = 2 + max(2 * video_tokens, image_tokens)
+    rows = [[5] + [IMAGE_TOKEN_INDEX] * count for count in (2 * video_tokens, image_tokens)]
+    ids = torch.tensor([row + [6] * (width - len(row)) for row in rows])
+    loss = model(input_ids=ids, labels=ids, vision_features=features, **inputs).loss
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_content_only_model_needs_some_visual_token():
+    with pytest.raises(ValueError, match="no visual token"):
+        LlamaVidConfig(**tiny_config_kwargs(context_token=False, compress_type="off"))
+
+
 def test_images_and_videos_use_their_own_compression(tiny_processor, tiny_model, rng):
     # tiny config: images keep all 16 patches (1 + 16), video frames are pooled to 1 (1 + 1)
     video = moving_square_video(frames=5)

@@ -54,12 +54,9 @@ def _prompt_and_media(item: Any, size: int, template: str) -> tuple[str, Any]:
         media: Any = render_frame(item.media, size)
         content = DEFAULT_IMAGE_TOKEN + "\n" + item.question
     elif isinstance(item.media, Episode):
-        media = item.media.render(size)
-        subtitles = [""] * item.media.num_frames
-        for cue in item.media.subtitles:  # each cue goes after the frame sampled at its start (1 fps)
-            index = min(int(cue.start * item.media.fps), item.media.num_frames - 1)
-            subtitles[index] += cue.text
-        content = build_long_video_message(subtitles, item.question)
+        # The movie prompt has one <image> per frame, so each frame is its own 1-frame video medium.
+        media = list(item.media.render(size)[:, None])
+        content = build_long_video_message(item.media.frame_subtitles(), item.question)
     else:
         media = item.media.render(size)
         content = DEFAULT_IMAGE_TOKEN + "\n" + item.question
@@ -79,6 +76,7 @@ def evaluate(
     episode_frames: int = 1200,
 ) -> dict[str, Any]:
     """Score ``model_dir`` on ``items_per_set`` held-out items of each set; returns per-type tables."""
+    import numpy as np
     import torch
 
     from llamavid.model.modeling_llamavid import LlamaVidForConditionalGeneration
@@ -110,11 +108,20 @@ def evaluate(
         combo: list[int] = []
         examples: list[dict[str, str]] = []
         step = 1 if set_name == "long_qa" else batch_size
+        episode_features: dict[str, Any] = {}  # one episode serves 6 questions: encode its frames once
         for start in range(0, len(items), step):
             chunk = items[start : start + step]
             prompts, media, questions = [], [], []
             for item in chunk:
                 prompt, medium = _prompt_and_media(item, size, processor.template)
+                if set_name == "long_qa":
+                    key = item.meta.get("media_id", item.id)
+                    if key not in episode_features:
+                        episode_features.clear()
+                        pixels = processor.image_processor(np.concatenate(medium), is_video=True)
+                        with torch.no_grad():
+                            episode_features[key] = model.model.get_vision_features(pixels)
+                    medium = list(episode_features[key].split(1))  # one 1-frame feature medium per <image>
                 prompts.append(prompt)
                 media.append(medium)
                 questions.append(item.question)

@@ -35,21 +35,25 @@ _GRID_RE = re.compile(r"^grid:(\d+)$")
 
 
 def parse_compress_type(value: str | None) -> tuple[str, int]:
-    """Return ``(kind, grid)`` for a compression setting; kind is ``"none"``, ``"mean"`` or ``"grid"``.
+    """Return ``(kind, grid)`` for a compression setting; kind is ``"none"``, ``"off"``, ``"mean"`` or ``"grid"``.
+
+    ``"off"`` (no content tokens at all) exists for the paper's context-only ablation.
 
     Raises:
-        ValueError: for anything but ``None``/``"none"``, ``"mean"`` or ``"grid:g"`` with ``g > 1``.
+        ValueError: for anything but ``None``/``"none"``, ``"off"``, ``"mean"`` or ``"grid:g"`` with ``g > 1``.
     """
     if value is None or value == "none":
         return "none", 0
+    if value == "off":
+        return "off", 0
     if value == "mean":
         return "mean", 1
     match = _GRID_RE.match(value)
     if match and int(match.group(1)) > 1:
         return "grid", int(match.group(1))
     raise ValueError(
-        f"compress_type={value!r} is not supported; expected None (all patches), 'mean' (one content token) "
-        "or 'grid:g' with an integer g > 1 (g*g pooled tokens)."
+        f"compress_type={value!r} is not supported; expected None (all patches), 'mean' (one content token), "
+        "'grid:g' with an integer g > 1 (g*g pooled tokens) or 'off' (no content token)."
     )
 
 
@@ -89,6 +93,9 @@ class LlamaVidConfig(PreTrainedConfig):
             video checkpoints) or `"grid:g"` (g*g average-pooled tokens, row-major).
         image_compress_type: the same choice for still images; `"same"` (default, the official behaviour)
             follows `compress_type`. Lets one model keep many content tokens for images and 1 per video frame.
+            `"off"` (either setting) drops the content tokens: the paper's context-only ablation.
+        context_token: emit the instruction-guided context token (default). `False` is the paper's content-only
+            ablation; the text decoder is then unused.
         mm_projector_type: content projector, `linear`, `mlpNx_gelu` or `identity`.
         qformer_sees_cls: the Q-Former cross-attends to the CLS token as well as the patches for pixel inputs
             (official: yes). Context/content tokens always use patches only.
@@ -116,6 +123,7 @@ class LlamaVidConfig(PreTrainedConfig):
     bert_type: str = "qformer_pretrain"
     compress_type: str | None = "mean"
     image_compress_type: str | None = "same"
+    context_token: bool = True
     mm_projector_type: str = "mlp2x_gelu"
     qformer_sees_cls: bool = True
     features_qformer_sees_cls: bool = True
@@ -161,6 +169,11 @@ class LlamaVidConfig(PreTrainedConfig):
             raise ValueError(f"vision image_size {image_size} is not a multiple of patch_size {patch_size}.")
         for kind in (self.compress_type, self.resolved_image_compress_type):
             name, grid = parse_compress_type(kind)
+            if name == "off" and not self.context_token:
+                raise ValueError(
+                    f"compress_type={kind!r} with context_token=False leaves a frame with no visual token; "
+                    "keep the context token or some content tokens."
+                )
             side = self.patch_grid_size
             if name == "grid" and grid > side:
                 raise ValueError(
@@ -191,12 +204,14 @@ class LlamaVidConfig(PreTrainedConfig):
             return self.num_patches
         if kind == "mean":
             return 1
+        if kind == "off":
+            return 0
         side = self.patch_grid_size
         return (side // (side // grid)) ** 2
 
     def tokens_per_frame(self, is_image: bool = False) -> int:
-        """1 context token + n content tokens."""
-        return 1 + self.content_tokens_per_frame(is_image)
+        """1 context token (unless `context_token` is off) + n content tokens."""
+        return int(self.context_token) + self.content_tokens_per_frame(is_image)
 
 
 __all__ = ["LlamaVidConfig", "IMAGE_TOKEN_INDEX", "IGNORE_INDEX", "parse_compress_type", "parse_bert_type"]

@@ -276,6 +276,8 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
         kind, grid = parse_compress_type(compress_type)
         if kind == "none":
             return patches
+        if kind == "off":
+            return patches[:, :0]
         if kind == "mean":
             return patches.mean(dim=1, keepdim=True)
         frames, num_patches, width = patches.shape
@@ -394,7 +396,8 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
         qformer_input_ids = qformer_input_ids.to(device)
         qformer_attention_mask = qformer_attention_mask.to(device)
         num_queries = self.config.num_query if self.bert_variant != "raw_bert" else qformer_input_ids.shape[1]
-        context = patches.new_empty(len(pair_frame), patches.shape[-1])
+        # Zeros, not empty: a content-only model never fills these rows, and garbage would poison gradients.
+        context = patches.new_zeros(len(pair_frame), patches.shape[-1])
         weights = (
             patches.new_empty(len(pair_frame), num_queries, patches.shape[1]) if output_attentions else None
         )
@@ -403,7 +406,7 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
         # every question about it, and activations stay bounded however long the video is. Pairs are
         # independent, so the chunk size never changes the tokens.
         chunk = self.config.frame_chunk_size
-        for start in range(0, patches.shape[0], chunk):
+        for start in range(0, patches.shape[0] if self.config.context_token else 0, chunk):
             in_chunk = torch.nonzero((pair_frame >= start) & (pair_frame < start + chunk)).squeeze(1)
             if not len(in_chunk):
                 continue
@@ -426,17 +429,18 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
                     scores[pairs] = self.frame_relevance(logits)
         context_tokens = self.vlm_att_val_projector(context)  # (pairs, D)
 
-        # Interleave [context, content...] per pair with one gather.
-        segment = 1 + content_counts[pair_frame]  # 1 context + n_f content tokens per pair
+        # Interleave [context, content...] per pair with one gather (no context row in a content-only model).
+        first = int(self.config.context_token)
+        segment = first + content_counts[pair_frame]  # 1 context + n_f content tokens per pair
         position_pair = torch.repeat_interleave(torch.arange(len(pair_frame), device=device), segment)
         offset = (
             torch.arange(len(position_pair), device=device)
             - (torch.cumsum(segment, 0) - segment)[position_pair]
         )
         source = torch.where(
-            offset == 0,
+            offset < first,
             position_pair,
-            len(pair_frame) + content_offsets[pair_frame[position_pair]] + offset - 1,
+            len(pair_frame) + content_offsets[pair_frame[position_pair]] + offset - first,
         )
         table = torch.cat([context_tokens, content_table.to(context_tokens.dtype)])
         return LlamaVidVisualOutput(

@@ -200,6 +200,17 @@ class Episode:
         time = index / self.fps
         return [cue.text for cue in self.subtitles if cue.start <= time < cue.end]
 
+    def frame_subtitles(self) -> list[str]:
+        """One string per frame for the movie prompt: each cue's text once, after the frame sampled at its start.
+
+        This is the per-frame subtitle list of `llamavid.model.conversation.long_video_inputs` (1 fps sampling).
+        """
+        texts = [""] * self.num_frames
+        for cue in self.subtitles:
+            index = min(int(cue.start * self.fps), self.num_frames - 1)
+            texts[index] += cue.text
+        return texts
+
     def summary(self) -> str:
         """A deterministic free-form summary (the training target of the summary prompt)."""
         intro = join_phrases([f"{c.name} the {c.colour} {c.shape}" for c in self.characters])

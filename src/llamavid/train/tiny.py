@@ -18,6 +18,7 @@ Design (measured reasons in ``docs/tiny-model.md``):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -32,15 +33,17 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F  # noqa: N812
 from safetensors.torch import load_file, save_file
-from torch import Tensor
+from torch import Tensor, nn
 
 from llamavid.model.configuration_llamavid import IGNORE_INDEX, LlamaVidConfig
 from llamavid.model.conversation import _VICUNA_SYSTEM, DEFAULT_IMAGE_TOKEN, build_long_video_message
 from llamavid.model.modeling_llamavid import LlamaVidForConditionalGeneration
 from llamavid.model.processing_llamavid import LlamaVidProcessor, load_qformer_tokenizer
-from llamavid.synth import QUESTION_TYPES, FrameSpec, generate_items, render_frame
+from llamavid.synth import QUESTION_TYPES, Episode, FrameSpec, generate_items, render_frame
 from llamavid.synth._common import QAItem
+from llamavid.synth.episodes import NEEDLE_COLOURS
 from llamavid.synth.world import BACKGROUNDS, COLOURS, NAMES, QUADRANTS, SHAPES, SIZES, WORDS
 from llamavid.train.stage0_vision import Stage0Settings, load_tower, normalise, tiny_vision_config
 
@@ -119,6 +122,7 @@ class TinyModelSettings:
     num_query: int = 8
     image_compress_type: str = "grid:4"
     compress_type: str = "mean"
+    context_token: bool = True  # False / compress "off": the ablation's content-only / context-only models
 
 
 def build_tiny_model(
@@ -160,6 +164,7 @@ def build_tiny_model(
         bert_type="qformer_pretrain",
         compress_type=settings.compress_type,
         image_compress_type=settings.image_compress_type,
+        context_token=settings.context_token,
         mm_projector_type="mlp2x_gelu",
     )
     model = LlamaVidForConditionalGeneration(config)
@@ -234,8 +239,15 @@ def build_feature_cache(
 
 # Batches ----------------------------------------------------------------------------------------------------------
 def prompt_for(item: QAItem, processor: LlamaVidProcessor) -> str:
-    """The user turn in the model's template; media go first (``<image>\\n`` + question), as synth records do."""
-    content = item.question if item.media is None else DEFAULT_IMAGE_TOKEN + "\n" + item.question
+    """The user turn in the model's template.
+
+    Images and clips go first (``<image>\\n`` + question), as synth records do; a long video is the movie prompt,
+    one ``<image>`` per frame with that frame's subtitles after it (spec §5.4).
+    """
+    if isinstance(item.media, Episode):
+        content = build_long_video_message(item.media.frame_subtitles(), item.question)
+    else:
+        content = item.question if item.media is None else DEFAULT_IMAGE_TOKEN + "\n" + item.question
     return processor.apply_chat_template([{"role": "user", "content": content}])
 
 
@@ -253,7 +265,9 @@ def make_batch(
     tensor as a video).
     """
     tokenizer = processor.tokenizer
-    sequences, label_rows, features, frame_counts, is_image, questions = [], [], [], [], [], []
+    sequences, label_rows, features, frame_counts, is_image = [], [], [], [], []
+    questions: list[str] = []
+    block_question: list[int] = []
     for index in indices:
         item = items[index]
         prompt = prompt_for(item, processor)
@@ -262,10 +276,15 @@ def make_batch(
             start, count = int(cache["offsets"][index]), int(cache["counts"][index])
             image = isinstance(item.media, FrameSpec)
             per_frame = processor.image_tokens_per_frame if image else processor.video_tokens_per_frame
-            lengths = [count * per_frame]
-            features.append(cache["features"][start : start + count])
-            frame_counts.append(count)
-            is_image.append(image)
+            frames = cache["features"][start : start + count]
+            # A long video's prompt has one <image> per frame: each frame is its own medium and block.
+            parts = list(frames.split(1)) if isinstance(item.media, Episode) else [frames]
+            for part in parts:
+                lengths.append(len(part) * per_frame)
+                features.append(part)
+                frame_counts.append(len(part))
+                is_image.append(image)
+                block_question.append(len(questions))
             questions.append(item.question)
         ids = processor.tokenize_prompt(prompt, lengths)
         labels = [IGNORE_INDEX] * len(ids)
@@ -298,7 +317,7 @@ def make_batch(
             qformer_input_ids=encoded["input_ids"],
             qformer_attention_mask=encoded["attention_mask"],
             block_media=torch.arange(len(features)),
-            block_question=torch.arange(len(features)),
+            block_question=torch.tensor(block_question),
         )
     return batch
 
@@ -317,11 +336,17 @@ def score_items(
     batch_size: int = 32,
     max_new_tokens: int = 4,
 ) -> dict[str, Any]:
-    """Greedy-decode every item and report exact-match accuracy per question type (and held-out-combo items)."""
+    """Greedy-decode every item and report exact-match accuracy per question type (and held-out-combo items).
+
+    Long videos go one per batch (their prompts differ in length by thousands of tokens).
+    """
     model.eval()
     hits: dict[str, list[int]] = defaultdict(list)
     combo: list[int] = []
+    every: list[int] = []
     examples: list[dict[str, str]] = []
+    if any(isinstance(item.media, Episode) for item in items):
+        batch_size = 1
     for start in range(0, len(items), batch_size):
         indices = list(range(start, min(start + batch_size, len(items))))
         batch = make_batch(items, cache, indices, processor, train=False)
@@ -331,6 +356,7 @@ def score_items(
             item = items[index]
             correct = int(normalise_answer(text) == normalise_answer(item.answer))
             hits[item.question_type].append(correct)
+            every.append(correct)
             if item.meta.get("heldout_combo"):
                 combo.append(correct)
             if len(examples) < 12:
@@ -342,6 +368,7 @@ def score_items(
         "mean": float(np.mean(list(per_type.values()))) if per_type else 0.0,
         "heldout_combo": float(np.mean(combo)) if combo else None,
         "count": len(items),
+        "correct": every,  # per item, in order (paired comparisons between models)
         "examples": examples,
     }
 
@@ -359,11 +386,165 @@ class TrainPhase:
     warmup: int = 30
     eval_every: int = 0
     seed: int = 0  # added to the run seed for this phase's batch sampling
+    context_aux: float = 0.0  # weight of the image "answer from the context token" loss (AuxiliaryHeads)
+    grounding_aux: float = 0.0  # weight of the per-frame "where is the named object" loss on clips
+    visual_lr_scale: float = 1.0  # lr multiplier of the text decoder, attention and content projectors
+    batch_sizes: dict[str, int] = field(default_factory=dict)  # per-dataset batch size (long videos: small)
+    llm_loss: bool = (
+        True  # False: an alignment phase that trains the context path on the auxiliary losses only
+    )
+
+
+def answer_index(item: QAItem) -> tuple[int, int]:
+    """``(question type number, answer number among that type's options)`` for the auxiliary answer heads."""
+    types = list(QUESTION_TYPES)
+    return types.index(item.question_type), list(QUESTION_TYPES[item.question_type]).index(item.answer)
+
+
+def grounding_targets(item: QAItem) -> list[int] | None:
+    """Per frame, the grid cell of the object a clip's first event names (``G*G`` = not on screen), else None.
+
+    Clips whose first event names one object by shape and colour (motion, colour change, appearing, ...) get a
+    target for every frame; other items get none.
+    """
+    media = item.media
+    events = getattr(media, "events", None)
+    if not events or isinstance(media, FrameSpec):
+        return None
+    detail = events[0].detail
+    shape, colour = detail.get("shape"), detail.get("colour")
+    if shape is None or colour is None:
+        return None
+    grid = media.grid
+    cells = []
+    for frame in media.frames:
+        found = [o for o in frame.objects if o.shape == shape and o.colour == colour]
+        if len(found) == 1:
+            row, col = found[0].cell(grid)
+            cells.append(row * grid + col)
+        else:
+            cells.append(grid * grid if not found else -1)  # -1 = ambiguous, ignored
+    return cells
+
+
+def needle_targets(item: QAItem) -> Tensor | None:
+    """Per frame of a visual-needle question's long video: the needle colour's number + 1 there, 0 elsewhere."""
+    media = item.media
+    if item.question_type != "long_visual_needle" or not isinstance(media, Episode):
+        return None
+    target = torch.zeros(media.num_frames, dtype=torch.long)
+    colour = NEEDLE_COLOURS.index(media.needle_colour) + 1
+    target[media.needle_start : media.needle_start + media.needle_length] = colour
+    return target
+
+
+def visual_needle_subset(
+    items: Sequence[QAItem], cache: dict[str, Tensor], needle_length: int = 1
+) -> tuple[list[QAItem], dict[str, Tensor]]:
+    """The visual-needle questions of a long-video set, for oversampling them in a phase.
+
+    With ``needle_length`` 1 the items and the cached features are shared with the full set. A longer needle is
+    a *training curriculum* only (held-out needles stay one frame): the same episodes with the white screen held
+    for ``needle_length`` frames, whose features must be cached separately (their media ids change).
+    """
+    index = [i for i, item in enumerate(items) if item.question_type == "long_visual_needle"]
+    if needle_length == 1:
+        subset = {
+            "features": cache["features"],
+            "offsets": cache["offsets"][index],
+            "counts": cache["counts"][index],
+        }
+        return [items[i] for i in index], subset
+    longer = []
+    for i in index:
+        item, episode = items[i], items[i].media
+        start = min(episode.needle_start, episode.num_frames - needle_length)
+        media = dataclasses.replace(episode, needle_length=needle_length, needle_start=start)
+        meta = dict(item.meta, media_id=f"{item.meta['media_id']}-n{needle_length}")
+        longer.append(dataclasses.replace(item, media=media, meta=meta))
+    return longer, {}
+
+
+class AuxiliaryHeads(nn.Module):
+    """Training-only linear probes on the context tokens (discarded after training; never saved).
+
+    * ``answer``: an image's context token -> the answer, one linear head per question type (a context token is
+      a softmax-weighted mix of patches: it says *what was attended*, while the question type, which the LLM
+      reads from the text, says which attribute to report). Supervising it directly trains the text queries to
+      find the object a question names, a one-hop lookup the LLM alone learned slowly.
+    * ``cell``: each frame's context token of a clip -> the cell of the object the question names, so motion and
+      position over frames are carried by the 2 tokens a video frame keeps.
+    * ``needle``: for a long video's visual-needle question, each frame's context token -> the needle's colour on
+      the needle frame and "none" elsewhere (weighted like ``cell``). Measured: without it the LLM stayed at
+      chance on visual needles while it learned subtitle needles; with every other frame saying "none", the one
+      frame that differs is what the LLM has to find.
+    """
+
+    def __init__(self, width: int, cells: int = 16):
+        super().__init__()
+        self.options = [len(options) for options in QUESTION_TYPES.values()]
+        self.answer = nn.Linear(width, sum(self.options))
+        self.cell = nn.Linear(width, cells + 1)
+        self.needle = nn.Linear(width, len(NEEDLE_COLOURS) + 1)
+
+    def answer_logits(self, context: Tensor, types: Tensor) -> Tensor:
+        """``(B, D)`` context tokens and ``(B,)`` question types -> ``(B, max options)`` logits (-inf padded)."""
+        logits = self.answer(context)
+        starts = torch.tensor([0, *self.options]).cumsum(0)[:-1]
+        width = max(self.options)
+        columns = starts[types][:, None] + torch.arange(width)[None]
+        valid = torch.arange(width)[None] < torch.tensor(self.options)[types][:, None]
+        gathered = logits.gather(1, columns.clamp_max(logits.shape[1] - 1))
+        return gathered.masked_fill(~valid, float("-inf"))
+
+    def loss(
+        self, visual: Any, items: Sequence[QAItem], context_weight: float, grounding_weight: float
+    ) -> Tensor:
+        """Weighted auxiliary losses for one batch (``items`` in batch order, text-only ones included)."""
+        context, counts = visual.context_tokens, visual.block_frame_counts.tolist()
+        total = context.new_zeros(())
+        # Regroup the blocks per item: a long video has one block per frame, anything else one block.
+        blocks = iter(context.split(counts))
+        rows: list[tuple[Tensor, QAItem]] = []
+        for item in items:
+            if item.media is None:
+                continue
+            taken = item.media.num_frames if isinstance(item.media, Episode) else 1
+            rows.append((torch.cat([next(blocks) for _ in range(taken)]), item))
+        images = [(row, item) for row, item in rows if isinstance(item.media, FrameSpec)]
+        if context_weight and images:
+            types, answers = zip(*(answer_index(item) for _, item in images), strict=True)
+            logits = self.answer_logits(torch.cat([row for row, _ in images]), torch.tensor(types))
+            total = total + context_weight * F.cross_entropy(logits, torch.tensor(answers))
+        if grounding_weight:
+            grounded = [(row, cells) for row, item in rows if (cells := grounding_targets(item)) is not None]
+            if grounded:
+                logits = self.cell(torch.cat([row for row, _ in grounded]))
+                target = torch.tensor([cell for _, cells in grounded for cell in cells])
+                total = total + grounding_weight * F.cross_entropy(logits, target, ignore_index=-1)
+            needles = [(row, frames) for row, item in rows if (frames := needle_targets(item)) is not None]
+            if needles:
+                logits = self.needle(torch.cat([row for row, _ in needles]))
+                target = torch.cat([frames for _, frames in needles])
+                total = total + grounding_weight * F.cross_entropy(logits, target)
+        return total
 
 
 @dataclass
 class TrainLog:
     curve: list[dict[str, Any]] = field(default_factory=list)
+
+
+_LLM_PREFIXES = ("model.language_model.", "lm_head.")
+_VISUAL_KEYS = (
+    "vision_features",
+    "frame_counts",
+    "media_is_image",
+    "qformer_input_ids",
+    "qformer_attention_mask",
+    "block_media",
+    "block_question",
+)
 
 
 def train_phase(
@@ -374,11 +555,27 @@ def train_phase(
     evals: dict[str, tuple[list[QAItem], dict[str, Tensor]]],
     log: TrainLog,
     seed: int = 0,
+    aux: AuxiliaryHeads | None = None,
 ) -> None:
-    """AdamW + warmup/cosine over a weighted mixture; every trainable module except the frozen tower learns."""
+    """AdamW + warmup/cosine over a weighted mixture; every trainable module except the frozen tower learns.
+
+    With ``phase.context_aux`` / ``phase.grounding_aux`` set, ``aux`` (kept by the caller across phases) adds the
+    auxiliary context-token losses; they change only training, not the saved model.
+    """
     rng = random.Random(seed + phase.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=phase.lr, weight_decay=0.0, betas=(0.9, 0.98))
+    use_aux = bool(model.config.context_token and (phase.context_aux or phase.grounding_aux))
+    if aux is None:
+        use_aux = False
+    llm = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith(_LLM_PREFIXES)]
+    visual = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith(_LLM_PREFIXES)]
+    if use_aux and aux is not None:
+        visual += list(aux.parameters())
+    params = llm + visual
+    groups: list[dict[str, Any]] = [
+        {"params": llm},
+        {"params": visual, "lr": phase.lr * phase.visual_lr_scale},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=phase.lr, weight_decay=0.0, betas=(0.9, 0.98))
 
     def lr_at(step: int) -> float:
         if step < phase.warmup:
@@ -394,9 +591,21 @@ def train_phase(
     for step in range(phase.steps):
         name = rng.choices(names, weights)[0]
         items, cache = data[name]
-        indices = [rng.randrange(len(items)) for _ in range(phase.batch_size)]
+        indices = [rng.randrange(len(items)) for _ in range(phase.batch_sizes.get(name, phase.batch_size))]
         batch = make_batch(items, cache, indices, processor)
-        loss = model(**batch).loss
+        chosen = [items[i] for i in indices]
+        if phase.llm_loss:
+            output = model(**batch)
+            loss, visual_output = output.loss, output.visual
+        else:  # the LLM is not run at all: only the visual tokens and the probes
+            if not use_aux or "vision_features" not in batch:
+                continue
+            visual_output = model.model.get_visual_tokens(
+                **{key: batch[key] for key in _VISUAL_KEYS}, from_pixels=False
+            )
+            loss = visual_output.tokens.new_zeros(())
+        if use_aux and aux is not None and visual_output is not None:
+            loss = loss + aux.loss(visual_output, chosen, phase.context_aux, phase.grounding_aux)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -447,8 +656,13 @@ def save_tiny_model(
 __all__ = [
     "TEMPLATE",
     "TinyModelSettings",
+    "answer_index",
+    "AuxiliaryHeads",
     "TrainPhase",
     "TrainLog",
+    "grounding_targets",
+    "needle_targets",
+    "visual_needle_subset",
     "build_feature_cache",
     "build_llm_tokenizer",
     "build_qformer_vocab",
