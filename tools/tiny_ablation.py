@@ -23,22 +23,18 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
-from train_tiny_model import DATASETS, PHASES, REPO, STAGE0, load_datasets
-from transformers import AutoTokenizer
+from train_tiny_model import DATASETS, PHASES, REPO, STAGE0, load_datasets, load_tokenizers
 
 from llamavid.eval.scoring import paired_bootstrap
-from llamavid.model.processing_llamavid import LlamaVidProcessor, load_qformer_tokenizer
+from llamavid.model.processing_llamavid import LlamaVidProcessor
 from llamavid.train.stage0_vision import load_tower, train_stage0
 from llamavid.train.tiny import (
     TEMPLATE,
     AuxiliaryHeads,
     TinyModelSettings,
     TrainLog,
-    build_llm_tokenizer,
-    build_qformer_vocab,
     build_tiny_model,
     score_items,
-    synth_corpus,
     train_phase,
 )
 
@@ -107,12 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     work: Path = args.work_dir
     train_stage0(STAGE0, work / "stage0")
-    if not (work / "llm_tokenizer" / "tokenizer.json").is_file():
-        corpus = synth_corpus()
-        build_llm_tokenizer(work / "llm_tokenizer", corpus)
-        build_qformer_vocab(work / "qformer_tokenizer", corpus)
-    tokenizer = AutoTokenizer.from_pretrained(str(work / "llm_tokenizer"))
-    qformer_tokenizer = load_qformer_tokenizer(work / "qformer_tokenizer")
+    tokenizer, qformer_tokenizer = load_tokenizers(work)
     tower, stage0_settings = load_tower(work / "stage0")
     specs = {name: DATASETS[name] for name in SHORT_VIDEO_SETS}
     specs.update({f"ablation_eval_{name}": spec for name, spec in EVAL_SETS.items()})

@@ -14,6 +14,7 @@ import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -185,6 +186,16 @@ PHASES: list[TrainPhase] = [
 ]
 
 
+def load_tokenizers(work: Path) -> tuple[Any, Any]:
+    """The LLM and text-decoder tokenizers of the work folder, built from the synth corpus the first time."""
+    if not (work / "llm_tokenizer" / "tokenizer.json").is_file():
+        corpus = synth_corpus()
+        build_llm_tokenizer(work / "llm_tokenizer", corpus)
+        build_qformer_vocab(work / "qformer_tokenizer", corpus)
+    tokenizer = AutoTokenizer.from_pretrained(str(work / "llm_tokenizer"))
+    return tokenizer, load_qformer_tokenizer(work / "qformer_tokenizer")
+
+
 def load_datasets(
     work: Path, specs: dict[str, tuple[str, str, int, int, int]], tower: torch.nn.Module, size: int
 ) -> dict[str, tuple[list, dict]]:
@@ -216,12 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     timings["stage0"] = time.time() - started
 
     started = time.time()
-    if not (work / "llm_tokenizer" / "tokenizer.json").is_file():
-        corpus = synth_corpus()
-        build_llm_tokenizer(work / "llm_tokenizer", corpus)
-        build_qformer_vocab(work / "qformer_tokenizer", corpus)
-    tokenizer = AutoTokenizer.from_pretrained(str(work / "llm_tokenizer"))
-    qformer_tokenizer = load_qformer_tokenizer(work / "qformer_tokenizer")
+    tokenizer, qformer_tokenizer = load_tokenizers(work)
 
     tower, stage0_settings = load_tower(work / "stage0")
     data = load_datasets(work, DATASETS, tower, stage0_settings.image_size)

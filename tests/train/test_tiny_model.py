@@ -131,6 +131,7 @@ def committed_scores() -> dict:
 
 # The issue's targets minus 5 points (docs/tiny-model.md, "Against the targets"). Only targets the committed
 # model meets are enforced as targets; the others are regression guards at the measured level minus 5 points.
+@pytest.mark.timeout(1200)  # the shared scoring fixture takes ~2.5 min on 2 free cores
 def test_committed_tiny_model_images(committed_scores: dict) -> None:
     images = committed_scores["image_qa"]
     assert images["mean"] >= 0.80, images["per_type"]
@@ -139,6 +140,7 @@ def test_committed_tiny_model_images(committed_scores: dict) -> None:
         assert row["accuracy"] >= {"image_shape": 0.57}.get(name, 0.65), (name, row)
 
 
+@pytest.mark.timeout(1200)  # the shared scoring fixture takes ~2.5 min on 2 free cores
 def test_committed_tiny_model_short_videos(committed_scores: dict) -> None:
     videos = committed_scores["video_qa"]
     assert videos["mean"] >= 0.55, videos["per_type"]
@@ -146,8 +148,32 @@ def test_committed_tiny_model_short_videos(committed_scores: dict) -> None:
         assert row["accuracy"] >= 2 * row["blind"] - 0.05, (name, row)
 
 
+@pytest.mark.timeout(1200)  # the shared scoring fixture takes ~2.5 min on 2 free cores
 def test_committed_tiny_model_long_video_needles(committed_scores: dict) -> None:
     per_type = committed_scores["long_qa"]["per_type"]
     # Subtitle needles miss their 0.50 target (measured 0.353): a guard at the measured level - 5 points.
     assert per_type["long_subtitle_needle"]["accuracy"] >= 0.30, per_type
     assert per_type["long_visual_needle"]["accuracy"] >= 0.45, per_type
+
+
+@pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="tiny model asset not built")
+def test_align_phase_trains_only_the_context_path(tmp_path: Path) -> None:
+    """``llm_loss=False``: the auxiliary losses move the text decoder while the LLM is not run or changed."""
+    from llamavid import LlamaVidForConditionalGeneration, LlamaVidProcessor
+    from llamavid.synth import generate_items
+    from llamavid.train.tiny import AuxiliaryHeads, TrainLog, TrainPhase, build_feature_cache, train_phase
+
+    model = LlamaVidForConditionalGeneration.from_pretrained(str(ASSET), dtype=torch.float32)
+    model.model.vision_tower.requires_grad_(False)
+    processor = LlamaVidProcessor.from_pretrained(ASSET)
+    items = generate_items("train", 8, seed=0, kind="image_qa")
+    cache = build_feature_cache(tmp_path / "cache.safetensors", items, model.model.vision_tower, 64)
+    llm_before = model.model.language_model.layers[0].mlp.up_proj.weight.clone()
+    query_before = model.model.vlm_att_query.detach().clone()
+    phase = TrainPhase(
+        "align", steps=2, mixture={"images": 1.0}, batch_size=4, llm_loss=False, context_aux=1.0
+    )
+    aux = AuxiliaryHeads(model.config.text_config.hidden_size)
+    train_phase(model, processor, phase, {"images": (items, cache)}, {}, TrainLog(), aux=aux)
+    assert torch.equal(model.model.language_model.layers[0].mlp.up_proj.weight, llm_before)
+    assert not torch.equal(model.model.vlm_att_query.detach(), query_before)

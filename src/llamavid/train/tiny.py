@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from llamavid.model.configuration_llamavid import IGNORE_INDEX, LlamaVidConfig
 from llamavid.model.conversation import _VICUNA_SYSTEM, DEFAULT_IMAGE_TOKEN, build_long_video_message
-from llamavid.model.modeling_llamavid import LlamaVidForConditionalGeneration
+from llamavid.model.modeling_llamavid import VISUAL_INPUT_NAMES, LlamaVidForConditionalGeneration
 from llamavid.model.processing_llamavid import LlamaVidProcessor, load_qformer_tokenizer
 from llamavid.synth import QUESTION_TYPES, Episode, FrameSpec, generate_items, render_frame
 from llamavid.synth._common import QAItem
@@ -536,15 +536,6 @@ class TrainLog:
 
 
 _LLM_PREFIXES = ("model.language_model.", "lm_head.")
-_VISUAL_KEYS = (
-    "vision_features",
-    "frame_counts",
-    "media_is_image",
-    "qformer_input_ids",
-    "qformer_attention_mask",
-    "block_media",
-    "block_question",
-)
 
 
 def train_phase(
@@ -601,7 +592,7 @@ def train_phase(
             if not use_aux or "vision_features" not in batch:
                 continue
             visual_output = model.model.get_visual_tokens(
-                **{key: batch[key] for key in _VISUAL_KEYS}, from_pixels=False
+                **{key: batch[key] for key in VISUAL_INPUT_NAMES if key in batch}, from_pixels=False
             )
             loss = visual_output.tokens.new_zeros(())
         if use_aux and aux is not None and visual_output is not None:
