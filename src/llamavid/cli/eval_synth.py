@@ -43,24 +43,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _prompt_and_media(item: Any, size: int, template: str) -> tuple[str, Any]:
-    """The user prompt (in the model's template) and the pixel medium of one item."""
-    from llamavid.model.conversation import DEFAULT_IMAGE_TOKEN, build_long_video_message, build_prompt
-    from llamavid.synth import Episode, FrameSpec, render_frame
+def _media(item: Any, size: int) -> Any:
+    """The pixel medium of a text, image or clip item (long videos are encoded once per episode instead)."""
+    from llamavid.synth import FrameSpec, render_frame
 
     if item.media is None:
-        return build_prompt([{"role": "user", "content": item.question}], template), None
-    if isinstance(item.media, FrameSpec):
-        media: Any = render_frame(item.media, size)
-        content = DEFAULT_IMAGE_TOKEN + "\n" + item.question
-    elif isinstance(item.media, Episode):
-        # The movie prompt has one <image> per frame, so each frame is its own 1-frame video medium.
-        media = list(item.media.render(size)[:, None])
-        content = build_long_video_message(item.media.frame_subtitles(), item.question)
-    else:
-        media = item.media.render(size)
-        content = DEFAULT_IMAGE_TOKEN + "\n" + item.question
-    return build_prompt([{"role": "user", "content": content}], template), media
+        return None
+    return render_frame(item.media, size) if isinstance(item.media, FrameSpec) else item.media.render(size)
 
 
 def _normalise(text: str) -> str:
@@ -76,12 +65,12 @@ def evaluate(
     episode_frames: int = 1200,
 ) -> dict[str, Any]:
     """Score ``model_dir`` on ``items_per_set`` held-out items of each set; returns per-type tables."""
-    import numpy as np
     import torch
 
     from llamavid.model.modeling_llamavid import LlamaVidForConditionalGeneration
     from llamavid.model.processing_llamavid import LlamaVidProcessor
-    from llamavid.synth import answer_statistics, generate_items, item_to_record
+    from llamavid.synth import Episode, answer_statistics, generate_items, item_to_record
+    from llamavid.train.tiny import prompt_for
 
     model = LlamaVidForConditionalGeneration.from_pretrained(str(model_dir), dtype=torch.float32).eval()
     processor = LlamaVidProcessor.from_pretrained(model_dir)
@@ -108,20 +97,23 @@ def evaluate(
         combo: list[int] = []
         examples: list[dict[str, str]] = []
         step = 1 if set_name == "long_qa" else batch_size
-        episode_features: dict[str, Any] = {}  # one episode serves 6 questions: encode its frames once
+        episode_features: dict[str, Any] = {}
         for start in range(0, len(items), step):
             chunk = items[start : start + step]
             prompts, media, questions = [], [], []
             for item in chunk:
-                prompt, medium = _prompt_and_media(item, size, processor.template)
-                if set_name == "long_qa":
+                # The same prompt as training builds (movie prompt for long videos, spec §5.4).
+                prompt = prompt_for(item, processor)
+                if isinstance(item.media, Episode):
                     key = item.meta.get("media_id", item.id)
-                    if key not in episode_features:
+                    if key not in episode_features:  # one episode serves 6 questions: encode it once
                         episode_features.clear()
-                        pixels = processor.image_processor(np.concatenate(medium), is_video=True)
+                        pixels = processor.image_processor(item.media.render(size), is_video=True)
                         with torch.no_grad():
                             episode_features[key] = model.model.get_vision_features(pixels)
-                    medium = list(episode_features[key].split(1))  # one 1-frame feature medium per <image>
+                    medium = list(episode_features[key].split(1))  # one 1-frame medium per <image>
+                else:
+                    medium = _media(item, size)
                 prompts.append(prompt)
                 media.append(medium)
                 questions.append(item.question)

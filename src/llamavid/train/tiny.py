@@ -390,9 +390,8 @@ class TrainPhase:
     grounding_aux: float = 0.0  # weight of the per-frame "where is the named object" loss on clips
     visual_lr_scale: float = 1.0  # lr multiplier of the text decoder, attention and content projectors
     batch_sizes: dict[str, int] = field(default_factory=dict)  # per-dataset batch size (long videos: small)
-    llm_loss: bool = (
-        True  # False: an alignment phase that trains the context path on the auxiliary losses only
-    )
+    # False: an alignment phase that trains the context path on the auxiliary losses only (the LLM is not run).
+    llm_loss: bool = True
 
 
 def answer_index(item: QAItem) -> tuple[int, int]:
@@ -554,9 +553,9 @@ def train_phase(
     auxiliary context-token losses; they change only training, not the saved model.
     """
     rng = random.Random(seed + phase.seed)
-    use_aux = bool(model.config.context_token and (phase.context_aux or phase.grounding_aux))
-    if aux is None:
-        use_aux = False
+    use_aux = aux is not None and bool(
+        model.config.context_token and (phase.context_aux or phase.grounding_aux)
+    )
     llm = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith(_LLM_PREFIXES)]
     visual = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith(_LLM_PREFIXES)]
     if use_aux and aux is not None:
@@ -659,6 +658,7 @@ __all__ = [
     "build_qformer_vocab",
     "build_tiny_model",
     "make_batch",
+    "prompt_for",
     "save_tiny_model",
     "score_items",
     "synth_corpus",
