@@ -34,6 +34,7 @@ from llamavid.train.tiny import (
     build_llm_tokenizer,
     build_qformer_vocab,
     build_tiny_model,
+    question_type_subset,
     save_tiny_model,
     score_items,
     synth_corpus,
@@ -44,6 +45,7 @@ from llamavid.train.tiny import (
 logger = logging.getLogger("train_tiny_model")
 REPO = Path(__file__).resolve().parents[1]
 AUX_WEIGHTS = "auxiliary_heads.safetensors"  # training-only probes; not part of the shipped model
+PHASE_SETTINGS = "phase.json"  # the TrainPhase a phase folder was trained with (checked when resuming)
 
 # name -> (split, kind, number of items, data seed, frames per long video)
 DATASETS: dict[str, tuple[str, str, int, int, int]] = {
@@ -167,7 +169,7 @@ PHASES: list[TrainPhase] = [
         **_NEEDLE,
     ),
     # The needle phases' full-rate visual side costs short-video skills (held-out clips 0.76 -> 0.64 across
-    # needle8/needle1); a last low-rate phase over everything, at the 0.3x visual rate, restores them.
+    # needle8/needle1); a low-rate phase over everything, at the 0.3x visual rate, restores them.
     TrainPhase(
         "polish",
         steps=400,
@@ -183,7 +185,64 @@ PHASES: list[TrainPhase] = [
         lr=2e-4,
         **_AUX,
     ),
+    # Subtitle needles at 1,200 frames: 1.0 at 60 frames and 0.95 at 300, but 0.30-0.35 after the phases above
+    # (they transfer to 3,360-token prompts only with training there). A second 1,200-frame phase oversamples
+    # them (measured on 200 held-out items: 0.35 -> 0.53, visual needles 0.53 -> 0.68), at the cost of short-video
+    # count (0.31 -> 0.17); a second low-rate polish that keeps subtitle needles in the mix restores it (0.28)
+    # and keeps subtitle needles (0.62). Tried instead: 400 steps in the first long1200 phase with the same
+    # oversampling, then polish: subtitle 0.44, visual 0.47.
+    TrainPhase(
+        "long1200b",
+        steps=300,
+        mixture={
+            "long1200": 0.2,
+            "long1200_subtitle": 0.2,
+            "long1200_needle": 0.05,
+            "image_qa": 0.2,
+            "image_qa_s1": 0.05,
+            "video_qa": 0.25,
+            "text_qa": 0.05,
+        },
+        batch_sizes={"long1200": 2, "long1200_subtitle": 2, "long1200_needle": 2},
+        lr=1.5e-4,
+        **_AUX,
+    ),
+    TrainPhase(
+        "polish2",
+        steps=250,
+        mixture={
+            "image_qa": 0.25,
+            "image_qa_s1": 0.1,
+            "video_qa": 0.4,
+            "text_qa": 0.05,
+            "long1200_subtitle": 0.1,
+            "long300": 0.1,
+        },
+        batch_sizes={"long1200_subtitle": 2, "long300": 4},
+        lr=1.5e-4,
+        **_AUX,
+    ),
 ]
+
+
+def check_phase_settings(phase: TrainPhase, phase_dir: Path) -> None:
+    """Refuse to resume from a phase folder trained with other settings (a stale work folder after an edit).
+
+    Folders written before settings were recorded are accepted with a warning.
+    """
+    path = phase_dir / PHASE_SETTINGS
+    if not path.is_file():
+        logger.warning(
+            "%s has no %s; assuming it was trained with the current settings", phase_dir, PHASE_SETTINGS
+        )
+        return
+    saved = json.loads(path.read_text())
+    if saved != json.loads(json.dumps(asdict(phase))):
+        changed = sorted(key for key in {*saved, *asdict(phase)} if saved.get(key) != asdict(phase).get(key))
+        raise SystemExit(
+            f"{phase_dir} was trained with other settings for phase {phase.name!r} (differing: {changed}). "
+            f"Delete {phase_dir} and the phase folders after it to retrain them, or use another --work-dir."
+        )
 
 
 def load_tokenizers(work: Path) -> tuple[Any, Any]:
@@ -231,9 +290,10 @@ def main(argv: list[str] | None = None) -> None:
 
     tower, stage0_settings = load_tower(work / "stage0")
     data = load_datasets(work, DATASETS, tower, stage0_settings.image_size)
-    # Visual-needle questions alone (oversampled in stage 3), and the 8-frame-needle curriculum set.
+    # Visual- and subtitle-needle questions alone (oversampled in stage 3), and the 8-frame-needle curriculum set.
     for name in ("long60", "long300", "long1200"):
         data[f"{name}_needle"] = visual_needle_subset(*data[name])
+        data[f"{name}_subtitle"] = question_type_subset(*data[name], "long_subtitle_needle")
     items, _ = visual_needle_subset(*data["long60"], needle_length=8)
     cache = build_feature_cache(
         work / "cache" / "long60_n8.safetensors", items, tower, stage0_settings.image_size
@@ -250,6 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     for phase in PHASES:
         phase_dir = work / f"phase-{phase.name}"
         if (phase_dir / "config.json").is_file():
+            check_phase_settings(phase, phase_dir)
             logger.info("phase %s already trained; loading %s", phase.name, phase_dir)
             model = LlamaVidForConditionalGeneration.from_pretrained(str(phase_dir), dtype=torch.float32)
             model.model.vision_tower.requires_grad_(False)
@@ -277,6 +338,7 @@ def main(argv: list[str] | None = None) -> None:
         timings[f"phase_{phase.name}"] = time.time() - started
         save_tiny_model(model, processor, phase_dir)
         save_file(aux.state_dict(), phase_dir / AUX_WEIGHTS)
+        (phase_dir / PHASE_SETTINGS).write_text(json.dumps(asdict(phase), indent=1) + "\n")
         (phase_dir / "curve.json").write_text(json.dumps(log.curve[before:], indent=1) + "\n")
         # Continue from the saved fp16 weights, so a resumed run and an uninterrupted run are the same run.
         model = LlamaVidForConditionalGeneration.from_pretrained(str(phase_dir), dtype=torch.float32)

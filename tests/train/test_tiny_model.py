@@ -135,9 +135,11 @@ def committed_scores() -> dict:
 def test_committed_tiny_model_images(committed_scores: dict) -> None:
     images = committed_scores["image_qa"]
     assert images["mean"] >= 0.80, images["per_type"]
+    # Shape and size miss the 0.70 target on these items (measured 0.655 and 0.679; docs/tiny-model.md): guards at
+    # the measured level - 5 points. Every other type is held to the target - 5 points.
+    guards = {"image_shape": 0.60, "image_size": 0.62}
     for name, row in images["per_type"].items():
-        # image_shape misses its 0.70 target (measured 0.621): a guard at the measured level - 5 points.
-        assert row["accuracy"] >= {"image_shape": 0.57}.get(name, 0.65), (name, row)
+        assert row["accuracy"] >= guards.get(name, 0.65), (name, row)
 
 
 @pytest.mark.timeout(1200)  # the shared scoring fixture takes ~2.5 min on 2 free cores
@@ -151,8 +153,7 @@ def test_committed_tiny_model_short_videos(committed_scores: dict) -> None:
 @pytest.mark.timeout(1200)  # the shared scoring fixture takes ~2.5 min on 2 free cores
 def test_committed_tiny_model_long_video_needles(committed_scores: dict) -> None:
     per_type = committed_scores["long_qa"]["per_type"]
-    # Subtitle needles miss their 0.50 target (measured 0.353): a guard at the measured level - 5 points.
-    assert per_type["long_subtitle_needle"]["accuracy"] >= 0.30, per_type
+    assert per_type["long_subtitle_needle"]["accuracy"] >= 0.45, per_type
     assert per_type["long_visual_needle"]["accuracy"] >= 0.45, per_type
 
 

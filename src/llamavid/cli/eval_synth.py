@@ -94,7 +94,7 @@ def evaluate(
             [item_to_record(i, "m") for i in fit], [item_to_record(i, "m") for i in items]
         )
         hits: dict[str, list[int]] = defaultdict(list)
-        combo: list[int] = []
+        combo_hits: dict[str, list[int]] = defaultdict(list)  # items whose (shape, colour) pair is held out
         examples: list[dict[str, str]] = []
         step = 1 if set_name == "long_qa" else batch_size
         episode_features: dict[str, Any] = {}
@@ -125,23 +125,26 @@ def evaluate(
                 correct = int(_normalise(text) == _normalise(item.answer))
                 hits[item.question_type].append(correct)
                 if item.meta.get("heldout_combo"):
-                    combo.append(correct)
+                    combo_hits[item.question_type].append(correct)
                 if len(examples) < 5:
                     examples.append({"question": item.question, "answer": item.answer, "predicted": text})
-        per_type = {
+        per_type: dict[str, dict[str, Any]] = {
             name: {
                 "accuracy": sum(values) / len(values),
                 "count": len(values),
                 "blind": blind[name]["question_majority"],
                 "chance": blind[name]["chance"],
+                "heldout_combo_accuracy": _mean(combo_hits[name]),
+                "heldout_combo_count": len(combo_hits[name]),
             }
             for name, values in sorted(hits.items())
         }
+        combo = [hit for values in combo_hits.values() for hit in values]
         results["sets"][set_name] = {
             "mean": sum(row["accuracy"] for row in per_type.values()) / max(len(per_type), 1),
             "blind_mean": sum(row["blind"] for row in per_type.values()) / max(len(per_type), 1),
             "chance_mean": sum(row["chance"] for row in per_type.values()) / max(len(per_type), 1),
-            "heldout_combo_accuracy": sum(combo) / len(combo) if combo else None,
+            "heldout_combo_accuracy": _mean(combo),
             "per_type": per_type,
             "examples": examples,
             "seconds": time.time() - started,
@@ -152,6 +155,10 @@ def evaluate(
     return results
 
 
+def _mean(values: list[int]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
 def format_tables(results: dict[str, Any]) -> str:
     lines = [f"model: {results['model']}"]
     for set_name, data in results["sets"].items():
@@ -159,13 +166,15 @@ def format_tables(results: dict[str, Any]) -> str:
             "",
             f"## {set_name} (mean {data['mean']:.3f}, blind {data['blind_mean']:.3f}, "
             f"chance {data['chance_mean']:.3f})",
-            "| type | n | accuracy | blind | chance |",
-            "|---|---|---|---|---|",
+            "| type | n | accuracy | blind | chance | held-out combos (n) |",
+            "|---|---|---|---|---|---|",
         ]
         for name, row in data["per_type"].items():
+            combo = row["heldout_combo_accuracy"]
+            combo_cell = "-" if combo is None else f"{combo:.3f} ({row['heldout_combo_count']})"
             lines.append(
                 f"| {name} | {row['count']} | {row['accuracy']:.3f} | {row['blind']:.3f} | "
-                f"{row['chance']:.3f} |"
+                f"{row['chance']:.3f} | {combo_cell} |"
             )
         if data["heldout_combo_accuracy"] is not None:
             lines.append(f"held-out (shape, colour) combos: {data['heldout_combo_accuracy']:.3f}")

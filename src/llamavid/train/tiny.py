@@ -437,6 +437,25 @@ def needle_targets(item: QAItem) -> Tensor | None:
     return target
 
 
+def question_type_subset(
+    items: Sequence[QAItem], cache: dict[str, Tensor], question_type: str
+) -> tuple[list[QAItem], dict[str, Tensor]]:
+    """The items of one question type and a view of their cached features (shared, not copied), for oversampling.
+
+    Raises:
+        ValueError: when no item has that type (a mixture would otherwise sample from an empty set).
+    """
+    index = [i for i, item in enumerate(items) if item.question_type == question_type]
+    if not index:
+        raise ValueError(f"no item of question type {question_type!r} among {len(items)} items")
+    subset = {
+        "features": cache["features"],
+        "offsets": cache["offsets"][index],
+        "counts": cache["counts"][index],
+    }
+    return [items[i] for i in index], subset
+
+
 def visual_needle_subset(
     items: Sequence[QAItem], cache: dict[str, Tensor], needle_length: int = 1
 ) -> tuple[list[QAItem], dict[str, Tensor]]:
@@ -446,14 +465,9 @@ def visual_needle_subset(
     a *training curriculum* only (held-out needles stay one frame): the same episodes with the white screen held
     for ``needle_length`` frames, whose features must be cached separately (their media ids change).
     """
-    index = [i for i, item in enumerate(items) if item.question_type == "long_visual_needle"]
     if needle_length == 1:
-        subset = {
-            "features": cache["features"],
-            "offsets": cache["offsets"][index],
-            "counts": cache["counts"][index],
-        }
-        return [items[i] for i in index], subset
+        return question_type_subset(items, cache, "long_visual_needle")
+    index = [i for i, item in enumerate(items) if item.question_type == "long_visual_needle"]
     longer = []
     for i in index:
         item, episode = items[i], items[i].media
@@ -652,6 +666,7 @@ __all__ = [
     "TrainLog",
     "grounding_targets",
     "needle_targets",
+    "question_type_subset",
     "visual_needle_subset",
     "build_feature_cache",
     "build_llm_tokenizer",
