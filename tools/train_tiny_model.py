@@ -237,8 +237,9 @@ def check_phase_settings(phase: TrainPhase, phase_dir: Path) -> None:
         )
         return
     saved = json.loads(path.read_text())
-    if saved != json.loads(json.dumps(asdict(phase))):
-        changed = sorted(key for key in {*saved, *asdict(phase)} if saved.get(key) != asdict(phase).get(key))
+    current = json.loads(json.dumps(asdict(phase)))  # as JSON would store it (tuples become lists)
+    changed = sorted(key for key in {*saved, *current} if saved.get(key) != current.get(key))
+    if changed:
         raise SystemExit(
             f"{phase_dir} was trained with other settings for phase {phase.name!r} (differing: {changed}). "
             f"Delete {phase_dir} and the phase folders after it to retrain them, or use another --work-dir."
