@@ -1,4 +1,4 @@
-"""`tools/train_tiny_model.py` resume checks (the training itself is exercised in tests/train/test_tiny_model.py)."""
+"""`tools/train_tiny_model.py` resume checks and `tools/probe_shape_combos.py` (training itself: tests/train)."""
 
 from __future__ import annotations
 
@@ -43,3 +43,28 @@ def test_phase_mixtures_name_only_known_datasets(tool) -> None:
     for phase in tool.PHASES:
         assert set(phase.mixture) <= known, phase.name
         assert set(phase.batch_sizes) <= set(phase.mixture), phase.name
+
+
+@pytest.mark.skipif(
+    not (TOOL.parents[1] / "src" / "llamavid" / "assets" / "tiny-llamavid" / "config.json").is_file(),
+    reason="tiny model asset not built",
+)
+def test_shape_combination_probe_on_the_committed_tower() -> None:
+    """tools/probe_shape_combos.py: seen pairs are read well; held-out pairs are reported separately."""
+    import torch
+
+    from llamavid import LlamaVidForConditionalGeneration, LlamaVidProcessor
+    from llamavid.serve.defaults import EMBEDDED_MODEL_DIR
+
+    spec = importlib.util.spec_from_file_location("probe_shape_combos", TOOL.parent / "probe_shape_combos.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    model = LlamaVidForConditionalGeneration.from_pretrained(
+        str(EMBEDDED_MODEL_DIR), dtype=torch.float32
+    ).eval()
+    processor = LlamaVidProcessor.from_pretrained(EMBEDDED_MODEL_DIR)
+    results = probe.probe_combos(model, processor, train_frames=500, heldout_frames=500, steps=200)
+    assert results["counts"]["heldout_pair_cells"] > 0
+    assert results["colour"]["seen_pairs"] > 0.9
+    assert results["shape"]["seen_pairs"] > 0.8
+    assert 0.0 <= results["shape_without_colour"]["heldout_pairs"] <= 1.0

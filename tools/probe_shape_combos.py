@@ -1,0 +1,139 @@
+"""Linear probes on a model's frozen vision features: is shape readable on held-out (shape, colour) pairs?
+
+Frames come from ``llamavid.synth.pretraining_batch`` (train split to fit, held-out split to score). Each occupied
+grid cell's feature is the average of its patches (the same pooling as ``image_compress_type="grid:G"``). Three
+linear probes are fitted on train-split cells and scored separately on seen and on held-out pairs: shape, colour,
+and shape again after projecting the colour subspace (the per-colour mean directions) out of the features. A
+large gap that closes once colour is removed means the features carry shape, and a reader fitted on the train
+split leans on the "this colour never has that shape" prior (docs/tiny-model.md, "Against the targets").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from llamavid import LlamaVidForConditionalGeneration, LlamaVidProcessor
+from llamavid.serve.defaults import EMBEDDED_MODEL_DIR
+from llamavid.synth import pretraining_batch
+from llamavid.synth.world import COLOURS, HELDOUT_PAIRS, SHAPES
+
+
+@torch.no_grad()
+def cell_features(
+    model: LlamaVidForConditionalGeneration,
+    processor: LlamaVidProcessor,
+    split: str,
+    frames: int,
+    grid: int,
+    chunk: int = 250,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(features (M, C), shape (M,), colour (M,))`` of every occupied cell of ``frames`` synthetic frames."""
+    size = model.config.vision_config.image_size
+    features, shapes, colours = [], [], []
+    for start in range(0, frames, chunk):
+        images, labels = pretraining_batch(split, 0, start, min(chunk, frames - start), size, grid)
+        pixels = processor.image_processor(images, is_video=True)
+        patches = model.model.get_vision_features(pixels)[:, 1:].float()  # drop CLS
+        batch, count, width = patches.shape
+        side = math.isqrt(count)
+        grid_map = patches.reshape(batch, side, side, width).permute(0, 3, 1, 2)
+        cells = F.avg_pool2d(grid_map, side // grid).permute(0, 2, 3, 1).reshape(-1, width)
+        shape = torch.from_numpy(labels["shape"]).reshape(-1)
+        colour = torch.from_numpy(labels["colour"]).reshape(-1)
+        occupied = shape > 0
+        features.append(cells[occupied])
+        shapes.append(shape[occupied] - 1)
+        colours.append(colour[occupied] - 1)
+    return torch.cat(features), torch.cat(shapes), torch.cat(colours)
+
+
+def fit_probe(features: Tensor, targets: Tensor, classes: int, steps: int, seed: int = 0) -> torch.nn.Linear:
+    torch.manual_seed(seed)
+    probe = torch.nn.Linear(features.shape[1], classes)
+    optimizer = torch.optim.Adam(probe.parameters(), lr=1e-2)
+    for _ in range(steps):
+        loss = F.cross_entropy(probe(features), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return probe
+
+
+def probe_combos(
+    model: LlamaVidForConditionalGeneration,
+    processor: LlamaVidProcessor,
+    train_frames: int = 3000,
+    heldout_frames: int = 2000,
+    steps: int = 600,
+    grid: int = 4,
+) -> dict[str, dict[str, float]]:
+    """Accuracy of each probe on seen and on held-out (shape, colour) pairs of held-out frames."""
+    train_x, train_shape, train_colour = cell_features(model, processor, "train", train_frames, grid)
+    test_x, test_shape, test_colour = cell_features(model, processor, "heldout", heldout_frames, grid)
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-5
+    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+    pairs = zip(test_shape.tolist(), test_colour.tolist(), strict=True)
+    held = torch.tensor([(SHAPES[s], COLOURS[c]) in HELDOUT_PAIRS for s, c in pairs])
+    # The colour subspace: least-squares per-colour mean directions, orthonormalised.
+    directions = torch.linalg.lstsq(F.one_hot(train_colour, len(COLOURS)).float(), train_x).solution
+    basis, _ = torch.linalg.qr(directions.T)
+
+    def without_colour(x: Tensor) -> Tensor:
+        return x - (x @ basis) @ basis.T
+
+    results = {}
+    for name, fit_x, test_input, fit_y, test_y, classes in (
+        ("shape", train_x, test_x, train_shape, test_shape, len(SHAPES)),
+        ("colour", train_x, test_x, train_colour, test_colour, len(COLOURS)),
+        (
+            "shape_without_colour",
+            without_colour(train_x),
+            without_colour(test_x),
+            train_shape,
+            test_shape,
+            len(SHAPES),
+        ),
+    ):
+        probe = fit_probe(fit_x, fit_y, classes, steps)
+        with torch.no_grad():
+            correct = probe(test_input).argmax(-1) == test_y
+        results[name] = {
+            "seen_pairs": float(correct[~held].float().mean()),
+            "heldout_pairs": float(correct[held].float().mean()) if held.any() else float("nan"),
+        }
+    results["counts"] = {
+        "train_cells": len(train_x),
+        "heldout_cells": len(test_x),
+        "heldout_pair_cells": int(held.sum()),
+    }
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model", type=Path, default=EMBEDDED_MODEL_DIR, help="llamavid model folder (default: tiny)"
+    )
+    parser.add_argument(
+        "--train-frames", type=int, default=3000, help="train-split frames to fit the probes on"
+    )
+    parser.add_argument("--heldout-frames", type=int, default=2000, help="held-out-split frames to score on")
+    parser.add_argument("--steps", type=int, default=600, help="Adam steps per probe (full batch)")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model = LlamaVidForConditionalGeneration.from_pretrained(str(args.model), dtype=torch.float32).eval()
+    processor = LlamaVidProcessor.from_pretrained(args.model)
+    results = probe_combos(model, processor, args.train_frames, args.heldout_frames, args.steps)
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
