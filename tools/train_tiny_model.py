@@ -187,10 +187,10 @@ PHASES: list[TrainPhase] = [
     ),
     # Subtitle needles at 1,200 frames: 1.0 at 60 frames and 0.95 at 300, but 0.30-0.35 after the phases above
     # (they transfer to 3,360-token prompts only with training there). A second 1,200-frame phase oversamples
-    # them (measured on 200 held-out items: 0.35 -> 0.53, visual needles 0.53 -> 0.68), at the cost of short-video
-    # count (0.31 -> 0.17); a second low-rate polish that keeps subtitle needles in the mix restores it (0.28)
-    # and keeps subtitle needles (0.62). Tried instead: 400 steps in the first long1200 phase with the same
-    # oversampling, then polish: subtitle 0.44, visual 0.47.
+    # them (on the CI's 34 questions per type: 0.35 -> 0.53, visual needles 0.53 -> 0.68), at the cost of
+    # short-video count (0.31 -> 0.17); a second low-rate polish that keeps subtitle needles in the mix restores
+    # it (0.28) and keeps subtitle needles (0.62 there; 0.44 on 100 questions). Tried instead: 400 steps in the
+    # first long1200 phase with the same oversampling, then polish: subtitle 0.44, visual 0.47 (34 questions).
     TrainPhase(
         "long1200b",
         steps=300,

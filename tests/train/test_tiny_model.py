@@ -153,6 +153,8 @@ def test_committed_tiny_model_short_videos(committed_scores: dict) -> None:
 @pytest.mark.timeout(1200)  # the shared scoring fixture takes ~2.5 min on 2 free cores
 def test_committed_tiny_model_long_video_needles(committed_scores: dict) -> None:
     per_type = committed_scores["long_qa"]["per_type"]
+    # On these 34 questions subtitle needles score 0.618 (held to target - 5); on 100 questions the model scores
+    # 0.44, so the target is reported as not met (docs/tiny-model.md, "Against the targets").
     assert per_type["long_subtitle_needle"]["accuracy"] >= 0.45, per_type
     assert per_type["long_visual_needle"]["accuracy"] >= 0.45, per_type
 
