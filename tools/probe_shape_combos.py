@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import torch
@@ -41,10 +40,9 @@ def cell_features(
         images, labels = pretraining_batch(split, 0, start, min(chunk, frames - start), size, grid)
         pixels = processor.image_processor(images, is_video=True)
         patches = model.model.get_vision_features(pixels)[:, 1:].float()  # drop CLS
-        batch, count, width = patches.shape
-        side = math.isqrt(count)
-        grid_map = patches.reshape(batch, side, side, width).permute(0, 3, 1, 2)
-        cells = F.avg_pool2d(grid_map, side // grid).permute(0, 2, 3, 1).reshape(-1, width)
+        cells = model.model.pool_patches(patches, f"grid:{grid}").flatten(
+            0, 1
+        )  # row-major cells, as content tokens
         shape = torch.from_numpy(labels["shape"]).reshape(-1)
         colour = torch.from_numpy(labels["colour"]).reshape(-1)
         occupied = shape > 0
