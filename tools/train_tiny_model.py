@@ -12,7 +12,7 @@ import argparse
 import json
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -236,7 +236,9 @@ def check_phase_settings(phase: TrainPhase, phase_dir: Path) -> None:
             "%s has no %s; assuming it was trained with the current settings", phase_dir, PHASE_SETTINGS
         )
         return
-    saved = json.loads(path.read_text())
+    # Fields added to TrainPhase after a folder was saved count as their defaults.
+    defaults = {f.name: f.default for f in fields(TrainPhase) if f.default is not MISSING}
+    saved = json.loads(json.dumps(defaults)) | json.loads(path.read_text())
     current = json.loads(json.dumps(asdict(phase)))  # as JSON would store it (tuples become lists)
     changed = sorted(key for key in {*saved, *current} if saved.get(key) != current.get(key))
     if changed:

@@ -180,3 +180,47 @@ def test_align_phase_trains_only_the_context_path(tmp_path: Path) -> None:
     train_phase(model, processor, phase, {"images": (items, cache)}, {}, TrainLog(), aux=aux)
     assert torch.equal(model.model.language_model.layers[0].mlp.up_proj.weight, llm_before)
     assert not torch.equal(model.model.vlm_att_query.detach(), query_before)
+
+
+def test_answer_prior_counts_questions_and_biases_only_their_answer_token(tmp_path: Path) -> None:
+    """The product-of-experts loss: the model's own loss where no prior applies, and a known shift where one does."""
+    import torch.nn.functional as F  # noqa: N812
+
+    from llamavid import LlamaVidForConditionalGeneration, LlamaVidProcessor
+    from llamavid.synth import QUESTION_TYPES, generate_items
+    from llamavid.train.tiny import AnswerPrior, build_feature_cache, make_batch
+
+    model = LlamaVidForConditionalGeneration.from_pretrained(str(ASSET), dtype=torch.float32)
+    processor = LlamaVidProcessor.from_pretrained(ASSET)
+    items = generate_items("train", 400, seed=0, kind="image_qa")
+    prior = AnswerPrior(items, processor.tokenizer, ["image_shape"])
+    shape_items = [item for item in items if item.question_type == "image_shape"]
+    assert 0 < len(prior) <= len({item.question for item in shape_items})
+    token_ids, log_prior = prior.lookup(shape_items[0])
+    assert torch.allclose(log_prior.exp().sum(), torch.tensor(1.0))
+    assert len(token_ids) == len(QUESTION_TYPES["image_shape"])
+    same = [item for item in shape_items if item.question == shape_items[0].question]
+    options = list(QUESTION_TYPES["image_shape"])
+    most = max(options, key=lambda option: sum(item.answer == option for item in same))
+    assert int(log_prior.argmax()) == options.index(most)  # the most frequent answer to that exact question
+    assert prior.lookup(next(item for item in items if item.question_type != "image_shape")) is None
+
+    chosen = [shape_items[0], next(item for item in items if item.question_type == "image_colour")]
+    cache = build_feature_cache(tmp_path / "cache.safetensors", chosen, model.model.vision_tower, 64)
+    batch = make_batch(chosen, cache, range(2), processor)
+    with torch.no_grad():
+        output = model(**batch)
+        no_prior = AnswerPrior(items, processor.tokenizer, [])
+        assert torch.allclose(no_prior.loss(output.logits, batch["labels"], chosen), output.loss, atol=1e-5)
+        with_prior = prior.loss(output.logits, batch["labels"], chosen)
+    # Recompute by hand: the shape answer's first token scored with the log-prior added to its options' logits.
+    logits, targets = output.logits[:, :-1], batch["labels"][:, 1:]
+    per_token = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")
+    position = int((targets[0] != -100).nonzero()[0])
+    shifted = logits[0, position].clone()
+    shifted[token_ids] += log_prior
+    per_token[0, position] = F.cross_entropy(shifted[None], targets[0, position][None])
+    assert torch.allclose(with_prior, per_token.sum() / (targets != -100).sum(), atol=1e-5)
+    assert not torch.allclose(with_prior, output.loss)
+    with pytest.raises(ValueError, match="unknown question type 'shape'"):
+        AnswerPrior(items, processor.tokenizer, ["shape"])
