@@ -27,6 +27,17 @@ def test_resume_accepts_a_phase_trained_with_the_same_settings(tool, tmp_path: P
     tool.check_phase_settings(phase, tmp_path / "older-folder-without-settings")  # accepted with a warning
 
 
+def test_resume_treats_fields_added_later_as_defaults(tool, tmp_path: Path) -> None:
+    """A phase.json written before a TrainPhase field existed still matches a phase that keeps its default."""
+    phase = replace(tool.PHASES[0], answer_prior=())
+    saved = asdict(phase)
+    del saved["answer_prior"]
+    (tmp_path / tool.PHASE_SETTINGS).write_text(json.dumps(saved))
+    tool.check_phase_settings(phase, tmp_path)
+    with pytest.raises(SystemExit, match=r"differing: \['answer_prior'\]"):
+        tool.check_phase_settings(replace(phase, answer_prior=("image_shape",)), tmp_path)
+
+
 def test_resume_refuses_a_phase_trained_with_other_settings(tool, tmp_path: Path) -> None:
     phase = tool.PHASES[0]
     (tmp_path / tool.PHASE_SETTINGS).write_text(json.dumps(asdict(replace(phase, steps=phase.steps + 1))))

@@ -224,3 +224,17 @@ def test_answer_prior_counts_questions_and_biases_only_their_answer_token(tmp_pa
     assert not torch.allclose(with_prior, output.loss)
     with pytest.raises(ValueError, match="unknown question type 'shape'"):
         AnswerPrior(items, processor.tokenizer, ["shape"])
+
+
+def test_feature_cache_refuses_a_changed_dataset(tmp_path: Path) -> None:
+    from llamavid import LlamaVidForConditionalGeneration
+    from llamavid.synth import generate_items
+    from llamavid.train.tiny import build_feature_cache
+
+    tower = LlamaVidForConditionalGeneration.from_pretrained(str(ASSET)).model.vision_tower
+    items = generate_items("train", 4, seed=0, kind="image_qa")
+    path = tmp_path / "cache.safetensors"
+    first = build_feature_cache(path, items, tower, 64)
+    assert torch.equal(build_feature_cache(path, items, tower, 64)["features"], first["features"])  # reused
+    with pytest.raises(ValueError, match="caches 4 items but 6 were asked for"):
+        build_feature_cache(path, generate_items("train", 6, seed=0, kind="image_qa"), tower, 64)
