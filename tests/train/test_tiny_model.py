@@ -135,11 +135,10 @@ def committed_scores() -> dict:
 def test_committed_tiny_model_images(committed_scores: dict) -> None:
     images = committed_scores["image_qa"]
     assert images["mean"] >= 0.80, images["per_type"]
-    # Shape and size miss the 0.70 target on these items (measured 0.655 and 0.679; docs/tiny-model.md): guards at
-    # the measured level - 5 points. Every other type is held to the target - 5 points.
-    guards = {"image_shape": 0.60, "image_size": 0.62}
+    # Every type meets 0.70 on these items (shape 0.724, the lowest with colour and position at 0.828), so every
+    # type is held to the target - 5 points; on 1,000 images shape scores 0.699 (docs/tiny-model.md).
     for name, row in images["per_type"].items():
-        assert row["accuracy"] >= guards.get(name, 0.65), (name, row)
+        assert row["accuracy"] >= 0.65, (name, row)
 
 
 @pytest.mark.timeout(1200)  # the shared scoring fixture takes ~2.5 min on 2 free cores
@@ -153,8 +152,8 @@ def test_committed_tiny_model_short_videos(committed_scores: dict) -> None:
 @pytest.mark.timeout(1200)  # the shared scoring fixture takes ~2.5 min on 2 free cores
 def test_committed_tiny_model_long_video_needles(committed_scores: dict) -> None:
     per_type = committed_scores["long_qa"]["per_type"]
-    # On these 34 questions subtitle needles score 0.618 (held to target - 5); on 100 questions the model scores
-    # 0.44, so the target is reported as not met (docs/tiny-model.md, "Against the targets").
+    # On these 34 questions subtitle needles score 0.529 and visual needles 0.794, both held to target - 5
+    # (docs/tiny-model.md, "Against the targets", gives the 100-question numbers).
     assert per_type["long_subtitle_needle"]["accuracy"] >= 0.45, per_type
     assert per_type["long_visual_needle"]["accuracy"] >= 0.45, per_type
 
