@@ -613,8 +613,10 @@ class AnswerPrior:
         rows, columns, biases = [], [], []
         for row, item in enumerate(items):
             found = self.lookup(item)
+            if found is None:
+                continue
             answer = (targets[row] != IGNORE_INDEX).nonzero()
-            if found is None or not len(answer):
+            if not len(answer):
                 continue
             token_ids, log_prior = found
             bias = logits.new_zeros(logits.shape[-1])
