@@ -181,6 +181,7 @@ def test_align_phase_trains_only_the_context_path(tmp_path: Path) -> None:
     assert not torch.equal(model.model.vlm_att_query.detach(), query_before)
 
 
+@pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="tiny model asset not built")
 def test_answer_prior_counts_questions_and_biases_only_their_answer_token(tmp_path: Path) -> None:
     """The product-of-experts loss: the model's own loss where no prior applies, and a known shift where one does."""
     import torch.nn.functional as F  # noqa: N812
@@ -225,6 +226,7 @@ def test_answer_prior_counts_questions_and_biases_only_their_answer_token(tmp_pa
         AnswerPrior(items, processor.tokenizer, ["shape"])
 
 
+@pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="tiny model asset not built")
 def test_feature_cache_refuses_a_changed_dataset(tmp_path: Path) -> None:
     from llamavid import LlamaVidForConditionalGeneration
     from llamavid.synth import generate_items
@@ -237,3 +239,24 @@ def test_feature_cache_refuses_a_changed_dataset(tmp_path: Path) -> None:
     assert torch.equal(build_feature_cache(path, items, tower, 64)["features"], first["features"])  # reused
     with pytest.raises(ValueError, match="caches 4 items but 6 were asked for"):
         build_feature_cache(path, generate_items("train", 6, seed=0, kind="image_qa"), tower, 64)
+
+
+@pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="tiny model asset not built")
+def test_train_phase_with_an_answer_prior_trains_the_llm(tmp_path: Path) -> None:
+    from llamavid import LlamaVidForConditionalGeneration, LlamaVidProcessor
+    from llamavid.synth import generate_items
+    from llamavid.train.tiny import TrainLog, TrainPhase, build_feature_cache, train_phase
+
+    model = LlamaVidForConditionalGeneration.from_pretrained(str(ASSET), dtype=torch.float32)
+    model.model.vision_tower.requires_grad_(False)
+    processor = LlamaVidProcessor.from_pretrained(ASSET)
+    items = generate_items("train", 8, seed=0, kind="image_qa")
+    cache = build_feature_cache(tmp_path / "cache.safetensors", items, model.model.vision_tower, 64)
+    before = model.model.language_model.layers[0].mlp.up_proj.weight.clone()
+    phase = TrainPhase(
+        "prior", steps=2, mixture={"images": 1.0}, batch_size=8, answer_prior=("image_shape", "image_colour")
+    )
+    log = TrainLog()
+    train_phase(model, processor, phase, {"images": (items, cache)}, {}, log)
+    assert not torch.equal(model.model.language_model.layers[0].mlp.up_proj.weight, before)
+    assert log.curve[-1]["loss"] > 0

@@ -696,13 +696,12 @@ def train_phase(
         indices = [rng.randrange(len(items)) for _ in range(phase.batch_sizes.get(name, phase.batch_size))]
         batch = make_batch(items, cache, indices, processor)
         chosen = [items[i] for i in indices]
-        if phase.llm_loss and prior is not None:
-            labels = batch.pop("labels")
+        if phase.llm_loss:
+            # With an answer prior the loss is computed here, so the model is not given the labels.
+            labels = batch.pop("labels") if prior is not None else batch["labels"]
             output = model(**batch)
-            loss, visual_output = prior.loss(output.logits, labels, chosen), output.visual
-        elif phase.llm_loss:
-            output = model(**batch)
-            loss, visual_output = output.loss, output.visual
+            loss = output.loss if prior is None else prior.loss(output.logits, labels, chosen)
+            visual_output = output.visual
         else:  # the LLM is not run at all: only the visual tokens and the probes
             if not use_aux or "vision_features" not in batch:
                 continue
