@@ -72,17 +72,24 @@ STAGE0 = Stage0Settings(patch_targets=True, steps=1600, threads=2)
 # object?" from the colour word (held-out pairs 0.31, seen pairs 0.94). Measured: it lifts held-out shape pairs
 # until `mix` (0.378 -> 0.446) but not at the end of stage 3 (0.419, as without it; docs/tiny-model.md).
 _PRIOR = ("image_shape", "image_colour")
+# v4: the same expert on the auxiliary answer head (it reads the question through the Q-Former), and the scene
+# probes (each clip frame's background and background changes so far, read from the LLM's hidden states) for
+# "How many times does the background colour change?".
 _AUX: dict[str, Any] = {
     "context_aux": 0.5,
     "grounding_aux": 0.5,
     "visual_lr_scale": 0.3,
     "answer_prior": _PRIOR,
+    "answer_prior_on_heads": True,
+    "scene_aux": 1.0,
 }
 _NEEDLE: dict[str, Any] = {
     "context_aux": 0.5,
     "grounding_aux": 2.0,
     "visual_lr_scale": 1.0,
     "answer_prior": _PRIOR,
+    "answer_prior_on_heads": True,
+    "scene_aux": 1.0,
 }
 PHASES: list[TrainPhase] = [
     # Stage-1 analogue: only the context path (text decoder, attention projectors) learns, on the auxiliary

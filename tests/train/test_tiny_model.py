@@ -260,3 +260,97 @@ def test_train_phase_with_an_answer_prior_trains_the_llm(tmp_path: Path) -> None
     train_phase(model, processor, phase, {"images": (items, cache)}, {}, log)
     assert not torch.equal(model.model.language_model.layers[0].mlp.up_proj.weight, before)
     assert log.curve[-1]["loss"] > 0
+
+
+def test_scene_targets_count_background_changes_so_far() -> None:
+    from llamavid.synth import generate_items
+    from llamavid.synth.world import BACKGROUNDS
+    from llamavid.train.tiny import MAX_SCENE_CHANGES, scene_targets
+
+    items = generate_items("train", 80, seed=1, kind="video_qa")
+    scene = [i for i in items if i.question_type == "video_scene_change"]
+    assert scene and {i.answer for i in scene} - {"0"}
+    for item in scene:
+        backgrounds, so_far = scene_targets(item)
+        assert [BACKGROUNDS[int(b)] for b in backgrounds] == [f.background for f in item.media.frames]
+        assert so_far[0] == 0 and int(so_far[-1]) == min(int(item.answer), MAX_SCENE_CHANGES)
+        assert bool((so_far.diff() >= 0).all())
+    others = [i for i in items if i.question_type == "video_direction"]
+    assert others and all(int(scene_targets(i)[1].max()) == 0 for i in others)
+    assert scene_targets(generate_items("train", 1, seed=0, kind="image_qa")[0]) is None
+    assert scene_targets(generate_items("train", 1, seed=0, kind="text_qa")[0]) is None
+
+
+@pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="tiny model asset not built")
+def test_train_phase_with_scene_probes_trains_them_and_the_llm_below_them(tmp_path: Path) -> None:
+    """The scene probes read clip frames' hidden states inside the LLM and send gradients into it."""
+    from llamavid import LlamaVidForConditionalGeneration, LlamaVidProcessor
+    from llamavid.synth import generate_items
+    from llamavid.train.tiny import (
+        AuxiliaryHeads,
+        TrainLog,
+        TrainPhase,
+        build_feature_cache,
+        make_batch,
+        train_phase,
+    )
+
+    model = LlamaVidForConditionalGeneration.from_pretrained(str(ASSET), dtype=torch.float32)
+    model.model.vision_tower.requires_grad_(False)
+    processor = LlamaVidProcessor.from_pretrained(ASSET)
+    items = generate_items("train", 40, seed=1, kind="video_qa")
+    items = [i for i in items if i.question_type == "video_scene_change"][:4] + items[:2]
+    items += generate_items("train", 2, seed=0, kind="image_qa") + generate_items(
+        "train", 1, seed=0, kind="text_qa"
+    )
+    cache = build_feature_cache(tmp_path / "cache.safetensors", items, model.model.vision_tower, 64)
+    aux = AuxiliaryHeads(model.config.text_config.hidden_size)
+    layers = model.model.language_model.layers
+    kept: list[torch.Tensor] = []
+    hook = layers[1].register_forward_hook(lambda _m, _a, output: kept.append(output))
+    batch = make_batch(items, cache, range(len(items)), processor)
+    model(**batch)
+    hook.remove()
+    placeholder = batch["input_ids"] == model.config.image_token_index
+    loss = aux.scene_loss(kept[0], kept[0], placeholder, items)
+    assert loss > 0
+    assert aux.scene_loss(kept[0], kept[0], placeholder[-3:], items[-3:]) == 0  # no clips: no loss
+    with pytest.raises(ValueError, match="do not split into"):
+        broken = placeholder.clone()
+        broken[0, int(broken[0].nonzero()[0])] = False  # a clip row one visual token short
+        aux.scene_loss(kept[0], kept[0], broken, items)
+
+    heads_before = aux.changes.weight.detach().clone()
+    top_before = layers[-1].mlp.up_proj.weight.clone()
+    below_before = layers[0].mlp.up_proj.weight.clone()
+    phase = TrainPhase(
+        "scene", steps=2, mixture={"clips": 1.0}, batch_size=6, scene_aux=1.0, visual_lr_scale=1.0
+    )
+    train_phase(model, processor, phase, {"clips": (items, cache)}, {}, TrainLog(), aux=aux)
+    assert not torch.equal(aux.changes.weight, heads_before)
+    assert not torch.equal(layers[0].mlp.up_proj.weight, below_before)
+    assert not torch.equal(
+        layers[-1].mlp.up_proj.weight, top_before
+    )  # the LM loss still trains the top layer
+    assert all(not layer._forward_hooks for layer in layers)  # the probes' hooks are removed afterwards
+
+
+@pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="tiny model asset not built")
+def test_answer_prior_on_the_answer_head_shifts_only_prior_questions(tmp_path: Path) -> None:
+    from llamavid import LlamaVidForConditionalGeneration, LlamaVidProcessor
+    from llamavid.synth import generate_items
+    from llamavid.train.tiny import AnswerPrior, AuxiliaryHeads, build_feature_cache, make_batch
+
+    model = LlamaVidForConditionalGeneration.from_pretrained(str(ASSET), dtype=torch.float32)
+    processor = LlamaVidProcessor.from_pretrained(ASSET)
+    pool = generate_items("train", 400, seed=0, kind="image_qa")
+    shape = next(i for i in pool if i.question_type == "image_shape")
+    count = next(i for i in pool if i.question_type == "image_count")
+    cache = build_feature_cache(tmp_path / "cache.safetensors", [shape, count], model.model.vision_tower, 64)
+    with torch.no_grad():
+        visual = model(**make_batch([shape, count], cache, range(2), processor)).visual
+    aux = AuxiliaryHeads(model.config.text_config.hidden_size)
+    prior = AnswerPrior(pool, processor.tokenizer, ["image_shape"])
+    plain = aux.loss(visual, [shape, count], 1.0, 0.0)
+    assert aux.loss(visual, [count, count], 1.0, 0.0, prior) == aux.loss(visual, [count, count], 1.0, 0.0)
+    assert not torch.isclose(aux.loss(visual, [shape, count], 1.0, 0.0, prior), plain)

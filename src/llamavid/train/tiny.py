@@ -401,6 +401,10 @@ class TrainPhase:
     # Question types whose answers are trained against a fixed question-only expert (AnswerPrior), counted on
     # this phase's mixture.
     answer_prior: tuple[str, ...] = ()
+    # Also add that expert to the auxiliary answer head on the context token (which reads the question too).
+    answer_prior_on_heads: bool = False
+    # Weight of the per-frame scene probes on the LLM's hidden states at clip frames (AuxiliaryHeads.scene_loss).
+    scene_aux: float = 0.0
 
 
 def answer_index(item: QAItem) -> tuple[int, int]:
@@ -433,6 +437,23 @@ def grounding_targets(item: QAItem) -> list[int] | None:
         else:
             cells.append(grid * grid if not found else -1)  # -1 = ambiguous, ignored
     return cells
+
+
+MAX_SCENE_CHANGES = 4  # the most background changes a clip question asks about
+
+
+def scene_targets(item: QAItem) -> tuple[Tensor, Tensor] | None:
+    """Per frame of a short clip: its background's number and how often the background has changed up to and
+    including that frame (capped at ``MAX_SCENE_CHANGES``); ``None`` for images, long videos and text."""
+    media = item.media
+    if media is None or isinstance(media, (FrameSpec, Episode)):
+        return None
+    backgrounds = [frame.background for frame in media.frames]
+    if not backgrounds or any(b not in BACKGROUNDS for b in backgrounds):
+        return None
+    changed = [0] + [int(a != b) for a, b in zip(backgrounds, backgrounds[1:], strict=False)]
+    so_far = torch.tensor(changed).cumsum(0).clamp_max(MAX_SCENE_CHANGES)
+    return torch.tensor([BACKGROUNDS.index(b) for b in backgrounds]), so_far
 
 
 def needle_targets(item: QAItem) -> Tensor | None:
@@ -488,7 +509,8 @@ def visual_needle_subset(
 
 
 class AuxiliaryHeads(nn.Module):
-    """Training-only linear probes on the context tokens (discarded after training; never saved).
+    """Training-only linear probes on the context tokens and, for clips, the LLM's hidden states (discarded after
+    training; never part of the saved model).
 
     * ``answer``: an image's context token -> the answer, one linear head per question type (a context token is
       a softmax-weighted mix of patches: it says *what was attended*, while the question type, which the LLM
@@ -500,6 +522,10 @@ class AuxiliaryHeads(nn.Module):
       the needle frame and "none" elsewhere (weighted like ``cell``). Measured: without it the LLM stayed at
       chance on visual needles while it learned subtitle needles; with every other frame saying "none", the one
       frame that differs is what the LLM has to find.
+    * ``background`` / ``changes`` (`scene_loss`): on the LLM's *hidden states* at each clip frame's last visual
+      token, the frame's background (read from a middle layer) and how often the background has changed so far
+      (read from the layer before the last, so the answer position can still attend to it). "How many times does
+      the background colour change?" needs exactly this running count, which no other loss asks the LLM to keep.
     """
 
     def __init__(self, width: int, cells: int = 16):
@@ -508,6 +534,8 @@ class AuxiliaryHeads(nn.Module):
         self.answer = nn.Linear(width, sum(self.options))
         self.cell = nn.Linear(width, cells + 1)
         self.needle = nn.Linear(width, len(NEEDLE_COLOURS) + 1)
+        self.background = nn.Linear(width, len(BACKGROUNDS))
+        self.changes = nn.Linear(width, MAX_SCENE_CHANGES + 1)
 
     def answer_logits(self, context: Tensor, types: Tensor) -> Tensor:
         """``(B, D)`` context tokens and ``(B,)`` question types -> ``(B, max options)`` logits (-inf padded)."""
@@ -520,9 +548,17 @@ class AuxiliaryHeads(nn.Module):
         return gathered.masked_fill(~valid, float("-inf"))
 
     def loss(
-        self, visual: Any, items: Sequence[QAItem], context_weight: float, grounding_weight: float
+        self,
+        visual: Any,
+        items: Sequence[QAItem],
+        context_weight: float,
+        grounding_weight: float,
+        prior: AnswerPrior | None = None,
     ) -> Tensor:
-        """Weighted auxiliary losses for one batch (``items`` in batch order, text-only ones included)."""
+        """Weighted auxiliary losses for one batch (``items`` in batch order, text-only ones included).
+
+        With ``prior``, the answer head is trained against the same question-only expert as the LLM.
+        """
         context, counts = visual.context_tokens, visual.block_frame_counts.tolist()
         total = context.new_zeros(())
         # Regroup the blocks per item: a long video has one block per frame, anything else one block.
@@ -537,6 +573,12 @@ class AuxiliaryHeads(nn.Module):
         if context_weight and images:
             types, answers = zip(*(answer_index(item) for _, item in images), strict=True)
             logits = self.answer_logits(torch.cat([row for row, _ in images]), torch.tensor(types))
+            if prior is not None:
+                bias = torch.zeros_like(logits)
+                for row, (_, item) in enumerate(images):
+                    if (found := prior.lookup(item)) is not None:
+                        bias[row, : len(found[1])] = found[1].to(bias.dtype)
+                logits = logits + bias
             total = total + context_weight * F.cross_entropy(logits, torch.tensor(answers))
         if grounding_weight:
             grounded = [(row, cells) for row, item in rows if (cells := grounding_targets(item)) is not None]
@@ -550,6 +592,39 @@ class AuxiliaryHeads(nn.Module):
                 target = torch.cat([frames for _, frames in needles])
                 total = total + grounding_weight * F.cross_entropy(logits, target)
         return total
+
+    def scene_loss(
+        self, middle: Tensor, late: Tensor, placeholder: Tensor, items: Sequence[QAItem]
+    ) -> Tensor:
+        """Per-frame scene probes for one batch.
+
+        Args:
+            middle / late: ``(B, L, D)`` outputs of two LLM layers (row ``i`` is ``items[i]``'s sequence).
+            placeholder: ``(B, L)`` where the visual tokens sit; a clip frame's tokens are consecutive there.
+        """
+        picks, backgrounds, changes = [], [], []
+        for row, item in enumerate(items):
+            targets = scene_targets(item)
+            if targets is None:
+                continue
+            positions = placeholder[row].nonzero().squeeze(1)
+            frames = len(targets[0])
+            if len(positions) % frames:
+                raise ValueError(
+                    f"item {item.id}: {len(positions)} visual tokens do not split into {frames} frames evenly"
+                )
+            per_frame = len(positions) // frames
+            picks.append(row * placeholder.shape[1] + positions[per_frame - 1 :: per_frame])
+            backgrounds.append(targets[0])
+            changes.append(targets[1])
+        if not picks:
+            return middle.new_zeros(())
+        index = torch.cat(picks).to(middle.device)
+        background = self.background(middle.flatten(0, 1)[index])
+        so_far = self.changes(late.flatten(0, 1)[index])
+        return F.cross_entropy(background, torch.cat(backgrounds).to(middle.device)) + F.cross_entropy(
+            so_far, torch.cat(changes).to(middle.device)
+        )
 
 
 class AnswerPrior:
@@ -657,9 +732,11 @@ def train_phase(
     auxiliary context-token losses; they change only training, not the saved model.
     """
     rng = random.Random(seed + phase.seed)
-    use_aux = aux is not None and bool(
+    context_probes = aux is not None and bool(
         model.config.context_token and (phase.context_aux or phase.grounding_aux)
     )
+    scene_probes = aux is not None and phase.llm_loss and phase.scene_aux > 0
+    use_aux = context_probes or scene_probes
     llm = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith(_LLM_PREFIXES)]
     visual = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith(_LLM_PREFIXES)]
     if use_aux and aux is not None:
@@ -687,65 +764,98 @@ def train_phase(
         logger.info(
             "%s: answer prior over %d questions of %s", phase.name, len(prior), list(phase.answer_prior)
         )
+    # The scene probes read two LLM layers' outputs, kept by forward hooks for the training step that runs them
+    # (not for the no-grad scoring passes).
+    hidden: dict[int, Tensor] = {}
+    layers = model.model.language_model.layers
+    middle, late = max(0, len(layers) // 2 - 1), max(0, len(layers) - 2)
+
+    def keep(index: int) -> Any:
+        def hook(_module: nn.Module, _args: Any, output: Any) -> None:
+            if torch.is_grad_enabled():
+                hidden[index] = output[0] if isinstance(output, tuple) else output
+
+        return hook
+
+    hooks = (
+        [layers[i].register_forward_hook(keep(i)) for i in dict.fromkeys((middle, late))]
+        if scene_probes
+        else []
+    )
     started = time.time()
     running = 0.0
     model.train()
-    for step in range(phase.steps):
-        name = rng.choices(names, weights)[0]
-        items, cache = data[name]
-        indices = [rng.randrange(len(items)) for _ in range(phase.batch_sizes.get(name, phase.batch_size))]
-        batch = make_batch(items, cache, indices, processor)
-        chosen = [items[i] for i in indices]
-        if phase.llm_loss:
-            # With an answer prior the loss is computed here, so the model is not given the labels.
-            labels = batch.pop("labels") if prior is not None else batch["labels"]
-            output = model(**batch)
-            loss = output.loss if prior is None else prior.loss(output.logits, labels, chosen)
-            visual_output = output.visual
-        else:  # the LLM is not run at all: only the visual tokens and the probes
-            if not use_aux or "vision_features" not in batch:
-                continue
-            visual_output = model.model.get_visual_tokens(
-                **{key: batch[key] for key in VISUAL_INPUT_NAMES if key in batch}, from_pixels=False
-            )
-            loss = visual_output.tokens.new_zeros(())
-        if use_aux and aux is not None and visual_output is not None:
-            loss = loss + aux.loss(visual_output, chosen, phase.context_aux, phase.grounding_aux)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
-        running = 0.98 * running + 0.02 * float(loss.detach()) if step else float(loss.detach())
-        if step % 50 == 0:
-            logger.info(
-                "%s step %d/%d loss %.3f (%.0f s)",
-                phase.name,
-                step,
-                phase.steps,
-                running,
-                time.time() - started,
-            )
-        last = step == phase.steps - 1
-        if (phase.eval_every and step and step % phase.eval_every == 0) or last:
-            point: dict[str, Any] = {
-                "phase": phase.name,
-                "step": step,
-                "loss": running,
-                "seconds": time.time() - started,
-            }
-            for eval_name, (eval_items, eval_cache) in evals.items():
-                result = score_items(model, processor, eval_items, eval_cache)
-                point[eval_name] = {"mean": result["mean"], "per_type": result["per_type"]}
+    try:
+        for step in range(phase.steps):
+            name = rng.choices(names, weights)[0]
+            items, cache = data[name]
+            indices = [
+                rng.randrange(len(items)) for _ in range(phase.batch_sizes.get(name, phase.batch_size))
+            ]
+            batch = make_batch(items, cache, indices, processor)
+            chosen = [items[i] for i in indices]
+            if phase.llm_loss:
+                # With an answer prior the loss is computed here, so the model is not given the labels.
+                labels = batch.pop("labels") if prior is not None else batch["labels"]
+                output = model(**batch)
+                loss = output.loss if prior is None else prior.loss(output.logits, labels, chosen)
+                visual_output = output.visual
+            else:  # the LLM is not run at all: only the visual tokens and the probes
+                if not context_probes or "vision_features" not in batch:
+                    continue
+                visual_output = model.model.get_visual_tokens(
+                    **{key: batch[key] for key in VISUAL_INPUT_NAMES if key in batch}, from_pixels=False
+                )
+                loss = visual_output.tokens.new_zeros(())
+            if context_probes and aux is not None and visual_output is not None:
+                heads_prior = prior if phase.answer_prior_on_heads else None
+                loss = loss + aux.loss(
+                    visual_output, chosen, phase.context_aux, phase.grounding_aux, heads_prior
+                )
+            if scene_probes and aux is not None and phase.llm_loss:
+                placeholder = batch["input_ids"] == model.config.image_token_index
+                scene = aux.scene_loss(hidden[middle], hidden[late], placeholder, chosen)
+                loss = loss + phase.scene_aux * scene
+            hidden.clear()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            scheduler.step()
+            running = 0.98 * running + 0.02 * float(loss.detach()) if step else float(loss.detach())
+            if step % 50 == 0:
                 logger.info(
-                    "%s step %d %s: mean %.3f %s",
+                    "%s step %d/%d loss %.3f (%.0f s)",
                     phase.name,
                     step,
-                    eval_name,
-                    result["mean"],
-                    json.dumps({k: round(v, 2) for k, v in result["per_type"].items()}),
+                    phase.steps,
+                    running,
+                    time.time() - started,
                 )
-            log.curve.append(point)
+            last = step == phase.steps - 1
+            if (phase.eval_every and step and step % phase.eval_every == 0) or last:
+                point: dict[str, Any] = {
+                    "phase": phase.name,
+                    "step": step,
+                    "loss": running,
+                    "seconds": time.time() - started,
+                }
+                for eval_name, (eval_items, eval_cache) in evals.items():
+                    result = score_items(model, processor, eval_items, eval_cache)
+                    point[eval_name] = {"mean": result["mean"], "per_type": result["per_type"]}
+                    logger.info(
+                        "%s step %d %s: mean %.3f %s",
+                        phase.name,
+                        step,
+                        eval_name,
+                        result["mean"],
+                        json.dumps({k: round(v, 2) for k, v in result["per_type"].items()}),
+                    )
+                log.curve.append(point)
+
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def save_tiny_model(
