@@ -812,7 +812,7 @@ def train_phase(
                 loss = loss + aux.loss(
                     visual_output, chosen, phase.context_aux, phase.grounding_aux, heads_prior
                 )
-            if scene_probes and aux is not None and phase.llm_loss:
+            if scene_probes and aux is not None:  # scene_probes implies an LM pass
                 placeholder = batch["input_ids"] == model.config.image_token_index
                 scene = aux.scene_loss(hidden[middle], hidden[late], placeholder, chosen)
                 loss = loss + phase.scene_aux * scene
@@ -852,7 +852,6 @@ def train_phase(
                         json.dumps({k: round(v, 2) for k, v in result["per_type"].items()}),
                     )
                 log.curve.append(point)
-
     finally:
         for hook in hooks:
             hook.remove()
