@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import tempfile
 
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Every command writes video features to the feature cache by default: keep the suite's out of ~/.cache.
+os.environ.setdefault("LLAMAVID_CACHE", tempfile.mkdtemp(prefix="llamavid-test-cache-"))
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 from llamavid.assets import DEMO_TOKENIZER_DIR  # noqa: E402
@@ -96,7 +99,7 @@ def serving_model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def serving_engine(serving_model_dir):
-    from llamavid.serve.engine import Engine
+    from llamavid.inference.engine import Engine
 
     return Engine.from_pretrained(serving_model_dir, device="cpu")
 

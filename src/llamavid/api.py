@@ -1,7 +1,7 @@
 """The Python API: ``model = llamavid.load(); print(model.ask("clip.mp4", "What happens?"))``.
 
-A thin, stable face over `llamavid.serve.engine.Engine` (which the CLI, HTTP server and web UI share), so a
-script, a notebook and the server answer the same question the same way.
+A thin, stable face over the inference core (`llamavid.inference.Engine`, which the CLI, HTTP server, web UI and
+evaluation share), so a script, a notebook and the server answer the same question the same way.
 """
 
 from __future__ import annotations
@@ -11,7 +11,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from llamavid.serve.engine import Answer, AttentionResult, ChatSession, Engine, PreparedMedia, TextStream
+from llamavid.inference.engine import Engine
+from llamavid.inference.media import PreparedMedia
+from llamavid.inference.results import Answer, AttentionResult
+from llamavid.inference.session import ChatSession
+from llamavid.inference.streaming import TextStream
 
 
 class LlamaVid:
@@ -20,7 +24,9 @@ class LlamaVid:
     Media is a path (video, image, or folder of frames), a ``(T, H, W, 3)``/``(H, W, 3)`` uint8 array, a
     `llamavid.data.Frames`, or a `PreparedMedia` from `prepare` (decode and encode once, ask many times).
     Keyword options: ``fps`` (default 1, as in training), ``max_frames``, ``subtitles`` (an .srt/.vtt path),
-    ``temperature`` (0 = greedy; default 0.2 as the official CLI), ``top_p``, ``max_new_tokens``, ``seed``.
+    ``temperature`` (0 = greedy; default: the checkpoint's ``generation_config.json``, else 0.2 as the official
+    CLI), ``top_p``, ``max_new_tokens``, ``seed``. Video files go through the feature cache: a video is encoded
+    once, by whichever call sees it first (`ingest`, `ask`, `chat`), in this process or an earlier one.
     """
 
     def __init__(self, engine: Engine) -> None:
@@ -33,6 +39,11 @@ class LlamaVid:
     def prepare(self, media: Any, **media_options: Any) -> PreparedMedia:
         """Decode `media` and compute its frame features once, to ask several questions cheaply."""
         return self.engine.load_media(media, **media_options)
+
+    def ingest(self, video: str | os.PathLike[str], **options: Any) -> Any:
+        """Encode a video's frames into the feature cache now (``fps``, ``max_frames``, ``subtitles``,
+        ``batch_size``); later questions about it skip decoding and encoding. Returns the cache's report."""
+        return self.engine.ingest(video, **options)
 
     def ask(self, media: Any, question: str, **options: Any) -> Answer:
         """Answer one question; ``str(answer)`` is the text, the fields hold token counts and timing."""
@@ -61,7 +72,11 @@ class LlamaVid:
 
 
 def load(
-    path: str | os.PathLike[str] | None = None, device: str | None = None, dtype: str | None = None
+    path: str | os.PathLike[str] | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    *,
+    feature_cache: bool | str | os.PathLike[str] = True,
 ) -> LlamaVid:
     """Load a llamavid model folder (default: the embedded tiny model, or a random one with a warning).
 
@@ -69,8 +84,10 @@ def load(
         path: folder written by ``save_pretrained`` or ``llamavid convert``.
         device: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda[:N]`` or ``mps``.
         dtype: ``auto`` (float32 on CPU, bfloat16/float16 on GPUs), ``float32``, ``float16`` or ``bfloat16``.
+        feature_cache: ``True`` (default root ``$LLAMAVID_CACHE`` or ``~/.cache/llamavid/features``), a folder,
+            or ``False`` to decode and encode every time without writing anything.
     """
-    return LlamaVid(Engine.from_pretrained(path, device=device, dtype=dtype))
+    return LlamaVid(Engine.from_pretrained(path, device=device, dtype=dtype, feature_cache=feature_cache))
 
 
 __all__ = ["LlamaVid", "load"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from llamavid.cli.main import main
-from llamavid.serve.engine import default_model_path
+from llamavid.inference.loading import default_model_path
 
 ANSWER_KEYS = {
     "model", "random_weights", "device", "dtype", "media", "answer", "question", "finish_reason", "frames",

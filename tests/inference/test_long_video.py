@@ -14,17 +14,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
 from media_factory import write_video  # noqa: E402
 
 from llamavid.data.feature_cache import FeatureCache  # noqa: E402
-from llamavid.inference.long_video import (  # noqa: E402
-    MOVIE_END,
-    MOVIE_START,
-    ContextBudgetError,
-    FrameEncoder,
-    answer_long_video,
-    build_movie_prompt,
-    check_context_budget,
-    estimate_kv_cache_bytes,
-    stream_visual_tokens,
-)
+from llamavid.errors import ContextBudgetError  # noqa: E402
+from llamavid.inference.budget import check_context_budget, estimate_kv_cache_bytes  # noqa: E402
+from llamavid.inference.long_video import answer_long_video, stream_visual_tokens  # noqa: E402
+from llamavid.inference.media import FrameEncoder  # noqa: E402
+from llamavid.model.conversation import MOVIE_END, MOVIE_START, build_long_video_message  # noqa: E402
 
 
 def _root_conftest():
@@ -79,9 +73,11 @@ def test_streamed_tokens_equal_whole_video(tmp_path: Path, tiny_processor) -> No
 
 
 def test_movie_prompt_interleaves_subtitles(tiny_processor) -> None:
-    prompt = build_movie_prompt(tiny_processor, ["hi", "", "bye"], "Who spoke?")
+    message = build_long_video_message(["hi", "", "bye..."], "Who spoke?")
+    prompt = tiny_processor.apply_chat_template([{"role": "user", "content": message}])
+    # "..." is removed, as the training data loader does.
     assert f"{MOVIE_START}<image>hi<image><image>bye{MOVIE_END}\nWho spoke?" in prompt
-    ids = tiny_processor.tokenize_prompt(prompt, [2, 2, 2])
+    ids = tiny_processor.tokenize_prompt(prompt, tiny_processor.visual_block_lengths(3, per_frame=True))
     assert sum(i < 0 for i in ids) == 6
 
 
@@ -89,18 +85,21 @@ def test_budget_checks(tiny_config) -> None:
     text = tiny_config.text_config
     assert estimate_kv_cache_bytes(text, 100, torch.float16) == 2 * 2 * 4 * 8 * 100 * 2
     with pytest.raises(ContextBudgetError, match="context is 1024"):
-        check_context_budget(text, 2000, torch.float32)
-    with pytest.raises(ContextBudgetError, match="budget"):
-        check_context_budget(text, 500, torch.float32, max_memory=1000)
+        check_context_budget(text, 2000, 10, torch.float32)
+    with pytest.raises(ContextBudgetError, match="over --max-memory"):
+        check_context_budget(text, 500, 10, torch.float32, max_memory=1000)
+    with pytest.raises(ValueError, match="context is 1024"):  # still a ValueError for older callers
+        check_context_budget(text, 1000, 100, torch.float32)
     text.rope_parameters = {"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0}
-    assert check_context_budget(text, 2000, torch.float32)[0] == 4096
+    budget = check_context_budget(text, 2000, 10, torch.float32)
+    assert budget.context_limit == 4096 and budget.total_tokens == 2010
 
 
 def test_refuses_video_beyond_context(tmp_path: Path, tiny_processor) -> None:
     model = long_context_model(positions=64)
     video = write_video(tmp_path / "v.mp4", rate=2, num_frames=40, size=(32, 32))  # 80 visual tokens
     entry = FeatureCache(tmp_path / "c").ingest(video, FrameEncoder(model, tiny_processor), fps=2).entry
-    with pytest.raises(ContextBudgetError, match="needs"):
+    with pytest.raises(ContextBudgetError, match="context is 64"):
         answer_long_video(model, tiny_processor, entry, "What?", max_new_tokens=2)
 
 

@@ -10,12 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from llamavid.serve.engine import SamplingSettings
+from llamavid.inference.settings import SamplingSettings
 from testing_utils import require_module  # noqa: E402
 
 openai = require_module("openai")
 httpx = require_module("httpx")
-api = require_module("llamavid.serve.api")
+api = require_module("llamavid.serve.app")
 
 GREEDY = dict(temperature=0, max_tokens=6)
 

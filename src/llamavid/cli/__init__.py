@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import pkgutil
 
+from llamavid.errors import LlamaVidError
+
 _NOT_COMMANDS = {"main"}
 
 
@@ -25,7 +27,7 @@ def command_modules() -> tuple[str, ...]:
 COMMAND_MODULES: tuple[str, ...] = command_modules()
 
 
-class CommandError(Exception):
+class CommandError(LlamaVidError):
     """A user-facing failure: printed as one line, exit code 2, no traceback.
 
     Defined here rather than in ``main`` so that ``python -m llamavid.cli.main`` (where ``main`` runs as

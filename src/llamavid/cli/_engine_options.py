@@ -1,4 +1,5 @@
-"""Options shared by every command that runs the model (``ask``, ``chat``, ``attention``, ``serve``, ``web``).
+"""Options shared by every command that runs the model (``ask``, ``chat``, ``attention``, ``ingest``, ``serve``,
+``web``).
 
 Declared once so the flags, their defaults and their help read the same in every command.
 """
@@ -11,11 +12,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from llamavid.serve.defaults import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P
+from llamavid.inference.settings import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 
 
-def add_engine_arguments(parser: argparse.ArgumentParser, media: bool = True, output: bool = True) -> None:
-    """Add ``--model --device --dtype --temperature --top-p --max-new-tokens`` (+ media and ``--json``)."""
+def add_engine_arguments(
+    parser: argparse.ArgumentParser, media: bool = True, output: bool = True, sampling: bool = True
+) -> None:
+    """Add ``--model --device --dtype --cache-dir --no-cache --quiet`` (+ sampling, media and ``--json``)."""
     group = parser.add_argument_group("model")
     group.add_argument(
         "--model",
@@ -46,27 +49,22 @@ def add_engine_arguments(parser: argparse.ArgumentParser, media: bool = True, ou
         help="load the LLM layers in 4-bit NF4 (bitsandbytes), as --load-in-8bit",
     )
     group.add_argument(
-        "--temperature",
-        type=float,
+        "--cache-dir",
+        type=Path,
         default=None,
-        help=f"sampling temperature, 0 = greedy and deterministic (default {DEFAULT_TEMPERATURE}, as the official CLI)",
+        help="feature cache every command reads and writes video features in "
+        "(default $LLAMAVID_CACHE or ~/.cache/llamavid/features)",
     )
     group.add_argument(
-        "--top-p", type=float, default=None, help=f"nucleus sampling mass (default {DEFAULT_TOP_P})"
+        "--no-cache",
+        action="store_true",
+        help="decode and encode videos every time, neither reading nor writing the feature cache",
     )
     group.add_argument(
-        "--max-new-tokens",
-        type=int,
-        default=None,
-        help=f"answer length limit (default {DEFAULT_MAX_NEW_TOKENS})",
+        "-q", "--quiet", action="store_true", help="no progress bars or size reports on stderr"
     )
-    group.add_argument("--seed", type=int, default=None, help="seed for sampling (reproducible answers)")
-    group.add_argument(
-        "--max-memory",
-        type=parse_memory,
-        default=None,
-        help="refuse prompts whose estimated KV cache exceeds this (e.g. 8G, 512M; a plain number is MiB)",
-    )
+    if sampling:
+        _add_sampling_arguments(group)
     if media:
         media_group = parser.add_argument_group("media")
         media_group.add_argument(
@@ -76,44 +74,66 @@ def add_engine_arguments(parser: argparse.ArgumentParser, media: bool = True, ou
             "--fps", type=float, default=1.0, help="frames sampled per second (default 1, as trained)"
         )
         media_group.add_argument("--max-frames", type=int, default=None, help="cap on sampled frames")
-        media_group.add_argument(
-            "--cache-dir",
-            type=Path,
-            default=None,
-            help="feature cache to read videos ingested with `llamavid ingest` from "
-            "(default $LLAMAVID_CACHE or ~/.cache/llamavid/features)",
-        )
-        media_group.add_argument(
-            "--no-cache",
-            action="store_true",
-            help="always decode and encode the video, ignoring the feature cache",
-        )
     if output:
         parser.add_argument(
             "--json", action="store_true", help="print one JSON object instead of streaming text"
         )
 
 
+def _add_sampling_arguments(group: Any) -> None:
+    group.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="sampling temperature, 0 = greedy and deterministic (default: the checkpoint's "
+        f"generation_config.json, else {DEFAULT_TEMPERATURE} as the official CLI)",
+    )
+    group.add_argument(
+        "--top-p",
+        type=float,
+        default=None,
+        help=f"nucleus sampling mass (default: checkpoint, else {DEFAULT_TOP_P})",
+    )
+    group.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help=f"answer length limit (default: checkpoint, else {DEFAULT_MAX_NEW_TOKENS})",
+    )
+    group.add_argument("--seed", type=int, default=None, help="seed for sampling (reproducible answers)")
+    group.add_argument(
+        "--max-memory",
+        type=parse_memory,
+        default=None,
+        help="refuse prompts whose estimated KV cache exceeds this (e.g. 8G, 512M; a plain number is MiB)",
+    )
+
+
 def build_engine(args: argparse.Namespace) -> Any:
     """Load the engine named by the options (imported here so ``llamavid --help`` stays fast)."""
     from transformers.utils import logging as transformers_logging
 
-    from llamavid.serve.engine import Engine
+    from llamavid.errors import InvalidInputError
+    from llamavid.inference.engine import Engine
 
     # A "Loading weights" bar on stderr would break the one-line error contract and clutter piped output.
     transformers_logging.disable_progress_bar()
     quantization = getattr(args, "quantization", None)
     if quantization is not None and args.model is None:
-        raise ValueError(
+        raise InvalidInputError(
             "--load-in-8bit/--load-in-4bit need --model FOLDER (the random demo model is not quantised)."
         )
     engine = Engine.from_pretrained(
-        args.model, device=args.device, dtype=args.dtype, quantization=quantization
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        quantization=quantization,
+        feature_cache=False if args.no_cache else (args.cache_dir or True),
     )
-    engine.default_settings = engine.default_settings.updated(**sampling_options(args))
-    engine.max_memory = getattr(args, "max_memory", None)
-    if hasattr(args, "no_cache") and not args.no_cache:
-        engine.use_feature_cache(args.cache_dir)
+    if hasattr(args, "temperature"):
+        engine.default_settings = engine.default_settings.updated(**sampling_options(args))
+        engine.max_memory = args.max_memory
+    engine.progress = not args.quiet
     return engine
 
 
@@ -145,18 +165,22 @@ def sampling_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def media_options(args: argparse.Namespace) -> dict[str, Any]:
+    from llamavid.errors import InvalidInputError
+
     if args.max_frames is not None and args.max_frames < 1:
-        raise ValueError(f"--max-frames must be at least 1, got {args.max_frames}.")
+        raise InvalidInputError(f"--max-frames must be at least 1, got {args.max_frames}.")
     if args.fps is not None and args.fps <= 0:
-        raise ValueError(f"--fps must be positive, got {args.fps}.")
+        raise InvalidInputError(f"--fps must be positive, got {args.fps}.")
     return {"fps": args.fps, "max_frames": args.max_frames, "subtitles": args.subtitles}
 
 
 def check_media_path(path: Path) -> Path:
     """Fail with a one-line message before loading the model when the media path is plainly wrong."""
     if not path.exists():
-        raise FileNotFoundError(
-            f"{path}: no such file or folder; pass a video, an image or a folder of frames."
+        from llamavid.data.errors import MediaError
+
+        raise MediaError(
+            f"{path}: no such file or folder; pass a video, an image or a folder of frames.", path
         )
     return path
 
@@ -164,6 +188,12 @@ def check_media_path(path: Path) -> Path:
 def print_json(payload: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(payload) + "\n")
     sys.stdout.flush()
+
+
+def report(args: argparse.Namespace, text: str) -> None:
+    """A status line on stderr (sizes, cache use), unless ``--quiet`` or ``--json``."""
+    if not getattr(args, "quiet", False) and not getattr(args, "json", False):
+        print(text, file=sys.stderr, flush=True)
 
 
 def print_piece(text: str) -> None:

@@ -12,6 +12,7 @@ from llamavid.cli._engine_options import (
     media_options,
     print_json,
     print_piece,
+    report,
 )
 
 
@@ -19,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "ask",
         help="answer one question about a video, an image or a folder of frames",
-        description="Decode MEDIA at --fps (default 1), ask QUESTION and stream the answer to stdout. "
+        description="Decode MEDIA at --fps (default 1), ask QUESTION and stream the answer to stdout. Video "
+        "features go through the feature cache, so asking again (or after `llamavid ingest`) skips encoding. "
         "With --json, print one object: answer, token counts, frames, timing, model.",
     )
     parser.add_argument("media", type=Path, help="video file, image file or folder of frames")
@@ -32,12 +34,22 @@ def run(args: argparse.Namespace) -> int:
     check_media_path(args.media)
     options = media_options(args)
     engine = build_engine(args)
-    media = engine.load_media(args.media, **options)
-    request = engine.build_request(args.question, media)
+    request = engine.prepare_question(args.media, args.question, **options)
+    assert request.budget is not None and request.media is not None
+    media = request.media
+    report(args, f"{media.num_frames} frames -> {request.budget.describe()}")
     on_delta = None if args.json else (lambda row, text: print_piece(text))
     answer = engine.generate([request], on_delta=on_delta)[0]
     if args.json:
-        print_json({**engine.describe(), "media": str(args.media), **answer.to_dict()})
+        print_json(
+            {
+                **engine.describe(),
+                "media": str(args.media),
+                **answer.to_dict(),
+                "frames_capped": media.frames_capped,
+                "feature_cache": None if media.cache_entry is None else media.cache_entry.digest,
+            }
+        )
     else:
         print_piece("\n")
     return 0

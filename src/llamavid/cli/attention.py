@@ -32,7 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     check_media_path(args.media)
     if args.out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp", ".bmp"):
-        raise ValueError(
+        from llamavid.errors import InvalidInputError
+
+        raise InvalidInputError(
             f"--out {args.out}: expected an image file name ending in .png, .jpg, .webp or .bmp."
         )
     options = media_options(args)

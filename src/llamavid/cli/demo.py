@@ -43,14 +43,20 @@ def run(args: argparse.Namespace) -> int:
 
     from llamavid.data import decode_video
     from llamavid.demo import synthetic_question_clip, write_clip, write_demo_video
-    from llamavid.serve.engine import Engine, default_model_path
+    from llamavid.errors import InvalidInputError
+    from llamavid.inference.engine import Engine
+    from llamavid.inference.loading import default_model_path
 
     if args.frames < 1:
-        raise ValueError(f"--frames must be at least 1, got {args.frames}.")
+        raise InvalidInputError(f"--frames must be at least 1, got {args.frames}.")
     transformers_logging.disable_progress_bar()
     start = time.perf_counter()
     trained = default_model_path() is not None and not args.random
-    engine = Engine.from_pretrained(None, device="cpu") if trained else Engine.random(seed=0, device="cpu")
+    engine = (
+        Engine.from_pretrained(None, device="cpu", feature_cache=False)
+        if trained
+        else Engine.random(seed=0, device="cpu")
+    )
     with tempfile.TemporaryDirectory(prefix="llamavid-demo-") as folder:
         if trained:
             frames, question, expected = synthetic_question_clip(args.seed)

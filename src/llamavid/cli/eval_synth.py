@@ -1,7 +1,8 @@
 """``llamavid eval-synth MODEL``: exact-match accuracy on held-out synthetic items, per question type.
 
 Why: the synthetic world (``llamavid.synth``) knows every answer, so a model folder can be scored end to end —
-rendered pixels -> `LlamaVidProcessor` -> greedy `generate` — against two references per type: chance
+rendered pixels -> the inference core (`llamavid.inference.Engine`, the path ``llamavid ask`` takes) -> greedy
+answers — against two references per type: chance
 (1 / number of answer options) and the blind baseline (the best text-only answer fitted on train questions,
 ``question_majority`` from :func:`llamavid.synth.answer_statistics`). A score near blind means the model is not
 using the video.
@@ -16,6 +17,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+from llamavid.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
 
@@ -43,19 +46,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _media(item: Any, size: int) -> Any:
-    """The pixel medium of a text, image or clip item (long videos are encoded once per episode instead)."""
-    from llamavid.synth import FrameSpec, render_frame
-
-    if item.media is None:
-        return None
-    return render_frame(item.media, size) if isinstance(item.media, FrameSpec) else item.media.render(size)
-
-
-def _normalise(text: str) -> str:
-    return " ".join(text.lower().replace(".", " ").split())
-
-
 def evaluate(
     model_dir: Path,
     sets: list[str],
@@ -65,20 +55,27 @@ def evaluate(
     episode_frames: int = 1200,
 ) -> dict[str, Any]:
     """Score ``model_dir`` on ``items_per_set`` held-out items of each set; returns per-type tables."""
-    import torch
+    from llamavid.inference.engine import Engine
+    from llamavid.inference.loading import load_model
+    from llamavid.inference.settings import SamplingSettings
+    from llamavid.inference.text import normalize_answer
+    from llamavid.synth import (
+        Episode,
+        FrameSpec,
+        answer_statistics,
+        generate_items,
+        item_to_record,
+        render_frame,
+    )
 
-    from llamavid.model.modeling_llamavid import LlamaVidForConditionalGeneration
-    from llamavid.model.processing_llamavid import LlamaVidProcessor
-    from llamavid.synth import Episode, answer_statistics, generate_items, item_to_record
-    from llamavid.train.tiny import prompt_for
-
-    model = LlamaVidForConditionalGeneration.from_pretrained(str(model_dir), dtype=torch.float32).eval()
-    processor = LlamaVidProcessor.from_pretrained(model_dir)
-    size = model.config.vision_config.image_size
+    loaded = load_model(model_dir, device="cpu", dtype="float32")
+    engine = Engine(loaded.model, loaded.processor, name=loaded.name)
+    greedy = SamplingSettings(temperature=0.0, max_new_tokens=6)
+    size = loaded.model.config.vision_config.image_size
     results: dict[str, Any] = {"model": str(model_dir), "sets": {}}
     for set_name in sets:
         if set_name not in SETS:
-            raise ValueError(f"unknown set {set_name!r}; expected some of {SETS}")
+            raise InvalidInputError(f"unknown set {set_name!r}; expected some of {SETS}")
         started = time.time()
         extra = {"episode_frames": episode_frames} if set_name == "long_qa" else {}
         items = generate_items("heldout", items_per_set, seed=seed, kind=set_name, **extra)
@@ -97,32 +94,29 @@ def evaluate(
         combo_hits: dict[str, list[int]] = defaultdict(list)  # items whose (shape, colour) pair is held out
         examples: list[dict[str, str]] = []
         step = 1 if set_name == "long_qa" else batch_size
-        episode_features: dict[str, Any] = {}
+        episodes: dict[str, Any] = {}
         for start in range(0, len(items), step):
             chunk = items[start : start + step]
-            prompts, media, questions = [], [], []
+            requests = []
             for item in chunk:
-                # The same prompt as training builds (movie prompt for long videos, spec §5.4).
-                prompt = prompt_for(item, processor)
                 if isinstance(item.media, Episode):
                     key = item.meta.get("media_id", item.id)
-                    if key not in episode_features:  # one episode serves 6 questions: encode it once
-                        episode_features.clear()
-                        pixels = processor.image_processor(item.media.render(size), is_video=True)
-                        with torch.no_grad():
-                            episode_features[key] = model.model.get_vision_features(pixels)
-                    medium = list(episode_features[key].split(1))  # one 1-frame medium per <image>
+                    if key not in episodes:  # one episode serves 6 questions: encode it once
+                        episodes.clear()
+                        episodes[key] = engine.load_media(
+                            item.media.render(size), subtitles=item.media.frame_subtitles()
+                        )
+                    media = episodes[key]
+                elif item.media is None:
+                    media = None
+                elif isinstance(item.media, FrameSpec):
+                    media = engine.load_media(render_frame(item.media, size))
                 else:
-                    medium = _media(item, size)
-                prompts.append(prompt)
-                media.append(medium)
-                questions.append(item.question)
-            inputs = processor(prompts, media=media, questions=questions)
-            with torch.no_grad():
-                output = model.generate(**inputs, max_new_tokens=6, do_sample=False)
-            texts = processor.batch_decode(output[:, inputs["input_ids"].shape[1] :])
+                    media = engine.load_media(item.media.render(size))
+                requests.append(engine.build_request(item.question, media, settings=greedy))
+            texts = [answer.text for answer in engine.generate(requests)]
             for item, text in zip(chunk, texts, strict=True):
-                correct = int(_normalise(text) == _normalise(item.answer))
+                correct = int(normalize_answer(text) == normalize_answer(item.answer))
                 hits[item.question_type].append(correct)
                 if item.meta.get("heldout_combo"):
                     combo_hits[item.question_type].append(correct)

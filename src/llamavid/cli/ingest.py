@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
-from llamavid.cli.main import CommandError
+from llamavid.cli import CommandError
+from llamavid.cli._engine_options import add_engine_arguments, build_engine
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,26 +23,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="encode a video's frames into the feature cache (resumable)",
         description=(
             "Sample frames, run the vision encoder and store fp16 features (CLS included) in the feature cache, "
-            "keyed by video content, sampling, encoder weights and preprocessing. Re-running resumes an "
-            "interrupted ingestion; a complete entry is not recomputed."
+            "keyed by video content, sampling, encoder weights and preprocessing. Every command (ask, chat, serve, "
+            "web) reads the same entries, so a video ingested here is never encoded again. Re-running resumes an "
+            "interrupted ingestion; a complete entry is not recomputed. Without --model the embedded tiny model's "
+            "encoder is used."
         ),
     )
-    parser.add_argument("video", nargs="?", help="video file to ingest")
+    parser.add_argument("video", nargs="?", type=Path, help="video file to ingest")
     parser.add_argument(
-        "--subtitles", help="subtitle file (.srt/.vtt) aligned to the frames and stored with them"
+        "--subtitles", type=Path, help="subtitle file (.srt/.vtt) aligned to the frames and stored with them"
     )
-    parser.add_argument("--model", help="checkpoint folder (model + processor) whose vision encoder to use")
     parser.add_argument(
         "--fps", type=float, default=1.0, help="frames sampled per second (default 1, as trained)"
     )
     parser.add_argument(
         "--max-frames", type=int, help="sample at most this many frames, uniformly over the video"
     )
-    parser.add_argument(
-        "--cache-dir", help="cache root (default $LLAMAVID_CACHE or ~/.cache/llamavid/features)"
-    )
     parser.add_argument("--batch-size", type=int, default=16, help="frames per encoder call (default 16)")
     parser.add_argument("--info", action="store_true", help="list cached entries instead of ingesting")
+    add_engine_arguments(parser, media=False, output=False, sampling=False)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.set_defaults(func=run)
 
@@ -68,24 +67,10 @@ def _print_info(cache: Any, as_json: bool) -> int:
     return 0
 
 
-def _load(model_dir: str) -> tuple[Any, Any]:
-    folder = Path(model_dir)
-    if not folder.is_dir():
-        raise CommandError(f"--model {model_dir}: not a folder (expected a saved LLaMA-VID checkpoint).")
-    from llamavid import LlamaVidForConditionalGeneration, LlamaVidProcessor
-
-    try:
-        model = LlamaVidForConditionalGeneration.from_pretrained(str(folder)).eval()
-        processor = LlamaVidProcessor.from_pretrained(str(folder))
-    except (OSError, ValueError, KeyError) as error:
-        raise CommandError(f"--model {model_dir}: cannot load a LLaMA-VID checkpoint: {error}") from error
-    return model, processor
-
-
 def run(args: argparse.Namespace) -> int:
     from llamavid.data.feature_cache import FeatureCache
 
-    cache = FeatureCache(args.cache_dir)
+    cache = FeatureCache(args.cache_dir)  # --info needs no model
     if args.info:
         return _print_info(cache, args.json)
     if not args.video:
@@ -103,37 +88,17 @@ def run(args: argparse.Namespace) -> int:
     probe_video(args.video)
     if args.subtitles:
         read_subtitles(args.subtitles)
-    if not args.model:
-        raise CommandError(
-            "--model is required: no default checkpoint ships yet. Pass a folder saved with "
-            "model.save_pretrained() + processor.save_pretrained()."
-        )
-    model, processor = _load(args.model)
-
-    from tqdm import tqdm
-
-    from llamavid.inference.long_video import FrameEncoder
-
-    encoder = FrameEncoder(model, processor)
-    bar = tqdm(desc="ingest", unit="frame", file=sys.stderr, disable=None, dynamic_ncols=True)
-
-    def progress(done: int, expected: int | None) -> None:
-        if expected and bar.total != expected:
-            bar.total = expected
-        bar.update(done - bar.n)
-
-    try:
-        report = cache.ingest(
-            args.video,
-            encoder,
-            fps=args.fps,
-            max_frames=args.max_frames,
-            subtitles=args.subtitles,
-            batch_size=args.batch_size,
-            progress=progress,
-        )
-    finally:
-        bar.close()
+    if args.no_cache:
+        raise CommandError("--no-cache contradicts ingest, whose job is to fill the feature cache.")
+    engine = build_engine(args)
+    report = engine.ingest(
+        args.video,
+        fps=args.fps,
+        max_frames=args.max_frames,
+        subtitles=args.subtitles,
+        batch_size=args.batch_size,
+    )
+    processor = engine.processor
     entry = report.entry
     summary = entry.summary()
     result = {
@@ -147,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         "bytes": summary["bytes"],
         "encoded_chunks": report.encoded_chunks,
         "reused_chunks": report.reused_chunks,
-        "visual_tokens": entry.num_frames * processor.video_tokens_per_frame,
+        "visual_tokens": sum(processor.visual_block_lengths(entry.num_frames)),
         "subtitled_frames": sum(bool(t) for t in entry.frame_texts),
         "seconds": round(report.seconds, 2),
     }

@@ -11,6 +11,7 @@ from importlib.metadata import entry_points
 
 from llamavid import __version__
 from llamavid.cli import COMMAND_MODULES, CommandError
+from llamavid.errors import LlamaVidError
 
 __all__ = ["CommandError", "build_parser", "main"]
 
@@ -47,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (CommandError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as error:
+    except (LlamaVidError, ValueError, OSError) as error:
         if args.verbose:
             raise
         print(f"llamavid {args.command}: error: {error}", file=sys.stderr)

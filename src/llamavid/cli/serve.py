@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from llamavid.serve.api import ServerConfig, create_app
+        from llamavid.serve.app import ServerConfig, create_app
     except ImportError as error:
         raise CommandError(
             f"the HTTP server needs the serving extra ({error.name} is missing): pip install 'llamavid[serve]'"

@@ -19,7 +19,7 @@ the recorded size and (when verified) sha256. Anything else is a miss with a rea
 when an entry is opened explicitly.
 
 This module never imports the model package: the encoder is any object with ``encoder_id``, ``preprocessing_id``
-and ``__call__(frames uint8 (T, H, W, 3)) -> (T, 1+N, C)`` (see ``llamavid.inference.long_video.FrameEncoder``).
+and ``__call__(frames uint8 (T, H, W, 3)) -> (T, 1+N, C)`` (see ``llamavid.inference.media.FrameEncoder``).
 """
 
 from __future__ import annotations
@@ -51,7 +51,9 @@ __all__ = [
     "CacheKey",
     "FeatureCache",
     "FrameEncoderLike",
+    "checkpoint_sha256",
     "default_cache_root",
+    "expected_frames",
     "file_sha256",
     "module_sha256",
     "preprocessing_id",
@@ -60,7 +62,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 CACHE_ENV = "LLAMAVID_CACHE"
-FORMAT_VERSION = 1
+# 2: encoder ids hash the weights in one canonical dtype, so every command (fp16 ingest, fp32 ask) shares entries.
+FORMAT_VERSION = 2
 # Bump when the frame pipeline changes in a way `to_dict()` cannot see (decoder colour conversion, resize code).
 PREPROCESSING_VERSION = "1"
 DEFAULT_CHUNK_FRAMES = 64
@@ -103,19 +106,72 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 
 def module_sha256(module: Any) -> str:
-    """sha256 over a module's state dict (names, dtypes, shapes and bytes), in name order.
+    """sha256 over a module's state dict (names, shapes and the weights rounded to bfloat16), in name order.
 
-    Why: the checkpoint path says nothing about the weights behind it (fine-tuned towers share names), while
-    the bytes do. Hashing a 1B-parameter tower reads ~2 GB once per process, cheap next to encoding a movie.
+    The encoder id of a model that exists only in memory (training, tests); models loaded from a folder use
+    `checkpoint_sha256` instead. Why: the checkpoint path says nothing about the weights behind it (fine-tuned
+    towers share names), while the values do. Rounding to bfloat16 first makes the id the same for a float16
+    or bfloat16 model whether it is held in its own dtype or in float32. Hashing a 1B-parameter tower reads
+    ~2 GB once per process, cheap next to encoding a movie.
     """
     import torch
 
     digest = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
-        data = tensor.detach().to("cpu").contiguous().reshape(-1)
+        data = tensor.detach().to("cpu")
+        if data.is_floating_point():
+            data = data.to(torch.bfloat16)
+        data = data.contiguous().reshape(-1)
         digest.update(f"{name}|{data.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(data.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def checkpoint_sha256(folder: str | os.PathLike[str], prefix: str) -> str | None:
+    """sha256 over the stored tensors under `prefix` in a safetensors checkpoint folder (single or sharded).
+
+    The encoder id of a model loaded from a folder: the weights *as saved*, so it is the same whatever dtype
+    or device a command loads them in (an fp16 ``ingest`` and an fp32 ``ask`` share cache entries). Returns
+    None when the folder holds no safetensors weights under `prefix`.
+    """
+    import torch
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = {name: folder / file for name, file in weight_map.items() if name.startswith(prefix)}
+    elif (folder / "model.safetensors").is_file():
+        with safe_open(str(folder / "model.safetensors"), framework="pt") as handle:
+            files = {name: folder / "model.safetensors" for name in handle.keys() if name.startswith(prefix)}
+    else:
+        return None
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        with safe_open(str(files[name]), framework="pt") as handle:
+            tensor = handle.get_tensor(name).contiguous()
+        digest.update(f"{name[len(prefix):]}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return "ckpt-" + digest.hexdigest()
+
+
+def expected_frames(
+    info: Any, *, fps: float | None, num_frames: int | None = None, max_frames: int | None = None
+) -> int | None:
+    """How many frames sampling will give, from a probe (`VideoInfo`) alone; None when the duration is unknown.
+
+    Lets a caller refuse an over-budget request before decoding anything.
+    """
+    if num_frames is not None:
+        return num_frames
+    duration = getattr(info, "duration", None)
+    if not duration or fps is None:
+        return None
+    expected = max(1, int(np.ceil(duration * fps - 1e-6)))
+    return min(expected, max_frames) if max_frames else expected
 
 
 def preprocessing_id(image_processor: Any) -> str:
@@ -484,7 +540,7 @@ class FeatureCache:
             "bytes": os.path.getsize(video),
         }
         done = self._resumable_chunks(path, key)
-        expected = self._expected_frames(info, fps=fps, num_frames=num_frames, max_frames=max_frames)
+        expected = expected_frames(info, fps=fps, num_frames=num_frames, max_frames=max_frames)
         chunks: list[dict[str, Any]] = list(done)
         timestamps: list[float] = [t for c in done for t in c["timestamps"]]
         encoded = 0
@@ -588,18 +644,6 @@ class FeatureCache:
             "cues": [{"start": c.start, "end": c.end, "text": c.text} for c in cues],
             "per_frame": per_frame,
         }
-
-    @staticmethod
-    def _expected_frames(
-        info: Any, *, fps: float | None, num_frames: int | None, max_frames: int | None
-    ) -> int | None:
-        if num_frames is not None:
-            return num_frames
-        duration = getattr(info, "duration", None)
-        if not duration or fps is None:
-            return None
-        expected = max(1, int(np.ceil(duration * fps - 1e-6)))
-        return min(expected, max_frames) if max_frames else expected
 
     def _resumable_chunks(self, path: Path, key: CacheKey) -> list[dict[str, Any]]:
         """The finished chunks of an interrupted run with the same key, verified; drop anything after a bad one."""

@@ -1,8 +1,8 @@
 """The predictor interface the runner (and the lmms-eval plugin) talk to.
 
-A predictor turns a batch of :class:`PredictRequest` into answer strings. :class:`ModelPredictor` batches
-``model.generate`` through the processor with left padding; the serving engine can replace it later by
-implementing the same two methods, without touching task code.
+A predictor turns a batch of :class:`PredictRequest` into answer strings. :class:`ModelPredictor` answers
+through the inference core (`llamavid.inference.Engine`): the same media preparation, prompt layout and
+`generate` path as ``llamavid ask`` and the server, so a benchmark scores what users get.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from llamavid.errors import InvalidInputError
 from llamavid.model.conversation import DEFAULT_IMAGE_TOKEN, GENERATION_DEFAULTS
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,9 @@ class GenerationSettings:
     ) -> GenerationSettings:
         """Spec §6 defaults for ``preset`` (``--greedy`` switches sampling off, keeping the length limit)."""
         if preset not in GENERATION_DEFAULTS:
-            raise ValueError(f"unknown decoding preset {preset!r}; known: {sorted(GENERATION_DEFAULTS)}.")
+            raise InvalidInputError(
+                f"unknown decoding preset {preset!r}; known: {sorted(GENERATION_DEFAULTS)}."
+            )
         kwargs = dict(GENERATION_DEFAULTS[preset])
         name = preset
         if greedy and kwargs.get("do_sample"):
@@ -92,7 +95,7 @@ class Predictor(Protocol):
 
 
 class ModelPredictor:
-    """Batched ``LlamaVidForConditionalGeneration.generate`` through :class:`LlamaVidProcessor` (left padding).
+    """Answers through `llamavid.inference.Engine`, batched with left padding on the device.
 
     Args:
         model: A LLaMA-VID model in eval mode.
@@ -101,6 +104,9 @@ class ModelPredictor:
     """
 
     def __init__(self, model: Any, processor: Any, name: str = "llamavid") -> None:
+        from llamavid.inference.engine import Engine
+
+        self.engine = Engine(model, processor, name=name)
         self.model = model
         self.processor = processor
         self.name = name
@@ -109,23 +115,16 @@ class ModelPredictor:
     def from_pretrained(
         cls, directory: str | os.PathLike[str], device: str | None = None, dtype: str | None = None
     ) -> ModelPredictor:
-        """Load a llamavid model folder (the format ``llamavid convert`` writes)."""
-        import torch
+        """Load a llamavid model folder (the format ``llamavid convert`` writes), as every command loads it."""
+        from llamavid.inference.loading import load_model
 
-        from llamavid.model import LlamaVidForConditionalGeneration, LlamaVidProcessor
-
-        kwargs: dict[str, Any] = {}
-        if dtype is not None:
-            kwargs["dtype"] = getattr(torch, dtype)
-        model = LlamaVidForConditionalGeneration.from_pretrained(str(directory), **kwargs).eval()
-        if device is not None:
-            model = model.to(device)
-        return cls(model, LlamaVidProcessor.from_pretrained(directory), name=str(directory))
+        loaded = load_model(directory, device=device, dtype=dtype)
+        return cls(loaded.model, loaded.processor, name=str(directory))
 
     def _prompt(self, request: PredictRequest) -> tuple[str, str]:
         messages = [dict(message) for message in request.messages]
         if not messages or messages[-1].get("role") != "user":
-            raise ValueError("a request must end with a user turn (the question to answer).")
+            raise InvalidInputError("a request must end with a user turn (the question to answer).")
         has_placeholder = any(DEFAULT_IMAGE_TOKEN in message["content"] for message in messages)
         if request.media is not None and not has_placeholder:
             messages[0]["content"] = f"{DEFAULT_IMAGE_TOKEN}\n{messages[0]['content']}"
@@ -134,24 +133,38 @@ class ModelPredictor:
             question = messages[-1]["content"].replace(DEFAULT_IMAGE_TOKEN, "").strip()
         return self.processor.apply_chat_template(messages), question
 
+    @staticmethod
+    def _sampling(settings: GenerationSettings, seed: int) -> Any:
+        from llamavid.inference.settings import SamplingSettings
+
+        kwargs = settings.kwargs
+        sample = bool(kwargs.get("do_sample", False))
+        return SamplingSettings(
+            temperature=float(kwargs.get("temperature", 1.0)) if sample else 0.0,
+            top_p=float(kwargs.get("top_p", 1.0)),
+            max_new_tokens=int(kwargs.get("max_new_tokens", 128)),
+            seed=seed,
+        )
+
+    def _media(self, media: Any) -> Any:
+        import numpy as np
+
+        if media is None:
+            return None
+        if isinstance(media, (list, tuple)):  # several media items, one per <image> in order
+            return [self._media(item) for item in media]
+        if not isinstance(media, np.ndarray):  # a PIL image
+            media = np.asarray(media.convert("RGB"))
+        return self.engine.load_media(media)
+
     def predict(
         self, requests: Sequence[PredictRequest], settings: GenerationSettings, seed: int
     ) -> list[str]:
-        import torch
-
-        prompts, questions, media = [], [], []
+        sampling = self._sampling(settings, seed)
+        batch = []
         for request in requests:
             prompt, question = self._prompt(request)
-            prompts.append(prompt)
-            media.append(request.media)
-            # One instruction per <image> placeholder of the sample (multi-round: each turn's own question).
-            count = prompt.count(DEFAULT_IMAGE_TOKEN)
-            questions.append([question] * count if count else None)
-        inputs = self.processor(prompts, media=media, questions=questions, padding_side="left")
-        device = next(self.model.parameters()).device
-        inputs = {name: value.to(device) if hasattr(value, "to") else value for name, value in inputs.items()}
-        torch.manual_seed(seed)
-        with torch.inference_mode():
-            output = self.model.generate(**inputs, **settings.kwargs)
-        new_tokens = output[:, inputs["input_ids"].shape[1] :]
-        return self.processor.batch_decode(new_tokens)
+            batch.append(
+                self.engine.build_prompt_request(prompt, self._media(request.media), question, sampling)
+            )
+        return [answer.text for answer in self.engine.generate(batch)]

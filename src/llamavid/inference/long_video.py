@@ -1,13 +1,13 @@
-"""Hour-long videos from the feature cache: encode frames once, then answer questions chunk by chunk.
+"""Hour-long videos from the feature cache: features stream chunk by chunk, only visual tokens are kept.
 
-Why a separate module: the model computes visual tokens for all frames at once, which is right for clips but
-holds ``T x (1+N) x C`` EVA features in memory for a movie. Here features stream from the cache in chunks and
-only the 2-tokens-per-frame result is kept, so memory grows with the *token* count (what the LLM needs anyway),
-not with the feature count. Frames are independent in LLaMA-VID (each frame's context token depends on that
-frame and the question only), so the concatenated chunk tokens equal the whole-video tokens exactly.
+The model computes visual tokens for all frames at once, which is right for clips but would hold
+``T x (1+N) x C`` EVA features in memory for a movie. Here features stream from the cache one chunk at a time
+and only the 2-tokens-per-frame result is kept, so memory grows with the *token* count (what the LLM needs
+anyway), not with the feature count. Frames are independent in LLaMA-VID (each frame's context token depends on
+that frame and the question only), so the concatenated chunk tokens equal the whole-video tokens exactly.
 
-The prompt follows the movie CLI of the original code (spec §5.4): a start sentence, then per frame
-``<image>`` + the subtitles aligned to that frame, then "Now the movie end.", a newline and the question.
+Answering goes through the inference core (`Engine`); the prompt is the movie prompt of
+`llamavid.model.conversation.build_long_video_message`, one ``<image>`` per frame with its subtitles.
 """
 
 from __future__ import annotations
@@ -20,17 +20,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from llamavid.data.feature_cache import CacheEntry, module_sha256, preprocessing_id
+from llamavid.data.feature_cache import CacheEntry
+from llamavid.errors import ContextBudgetError, InvalidInputError
+from llamavid.inference.budget import check_context_budget, context_limit, estimate_kv_cache_bytes
+from llamavid.inference.media import FrameEncoder
 from llamavid.model.modeling_llamavid import LlamaVidVisualOutput
 
 __all__ = [
-    "MOVIE_END",
-    "MOVIE_START",
     "ContextBudgetError",
     "FrameEncoder",
     "LongVideoAnswer",
     "answer_long_video",
-    "build_movie_prompt",
     "check_context_budget",
     "context_limit",
     "estimate_kv_cache_bytes",
@@ -39,42 +39,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-MOVIE_START = "Below is a movie. Memorize the content and answer my question after watching this movie."
-MOVIE_END = "Now the movie end."
-
-
-class ContextBudgetError(ValueError):
-    """The prompt would not fit the model's context window or the memory budget."""
-
-
-class FrameEncoder:
-    """The cache's encoder for a model + processor: uint8 frames -> EVA features ``(T, 1+N, C)`` (CLS kept).
-
-    The encoder id is the sha256 of the vision tower's weights, computed once here: a fine-tuned tower with the
-    same checkpoint name gets other features, so it must get another cache key.
-
-    Args:
-        model: a ``LlamaVidForConditionalGeneration`` (or its ``.model``).
-        processor: the matching ``LlamaVidProcessor``.
-    """
-
-    def __init__(self, model: Any, processor: Any) -> None:
-        self.core = getattr(model, "model", model)
-        self.image_processor = processor.image_processor
-        self.encoder_id = module_sha256(self.core.vision_tower)
-        self.preprocessing_id = preprocessing_id(self.image_processor)
-
-    @torch.no_grad()
-    def __call__(self, frames: np.ndarray) -> torch.Tensor:
-        pixels = self.image_processor(frames, is_video=True)
-        return self.core.get_vision_features(pixels).to("cpu", torch.float16)
-
-
-def _qformer_inputs(processor: Any, question: str) -> dict[str, torch.Tensor]:
-    return processor.qformer_tokenizer(
-        [question], truncation=True, max_length=processor.qformer_max_length, return_tensors="pt"
-    )
 
 
 @torch.no_grad()
@@ -135,64 +99,12 @@ def stream_visual_output(
 
 def stream_visual_tokens(model: Any, processor: Any, entry: CacheEntry, question: str) -> torch.Tensor:
     """Visual tokens ``(T * (1+n), D)`` of a cached video for one question (see `stream_visual_output`)."""
-    encoded = _qformer_inputs(processor, question)
+    encoded = processor.qformer_tokenizer(
+        [question], truncation=True, max_length=processor.qformer_max_length, return_tensors="pt"
+    )
     tokens = stream_visual_output(model, entry, encoded["input_ids"], encoded["attention_mask"]).tokens
     assert tokens is not None  # always set by stream_visual_output
     return tokens
-
-
-def build_movie_prompt(processor: Any, frame_texts: Sequence[str], question: str) -> str:
-    """The chat-templated movie prompt with one ``<image>`` per frame followed by that frame's subtitles."""
-    body = "".join(f"<image>{text}" for text in frame_texts)
-    message = f"{MOVIE_START}{body}{MOVIE_END}\n{question}"
-    return processor.apply_chat_template([{"role": "user", "content": message}])
-
-
-def estimate_kv_cache_bytes(text_config: Any, tokens: int, dtype: torch.dtype) -> int:
-    """``2 (K and V) x layers x kv_heads x head_dim x tokens x bytes per element``."""
-    heads = text_config.num_attention_heads
-    kv_heads = getattr(text_config, "num_key_value_heads", None) or heads
-    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // heads
-    element = torch.empty((), dtype=dtype).element_size()
-    return 2 * text_config.num_hidden_layers * kv_heads * head_dim * tokens * element
-
-
-def _rope_factor(text_config: Any) -> float:
-    for name in ("rope_scaling", "rope_parameters"):
-        scaling = getattr(text_config, name, None)
-        if isinstance(scaling, dict) and scaling.get("factor"):
-            kind = scaling.get("rope_type") or scaling.get("type")
-            if kind not in (None, "default"):
-                return float(scaling["factor"])
-    return 1.0
-
-
-def context_limit(text_config: Any) -> int:
-    """Positions the LLM can attend to: ``max_position_embeddings`` times any RoPE scaling factor."""
-    return int(text_config.max_position_embeddings * _rope_factor(text_config))
-
-
-def check_context_budget(
-    text_config: Any, tokens: int, dtype: torch.dtype, max_memory: int | None = None
-) -> tuple[int, int]:
-    """Return ``(context_limit, kv_cache_bytes)``; raise :class:`ContextBudgetError` when either is exceeded.
-
-    The context limit is ``max_position_embeddings`` times the RoPE scaling factor (stage-3 long-video
-    checkpoints use linear scaling x16 to reach 64K; spec §6).
-    """
-    limit = context_limit(text_config)
-    kv_bytes = estimate_kv_cache_bytes(text_config, tokens, dtype)
-    if tokens > limit:
-        raise ContextBudgetError(
-            f"the prompt needs {tokens} tokens but the model's context is {limit}; sample fewer frames "
-            f"(--fps / --max-frames) or use a long-context checkpoint."
-        )
-    if max_memory is not None and kv_bytes > max_memory:
-        raise ContextBudgetError(
-            f"the KV cache for {tokens} tokens needs about {kv_bytes / 2**20:.1f} MiB, over the budget of "
-            f"{max_memory / 2**20:.1f} MiB; sample fewer frames or raise the budget."
-        )
-    return limit, kv_bytes
 
 
 @dataclass
@@ -206,7 +118,6 @@ class LongVideoAnswer:
     kv_cache_bytes: int
 
 
-@torch.no_grad()
 def answer_long_video(
     model: Any,
     processor: Any,
@@ -216,9 +127,11 @@ def answer_long_video(
     frame_texts: Sequence[str] | None = None,
     max_memory: int | None = None,
     max_new_tokens: int = 64,
-    **generate_kwargs: Any,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
 ) -> LongVideoAnswer:
-    """Answer `question` about a cached video through the streaming path.
+    """Answer `question` about a cached video with the movie prompt, through the inference core.
 
     Args:
         model / processor: the checkpoint whose encoder produced `entry` (not checked here; the cache key is).
@@ -226,35 +139,31 @@ def answer_long_video(
         question: the user question; also the Q-Former instruction (as in the original movie CLI).
         frame_texts: subtitle text per frame; default: the subtitles stored with the entry.
         max_memory: KV-cache budget in bytes; refuse beyond it.
-        max_new_tokens / generate_kwargs: passed to ``generate`` (greedy by default).
+        max_new_tokens / temperature / top_p / seed: sampling (greedy by default).
 
     Raises:
         ContextBudgetError: the prompt exceeds the context window or `max_memory` (checked before any
             visual token is computed).
     """
+    from llamavid.inference.engine import Engine
+    from llamavid.inference.settings import SamplingSettings
+
     texts = list(frame_texts) if frame_texts is not None else entry.frame_texts
     if len(texts) != entry.num_frames:
-        raise ValueError(f"{len(texts)} subtitle texts given for {entry.num_frames} frames.")
-    per_frame = processor.video_tokens_per_frame
-    prompt = build_movie_prompt(processor, texts, question)
-    ids = processor.tokenize_prompt(prompt, [per_frame] * entry.num_frames)
-    dtype = next(model.parameters()).dtype
-    total = len(ids) + max_new_tokens
-    limit, kv_bytes = check_context_budget(model.config.text_config, total, dtype, max_memory)
-    logger.info(
-        "long video: %d frames -> %d visual tokens, %d prompt tokens (+%d new) of %d; KV cache ~%.1f MiB",
-        entry.num_frames, per_frame * entry.num_frames, len(ids), max_new_tokens, limit, kv_bytes / 2**20,
-    )  # fmt: skip
-    tokens = stream_visual_tokens(model, processor, entry, question)
-    device = next(model.parameters()).device
-    input_ids = torch.tensor([ids], device=device)
-    generate_kwargs.setdefault("do_sample", False)
-    output = model.generate(
-        input_ids=input_ids,
-        attention_mask=torch.ones_like(input_ids),
-        visual_tokens=tokens,
-        max_new_tokens=max_new_tokens,
-        **generate_kwargs,
+        raise InvalidInputError(f"{len(texts)} subtitle texts given for {entry.num_frames} frames.")
+    engine = Engine(model, processor)
+    engine.max_memory = max_memory
+    media = engine.media_from_entry(entry, texts, thumbnails=np.zeros((entry.num_frames, 1, 1, 3), np.uint8))
+    settings = SamplingSettings(
+        temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed
     )
-    answer = processor.decode(output[0, input_ids.shape[1] :], skip_special_tokens=True)
-    return LongVideoAnswer(answer, len(ids), int(tokens.shape[0]), limit, kv_bytes)
+    request = engine.build_request(question, media, settings=settings)
+    answer = engine.generate([request])[0]
+    assert request.budget is not None
+    return LongVideoAnswer(
+        answer.text,
+        answer.prompt_tokens,
+        answer.visual_tokens,
+        request.budget.context_limit,
+        request.budget.kv_cache_bytes,
+    )

@@ -20,7 +20,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
-from llamavid.serve.engine import ChatSession, Engine  # noqa: E402
+from llamavid.inference.engine import Engine  # noqa: E402
+from llamavid.inference.session import ChatSession  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

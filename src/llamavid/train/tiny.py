@@ -330,7 +330,9 @@ def make_batch(
 
 # Scoring ----------------------------------------------------------------------------------------------------------
 def normalise_answer(text: str) -> str:
-    return " ".join(_WORD_RE.findall(text.lower()))
+    from llamavid.inference.text import normalize_answer
+
+    return normalize_answer(text)
 
 
 @torch.no_grad()

@@ -1,0 +1,42 @@
+"""The one family of errors llamavid raises: catch `LlamaVidError` to handle every failure of the package.
+
+Each class also derives from the built-in type callers caught before it existed (``ValueError``,
+``FileNotFoundError``, ``ImportError``, ``RuntimeError``), so ``except ValueError`` around a llamavid call keeps
+working. Messages follow one rule: what was received, what was expected, what to do. Importing this module
+imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ContextBudgetError",
+    "DependencyError",
+    "InvalidInputError",
+    "LlamaVidError",
+    "LlamaVidRuntimeError",
+    "ModelNotFoundError",
+]
+
+
+class LlamaVidError(Exception):
+    """Base class of every error llamavid raises on purpose."""
+
+
+class InvalidInputError(LlamaVidError, ValueError):
+    """An argument, request field, configuration value or data record is not usable as given."""
+
+
+class ContextBudgetError(InvalidInputError):
+    """A prompt would not fit the model's context window or the configured KV-cache memory budget."""
+
+
+class ModelNotFoundError(LlamaVidError, FileNotFoundError):
+    """A model folder, checkpoint or file it needs does not exist."""
+
+
+class DependencyError(LlamaVidError, ImportError):
+    """An optional package (an extra such as ``llamavid[serve]``) is needed but not installed or not loadable."""
+
+
+class LlamaVidRuntimeError(LlamaVidError, RuntimeError):
+    """Something failed while running (a subprocess, a server, a worker) for a reason outside the input."""

@@ -1,0 +1,604 @@
+"""OpenAI-compatible HTTP API over the engine: ``POST /v1/chat/completions`` (+ SSE), ``GET /v1/models``, ``/health``.
+
+Requests use the chat-completions shape with vLLM's multimodal content parts::
+
+    {"model": "...", "messages": [{"role": "user", "content": [
+        {"type": "video_url", "video_url": {"url": "data:video/mp4;base64,..."}},
+        {"type": "text", "text": "What happens?"}]}], "stream": true}
+
+Media comes as ``data:`` URLs (size-limited) or ``file://`` paths under configured roots (symlinks resolved,
+traversal refused). The server never fetches remote URLs: that would let any client make it download
+arbitrary content. Concurrent requests are batched on the device by `BatchScheduler`; the queue is bounded
+(429 when full) and every request has a deadline (504).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import unquote, urlparse
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from llamavid.inference.engine import Engine, GenerationRequest
+from llamavid.inference.media import PreparedMedia
+from llamavid.inference.results import Answer
+from llamavid.inference.scheduler import BatchScheduler, Job, QueueFullError
+
+logger = logging.getLogger(__name__)
+
+_MEDIA_SUFFIXES = {
+    "image/png": ".png",
+    "image/jpeg": ".jpg",
+    "image/jpg": ".jpg",
+    "image/webp": ".webp",
+    "image/gif": ".gif",
+    "image/bmp": ".bmp",
+    "video/mp4": ".mp4",
+    "video/webm": ".webm",
+    "video/x-matroska": ".mkv",
+    "video/quicktime": ".mov",
+    "video/x-msvideo": ".avi",
+    "video/ogg": ".ogv",
+    "video/mpeg": ".mpg",
+}
+
+
+# Configuration ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ServerConfig:
+    """Limits and policies of one server.
+
+    Attributes:
+        allowed_roots: folders whose files ``file://`` URLs may name (after resolving symlinks); empty = none.
+        api_key: when set, ``/v1`` routes need ``Authorization: Bearer <api_key>``.
+        max_batch_size: requests generated together on the device.
+        batch_wait_ms: how long the scheduler waits for more requests before running a partial batch; trades
+            a little latency for throughput under load.
+        max_queue: requests waiting for the device before new ones get 429.
+        request_timeout: seconds from arrival to the last token before a request is cancelled (504).
+        max_video_seconds: longest accepted video (checked by a subprocess probe before decoding).
+        max_upload_bytes: largest request body, and so largest data: URL.
+        fps / max_frames: sampling of every media item.
+        media_cache_size: prepared media (frame features) kept, so multi-turn clients resending the same
+            video skip decoding and encoding.
+    """
+
+    allowed_roots: tuple[Path, ...] = ()
+    api_key: str | None = None
+    max_batch_size: int = 8
+    batch_wait_ms: float = 10.0
+    max_queue: int = 64
+    request_timeout: float = 300.0
+    max_video_seconds: float = 3600.0
+    max_upload_bytes: int = 64 * 2**20
+    fps: float = 1.0
+    max_frames: int | None = 256
+    media_cache_size: int = 4
+    probe_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "--max-batch-size": self.max_batch_size >= 1,
+            "--batch-wait-ms": self.batch_wait_ms >= 0,
+            "--max-queue": self.max_queue >= 1,
+            "--request-timeout": self.request_timeout > 0,
+            "--max-video-seconds": self.max_video_seconds > 0,
+            "--max-upload-mb": self.max_upload_bytes > 0,
+            "--fps": self.fps > 0,
+            "--max-frames": self.max_frames is None or self.max_frames >= 1,
+        }
+        for flag, ok in checks.items():
+            if not ok:
+                raise ValueError(f"{flag} must be positive (batch size, queue and frames at least 1).")
+        for root in self.allowed_roots:
+            if not Path(root).is_dir():
+                raise ValueError(f"--allowed-root {root}: not a folder; pass an existing folder of media.")
+
+
+class APIError(Exception):
+    """An error answered in OpenAI's shape: ``{"error": {"message", "type", "code"}}``."""
+
+    def __init__(
+        self, status: int, message: str, kind: str = "invalid_request_error", code: str | None = None
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.kind = kind
+        self.code = code
+
+    def response(self) -> JSONResponse:
+        headers = {"Retry-After": "1"} if self.status == 429 else None
+        body = {"error": {"message": self.message, "type": self.kind, "param": None, "code": self.code}}
+        return JSONResponse(body, status_code=self.status, headers=headers)
+
+
+# Request schema (OpenAI chat completions + vLLM's video_url part) -------------------------------------------------
+class _URL(BaseModel):
+    url: str
+
+
+class ContentPart(BaseModel):
+    type: Literal["text", "image_url", "video_url"]
+    text: str | None = None
+    image_url: _URL | None = None
+    video_url: _URL | None = None
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str | list[ContentPart] | None = None
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    seed: int | None = None
+    n: int = 1
+
+
+# Media resolution --------------------------------------------------------------------------------------------------
+class MediaResolver:
+    """Turn a content-part URL into a prepared media item, under the server's policies, with a small LRU cache."""
+
+    def __init__(self, engine: Engine, config: ServerConfig) -> None:
+        self.engine = engine
+        self.config = config
+        self.roots = [os.path.realpath(root) for root in config.allowed_roots]
+        self._cache: OrderedDict[tuple[Any, ...], PreparedMedia] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def resolve(self, url: str) -> PreparedMedia:
+        """Load the media `url` names. Raises `APIError` (400/403/413) for refused or unreadable media."""
+        scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+        if scheme == "data":
+            return self._from_data_url(url)
+        if scheme == "file":
+            return self._from_file_url(url)
+        if scheme in ("http", "https"):
+            raise APIError(
+                400,
+                "remote media URLs are not fetched by this server. Send the file inline as a data: URL "
+                "(data:video/mp4;base64,...) or, for files on the server, as file:///path under an --allowed-root.",
+                code="remote_url_refused",
+            )
+        raise APIError(
+            400, f"unsupported media URL scheme {scheme or url[:20]!r}; use a data: or file:// URL."
+        )
+
+    def _cached(self, key: tuple[Any, ...], load: Callable[[], PreparedMedia]) -> PreparedMedia:
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        media = load()
+        with self._lock:
+            self._cache[key] = media
+            while len(self._cache) > self.config.media_cache_size:
+                self._cache.popitem(last=False)
+        return media
+
+    def _load(self, path: Path, shown_as: str) -> PreparedMedia:
+        try:
+            return self.engine.load_media(
+                path,
+                fps=self.config.fps,
+                max_frames=self.config.max_frames,
+                untrusted=True,
+                probe_timeout=self.config.probe_timeout,
+                max_duration=self.config.max_video_seconds,
+            )
+        except ValueError as error:  # MediaError included: the file is the client's problem
+            raise APIError(400, str(error).replace(str(path), shown_as), code="invalid_media") from None
+
+    def _from_data_url(self, url: str) -> PreparedMedia:
+        header, comma, payload = url.partition(",")
+        if not comma or ";base64" not in header:
+            raise APIError(400, "data: URLs must be base64 encoded: data:<mime type>;base64,<data>.")
+        mime = header[len("data:") :].split(";")[0].strip().lower()
+        suffix = _MEDIA_SUFFIXES.get(mime)
+        if suffix is None:
+            raise APIError(
+                400,
+                f"unsupported media type {mime!r} in data: URL; expected one of {', '.join(sorted(_MEDIA_SUFFIXES))}.",
+            )
+        if len(payload) * 3 // 4 > self.config.max_upload_bytes:
+            raise APIError(
+                413, f"the data: URL exceeds the upload limit of {self.config.max_upload_bytes} bytes."
+            )
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise APIError(400, "the data: URL is not valid base64.") from None
+        if not data:
+            raise APIError(400, "the data: URL holds no bytes.")
+        key = ("data", hashlib.sha256(data).hexdigest(), mime)
+
+        def load() -> PreparedMedia:
+            with tempfile.TemporaryDirectory(prefix="llamavid-upload-") as folder:
+                path = Path(folder) / f"upload{suffix}"
+                path.write_bytes(data)
+                # Features are computed from the decoded frames, so the file can go as soon as this returns.
+                return self._load(path, "uploaded media")
+
+        return self._cached(key, load)
+
+    def _from_file_url(self, url: str) -> PreparedMedia:
+        if not self.roots:
+            raise APIError(
+                403,
+                "file:// URLs are disabled on this server; send the media as a data: URL, or start the server "
+                "with --allowed-root FOLDER.",
+                kind="permission_error",
+            )
+        parsed = urlparse(url)
+        if parsed.netloc not in ("", "localhost"):
+            raise APIError(
+                400, f"file URL host {parsed.netloc!r} is not supported; use file:///absolute/path."
+            )
+        requested = unquote(parsed.path)
+        # realpath resolves symlinks and '..' so a link inside a root cannot point outside it.
+        real = os.path.realpath(requested)
+        if not any(os.path.commonpath([real, root]) == root for root in self.roots):
+            raise APIError(
+                403,
+                f"{requested} is outside the allowed media folders; only files under --allowed-root are served.",
+                kind="permission_error",
+            )
+        path = Path(real)
+        if not path.exists():
+            raise APIError(400, f"{requested}: no such file under the allowed media folders.")
+        stat = path.stat()
+        key = ("file", real, stat.st_mtime_ns, stat.st_size)
+        return self._cached(key, lambda: self._load(path, requested))
+
+
+# The application -------------------------------------------------------------------------------------------------
+class BodyLimitMiddleware:
+    """Refuse request bodies over `limit` bytes with 413, before any parsing (pure ASGI, buffers the body)."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        too_large = APIError(
+            413, f"request body exceeds the limit of {self.limit} bytes.", code="body_too_large"
+        )
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await too_large.response()(scope, receive, send)
+            return
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body = message.get("body", b"")
+            size += len(body)
+            if size > self.limit:
+                await too_large.response()(scope, receive, send)
+                return
+            chunks.append(body)
+            more = message.get("more_body", False)
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()  # later calls wait for http.disconnect (streaming responses watch it)
+
+        await self.app(scope, replay, send)
+
+
+def _conversation(body: ChatCompletionRequest) -> tuple[list[tuple[str, str]], str, str | None]:
+    """Split messages into ``(history, question, media_url)`` following the official CLI's turn structure."""
+    turns: list[tuple[str, str]] = []
+    media_urls: list[str] = []
+    for index, message in enumerate(body.messages):
+        if message.role == "system":
+            continue  # the checkpoint's template carries its own system text; a client's is not used
+        content = message.content or ""
+        parts = [ContentPart(type="text", text=content)] if isinstance(content, str) else content
+        texts = []
+        for part in parts:
+            if part.type == "text":
+                texts.append(part.text or "")
+                continue
+            reference = part.image_url or part.video_url
+            url = reference.url if reference is not None else None
+            if url is None:
+                raise APIError(
+                    400, f"messages[{index}]: a {part.type} part needs {{'{part.type}': {{'url': ...}}}}."
+                )
+            if message.role != "user":
+                raise APIError(400, f"messages[{index}]: only user messages may carry media.")
+            media_urls.append(url)
+        turns.append((message.role, "\n".join(text for text in texts if text)))
+    roles = [role for role, _ in turns]
+    expected = ["user" if i % 2 == 0 else "assistant" for i in range(len(roles))]
+    if not roles or roles != expected or roles[-1] != "user":
+        raise APIError(
+            400, f"messages must alternate user/assistant, start and end with a user message; got {roles}."
+        )
+    if len(media_urls) > 1:
+        raise APIError(
+            400, f"{len(media_urls)} media parts given; LLaMA-VID answers about one image or video at a time."
+        )
+    history = [(turns[i][1], turns[i + 1][1]) for i in range(0, len(turns) - 1, 2)]
+    return history, turns[-1][1], media_urls[0] if media_urls else None
+
+
+def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
+    """Build the FastAPI app around a loaded engine; the batching worker runs while the app is served."""
+    config = config or ServerConfig()
+    scheduler = BatchScheduler(engine, config.max_batch_size, config.batch_wait_ms, config.max_queue)
+    resolver = MediaResolver(engine, config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        scheduler.start()
+        yield
+        scheduler.stop()
+
+    app = FastAPI(title="llamavid", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.engine, app.state.scheduler, app.state.config = engine, scheduler, config
+    app.add_middleware(BodyLimitMiddleware, limit=config.max_upload_bytes)
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, error: APIError) -> JSONResponse:
+        return error.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0] if error.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+        return APIError(400, f"invalid request: {where}: {first.get('msg', 'malformed body')}").response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        return APIError(error.status_code, str(error.detail), kind="not_found_error").response()
+
+    def check_key(request: Request) -> None:
+        if config.api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        if header != f"Bearer {config.api_key}":
+            raise APIError(
+                401,
+                "missing or wrong API key; send 'Authorization: Bearer <key>'.",
+                kind="authentication_error",
+            )
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": engine.name, "queued": scheduler.queued()}
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict[str, Any]:
+        check_key(request)
+        return {
+            "object": "list",
+            "data": [{"id": engine.name, "object": "model", "created": 0, "owned_by": "llamavid"}],
+        }
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(
+        request: Request, body: ChatCompletionRequest
+    ) -> JSONResponse | StreamingResponse:
+        check_key(request)
+        arrived = time.monotonic()
+        if body.model not in (None, engine.name):
+            raise APIError(
+                404,
+                f"model {body.model!r} is not served here; available: {engine.name!r}.",
+                code="model_not_found",
+            )
+        if body.n != 1:
+            raise APIError(400, "only n=1 is supported.")
+        history, question, media_url = _conversation(body)
+
+        def prepare() -> GenerationRequest:
+            media = resolver.resolve(media_url) if media_url else None
+            settings = engine.default_settings.updated(
+                temperature=body.temperature,
+                top_p=body.top_p,
+                max_new_tokens=body.max_completion_tokens or body.max_tokens,
+                seed=body.seed,
+            )
+            return engine.build_request(question, media, history, settings)
+
+        try:
+            generation_request = await run_in_threadpool(prepare)
+        except APIError:
+            raise
+        except ValueError as error:
+            raise APIError(400, str(error)) from None
+        job = Job(generation_request, asyncio.get_running_loop())
+        try:
+            scheduler.submit(job)
+        except QueueFullError:
+            raise APIError(
+                429, "the server is busy (request queue full); retry shortly.", kind="rate_limit_error"
+            ) from None
+        deadline = arrived + config.request_timeout
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(
+                _sse(job, deadline, completion_id, engine.name, include_usage),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        try:
+            while True:
+                kind, value = await _next_event(job, deadline)
+                if kind == "done":
+                    return JSONResponse(_completion(completion_id, engine.name, value))
+                if kind == "error":
+                    raise APIError(500, "generation failed; see the server log.", kind="server_error")
+        finally:
+            job.cancelled.set()  # no-op when finished; stops the row when the client left or timed out
+
+    return app
+
+
+async def _next_event(job: Job, deadline: float) -> tuple[str, Any]:
+    remaining = deadline - time.monotonic()
+    try:
+        if remaining <= 0:
+            raise asyncio.TimeoutError
+        return await asyncio.wait_for(job.events.get(), timeout=remaining)
+    except asyncio.TimeoutError:
+        job.cancelled.set()
+        raise APIError(
+            504,
+            "the request timed out before the answer was complete; retry or ask for fewer tokens.",
+            kind="timeout_error",
+        ) from None
+
+
+def _usage(answer: Answer) -> dict[str, int]:
+    return {
+        "prompt_tokens": answer.prompt_tokens,
+        "completion_tokens": answer.completion_tokens,
+        "total_tokens": answer.prompt_tokens + answer.completion_tokens,
+    }
+
+
+def _finish(answer: Answer) -> str:
+    return "length" if answer.finish_reason == "length" else "stop"
+
+
+def _completion(completion_id: str, model: str, answer: Answer) -> dict[str, Any]:
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer.text},
+                "finish_reason": _finish(answer),
+            }
+        ],
+        "usage": _usage(answer),
+    }
+
+
+async def _sse(
+    job: Job, deadline: float, completion_id: str, model: str, include_usage: bool
+) -> AsyncIterator[str]:
+    created = int(time.time())
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, usage: dict[str, int] | None = None) -> str:
+        payload: dict[str, Any] = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}] if usage is None else [],
+        }
+        if usage is not None:
+            payload["usage"] = usage
+        return f"data: {json.dumps(payload)}\n\n"
+
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        while True:
+            try:
+                kind, value = await _next_event(job, deadline)
+            except APIError as error:
+                yield f"data: {json.dumps({'error': {'message': error.message, 'type': error.kind}})}\n\n"
+                break
+            if kind == "delta":
+                yield chunk({"content": value})
+            elif kind == "done":
+                yield chunk({}, _finish(value))
+                if include_usage:
+                    yield chunk({}, usage=_usage(value))
+                break
+            else:
+                yield f"data: {json.dumps({'error': {'message': 'generation failed', 'type': 'server_error'}})}\n\n"
+                break
+        yield "data: [DONE]\n\n"
+    finally:
+        job.cancelled.set()  # the client disconnected mid-stream, or we are done: stop generating for it
+
+
+# Running in-process (tests, benchmarks, notebooks) -----------------------------------------------------------------
+class RunningServer:
+    """A uvicorn server on 127.0.0.1:<free port> in a background thread; `stop()` shuts it down."""
+
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1") -> None:
+        import uvicorn
+
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((host, 0))
+        self.port = self._socket.getsockname()[1]
+        self.url = f"http://{host}:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        self._thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self._socket]}, daemon=True
+        )
+        self._thread.start()
+        started = time.monotonic()
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() - started > 60:
+                raise RuntimeError("the API server did not start; see the log above.")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout=30)
+        self._socket.close()
+
+    def __enter__(self) -> RunningServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+__all__ = ["APIError", "BatchScheduler", "MediaResolver", "RunningServer", "ServerConfig", "create_app"]
