@@ -35,7 +35,7 @@ def main() -> int:
     from playwright.sync_api import sync_playwright
 
     from llamavid.demo import synthetic_question_clip, write_clip
-    from llamavid.serve.engine import Engine
+    from llamavid.inference.engine import Engine
     from llamavid.serve.webui import build_ui, launch
 
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
