@@ -28,7 +28,9 @@ def _count_encodings(engine: Engine, monkeypatch) -> list[int]:
     return calls
 
 
-def test_ingest_then_ask_then_a_second_question_encode_once(serving_model_dir, demo_video_path, tmp_path, monkeypatch):
+def test_ingest_then_ask_then_a_second_question_encode_once(
+    serving_model_dir, demo_video_path, tmp_path, monkeypatch
+):
     model = llamavid.load(serving_model_dir, device="cpu", feature_cache=tmp_path / "cache")
     calls = _count_encodings(model.engine, monkeypatch)
     report = model.ingest(demo_video_path)
@@ -44,11 +46,15 @@ def test_ingest_then_ask_then_a_second_question_encode_once(serving_model_dir, d
 def test_cold_and_warm_answers_are_token_identical(serving_model_dir, demo_video_path, tmp_path, monkeypatch):
     question = "which way does it move?"
     cold_engine = Engine.from_pretrained(serving_model_dir, device="cpu", feature_cache=tmp_path / "cache")
-    cold = cold_engine.prepare_question(demo_video_path, question, settings=cold_engine.settings(temperature=0))
+    cold = cold_engine.prepare_question(
+        demo_video_path, question, settings=cold_engine.settings(temperature=0)
+    )
     assert cold.media is not None and cold.media.cache_entry is not None  # the cold run filled the cache
     warm_engine = Engine.from_pretrained(serving_model_dir, device="cpu", feature_cache=tmp_path / "cache")
     calls = _count_encodings(warm_engine, monkeypatch)
-    warm = warm_engine.prepare_question(demo_video_path, question, settings=warm_engine.settings(temperature=0))
+    warm = warm_engine.prepare_question(
+        demo_video_path, question, settings=warm_engine.settings(temperature=0)
+    )
     assert calls == []
     assert cold.input_ids == warm.input_ids
     assert torch.equal(cold.visual_tokens, warm.visual_tokens)
@@ -56,7 +62,9 @@ def test_cold_and_warm_answers_are_token_identical(serving_model_dir, demo_video
 
     # Long entries stream their chunks per question instead of loading them: the same tokens.
     monkeypatch.setattr("llamavid.inference.engine.IN_MEMORY_FEATURE_BYTES", 0)
-    streamed = warm_engine.prepare_question(demo_video_path, question, settings=warm_engine.settings(temperature=0))
+    streamed = warm_engine.prepare_question(
+        demo_video_path, question, settings=warm_engine.settings(temperature=0)
+    )
     assert streamed.media.features is None
     torch.testing.assert_close(streamed.visual_tokens, warm.visual_tokens, rtol=0, atol=1e-6)
 
@@ -68,10 +76,16 @@ def test_cold_and_warm_answers_are_token_identical(serving_model_dir, demo_video
     torch.testing.assert_close(from_array.visual_tokens, warm.visual_tokens, rtol=0, atol=1e-6)
 
 
-def test_the_cache_key_does_not_depend_on_the_dtype(serving_model_dir, demo_video_path, tmp_path, monkeypatch):
-    half = Engine.from_pretrained(serving_model_dir, device="cpu", dtype="bfloat16", feature_cache=tmp_path / "c")
+def test_the_cache_key_does_not_depend_on_the_dtype(
+    serving_model_dir, demo_video_path, tmp_path, monkeypatch
+):
+    half = Engine.from_pretrained(
+        serving_model_dir, device="cpu", dtype="bfloat16", feature_cache=tmp_path / "c"
+    )
     half.ingest(demo_video_path)
-    full = Engine.from_pretrained(serving_model_dir, device="cpu", dtype="float32", feature_cache=tmp_path / "c")
+    full = Engine.from_pretrained(
+        serving_model_dir, device="cpu", dtype="float32", feature_cache=tmp_path / "c"
+    )
     calls = _count_encodings(full, monkeypatch)
     media = full.load_media(demo_video_path)
     assert calls == [] and media.cache_entry is not None
