@@ -48,42 +48,10 @@ QUESTIONS = (
 
 # Model sizes -----------------------------------------------------------------------------------------------------
 def tiny_config_kwargs() -> dict[str, Any]:
-    """The `tests/conftest.py::tiny_config_kwargs` model (copied, not imported: benchmarks never import tests).
+    """The test suite's tiny model (`llamavid.testing`); the LLM never runs here, so its vocabulary is 99."""
+    from llamavid.testing import tiny_config_kwargs as tiny
 
-    The LLM vocabulary is fixed at 99 instead of the tiny tokenizer's size; the LLM never runs here.
-    """
-    return dict(
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            image_size=56,
-            patch_size=14,
-        ),
-        qformer_config=dict(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=64,
-            max_position_embeddings=64,
-        ),
-        text_config=dict(
-            model_type="llama",
-            vocab_size=99,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=1024,
-            bos_token_id=1,
-            eos_token_id=2,
-            pad_token_id=0,
-        ),
-        num_query=4,
-        compress_type="mean",
-        image_compress_type="none",
-    )
+    return tiny(vocab_size=99)
 
 
 def spec_config_kwargs() -> dict[str, Any]:

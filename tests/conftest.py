@@ -110,3 +110,20 @@ def demo_video_path(tmp_path_factory):
     from llamavid.demo import write_demo_video
 
     return write_demo_video(tmp_path_factory.mktemp("media") / "square.mp4", seconds=4)
+
+
+# Accelerators -----------------------------------------------------------------------------------------------------
+def _has_accelerator() -> bool:
+    if torch.cuda.is_available():
+        return True
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu`-marked tests run where CUDA or MPS exists (``make test-gpu``) and say why they skip elsewhere."""
+    if _has_accelerator():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA or MPS device (run `make test-gpu` on a GPU machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

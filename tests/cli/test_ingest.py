@@ -140,11 +140,19 @@ def test_bad_inputs_one_line_exit_2(
     assert not cache.exists() or not any(cache.iterdir())  # nothing half-written
 
 
-def test_model_is_required(
+def test_ingest_uses_the_embedded_model_by_default(
     tmp_path: Path, media: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(["ingest", str(media["good"]), "--cache-dir", str(tmp_path)])
-    assert code == 2 and "--model is required" in capsys.readouterr().err
+    from llamavid.inference.loading import default_model_path
+
+    assert default_model_path() is not None  # the package ships the tiny model
+    code = main(["ingest", str(media["good"]), "--cache-dir", str(tmp_path), "--json", "--quiet"])
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0 and result["frames"] > 0 and not result["cache_hit"]
+    # `ask` with default flags finds what `ingest` with default flags wrote.
+    capsys.readouterr()
+    code = main(["-v", "ask", str(media["good"]), "what?", "--cache-dir", str(tmp_path), "--json", "-q"])
+    assert code == 0 and json.loads(capsys.readouterr().out)["feature_cache"] == result["digest"]
 
 
 def test_info_on_empty_cache(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
