@@ -12,7 +12,7 @@ from llamavid.inference.loading import default_model_path
 
 ANSWER_KEYS = {
     "model", "random_weights", "device", "dtype", "media", "answer", "question", "finish_reason", "frames",
-    "visual_tokens", "prompt_tokens", "completion_tokens", "seconds",
+    "visual_tokens", "prompt_tokens", "completion_tokens", "seconds", "frames_capped", "feature_cache",
 }  # fmt: skip
 
 
