@@ -731,6 +731,7 @@ class Engine:
                 frames=0 if request.media is None else request.media.num_frames,
                 seconds=seconds,
                 question=request.question,
+                token_ids=list(tracker.tokens[row]),
             )
             for row, request in enumerate(requests)
         ]

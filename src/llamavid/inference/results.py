@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,8 @@ class Answer:
         completion_tokens: generated tokens (EOS included when produced).
         frames: frames of the media the question was about (0 for text-only).
         seconds: wall time of the generate call this answer was part of.
+        question: the question as the model read it.
+        token_ids: the generated ids (EOS included when produced), for exact comparisons.
     """
 
     text: str
@@ -38,6 +40,7 @@ class Answer:
     frames: int
     seconds: float
     question: str = ""
+    token_ids: list[int] = field(default_factory=list)
 
     def __str__(self) -> str:
         return self.text
