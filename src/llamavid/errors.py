@@ -12,8 +12,10 @@ __all__ = [
     "ContextBudgetError",
     "DependencyError",
     "InvalidInputError",
+    "InvalidTypeError",
     "LlamaVidError",
     "LlamaVidRuntimeError",
+    "MissingFileError",
     "ModelNotFoundError",
 ]
 
@@ -30,8 +32,16 @@ class ContextBudgetError(InvalidInputError):
     """A prompt would not fit the model's context window or the configured KV-cache memory budget."""
 
 
-class ModelNotFoundError(LlamaVidError, FileNotFoundError):
+class MissingFileError(LlamaVidError, FileNotFoundError):
+    """A file or folder the caller named does not exist (or lacks a file it must hold)."""
+
+
+class ModelNotFoundError(MissingFileError):
     """A model folder, checkpoint or file it needs does not exist."""
+
+
+class InvalidTypeError(LlamaVidError, TypeError):
+    """An argument has the wrong type (a config where a dict was expected, a tensor where a path was)."""
 
 
 class DependencyError(LlamaVidError, ImportError):

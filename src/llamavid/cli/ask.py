@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     media = request.media
     report(args, f"{media.num_frames} frames -> {request.budget.describe()}")
     on_delta = None if args.json else (lambda row, text: print_piece(text))
-    answer = engine.generate([request], on_delta=on_delta)[0]
+    answer = engine.answer(request, on_delta=on_delta)
     if args.json:
         print_json(
             {

@@ -19,6 +19,7 @@ from llamavid.cli._engine_options import (
     print_json,
     print_piece,
 )
+from llamavid.errors import InvalidInputError
 
 HELP = "commands: /reset  /save FILE  /attention FILE  /quit"
 
@@ -46,13 +47,13 @@ def _command(session, line: str, as_json: bool) -> bool:
         message = {"event": "reset"}
     elif name in ("/save", "/attention"):
         if not argument:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{name} needs a file name, e.g. {name} out.{'json' if name == '/save' else 'png'}"
             )
         path = session.save(argument) if name == "/save" else session.attention().save(argument)
         message = {"event": name[1:], "path": str(path)}
     else:
-        raise ValueError(f"unknown command {name!r}; {HELP}")
+        raise InvalidInputError(f"unknown command {name!r}; {HELP}")
     if as_json:
         print_json(message)
     else:

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from llamavid.errors import MissingFileError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("data", help="build training data (longqa: movie QA generation)")
@@ -41,7 +43,7 @@ def run_longqa(args: argparse.Namespace) -> int:
 
     for path in (args.synopsis, args.script):
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found; pass the movie's synopsis and script as text files.")
+            raise MissingFileError(f"{path} not found; pass the movie's synopsis and script as text files.")
     movie_id = args.movie_id or args.synopsis.stem
     client = JudgeClient(args.endpoint, args.model, temperature=0.7, max_tokens=None)
     try:

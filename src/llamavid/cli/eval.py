@@ -9,6 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from llamavid.errors import InvalidInputError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from llamavid.eval.tasks import TASKS
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
     task = get_task(args.task)
     if (args.judge_url is None) != (args.judge_model is None):
-        raise ValueError("--judge-url and --judge-model go together (no default judge host).")
+        raise InvalidInputError("--judge-url and --judge-model go together (no default judge host).")
     settings = RunSettings(
         batch_size=args.batch_size,
         limit=args.limit,

@@ -114,7 +114,7 @@ def evaluate(
                 else:
                     media = engine.load_media(item.media.render(size))
                 requests.append(engine.build_request(item.question, media, settings=greedy))
-            texts = [answer.text for answer in engine.generate(requests)]
+            texts = [answer.text for answer in engine.answer_batch(requests)]
             for item, text in zip(chunk, texts, strict=True):
                 correct = int(normalize_answer(text) == normalize_answer(item.answer))
                 hits[item.question_type].append(correct)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+from llamavid.errors import LlamaVidError
+
 __all__ = [
     "BackendUnavailableError",
     "MediaError",
@@ -18,7 +20,7 @@ __all__ = [
 ]
 
 
-class MediaError(ValueError):
+class MediaError(LlamaVidError, ValueError):
     """A media file (video, image, frame folder or subtitles) could not be used.
 
     Attributes:

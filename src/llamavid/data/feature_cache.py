@@ -38,6 +38,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from llamavid.errors import InvalidInputError, LlamaVidError
+
 from .errors import VideoDecodeError
 from .subtitles import SubtitleCue, align_subtitles, read_subtitles
 from .video import Frames, iter_video_frames, probe_video
@@ -72,7 +74,7 @@ _PROGRESS = "progress.json"
 _HASH_BLOCK = 1 << 20
 
 
-class CacheEntryError(ValueError):
+class CacheEntryError(LlamaVidError, ValueError):
     """A cache entry is incomplete, stale or corrupted; the message names the entry and the reason."""
 
 
@@ -144,7 +146,7 @@ def checkpoint_sha256(folder: str | os.PathLike[str], prefix: str) -> str | None
         files = {name: folder / file for name, file in weight_map.items() if name.startswith(prefix)}
     elif (folder / "model.safetensors").is_file():
         with safe_open(str(folder / "model.safetensors"), framework="pt") as handle:
-            files = {name: folder / "model.safetensors" for name in handle.keys() if name.startswith(prefix)}
+            files = {name: folder / "model.safetensors" for name in handle.keys() if name.startswith(prefix)}  # noqa: SIM118
     else:
         return None
     if not files:
@@ -153,7 +155,7 @@ def checkpoint_sha256(folder: str | os.PathLike[str], prefix: str) -> str | None
     for name in sorted(files):
         with safe_open(str(files[name]), framework="pt") as handle:
             tensor = handle.get_tensor(name).contiguous()
-        digest.update(f"{name[len(prefix):]}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(f"{name[len(prefix) :]}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return "ckpt-" + digest.hexdigest()
 
@@ -236,7 +238,7 @@ def _to_fp16_numpy(features: Any) -> np.ndarray:
         features = features.detach().to("cpu").float().numpy()
     array = np.asarray(features)
     if array.ndim != 3:
-        raise ValueError(
+        raise InvalidInputError(
             f"the encoder must return (frames, tokens, channels) features, got shape {array.shape}."
         )
     return np.ascontiguousarray(array, dtype=np.float16)
@@ -384,7 +386,7 @@ class FeatureCache:
         self, root: str | os.PathLike[str] | None = None, *, chunk_frames: int = DEFAULT_CHUNK_FRAMES
     ) -> None:
         if chunk_frames < 1:
-            raise ValueError(f"chunk_frames must be at least 1, got {chunk_frames}.")
+            raise InvalidInputError(f"chunk_frames must be at least 1, got {chunk_frames}.")
         self.root = Path(root).expanduser() if root is not None else default_cache_root()
         self.chunk_frames = int(chunk_frames)
 
@@ -517,7 +519,7 @@ class FeatureCache:
         """
         start = time.perf_counter()
         if batch_size < 1:
-            raise ValueError(f"--batch-size must be at least 1, got {batch_size}.")
+            raise InvalidInputError(f"--batch-size must be at least 1, got {batch_size}.")
         info = probe_video(video)  # names the file in every failure: missing, empty, truncated, no stream
         cues, subtitle_source = self._load_cues(subtitles)
         key = self.make_key(video, encoder, fps=fps, num_frames=num_frames, max_frames=max_frames)
@@ -682,7 +684,7 @@ class FeatureCache:
         ]
         features = np.concatenate(parts) if len(parts) > 1 else parts[0]
         if features.shape[0] != len(frames):
-            raise ValueError(
+            raise InvalidInputError(
                 f"the encoder returned {features.shape[0]} feature rows for {len(frames)} frames."
             )
         data = save(

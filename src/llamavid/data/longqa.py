@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llamavid.errors import LlamaVidError
 from llamavid.eval.records import JsonlStore, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ KINDS: tuple[QAKind, ...] = (
 )
 
 
-class GenerationError(ValueError):
+class GenerationError(LlamaVidError, ValueError):
     """The endpoint's reply for one kind could not be turned into valid QA pairs after all retries."""
 
 

@@ -26,11 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from llamavid.errors import InvalidInputError, LlamaVidError, MissingFileError
+
 FORMAT_NAME = "llamavid-official-features"
 FORMAT_VERSION = 1
 
 
-class UnsafePickleError(ValueError):
+class UnsafePickleError(LlamaVidError, ValueError):
     """A pickle asked for a Python global outside the allow-list (it could run code when loaded)."""
 
 
@@ -95,7 +97,7 @@ def restricted_load(path: str | os.PathLike) -> Any:
     """Unpickle `path` with `RestrictedFeatureUnpickler`."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; pass an official long-video feature file (.pkl).")
+        raise MissingFileError(f"{path} not found; pass an official long-video feature file (.pkl).")
     with open(path, "rb") as handle:
         return RestrictedFeatureUnpickler(handle).load()
 
@@ -111,18 +113,18 @@ def load_official_feature_pickle(path: str | os.PathLike) -> tuple[torch.Tensor,
     data = restricted_load(path)
     if not isinstance(data, dict) or "feats" not in data or "inputs" not in data:
         found = sorted(data) if isinstance(data, dict) else type(data).__name__
-        raise ValueError(f"{path}: expected a dict with 'feats' and 'inputs', found {found}.")
+        raise InvalidInputError(f"{path}: expected a dict with 'feats' and 'inputs', found {found}.")
     feats, inputs = data["feats"], data["inputs"]
     if not isinstance(feats, np.ndarray) or feats.ndim != 3 or feats.dtype.kind != "f":
-        raise ValueError(
+        raise InvalidInputError(
             f"{path}: 'feats' must be a float array (frames, tokens, width), got "
             f"{type(feats).__name__} {getattr(feats, 'shape', '')} {getattr(feats, 'dtype', '')}."
         )
     if not isinstance(inputs, str):
-        raise ValueError(f"{path}: 'inputs' must be a string, got {type(inputs).__name__}.")
+        raise InvalidInputError(f"{path}: 'inputs' must be a string, got {type(inputs).__name__}.")
     markers = inputs.count("<image>")
     if markers != feats.shape[0]:
-        raise ValueError(
+        raise InvalidInputError(
             f"{path}: 'inputs' has {markers} <image> markers but 'feats' has {feats.shape[0]} frames; the file is "
             "damaged or not an official feature file."
         )
@@ -165,13 +167,15 @@ def load_features(stem: str | os.PathLike) -> tuple[torch.Tensor, dict[str, Any]
     tensor_path, sidecar_path = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
     for path in (tensor_path, sidecar_path):
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found; convert the .pkl with `llamavid convert-features`.")
+            raise MissingFileError(f"{path} not found; convert the .pkl with `llamavid convert-features`.")
     sidecar = json.loads(sidecar_path.read_text())
     if sidecar.get("format") != FORMAT_NAME:
-        raise ValueError(f"{sidecar_path}: format {sidecar.get('format')!r}, expected {FORMAT_NAME!r}.")
+        raise InvalidInputError(
+            f"{sidecar_path}: format {sidecar.get('format')!r}, expected {FORMAT_NAME!r}."
+        )
     feats = load_file(str(tensor_path))["feats"]
     if feats.shape[0] != sidecar["num_frames"]:
-        raise ValueError(
+        raise InvalidInputError(
             f"{tensor_path} has {feats.shape[0]} frames but {sidecar_path} says {sidecar['num_frames']}; re-convert."
         )
     return feats, sidecar

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from llamavid.errors import InvalidInputError
+
 from .errors import BackendUnavailableError, MediaError, SubtitleError
 
 __all__ = [
@@ -375,9 +377,9 @@ def align_subtitles(
     """
     times = np.asarray(timestamps, dtype=np.float64)
     if times.ndim != 1 or times.size == 0:
-        raise ValueError(f"timestamps must be a non-empty 1-D sequence, got shape {times.shape}.")
+        raise InvalidInputError(f"timestamps must be a non-empty 1-D sequence, got shape {times.shape}.")
     if times.size > 1 and not np.all(np.diff(times) > 0):
-        raise ValueError("timestamps must be strictly increasing (pass Frames.timestamps unchanged).")
+        raise InvalidInputError("timestamps must be strictly increasing (pass Frames.timestamps unchanged).")
     if duration is None:
         step = float(np.median(np.diff(times))) if times.size > 1 else 1.0
         duration = float(times[-1]) + step

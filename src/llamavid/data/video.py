@@ -31,6 +31,8 @@ from typing import IO, Any, Literal
 
 import numpy as np
 
+from llamavid.errors import InvalidInputError
+
 from .errors import BackendUnavailableError, MediaError, NoVideoStreamError, VideoDecodeError
 
 __all__ = [
@@ -84,11 +86,11 @@ class Frames:
 
     def __post_init__(self) -> None:
         if self.frames.ndim != 4 or self.frames.shape[-1] != 3 or self.frames.dtype != np.uint8:
-            raise ValueError(
+            raise InvalidInputError(
                 f"frames must be uint8 (T, H, W, 3), got {self.frames.dtype} {self.frames.shape}"
             )
         if self.timestamps.shape != (self.frames.shape[0],):
-            raise ValueError(
+            raise InvalidInputError(
                 f"timestamps must have shape ({self.frames.shape[0]},), got {self.timestamps.shape}"
             )
 
@@ -232,13 +234,13 @@ class _TargetSelector:
 def _validate_sampling(fps: float | None, num_frames: int | None, max_frames: int | None) -> None:
     if num_frames is not None:
         if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
-            raise ValueError(f"num_frames must be a positive int or None, got {num_frames!r}.")
+            raise InvalidInputError(f"num_frames must be a positive int or None, got {num_frames!r}.")
     elif fps is None or not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
-        raise ValueError(f"fps must be a positive number (or pass num_frames), got {fps!r}.")
+        raise InvalidInputError(f"fps must be a positive number (or pass num_frames), got {fps!r}.")
     if max_frames is not None and (
         isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 1
     ):
-        raise ValueError(f"max_frames must be a positive int or None, got {max_frames!r}.")
+        raise InvalidInputError(f"max_frames must be a positive int or None, got {max_frames!r}.")
 
 
 def _make_selector(
@@ -795,9 +797,11 @@ def _resolve_backend(backend: str | None, source: MediaSource) -> Backend:
         return "pyav"
     if backend == "torchcodec":
         if not isinstance(source, (str, os.PathLike)):
-            raise ValueError("backend='torchcodec' needs a file path; file objects are decoded with PyAV.")
+            raise InvalidInputError(
+                "backend='torchcodec' needs a file path; file objects are decoded with PyAV."
+            )
         return "torchcodec"
-    raise ValueError(f"backend must be 'pyav', 'torchcodec' or None, got {backend!r}.")
+    raise InvalidInputError(f"backend must be 'pyav', 'torchcodec' or None, got {backend!r}.")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -837,7 +841,7 @@ def iter_video_frames(
     chosen = _resolve_backend(backend, path)
     chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
     if chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}.")
+        raise InvalidInputError(f"chunk_size must be a positive int, got {chunk_size!r}.")
     if chosen == "torchcodec":
         _load_torchcodec()  # fail before opening anything
     opened = _open_video(path)
@@ -1003,7 +1007,7 @@ def load_image_folder(
     """
     _validate_sampling(fps, num_frames, max_frames)
     if not (math.isfinite(frame_rate) and frame_rate > 0):
-        raise ValueError(f"frame_rate must be a positive number, got {frame_rate!r}.")
+        raise InvalidInputError(f"frame_rate must be a positive number, got {frame_rate!r}.")
     folder = _check_path(path, allow_dir=True)
     if not folder.is_dir():
         raise MediaError(

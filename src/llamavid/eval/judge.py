@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from llamavid.errors import DependencyError, InvalidInputError, LlamaVidError, LlamaVidRuntimeError
+
 logger = logging.getLogger(__name__)
 
 # The system texts concatenate without separators exactly like the originals (e.g. "task:------##INSTRUCTIONS: ").
@@ -200,7 +202,7 @@ PROMPTS: dict[str, JudgePrompt] = {
 }
 
 
-class JudgeError(RuntimeError):
+class JudgeError(LlamaVidError, RuntimeError):
     """The judge endpoint failed for one request after all retries (HTTP error, timeout, bad payload)."""
 
 
@@ -306,11 +308,11 @@ class JudgeClient:
 
     def __post_init__(self) -> None:
         if not self.url or not re.match(r"^https?://", self.url):
-            raise ValueError(
+            raise InvalidInputError(
                 f"--judge-url must be an http(s) URL of an OpenAI-compatible API, got {self.url!r}."
             )
         if not self.model:
-            raise ValueError("--judge-model is required with --judge-url (the judge's model id).")
+            raise InvalidInputError("--judge-model is required with --judge-url (the judge's model id).")
         if self.api_key is None:
             self.api_key = os.environ.get("LLAMAVID_JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY")
 
@@ -324,7 +326,7 @@ class JudgeClient:
             try:
                 import httpx
             except ImportError as error:
-                raise ImportError(
+                raise DependencyError(
                     "judging needs httpx; install it with: pip install 'llamavid[eval]'"
                 ) from error
             headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
@@ -400,7 +402,7 @@ class JudgeClient:
                 "judge": self.provenance(request.prompt),
                 "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             }
-        raise AssertionError("unreachable")
+        raise LlamaVidRuntimeError("unreachable")
 
     def close(self) -> None:
         if self._client is not None:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from lmms_eval.api.model import lmms
 
+from llamavid.errors import InvalidInputError
 from llamavid.eval.predictor import GenerationSettings, ModelPredictor, PredictRequest
 from llamavid.model.conversation import DEFAULT_IMAGE_TOKEN
 
@@ -129,7 +130,7 @@ class LlamaVidLmms(lmms):
                     media.append(_to_media(part["url"], self.fps, self.max_frames))
                     texts.append(DEFAULT_IMAGE_TOKEN)
                 else:
-                    raise ValueError(
+                    raise InvalidInputError(
                         f"LLaMA-VID cannot take {part['type']!r} inputs (only text, image, video)."
                     )
             text = "\n".join(texts)

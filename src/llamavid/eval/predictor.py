@@ -167,4 +167,4 @@ class ModelPredictor:
             batch.append(
                 self.engine.build_prompt_request(prompt, self._media(request.media), question, sampling)
             )
-        return [answer.text for answer in self.engine.generate(batch)]
+        return [answer.text for answer in self.engine.answer_batch(batch)]

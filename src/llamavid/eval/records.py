@@ -15,10 +15,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from llamavid.errors import InvalidInputError, LlamaVidError
+
 logger = logging.getLogger(__name__)
 
 
-class CorruptRecordError(ValueError):
+class CorruptRecordError(LlamaVidError, ValueError):
     """A JSONL cache line (not the last) is not a JSON object with the key field."""
 
 
@@ -46,7 +48,7 @@ class JsonlStore:
             try:
                 record = json.loads(line)
                 if not isinstance(record, dict) or self.key not in record:
-                    raise ValueError(f"expected a JSON object with a {self.key!r} field")
+                    raise InvalidInputError(f"expected a JSON object with a {self.key!r} field")
             except ValueError as error:
                 is_last = all(not rest.strip() for rest in lines[number:])
                 if is_last:
@@ -64,7 +66,7 @@ class JsonlStore:
     def append(self, record: dict[str, Any]) -> None:
         """Append one record durably (one write, flushed and fsynced)."""
         if self.key not in record:
-            raise ValueError(f"record has no {self.key!r} field: {sorted(record)}")
+            raise InvalidInputError(f"record has no {self.key!r} field: {sorted(record)}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         line = json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n"
         needs_newline = self.path.is_file() and self.path.stat().st_size > 0 and not self._ends_with_newline()

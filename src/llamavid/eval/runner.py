@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llamavid.errors import InvalidInputError, LlamaVidError, LlamaVidRuntimeError
 from llamavid.eval.judge import JudgeClient, JudgeError, JudgeRequest, MalformedJudgeReplyError
 from llamavid.eval.predictor import GenerationSettings, Predictor, PredictRequest
 from llamavid.eval.records import JsonlStore
@@ -29,7 +30,7 @@ from llamavid.eval.tasks.base import DataFormatError, EvalItem, Task, TaskScore
 logger = logging.getLogger(__name__)
 
 
-class IncompleteRunError(RuntimeError):
+class IncompleteRunError(LlamaVidError, RuntimeError):
     """Some items have no prediction (or no verdict): no score is reported.
 
     Attributes:
@@ -72,9 +73,9 @@ class RunSettings:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
-            raise ValueError(f"batch size must be at least 1, got {self.batch_size}.")
+            raise InvalidInputError(f"batch size must be at least 1, got {self.batch_size}.")
         if self.limit is not None and self.limit < 1:
-            raise ValueError(f"--limit must be at least 1, got {self.limit}.")
+            raise InvalidInputError(f"--limit must be at least 1, got {self.limit}.")
 
 
 def _now() -> str:
@@ -89,7 +90,7 @@ def default_media_loader(item: EvalItem, settings: RunSettings) -> Any:
     from llamavid.data import load_media
 
     if item.media is None:
-        raise ValueError(f"item {item.id} has no media")
+        raise InvalidInputError(f"item {item.id} has no media")
     if item.media.startswith("data:"):
         import io
 
@@ -150,7 +151,7 @@ class EvalRun:
         current = self.generation.to_dict()
         for record in self.predictions.load().values():
             if record.get("decoding") != current:
-                raise ValueError(
+                raise InvalidInputError(
                     f"{self.predictions.path} holds predictions made with decoding {record.get('decoding')} but "
                     f"this run uses {current}; use another --out folder (or the same flags) so one report never "
                     "mixes decodings."
@@ -178,7 +179,9 @@ class EvalRun:
             seed = self.generation.batch_seed(batch[0][0].id)
             answers = predictor.predict([request for _, request in batch], self.generation, seed)
             if len(answers) != len(batch):
-                raise RuntimeError(f"predictor returned {len(answers)} answers for {len(batch)} requests")
+                raise LlamaVidRuntimeError(
+                    f"predictor returned {len(answers)} answers for {len(batch)} requests"
+                )
             for (item, _), answer in zip(batch, answers, strict=True):
                 self.predictions.append(
                     {

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from llamavid.errors import InvalidInputError
+
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 # Ordered most- to least-specific: an explicit "answer is X" beats a leading letter, which beats "(X)" anywhere.
@@ -244,7 +246,7 @@ def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
     normalises the ground truth); with fewer than 2 reference answers the leave-one-out is skipped.
     """
     if not answers:
-        raise ValueError("vqa_accuracy needs at least one reference answer.")
+        raise InvalidInputError("vqa_accuracy needs at least one reference answer.")
     predicted = normalize_vqa_answer(prediction)
     references = [normalize_vqa_answer(answer) for answer in answers]
     if len(references) == 1:
@@ -298,7 +300,7 @@ def paired_bootstrap(
     import numpy as np
 
     if len(scores_a) != len(scores_b) or not len(scores_a):
-        raise ValueError(
+        raise InvalidInputError(
             f"paired_bootstrap needs two non-empty score lists over the same items, got {len(scores_a)} "
             f"and {len(scores_b)} scores."
         )

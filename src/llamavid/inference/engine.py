@@ -10,7 +10,7 @@ Flow of one answer::
 
     load_media: probe -> (budget check) -> feature cache or decode -> EVA features, once per media item
     build_request: chat template + placeholders (the processor's layout) + context tokens for this question
-    generate: one left-padded batch, streamed per row, stopped per row
+    answer_batch: one left-padded batch through the model's generate, streamed and stopped per row
 
 Multi-turn chat follows the official demo: each turn re-inserts the visual tokens in front of the *latest* user
 message only, with context tokens computed from that message; earlier turns stay as text.
@@ -667,13 +667,14 @@ class Engine:
         )
         return config
 
-    def generate(
+    def answer_batch(
         self,
         requests: Sequence[GenerationRequest],
         on_delta: DeltaCallback | None = None,
         is_cancelled: Callable[[int], bool] | None = None,
     ) -> list[Answer]:
-        """Answer several requests in one left-padded batch on the device: the one generate path.
+        """Answer several requests in one left-padded batch on the device: the one path to the model's
+        ``generate``, which every interface reaches.
 
         Greedy answers equal those of one-by-one calls (left padding with an attention mask leaves each row's
         computation unchanged, up to float rounding); sampled ones are drawn from the same distribution.
@@ -736,7 +737,18 @@ class Engine:
             for row, request in enumerate(requests)
         ]
 
-    # Conveniences over load_media + build_request + generate -------------------------------------------------
+    def answer(self, request: GenerationRequest, on_delta: DeltaCallback | None = None) -> Answer:
+        """Answer one request (`answer_batch` with a batch of one)."""
+        return self.answer_batch([request], on_delta=on_delta)[0]
+
+    def generate(self, requests: Sequence[GenerationRequest], **kwargs: Any) -> list[Answer]:
+        """Deprecated name of `answer_batch` (kept for one release)."""
+        import warnings
+
+        warnings.warn("Engine.generate is now Engine.answer_batch.", DeprecationWarning, stacklevel=2)
+        return self.answer_batch(requests, **kwargs)
+
+    # Conveniences over load_media + build_request + answer_batch -------------------------------------------------
     def settings(self, **overrides: Any) -> SamplingSettings:
         """The default settings with the non-None `overrides` (temperature, top_p, max_new_tokens, seed)."""
         return self.default_settings.updated(**overrides)
@@ -786,7 +798,7 @@ class Engine:
         )
         request = self.prepare_question(media, question, settings=settings, **media_options)
         callback = None if on_delta is None else (lambda row, text: on_delta(text))
-        return self.generate([request], on_delta=callback)[0]
+        return self.answer(request, on_delta=callback)
 
     def stream(self, media: Any, question: str, **options: Any) -> TextStream:
         """Like `ask`, but returns an iterator over answer pieces; `.answer` holds the `Answer` afterwards."""
@@ -823,7 +835,7 @@ class Engine:
             requests.append(self.build_request(question, prepared[key], settings=settings))
         answers: list[Answer] = []
         for start in range(0, len(requests), batch_size):
-            answers += self.generate(requests[start : start + batch_size])
+            answers += self.answer_batch(requests[start : start + batch_size])
         return answers
 
     def attention(self, media: Any, question: str, **media_options: Any) -> AttentionResult:

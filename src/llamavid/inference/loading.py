@@ -78,7 +78,9 @@ class LoadedModel:
     processor: Any
     name: str
     is_random: bool = False
-    encoder_id: str | None = None  # the saved vision weights' id (feature-cache key), when loaded from a folder
+    encoder_id: str | None = (
+        None  # the saved vision weights' id (feature-cache key), when loaded from a folder
+    )
 
 
 def load_model(

@@ -158,7 +158,7 @@ def answer_long_video(
         temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed
     )
     request = engine.build_request(question, media, settings=settings)
-    answer = engine.generate([request])[0]
+    answer = engine.answer(request)
     assert request.budget is not None
     return LongVideoAnswer(
         answer.text,

@@ -119,7 +119,7 @@ class BatchScheduler:
         return batch
 
     def _generate(self, batch: list[Job]) -> list[Answer]:
-        return self.engine.generate(
+        return self.engine.answer_batch(
             [job.request for job in batch],
             on_delta=lambda row, text: batch[row].send("delta", text),
             is_cancelled=lambda row: batch[row].cancelled.is_set(),

@@ -40,7 +40,7 @@ class ChatSession:
             question, self.media, self.history, self.settings.updated(**overrides)
         )
         callback = None if on_delta is None else (lambda row, text: on_delta(text))
-        answer = self.engine.generate([request], on_delta=callback)[0]
+        answer = self.engine.answer(request, on_delta=callback)
         self.history.append((request.question, answer.text))
         return answer
 

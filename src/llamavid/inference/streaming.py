@@ -142,7 +142,7 @@ class TextStream:
 
     def _run(self) -> None:
         try:
-            answer = self.engine.generate(
+            answer = self.engine.answer_batch(
                 [self.request],
                 on_delta=lambda row, text: self._queue.put(("delta", text)),
                 is_cancelled=lambda row: self._cancel.is_set(),

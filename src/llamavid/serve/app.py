@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from llamavid.errors import InvalidInputError, LlamaVidError, LlamaVidRuntimeError
 from llamavid.inference.engine import Engine, GenerationRequest
 from llamavid.inference.media import PreparedMedia
 from llamavid.inference.results import Answer
@@ -111,13 +112,15 @@ class ServerConfig:
         }
         for flag, ok in checks.items():
             if not ok:
-                raise ValueError(f"{flag} must be positive (batch size, queue and frames at least 1).")
+                raise InvalidInputError(f"{flag} must be positive (batch size, queue and frames at least 1).")
         for root in self.allowed_roots:
             if not Path(root).is_dir():
-                raise ValueError(f"--allowed-root {root}: not a folder; pass an existing folder of media.")
+                raise InvalidInputError(
+                    f"--allowed-root {root}: not a folder; pass an existing folder of media."
+                )
 
 
-class APIError(Exception):
+class APIError(LlamaVidError, Exception):
     """An error answered in OpenAI's shape: ``{"error": {"message", "type", "code"}}``."""
 
     def __init__(
@@ -586,7 +589,7 @@ class RunningServer:
         started = time.monotonic()
         while not self.server.started:
             if not self._thread.is_alive() or time.monotonic() - started > 60:
-                raise RuntimeError("the API server did not start; see the log above.")
+                raise LlamaVidRuntimeError("the API server did not start; see the log above.")
             time.sleep(0.01)
 
     def stop(self) -> None:

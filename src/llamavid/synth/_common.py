@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from llamavid.errors import InvalidInputError, LlamaVidRuntimeError
 from llamavid.synth.world import COLOURS, HELDOUT_PAIRS, SHAPES, check_split
 
 HELDOUT_COMBO_PROBABILITY = 0.5
@@ -41,7 +42,7 @@ class QAItem:
 def choose(rng: np.random.Generator, options: list[Any] | tuple[Any, ...]) -> Any:
     """Uniform choice that keeps the element's Python type (``rng.choice`` would return numpy scalars)."""
     if not options:
-        raise ValueError("cannot choose from an empty list of options")
+        raise InvalidInputError("cannot choose from an empty list of options")
     return options[int(rng.integers(len(options)))]
 
 
@@ -58,7 +59,7 @@ def draw_answer(
     """
     check_split(split)
     if question_type not in types:
-        raise ValueError(f"question_type={question_type!r} is unknown; expected one of {list(types)}.")
+        raise InvalidInputError(f"question_type={question_type!r} is unknown; expected one of {list(types)}.")
     options = types[question_type]
     return options, choose(rng, options)
 
@@ -90,7 +91,7 @@ def pick_target(
         shape_name, colour_name = choose(rng, held)
         return shape_name, colour_name, True
     if not seen:
-        raise ValueError(f"no seen (shape, colour) pair satisfies shape={shape!r}, colour={colour!r}")
+        raise InvalidInputError(f"no seen (shape, colour) pair satisfies shape={shape!r}, colour={colour!r}")
     shape_name, colour_name = choose(rng, seen)
     return shape_name, colour_name, False
 
@@ -114,7 +115,7 @@ def pick_distractors(
             if (shape, colour) not in HELDOUT_PAIRS:
                 break
         else:
-            raise RuntimeError("could not draw a seen distractor pair")
+            raise LlamaVidRuntimeError("could not draw a seen distractor pair")
         pairs.append((shape, colour))
         shapes.remove(shape)
         colours.remove(colour)

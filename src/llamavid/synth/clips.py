@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from llamavid.errors import InvalidInputError
 from llamavid.synth._common import (
     QAItem,
     choose,
@@ -125,7 +126,7 @@ class Clip:
 def _clip_length(rng: np.random.Generator, num_frames: int | tuple[int, int]) -> int:
     low, high = (num_frames, num_frames) if isinstance(num_frames, int) else num_frames
     if not MIN_CLIP_FRAMES <= low <= high <= MAX_CLIP_FRAMES:
-        raise ValueError(
+        raise InvalidInputError(
             f"num_frames={num_frames!r} is outside the clip range; expected {MIN_CLIP_FRAMES} <= low <= high <= "
             f"{MAX_CLIP_FRAMES}. Use make_episode for longer videos."
         )

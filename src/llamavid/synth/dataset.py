@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from llamavid.errors import DependencyError, InvalidInputError
 from llamavid.synth._common import QAItem
 from llamavid.synth.clips import (
     DEFAULT_CLIP_FRAMES,
@@ -125,9 +126,9 @@ def generate_items(
     """
     check_split(split)
     if kind not in KINDS:
-        raise ValueError(f"kind={kind!r} is unknown; expected one of {KINDS}.")
+        raise InvalidInputError(f"kind={kind!r} is unknown; expected one of {KINDS}.")
     if n < 0:
-        raise ValueError(f"n must be non-negative, got {n}.")
+        raise InvalidInputError(f"n must be non-negative, got {n}.")
     if kind in ("long_qa", "stage3"):
         return _long_items(split, n, seed, kind == "stage3", grid, episode_frames)
     items = []
@@ -193,7 +194,7 @@ def item_to_record(item: QAItem, media_path: str | None, subtitles_path: str | N
     human = item.question
     if item.media is not None:
         if media_path is None:
-            raise ValueError(f"item {item.id} has a medium but no media path was given.")
+            raise InvalidInputError(f"item {item.id} has a medium but no media path was given.")
         record["image" if isinstance(item.media, FrameSpec) else "video"] = media_path
         human = "<image>\n" + human
     if subtitles_path is not None:
@@ -220,9 +221,9 @@ def write_video(frames: np.ndarray, path: Path, video_format: str = "npz", fps: 
         ImportError: if ``mp4``/``mkv`` is requested without PyAV installed.
     """
     if video_format not in VIDEO_FORMATS:
-        raise ValueError(f"video_format={video_format!r} is unknown; expected one of {VIDEO_FORMATS}.")
+        raise InvalidInputError(f"video_format={video_format!r} is unknown; expected one of {VIDEO_FORMATS}.")
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}.")
+        raise InvalidInputError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}.")
     path = path.with_suffix("." + video_format)
     if video_format == "npz":
         timestamps = np.arange(len(frames), dtype=np.float64) / fps
@@ -231,7 +232,9 @@ def write_video(frames: np.ndarray, path: Path, video_format: str = "npz", fps: 
     try:
         import av
     except ImportError as error:  # pragma: no cover - av is a core dependency
-        raise ImportError("Writing mp4/mkv needs PyAV: pip install av, or use video_format='npz'.") from error
+        raise DependencyError(
+            "Writing mp4/mkv needs PyAV: pip install av, or use video_format='npz'."
+        ) from error
     with av.open(str(path), mode="w") as container:
         codec, pix_fmt, options = (
             ("libx264", "yuv420p", {"crf": "16", "preset": "veryfast"})

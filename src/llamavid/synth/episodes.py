@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from llamavid.errors import InvalidInputError, LlamaVidRuntimeError
 from llamavid.synth._common import QAItem, choose, distinct_cells, join_phrases, phrase, pick_target
 from llamavid.synth.clips import Event, Subtitle
 from llamavid.synth.render import (
@@ -260,13 +261,13 @@ def make_episode(
     """
     check_split(split)
     if num_frames < MIN_EPISODE_FRAMES:
-        raise ValueError(
+        raise InvalidInputError(
             f"num_frames={num_frames} is too short for an episode; use at least {MIN_EPISODE_FRAMES}."
         )
     chosen = {key: choose(rng, options) for key, options in LONG_QUESTION_TYPES.items()}
     for key, value in (answers or {}).items():
         if key not in LONG_QUESTION_TYPES or value not in LONG_QUESTION_TYPES[key]:
-            raise ValueError(
+            raise InvalidInputError(
                 f"cannot force answer {key}={value!r}; see LONG_QUESTION_TYPES for allowed values."
             )
         chosen[key] = value
@@ -411,7 +412,7 @@ def make_episode(
         secret_time=next(e.time for e in events if e.kind == "secret"),
     )
     if split == "train" and any((c.shape, c.colour) in HELDOUT_PAIRS for c in characters):
-        raise AssertionError("internal error: a held-out pair leaked into a train episode")
+        raise LlamaVidRuntimeError("internal error: a held-out pair leaked into a train episode")
     return Episode(
         num_frames=num_frames,
         characters=characters,

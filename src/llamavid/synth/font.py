@@ -10,6 +10,8 @@ from functools import cache, lru_cache
 
 import numpy as np
 
+from llamavid.errors import InvalidInputError
+
 GLYPH_WIDTH = 3
 GLYPH_HEIGHT = 5
 
@@ -80,9 +82,9 @@ def text_mask(text: str, scale: int) -> np.ndarray:
     text = text.upper()
     unknown = sorted(set(text) - SUPPORTED_CHARACTERS)
     if unknown:
-        raise ValueError(f"Characters {unknown} are not in the bitmap font; use A-Z, 0-9 and space.")
+        raise InvalidInputError(f"Characters {unknown} are not in the bitmap font; use A-Z, 0-9 and space.")
     if scale < 1:
-        raise ValueError(f"scale must be a positive integer, got {scale}.")
+        raise InvalidInputError(f"scale must be a positive integer, got {scale}.")
     if not text:
         return np.zeros((GLYPH_HEIGHT * scale, 0), dtype=bool)
     columns: list[np.ndarray] = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from llamavid.errors import LlamaVidRuntimeError
 from llamavid.synth._common import (
     QAItem,
     choose,
@@ -135,7 +136,7 @@ def make_image_question(
         col = int(rng.integers(half)) + half * (quadrant % 2)
         spec, target = _scene(rng, (shape, colour), distractors, grid, target_cell=(row, col))
         if quadrant_of(target, grid) != quadrant:
-            raise AssertionError("internal error: target placed outside the requested quadrant")
+            raise LlamaVidRuntimeError("internal error: target placed outside the requested quadrant")
         question = f"Where is the {colour} {shape}?"
     elif question_type == "image_size":
         shape, colour, heldout = pick_target(rng, split)

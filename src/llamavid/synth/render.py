@@ -16,6 +16,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from llamavid.errors import InvalidInputError
 from llamavid.synth import font
 from llamavid.synth.world import (
     BACKGROUND_RGB,
@@ -103,7 +104,7 @@ def _background_rgb(name: str) -> tuple[int, int, int]:
     try:
         return BACKGROUND_RGB[name]
     except KeyError:
-        raise ValueError(
+        raise InvalidInputError(
             f"background={name!r} is unknown; expected one of {BACKGROUNDS} or 'needle'."
         ) from None
 
@@ -128,7 +129,7 @@ def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         # Five tips: the limit radius oscillates between 0.42 (inner) and 1.0 (tip).
         limit = 0.42 + 0.58 * np.abs(np.cos(2.5 * angle)) ** 4
         return radius <= limit
-    raise ValueError(f"shape={shape!r} is unknown; expected one of {SHAPES}.")
+    raise InvalidInputError(f"shape={shape!r} is unknown; expected one of {SHAPES}.")
 
 
 @lru_cache(maxsize=4096)
@@ -144,7 +145,7 @@ def _object_stamp(shape: str, radius_px: float, offset_x: float, offset_y: float
 
 def _check_geometry(size: int, grid: int) -> int:
     if grid < 2 or size < 8 * grid or size % grid:
-        raise ValueError(
+        raise InvalidInputError(
             f"frame size {size} with grid {grid} is not supported; the size must be a multiple of the grid and "
             f"at least 8 pixels per cell (e.g. 56, 64, 112 or 224 with grid 4)."
         )
@@ -172,9 +173,9 @@ def render_frame(spec: FrameSpec, size: int = DEFAULT_FRAME_SIZE, grid: int = DE
         try:
             rgb = COLOUR_RGB[obj.colour]
         except KeyError:
-            raise ValueError(f"colour={obj.colour!r} is unknown; expected one of {COLOURS}.") from None
+            raise InvalidInputError(f"colour={obj.colour!r} is unknown; expected one of {COLOURS}.") from None
         if not 0 <= obj.size < len(SIZES):
-            raise ValueError(f"size index {obj.size} is out of range; expected 0..{len(SIZES) - 1}.")
+            raise InvalidInputError(f"size index {obj.size} is out of range; expected 0..{len(SIZES) - 1}.")
         radius = SIZE_FRACTIONS[obj.size] * cell / 2.0
         centre_x, centre_y = obj.x * cell, obj.y * cell
         left, top = int(math.floor(centre_x - radius)), int(math.floor(centre_y - radius))
@@ -200,7 +201,7 @@ def _draw_word(image: np.ndarray, word: str, cell: int, grid: int) -> None:
     height, width = mask.shape
     size = image.shape[0]
     if width > size:
-        raise ValueError(
+        raise InvalidInputError(
             f"word {word!r} is {width} px wide at scale {scale}; it does not fit a {size}-px frame."
         )
     top = int((grid - 0.5) * cell - height / 2)

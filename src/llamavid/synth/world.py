@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from llamavid.errors import InvalidInputError
+
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "diamond", "cross")
 """Shape names; a shape's id in frame labels is its index here plus one (0 means an empty cell)."""
 
@@ -101,7 +103,7 @@ def check_split(split: str) -> str:
         ValueError: if ``split`` is not one of :data:`SPLITS`.
     """
     if split not in SPLITS:
-        raise ValueError(f"split={split!r} is not a synthetic split; expected one of {SPLITS}.")
+        raise InvalidInputError(f"split={split!r} is not a synthetic split; expected one of {SPLITS}.")
     return split
 
 
@@ -114,9 +116,9 @@ def item_rng(split: str, stream: str, seed: int, index: int) -> np.random.Genera
     """
     check_split(split)
     if stream not in _STREAM_KEYS:
-        raise ValueError(f"stream={stream!r} is unknown; expected one of {sorted(_STREAM_KEYS)}.")
+        raise InvalidInputError(f"stream={stream!r} is unknown; expected one of {sorted(_STREAM_KEYS)}.")
     if seed < 0 or index < 0:
-        raise ValueError(f"seed and index must be non-negative, got seed={seed}, index={index}.")
+        raise InvalidInputError(f"seed and index must be non-negative, got seed={seed}, index={index}.")
     return np.random.default_rng([_SPLIT_KEYS[split], _STREAM_KEYS[stream], seed, index])
 
 

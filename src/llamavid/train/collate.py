@@ -14,12 +14,13 @@ from typing import Any
 
 import torch
 
+from llamavid.errors import LlamaVidError, LlamaVidRuntimeError
 from llamavid.model.configuration_llamavid import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
 logger = logging.getLogger(__name__)
 
 
-class OverlongSampleError(ValueError):
+class OverlongSampleError(LlamaVidError, ValueError):
     """A sample longer than ``model_max_length`` with ``data.overlong: error``."""
 
 
@@ -107,7 +108,7 @@ class LlamaVidCollator:
         for row, (ids, row_labels) in enumerate(expanded):
             built = input_ids[row, : len(ids)].tolist()
             if built != ids or int(batch["attention_mask"][row].sum()) != len(ids):
-                raise RuntimeError(
+                raise LlamaVidRuntimeError(
                     f"{kept[row]['origin']}: the processor tokenised the prompt differently from the dataset "
                     "(labels would be misaligned); the tokenizer must tokenise each chunk deterministically."
                 )

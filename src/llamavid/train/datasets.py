@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from llamavid.errors import InvalidInputError, LlamaVidError, LlamaVidRuntimeError, MissingFileError
 from llamavid.model.configuration_llamavid import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llamavid.model.conversation import DEFAULT_IMAGE_TOKEN, build_prompt, get_template, long_video_inputs
 
@@ -45,7 +46,7 @@ FEATURE_SUFFIXES = (".safetensors", ".pkl")
 NPZ_SUFFIX = ".npz"
 
 
-class BadRecordError(ValueError):
+class BadRecordError(LlamaVidError, ValueError):
     """A training record that cannot be used; the message starts with ``file[index] (id=...)``."""
 
     def __init__(self, origin: str, message: str) -> None:
@@ -199,7 +200,7 @@ def render_conversation(
         else:
             prompt += " " + message["content"] + conv.sep
     if prompt != build_prompt(messages, template, add_generation_prompt=False):
-        raise RuntimeError(
+        raise LlamaVidRuntimeError(
             f"template {template!r} rendering drifted from llamavid.model.conversation.build_prompt."
         )
     return RenderedConversation(prompt, spans, questions)
@@ -283,7 +284,7 @@ class LlavaJsonDataset(Dataset):
         add_bos: bool = True,
     ) -> None:
         if not files:
-            raise ValueError(
+            raise InvalidInputError(
                 "no training files given; set data.train_files to one or more LLaVA-format JSON files."
             )
         get_template(template)
@@ -312,7 +313,7 @@ class LlavaJsonDataset(Dataset):
     @staticmethod
     def _read_json(path: Path) -> list[Any]:
         if not path.is_file():
-            raise FileNotFoundError(f"training file {path} not found (data.train_files).")
+            raise MissingFileError(f"training file {path} not found (data.train_files).")
         try:
             records = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
@@ -394,7 +395,7 @@ class LlavaJsonDataset(Dataset):
                     archive["timestamps"] if "timestamps" in archive else np.arange(len(frames), dtype=float)
                 )
             if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-                raise ValueError(
+                raise InvalidInputError(
                     f"{path}: 'frames' must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}."
                 )
             keep = sample_frame_indices(timestamps, self.video_fps, max_frames)
@@ -429,7 +430,7 @@ class LlavaJsonDataset(Dataset):
             feats, inputs = self._load_features(path)
             inputs = inputs.replace("...", "")  # the official loader deletes "..." (spec §5.4)
             if inputs.count(DEFAULT_IMAGE_TOKEN) != len(feats):
-                raise ValueError(
+                raise InvalidInputError(
                     f"{path}: inputs has {inputs.count(DEFAULT_IMAGE_TOKEN)} <image> but the features have "
                     f"{len(feats)} frames."
                 )
@@ -440,7 +441,7 @@ class LlavaJsonDataset(Dataset):
             path, self.long_video_max_frames if long else self.max_frames
         )
         if not len(frames):
-            raise ValueError(f"{path}: no frames were sampled.")
+            raise InvalidInputError(f"{path}: no frames were sampled.")
         if not long:
             return [frames], [(len(frames), False)], None
         from llamavid.data import interleave_subtitles, read_subtitles

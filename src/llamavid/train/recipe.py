@@ -42,6 +42,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+from llamavid.errors import LlamaVidRuntimeError, MissingFileError
 from llamavid.model.configuration_llamavid import IGNORE_INDEX
 from llamavid.train.collate import LlamaVidCollator
 from llamavid.train.datasets import LlavaJsonDataset
@@ -119,7 +120,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
         candidate = path / "checkpoints" / latest.read_text().strip()
         if (candidate / "trainer_state.json").is_file():
             return candidate
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"{path} is neither a checkpoint folder (with trainer_state.json) nor a run folder with a 'latest' "
         "checkpoint; pass train.output_dir of an earlier run or one of its checkpoints/step_* folders."
     )
@@ -133,7 +134,7 @@ def resolve_deepspeed_config(name: str) -> Path:
     packaged = packaged_config_dir() / (path.name if path.suffix == ".json" else f"{path.name}.json")
     if packaged.is_file():
         return packaged
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"DeepSpeed config {name!r} not found; use zero2, zero2_offload, zero3 or a JSON path."
     )
 
@@ -679,7 +680,7 @@ class TrainingRecipe:
         weight = 1.0
         if batch is None or not bool((batch["labels"] != IGNORE_INDEX).any()):
             if self._last_batch is None:
-                raise RuntimeError(
+                raise LlamaVidRuntimeError(
                     "the first batch has no usable sample (all over-long or without supervised tokens); "
                     "raise data.model_max_length or fix the data."
                 )

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llamavid.errors import LlamaVidError, MissingFileError
+
 STAGES = (1, 2, 3)
 TEMPLATES_BY_STAGE = {1: "plain_guided", 2: "imgsp_v1", 3: "imgsp_v1"}
 OVERLONG_POLICIES = ("skip", "truncate", "error")
@@ -27,7 +29,7 @@ SCHEDULERS = ("cosine", "linear", "constant")
 STRATEGIES = ("none", "ddp", "fsdp2", "deepspeed")
 
 
-class ConfigError(ValueError):
+class ConfigError(LlamaVidError, ValueError):
     """A run configuration that cannot be used; the message names the key and the allowed values."""
 
 
@@ -421,7 +423,7 @@ def resolve_config_path(source: str | Path) -> Path:
     if packaged.is_file() and len(path.parts) == 1:
         return packaged
     names = sorted(p.stem for p in packaged_config_dir().glob("*.yaml"))
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"config {str(source)!r} not found; give a YAML path or a packaged config: {names}."
     )
 

@@ -37,6 +37,7 @@ import torch.nn.functional as F  # noqa: N812
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from llamavid.errors import InvalidInputError
 from llamavid.model.configuration_llamavid import IGNORE_INDEX, LlamaVidConfig
 from llamavid.model.conversation import _VICUNA_SYSTEM, DEFAULT_IMAGE_TOKEN, build_long_video_message
 from llamavid.model.modeling_llamavid import VISUAL_INPUT_NAMES, LlamaVidForConditionalGeneration
@@ -204,7 +205,7 @@ def build_feature_cache(
     if path.is_file():
         cache = load_file(path)
         if len(cache["offsets"]) != len(items):
-            raise ValueError(
+            raise InvalidInputError(
                 f"{path} caches {len(cache['offsets'])} items but {len(items)} were asked for (the dataset "
                 "changed since it was built); delete it to rebuild"
             )
@@ -479,7 +480,7 @@ def question_type_subset(
     """
     index = [i for i, item in enumerate(items) if item.question_type == question_type]
     if not index:
-        raise ValueError(f"no item of question type {question_type!r} among {len(items)} items")
+        raise InvalidInputError(f"no item of question type {question_type!r} among {len(items)} items")
     subset = {
         "features": cache["features"],
         "offsets": cache["offsets"][index],
@@ -612,7 +613,7 @@ class AuxiliaryHeads(nn.Module):
             positions = placeholder[row].nonzero().squeeze(1)
             frames = len(targets[0])
             if len(positions) % frames:
-                raise ValueError(
+                raise InvalidInputError(
                     f"item {item.id}: {len(positions)} visual tokens do not split into {frames} frames evenly"
                 )
             per_frame = len(positions) // frames
@@ -651,7 +652,7 @@ class AnswerPrior:
         self.token_ids: dict[str, Tensor] = {}
         for question_type in question_types:
             if question_type not in QUESTION_TYPES:
-                raise ValueError(
+                raise InvalidInputError(
                     f"unknown question type {question_type!r}; expected one of {list(QUESTION_TYPES)}"
                 )
             first = [
@@ -659,7 +660,7 @@ class AnswerPrior:
                 for option in QUESTION_TYPES[question_type]
             ]
             if len(set(first)) != len(first):
-                raise ValueError(
+                raise InvalidInputError(
                     f"the options of {question_type!r} do not start with distinct tokens; an answer prior needs them"
                 )
             self.token_ids[question_type] = torch.tensor(first)

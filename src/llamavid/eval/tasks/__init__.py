@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from llamavid.errors import InvalidInputError
 from llamavid.eval.tasks.base import DataFormatError, EvalItem, Task, TaskScore
 from llamavid.eval.tasks.image import GQA, MME, POPE, MMBench, ScienceQAImage, SEEDBenchImage, VizWiz, VQAv2
 from llamavid.eval.tasks.multiple_choice import MLVU, EgoSchema, MVBench, VideoMME
@@ -22,7 +23,9 @@ def get_task(name: str) -> Task:
     try:
         return TASKS[name]()
     except KeyError:
-        raise ValueError(f"unknown eval task {name!r}; known tasks: {', '.join(sorted(TASKS))}.") from None
+        raise InvalidInputError(
+            f"unknown eval task {name!r}; known tasks: {', '.join(sorted(TASKS))}."
+        ) from None
 
 
 __all__ = ["TASKS", "DataFormatError", "EvalItem", "Task", "TaskScore", "get_task"]

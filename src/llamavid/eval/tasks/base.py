@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from llamavid.errors import LlamaVidError
 from llamavid.eval.judge import JudgeRequest
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".wmv", ".flv", ".mpg")
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
 
 
-class DataFormatError(ValueError):
+class DataFormatError(LlamaVidError, ValueError):
     """A benchmark file is missing or not in the published format (the message names the file and field)."""
 
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from llamavid.errors import InvalidInputError
 from llamavid.eval.scoring import (
     LETTERS,
     binary_metrics,
@@ -620,7 +621,7 @@ def decode_data_uri(uri: str) -> bytes:
     """Bytes of a ``data:...;base64,`` URI (MMBench ships images inline)."""
     header, _, payload = uri.partition(",")
     if not header.endswith(";base64"):
-        raise ValueError(f"unsupported data URI header {header[:40]!r}")
+        raise InvalidInputError(f"unsupported data URI header {header[:40]!r}")
     return base64.b64decode(payload, validate=False)
 
 
