@@ -72,7 +72,7 @@ def test_per_row_limits_and_cancellation_in_one_batch(serving_engine):
     )
     long = serving_engine.build_request("b?", None, settings=SamplingSettings(0, 1, 6))
     cancelled = serving_engine.build_request("c?", None, settings=SamplingSettings(0, 1, 6))
-    answers = serving_engine.generate([short, long, cancelled], is_cancelled=lambda row: row == 2)
+    answers = serving_engine.answer_batch([short, long, cancelled], is_cancelled=lambda row: row == 2)
     assert answers[0].completion_tokens <= 2
     assert answers[2].finish_reason == "cancelled" and answers[2].completion_tokens == 0
 

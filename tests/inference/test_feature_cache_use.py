@@ -58,7 +58,7 @@ def test_cold_and_warm_answers_are_token_identical(serving_model_dir, demo_video
     assert calls == []
     assert cold.input_ids == warm.input_ids
     assert torch.equal(cold.visual_tokens, warm.visual_tokens)
-    assert cold_engine.generate([cold])[0].text == warm_engine.generate([warm])[0].text
+    assert cold_engine.answer(cold).text == warm_engine.answer(warm).text
 
     # Long entries stream their chunks per question instead of loading them: the same tokens.
     monkeypatch.setattr("llamavid.inference.engine.IN_MEMORY_FEATURE_BYTES", 0)

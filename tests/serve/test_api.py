@@ -30,15 +30,15 @@ def ask_message(part: dict, text: str = "What moves?") -> list[dict]:
 
 
 class HeldEngine:
-    """Wraps `engine.generate` so a test decides when each batch may run, and records every batch."""
+    """Wraps `engine.answer_batch` so a test decides when each batch may run, and records every batch."""
 
     def __init__(self, engine, monkeypatch):
-        self.real = engine.generate
+        self.real = engine.answer_batch
         self.entered = threading.Event()
         self.release = threading.Event()
         self.batches: list[list] = []
         self.cancel_checks = []
-        monkeypatch.setattr(engine, "generate", self)
+        monkeypatch.setattr(engine, "answer_batch", self)
 
     def __call__(self, requests, on_delta=None, is_cancelled=None):
         self.cancel_checks.append(is_cancelled)
@@ -119,7 +119,7 @@ def test_multi_turn_and_image_parts(server, client, serving_engine, media_root):
     ]  # fmt: skip
     response = client.chat.completions.create(model=serving_engine.name, messages=messages, **GREEDY)
     media = serving_engine.load_media(image)
-    expected = serving_engine.generate(
+    expected = serving_engine.answer_batch(
         [
             serving_engine.build_request(
                 "Are you sure?", media, [("Colour?", "red")], SamplingSettings(0, 1, 6)
