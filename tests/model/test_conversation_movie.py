@@ -1,4 +1,4 @@
-"""Movie prompts, the long-video message builder and the official generation defaults (spec §5.4, §6)."""
+"""Movie prompts, the long-video message builder and the official generation defaults."""
 
 from __future__ import annotations
 

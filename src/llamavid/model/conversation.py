@@ -1,17 +1,31 @@
 """Conversation templates: the one table of prompt formats LLaMA-VID checkpoints were trained and evaluated with.
 
 Every template renders ``system + sep`` and then, per message, ``ROLE: text`` followed by ``sep`` after a user
-turn and ``sep2`` after an assistant turn (the official ``SeparatorStyle.TWO``, spec §6). An assistant turn with
-no text renders as ``"ASSISTANT:"`` so generation continues from there. ``plain_guided`` (stage-1 captions) is
-the PLAIN style: the messages' texts joined, each followed by ``"\\n"``, with no roles or system text.
+turn and ``sep2`` after an assistant turn (the official ``SeparatorStyle.TWO``). The generation prompt is a bare
+``"ASSISTANT:"`` so the model continues from there. ``plain_guided`` (stage-1 captions) is the PLAIN style: the
+messages' texts joined, each followed by ``"\\n"``, with no roles or system text.
+
+A message's content is a string or a list of content parts (the transformers chat format):
+``{"type": "text", "text": ...}``, ``{"type": "image", ...}`` or ``{"type": "video", ...}``. Every image or video
+part becomes one ``<image>``; they come first, then the text parts, all joined by ``"\\n"`` -- the official
+``"<image>\\n" + question`` layout (see `message_text`).
+
+The same formats exist as Jinja chat templates (`chat_template_for`), which `LlamaVidProcessor` saves as
+``chat_template.jinja`` and renders with; they reproduce `build_prompt` byte for byte.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
 
 DEFAULT_IMAGE_TOKEN = "<image>"
+# Accepted in prompts as another spelling of a video's placeholder; LLaMA-VID itself only knows <image>.
+DEFAULT_VIDEO_TOKEN = "<video>"
+VISUAL_PART_TYPES = ("image", "video")
 
 _VICUNA_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
@@ -41,22 +55,22 @@ class ConversationTemplate:
 
 
 TEMPLATES: dict[str, ConversationTemplate] = {
-    # Evaluation scripts and the movie CLI (spec §6).
+    # Evaluation scripts and the movie CLI.
     "vicuna_v1": ConversationTemplate("vicuna_v1", _VICUNA_SYSTEM, ("USER", "ASSISTANT"), " ", "</s>"),
     # Stage 2/3 training: the same text; the name switches on per-turn image insertion in the data pipeline.
     "imgsp_v1": ConversationTemplate("imgsp_v1", _VICUNA_SYSTEM, ("USER", "ASSISTANT"), " ", "</s>"),
     # Chosen by the official cli.py for names containing "vid"; differs from training ("curious human").
     "llava_v1": ConversationTemplate("llava_v1", _LLAVA_SYSTEM, ("USER", "ASSISTANT"), " ", "</s>"),
     # The tiny synthetic-world model (docs/tiny-model.md): vicuna roles without the 30-word system text, which
-    # a from-scratch 4-layer LM would only spend compute on.
+    # a from-scratch 4-layer LM would only spend compute on. The prompt still opens with the separator.
     "synth_v1": ConversationTemplate("synth_v1", "", ("USER", "ASSISTANT"), " ", "</s>"),
     # Stage 1 captions.
     "plain_guided": ConversationTemplate("plain_guided", "", ("", ""), "\n", "\n", style="plain"),
 }
 
 
-# Long-video (movie) prompts wrapped around the frame/subtitle string (spec §5.4). The CLI form glues the
-# sentences to the frames with no separator, exactly as the official movie script does.
+# Long-video (movie) prompts wrapped around the frame/subtitle string. The CLI form glues the sentences to the
+# frames with no separator, exactly as the official movie script does.
 MOVIE_START = "Below is a movie. Memorize the content and answer my question after watching this movie."
 MOVIE_END = "Now the movie end."
 # The web demo serves movies in parts and words it differently.
@@ -66,7 +80,7 @@ MOVIE_PART_START = (
 )
 MOVIE_PART_END = "\nThe movie part end.\n"
 
-# Official sampling settings per entry point (spec §6), in `transformers.GenerationConfig` field names.
+# Official sampling settings per entry point, in `transformers.GenerationConfig` field names.
 # Greedy runs leave temperature/top_p unset so transformers does not warn about unused sampling fields.
 GENERATION_DEFAULTS: dict[str, dict[str, float | int | bool]] = {
     # llamavid/serve/cli.py: always samples.
@@ -78,6 +92,8 @@ GENERATION_DEFAULTS: dict[str, dict[str, float | int | bool]] = {
     # Image benchmarks (model_vqa_loader with temperature 0): greedy.
     "image_eval": {"do_sample": False, "max_new_tokens": 128},
 }
+
+Content = str | Sequence[Mapping[str, Any]]
 
 
 def long_video_inputs(subtitles: Sequence[str]) -> str:
@@ -92,6 +108,8 @@ def long_video_inputs(subtitles: Sequence[str]) -> str:
 
 def build_long_video_message(subtitles: Sequence[str] | str, question: str, variant: str = "cli") -> str:
     """The user message of a movie question: start sentence, frames with subtitles, end sentence, question.
+
+    This is the one builder of movie prompts; `qformer_question` undoes it.
 
     Args:
         subtitles: per-frame subtitles (see `long_video_inputs`) or an already built ``inputs`` string, such as the
@@ -119,18 +137,28 @@ def get_template(name: str) -> ConversationTemplate:
         ) from None
 
 
-def build_prompt(
-    messages: Sequence[dict[str, str]], template: str = "vicuna_v1", add_generation_prompt: bool = True
-) -> str:
-    """Render ``[{"role": "user"|"assistant", "content": str}, ...]`` in a template.
+def message_text(content: Content) -> str:
+    """The text a message's content renders as.
 
-    Args:
-        messages: alternating user/assistant turns starting with the user; visual inputs appear as ``<image>``.
-        template: a name from `TEMPLATES`.
-        add_generation_prompt: end with an empty assistant turn (``"ASSISTANT:"``) when the last message is
-            from the user, so the model answers next.
+    A string is used as it is. A list of content parts renders one ``<image>`` per image or video part, in
+    order, then the text parts, all joined by ``"\\n"``: ``[image, text "What?"]`` gives ``"<image>\\nWhat?"``.
     """
-    conv = get_template(template)
+    if isinstance(content, str):
+        return content
+    visual: list[str] = []
+    texts: list[str] = []
+    for part in content:
+        kind = part.get("type")
+        if kind in VISUAL_PART_TYPES:
+            visual.append(DEFAULT_IMAGE_TOKEN)
+        elif kind == "text":
+            texts.append(str(part["text"]))
+        else:
+            raise ValueError(f"content part of type {kind!r}; expected 'text', 'image' or 'video'.")
+    return "\n".join(visual + texts)
+
+
+def _check_roles(messages: Sequence[Mapping[str, Any]]) -> None:
     for index, message in enumerate(messages):
         expected = "user" if index % 2 == 0 else "assistant"
         if message.get("role") != expected:
@@ -138,21 +166,195 @@ def build_prompt(
                 f"message {index} has role {message.get('role')!r}; expected {expected!r} "
                 "(turns alternate user/assistant, starting with the user)."
             )
+
+
+def build_prompt(
+    messages: Sequence[Mapping[str, Any]], template: str = "vicuna_v1", add_generation_prompt: bool = True
+) -> str:
+    """Render ``[{"role": "user"|"assistant", "content": str | parts}, ...]`` in a template.
+
+    Args:
+        messages: alternating user/assistant turns starting with the user; visual inputs appear as ``<image>``
+            in string content, or as image/video content parts (see `message_text`).
+        template: a name from `TEMPLATES`.
+        add_generation_prompt: end with an empty assistant turn (``"ASSISTANT:"``) when the last message is
+            from the user, so the model answers next.
+    """
+    conv = get_template(template)
+    _check_roles(messages)
+    texts = [message_text(message["content"]) for message in messages]
     if conv.style == "plain":
-        return "".join(message["content"] + conv.sep for message in messages)
-    text = conv.system + conv.sep
-    for index, message in enumerate(messages):
+        return "".join(text + conv.sep for text in texts)
+    prompt = conv.system + conv.sep
+    for index, text in enumerate(texts):
         role = conv.roles[index % 2]
-        text += f"{role}: {message['content']}" + (conv.sep if index % 2 == 0 else conv.sep2)
+        prompt += f"{role}: {text}" + (conv.sep if index % 2 == 0 else conv.sep2)
     if add_generation_prompt and len(messages) % 2 == 1:
-        text += f"{conv.roles[1]}:"
-    return text
+        prompt += f"{conv.roles[1]}:"
+    return prompt
+
+
+# Jinja chat templates ---------------------------------------------------------------------------------------------
+# Generated from the table above so there is one definition of each format. Every tag strips the whitespace
+# around it, so only quoted strings reach the output; the sources render the same in transformers' own
+# chat-template environment (`tokenizer.apply_chat_template`).
+_JINJA_HEAD = """\
+{#- LLaMA-VID conversation template %(name)r, generated by llamavid.model.conversation.chat_template_for.
+    Messages alternate user/assistant, starting with the user. Content is a string or a list of parts:
+    every image/video part renders as <image>, first, then the text parts, all joined by a newline. -#}
+{%%- set image_token = %(image_token)s -%%}
+{%%- set system = %(system)s -%%}
+{%%- set roles = [%(user)s, %(assistant)s] -%%}
+{%%- set sep = %(sep)s -%%}
+{%%- set sep2 = %(sep2)s -%%}
+"""
+
+_JINJA_MESSAGES = """\
+{%- for message in messages -%}
+    {%- set expected = "user" if loop.index0 % 2 == 0 else "assistant" -%}
+    {%- if message["role"] != expected -%}
+        {{- raise_exception("message " ~ loop.index0 ~ " has role '" ~ message["role"] ~ "'; expected '"
+            ~ expected ~ "' (turns alternate user/assistant, starting with the user).") -}}
+    {%- endif -%}
+    {%- if message["content"] is string -%}
+        {%- set text = message["content"] -%}
+    {%- else -%}
+        {%- set parts = namespace(visual=[], text=[]) -%}
+        {%- for part in message["content"] -%}
+            {%- if part["type"] in ["image", "video"] -%}
+                {%- set parts.visual = parts.visual + [image_token] -%}
+            {%- elif part["type"] == "text" -%}
+                {%- set parts.text = parts.text + [part["text"]] -%}
+            {%- else -%}
+                {{- raise_exception("content part of type '" ~ part["type"]
+                    ~ "'; expected 'text', 'image' or 'video'.") -}}
+            {%- endif -%}
+        {%- endfor -%}
+        {%- set text = (parts.visual + parts.text) | join("\\n") -%}
+    {%- endif -%}
+"""
+
+_JINJA_TWO = (
+    """\
+{{- system + sep -}}
+"""
+    + _JINJA_MESSAGES
+    + """\
+    {%- if loop.index0 % 2 == 0 -%}
+        {{- roles[0] + ": " + text + sep -}}
+    {%- else -%}
+        {{- roles[1] + ": " + text + sep2 -}}
+    {%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt and messages | length % 2 == 1 -%}
+    {{- roles[1] + ":" -}}
+{%- endif -%}
+"""
+)
+
+_JINJA_PLAIN = (
+    _JINJA_MESSAGES
+    + """\
+    {{- text + sep -}}
+{%- endfor -%}
+"""
+)
+
+
+def _jinja_string(value: str) -> str:
+    # A JSON string (ASCII, backslash escapes) is also a valid Jinja string literal with the same value.
+    return json.dumps(value)
+
+
+def chat_template_for(name: str) -> str:
+    """Jinja source of a template from `TEMPLATES`; it renders exactly what `build_prompt` returns."""
+    conv = get_template(name)
+    head = {
+        "name": conv.name,
+        "image_token": _jinja_string(DEFAULT_IMAGE_TOKEN),
+        "system": _jinja_string(conv.system),
+        "user": _jinja_string(conv.roles[0]),
+        "assistant": _jinja_string(conv.roles[1]),
+        "sep": _jinja_string(conv.sep),
+        "sep2": _jinja_string(conv.sep2),
+    }
+    return _JINJA_HEAD % head + (_JINJA_PLAIN if conv.style == "plain" else _JINJA_TWO)
+
+
+def _raise_exception(message: str) -> None:
+    raise ValueError(message)
+
+
+@lru_cache(maxsize=16)
+def _compile(source: str) -> Any:
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    # The settings transformers uses for chat templates, so a template behaves the same in both places.
+    environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    environment.globals["raise_exception"] = _raise_exception
+    return environment.from_string(source)
+
+
+def render_chat_template(
+    source: str, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True, **variables: Any
+) -> str:
+    """Render ``messages`` with a Jinja chat template in a sandbox.
+
+    Args:
+        source: Jinja source, such as `chat_template_for` returns or a folder's ``chat_template.jinja``.
+        messages: the conversation (see `build_prompt`).
+        add_generation_prompt: passed to the template, which ends with ``"ASSISTANT:"`` when it is set and the
+            last message is from the user.
+        variables: further template variables.
+
+    Raises:
+        ValueError: the template rejected the messages (wrong role order, unknown content part).
+    """
+    return str(
+        _compile(source).render(
+            messages=list(messages), add_generation_prompt=add_generation_prompt, **variables
+        )
+    )
+
+
+# Q-Former instructions ------------------------------------------------------------------------------------------
+def qformer_question(content: Content) -> str:
+    """The text-decoder instruction of a user message: its question without placeholders.
+
+    A movie message (`build_long_video_message`) gives the question after the movie, as the official movie
+    script does; anything else gives its text with ``<image>``/``<video>`` removed, stripped.
+    """
+    text = message_text(content)
+    for start, end in ((MOVIE_START, MOVIE_END + "\n"), (MOVIE_PART_START, MOVIE_PART_END)):
+        if text.startswith(start) and end in text:
+            text = text[text.rindex(end) + len(end) :]
+            break
+    return text.replace(DEFAULT_IMAGE_TOKEN, "").replace(DEFAULT_VIDEO_TOKEN, "").strip()
+
+
+def last_user_text(prompt: str, template: str) -> str:
+    """The text of the last user turn of a prompt rendered in `template`, or the whole prompt.
+
+    For the two-role templates this is what follows the last ``"USER: "`` up to ``" ASSISTANT:"``; a prompt
+    without that role (raw text, or the plain template) is returned whole.
+    """
+    conv = get_template(template)
+    if conv.style == "plain":
+        return prompt
+    marker = f"{conv.roles[0]}: "
+    start = prompt.rfind(marker)
+    if start < 0:
+        return prompt
+    body = prompt[start + len(marker) :]
+    end = body.find(f"{conv.sep}{conv.roles[1]}:")
+    return body if end < 0 else body[:end]
 
 
 __all__ = [
     "ConversationTemplate",
     "TEMPLATES",
     "DEFAULT_IMAGE_TOKEN",
+    "DEFAULT_VIDEO_TOKEN",
     "GENERATION_DEFAULTS",
     "MOVIE_START",
     "MOVIE_END",
@@ -161,5 +363,10 @@ __all__ = [
     "get_template",
     "build_prompt",
     "build_long_video_message",
+    "chat_template_for",
+    "last_user_text",
     "long_video_inputs",
+    "message_text",
+    "qformer_question",
+    "render_chat_template",
 ]
