@@ -2,7 +2,7 @@
 
 Commands: ``/reset`` (forget the conversation, keep the video), ``/save FILE`` (conversation as JSON),
 ``/attention FILE`` (relevance strip for the last question), ``/quit``. The frames are encoded once; each turn
-only re-runs the Q-Former for the new question and the LLM (spec §5.5).
+only re-runs the Q-Former for the new question and the LLM (docs/architecture.md §5).
 """
 
 from __future__ import annotations

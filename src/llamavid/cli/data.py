@@ -15,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     longqa = commands.add_parser(
         "longqa",
         help="generate summary / plot+character / reasoning+detail QA from a synopsis and a script",
-        description="Prompts an OpenAI-compatible endpoint (spec §9.4), validates and de-duplicates the pairs and "
+        description="Prompts an OpenAI-compatible endpoint (the paper's long-video QA recipe), validates and de-duplicates the pairs and "
         "writes them in the training JSON format. Replies are cached next to --out; rerunning resumes.",
     )
     longqa.add_argument("--synopsis", required=True, type=Path, help="movie synopsis (text file)")

@@ -275,7 +275,7 @@ class CacheEntry:
 
     @property
     def frame_texts(self) -> list[str]:
-        """Subtitle text after each frame (spec §5.4 alignment), ``""`` everywhere when there are none."""
+        """Subtitle text after each frame (docs/architecture.md §4 alignment), ``""`` everywhere when there are none."""
         subtitles = self.meta.get("subtitles") or {}
         return list(subtitles.get("per_frame") or [""] * self.num_frames)
 
@@ -509,7 +509,7 @@ class FeatureCache:
             video: the video file.
             encoder: see :class:`FrameEncoderLike`.
             fps / num_frames / max_frames: sampling, as for ``iter_video_frames``.
-            subtitles: a subtitle file or parsed cues, aligned to the frames (spec §5.4) and stored in the
+            subtitles: a subtitle file or parsed cues, aligned to the frames (docs/architecture.md §4) and stored in the
                 sidecar. They do not change the features, so on a hit they just replace the stored ones.
             batch_size: frames per encoder call (bounds activation memory).
             progress: called as ``progress(frames_done, frames_expected_or_None)`` after each chunk.

@@ -1,10 +1,10 @@
-"""Long-VideoQA generation (spec §9.4): QA pairs about a movie from its synopsis and script via an LLM.
+"""Long-VideoQA generation (docs/architecture.md §9): QA pairs about a movie from its synopsis and script via an LLM.
 
 The paper prompted GPT-4 / Claude-2 with the synopsis for 2 plot summaries and 5 plot + 5 character questions,
 and with the script for 5 complex plot-reasoning + 5 detail/scene questions. The prompts below are ours, written
 from that description (the originals are not published). Replies are cached per (movie, kind) in
 ``<out>.cache.jsonl`` so a rerun resumes; pairs are validated, de-duplicated by normalised question, and written
-in the LLaVA-style training format (spec §9.2) with ``<image>`` in the first human turn.
+in the LLaVA-style training format (docs/architecture.md §9) with ``<image>`` in the first human turn.
 """
 
 from __future__ import annotations

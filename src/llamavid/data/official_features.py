@@ -1,6 +1,6 @@
 """Read the official long-video feature pickles safely and convert them to safetensors + JSON.
 
-The official release ships precomputed EVA features for movies as Python pickles (spec §5.4, §11.5): a dict with
+The official release ships precomputed EVA features for movies as Python pickles (docs/architecture.md §4, §11): a dict with
 ``feats`` (float16 numpy array ``(T, 257, 1408)``, CLS first) and ``inputs`` (the ``"<image>sub_0<image>sub_1…"``
 string). A plain ``pickle.load`` of a downloaded file can run arbitrary code, so `RestrictedFeatureUnpickler`
 resolves only the handful of globals a numpy array needs and refuses everything else.

@@ -1,6 +1,6 @@
 """Subtitles: read them (SRT, WebVTT, streams embedded in MKV/MP4, or speech-to-text) and align them to frames.
 
-LLaMA-VID's long-video format (spec §5.4) interleaves every sampled frame with the subtitle text spoken
+LLaMA-VID's long-video format (docs/architecture.md §4) interleaves every sampled frame with the subtitle text spoken
 around it: ``"<image>sub_0<image>sub_1…"``. This module produces that interleaving as data, a list of
 ``(timestamp, text)`` pairs keyed by frame timestamps; the processor turns it into tokens.
 
@@ -44,7 +44,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Whisper segments below this mean log-probability are mostly hallucinated; the official feature-extraction
-# script drops them with the same threshold (spec §5.4).
+# script drops them with the same threshold (docs/architecture.md §4).
 WHISPER_MIN_AVG_LOGPROB = -2.0
 # Subtitle files larger than this are not subtitles (a feature film's SRT is ~100 KB).
 MAX_SUBTITLE_BYTES = 50 * 1024 * 1024
@@ -341,7 +341,7 @@ def _subtitle_text(subtitle: Any) -> tuple[str, bool]:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Alignment to frames (spec §5.4).
+# Alignment to frames (docs/architecture.md §4).
 
 
 def align_subtitles(
@@ -422,7 +422,7 @@ def interleave_subtitles(
     """The long-video interleaving as data: ``[(frame_time, text_after_that_frame), …]``.
 
     The processor writes it as ``"<image>" + text`` per pair, giving the ``"<image>sub_0<image>sub_1…"``
-    string of spec §5.4. Arguments and errors as :func:`align_subtitles`.
+    string of docs/architecture.md §4. Arguments and errors as :func:`align_subtitles`.
     """
     texts = align_subtitles(cues, timestamps, duration=duration, source=source)
     return [(float(t), text) for t, text in zip(np.asarray(timestamps, dtype=np.float64), texts, strict=True)]

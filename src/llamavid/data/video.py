@@ -5,10 +5,10 @@ One entry point per shape of result: :func:`decode_video` returns every sampled 
 :func:`load_media` dispatches on what the path is (video, image or folder of frames). Everything downstream
 (subtitle alignment, feature-cache keys) is keyed by the returned timestamps, never by frame index.
 
-Sampling follows the paper (spec §8.3): 1 frame per second by default, the first frame at t=0 and then the
+Sampling follows the paper (docs/architecture.md §1): 1 frame per second by default, the first frame at t=0 and then the
 first decoded frame at or after every ``k / fps`` seconds. For constant-rate video this picks exactly the
 frames of the official ``0, step, 2·step, …`` indexing (``step = round(avg_fps / fps)``), and unlike it stays
-correct for variable frame rate and for sources slower than the sampling rate (spec §11, quirk 18).
+correct for variable frame rate and for sources slower than the sampling rate (docs/architecture.md §11).
 
 PyAV is the default and the fallback backend: it bundles its own FFmpeg and opens everything we test,
 including non-seekable Matroska that torchcodec rejects. torchcodec is used only when asked for.

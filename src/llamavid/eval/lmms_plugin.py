@@ -109,7 +109,7 @@ class LlamaVidLmms(lmms):
     def request_from_messages(self, messages: Sequence[Any]) -> PredictRequest:
         """lmms-eval chat messages -> one :class:`PredictRequest` (``<image>`` where each media part sits).
 
-        System messages are dropped: LLaMA-VID's template has its own system text (spec §6), and replacing it
+        System messages are dropped: LLaMA-VID's template has its own system text (docs/architecture.md §6), and replacing it
         would change the model's behaviour. Text parts of one turn are joined with newlines.
         """
         turns: list[dict[str, str]] = []

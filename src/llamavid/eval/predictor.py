@@ -30,7 +30,7 @@ class PredictRequest:
             it and ``media`` is given, it is prepended to the first user turn as the official eval scripts do
             (``"<image>\\n" + question``).
         media: ``(T, H, W, 3)`` uint8 frames (video), ``(H, W, 3)`` (image), a PIL image, or ``None``.
-        question: Instruction for the Q-Former (spec §10: the question itself); defaults to the last user turn.
+        question: Instruction for the Q-Former (docs/architecture.md §10: the question itself); defaults to the last user turn.
     """
 
     messages: tuple[dict[str, str], ...]
@@ -47,7 +47,7 @@ class GenerationSettings:
     """Decoding of one run, recorded verbatim in every report.
 
     Attributes:
-        preset: The spec §6 row it came from (``video_qa``, ``image_eval``) or ``"greedy"`` when overridden.
+        preset: The docs/architecture.md §6 row it came from (``video_qa``, ``image_eval``) or ``"greedy"`` when overridden.
         kwargs: ``generate`` keyword arguments.
         seed: Base seed; each batch reseeds with ``seed + crc32(first item id)`` so a resumed run samples the
             same way for the same batch regardless of what ran before it.

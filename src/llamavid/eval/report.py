@@ -1,5 +1,5 @@
 """Reports: ``results.json`` (machine-readable) and ``report.md`` (per-category table, decoding, judge, commit,
-and the paper's numbers from spec §10 next to ours)."""
+and the paper's numbers from docs/architecture.md §10 next to ours)."""
 
 from __future__ import annotations
 
@@ -180,7 +180,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report["paper"]:
         metrics = sorted({m for row in report["paper"].values() for m in row})
         lines += [
-            "## Paper (spec §10) vs this run",
+            "## Paper (docs/architecture.md §10) vs this run",
             "",
             "| model | " + " | ".join(metrics) + " |",
             "|---|" + "---|" * len(metrics),

@@ -55,10 +55,10 @@ class RunSettings:
         batch_size: Items per ``generate`` call.
         limit: Only the first N items (a labelled partial run).
         greedy: Override sampling presets with greedy decoding.
-        seed: Base sampling seed (spec §10 video QA samples at T=0.2; fixing the seed makes reruns identical).
+        seed: Base sampling seed (docs/architecture.md §10 video QA samples at T=0.2; fixing the seed makes reruns identical).
         max_new_tokens: Override the preset's length limit.
         fps: Video sampling rate (1 fps, as the official eval scripts).
-        max_frames: Optional cap on sampled frames (the official scripts have none, spec §11.18).
+        max_frames: Optional cap on sampled frames (the official scripts have none, docs/architecture.md §11).
         judge_workers: Concurrent judge requests.
     """
 

@@ -35,7 +35,7 @@ Public API (everything else is reachable by module path but not promised)::
     # questions, records, files
     generate_items(split, n, seed=0, kind="image_qa", grid=4, clip_frames=(8, 16), episode_frames=1200)
         -> list[QAItem]
-    item_to_record(item, media_path, subtitles_path=None) -> dict           # LLaVA-style JSON record (spec §9.2)
+    item_to_record(item, media_path, subtitles_path=None) -> dict           # LLaVA-style JSON record (docs/architecture.md §9)
     write_dataset(out_dir, split, n=None, seed=0, kind="image_qa", video_format="npz", image_size=64, grid=4,
                   clip_frames=(8, 16), episode_frames=1200, write_media=True) -> Path
     regenerate_episode(record["synth"]) -> Episode                          # frames without reading files
@@ -60,7 +60,7 @@ the medium is built to make them true, so blind baselines sit at chance):
   secret is told);
 * free-form (no ``answer_options``): ``image_caption``, ``video_caption``, ``long_summary_caption``.
 
-Records follow spec §9.2 (``id``, ``image`` or ``video``, ``conversations`` with ``<image>`` in the first human
+Records follow docs/architecture.md §9 (``id``, ``image`` or ``video``, ``conversations`` with ``<image>`` in the first human
 turn; text-only records have neither) plus ``question_type``, ``answer``, ``answer_options``, ``heldout_combo``,
 and for videos ``num_frames``, ``fps`` (always 1), for long videos ``subtitles`` (an ``.srt`` path),
 ``needle_time``, ``secret_time``, and ``synth`` (generator coordinates for regeneration).

@@ -1,4 +1,4 @@
-"""Item generation, LLaVA-style JSON records (spec §9.2) and writing media to disk.
+"""Item generation, LLaVA-style JSON records (docs/architecture.md §9) and writing media to disk.
 
 Items are generated from ``(split, kind, seed, index)`` alone, so a record also carries ``synth`` (its
 generator coordinates) and a loader may regenerate frames instead of reading files.
@@ -185,7 +185,7 @@ def regenerate_episode(synth: dict[str, Any], grid: int = DEFAULT_GRID) -> Episo
 
 
 def item_to_record(item: QAItem, media_path: str | None, subtitles_path: str | None = None) -> dict[str, Any]:
-    """The LLaVA-style JSON record of ``item`` (spec §9.2) plus evaluation fields.
+    """The LLaVA-style JSON record of ``item`` (docs/architecture.md §9) plus evaluation fields.
 
     ``conversations`` holds one human turn (``"<image>\\n"`` + question when there is a medium) and one gpt
     turn; ``answer``, ``question_type``, ``answer_options`` and ``heldout_combo`` are extra keys for scoring.

@@ -2,7 +2,7 @@
 
 An :class:`Episode` stores only its plan (scenes, cast, cues, the needle), a few kilobytes, and renders any
 frame on demand, so a 1,200-frame video costs nothing until frames are asked for and frame ``i`` is identical
-whether rendered alone or in sequence. The questions mirror the paper's long-video QA kinds (spec §9.4):
+whether rendered alone or in sequence. The questions mirror the paper's long-video QA kinds (docs/architecture.md §9):
 
 * summary: how many scenes the video has (plus a free-form summary for training),
 * plot and characters: who is introduced last; what colour a named character is,

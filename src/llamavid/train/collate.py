@@ -3,7 +3,7 @@
 `LlamaVidProcessor` builds the expanded inputs (each ``<image>`` -> ``T * (1 + n)`` placeholder ids, frames
 preprocessed, questions tokenised for the Q-Former); the collator lines the dataset's labels up with them
 (visual positions -> -100), enforces ``model_max_length`` *after* expansion (the official collator truncated
-before it, so long videos overflowed; spec §5.3.8, §11.11) and right-pads, as the model's training path expects.
+before it, so long videos overflowed; docs/architecture.md §3, §11) and right-pads, as the model's training path expects.
 """
 
 from __future__ import annotations

@@ -1,16 +1,16 @@
-"""LLaVA-format training data (spec §9.2) -> rendered prompts, text-decoder questions, media and labels.
+"""LLaVA-format training data (docs/architecture.md §9) -> rendered prompts, text-decoder questions, media and labels.
 
 A record is ``{"id", "image"|"video"?, "conversations": [{"from": "human"|"gpt", "value"}, ...]}``. This module
 turns one record into a plain dict (STYLE §3.6: datasets return dicts, only `collate.py` pads):
 
 * the prompt in the stage's template (``plain_guided``: ``"<image>" + caption + "\\n"``; ``imgsp_v1``: the
-  Vicuna conversation with the per-turn ``<image>`` rule of spec §5.5, placement drawn from a seeded RNG);
+  Vicuna conversation with the per-turn ``<image>`` rule of docs/architecture.md §5, placement drawn from a seeded RNG);
 * one text-decoder question per ``<image>`` (that human turn's text with ``<image>`` and newlines removed);
 * media: an image ``(H, W, 3)``, a video ``(T, H, W, 3)`` sampled at ``video_fps`` with a ``max_frames`` cap, or
   a long video as one item per frame (raw frames + ``.srt``, or precomputed EVA features) interleaved with
-  subtitles as ``"<image>sub_0<image>sub_1..."`` (spec §5.4);
+  subtitles as ``"<image>sub_0<image>sub_1..."`` (docs/architecture.md §4);
 * ``input_ids`` with one -200 per ``<image>`` and ``labels`` in which only assistant answers and their ``</s>``
-  (stage 1: caption + ``"\\n"``) are supervised (spec §9.3).
+  (stage 1: caption + ``"\\n"``) are supervised (docs/architecture.md §9).
 
 Labels come from character spans: the prompt is tokenised exactly as `LlamaVidProcessor.tokenize_prompt` does
 (chunk by chunk around ``<image>``) with offset mappings, and a token is supervised when it overlaps an answer
@@ -70,7 +70,7 @@ class RenderedConversation:
 
 
 def _question_text(text: str) -> str:
-    # Official imgsp_v1: the turn's text with <image> and every "\n" removed, no space inserted (spec §5.5, §11.12).
+    # Official imgsp_v1: the turn's text with <image> and every "\n" removed, no space inserted (docs/architecture.md §5, §11).
     return text.replace(DEFAULT_IMAGE_TOKEN, "").replace("\n", "")
 
 
@@ -131,9 +131,9 @@ def render_conversation(
         template: a name from `llamavid.model.conversation.TEMPLATES`.
         has_media: whether the record has an image or video (text-only records must have no ``<image>``).
         rng: draws the placement of later turns' ``<image>`` under ``imgsp_v1`` (before or after the text).
-            Seed it per record so runs and resumes are reproducible (spec §11.13).
+            Seed it per record so runs and resumes are reproducible (docs/architecture.md §11).
         long_video_inputs_text: for long videos, the ``"<image>sub_0<image>sub_1..."`` string that replaces the
-            single ``<image>`` of the first human turn; later turns then get no extra ``<image>`` (spec §11.21).
+            single ``<image>`` of the first human turn; later turns then get no extra ``<image>`` (docs/architecture.md §11).
         origin: record name used in error messages.
 
     Raises:
@@ -176,7 +176,9 @@ def render_conversation(
                 if long_video_inputs_text is not None:
                     text = long_video_inputs_text + "\n" + body
                     frames = long_video_inputs_text.count(DEFAULT_IMAGE_TOKEN)
-                    questions += [body] * frames  # one question, repeated for every frame (spec §5.4)
+                    questions += [
+                        body
+                    ] * frames  # one question, repeated for every frame (docs/architecture.md §4)
                 else:
                     text = DEFAULT_IMAGE_TOKEN + "\n" + body
                     questions.append(_question_text(text))
@@ -211,7 +213,7 @@ def tokenize_with_labels(
 ) -> tuple[list[int], list[int]]:
     """Token ids (one -200 per ``<image>``) and labels (-100 outside `spans`) for a prompt.
 
-    Tokenises chunk by chunk around ``<image>`` exactly like `LlamaVidProcessor.tokenize_prompt` (spec §5.2), so
+    Tokenises chunk by chunk around ``<image>`` exactly like `LlamaVidProcessor.tokenize_prompt` (docs/architecture.md §3), so
     the collator's expanded ids line up one-to-one with these labels.
     """
     ids: list[int] = []
@@ -428,7 +430,7 @@ class LlavaJsonDataset(Dataset):
         path = self._media_path(position, "video")
         if path.suffix.lower() in (*FEATURE_SUFFIXES, ".json"):
             feats, inputs = self._load_features(path)
-            inputs = inputs.replace("...", "")  # the official loader deletes "..." (spec §5.4)
+            inputs = inputs.replace("...", "")  # the official loader deletes "..." (docs/architecture.md §4)
             if inputs.count(DEFAULT_IMAGE_TOKEN) != len(feats):
                 raise InvalidInputError(
                     f"{path}: inputs has {inputs.count(DEFAULT_IMAGE_TOKEN)} <image> but the features have "

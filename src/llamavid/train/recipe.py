@@ -50,7 +50,7 @@ from llamavid.train.schema import ConfigError, RunConfig, packaged_config_dir
 
 logger = logging.getLogger(__name__)
 
-# Trainable modules per stage (spec §9.1). EVA and whatever the checkpoint's `bert_type` freezes are removed from
+# Trainable modules per stage (docs/architecture.md §9). EVA and whatever the checkpoint's `bert_type` freezes are removed from
 # these afterwards (`frozen_module_names`), so the stage-2 "everything" excludes the vision tower.
 STAGE_TRAINABLE: dict[int, tuple[str, ...]] = {
     1: (
@@ -63,7 +63,7 @@ STAGE_TRAINABLE: dict[int, tuple[str, ...]] = {
     3: ("model.language_model", "lm_head", "model.mm_projector"),
 }
 LLM_PREFIXES = ("model.language_model", "lm_head")
-# What the official stage-1 saver kept in mm_projector.bin (spec §7.1): stage 2 starts from it.
+# What the official stage-1 saver kept in mm_projector.bin (docs/checkpoints.md): stage 2 starts from it.
 ADAPTER_KEYS = ("mm_projector", "vlm_att")
 CHECKPOINT_PREFIX = "step_"
 TRAINABLE_FILE = "trainable.safetensors"
@@ -298,7 +298,7 @@ class TrainingRecipe:
         else:
             tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
         if tokenizer.pad_token_id is None and tokenizer.unk_token_id is not None:
-            tokenizer.pad_token = tokenizer.unk_token  # official: pad = unk (spec §5.2)
+            tokenizer.pad_token = tokenizer.unk_token  # official: pad = unk (docs/architecture.md §3)
         init_dir = Path(mcfg.init) if mcfg.init != "random" else None
         if init_dir is not None and (init_dir / "processor_config.json").is_file() and mcfg.tokenizer is None:
             processor = LlamaVidProcessor.from_pretrained(init_dir)
@@ -313,7 +313,7 @@ class TrainingRecipe:
         return model, processor
 
     def _apply_rope_scaling(self, config: Any) -> None:
-        """Linear RoPE scaling when ``model_max_length`` exceeds the LLM's positions (official stage 3, spec §6)."""
+        """Linear RoPE scaling when ``model_max_length`` exceeds the LLM's positions (official stage 3, docs/architecture.md §6)."""
         if self.cfg.train.rope_scaling != "auto":
             return
         text = config.text_config

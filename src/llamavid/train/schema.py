@@ -61,7 +61,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Training data (LLaVA-format JSON, spec §9.2) and how samples become token sequences.
+    """Training data (LLaVA-format JSON, docs/architecture.md §9) and how samples become token sequences.
 
     Attributes:
         train_files: JSON files (lists of records); relative media paths resolve against the folders below.
@@ -99,7 +99,7 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW + schedule (spec §9: AdamW, cosine, warmup ratio 0.03, weight decay 0)."""
+    """AdamW + schedule (docs/architecture.md §9: AdamW, cosine, warmup ratio 0.03, weight decay 0)."""
 
     lr: float = 2e-5
     weight_decay: float = 0.0
@@ -171,7 +171,7 @@ class TrainConfig:
         save_total_limit: keep only the newest N checkpoints.
         log_steps: metrics every N optimizer steps.
         rope_scaling: ``auto``: when ``model_max_length`` exceeds the LLM's positions, set linear RoPE
-            scaling with factor ceil(max_length / positions), as the official stage-3 script (spec §6); ``none``.
+            scaling with factor ceil(max_length / positions), as the official stage-3 script (docs/architecture.md §6); ``none``.
         progress_bar: show a tqdm bar on rank 0.
     """
 

@@ -1,7 +1,7 @@
 """The tiny LLaMA-VID trained on the synthetic world: tokenizers, model, cached features, training and scoring.
 
 Why a dedicated module: the generic recipe (``llamavid train CONFIG.yaml``, branch ``train``) did not exist yet when
-this was written; this keeps one small loop (AdamW, cosine, masked next-token loss as spec §9.3) over *cached*
+this was written; this keeps one small loop (AdamW, cosine, masked next-token loss as docs/architecture.md §9) over *cached*
 frozen stage-0 features, which is what makes the tiny model trainable on 2 shared CPU cores. When the generic
 recipe lands, stages 1-3 should move to it; the pieces here (tokenizers, ``build_tiny_model``, feature caches,
 ``score_items``) are what it needs.
@@ -249,7 +249,7 @@ def prompt_for(item: QAItem, processor: LlamaVidProcessor) -> str:
     """The user turn in the model's template.
 
     Images and clips go first (``<image>\\n`` + question), as synth records do; a long video is the movie prompt,
-    one ``<image>`` per frame with that frame's subtitles after it (spec §5.4).
+    one ``<image>`` per frame with that frame's subtitles after it (docs/architecture.md §4).
     """
     if isinstance(item.media, Episode):
         content = build_long_video_message(item.media.frame_subtitles(), item.question)

@@ -35,7 +35,7 @@ class EvalItem:
         media: Video/image/frame-folder path, or ``None`` when it could not be resolved (then ``media_error``).
         reference: Everything the scorer needs (answers, options, category...), JSON-serialisable.
         category: Reporting group (question type, sub-task, duration...), or ``None``.
-        question: Text-decoder instruction; defaults to ``prompt`` (spec §10: the question, suffix included).
+        question: Text-decoder instruction; defaults to ``prompt`` (docs/architecture.md §10: the question, suffix included).
         media_error: Why the media is unusable, reported per item instead of raising for the whole run.
     """
 
@@ -65,7 +65,7 @@ class Task:
     name: ClassVar[str]
     family: ClassVar[str]
     modality: ClassVar[str]  # "video" or "image"
-    decoding: ClassVar[str]  # a GENERATION_DEFAULTS preset (spec §6)
+    decoding: ClassVar[str]  # a GENERATION_DEFAULTS preset (docs/architecture.md §6)
     needs_judge: ClassVar[bool] = False
     paper_key: ClassVar[str | None] = None  # column in report.PAPER_NUMBERS
     description: ClassVar[str] = ""

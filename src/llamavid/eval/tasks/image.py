@@ -1,4 +1,4 @@
-"""Image benchmarks of the LLaVA-1.5 protocol (spec §10.2): greedy, 128 new tokens, vicuna_v1.
+"""Image benchmarks of the LLaVA-1.5 protocol (docs/architecture.md §10): greedy, 128 new tokens, vicuna_v1.
 
 Each class documents the published files it reads. Splits whose answers are private (VQAv2 test-dev, VizWiz
 test, EgoSchema full) get their official submission file and are reported as "not scored locally".

@@ -1,4 +1,4 @@
-"""Open-ended video QA judged by an LLM: MSVD-QA, MSRVTT-QA, ActivityNet-QA (spec §10.1).
+"""Open-ended video QA judged by an LLM: MSVD-QA, MSRVTT-QA, ActivityNet-QA (docs/architecture.md §10).
 
 Accepted layouts (``--data DIR``), videos under ``DIR/videos`` (or ``DIR``), found by name with or without
 extension (``.mp4 .avi .mov .mkv ...``):
@@ -193,7 +193,7 @@ class ActivityNetQA(OpenEndedVideoQA):
 
 
 class VideoChatGPTBenchmark(Task):
-    """Video-ChatGPT's video-based generative performance benchmark: five judged dimensions (spec §10.1).
+    """Video-ChatGPT's video-based generative performance benchmark: five judged dimensions (docs/architecture.md §10).
 
     Layout: ``generic_qa.json`` and ``temporal_qa.json`` (``[{"Q", "A", "video_name"}]``) and
     ``consistency_qa.json`` (``[{"Q1", "Q2", "A", "video_name"}]``), videos under ``DIR/videos`` or
