@@ -265,3 +265,42 @@ def test_fuzz_decoding_arbitrary_bytes_never_raises(data: bytes) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert isinstance(decode_subtitle_bytes(data), str)
+
+
+# --- a trimmed clip with the subtitles of the whole video, through `llamavid ask` -------------------------
+
+LATE_SRT = "1\n00:00:01,000 --> 00:00:02,000\nhello\n\n2\n00:00:10,000 --> 00:00:11,000\nlater\n\n3\n00:00:12,000 --> 00:00:13,000\nend\n"
+ALL_LATE_SRT = "1\n00:00:10,000 --> 00:00:12,000\nlater\n\n2\n00:00:20,000 --> 00:00:21,000\nend\n"
+
+
+def _ask_with_subtitles(video: Path, srt: Path, cache: Path) -> int:
+    from llamavid.cli.main import main
+
+    args = ["ask", str(video), "what happens?", "--subtitles", str(srt), "--cache-dir", str(cache)]
+    return main([*args, "--json", "-q", "--max-new-tokens", "2", "--temperature", "0"])
+
+
+@pytest.mark.xfail(strict=True, reason="cues after the clip's end are refused or warned with warnings.warn")
+@pytest.mark.parametrize(
+    ("text", "dropped", "total"), [(LATE_SRT, 2, 3), (ALL_LATE_SRT, 2, 2)], ids=["some_late", "all_late"]
+)
+def test_ask_on_a_trimmed_clip_drops_late_cues_with_a_logged_warning(
+    tmp_path: Path,
+    demo_video_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    text: str,
+    dropped: int,
+    total: int,
+) -> None:
+    srt = tmp_path / "whole_film.srt"
+    srt.write_text(text)
+    with caplog.at_level("WARNING", logger="llamavid"):
+        code = _ask_with_subtitles(demo_video_path, srt, tmp_path / "cache")
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    warnings_logged = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(
+        "whole_film.srt" in m and f"{dropped} of the {total} subtitle cues" in m and "4.0 s" in m
+        for m in warnings_logged
+    ), warnings_logged
