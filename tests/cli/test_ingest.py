@@ -160,7 +160,6 @@ def test_info_on_empty_cache(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "0 entries" in capsys.readouterr().out
 
 
-@pytest.mark.xfail(strict=True, reason="subtitles whose cues all start after the clip are refused")
 def test_ingest_trimmed_clip_with_late_subtitles_continues_without_them(
     tmp_path: Path, media: dict[str, Path]
 ) -> None:

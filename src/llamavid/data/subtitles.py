@@ -359,8 +359,10 @@ def align_subtitles(
     first frame goes to the **first** frame (the original indexes ``-1`` and wraps to the last frame; spec
     §5.4 and §11 quirk 16).
 
-    Cues starting at or after the end of the video (``duration``) are dropped with a warning, since they
-    describe something the frames do not show; a cue running past the end stays on the last frame.
+    Cues starting at or after the end of the video (``duration``) are dropped with a logged warning, since they
+    describe something the frames do not show; a cue running past the end stays on the last frame. A trimmed
+    clip with the subtitles of the whole film is normal, so even when no cue is left this is a warning (every
+    frame then gets ``""``), not an error.
 
     Args:
         cues: Cues in time order (as :func:`read_subtitles` returns them).
@@ -372,7 +374,6 @@ def align_subtitles(
         One string per frame: the texts of its cues joined by spaces (``""`` for frames without speech).
 
     Raises:
-        SubtitleError: There are cues but none overlaps the video (usually the subtitles of another video).
         ValueError: No frames, or timestamps not increasing.
     """
     times = np.asarray(timestamps, dtype=np.float64)
@@ -395,19 +396,20 @@ def align_subtitles(
         texts[max(pointer - 1, 0)].append(cue.text)
         kept += 1
     if dropped:
-        if kept == 0:
-            raise SubtitleError(
-                f"{source}: none of the {dropped} subtitle cues overlaps the video (video length "
-                f"{duration:.1f} s, first cue at {min(c.start for c in cues):.1f} s). These are probably the "
-                "subtitles of another video or need a time offset.",
-                None if source.startswith("<") else source,
-            )
-        last_end = max(c.end for c in cues)
-        warnings.warn(
-            f"{source}: {dropped} subtitle cue(s) start after the video ends at {duration:.1f} s (last cue ends "
-            f"at {last_end:.1f} s); they were dropped. Check that the subtitles belong to this video.",
-            UserWarning,
-            stacklevel=2,
+        outcome = (
+            "no cue is left, so the clip is used without subtitles"
+            if kept == 0
+            else f"the {kept} earlier cue(s) are kept"
+        )
+        logger.warning(
+            "%s: %d of the %d subtitle cues start after the clip ends (clip length %.1f s, first dropped cue at "
+            "%.1f s) and were dropped; %s. If these are the subtitles of this video, they may need a time offset.",
+            source,
+            dropped,
+            kept + dropped,
+            duration,
+            min(c.start for c in cues if c.start >= duration),
+            outcome,
         )
     return [" ".join(parts) for parts in texts]
 

@@ -138,7 +138,12 @@ def subtitles_for_frames(
     subtitles: str | os.PathLike[str] | Sequence[str] | None,
     is_image: bool,
 ) -> list[str] | None:
-    """One subtitle text per sampled frame, from an .srt/.vtt path or a list with one text per frame."""
+    """One subtitle text per sampled frame, from an .srt/.vtt path or a list with one text per frame.
+
+    A subtitle file none of whose cues falls inside the video (a trimmed clip) gives ``None``: the media is then
+    used as without subtitles, as an entry ingested with those subtitles is (`Engine.media_from_entry`), so both
+    paths give the same prompt. `align_subtitles` logs what was dropped.
+    """
     if subtitles is None:
         return None
     if is_image:
@@ -147,7 +152,8 @@ def subtitles_for_frames(
         from llamavid.data import align_subtitles, read_subtitles
 
         cues = read_subtitles(subtitles)
-        return align_subtitles(cues, timestamps, duration=duration or None, source=str(subtitles))
+        texts = align_subtitles(cues, timestamps, duration=duration or None, source=str(subtitles))
+        return texts if any(text.strip() for text in texts) else None
     texts = [str(text) for text in subtitles]
     if len(texts) != len(timestamps):
         raise InvalidInputError(
