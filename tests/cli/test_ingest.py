@@ -181,3 +181,47 @@ def test_ingest_trimmed_clip_with_late_subtitles_continues_without_them(
     assert "film.srt" in result.stderr and "2 of the 2 subtitle cues" in result.stderr
     assert "Traceback" not in result.stderr
     assert json.loads(result.stdout)["subtitled_frames"] == 0
+
+
+@pytest.fixture(scope="module")
+def two_chunk_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """72 frames at 4 fps: two feature-cache chunks (64 + 8 frames) when ingested with --fps 4."""
+    folder = tmp_path_factory.mktemp("two_chunks")
+    return write_video(folder / "long.mp4", rate=4, num_frames=72, size=(64, 64))
+
+
+@pytest.mark.xfail(strict=True, reason="a full disk surfaces as a bare [Errno 28] naming no folder or remedy")
+def test_full_disk_is_one_line_keeps_finished_chunks_and_resumes(
+    tmp_path: Path, two_chunk_video: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import errno
+
+    import llamavid.data.feature_cache as feature_cache
+
+    real_write = feature_cache._atomic_write_bytes
+
+    def disk_full_after_first_chunk(path: Path, data: bytes) -> None:
+        if path.name.startswith("chunk_") and path.name != "chunk_00000.safetensors":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(path, data)
+
+    cache = tmp_path / "cache"
+    args = ["ingest", str(two_chunk_video), "--fps", "4", "--cache-dir", str(cache), "--json", "-q"]
+    with monkeypatch.context() as patch:
+        patch.setattr(feature_cache, "_atomic_write_bytes", disk_full_after_first_chunk)
+        assert main(args) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in captured.err and not captured.out, captured.err
+    message = lines[0]
+    assert message.startswith("llamavid ingest: error: ") and str(cache) in message
+    assert "no space left" in message.lower() and "bytes" in message
+    assert "free" in message and "--cache-dir" in message and "resume" in message
+    (entry,) = list(cache.iterdir())
+    progress = json.loads((entry / "progress.json").read_text())
+    assert [chunk["file"] for chunk in progress["chunks"]] == ["chunk_00000.safetensors"]
+    assert not (entry / "meta.json").exists() and not list(entry.glob(".*.tmp"))
+
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["frames"], result["reused_chunks"], result["encoded_chunks"]) == (72, 1, 1)
