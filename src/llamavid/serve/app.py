@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import tempfile
 import threading
@@ -37,7 +38,7 @@ from urllib.parse import unquote, urlparse
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -49,6 +50,7 @@ from llamavid.inference.scheduler import BatchScheduler, Job, QueueFullError
 
 logger = logging.getLogger(__name__)
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _MEDIA_SUFFIXES = {
     "image/png": ".png",
     "image/jpeg": ".jpg",
@@ -159,8 +161,38 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+def _lone_surrogate(value: Any, where: str = "body") -> str | None:
+    """Where the first string holding a lone UTF-16 surrogate is in decoded JSON (``None`` when there is none).
+
+    JSON may escape half of a surrogate pair (``"\\ud800"``); Python decodes it to a string that is not Unicode
+    text, which no tokenizer, file system or UTF-8 encoder accepts.
+    """
+    pending = [(value, where)]
+    while pending:
+        item, path = pending.pop()
+        if isinstance(item, str):
+            if not item.isascii() and _SURROGATE.search(item):
+                return path
+        elif isinstance(item, dict):
+            pending.extend((child, f"{path}.{key}") for key, child in item.items())
+        elif isinstance(item, list):
+            pending.extend((child, f"{path}[{index}]") for index, child in enumerate(item))
+    return None
+
+
 class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_lone_surrogates(cls, data: Any) -> Any:
+        where = _lone_surrogate(data)
+        if where is not None:
+            raise ValueError(
+                f"{where.removeprefix('body.')} holds a lone UTF-16 surrogate (such as \\ud800), which is not a "
+                "character; send valid Unicode (surrogates only as pairs)"
+            )
+        return data
 
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
@@ -395,7 +427,8 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
     async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
         first = error.errors()[0] if error.errors() else {}
         where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
-        return APIError(400, f"invalid request: {where}: {first.get('msg', 'malformed body')}").response()
+        message = str(first.get("msg", "malformed body")).removeprefix("Value error, ")
+        return APIError(400, f"invalid request: {where + ': ' if where else ''}{message}").response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
