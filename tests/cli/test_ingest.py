@@ -190,7 +190,6 @@ def two_chunk_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_video(folder / "long.mp4", rate=4, num_frames=72, size=(64, 64))
 
 
-@pytest.mark.xfail(strict=True, reason="a full disk surfaces as a bare [Errno 28] naming no folder or remedy")
 def test_full_disk_is_one_line_keeps_finished_chunks_and_resumes(
     tmp_path: Path, two_chunk_video: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from media_factory import frame_index, write_video
 
-from llamavid.data.feature_cache import CacheEntryError, FeatureCache, file_sha256, preprocessing_id
+from llamavid.data.feature_cache import (
+    CacheEntryError,
+    CacheWriteError,
+    FeatureCache,
+    file_sha256,
+    preprocessing_id,
+)
 
 
 class FakeEncoder:
@@ -208,3 +216,40 @@ def test_module_does_not_import_the_model() -> None:
     code = "import sys, llamavid.data.feature_cache; print('llamavid.model' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    ("code", "needles"),
+    [
+        (
+            errno.ENOSPC,
+            ["no space left", "chunk_00002.safetensors", "bytes needed", "MiB more", "--cache-dir"],
+        ),
+        (errno.EROFS, ["cannot write", "chunk_00002.safetensors", "--cache-dir"]),
+    ],
+)
+def test_write_failure_names_the_cache_and_keeps_finished_chunks(
+    tmp_path: Path, clip: Path, monkeypatch: pytest.MonkeyPatch, code: int, needles: list[str]
+) -> None:
+    import llamavid.data.feature_cache as feature_cache
+
+    real_write = feature_cache._atomic_write_bytes
+
+    def failing(path: Path, data: bytes) -> None:
+        if path.name == "chunk_00002.safetensors":
+            raise OSError(code, os.strerror(code))
+        real_write(path, data)
+
+    cache = FeatureCache(tmp_path, chunk_frames=8)
+    with monkeypatch.context() as patch:
+        patch.setattr(feature_cache, "_atomic_write_bytes", failing)
+        with pytest.raises(CacheWriteError) as caught:
+            cache.ingest(clip, FakeEncoder(), fps=2)
+    message = str(caught.value)
+    assert isinstance(caught.value, OSError) and caught.value.errno == code
+    assert message.startswith(f"feature cache {tmp_path}: ") and all(n in message for n in needles), message
+    rerun = FakeEncoder()
+    report = cache.ingest(clip, rerun, fps=2)
+    assert (report.reused_chunks, report.encoded_chunks) == (2, 3) and rerun.frames_seen == list(
+        range(16, 40)
+    )

@@ -24,6 +24,7 @@ and ``__call__(frames uint8 (T, H, W, 3)) -> (T, 1+N, C)`` (see ``llamavid.infer
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -51,6 +52,7 @@ __all__ = [
     "CacheEntry",
     "CacheEntryError",
     "CacheKey",
+    "CacheWriteError",
     "FeatureCache",
     "FrameEncoderLike",
     "checkpoint_sha256",
@@ -76,6 +78,18 @@ _HASH_BLOCK = 1 << 20
 
 class CacheEntryError(LlamaVidError, ValueError):
     """A cache entry is incomplete, stale or corrupted; the message names the entry and the reason."""
+
+
+class CacheWriteError(LlamaVidError, OSError):
+    """The cache folder cannot take a write (disk full, quota, read-only, no permission).
+
+    The message names the cache folder, the bytes that were being written and what to do. Everything written
+    before stays valid, so the same command resumes once there is room.
+    """
+
+
+# A full disk and an exhausted quota have the same remedy.
+_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
 class FrameEncoderLike(Protocol):
@@ -229,8 +243,30 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def _atomic_write_json(path: Path, value: Mapping[str, Any]) -> None:
-    _atomic_write_bytes(path, (json.dumps(value, indent=1) + "\n").encode())
+def _mib(size: float) -> str:
+    return f"{size / 2**20:.1f} MiB"
+
+
+def _write_error(
+    root: Path, target: Path, size: int, error: OSError, remaining: int | None = None
+) -> CacheWriteError:
+    """A `CacheWriteError` saying which cache, which file, how many bytes and what to do."""
+    if error.errno in _NO_SPACE:
+        more = f"; about {_mib(remaining)} more to finish this video" if remaining else ""
+        message = (
+            f"feature cache {root}: no space left on the device while writing {target.name} of entry "
+            f"{target.parent.name[:12]} ({size} bytes needed{more}). The chunks already written are kept: free "
+            "some space and run the same command again to resume, or pass --cache-dir (or set "
+            f"${CACHE_ENV}) to a folder on a disk with room."
+        )
+    else:
+        message = (
+            f"feature cache {root}: cannot write {target} ({error.strerror or error}). Pass --cache-dir (or set "
+            f"${CACHE_ENV}) to a folder you can write to."
+        )
+    failure = CacheWriteError(message)
+    failure.errno = error.errno  # callers that branch on errno still can; str() stays the message
+    return failure
 
 
 def _to_fp16_numpy(features: Any) -> np.ndarray:
@@ -528,12 +564,15 @@ class FeatureCache:
         if entry is not None:
             if cues is not None:
                 entry.meta["subtitles"] = self._subtitle_meta(cues, subtitle_source, entry.timestamps, info)
-                _atomic_write_json(path / _META, entry.meta)
+                self._write_json(path / _META, entry.meta)
             if progress:
                 progress(entry.num_frames, entry.num_frames)
             return IngestReport(entry, True, 0, 0, time.perf_counter() - start)
 
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise _write_error(self.root, path, 0, error) from error
         if (path / _META).exists():  # stale/corrupt complete entry: demote it before rewriting chunks
             (path / _META).unlink()
         source = {
@@ -561,12 +600,13 @@ class FeatureCache:
                         video,
                     )
                 continue
-            record = self._encode_chunk(path, index, frames, encoder, batch_size)
+            left = None if expected is None else max(expected - len(timestamps) - len(frames), 0)
+            record = self._encode_chunk(path, index, frames, encoder, batch_size, frames_left=left)
             feature_shape = record["feature_shape"]
             chunks.append(record)
             timestamps.extend(record["timestamps"])
             encoded += 1
-            _atomic_write_json(
+            self._write_json(
                 path / _PROGRESS,
                 {"format_version": FORMAT_VERSION, "key": key.to_dict(), "source": source, "chunks": chunks},
             )
@@ -596,7 +636,7 @@ class FeatureCache:
             "complete": True,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        _atomic_write_json(path / _META, meta)
+        self._write_json(path / _META, meta)
         (path / _PROGRESS).unlink(missing_ok=True)
         logger.info(
             "cached %d frames of %s in %s (%d chunks encoded, %d reused)",
@@ -620,6 +660,16 @@ class FeatureCache:
         shutil.rmtree(self.entry_path(key), ignore_errors=True)
 
     # Internals ----------------------------------------------------------------------------------------------
+    def _write(self, path: Path, data: bytes, *, remaining: int | None = None) -> None:
+        """Atomic write; a failure (full disk above all) becomes a `CacheWriteError` saying what to do."""
+        try:
+            _atomic_write_bytes(path, data)
+        except OSError as error:
+            raise _write_error(self.root, path, len(data), error, remaining) from error
+
+    def _write_json(self, path: Path, value: Mapping[str, Any]) -> None:
+        self._write(path, (json.dumps(value, indent=1) + "\n").encode())
+
     @staticmethod
     def _load_cues(
         subtitles: str | os.PathLike[str] | Sequence[SubtitleCue] | None,
@@ -674,8 +724,16 @@ class FeatureCache:
         return kept
 
     def _encode_chunk(
-        self, path: Path, index: int, frames: Frames, encoder: FrameEncoderLike, batch_size: int
+        self,
+        path: Path,
+        index: int,
+        frames: Frames,
+        encoder: FrameEncoderLike,
+        batch_size: int,
+        *,
+        frames_left: int | None = None,
     ) -> dict[str, Any]:
+        """Encode and store one chunk; `frames_left` (frames still to encode after it) sizes a full-disk error."""
         from safetensors.numpy import save
 
         parts = [
@@ -692,7 +750,8 @@ class FeatureCache:
             metadata={"format_version": str(FORMAT_VERSION)},
         )
         name = _chunk_name(index)
-        _atomic_write_bytes(path / name, data)
+        remaining = None if frames_left is None else len(data) * frames_left // len(frames)
+        self._write(path / name, data, remaining=remaining)
         return {
             "file": name,
             "start": float(frames.timestamps[0]),
