@@ -470,12 +470,11 @@ class Engine:
                     frame_blocks=media.subtitles is not None,
                     output_attentions=output_attentions,
                 )
-            if media.subtitles is not None:
-                frame_counts = torch.ones(frames, dtype=torch.long)
-                block_media = torch.arange(frames)
-            else:
-                frame_counts = torch.tensor([frames])
-                block_media = torch.zeros(1, dtype=torch.long)
+            counts = self.processor.block_frame_counts(
+                frames, is_image=media.is_image, per_frame=media.subtitles is not None
+            )
+            frame_counts = torch.tensor(counts, dtype=torch.long)
+            block_media = torch.arange(len(counts))  # with per-frame blocks every frame is its own medium
             return self.model.model.get_visual_tokens(
                 media.features,
                 frame_counts,
