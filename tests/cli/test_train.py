@@ -79,7 +79,6 @@ def test_tiny_debug_runs_end_to_end(tmp_path):
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="deep nesting crashes, non-UTF-8 and empty lists do not name the file")
 @pytest.mark.parametrize(
     ("content", "needles"),
     [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from llamavid.model.configuration_llamavid import IGNORE_INDEX, IMAGE_TOKEN_INDE
 from llamavid.train.datasets import (
     BadRecordError,
     LlavaJsonDataset,
+    read_training_json,
     render_conversation,
     sample_frame_indices,
 )
@@ -253,3 +255,31 @@ def test_synth_records_load(tmp_path, llm_tokenizer):
         sample = dataset[index]
         answer = json.loads(path.read_text())[index]["conversations"][1]["value"]
         assert llm_tokenizer.decode(supervised_runs(sample["labels"])[0]).strip() == answer + "</s>"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            b"[" * 50_000 + b"]" * 50_000,
+            r"the JSON is nested deeper than the parser's limit of about \d+ levels",
+        ),
+        ('[{"id": "caf\u00e9"}]'.encode("cp1252"), r"not valid UTF-8 text: byte 0xE9 at line 1, column 13"),
+        (b'[\n {"id": 1},\n {"id": "\xff"}]', r"not valid UTF-8 text: byte 0xFF at line 3, column 10"),
+        (b" [ ]\n", r"holds no records \(an empty JSON list\)"),
+    ],
+    ids=["deep", "cp1252", "third_line", "empty"],
+)
+def test_unusable_json_files_are_named(tmp_path, llm_tokenizer, content, message):
+    path = tmp_path / "train.json"
+    path.write_bytes(content)
+    with pytest.raises(BadRecordError, match=rf"^{re.escape(str(path))}: {message}"):
+        LlavaJsonDataset([path], llm_tokenizer, "imgsp_v1")
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-16-le", "utf-32"])
+def test_json_in_any_unicode_encoding_is_read(tmp_path, encoding):
+    records = [{"id": "caf\u00e9", "conversations": [{"from": "human", "value": "\u4f60\u597d"}]}]
+    path = tmp_path / "train.json"
+    path.write_bytes(json.dumps(records, ensure_ascii=False).encode(encoding))
+    assert read_training_json(path) == records

@@ -57,6 +57,12 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
+    from llamavid.train.datasets import read_training_json
+
+    # Read every training file now: a wrong file must fail before the model is built, not after. (The dataset
+    # parses them again later; that costs seconds per GB of JSON, far less than loading the model.)
+    for path in cfg.data.train_files:
+        read_training_json(path)
     from llamavid.train.recipe import run as run_recipe
 
     logging.getLogger("llamavid").setLevel(logging.INFO)

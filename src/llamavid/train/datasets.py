@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,57 @@ class RenderedConversation:
     prompt: str
     answer_spans: list[tuple[int, int]]
     questions: list[str]
+
+
+def read_training_json(path: str | Path) -> list[Any]:
+    """Read one LLaVA-format training file: a non-empty JSON list of records.
+
+    UTF-8 is expected (a BOM, UTF-16 and UTF-32 are recognised as the JSON standard allows). Every way the file
+    can be unusable is reported naming it, so `llamavid train` can check its files before building the model.
+
+    Raises:
+        MissingFileError: the file does not exist.
+        BadRecordError: undecodable text, malformed JSON, nesting deeper than the parser's limit, not a list, or
+            an empty list; the message starts with the file name.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"training file {path} not found (data.train_files).")
+    data = path.read_bytes()
+    encoding = json.detect_encoding(data)
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        name = "UTF-8" if encoding.startswith("utf-8") else encoding.upper()
+        raise BadRecordError(
+            str(path),
+            f"not valid {name} text: byte 0x{data[error.start]:02X} at line {line}, column {column} "
+            f"({error.reason}). Training JSON must be UTF-8; convert the file, e.g. "
+            "`iconv -f latin1 -t utf-8 old.json > new.json` for Latin-1.",
+        ) from None
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise BadRecordError(
+            str(path), f"malformed JSON at line {error.lineno} column {error.colno}: {error.msg}."
+        ) from None
+    except RecursionError:
+        # Python's parser recurses once per level and stops near the interpreter's recursion limit.
+        raise BadRecordError(
+            str(path),
+            f"the JSON is nested deeper than the parser's limit of about {sys.getrecursionlimit()} levels; LLaVA-format "
+            "records nest 4 (a list of records, each with a 'conversations' list of turns). Check that this is "
+            "a training file.",
+        ) from None
+    if not isinstance(records, list):
+        raise BadRecordError(str(path), f"expected a JSON list of records, got {type(records).__name__}.")
+    if not records:
+        raise BadRecordError(
+            str(path), "holds no records (an empty JSON list); add records or drop it from data.train_files."
+        )
+    return records
 
 
 def _question_text(text: str) -> str:
@@ -302,7 +354,7 @@ class LlavaJsonDataset(Dataset):
         self.files = [Path(f) for f in files]
         self.folders: list[tuple[Path, Path]] = []
         for number, path in enumerate(self.files):
-            records = self._read_json(path)
+            records = read_training_json(path)
             root = path.resolve().parent
             self.folders.append(
                 (Path(image_folder) if image_folder else root, Path(video_folder) if video_folder else root)
@@ -311,20 +363,6 @@ class LlavaJsonDataset(Dataset):
         if validate:
             for position in range(len(self.records)):
                 self.check(position)
-
-    @staticmethod
-    def _read_json(path: Path) -> list[Any]:
-        if not path.is_file():
-            raise MissingFileError(f"training file {path} not found (data.train_files).")
-        try:
-            records = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise BadRecordError(
-                str(path), f"malformed JSON at line {error.lineno} column {error.colno}: {error.msg}."
-            ) from None
-        if not isinstance(records, list):
-            raise BadRecordError(str(path), f"expected a JSON list of records, got {type(records).__name__}.")
-        return records
 
     def __len__(self) -> int:
         return len(self.records)
@@ -511,6 +549,7 @@ __all__ = [
     "LlavaJsonDataset",
     "RenderedConversation",
     "render_conversation",
+    "read_training_json",
     "sample_frame_indices",
     "tokenize_with_labels",
 ]
