@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from llamavid.cli import CommandError
 from llamavid.cli._engine_options import add_engine_arguments, build_engine
+
+
+def _positive_number(text: str) -> float:
+    """An argparse type: a finite number above 0 (limits such as --max-megapixels)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,12 +47,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--request-timeout", type=float, default=300.0, help="seconds per request before 504")
     parser.add_argument("--max-video-seconds", type=float, default=3600.0, help="longest accepted video")
     parser.add_argument(
-        "--max-upload-mb", type=float, default=64.0, help="largest accepted request body / data URL"
+        "--max-upload-mb",
+        type=_positive_number,
+        default=64.0,
+        help="largest accepted request body / data URL",
     )
     parser.add_argument(
         "--fps", type=float, default=1.0, help="frames sampled per second (default 1, as trained)"
     )
     parser.add_argument("--max-frames", type=int, default=256, help="cap on sampled frames per request")
+    parser.add_argument(
+        "--max-megapixels",
+        type=_positive_number,
+        default=50.0,
+        help="largest image or video frame accepted, in megapixels (width x height, read from the file's "
+        "header before decoding, so a small file declaring a huge picture is refused; default 50)",
+    )
     add_engine_arguments(parser, media=False, output=False)
     parser.set_defaults(func=run)
 
@@ -65,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         fps=args.fps,
         max_frames=args.max_frames,
+        max_pixels=round(args.max_megapixels * 1_000_000),
     )
     engine = build_engine(args)
     app = create_app(engine, config)

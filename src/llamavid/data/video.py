@@ -24,6 +24,8 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 from pathlib import Path
@@ -38,14 +40,18 @@ from .errors import BackendUnavailableError, MediaError, NoVideoStreamError, Vid
 __all__ = [
     "IMAGE_EXTENSIONS",
     "MAX_DIMENSION",
+    "MAX_PIXELS",
+    "MAX_PIXELS_ENV",
     "Frames",
     "VideoInfo",
+    "current_max_pixels",
     "decode_video",
     "inspect_video",
     "iter_video_frames",
     "load_image",
     "load_image_folder",
     "load_media",
+    "pixel_limit",
     "probe_video",
 ]
 
@@ -57,6 +63,14 @@ MediaSource = str | os.PathLike[str] | IO[bytes]
 # Larger than any real camera or screen recording (8K is 7680 px) but small enough that one RGB frame
 # (16384² · 3 B = 805 MB) cannot exhaust memory by surprise; bigger headers are corrupt or hostile.
 MAX_DIMENSION = 16384
+# Default cap on the pixels of one image or video frame (width x height, as coded and as shown). 50 megapixels
+# is above the cameras and screen recordings people send (8K video is 33 MP, a 48 MP phone photo fits) while
+# one RGB copy is 150 MB. It is what stops a decompression bomb: a few KB of PNG declaring 12000x12000 would
+# cost about 1.9 GB once decoded, resized and normalised, and is refused from its header instead.
+MAX_PIXELS = 50_000_000
+# Overrides MAX_PIXELS for a whole process (and the probe children it starts); see current_max_pixels().
+MAX_PIXELS_ENV = "LLAMAVID_MAX_PIXELS"
+_PIXEL_LIMIT: ContextVar[int | None] = ContextVar("llamavid_max_pixels", default=None)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 DEFAULT_CHUNK_SIZE = 64
 # Only used when a stream has neither usable timestamps nor a declared rate; FFmpeg assumes the same.
@@ -178,14 +192,81 @@ def _check_path(path: str | os.PathLike[str], *, allow_dir: bool = False) -> Pat
     return p
 
 
-def _check_dimensions(width: int, height: int, source: str) -> None:
+def _validate_max_pixels(value: object, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidInputError(f"{where} must be a positive whole number of pixels, got {value!r}.")
+    return value
+
+
+def current_max_pixels() -> int:
+    """The most pixels an image or video frame may have here, checked from headers before decoding.
+
+    The innermost :func:`pixel_limit` block decides; outside any, the ``LLAMAVID_MAX_PIXELS`` environment
+    variable; without it, :data:`MAX_PIXELS` (50 megapixels).
+
+    Raises:
+        InvalidInputError: ``LLAMAVID_MAX_PIXELS`` is set to something other than a positive whole number.
+    """
+    limit = _PIXEL_LIMIT.get()
+    if limit is not None:
+        return limit
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not text:
+        return MAX_PIXELS
+    try:
+        value: object = int(text)
+    except ValueError:
+        value = text
+    return _validate_max_pixels(
+        value, f"the {MAX_PIXELS_ENV} environment variable (e.g. {MAX_PIXELS_ENV}=50000000)"
+    )
+
+
+@contextmanager
+def pixel_limit(max_pixels: int) -> Iterator[None]:
+    """Refuse images and video frames over ``max_pixels`` pixels inside this block.
+
+    The limit holds for the current thread (or asyncio task) only, so a server can give each request its own;
+    :func:`probe_video` passes it on to its child process.
+
+    Raises:
+        InvalidInputError: ``max_pixels`` is not a positive int.
+    """
+    token = _PIXEL_LIMIT.set(_validate_max_pixels(max_pixels, "max_pixels"))
+    try:
+        yield
+    finally:
+        _PIXEL_LIMIT.reset(token)
+
+
+def _check_dimensions(
+    width: int, height: int, source: str, *, error: type[MediaError] = VideoDecodeError
+) -> None:
+    """Refuse a picture size read from a header, before a pixel of it is decoded (see `current_max_pixels`)."""
     if width <= 0 or height <= 0 or width > MAX_DIMENSION or height > MAX_DIMENSION:
-        raise VideoDecodeError(
+        raise error(
             f"{source}: picture size {width}x{height} is outside the supported range 1..{MAX_DIMENSION} px per "
             "side; the file is corrupt or not a normal video. Re-encode it at a smaller size "
             "(e.g. ffmpeg -i in -vf scale=-2:720 out.mp4).",
             source,
         )
+    limit = current_max_pixels()
+    if width * height > limit:
+        raise error(
+            f"{source}: the picture is {width}x{height} = {width * height:,} pixels, over the limit of {limit:,} "
+            f"pixels ({limit / 1e6:g} megapixels) per image or video frame. Downscale it (a video: "
+            f"ffmpeg -i in -vf scale=-2:1080 out.mp4), or raise the limit (llamavid serve --max-megapixels, or "
+            f"the {MAX_PIXELS_ENV} environment variable).",
+            source,
+        )
+
+
+def _check_picture(width: int, height: int, sample_aspect_ratio: float, source: str) -> None:
+    """`_check_dimensions` for the coded picture and for the one shown: non-square pixels stretch it."""
+    _check_dimensions(width, height, source)
+    shown = _display_size(width, height, 0, sample_aspect_ratio)
+    if shown != (width, height):
+        _check_dimensions(*shown, source)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -399,7 +480,8 @@ def _select_stream(container: Any, name: str, seekable: bool) -> _OpenVideo:
             f"'{getattr(stream, 'codec_tag', '?')}'). Re-encode to H.264 (ffmpeg -i in -c:v libx264 out.mp4).",
             name,
         )
-    _check_dimensions(codec_context.width, codec_context.height, name)
+    # From the stream header: a frame over the pixel limit is refused before any is decoded.
+    _check_picture(codec_context.width, codec_context.height, _frame_sar(None, stream), name)
     stream.thread_type = "AUTO"
 
     container_start = container.start_time / 1_000_000 if container.start_time is not None else None
@@ -533,6 +615,7 @@ def probe_video(path: str | os.PathLike[str], *, timeout: float = 30.0) -> Video
     package_root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
     env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env[MAX_PIXELS_ENV] = str(current_max_pixels())  # the child refuses oversized frames from the header
     command = [sys.executable, "-m", "llamavid.data._probe", os.path.abspath(name)]
     try:
         completed = subprocess.run(command, capture_output=True, timeout=timeout, env=env, check=False)
@@ -584,6 +667,7 @@ def _iter_pyav(
     seek_allowed = opened.seekable
     kept = bad_packets = 0
     warned_timestamps = False
+    checked_size: tuple[int, int, float] | None = None
     packets = _skip_to_keyframes(container.demux(stream), opened, selector, gop)
     while True:
         try:
@@ -622,8 +706,10 @@ def _iter_pyav(
                     )
                     warned_timestamps = True
                 ts = 0.0 if previous_ts is None else previous_ts + 1.0 / rate
-            if previous_ts is None and kept == 0:
-                _check_dimensions(frame.width, frame.height, name)  # headers can lie about the size
+            size = (frame.width, frame.height, _frame_sar(frame, stream))
+            if size != checked_size:  # headers can lie about the size, and it can change mid-stream
+                _check_picture(*size, name)
+                checked_size = size
             previous_ts = ts
             if selector.accept(ts):
                 rgb = frame.to_ndarray(format="rgb24")
@@ -955,19 +1041,33 @@ def load_image(path: str | os.PathLike[str]) -> Frames:
 
     Grayscale, palette and alpha images become RGB; EXIF orientation is applied (phone photos); an animated
     GIF or WebP contributes its first frame, as an image model expects one picture.
+
+    The size is read from the header and checked against :func:`current_max_pixels` before decoding, so a
+    small file declaring a huge picture (a decompression bomb) costs nothing. Pillow's own guard also applies:
+    it refuses more than twice ``PIL.Image.MAX_IMAGE_PIXELS`` (about 179 megapixels) whatever the limit here.
+
+    Raises:
+        MediaError: Missing, empty or unreadable file, or a picture over the pixel limit.
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     p = _check_path(path)
     try:
-        with Image.open(p) as image:
-            _check_dimensions(image.width, image.height, str(p))
+        with Image.open(p) as image:  # reads the header only
+            _check_dimensions(image.width, image.height, str(p), error=MediaError)
             image.seek(0)
             rgb = ImageOps.exif_transpose(image).convert("RGB")
             array = np.asarray(rgb, dtype=np.uint8)
     except MediaError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except Image.DecompressionBombError as error:
+        limit = current_max_pixels()
+        raise MediaError(
+            f"{p}: the picture is too large to decode safely ({error}); at most {limit:,} pixels "
+            f"({limit / 1e6:g} megapixels) are accepted per image. Downscale it.",
+            p,
+        ) from error
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise MediaError(
             f"{p}: cannot read as an image ({type(error).__name__}: {error}). Expected JPEG, PNG, WebP, BMP, "
             "GIF or TIFF; the file may be truncated.",

@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from llamavid.data.video import MAX_PIXELS, pixel_limit
 from llamavid.errors import InvalidInputError, LlamaVidError, LlamaVidRuntimeError
 from llamavid.inference.engine import Engine, GenerationRequest
 from llamavid.inference.media import PreparedMedia
@@ -100,6 +101,7 @@ class ServerConfig:
     max_frames: int | None = 256
     media_cache_size: int = 4
     probe_timeout: float = 30.0
+    max_pixels: int = MAX_PIXELS
 
     def __post_init__(self) -> None:
         checks = {
@@ -111,6 +113,7 @@ class ServerConfig:
             "--max-upload-mb": self.max_upload_bytes > 0,
             "--fps": self.fps > 0,
             "--max-frames": self.max_frames is None or self.max_frames >= 1,
+            "--max-megapixels": self.max_pixels >= 1,
         }
         for flag, ok in checks.items():
             if not ok:
@@ -249,14 +252,16 @@ class MediaResolver:
 
     def _load(self, path: Path, shown_as: str) -> PreparedMedia:
         try:
-            return self.engine.load_media(
-                path,
-                fps=self.config.fps,
-                max_frames=self.config.max_frames,
-                untrusted=True,
-                probe_timeout=self.config.probe_timeout,
-                max_duration=self.config.max_video_seconds,
-            )
+            # Images and video frames over the limit are refused from their headers, before decoding.
+            with pixel_limit(self.config.max_pixels):
+                return self.engine.load_media(
+                    path,
+                    fps=self.config.fps,
+                    max_frames=self.config.max_frames,
+                    untrusted=True,
+                    probe_timeout=self.config.probe_timeout,
+                    max_duration=self.config.max_video_seconds,
+                )
         except ValueError as error:  # MediaError included: the file is the client's problem
             raise APIError(400, str(error).replace(str(path), shown_as), code="invalid_media") from None
 
