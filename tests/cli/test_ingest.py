@@ -239,7 +239,6 @@ def _info(cache: Path, *flags: str, capsys: pytest.CaptureFixture[str]) -> tuple
     return rows, capsys.readouterr().out
 
 
-@pytest.mark.xfail(strict=True, reason="re-ingest rebuilds every chunk; --info cannot see a corrupted chunk")
 def test_corrupted_chunk_is_listed_and_reingest_repairs_only_it(
     tmp_path: Path, two_chunk_video: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -273,7 +272,9 @@ def test_corrupted_chunk_is_listed_and_reingest_repairs_only_it(
 
 
 @pytest.mark.xfail(
-    strict=True, reason="ask fails on a chunk that fails its checksum instead of re-encoding it"
+    strict=True,
+    reason="ask fails on a chunk that fails its checksum: Engine._cache_entry must call FeatureCache.ensure "
+    "instead of lookup + ingest (engine.py is outside this change)",
 )
 def test_ask_reencodes_a_corrupted_chunk(
     tmp_path: Path, two_chunk_video: Path, capsys: pytest.CaptureFixture[str]

@@ -175,9 +175,13 @@ def test_corrupted_entry_is_rejected(tmp_path: Path, clip: Path, damage: str) ->
     assert hit is None and expected in reason
     with pytest.raises(CacheEntryError, match=expected):
         cache.open(key)
-    # Re-ingesting repairs the entry.
-    repaired = cache.ingest(clip, FakeEncoder(), fps=2)
+    # Re-ingesting repairs the entry: a bad chunk of a sound sidecar alone, else everything.
+    encoder = FakeEncoder()
+    repaired = cache.ingest(clip, encoder, fps=2)
     assert not repaired.hit and cache.open(key).num_frames == 40
+    chunk_damage = damage in ("flip_byte", "truncate", "delete")
+    assert repaired.encoded_chunks == (1 if chunk_damage else 5)
+    assert encoder.frames_seen == (list(range(16, 24)) if chunk_damage else list(range(40)))
 
 
 def test_corruption_after_open_is_caught_while_streaming(tmp_path: Path, clip: Path) -> None:
@@ -253,3 +257,80 @@ def test_write_failure_names_the_cache_and_keeps_finished_chunks(
     assert (report.reused_chunks, report.encoded_chunks) == (2, 3) and rerun.frames_seen == list(
         range(16, 40)
     )
+
+
+def _damage(path: Path, how: str) -> None:
+    if how == "flip":
+        data = bytearray(path.read_bytes())
+        data[-1] ^= 0x01
+        path.write_bytes(bytes(data))
+    else:
+        path.unlink()
+
+
+def test_verify_reports_every_bad_chunk(tmp_path: Path, clip: Path) -> None:
+    cache = FeatureCache(tmp_path, chunk_frames=8)
+    entry = cache.ingest(clip, FakeEncoder(), fps=2).entry
+    assert cache.verify(entry.digest).ok
+    _damage(entry.path / "chunk_00001.safetensors", "flip")
+    _damage(entry.path / "chunk_00003.safetensors", "delete")
+    cheap = cache.verify(entry.digest, checksums=False)
+    assert [bad.index for bad in cheap.bad_chunks] == [3] and "missing" in cheap.bad_chunks[0].problem
+    full = cache.verify(cache.make_key(clip, FakeEncoder(), fps=2))
+    assert [(bad.index, bad.file) for bad in full.bad_chunks] == [
+        (1, "chunk_00001.safetensors"),
+        (3, "chunk_00003.safetensors"),
+    ]
+    assert "checksum" in full.bad_chunks[0].problem and full.repairable and not full.ok
+    other_key = cache.make_key(clip, FakeEncoder("enc-b"), fps=2)
+    assert cache.verify(other_key).problem is not None and not cache.verify(other_key).repairable
+    states = {row["digest"]: row for row in cache.list_entries(checksums=True)}
+    assert states[entry.digest]["state"] == "corrupted"
+    assert states[entry.digest]["bad_chunks"] == ["chunk_00001.safetensors", "chunk_00003.safetensors"]
+    assert cache.list_entries()[0]["bad_chunks"] == ["chunk_00003.safetensors"]  # sizes only
+
+
+def test_ensure_reencodes_only_bad_chunks_and_decodes_no_further(
+    tmp_path: Path, clip: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import llamavid.data.feature_cache as feature_cache
+
+    srt = tmp_path / "clip.srt"
+    srt.write_text("1\n00:00:01,000 --> 00:00:02,200\nhello there\n")
+    cache = FeatureCache(tmp_path / "cache", chunk_frames=8)
+    entry = cache.ingest(clip, FakeEncoder(), fps=2, subtitles=srt).entry
+    reference = entry.load_features("np")
+    _damage(entry.path / "chunk_00001.safetensors", "flip")
+    _damage(entry.path / "chunk_00002.safetensors", "delete")
+    decoded: list[int] = []
+    real_iter = feature_cache.iter_video_frames
+
+    def counting(*args, **kwargs):
+        for frames in real_iter(*args, **kwargs):
+            decoded.append(len(frames))
+            yield frames
+
+    monkeypatch.setattr(feature_cache, "iter_video_frames", counting)
+    encoder = FakeEncoder()
+    report = cache.ensure(clip, encoder, fps=2, batch_size=8)
+    assert not report.hit and (report.encoded_chunks, report.reused_chunks) == (2, 3)
+    assert encoder.frames_seen == list(range(8, 24)) and decoded == [8, 8, 8]  # chunks 3 and 4 not decoded
+    assert "2 bad chunk(s)" in report.miss_reason
+    assert cache.verify(entry.digest).ok and report.entry.frame_texts[4] == "hello there"
+    np.testing.assert_array_equal(cache.open(entry.digest).load_features("np"), reference)
+    again = FakeEncoder()
+    assert cache.ensure(clip, again, fps=2).hit and again.calls == 0
+
+
+def test_interrupted_repair_leaves_a_valid_entry_and_carries_on(tmp_path: Path, clip: Path) -> None:
+    cache = FeatureCache(tmp_path, chunk_frames=8)
+    entry = cache.ingest(clip, FakeEncoder(), fps=2).entry
+    _damage(entry.path / "chunk_00000.safetensors", "flip")
+    _damage(entry.path / "chunk_00004.safetensors", "flip")
+    with pytest.raises(KeyboardInterrupt):
+        cache.ensure(clip, FakeEncoder(fail_after=1), fps=2, batch_size=8)
+    assert [bad.index for bad in cache.verify(entry.digest).bad_chunks] == [4]
+    rerun = FakeEncoder()
+    report = cache.ensure(clip, rerun, fps=2, batch_size=8)
+    assert report.encoded_chunks == 1 and rerun.frames_seen == list(range(32, 40))
+    assert cache.verify(entry.digest).ok

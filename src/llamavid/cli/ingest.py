@@ -40,30 +40,60 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--max-frames", type=int, help="sample at most this many frames, uniformly over the video"
     )
     parser.add_argument("--batch-size", type=int, default=16, help="frames per encoder call (default 16)")
-    parser.add_argument("--info", action="store_true", help="list cached entries instead of ingesting")
+    parser.add_argument(
+        "--info",
+        action="store_true",
+        help="list cached entries instead of ingesting (chunk sizes are checked: truncated or missing chunks "
+        "show the entry as corrupted)",
+    )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="with --info, also check every chunk's sha256 (reads the whole cache); ingesting a corrupted "
+        "entry's video again re-encodes only its bad chunks",
+    )
     add_engine_arguments(parser, media=False, output=False, sampling=False)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.set_defaults(func=run)
 
 
-def _print_info(cache: Any, as_json: bool) -> int:
-    rows = cache.list_entries()
+def _repair_command(row: dict[str, Any]) -> str:
+    """The ingest command that made a corrupted entry, as far as the entry knows it (not the model)."""
+    command = f"llamavid ingest {row['source']}"
+    if row.get("fps") is not None:
+        command += f" --fps {row['fps']:g}"
+    if row.get("max_frames") is not None:
+        command += f" --max-frames {row['max_frames']}"
+    return command
+
+
+def _print_info(cache: Any, as_json: bool, checksums: bool) -> int:
+    rows = cache.list_entries(checksums=checksums)
     if as_json:
-        print(json.dumps({"cache_dir": str(cache.root), "entries": rows}))
+        print(json.dumps({"cache_dir": str(cache.root), "checksums_verified": checksums, "entries": rows}))
         return 0
-    print(f"cache: {cache.root} ({len(rows)} entries)")
+    checked = "sizes and sha256 checked" if checksums else "sizes checked; --verify also checks sha256"
+    print(f"cache: {cache.root} ({len(rows)} entries; {checked})")
     for row in rows:
-        if row.get("complete"):
+        state = row.get("state")
+        if state == "complete":
             print(
                 f"  {row['digest'][:12]}  {row['num_frames']:>6} frames @ {row['fps']} fps  "
                 f"{row['bytes'] / 2**20:8.1f} MiB  {row['source']}"
             )
+        elif state == "corrupted":
+            bad = row["bad_chunks"]
+            print(
+                f"  {row['digest'][:12]}  corrupted: {len(bad)} bad chunk(s) ({', '.join(bad)}: "
+                f"{row['problem'].rsplit(': ', 1)[-1]}); `{_repair_command(row)}` (with the same --model) "
+                f"re-encodes only those  {row['source']}"
+            )
         else:
             done = row.get("finished_chunks")
-            state = (
+            text = (
                 f"unfinished ({done} chunks done)" if done is not None else f"unusable: {row.get('problem')}"
             )
-            print(f"  {row['digest'][:12]}  {state}  {row.get('source') or ''}")
+            print(f"  {row['digest'][:12]}  {text}  {row.get('source') or ''}")
     return 0
 
 
@@ -72,7 +102,11 @@ def run(args: argparse.Namespace) -> int:
 
     cache = FeatureCache(args.cache_dir)  # --info needs no model
     if args.info:
-        return _print_info(cache, args.json)
+        return _print_info(cache, args.json, args.verify)
+    if args.verify:
+        raise CommandError(
+            "--verify goes with --info (ingesting always checks the entry's checksums and re-encodes bad chunks)."
+        )
     if not args.video:
         raise CommandError("give a VIDEO to ingest, or --info to list the cache.")
     if args.fps <= 0:

@@ -16,7 +16,8 @@ On-disk layout of one entry, ``<root>/<digest>/``::
 
 A reader accepts an entry only if ``meta.json`` says complete, the format version matches, every chunk exists with
 the recorded size and (when verified) sha256. Anything else is a miss with a reason, or :class:`CacheEntryError`
-when an entry is opened explicitly.
+when an entry is opened explicitly. :meth:`FeatureCache.verify` lists every bad chunk, and :meth:`FeatureCache.ensure`
+(what readers call) re-encodes only those when the sidecar itself is sound; the rest of the entry is kept.
 
 This module never imports the model package: the encoder is any object with ``encoder_id``, ``preprocessing_id``
 and ``__call__(frames uint8 (T, H, W, 3)) -> (T, 1+N, C)`` (see ``llamavid.inference.media.FrameEncoder``).
@@ -355,6 +356,7 @@ class CacheEntry:
             "source": self.meta["source"]["path"],
             "video_sha256": self.meta["key"]["video_sha256"],
             "fps": self.meta["key"]["fps"],
+            "max_frames": self.meta["key"].get("max_frames"),
             "num_frames": self.num_frames,
             "duration": self.meta.get("duration"),
             "feature_shape": list(self.feature_shape),
@@ -384,6 +386,21 @@ def _check_chunk(path: Path, chunk: Mapping[str, Any], *, checksum: bool, entry:
         )
 
 
+def _bad_chunks(
+    path: Path, meta: Mapping[str, Any], *, checksums: bool, stop_at_first: bool = False
+) -> list[BadChunk]:
+    """The chunks of a sound sidecar that are missing, of the wrong size or (with `checksums`) corrupted."""
+    bad: list[BadChunk] = []
+    for index, chunk in enumerate(meta["chunks"]):
+        try:
+            _check_chunk(path / chunk["file"], chunk, checksum=checksums, entry=path)
+        except CacheEntryError as error:
+            bad.append(BadChunk(index, str(chunk["file"]), str(error)))
+            if stop_at_first:
+                break
+    return bad
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         value = json.loads(path.read_text())
@@ -392,6 +409,48 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise CacheEntryError(f"{path} does not hold a JSON object.")
     return value
+
+
+@dataclass(frozen=True)
+class BadChunk:
+    """A chunk of an otherwise sound entry that cannot be used (missing, wrong size, failing its checksum)."""
+
+    index: int
+    file: str
+    problem: str
+
+
+@dataclass
+class VerifyReport:
+    """What :meth:`FeatureCache.verify` found in one entry.
+
+    Attributes:
+        path: the entry folder.
+        problem: why the entry as a whole cannot be used (no sidecar, unfinished, marked incomplete, another format
+            version, a stale key, a malformed sidecar), else None. Such an entry is ingested again (resuming the
+            finished chunks of an interrupted run), not repaired chunk by chunk.
+        bad_chunks: the chunks to re-encode in an entry whose sidecar is sound.
+        checksums: whether chunk contents were hashed (else only their presence and sizes were checked).
+        meta: the parsed sidecar when `problem` is None.
+    """
+
+    path: Path
+    problem: str | None
+    bad_chunks: list[BadChunk]
+    checksums: bool
+    meta: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None and not self.bad_chunks
+
+    @property
+    def repairable(self) -> bool:
+        return self.problem is None and bool(self.bad_chunks)
+
+
+class _RepairImpossibleError(Exception):
+    """A bad chunk cannot be re-encoded in place (the video now decodes to other frames): rebuild the entry."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -438,6 +497,81 @@ class FeatureCache:
             verify_checksums: hash every chunk now (reads the whole entry once). With False, sizes are checked
                 now and checksums as chunks are streamed by :meth:`CacheEntry.iter_chunks`.
         """
+        path, meta = self._read_meta(key)
+        bad = _bad_chunks(path, meta, checksums=verify_checksums, stop_at_first=True)
+        if bad:
+            raise CacheEntryError(bad[0].problem)
+        entry = CacheEntry(path, meta)
+        if verify_checksums:
+            entry._verified.update(c["file"] for c in meta["chunks"])
+        return entry
+
+    def lookup(self, key: CacheKey, *, verify_checksums: bool = True) -> tuple[CacheEntry | None, str | None]:
+        """``(entry, None)`` on a hit, ``(None, reason)`` on a miss; never returns an unusable entry."""
+        try:
+            return self.open(key, verify_checksums=verify_checksums), None
+        except CacheEntryError as error:
+            return None, str(error)
+
+    def verify(self, key: CacheKey | str, *, checksums: bool = True) -> VerifyReport:
+        """Check one entry and report every bad chunk (where :meth:`open` stops at the first).
+
+        Args:
+            key: a :class:`CacheKey` or an entry digest.
+            checksums: hash every chunk (reads the whole entry); with False only presence and sizes are checked,
+                which is instant but misses a chunk corrupted in place.
+        """
+        try:
+            path, meta = self._read_meta(key)
+        except CacheEntryError as error:
+            return VerifyReport(self.entry_path(key), str(error), [], checksums)
+        return VerifyReport(path, None, _bad_chunks(path, meta, checksums=checksums), checksums, meta)
+
+    def list_entries(self, *, checksums: bool = False) -> list[dict[str, Any]]:
+        """One row per entry folder with its ``state``: complete, corrupted (bad chunks), unfinished or unusable.
+
+        Args:
+            checksums: hash every chunk of every entry (slow: reads the whole cache); by default only chunk sizes
+                are checked, which finds truncated and missing chunks.
+        """
+        rows: list[dict[str, Any]] = []
+        if not self.root.is_dir():
+            return rows
+        for path in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            report = self.verify(path.name, checksums=checksums)
+            if report.meta is not None:
+                row = CacheEntry(path, report.meta).summary()
+                if report.bad_chunks:
+                    row.update(
+                        complete=False,
+                        state="corrupted",
+                        bad_chunks=[bad.file for bad in report.bad_chunks],
+                        problem=report.bad_chunks[0].problem,
+                    )
+                else:
+                    row["state"] = "complete"
+                rows.append(row)
+                continue
+            row = {
+                "digest": path.name,
+                "complete": False,
+                "state": "unusable",
+                "path": str(path),
+                "problem": report.problem,
+            }
+            if (path / _PROGRESS).is_file():
+                row["state"] = "unfinished"
+                try:
+                    progress = _read_json(path / _PROGRESS)
+                    row["source"] = progress.get("source", {}).get("path")
+                    row["finished_chunks"] = len(progress.get("chunks", []))
+                except CacheEntryError:
+                    pass
+            rows.append(row)
+        return rows
+
+    def _read_meta(self, key: CacheKey | str) -> tuple[Path, dict[str, Any]]:
+        """The entry's sidecar, checked on its own (not its chunks); `CacheEntryError` says what is wrong."""
         path = self.entry_path(key)
         meta_path = path / _META
         if not meta_path.is_file():
@@ -466,46 +600,16 @@ class FeatureCache:
                 raise CacheEntryError(
                     f"cache entry {path}: chunks hold {frames} frames, sidecar says {meta['num_frames']}."
                 )
-            for chunk in chunks:
-                _check_chunk(path / chunk["file"], chunk, checksum=verify_checksums, entry=path)
-        except (KeyError, TypeError) as error:
+            for index, chunk in enumerate(chunks):
+                if chunk["file"] != _chunk_name(index) or not str(chunk["sha256"]) or int(chunk["bytes"]) < 0:
+                    raise CacheEntryError(f"cache entry {path}: chunk record {index} is malformed.")
+            tokens, channels = meta["feature_shape"]
+            int(tokens), int(channels)
+        except CacheEntryError:
+            raise
+        except (KeyError, TypeError, ValueError) as error:
             raise CacheEntryError(f"cache entry {path}: malformed sidecar ({error!r}).") from error
-        entry = CacheEntry(path, meta)
-        if verify_checksums:
-            entry._verified.update(c["file"] for c in chunks)
-        return entry
-
-    def lookup(self, key: CacheKey, *, verify_checksums: bool = True) -> tuple[CacheEntry | None, str | None]:
-        """``(entry, None)`` on a hit, ``(None, reason)`` on a miss; never returns an unusable entry."""
-        try:
-            return self.open(key, verify_checksums=verify_checksums), None
-        except CacheEntryError as error:
-            return None, str(error)
-
-    def list_entries(self) -> list[dict[str, Any]]:
-        """One summary per entry folder, complete or not (unfinished ones say how far they got)."""
-        rows: list[dict[str, Any]] = []
-        if not self.root.is_dir():
-            return rows
-        for path in sorted(p for p in self.root.iterdir() if p.is_dir()):
-            try:
-                rows.append(self.open(path.name, verify_checksums=False).summary())
-            except CacheEntryError as error:
-                row: dict[str, Any] = {
-                    "digest": path.name,
-                    "complete": False,
-                    "path": str(path),
-                    "problem": str(error),
-                }
-                if (path / _PROGRESS).is_file():
-                    try:
-                        progress = _read_json(path / _PROGRESS)
-                        row["source"] = progress.get("source", {}).get("path")
-                        row["finished_chunks"] = len(progress.get("chunks", []))
-                    except CacheEntryError:
-                        pass
-                rows.append(row)
-        return rows
+        return path, meta
 
     # Writing ------------------------------------------------------------------------------------------------
     def make_key(
@@ -539,36 +643,195 @@ class FeatureCache:
         batch_size: int = 16,
         progress: Callable[[int, int | None], None] | None = None,
     ) -> IngestReport:
-        """Encode a video's sampled frames into the cache, resuming an interrupted run; a no-op on a hit.
+        """Make the video's entry complete and sound (see :meth:`ensure`), and store subtitles with it.
 
         Args:
             video: the video file.
             encoder: see :class:`FrameEncoderLike`.
             fps / num_frames / max_frames: sampling, as for ``iter_video_frames``.
-            subtitles: a subtitle file or parsed cues, aligned to the frames (docs/architecture.md §4) and stored in the
-                sidecar. They do not change the features, so on a hit they just replace the stored ones.
+            subtitles: a subtitle file or parsed cues, aligned to the frames (docs/architecture.md §4) and stored in
+                the sidecar. They do not change the features, so on a hit they just replace the stored ones.
             batch_size: frames per encoder call (bounds activation memory).
             progress: called as ``progress(frames_done, frames_expected_or_None)`` after each chunk.
 
         Raises:
             MediaError: the video or subtitles are unusable (raised before anything is written).
+            CacheWriteError: the cache folder cannot take the write (a full disk); finished chunks are kept.
         """
-        start = time.perf_counter()
         if batch_size < 1:
             raise InvalidInputError(f"--batch-size must be at least 1, got {batch_size}.")
         info = probe_video(video)  # names the file in every failure: missing, empty, truncated, no stream
         cues, subtitle_source = self._load_cues(subtitles)
         key = self.make_key(video, encoder, fps=fps, num_frames=num_frames, max_frames=max_frames)
-        path = self.entry_path(key)
-        entry, reason = self.lookup(key)
-        if entry is not None:
+        return self._ensure(
+            video, info, key, encoder, batch_size, progress, cues=cues, subtitle_source=subtitle_source
+        )
+
+    def ensure(
+        self,
+        video: str | os.PathLike[str],
+        encoder: FrameEncoderLike,
+        *,
+        fps: float | None = 1.0,
+        num_frames: int | None = None,
+        max_frames: int | None = None,
+        batch_size: int = 16,
+        progress: Callable[[int, int | None], None] | None = None,
+    ) -> IngestReport:
+        """A complete entry for this video, sampling and encoder whose every chunk passes its sha256 check.
+
+        What a reader calls instead of :meth:`lookup` followed by :meth:`ingest`: a sound entry is a hit (its
+        chunks hashed once here, so streaming them later does not hash again); an entry whose sidecar is sound
+        but some chunks are missing, truncated or corrupted gets only those chunks re-encoded, decoding the video
+        no further than the last of them; anything else is encoded, resuming an interrupted run. Subtitles stored
+        with the entry are kept.
+
+        Raises:
+            MediaError: the video is unusable. CacheWriteError: the cache cannot take the write.
+        """
+        if batch_size < 1:
+            raise InvalidInputError(f"--batch-size must be at least 1, got {batch_size}.")
+        info = probe_video(video)
+        key = self.make_key(video, encoder, fps=fps, num_frames=num_frames, max_frames=max_frames)
+        return self._ensure(video, info, key, encoder, batch_size, progress)
+
+    def remove(self, key: CacheKey | str) -> None:
+        """Delete an entry folder (complete or not)."""
+        shutil.rmtree(self.entry_path(key), ignore_errors=True)
+
+    # Internals ----------------------------------------------------------------------------------------------
+    def _ensure(
+        self,
+        video: str | os.PathLike[str],
+        info: Any,
+        key: CacheKey,
+        encoder: FrameEncoderLike,
+        batch_size: int,
+        progress: Callable[[int, int | None], None] | None,
+        *,
+        cues: list[SubtitleCue] | None = None,
+        subtitle_source: str | None = None,
+    ) -> IngestReport:
+        start = time.perf_counter()
+        report = self.verify(key, checksums=True)
+        if report.ok:
+            assert report.meta is not None
+            entry = CacheEntry(report.path, report.meta)
+            entry._verified.update(c["file"] for c in entry.meta["chunks"])
             if cues is not None:
                 entry.meta["subtitles"] = self._subtitle_meta(cues, subtitle_source, entry.timestamps, info)
-                self._write_json(path / _META, entry.meta)
+                self._write_json(entry.path / _META, entry.meta)
             if progress:
                 progress(entry.num_frames, entry.num_frames)
             return IngestReport(entry, True, 0, 0, time.perf_counter() - start)
+        reason = report.problem
+        if report.repairable:
+            try:
+                return self._repair(
+                    video, info, key, report, encoder, batch_size, progress, cues, subtitle_source, start
+                )
+            except _RepairImpossibleError as error:
+                logger.warning("%s; encoding the whole video again.", error)
+                reason = str(error)
+        return self._encode(
+            video, info, key, encoder, batch_size, progress, cues, subtitle_source, start, reason
+        )
 
+    def _repair(
+        self,
+        video: str | os.PathLike[str],
+        info: Any,
+        key: CacheKey,
+        report: VerifyReport,
+        encoder: FrameEncoderLike,
+        batch_size: int,
+        progress: Callable[[int, int | None], None] | None,
+        cues: list[SubtitleCue] | None,
+        subtitle_source: str | None,
+        start: float,
+    ) -> IngestReport:
+        """Re-encode only the bad chunks of an entry whose sidecar is sound, rewriting the sidecar after each.
+
+        The decoder cannot start mid-video, so frames are decoded from the start, but only up to the last bad
+        chunk, and only the bad chunks go through the encoder. An interrupted repair leaves a valid entry in which
+        the chunks not yet repaired are still bad, so the next run carries on.
+        """
+        path, meta = report.path, report.meta
+        assert meta is not None
+        chunks: list[dict[str, Any]] = meta["chunks"]
+        bad = {item.index for item in report.bad_chunks}
+        logger.warning(
+            "cache entry %s: re-encoding %d of %d chunks (%s)",
+            path,
+            len(bad),
+            len(chunks),
+            "; ".join(item.problem.rsplit(": ", 1)[-1] for item in report.bad_chunks),
+        )
+        if cues is not None:
+            meta["subtitles"] = self._subtitle_meta(
+                cues, subtitle_source, np.asarray(meta["timestamps"]), info
+            )
+        offsets = np.concatenate([[0], np.cumsum([int(c["frames"]) for c in chunks])]).tolist()
+        # Every chunk but the last holds the chunk size the entry was written with.
+        chunk_frames = int(chunks[0]["frames"])
+        last_bad = max(bad)
+        repaired = 0
+        decoded = iter_video_frames(
+            video, fps=key.fps, num_frames=key.num_frames, max_frames=key.max_frames, chunk_size=chunk_frames
+        )
+        try:
+            for index, frames in enumerate(decoded):
+                if index not in bad:
+                    continue
+                recorded = meta["timestamps"][offsets[index] : offsets[index + 1]]
+                if len(frames) != len(recorded) or not np.allclose(frames.timestamps, recorded, atol=1e-6):
+                    raise _RepairImpossibleError(
+                        f"cache entry {path}: {video} now decodes to other frames for chunk {index}"
+                    )
+                record = self._encode_chunk(path, index, frames, encoder, batch_size)
+                if record["feature_shape"] != [int(n) for n in meta["feature_shape"]]:
+                    raise _RepairImpossibleError(
+                        f"cache entry {path}: the encoder now gives features of shape {record['feature_shape']}"
+                    )
+                chunks[index] = {k: v for k, v in record.items() if k not in ("timestamps", "feature_shape")}
+                self._write_json(path / _META, meta)
+                repaired += 1
+                if progress:
+                    progress(int(offsets[index + 1]), int(meta["num_frames"]))
+                if index == last_bad:
+                    break  # the chunks after it are sound: stop decoding
+        finally:
+            close = getattr(decoded, "close", None)
+            if close is not None:
+                close()  # releases the container now rather than when the generator is collected
+        if repaired != len(bad):
+            raise _RepairImpossibleError(
+                f"cache entry {path}: {video} gave fewer chunks than the entry holds ({len(chunks)})"
+            )
+        entry = CacheEntry(path, meta)
+        entry._verified.update(c["file"] for c in chunks)  # hashed by verify(), or just written from memory
+        logger.info("repaired %s: %d chunks re-encoded, %d kept", path, repaired, len(chunks) - repaired)
+        problems = f"{len(bad)} bad chunk(s): {report.bad_chunks[0].problem}"
+        return IngestReport(
+            entry, False, repaired, len(chunks) - repaired, time.perf_counter() - start, problems
+        )
+
+    def _encode(
+        self,
+        video: str | os.PathLike[str],
+        info: Any,
+        key: CacheKey,
+        encoder: FrameEncoderLike,
+        batch_size: int,
+        progress: Callable[[int, int | None], None] | None,
+        cues: list[SubtitleCue] | None,
+        subtitle_source: str | None,
+        start: float,
+        reason: str | None,
+    ) -> IngestReport:
+        """Encode the whole entry, resuming the finished chunks of an interrupted run with the same key."""
+        path = self.entry_path(key)
+        fps, num_frames, max_frames = key.fps, key.num_frames, key.max_frames
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -646,20 +909,10 @@ class FeatureCache:
             encoded,
             len(done),
         )
-        return IngestReport(
-            self.open(key, verify_checksums=False),
-            False,
-            encoded,
-            len(done),
-            time.perf_counter() - start,
-            reason,
-        )
+        entry = CacheEntry(path, meta)
+        entry._verified.update(c["file"] for c in meta["chunks"])  # resumed ones were hashed on the way in
+        return IngestReport(entry, False, encoded, len(done), time.perf_counter() - start, reason)
 
-    def remove(self, key: CacheKey | str) -> None:
-        """Delete an entry folder (complete or not)."""
-        shutil.rmtree(self.entry_path(key), ignore_errors=True)
-
-    # Internals ----------------------------------------------------------------------------------------------
     def _write(self, path: Path, data: bytes, *, remaining: int | None = None) -> None:
         """Atomic write; a failure (full disk above all) becomes a `CacheWriteError` saying what to do."""
         try:
