@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +35,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--random", action="store_true", help="use a random tiny model instead of the trained one"
     )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder to keep the generated clip in (default: a new temporary folder, printed)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.set_defaults(func=run)
 
@@ -42,13 +49,15 @@ def run(args: argparse.Namespace) -> int:
     from transformers.utils import logging as transformers_logging
 
     from llamavid.data import decode_video
-    from llamavid.demo import synthetic_question_clip, write_clip, write_demo_video
+    from llamavid.demo import SAMPLE_FRAME_SIZE, encode_mp4, synthetic_question_clip, write_demo_video
     from llamavid.errors import InvalidInputError
     from llamavid.inference.engine import Engine
     from llamavid.inference.loading import default_model_path
 
     if args.frames < 1:
         raise InvalidInputError(f"--frames must be at least 1, got {args.frames}.")
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise InvalidInputError(f"--out {args.out} is a file; name a folder to keep the clip in.")
     transformers_logging.disable_progress_bar()
     start = time.perf_counter()
     trained = default_model_path() is not None and not args.random
@@ -57,26 +66,28 @@ def run(args: argparse.Namespace) -> int:
         if trained
         else Engine.random(seed=0, device="cpu")
     )
-    with tempfile.TemporaryDirectory(prefix="llamavid-demo-") as folder:
-        if trained:
-            frames, question, expected = synthetic_question_clip(args.seed)
-            path = write_clip(frames, Path(folder) / "clip.mkv")
-            description = (
-                f"generated {len(frames)}-second clip of the synthetic world (held-out seed {args.seed})"
-            )
-        else:
-            path = write_demo_video(Path(folder) / "clip.mp4", seconds=args.frames)
-            question, expected = "Which way does the red square move?", None
-            description = f"generated {args.frames}-second MP4: a red square moving right"
-        question = args.question or question
-        if args.question:
-            expected = None
-        # The real path: a video file on disk, decoded and sampled at 1 fps like the paper.
-        video = decode_video(path, fps=1.0)
-        answer = engine.ask(video, question, temperature=0, max_new_tokens=args.max_new_tokens)
+    folder = args.out if args.out is not None else Path(tempfile.mkdtemp(prefix="llamavid-demo-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    if trained:
+        frames, question, expected = synthetic_question_clip(args.seed, size=SAMPLE_FRAME_SIZE)
+        path = encode_mp4(frames, folder / "clip.mp4")
+        description = (
+            f"generated {len(frames)}-second clip of the synthetic world (held-out seed {args.seed})"
+        )
+    else:
+        path = write_demo_video(folder / "clip.mp4", seconds=args.frames)
+        question, expected = "Which way does the red square move?", None
+        description = f"generated {args.frames}-second MP4: a red square moving right"
+    question = args.question or question
+    if args.question:
+        expected = None
+    # The real path: a video file on disk, decoded and sampled at 1 fps like the paper.
+    video = decode_video(path, fps=1.0)
+    answer = engine.ask(video, question, temperature=0, max_new_tokens=args.max_new_tokens)
     result = {
         "model": engine.name if trained else "random tiny LLaMA-VID (untrained: its answer is noise)",
         "video": description,
+        "path": str(path),
         "frames": len(video),
         "visual_tokens": answer.visual_tokens,
         "question": question,
@@ -91,10 +102,13 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"video:    {description} -> {len(video)} frames at 1 fps, {answer.visual_tokens} visual tokens (2 per frame)"
     )
+    print(f"file:     {path}")
     print(f"question: {question}")
     print(f"answer:   {answer.text}")
     if expected is not None:
         verdict = "correct" if expected in answer.text.lower().split() else "wrong"
         print(f"expected: {expected} ({verdict})")
     print(f"({result['seconds']} s on cpu)")
+    print(f'next:     llamavid ask {shlex.quote(str(path))} "your question" --temperature 0')
+    print("          llamavid sample DIR   (a clip, a 10-minute movie with subtitles, questions to try)")
     return 0
