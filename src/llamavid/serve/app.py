@@ -19,6 +19,7 @@ import base64
 import binascii
 import contextlib
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -118,6 +119,10 @@ class ServerConfig:
         for flag, ok in checks.items():
             if not ok:
                 raise InvalidInputError(f"{flag} must be positive (batch size, queue and frames at least 1).")
+        if self.api_key is not None and not self.api_key.strip():
+            raise InvalidInputError(
+                "--api-key is empty; pass a secret key, or leave the flag out for no key."
+            )
         for root in self.allowed_roots:
             if not Path(root).is_dir():
                 raise InvalidInputError(
@@ -137,10 +142,10 @@ class APIError(LlamaVidError, Exception):
         self.kind = kind
         self.code = code
 
-    def response(self) -> JSONResponse:
-        headers = {"Retry-After": "1"} if self.status == 429 else None
+    def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
+        headers = {**({"Retry-After": "1"} if self.status == 429 else {}), **(headers or {})}
         body = {"error": {"message": self.message, "type": self.kind, "param": None, "code": self.code}}
-        return JSONResponse(body, status_code=self.status, headers=headers)
+        return JSONResponse(body, status_code=self.status, headers=headers or None)
 
 
 # Request schema (OpenAI chat completions + vLLM's video_url part) -------------------------------------------------
@@ -322,12 +327,50 @@ class MediaResolver:
         path = Path(real)
         if not path.exists():
             raise APIError(400, f"{requested}: no such file under the allowed media folders.")
+        if not path.is_file():
+            # A folder would be read as a folder of frames (any number of images), a FIFO or device would block.
+            raise APIError(
+                400,
+                f"{requested} is a {'folder' if path.is_dir() else 'special file'}, not a media file; "
+                "name one video or image file.",
+                code="invalid_media",
+            )
         stat = path.stat()
         key = ("file", real, stat.st_mtime_ns, stat.st_size)
         return self._cached(key, lambda: self._load(path, requested))
 
 
 # The application -------------------------------------------------------------------------------------------------
+class APIKeyMiddleware:
+    """Answer 401 to a request without the API key before anything else happens (pure ASGI, outermost).
+
+    Nothing of an unauthenticated request is read: not its body (which the body limit would otherwise buffer),
+    not its JSON. The 401 closes the connection rather than draining what the client is still sending. Every
+    path but ``/health`` needs the key. The scheme is case-insensitive (``bearer`` works, as in RFC 9110) and the
+    key is compared in constant time.
+    """
+
+    def __init__(self, app: Any, api_key: str) -> None:
+        self.app = app
+        self.key = api_key.encode()
+
+    def authorized(self, scope: dict) -> bool:
+        values = [value for name, value in scope.get("headers") or [] if name.lower() == b"authorization"]
+        if len(values) != 1:
+            return False
+        scheme, _, token = values[0].strip().partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key)
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or scope["path"] == "/health" or self.authorized(scope):
+            await self.app(scope, receive, send)
+            return
+        refused = APIError(
+            401, "missing or wrong API key; send 'Authorization: Bearer <key>'.", kind="authentication_error"
+        )
+        await refused.response({"Connection": "close", "WWW-Authenticate": "Bearer"})(scope, receive, send)
+
+
 class BodyLimitMiddleware:
     """Refuse request bodies over `limit` bytes with 413, before any parsing (pure ASGI, buffers the body)."""
 
@@ -344,7 +387,7 @@ class BodyLimitMiddleware:
         )
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await too_large.response()(scope, receive, send)
+            await too_large.response({"Connection": "close"})(scope, receive, send)
             return
         chunks, size, more = [], 0, True
         while more:
@@ -354,7 +397,7 @@ class BodyLimitMiddleware:
             body = message.get("body", b"")
             size += len(body)
             if size > self.limit:
-                await too_large.response()(scope, receive, send)
+                await too_large.response({"Connection": "close"})(scope, receive, send)
                 return
             chunks.append(body)
             more = message.get("more_body", False)
@@ -423,6 +466,8 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
     app = FastAPI(title="llamavid", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.engine, app.state.scheduler, app.state.config = engine, scheduler, config
     app.add_middleware(BodyLimitMiddleware, limit=config.max_upload_bytes)
+    if config.api_key is not None:
+        app.add_middleware(APIKeyMiddleware, api_key=config.api_key)  # added last, so it runs first
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, error: APIError) -> JSONResponse:
@@ -439,24 +484,12 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
     async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         return APIError(error.status_code, str(error.detail), kind="not_found_error").response()
 
-    def check_key(request: Request) -> None:
-        if config.api_key is None:
-            return
-        header = request.headers.get("authorization", "")
-        if header != f"Bearer {config.api_key}":
-            raise APIError(
-                401,
-                "missing or wrong API key; send 'Authorization: Bearer <key>'.",
-                kind="authentication_error",
-            )
-
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": engine.name, "queued": scheduler.queued()}
 
     @app.get("/v1/models")
-    async def models(request: Request) -> dict[str, Any]:
-        check_key(request)
+    async def models() -> dict[str, Any]:
         return {
             "object": "list",
             "data": [{"id": engine.name, "object": "model", "created": 0, "owned_by": "llamavid"}],
@@ -464,9 +497,8 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(
-        request: Request, body: ChatCompletionRequest
+        body: ChatCompletionRequest,
     ) -> JSONResponse | StreamingResponse:
-        check_key(request)
         arrived = time.monotonic()
         if body.model not in (None, engine.name):
             raise APIError(
