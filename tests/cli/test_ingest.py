@@ -291,3 +291,42 @@ def test_ask_reencodes_a_corrupted_chunk(
     assert code == 0, captured.err
     assert json.loads(captured.out)["feature_cache"] == entry.name
     assert _info(cache, "--verify", capsys=capsys)[0][0]["state"] == "complete"
+
+
+CHINESE_CUES = [
+    "你好，世界！今天天气很好。",
+    "我们去公园散步吧。",
+    "这部电影讲的是一个小女孩和她的狗。",
+    "他们一起走过了很多地方，看到了很多风景。",
+]
+
+
+def _chinese_srt(cues: list[str]) -> str:
+    return "".join(
+        f"{i + 1}\n00:00:0{i + 1},000 --> 00:00:0{i + 1},900\n{text}\n\n" for i, text in enumerate(cues)
+    )
+
+
+@pytest.mark.xfail(strict=True, reason="GB2312 subtitles are decoded as Windows-1252; no --subtitle-encoding")
+def test_ingest_reads_gb2312_subtitles_or_asks_for_their_encoding(
+    tmp_path: Path, media: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache = tmp_path / "cache"
+    args = ["ingest", str(media["good"]), "--fps", "2", "--cache-dir", str(cache), "--json", "-q"]
+    detected = tmp_path / "film.zh.srt"
+    detected.write_bytes(_chinese_srt(CHINESE_CUES).encode("gb2312"))
+    assert main([*args, "--subtitles", str(detected)]) == 0
+    entry = Path(json.loads(capsys.readouterr().out)["entry"])
+    stored = json.loads((entry / "meta.json").read_text(encoding="utf-8"))["subtitles"]
+    assert [cue["text"] for cue in stored["cues"]] == CHINESE_CUES
+
+    # Two characters cannot tell GB2312 from EUC-KR or EUC-JP: refuse, naming the file and the flag.
+    short = tmp_path / "short.srt"
+    short.write_bytes(_chinese_srt(["你好", "再见"]).encode("gb2312"))
+    assert main([*args, "--subtitles", str(short)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "short.srt" in lines[0] and "--subtitle-encoding" in lines[0], lines
+    assert main([*args, "--subtitles", str(short), "--subtitle-encoding", "gb2312"]) == 0
+    capsys.readouterr()
+    stored = json.loads((entry / "meta.json").read_text(encoding="utf-8"))["subtitles"]
+    assert [cue["text"] for cue in stored["cues"]] == ["你好", "再见"]
