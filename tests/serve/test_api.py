@@ -291,3 +291,48 @@ def test_api_key_and_disabled_file_urls(serving_engine, demo_video_path):
             timeout=60,
         )
         assert response.status_code == 403 and "--allowed-root" in response.json()["error"]["message"]
+
+
+SUBTITLES_SRT = (
+    "1\n00:00:00,000 --> 00:00:02,000\nA red square appears.\n\n"
+    "2\n00:00:02,000 --> 00:00:04,000\nIt slides to the right.\n"
+)
+
+
+@pytest.mark.xfail(strict=True, reason="the server takes no per-request media options and reports no frames")
+def test_media_options_through_extra_body(server, client, serving_engine, media_root):
+    clip = media_root / "clip.mp4"
+    part = {"type": "video_url", "video_url": {"url": f"file://{clip}"}}
+
+    def create(options=None, **fields):
+        extra = None if options is None else {"mm_processor_kwargs": options}
+        return client.chat.completions.create(
+            model=serving_engine.name, messages=ask_message(part), extra_body=extra, **GREEDY, **fields
+        )
+
+    plain = create()
+    assert (plain.usage.frames_sampled, plain.usage.frames_capped) == (4, False)  # 4 s at the server's 1 fps
+
+    capped = create({"fps": 2, "max_frames": 3})  # 8 frames at 2 fps, sampled uniformly as 3
+    assert (capped.usage.frames_sampled, capped.usage.frames_capped) == (3, True)
+    expected = serving_engine.ask(clip, "What moves?", temperature=0, max_new_tokens=6, fps=2, max_frames=3)
+    assert capped.choices[0].message.content == expected.text
+    assert capped.usage.prompt_tokens == expected.prompt_tokens
+
+    srt_file = media_root / "clip.srt"
+    srt_file.write_text(SUBTITLES_SRT)
+    vtt = "WEBVTT\n\n" + SUBTITLES_SRT.replace(",", ".").replace("1\n00", "00").replace("2\n00", "00")
+    expected = serving_engine.ask(clip, "What moves?", temperature=0, max_new_tokens=6, subtitles=srt_file)
+    forms = {
+        "raw SRT text": SUBTITLES_SRT,
+        "data: URL of a .vtt": "data:text/vtt;base64," + base64.b64encode(vtt.encode()).decode(),
+        "file:// URL under the root": f"file://{srt_file}",
+    }
+    for name, subtitles in forms.items():
+        answer = create({"subtitles": subtitles})
+        assert answer.choices[0].message.content == expected.text, name
+        assert answer.usage.prompt_tokens == expected.prompt_tokens > plain.usage.prompt_tokens, name
+
+    stream = create({"max_frames": 2}, stream=True, stream_options={"include_usage": True})
+    usage = list(stream)[-1].usage
+    assert (usage.frames_sampled, usage.frames_capped) == (2, True)
