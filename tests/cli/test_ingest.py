@@ -307,7 +307,6 @@ def _chinese_srt(cues: list[str]) -> str:
     )
 
 
-@pytest.mark.xfail(strict=True, reason="GB2312 subtitles are decoded as Windows-1252; no --subtitle-encoding")
 def test_ingest_reads_gb2312_subtitles_or_asks_for_their_encoding(
     tmp_path: Path, media: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -330,3 +329,10 @@ def test_ingest_reads_gb2312_subtitles_or_asks_for_their_encoding(
     capsys.readouterr()
     stored = json.loads((entry / "meta.json").read_text(encoding="utf-8"))["subtitles"]
     assert [cue["text"] for cue in stored["cues"]] == ["你好", "再见"]
+
+
+def test_subtitle_encoding_needs_subtitles(
+    media: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["ingest", str(media["good"]), "--subtitle-encoding", "gb2312"]) == 2
+    assert "--subtitle-encoding needs --subtitles" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from media_factory import write_video
 from llamavid.data.errors import BackendUnavailableError, SubtitleError
 from llamavid.data.subtitles import (
     SubtitleCue,
+    SubtitleTrack,
     align_subtitles,
     decode_subtitle_bytes,
     interleave_subtitles,
@@ -103,15 +104,61 @@ def test_unicode_encodings_are_detected(tmp_path: Path, encoding: str) -> None:
     assert cues[1].text == "Second line café & crème"
 
 
-def test_legacy_encoding_falls_back_with_warning(tmp_path: Path) -> None:
+def test_legacy_encoding_is_detected_with_a_logged_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = tmp_path / "legacy.srt"
     path.write_bytes(SRT.encode("cp1252"))
-    with pytest.warns(UnicodeWarning, match="legacy.srt: not valid UTF-8; decoded as Windows-1252"):
+    with caplog.at_level("WARNING", logger="llamavid.data.subtitles"):
         cues = read_subtitles(path)
     assert cues[1].text == "Second line café & crème"
+    assert any("legacy.srt: not UTF-8; decoded as cp1252" in r.getMessage() for r in caplog.records)
     assert read_subtitles(path, encoding="cp1252")[1].text == "Second line café & crème"
-    with pytest.raises(SubtitleError, match="cannot decode as utf-8"):
+    with pytest.raises(SubtitleError, match="cannot decode as utf-8.*--subtitle-encoding"):
         decode_subtitle_bytes("é".encode("cp1252"), source="x.srt", encoding="utf-8")
+    with pytest.raises(SubtitleError, match="cannot decode as no-such-codec"):
+        read_subtitles(path, encoding="no-such-codec")
+
+
+CHINESE = ["你好，世界！今天天气很好。", "我们去公园散步吧。", "这部电影讲的是一个小女孩和她的狗。"]
+FRENCH = ["Café crème, s'il vous plaît.", "Ça coûte « cinq » euros — merci.", "Où est la gare ?"]
+SPANISH = ["¿Dónde está la estación?", "¡Sí, señor! Mañana, a las ocho.", "El niño comió piñones."]
+
+
+def _srt(texts: list[str]) -> str:
+    return "".join(
+        f"{i + 1}\n00:00:0{i + 1},000 --> 00:00:0{i + 1},900\n{text}\n\n" for i, text in enumerate(texts)
+    )
+
+
+@pytest.mark.parametrize(
+    ("texts", "encoding", "detected"),
+    [(CHINESE, "gb2312", "gb18030"), (FRENCH, "cp1252", "cp1252"), (SPANISH, "latin-1", "cp1252")],
+    ids=["gb2312", "cp1252", "latin-1"],
+)
+def test_legacy_encodings_are_detected(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, texts: list[str], encoding: str, detected: str
+) -> None:
+    path = tmp_path / f"{encoding}.srt"
+    path.write_bytes(_srt(texts).encode(encoding))
+    with caplog.at_level("WARNING", logger="llamavid.data.subtitles"):
+        cues = read_subtitles(path)
+    assert [cue.text for cue in cues] == texts
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert f"{encoding}.srt: not UTF-8; decoded as {detected}" in message and "--subtitle-encoding" in message
+
+
+def test_an_encoding_that_cannot_be_told_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "short.srt"
+    path.write_bytes(_srt(["你好", "再见"]).encode("gb2312"))  # two characters: GB2312, EUC-KR or EUC-JP?
+    with pytest.raises(
+        SubtitleError, match=r"short.srt: not UTF-8, .*cannot be told.*--subtitle-encoding"
+    ) as caught:
+        read_subtitles(path)
+    assert caught.value.path == str(path) and "gb18030" in str(caught.value)
+    assert [cue.text for cue in read_subtitles(path, encoding="gb2312")] == ["你好", "再见"]
+    track = SubtitleTrack.read(path, encoding="gb2312")
+    assert track.path == str(path) and track.encoding == "gb2312" and track.cues[1].text == "再见"
 
 
 def test_read_subtitles_file_errors(tmp_path: Path) -> None:
@@ -215,6 +262,8 @@ def test_subtitles_for_frames_without_any_cue_inside_is_no_subtitles(tmp_path: P
     early = tmp_path / "early.srt"
     early.write_text("1\n00:00:01,000 --> 00:00:01,500\nnow\n\n2\n00:00:10,000 --> 00:00:11,000\nlater\n")
     assert subtitles_for_frames(times, 3.0, early, is_image=False) == ["", "now", ""]
+    track = SubtitleTrack.read(early)
+    assert subtitles_for_frames(times, 3.0, track, is_image=False) == ["", "now", ""]
 
 
 def test_alignment_rejects_bad_timestamps() -> None:
@@ -280,10 +329,11 @@ def test_fuzz_parsers_on_mutated_files(position: int, cut: int, insert: str) -> 
 
 @FUZZ
 @given(st.binary(max_size=200))
-def test_fuzz_decoding_arbitrary_bytes_never_raises(data: bytes) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        assert isinstance(decode_subtitle_bytes(data), str)
+def test_fuzz_decoding_arbitrary_bytes_gives_text_or_a_clean_error(data: bytes) -> None:
+    try:
+        assert isinstance(decode_subtitle_bytes(data, source="fuzz.srt"), str)
+    except SubtitleError as error:
+        assert "fuzz.srt" in str(error) and "--subtitle-encoding" in str(error)
 
 
 # --- a trimmed clip with the subtitles of the whole video, through `llamavid ask` -------------------------

@@ -34,6 +34,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--subtitles", type=Path, help="subtitle file (.srt/.vtt) aligned to the frames and stored with them"
     )
     parser.add_argument(
+        "--subtitle-encoding",
+        metavar="ENCODING",
+        help="text encoding of --subtitles (e.g. gb2312, big5, cp1251); default: UTF-8/UTF-16, else detected, "
+        "refusing a file whose encoding cannot be told",
+    )
+    parser.add_argument(
         "--fps", type=float, default=1.0, help="frames sampled per second (default 1, as trained)"
     )
     parser.add_argument(
@@ -117,11 +123,15 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--batch-size must be at least 1, got {args.batch_size}.")
 
     # Validate the inputs before the (slow) model load; these raise MediaError naming the file.
-    from llamavid.data import probe_video, read_subtitles
+    from llamavid.data import probe_video
+    from llamavid.data.subtitles import SubtitleTrack
 
+    if args.subtitle_encoding and not args.subtitles:
+        raise CommandError("--subtitle-encoding needs --subtitles FILE.")
     probe_video(args.video)
-    if args.subtitles:
-        read_subtitles(args.subtitles)
+    subtitles = (
+        SubtitleTrack.read(args.subtitles, encoding=args.subtitle_encoding) if args.subtitles else None
+    )
     if args.no_cache:
         raise CommandError("--no-cache contradicts ingest, whose job is to fill the feature cache.")
     engine = build_engine(args)
@@ -129,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         args.video,
         fps=args.fps,
         max_frames=args.max_frames,
-        subtitles=args.subtitles,
+        subtitles=subtitles,
         batch_size=args.batch_size,
     )
     processor = engine.processor

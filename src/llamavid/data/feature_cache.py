@@ -43,7 +43,7 @@ import numpy as np
 from llamavid.errors import InvalidInputError, LlamaVidError
 
 from .errors import VideoDecodeError
-from .subtitles import SubtitleCue, align_subtitles, read_subtitles
+from .subtitles import SubtitleCue, SubtitleTrack, align_subtitles, read_subtitles
 from .video import Frames, iter_video_frames, probe_video
 
 __all__ = [
@@ -639,7 +639,7 @@ class FeatureCache:
         fps: float | None = 1.0,
         num_frames: int | None = None,
         max_frames: int | None = None,
-        subtitles: str | os.PathLike[str] | Sequence[SubtitleCue] | None = None,
+        subtitles: str | os.PathLike[str] | SubtitleTrack | Sequence[SubtitleCue] | None = None,
         batch_size: int = 16,
         progress: Callable[[int, int | None], None] | None = None,
     ) -> IngestReport:
@@ -649,8 +649,9 @@ class FeatureCache:
             video: the video file.
             encoder: see :class:`FrameEncoderLike`.
             fps / num_frames / max_frames: sampling, as for ``iter_video_frames``.
-            subtitles: a subtitle file or parsed cues, aligned to the frames (docs/architecture.md §4) and stored in
-                the sidecar. They do not change the features, so on a hit they just replace the stored ones.
+            subtitles: a subtitle file, a `SubtitleTrack` (a file already read, e.g. with an explicit encoding) or
+                parsed cues, aligned to the frames (docs/architecture.md §4) and stored in the sidecar. They do not
+                change the features, so on a hit they just replace the stored ones.
             batch_size: frames per encoder call (bounds activation memory).
             progress: called as ``progress(frames_done, frames_expected_or_None)`` after each chunk.
 
@@ -925,10 +926,12 @@ class FeatureCache:
 
     @staticmethod
     def _load_cues(
-        subtitles: str | os.PathLike[str] | Sequence[SubtitleCue] | None,
+        subtitles: str | os.PathLike[str] | SubtitleTrack | Sequence[SubtitleCue] | None,
     ) -> tuple[list[SubtitleCue] | None, str | None]:
         if subtitles is None:
             return None, None
+        if isinstance(subtitles, SubtitleTrack):
+            return list(subtitles.cues), os.path.abspath(subtitles.path)
         if isinstance(subtitles, (str, os.PathLike)):
             return read_subtitles(subtitles), os.path.abspath(os.fspath(subtitles))
         return list(subtitles), None

@@ -17,7 +17,6 @@ import logging
 import math
 import os
 import re
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from .errors import BackendUnavailableError, MediaError, SubtitleError
 
 __all__ = [
     "SubtitleCue",
+    "SubtitleTrack",
     "align_subtitles",
     "decode_subtitle_bytes",
     "interleave_subtitles",
@@ -59,6 +59,29 @@ class SubtitleCue:
     text: str
 
 
+@dataclass(frozen=True)
+class SubtitleTrack:
+    """The cues of one subtitle file and the file they came from.
+
+    The CLI reads the file once, before the model loads and with the encoding the user gave, then hands this on:
+    alignment, the feature-cache sidecar and messages use the same cues and name the same file.
+
+    Attributes:
+        path: the file as given.
+        cues: sorted by start time (as :func:`read_subtitles` returns them).
+        encoding: the encoding given explicitly, or None when it was detected.
+    """
+
+    path: str
+    cues: tuple[SubtitleCue, ...]
+    encoding: str | None = None
+
+    @classmethod
+    def read(cls, path: str | os.PathLike[str], *, encoding: str | None = None) -> SubtitleTrack:
+        """Read and parse a file with :func:`read_subtitles`; raises `SubtitleError` naming the file."""
+        return cls(os.fspath(path), tuple(read_subtitles(path, encoding=encoding)), encoding)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Text encodings.
 
@@ -71,22 +94,32 @@ _BOMS = (
 )
 
 
-def decode_subtitle_bytes(data: bytes, *, source: str = "<bytes>", encoding: str | None = None) -> str:
-    """Decode subtitle bytes: explicit encoding, else BOM, else UTF-8, else UTF-16 by NUL pattern, else legacy.
+# Legacy subtitles are most often Western European; when the detector rates one of these as good as any other
+# candidate it is taken. Latin-1 text reads the same in cp1252, which differs only in the C1 control range.
+_WESTERN_ENCODINGS = ("cp1252", "latin_1", "iso8859_15")
+# Candidates whose chaos (mess) and coherence (language fit) scores are this close count as equally good.
+_SCORE_TIE = 0.01
 
-    Legacy 8-bit files (Windows-1252, common for older European subtitles) are decoded with a warning
-    because the guess can be wrong for other code pages; pass ``encoding=`` to be exact.
+
+def decode_subtitle_bytes(data: bytes, *, source: str = "<bytes>", encoding: str | None = None) -> str:
+    """Decode subtitle bytes: explicit encoding, else BOM, else UTF-8, else UTF-16 by NUL pattern, else detected.
+
+    Other encodings (GB2312, Big5, Shift-JIS, Windows-1251, Windows-1252, ...) are detected with
+    charset-normalizer and logged as a warning. When several encodings fit equally well but read differently
+    (a file with a handful of non-ASCII characters), guessing would feed the model garbled text, so the file is
+    refused and the message asks for the encoding.
 
     Raises:
-        SubtitleError: ``encoding`` was given and does not decode the data.
+        SubtitleError: ``encoding`` was given and does not decode the data, or no encoding was given and none
+            can be told with confidence.
     """
     if encoding is not None:
         try:
             return data.decode(encoding)
         except (UnicodeDecodeError, LookupError) as error:
             raise SubtitleError(
-                f"{source}: cannot decode as {encoding} ({error}). Pass the file's real encoding, or omit "
-                "encoding= to detect it.",
+                f"{source}: cannot decode as {encoding} ({error}). Pass the file's real encoding "
+                "(--subtitle-encoding, encoding= in Python), or omit it to detect the encoding.",
                 None if source.startswith("<") else source,
             ) from error
     for bom, name in _BOMS:
@@ -100,13 +133,46 @@ def decode_subtitle_bytes(data: bytes, *, source: str = "<bytes>", encoding: str
         # BOM-less UTF-16: ASCII characters leave a NUL in every other byte.
         name = "utf-16-le" if data[1::2].count(b"\x00") > data[0::2].count(b"\x00") else "utf-16-be"
         return data.decode(name, errors="replace")
-    warnings.warn(
-        f"{source}: not valid UTF-8; decoded as Windows-1252. If accents look wrong, pass the right encoding "
-        "(e.g. encoding='cp1251' for Cyrillic) or convert the file to UTF-8.",
-        UnicodeWarning,
-        stacklevel=3,
+    name = _detect_encoding(data, source)
+    logger.warning(
+        "%s: not UTF-8; decoded as %s (detected). If the text looks wrong, pass the file's encoding with "
+        "--subtitle-encoding (encoding= in Python) or convert the file to UTF-8.",
+        source,
+        name,
     )
-    return data.decode("cp1252", errors="replace")
+    return data.decode(name, errors="replace")
+
+
+def _detect_encoding(data: bytes, source: str) -> str:
+    """The encoding charset-normalizer finds for non-Unicode bytes; refuses a tie between different readings."""
+    from charset_normalizer import from_bytes
+
+    path = None if source.startswith("<") else source
+    matches = list(from_bytes(data))
+    if not matches:
+        raise SubtitleError(
+            f"{source}: neither UTF-8 nor UTF-16, and no known encoding reads it as text. If this is a subtitle "
+            "file, pass its encoding with --subtitle-encoding (encoding= in Python) or convert it to UTF-8.",
+            path,
+        )
+    least_chaos = min(match.chaos for match in matches)
+    best = [match for match in matches if match.chaos <= least_chaos + _SCORE_TIE]
+    most_coherent = max(match.coherence for match in best)
+    best = [match for match in best if match.coherence >= most_coherent - _SCORE_TIE]
+    names = [match.encoding for match in best]
+    for western in _WESTERN_ENCODINGS:
+        if western in names:
+            return western
+    if len({str(match) for match in best}) == 1:  # str(match) is the text decoded with that encoding
+        return best[0].encoding
+    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    raise SubtitleError(
+        f"{source}: not UTF-8, and its encoding cannot be told with confidence ({len(names)} encodings fit "
+        f"equally well but read differently: {shown}). Pass the right one with --subtitle-encoding ENCODING "
+        "(encoding= in Python), e.g. gb2312, big5, shift_jis, euc_kr, cp1251 or cp1252, or convert the file "
+        "to UTF-8.",
+        path,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -229,13 +295,15 @@ def read_subtitles(path: str | os.PathLike[str], *, encoding: str | None = None)
 
     Args:
         path: Subtitle file.
-        encoding: Text encoding; detected when ``None`` (see :func:`decode_subtitle_bytes`).
+        encoding: Text encoding (``--subtitle-encoding``); detected when ``None`` (see
+            :func:`decode_subtitle_bytes`).
 
     Returns:
         Cues sorted by start time.
 
     Raises:
-        SubtitleError: Unreadable, malformed, or holding no cue at all (usually the wrong file).
+        SubtitleError: Unreadable, of an encoding that cannot be told, malformed, or holding no cue at all
+            (usually the wrong file).
     """
     p = Path(path)
     if not p.is_file():

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from llamavid.data.feature_cache import CacheEntry, module_sha256, preprocessing_id
+from llamavid.data.subtitles import SubtitleTrack
 from llamavid.errors import InvalidInputError
 from llamavid.inference.results import THUMBNAIL_SIDE
 
@@ -135,10 +136,11 @@ def thumbnails(frames: np.ndarray, side: int = THUMBNAIL_SIDE) -> np.ndarray:
 def subtitles_for_frames(
     timestamps: np.ndarray,
     duration: float | None,
-    subtitles: str | os.PathLike[str] | Sequence[str] | None,
+    subtitles: str | os.PathLike[str] | SubtitleTrack | Sequence[str] | None,
     is_image: bool,
 ) -> list[str] | None:
-    """One subtitle text per sampled frame, from an .srt/.vtt path or a list with one text per frame.
+    """One subtitle text per sampled frame, from an .srt/.vtt path, a `SubtitleTrack` (a file the CLI already
+    read, with the encoding it was given) or a list with one text per frame.
 
     A subtitle file none of whose cues falls inside the video (a trimmed clip) gives ``None``: the media is then
     used as without subtitles, as an entry ingested with those subtitles is (`Engine.media_from_entry`), so both
@@ -148,11 +150,14 @@ def subtitles_for_frames(
         return None
     if is_image:
         raise InvalidInputError("subtitles were given for a still image; they only apply to videos.")
-    if isinstance(subtitles, (str, os.PathLike)):
+    if isinstance(subtitles, (str, os.PathLike, SubtitleTrack)):
         from llamavid.data import align_subtitles, read_subtitles
 
-        cues = read_subtitles(subtitles)
-        texts = align_subtitles(cues, timestamps, duration=duration or None, source=str(subtitles))
+        if isinstance(subtitles, SubtitleTrack):
+            cues, source = list(subtitles.cues), subtitles.path
+        else:
+            cues, source = read_subtitles(subtitles), str(subtitles)
+        texts = align_subtitles(cues, timestamps, duration=duration or None, source=source)
         return texts if any(text.strip() for text in texts) else None
     texts = [str(text) for text in subtitles]
     if len(texts) != len(timestamps):
