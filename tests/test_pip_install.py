@@ -47,7 +47,6 @@ def source_copy(target: Path) -> Path:
     return target
 
 
-@pytest.mark.xfail(strict=True, reason="the BERT vocab comes from an undeclared package")
 @pytest.mark.slow
 @pytest.mark.timeout(BUDGET_S + 30)
 def test_fresh_venv_pip_install_then_sample_and_ask(tmp_path):

