@@ -32,7 +32,6 @@ BAD_OPTIONS = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="mm_processor_kwargs is ignored: nothing is validated")
 @pytest.mark.parametrize(
     "options, words", BAD_OPTIONS, ids=[json.dumps(options) for options, _ in BAD_OPTIONS]
 )
@@ -47,7 +46,6 @@ def test_bad_media_options_are_400(attacker, options, words):
     assert words in error_of(response)
 
 
-@pytest.mark.xfail(strict=True, reason="mm_processor_kwargs is ignored: nothing is fetched, nothing refused")
 @pytest.mark.parametrize("scheme", ["http", "https", "ftp", "rtsp", "smb", "gopher"])
 def test_remote_subtitles_are_refused_without_a_connection(attacker, decoy, scheme):
     options = {"subtitles": f"{scheme}://127.0.0.1:{decoy.port}/movie.srt"}
@@ -56,7 +54,6 @@ def test_remote_subtitles_are_refused_without_a_connection(attacker, decoy, sche
     assert decoy.connections == 0
 
 
-@pytest.mark.xfail(strict=True, reason="mm_processor_kwargs is ignored")
 def test_subtitles_for_a_still_image_are_400(attacker):
     srt = base64.b64encode(b"1\n00:00:00,000 --> 00:00:01,000\nhi\n").decode()
     options = {"subtitles": f"data:application/x-subrip;base64,{srt}"}

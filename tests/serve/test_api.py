@@ -299,7 +299,6 @@ SUBTITLES_SRT = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason="the server takes no per-request media options and reports no frames")
 def test_media_options_through_extra_body(server, client, serving_engine, media_root):
     clip = media_root / "clip.mp4"
     part = {"type": "video_url", "video_url": {"url": f"file://{clip}"}}

@@ -55,7 +55,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--fps", type=float, default=1.0, help="frames sampled per second (default 1, as trained)"
     )
-    parser.add_argument("--max-frames", type=int, default=256, help="cap on sampled frames per request")
+    parser.add_argument(
+        "--max-fps",
+        type=_positive_number,
+        default=8.0,
+        help="highest fps a request may ask for in mm_processor_kwargs (default 8)",
+    )
+    parser.add_argument(
+        "--max-frames",
+        type=int,
+        default=256,
+        help="cap on sampled frames per request; a longer video is sampled uniformly with this many frames and "
+        "usage.frames_capped says so. Requests may ask for fewer in mm_processor_kwargs (default 256)",
+    )
     parser.add_argument(
         "--max-megapixels",
         type=_positive_number,
@@ -86,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         max_video_seconds=args.max_video_seconds,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         fps=args.fps,
+        max_fps=args.max_fps,
         max_frames=args.max_frames,
         max_pixels=round(args.max_megapixels * 1_000_000),
     )

@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import os
 import re
 import socket
@@ -53,6 +54,14 @@ from llamavid.inference.scheduler import BatchScheduler, Job, QueueFullError
 logger = logging.getLogger(__name__)
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_SUBTITLE_SUFFIXES = {
+    "text/vtt": ".vtt",
+    "application/x-subrip": ".srt",
+    "text/srt": ".srt",
+    "application/srt": ".srt",
+    "text/plain": ".txt",  # the format is then told by a WEBVTT header
+}
+_SUBTITLE_FILE_SUFFIXES = (".srt", ".vtt")
 _MEDIA_SUFFIXES = {
     "image/png": ".png",
     "image/jpeg": ".jpg",
@@ -103,6 +112,7 @@ class ServerConfig:
     media_cache_size: int = 4
     probe_timeout: float = 30.0
     max_pixels: int = MAX_PIXELS
+    max_fps: float = 8.0
 
     def __post_init__(self) -> None:
         checks = {
@@ -115,10 +125,15 @@ class ServerConfig:
             "--fps": self.fps > 0,
             "--max-frames": self.max_frames is None or self.max_frames >= 1,
             "--max-megapixels": self.max_pixels >= 1,
+            "--max-fps": self.max_fps > 0,
         }
         for flag, ok in checks.items():
             if not ok:
                 raise InvalidInputError(f"{flag} must be positive (batch size, queue and frames at least 1).")
+        if self.fps > self.max_fps:
+            raise InvalidInputError(
+                f"--fps {self.fps:g} is above --max-fps {self.max_fps:g}; lower --fps or raise --max-fps."
+            )
         if self.api_key is not None and not self.api_key.strip():
             raise InvalidInputError(
                 "--api-key is empty; pass a secret key, or leave the flag out for no key."
@@ -188,6 +203,25 @@ def _lone_surrogate(value: Any, where: str = "body") -> str | None:
     return None
 
 
+class MediaOptions(BaseModel):
+    """``mm_processor_kwargs`` (vLLM's name; openai clients send it with ``extra_body``): this request's sampling.
+
+    Attributes:
+        fps: frames sampled per second, above 0 and at most the server's ``--max-fps``.
+        max_frames: cap on sampled frames, 1 to the server's ``--max-frames``; a longer video is sampled
+            uniformly with this many frames (``usage.frames_capped`` says so).
+        subtitles: an ``.srt``/``.vtt`` as a ``data:`` URL (``text/vtt``, ``application/x-subrip``, ``text/srt``
+            or ``text/plain``, base64), as a ``file://`` URL under ``--allowed-root``, or as the SRT/WebVTT text
+            itself. Each cue is attached to the sampled frame it covers (the long-video layout).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    fps: float | None = None
+    max_frames: int | None = None
+    subtitles: str | None = None
+
+
 class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -212,9 +246,64 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     seed: int | None = None
     n: int = 1
+    mm_processor_kwargs: MediaOptions | None = None
 
 
 # Media resolution --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Subtitles:
+    """A request's subtitles: the bytes sent inline, or a file under an allowed root.
+
+    Attributes:
+        key: identifies the content, for the prepared-media cache.
+        shown_as: how messages name them (never a temporary path).
+        path: the file under an allowed root, or ``None`` when `data` was sent inline.
+        data: the inline bytes, written to a temporary file only when the media is (re)loaded.
+        suffix: ``.srt``, ``.vtt`` or ``.txt`` (told by a WEBVTT header) for the temporary file.
+    """
+
+    key: tuple[Any, ...]
+    shown_as: str
+    path: Path | None = None
+    data: bytes | None = None
+    suffix: str = ".txt"
+
+
+@dataclass(frozen=True)
+class MediaSampling:
+    """How one request's media is sampled: the server's defaults with the request's ``mm_processor_kwargs``."""
+
+    fps: float
+    max_frames: int | None
+    subtitles: Subtitles | None = None
+
+
+def _decode_data_url(url: str, what: str, limit: int) -> tuple[str, bytes]:
+    """``data:<mime>;base64,<payload>`` -> (mime type, bytes); raises `APIError` 400/413 (`what` prefixes messages)."""
+    header, comma, payload = url.partition(",")
+    if not comma or ";base64" not in header:
+        raise APIError(400, f"{what}data: URLs must be base64 encoded: data:<mime type>;base64,<data>.")
+    mime = header[len("data:") :].split(";")[0].strip().lower()
+    if len(payload) * 3 // 4 > limit:
+        raise APIError(413, f"{what}the data: URL exceeds the upload limit of {limit} bytes.")
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise APIError(400, f"{what}the data: URL is not valid base64.") from None
+    if not data:
+        raise APIError(400, f"{what}the data: URL holds no bytes.")
+    return mime, data
+
+
+def _remote_refused(what: str, scheme: str, example: str = "video/mp4") -> APIError:
+    return APIError(
+        400,
+        f"{what}remote {scheme}: URLs are not fetched by this server. Send the file inline as a data: URL "
+        f"(data:{example};base64,...) or, for files on the server, as file:///path under an --allowed-root.",
+        code="remote_url_refused",
+    )
+
+
 class MediaResolver:
     """Turn a content-part URL into a prepared media item, under the server's policies, with a small LRU cache."""
 
@@ -225,23 +314,49 @@ class MediaResolver:
         self._cache: OrderedDict[tuple[Any, ...], PreparedMedia] = OrderedDict()
         self._lock = threading.Lock()
 
-    def resolve(self, url: str) -> PreparedMedia:
-        """Load the media `url` names. Raises `APIError` (400/403/413) for refused or unreadable media."""
-        scheme = url.split(":", 1)[0].lower() if ":" in url else ""
-        if scheme == "data":
-            return self._from_data_url(url)
-        if scheme == "file":
-            return self._from_file_url(url)
-        if scheme in ("http", "https"):
+    def sampling(self, options: MediaOptions | None) -> MediaSampling:
+        """The sampling a request asks for, checked against the server's limits. Raises `APIError` (400/403)."""
+        config = self.config
+        if options is None:
+            return MediaSampling(config.fps, config.max_frames)
+        fps = config.fps if options.fps is None else options.fps
+        if not (math.isfinite(fps) and 0 < fps <= config.max_fps):
             raise APIError(
                 400,
-                "remote media URLs are not fetched by this server. Send the file inline as a data: URL "
-                "(data:video/mp4;base64,...) or, for files on the server, as file:///path under an --allowed-root.",
-                code="remote_url_refused",
+                f"mm_processor_kwargs.fps must be above 0 and at most {config.max_fps:g} (this server's "
+                f"--max-fps), got {fps!r}.",
             )
+        max_frames = config.max_frames if options.max_frames is None else options.max_frames
+        if max_frames is not None and not (1 <= max_frames <= (config.max_frames or max_frames)):
+            raise APIError(
+                400,
+                f"mm_processor_kwargs.max_frames must be between 1 and {config.max_frames} (this server's "
+                f"--max-frames), got {max_frames!r}.",
+            )
+        subtitles = None if options.subtitles is None else self._subtitles(options.subtitles)
+        return MediaSampling(fps, max_frames, subtitles)
+
+    def resolve(self, url: str, sampling: MediaSampling | None = None) -> PreparedMedia:
+        """Load the media `url` names. Raises `APIError` (400/403/413) for refused or unreadable media."""
+        sampling = sampling or self.sampling(None)
+        scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+        if scheme == "data":
+            return self._from_data_url(url, sampling)
+        if scheme == "file":
+            path, requested = self._local_file(url, "", "a media file; name one video or image file")
+            stat = path.stat()
+            key = ("file", str(path), stat.st_mtime_ns, stat.st_size, *self._sampling_key(sampling))
+            return self._cached(key, lambda: self._load(path, requested, sampling))
+        if scheme in ("http", "https", "ftp", "ftps", "rtsp", "rtmp", "smb", "gopher", "sftp", "ssh"):
+            raise _remote_refused("", scheme)
         raise APIError(
             400, f"unsupported media URL scheme {scheme or url[:20]!r}; use a data: or file:// URL."
         )
+
+    @staticmethod
+    def _sampling_key(sampling: MediaSampling) -> tuple[Any, ...]:
+        subtitles = None if sampling.subtitles is None else sampling.subtitles.key
+        return (sampling.fps, sampling.max_frames, subtitles)
 
     def _cached(self, key: tuple[Any, ...], load: Callable[[], PreparedMedia]) -> PreparedMedia:
         with self._lock:
@@ -255,89 +370,113 @@ class MediaResolver:
                 self._cache.popitem(last=False)
         return media
 
-    def _load(self, path: Path, shown_as: str) -> PreparedMedia:
-        try:
-            # Images and video frames over the limit are refused from their headers, before decoding.
-            with pixel_limit(self.config.max_pixels):
-                return self.engine.load_media(
-                    path,
-                    fps=self.config.fps,
-                    max_frames=self.config.max_frames,
-                    untrusted=True,
-                    probe_timeout=self.config.probe_timeout,
-                    max_duration=self.config.max_video_seconds,
-                )
-        except ValueError as error:  # MediaError included: the file is the client's problem
-            raise APIError(400, str(error).replace(str(path), shown_as), code="invalid_media") from None
+    def _load(self, path: Path, shown_as: str, sampling: MediaSampling) -> PreparedMedia:
+        subtitles = sampling.subtitles
+        with tempfile.TemporaryDirectory(prefix="llamavid-subtitles-") as folder:
+            subtitle_path = None
+            if subtitles is not None:
+                subtitle_path = subtitles.path or Path(folder) / f"subtitles{subtitles.suffix}"
+                if subtitles.data is not None:
+                    subtitle_path.write_bytes(subtitles.data)
+            try:
+                # Images and video frames over the limit are refused from their headers, before decoding.
+                with pixel_limit(self.config.max_pixels):
+                    return self.engine.load_media(
+                        path,
+                        fps=sampling.fps,
+                        max_frames=sampling.max_frames,
+                        subtitles=subtitle_path,
+                        untrusted=True,
+                        probe_timeout=self.config.probe_timeout,
+                        max_duration=self.config.max_video_seconds,
+                    )
+            except ValueError as error:  # MediaError included: the file is the client's problem
+                message = str(error).replace(str(path), shown_as)
+                if subtitles is not None and subtitle_path is not None:
+                    message = message.replace(str(subtitle_path), subtitles.shown_as)
+                raise APIError(400, message, code="invalid_media") from None
 
-    def _from_data_url(self, url: str) -> PreparedMedia:
-        header, comma, payload = url.partition(",")
-        if not comma or ";base64" not in header:
-            raise APIError(400, "data: URLs must be base64 encoded: data:<mime type>;base64,<data>.")
-        mime = header[len("data:") :].split(";")[0].strip().lower()
+    def _from_data_url(self, url: str, sampling: MediaSampling) -> PreparedMedia:
+        mime, data = _decode_data_url(url, "", self.config.max_upload_bytes)
         suffix = _MEDIA_SUFFIXES.get(mime)
         if suffix is None:
             raise APIError(
                 400,
                 f"unsupported media type {mime!r} in data: URL; expected one of {', '.join(sorted(_MEDIA_SUFFIXES))}.",
             )
-        if len(payload) * 3 // 4 > self.config.max_upload_bytes:
-            raise APIError(
-                413, f"the data: URL exceeds the upload limit of {self.config.max_upload_bytes} bytes."
-            )
-        try:
-            data = base64.b64decode(payload, validate=True)
-        except (binascii.Error, ValueError):
-            raise APIError(400, "the data: URL is not valid base64.") from None
-        if not data:
-            raise APIError(400, "the data: URL holds no bytes.")
-        key = ("data", hashlib.sha256(data).hexdigest(), mime)
+        key = ("data", hashlib.sha256(data).hexdigest(), mime, *self._sampling_key(sampling))
 
         def load() -> PreparedMedia:
             with tempfile.TemporaryDirectory(prefix="llamavid-upload-") as folder:
                 path = Path(folder) / f"upload{suffix}"
                 path.write_bytes(data)
                 # Features are computed from the decoded frames, so the file can go as soon as this returns.
-                return self._load(path, "uploaded media")
+                return self._load(path, "uploaded media", sampling)
 
         return self._cached(key, load)
 
-    def _from_file_url(self, url: str) -> PreparedMedia:
+    def _subtitles(self, value: str) -> Subtitles:
+        """Subtitles from a data: URL, a file:// URL under an allowed root, or SRT/WebVTT text."""
+        what = "mm_processor_kwargs.subtitles: "
+        scheme = value.split(":", 1)[0].lower() if ":" in value else ""
+        if scheme == "data":
+            mime, data = _decode_data_url(value, what, self.config.max_upload_bytes)
+            suffix = _SUBTITLE_SUFFIXES.get(mime)
+            if suffix is None:
+                raise APIError(
+                    400,
+                    f"{what}unsupported subtitle type {mime!r} in data: URL; expected one of "
+                    f"{', '.join(sorted(_SUBTITLE_SUFFIXES))}.",
+                )
+            return Subtitles(
+                ("data", hashlib.sha256(data).hexdigest()), "the subtitles", data=data, suffix=suffix
+            )
+        if scheme == "file":
+            path, requested = self._local_file(value, what, "a subtitle file (.srt or .vtt)")
+            if path.suffix.lower() not in _SUBTITLE_FILE_SUFFIXES:
+                # Subtitle text reaches the prompt: only subtitle files may be read as such.
+                raise APIError(400, f"{what}{requested} is not a subtitle file (.srt or .vtt).")
+            stat = path.stat()
+            return Subtitles(("file", str(path), stat.st_mtime_ns, stat.st_size), requested, path=path)
+        if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", value):
+            raise _remote_refused(what, scheme, "text/vtt")
+        data = value.encode("utf-8")
+        return Subtitles(("text", hashlib.sha256(data).hexdigest()), "the subtitles", data=data)
+
+    def _local_file(self, url: str, what: str, expected: str) -> tuple[Path, str]:
+        """The regular file a ``file://`` URL names under an allowed root, and the path as the client wrote it."""
         if not self.roots:
             raise APIError(
                 403,
-                "file:// URLs are disabled on this server; send the media as a data: URL, or start the server "
-                "with --allowed-root FOLDER.",
+                f"{what}file:// URLs are disabled on this server; send the file as a data: URL, or start the "
+                "server with --allowed-root FOLDER.",
                 kind="permission_error",
             )
         parsed = urlparse(url)
         if parsed.netloc not in ("", "localhost"):
             raise APIError(
-                400, f"file URL host {parsed.netloc!r} is not supported; use file:///absolute/path."
+                400, f"{what}file URL host {parsed.netloc!r} is not supported; use file:///absolute/path."
             )
         requested = unquote(parsed.path)
+        if "\x00" in requested:
+            raise APIError(400, f"{what}the file URL holds a NUL byte (%00); no file name can.")
         # realpath resolves symlinks and '..' so a link inside a root cannot point outside it.
         real = os.path.realpath(requested)
         if not any(os.path.commonpath([real, root]) == root for root in self.roots):
             raise APIError(
                 403,
-                f"{requested} is outside the allowed media folders; only files under --allowed-root are served.",
+                f"{what}{requested} is outside the allowed media folders; only files under --allowed-root are "
+                "served.",
                 kind="permission_error",
             )
         path = Path(real)
         if not path.exists():
-            raise APIError(400, f"{requested}: no such file under the allowed media folders.")
+            raise APIError(400, f"{what}{requested}: no such file under the allowed media folders.")
         if not path.is_file():
-            # A folder would be read as a folder of frames (any number of images), a FIFO or device would block.
-            raise APIError(
-                400,
-                f"{requested} is a {'folder' if path.is_dir() else 'special file'}, not a media file; "
-                "name one video or image file.",
-                code="invalid_media",
-            )
-        stat = path.stat()
-        key = ("file", real, stat.st_mtime_ns, stat.st_size)
-        return self._cached(key, lambda: self._load(path, requested))
+            # A folder would be read as a folder of frames (any number of images); a FIFO or device would block.
+            kind = "folder" if path.is_dir() else "special file"
+            raise APIError(400, f"{what}{requested} is a {kind}, not {expected}.", code="invalid_media")
+        return path, requested
 
 
 # The application -------------------------------------------------------------------------------------------------
@@ -478,6 +617,8 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
         first = error.errors()[0] if error.errors() else {}
         where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
         message = str(first.get("msg", "malformed body")).removeprefix("Value error, ")
+        if first.get("type") == "extra_forbidden" and where.startswith("mm_processor_kwargs."):
+            message = f"not a media option; the options are {', '.join(MediaOptions.model_fields)}"
         return APIError(400, f"invalid request: {where + ': ' if where else ''}{message}").response()
 
     @app.exception_handler(StarletteHTTPException)
@@ -509,9 +650,12 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
         if body.n != 1:
             raise APIError(400, "only n=1 is supported.")
         history, question, media_url = _conversation(body)
+        if media_url is None and body.mm_processor_kwargs and body.mm_processor_kwargs.subtitles is not None:
+            raise APIError(400, "mm_processor_kwargs.subtitles was given but no video; add a video_url part.")
 
         def prepare() -> GenerationRequest:
-            media = resolver.resolve(media_url) if media_url else None
+            sampling = resolver.sampling(body.mm_processor_kwargs)
+            media = resolver.resolve(media_url, sampling) if media_url else None
             settings = engine.default_settings.updated(
                 temperature=body.temperature,
                 top_p=body.top_p,
@@ -526,6 +670,8 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
             raise
         except ValueError as error:
             raise APIError(400, str(error)) from None
+        media = generation_request.media
+        frames_capped = bool(media is not None and media.frames_capped)
         job = Job(generation_request, asyncio.get_running_loop())
         try:
             scheduler.submit(job)
@@ -538,7 +684,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(
-                _sse(job, deadline, completion_id, engine.name, include_usage),
+                _sse(job, deadline, completion_id, engine.name, include_usage, frames_capped),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
@@ -546,7 +692,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
             while True:
                 kind, value = await _next_event(job, deadline)
                 if kind == "done":
-                    return JSONResponse(_completion(completion_id, engine.name, value))
+                    return JSONResponse(_completion(completion_id, engine.name, value, frames_capped))
                 if kind == "error":
                     raise APIError(500, "generation failed; see the server log.", kind="server_error")
         finally:
@@ -570,11 +716,14 @@ async def _next_event(job: Job, deadline: float) -> tuple[str, Any]:
         ) from None
 
 
-def _usage(answer: Answer) -> dict[str, int]:
+def _usage(answer: Answer, frames_capped: bool) -> dict[str, Any]:
+    """OpenAI's token counts, plus the frames the answer saw and whether ``max_frames`` thinned them out."""
     return {
         "prompt_tokens": answer.prompt_tokens,
         "completion_tokens": answer.completion_tokens,
         "total_tokens": answer.prompt_tokens + answer.completion_tokens,
+        "frames_sampled": answer.frames,
+        "frames_capped": frames_capped,
     }
 
 
@@ -582,7 +731,7 @@ def _finish(answer: Answer) -> str:
     return "length" if answer.finish_reason == "length" else "stop"
 
 
-def _completion(completion_id: str, model: str, answer: Answer) -> dict[str, Any]:
+def _completion(completion_id: str, model: str, answer: Answer, frames_capped: bool) -> dict[str, Any]:
     return {
         "id": completion_id,
         "object": "chat.completion",
@@ -595,16 +744,16 @@ def _completion(completion_id: str, model: str, answer: Answer) -> dict[str, Any
                 "finish_reason": _finish(answer),
             }
         ],
-        "usage": _usage(answer),
+        "usage": _usage(answer, frames_capped),
     }
 
 
 async def _sse(
-    job: Job, deadline: float, completion_id: str, model: str, include_usage: bool
+    job: Job, deadline: float, completion_id: str, model: str, include_usage: bool, frames_capped: bool
 ) -> AsyncIterator[str]:
     created = int(time.time())
 
-    def chunk(delta: dict[str, Any], finish: str | None = None, usage: dict[str, int] | None = None) -> str:
+    def chunk(delta: dict[str, Any], finish: str | None = None, usage: dict[str, Any] | None = None) -> str:
         payload: dict[str, Any] = {
             "id": completion_id,
             "object": "chat.completion.chunk",
@@ -629,7 +778,7 @@ async def _sse(
             elif kind == "done":
                 yield chunk({}, _finish(value))
                 if include_usage:
-                    yield chunk({}, usage=_usage(value))
+                    yield chunk({}, usage=_usage(value, frames_capped))
                 break
             else:
                 yield f"data: {json.dumps({'error': {'message': 'generation failed', 'type': 'server_error'}})}\n\n"
