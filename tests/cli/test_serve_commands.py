@@ -1,8 +1,12 @@
 """``llamavid ask|chat|attention`` (and the argument checks of ``serve``/``web``) as real subprocesses."""
 
 import json
+import os
+import pty
+import select
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -140,3 +144,85 @@ def test_ask_and_chat_answer_correctly_about_a_generated_video(tmp_path):
     )  # fmt: skip
     assert chat.returncode == 0, chat.stderr
     assert item.answer in chat.stdout.lower()
+
+
+@pytest.mark.xfail(strict=True, reason="chat has no /help")
+def test_chat_help_lists_the_commands_and_keeps_chatting(serving_model_dir, demo_video_path):
+    result = run_cli(
+        "chat", str(demo_video_path), "--model", str(serving_model_dir), "--temperature", "0",
+        "--max-new-tokens", "2", stdin="/help\nWhat moves?\n/quit\n",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "unknown command" not in result.stderr
+    for command in ("/help", "/reset", "/save FILE", "/attention FILE", "/quit"):
+        assert command in result.stdout, command
+    assert result.stdout.rstrip().splitlines()[-1].strip()  # the question after /help was answered
+
+
+class Terminal:
+    """The console script on a pseudo-terminal (stdin, stdout and stderr are one TTY), read with a deadline."""
+
+    def __init__(self, args: list[str], env: dict[str, str], deadline_s: float = 90) -> None:
+        self.deadline = time.monotonic() + deadline_s
+        self.master, slave = pty.openpty()
+        self.process = subprocess.Popen(
+            args, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True
+        )
+        os.close(slave)
+        self.output = b""
+
+    def text(self) -> str:
+        return self.output.decode(errors="replace")
+
+    def read_until(self, text: str, count: int = 1) -> None:
+        """Read until ``text`` has appeared ``count`` times in all output so far."""
+        while self.text().count(text) < count:
+            left = self.deadline - time.monotonic()
+            assert left > 0, f"waited for {text!r} x{count}; the terminal shows:\n{self.text()}"
+            if select.select([self.master], [], [], min(left, 1.0))[0]:
+                try:
+                    self.output += os.read(self.master, 4096)
+                except OSError:  # the child has closed the terminal
+                    raise AssertionError(
+                        f"exited before {text!r} x{count}; the terminal shows:\n{self.text()}"
+                    ) from None
+
+    def type(self, keys: str) -> None:
+        os.write(self.master, keys.encode())
+
+    def close(self) -> int | None:
+        try:
+            return self.process.wait(timeout=max(1.0, self.deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            return None
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
+            os.close(self.master)
+
+
+@pytest.mark.xfail(strict=True, reason="chat reads raw lines: arrow keys arrive as escape codes, no history")
+def test_chat_in_a_terminal_edits_lines_and_recalls_history(serving_model_dir, demo_video_path, tmp_path):
+    env = {**os.environ, "HOME": str(tmp_path), "TERM": "xterm"}
+    terminal = Terminal(
+        [sys.executable, "-m", "llamavid.cli.main", "chat", str(demo_video_path), "--model", str(serving_model_dir),
+         "--temperature", "0", "--max-new-tokens", "2", "--quiet"],
+        env,
+    )  # fmt: skip
+    try:
+        terminal.read_until("USER: ")
+        shown = terminal.text().count("/attention FILE")  # the banner may name the commands too
+        terminal.type("/hlp\x1b[D\x1b[De\r")  # two Left arrows, then insert: "/help"
+        terminal.read_until("/attention FILE", count=shown + 1)
+        terminal.read_until("USER: ", count=2)
+        terminal.type("\x1b[A\r")  # Up recalls "/help"
+        terminal.read_until("/attention FILE", count=shown + 2)
+        terminal.read_until("USER: ", count=3)
+        terminal.type("/quit\r")
+    finally:
+        status = terminal.close()
+    assert status == 0, terminal.text()
+    assert "unknown command" not in terminal.text()
+    history = (tmp_path / ".cache" / "llamavid" / "chat_history").read_text()
+    assert "/help" in history.splitlines()
