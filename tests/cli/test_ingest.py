@@ -271,11 +271,6 @@ def test_corrupted_chunk_is_listed_and_reingest_repairs_only_it(
     assert first.stat().st_ino == untouched.st_ino
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ask fails on a chunk that fails its checksum: Engine._cache_entry must call FeatureCache.ensure "
-    "instead of lookup + ingest (engine.py is outside this change)",
-)
 def test_ask_reencodes_a_corrupted_chunk(
     tmp_path: Path, two_chunk_video: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

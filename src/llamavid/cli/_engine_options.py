@@ -74,6 +74,12 @@ def add_engine_arguments(
             "--fps", type=float, default=1.0, help="frames sampled per second (default 1, as trained)"
         )
         media_group.add_argument("--max-frames", type=int, default=None, help="cap on sampled frames")
+        media_group.add_argument(
+            "--subtitle-encoding",
+            metavar="ENCODING",
+            default=None,
+            help="text encoding of --subtitles (e.g. gb2312, big5, cp1251); default: UTF-8/UTF-16, else detected",
+        )
     if output:
         parser.add_argument(
             "--json", action="store_true", help="print one JSON object instead of streaming text"
@@ -171,7 +177,14 @@ def media_options(args: argparse.Namespace) -> dict[str, Any]:
         raise InvalidInputError(f"--max-frames must be at least 1, got {args.max_frames}.")
     if args.fps is not None and args.fps <= 0:
         raise InvalidInputError(f"--fps must be positive, got {args.fps}.")
-    return {"fps": args.fps, "max_frames": args.max_frames, "subtitles": args.subtitles}
+    subtitles = args.subtitles
+    if subtitles is not None:  # parsed now, so a bad file fails before the model loads
+        from llamavid.data.subtitles import SubtitleTrack
+
+        subtitles = SubtitleTrack.read(subtitles, encoding=args.subtitle_encoding)
+    elif args.subtitle_encoding:
+        raise InvalidInputError("--subtitle-encoding needs --subtitles FILE.")
+    return {"fps": args.fps, "max_frames": args.max_frames, "subtitles": subtitles}
 
 
 def check_media_path(path: Path) -> Path:

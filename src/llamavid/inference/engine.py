@@ -326,20 +326,19 @@ class Engine:
         """
         cache = self.feature_cache
         encoder = self.frame_encoder
-        key = cache.make_key(path, encoder, fps=fps, max_frames=max_frames)
-        entry, reason = cache.lookup(key, verify_checksums=False)  # sizes now; checksums as chunks are read
-        if entry is not None:
-            logger.info("feature cache: hit %s (%s, %d frames)", key.digest[:16], path, entry.num_frames)
-            return entry, None
-        logger.info("feature cache: miss (%s) for %s", reason, path)
         shown: list[np.ndarray] = []
         encoder.on_frames = lambda frames: shown.append(thumbnails(frames))
         try:
             with self._progress_bar("encode", path.name) as progress, self._lock:
-                report = cache.ingest(path, encoder, fps=fps, max_frames=max_frames, progress=progress)
+                # A complete, verified entry; bad chunks (corrupted on disk) are re-encoded, nothing else.
+                report = cache.ensure(path, encoder, fps=fps, max_frames=max_frames, progress=progress)
         finally:
             encoder.on_frames = None
         entry = report.entry
+        if report.hit:
+            logger.info("feature cache: hit %s (%s, %d frames)", entry.digest[:16], path, entry.num_frames)
+            return entry, None
+        logger.info("feature cache: miss (%s) for %s", report.miss_reason, path)
         complete = sum(len(part) for part in shown) == entry.num_frames
         return entry, (np.concatenate(shown) if shown and complete else None)
 
