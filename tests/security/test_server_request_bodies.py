@@ -64,9 +64,6 @@ def test_malformed_bodies_are_400_json(attacker, name):
     assert error_of(response)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="bodies the JSON parser rejects are answered with type not_found_error"
-)
 @pytest.mark.parametrize("name", ["invalid UTF-8", "nested 50000 deep", "5000-digit number"])
 def test_unparsable_bodies_are_invalid_request_errors(attacker, name):
     response = attacker.post(content=MALFORMED[name])

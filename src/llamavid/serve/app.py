@@ -53,6 +53,7 @@ from llamavid.inference.scheduler import BatchScheduler, Job, QueueFullError
 
 logger = logging.getLogger(__name__)
 
+_ERROR_KINDS = {401: "authentication_error", 403: "permission_error", 404: "not_found_error"}
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _SUBTITLE_SUFFIXES = {
     "text/vtt": ".vtt",
@@ -623,7 +624,16 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        return APIError(error.status_code, str(error.detail), kind="not_found_error").response()
+        message = str(error.detail)
+        if error.status_code == 400 and error.__cause__ is not None:  # FastAPI could not parse the body
+            cause = error.__cause__
+            message = (
+                f"the request body is not valid JSON ({type(cause).__name__}: {cause}); send one UTF-8 JSON "
+                "object in the chat-completions shape."
+            )
+        return APIError(
+            error.status_code, message, kind=_ERROR_KINDS.get(error.status_code, "invalid_request_error")
+        ).response()
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
