@@ -1,4 +1,4 @@
-"""LlamaVidForConditionalGeneration on the tiny seeded config: token counts, spec formulas, batching, caching."""
+"""LlamaVidForConditionalGeneration on the tiny seeded config: token counts, the paper's formulas, batching, caching."""
 
 from __future__ import annotations
 
@@ -12,6 +12,11 @@ import torch
 
 from llamavid import LlamaVidConfig, LlamaVidForConditionalGeneration
 from llamavid.model import IMAGE_TOKEN_INDEX
+from llamavid.model.modeling_llamavid import (
+    LlamaVidContentPooling,
+    index_frame_pairs,
+    interleave_visual_tokens,
+)
 from tiny_helpers import build_tiny_model, moving_square_video, tiny_config_kwargs
 
 VISUAL_KEYS = (
@@ -37,7 +42,7 @@ def question_prompt(processor, question: str) -> str:
 # Token counts ------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("compress", "per_frame"),
-    # 4x4 patches; grid:g pools with kernel = stride = 4 // g, giving (4 // (4 // g))^2 tokens (spec §1):
+    # 4x4 patches; grid:g pools with kernel = stride = 4 // g, giving (4 // (4 // g))^2 tokens:
     # grid:3 -> kernel 1 -> 16 tokens.
     [
         (None, 1 + 16),
@@ -141,8 +146,8 @@ def test_grid_pooling_is_row_major(tiny_model):
     torch.testing.assert_close(pooled, expected)
 
 
-# Spec §4 by hand ----------------------------------------------------------------------------------------------------
-def test_context_token_matches_spec_formula(tiny_model, qformer_tokenizer):
+# The paper's context token, written out ----------------------------------------------------------------------------
+def test_tokens_follow_the_reference_context_token(tiny_model, qformer_tokenizer):
     torch.manual_seed(1)
     model = tiny_model.model
     features = torch.randn(2, 17, 32)  # CLS + 16 patches
@@ -156,27 +161,155 @@ def test_context_token_matches_spec_formula(tiny_model, qformer_tokenizer):
         block_question=torch.tensor([0]),
         from_pixels=True,
     )
+    assert (
+        model.vlm_att_ln is not None
+    )  # qformer_pretrain: the Q-Former reads CLS + patches through a LayerNorm
     with torch.no_grad():
-        for frame in range(2):
-            x_full = features[frame : frame + 1]  # the Q-Former sees CLS + patches through vlm_att_ln
-            x = x_full[:, 1:]  # context/content use patches only, no LayerNorm
-            queries = model.vlm_att_query
-            mask = torch.cat(
-                [torch.ones(1, queries.shape[1], dtype=torch.long), question["attention_mask"]], 1
-            )
-            hidden = model.vlm_att_encoder(
-                input_ids=question["input_ids"],
-                attention_mask=mask,
-                query_embeds=queries,
-                encoder_hidden_states=model.vlm_att_ln(x_full),
-            ).last_hidden_state[:, : queries.shape[1]]
-            q_t = model.vlm_att_projector(hidden)  # (1, Q, C)
-            keys = model.vlm_att_key_projector(x)  # (1, N, C)
-            weights = torch.softmax(q_t @ keys.transpose(1, 2) / math.sqrt(32), dim=-1)
-            context = model.vlm_att_val_projector((weights @ x).mean(dim=1))  # (1, D)
-            content = model.mm_projector(x.mean(dim=1))  # mean compression
-            torch.testing.assert_close(out.tokens[2 * frame], context[0], rtol=1e-5, atol=1e-6)
-            torch.testing.assert_close(out.tokens[2 * frame + 1], content[0], rtol=1e-5, atol=1e-6)
+        patches = features[:, 1:]  # context and content tokens use the patches only, without that LayerNorm
+        context = model.context_token(
+            patches, features, question["input_ids"].expand(2, -1), question["attention_mask"].expand(2, -1)
+        )
+        content = model.mm_projector(patches.mean(dim=1))  # mean compression
+    torch.testing.assert_close(out.tokens[0::2], context, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.tokens[1::2], content, rtol=1e-5, atol=1e-6)
+
+
+# Media layouts for the reference check: frames per media item, which media are images, and the (media, question)
+# of each block in placeholder order.
+LAYOUTS = {
+    "one_video": {"frame_counts": [5], "images": [False], "blocks": [(0, 0)]},
+    "images": {"frame_counts": [1, 1, 1], "images": [True, True, True], "blocks": [(0, 0), (1, 1), (2, 2)]},
+    "mixed": {
+        "frame_counts": [3, 1, 4],
+        "images": [False, True, False],
+        "blocks": [(0, 0), (0, 1), (1, 2), (2, 0), (2, 2)],
+    },
+    "questions_about_one_video": {"frame_counts": [4], "images": [False], "blocks": [(0, 0), (0, 1), (0, 2)]},
+}
+
+
+def reference_visual_tokens(model, features, layout, questions, from_pixels):
+    """Visual tokens built pair by pair in Python: `context_token` for the context, pooled patches for the content.
+
+    Returns ``(context tokens (pairs, D), all tokens (positions, D))`` in placeholder order.
+    """
+    config, core = model.config, model.model
+    with_cls = features.shape[1] == config.num_patches + 1
+    patches = features[:, 1:] if with_cls else features
+    sees_cls = config.qformer_sees_cls if from_pixels else config.features_qformer_sees_cls
+    qformer_visual = features if with_cls and sees_cls else patches
+    starts = np.cumsum([0, *layout["frame_counts"]])
+    pairs = [
+        (int(starts[media]) + rank, question, layout["images"][media])
+        for media, question in layout["blocks"]
+        for rank in range(layout["frame_counts"][media])
+    ]
+    frames = [frame for frame, _, _ in pairs]
+    asked = [question for _, question, _ in pairs]
+    context = core.context_token(
+        patches[frames],
+        qformer_visual[frames],
+        questions["input_ids"][asked],
+        questions["attention_mask"][asked],
+    )
+    tokens = []
+    for index, (frame, _, is_image) in enumerate(pairs):
+        kind = config.resolved_image_compress_type if is_image else config.compress_type
+        pooled = core.pool_patches(patches[frame : frame + 1], kind)[0]  # (n, C)
+        tokens += [context[index : index + 1], core.mm_projector(pooled)]
+    return context, torch.cat(tokens)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "layout", "with_cls", "from_pixels"),
+    [
+        pytest.param({}, "one_video", True, True, id="video-with-cls"),
+        pytest.param({}, "one_video", False, False, id="video-without-cls"),
+        pytest.param(
+            {"features_qformer_sees_cls": False},
+            "one_video",
+            True,
+            False,
+            id="cached-cls-hidden-from-qformer",
+        ),
+        pytest.param({"image_compress_type": "grid:2"}, "images", True, True, id="images-grid"),
+        pytest.param({}, "mixed", True, True, id="mixed-video-mean-image-none"),
+        pytest.param(
+            {"compress_type": "grid:2", "image_compress_type": "mean"},
+            "mixed",
+            True,
+            True,
+            id="mixed-video-grid",
+        ),
+        pytest.param(
+            {"compress_type": None, "image_compress_type": "same"}, "one_video", True, True, id="none"
+        ),
+        pytest.param({}, "questions_about_one_video", True, True, id="several-questions"),
+        pytest.param({"bert_type": "raw_bert"}, "mixed", True, True, id="raw-bert"),
+        pytest.param({"bert_type": "qformer_pretrain"}, "mixed", True, True, id="qformer-pretrain"),
+        pytest.param({"bert_type": "qformer"}, "mixed", False, True, id="qformer-without-ln"),
+        pytest.param({"frame_chunk_size": 2}, "mixed", True, True, id="chunk-smaller-than-frames"),
+        pytest.param(
+            {"frame_chunk_size": 3}, "questions_about_one_video", True, True, id="chunk-shared-by-questions"
+        ),
+        pytest.param(
+            {"compress_type": "off", "image_compress_type": "off"}, "mixed", True, True, id="context-only"
+        ),
+    ],
+)
+def test_batched_tokens_equal_the_reference(overrides, layout, with_cls, from_pixels, qformer_tokenizer):
+    """`get_visual_tokens` (frame chunks, keys shared across questions, one gather) equals the readable path."""
+    model = build_tiny_model(**overrides)
+    if overrides.get("bert_type") == "qformer_pretrain":
+        assert model.model.vlm_att_ln is not None
+    setup = LAYOUTS[layout]
+    questions = qformer_tokenizer(
+        ["what moves?", "how many red squares are there?", "colour?"], padding=True, return_tensors="pt"
+    )
+    torch.manual_seed(4)
+    features = torch.randn(sum(setup["frame_counts"]), 17 if with_cls else 16, 32)
+    with torch.no_grad():
+        out = model.model.get_visual_tokens(
+            features,
+            torch.tensor(setup["frame_counts"]),
+            questions["input_ids"],
+            questions["attention_mask"],
+            torch.tensor([media for media, _ in setup["blocks"]]),
+            torch.tensor([question for _, question in setup["blocks"]]),
+            media_is_image=torch.tensor(setup["images"]),
+            from_pixels=from_pixels,
+        )
+        context, tokens = reference_visual_tokens(model, features, setup, questions, from_pixels)
+    assert out.context_tokens.shape == context.shape and out.tokens.shape == tokens.shape
+    assert (out.context_tokens - context).abs().max() <= 1e-6
+    assert (out.tokens - tokens).abs().max() <= 1e-6
+
+
+def test_frame_pairs_and_interleaving_by_hand():
+    pairs = index_frame_pairs(torch.tensor([2, 1, 3]), torch.tensor([2, 0, 2]), torch.tensor([0, 1, 2]))
+    assert pairs.frame.tolist() == [3, 4, 5, 0, 1, 3, 4, 5]  # media 2 is frames 3..5, media 0 frames 0..1
+    assert pairs.question.tolist() == [0, 0, 0, 1, 1, 2, 2, 2]
+    assert pairs.block_frame_counts.tolist() == [3, 2, 3]
+    context = torch.tensor([[-1.0], [-2.0]])
+    content = torch.tensor([[10.0], [11.0], [12.0]])  # frame 0 owns row 0, frame 1 rows 1..2
+    offsets, counts = torch.tensor([0, 1]), torch.tensor([1, 2])
+    assert interleave_visual_tokens(context, content, offsets, counts).flatten().tolist() == [
+        -1.0, 10.0, -2.0, 11.0, 12.0
+    ]  # fmt: skip
+    assert interleave_visual_tokens(context, content, offsets, counts, with_context=False).flatten().tolist() == [
+        10.0, 11.0, 12.0
+    ]  # fmt: skip
+
+
+def test_content_pooling_adds_no_state(tiny_model):
+    model = tiny_model.model
+    assert isinstance(model.content_pooling, LlamaVidContentPooling)
+    assert not list(model.content_pooling.state_dict())
+    assert not any(key.startswith("model.content_pooling") for key in tiny_model.state_dict())
+    patches = torch.randn(3, 16, 32)
+    torch.testing.assert_close(
+        model.pool_patches(patches, "grid:2"), model.content_pooling(patches, "grid:2")
+    )
 
 
 def test_vectorised_equals_loop_over_frames_and_questions(tiny_model, qformer_tokenizer):

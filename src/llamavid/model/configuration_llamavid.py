@@ -3,12 +3,12 @@
 Defaults reproduce the released ``llama-vid-7b-full-224-video-fps-1`` checkpoint: EVA ViT-g/14 at 224 px
 (39 blocks, features taken before any final norm), an InstructBLIP Q-Former on BERT-base with 32 queries,
 Vicuna-7B, a ``mlp2x_gelu`` content projector and ``mean`` compression (2 tokens per frame).
-See ``docs/spec`` section numbers in comments (spec = the LLaMA-VID reference handed to the project).
 """
 
 from __future__ import annotations
 
 import re
+from typing import TypeVar
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
@@ -18,7 +18,7 @@ from transformers.models.instructblip.configuration_instructblip import (
     InstructBlipVisionConfig,
 )
 
-# Placeholder id for one visual token in `input_ids` (spec §5.1). It lies outside every vocabulary, so the LLM
+# Placeholder id for one visual token in `input_ids`. It lies outside every vocabulary, so the LLM
 # embedding table is never resized; the model swaps these positions for visual tokens before the LLM runs.
 IMAGE_TOKEN_INDEX = -200
 IGNORE_INDEX = -100
@@ -61,7 +61,7 @@ def parse_bert_type(value: str) -> tuple[str, int | None]:
     """Split a ``bert_type`` such as ``"qformer_pretrain_freeze_all layer:6"`` into (variant, kept layers)."""
     variant, layers = value, None
     if "layer" in value:
-        # Official rule (spec §3.2): any string containing "layer" keeps the first K layers, K after the last ':'.
+        # The official rule: any string containing "layer" keeps the first K layers, K after the last ':'.
         head, _, tail = value.rpartition(":")
         if not tail.isdigit() or int(tail) < 1:
             raise ValueError(f"bert_type={value!r}: expected 'layer:K' with a positive integer K.")
@@ -76,6 +76,22 @@ def parse_bert_type(value: str) -> tuple[str, int | None]:
     return variant, layers
 
 
+_Config = TypeVar("_Config", bound=PreTrainedConfig)
+
+
+def _sub_config(value: object, config_class: type[_Config], name: str) -> _Config:
+    if not isinstance(value, config_class):
+        raise TypeError(f"{name} must be a {config_class.__name__}, got {type(value).__name__}.")
+    return value
+
+
+def _square_side(value: object, name: str) -> int:
+    # InstructBLIP's vision config also allows (height, width) sizes; `_check_settings` only accepts integers.
+    if not isinstance(value, int):
+        raise TypeError(f"vision {name} must be an integer, got {value!r}.")
+    return value
+
+
 @strict
 class LlamaVidConfig(PreTrainedConfig):
     r"""Configuration for [`LlamaVidForConditionalGeneration`].
@@ -86,7 +102,7 @@ class LlamaVidConfig(PreTrainedConfig):
             `[DEC]`). Its `encoder_hidden_size` is forced to the vision width.
         text_config: the LLM (any causal LM config; Llama/Vicuna by default).
         num_query: number of learned Q-Former queries (32 in every release).
-        bert_type: text decoder variant (spec §3.2): `qformer`, `qformer_pretrain`, `qformer_pretrain_freeze`,
+        bert_type: text decoder variant: `qformer`, `qformer_pretrain`, `qformer_pretrain_freeze`,
             `qformer_pretrain_freeze_all` or `raw_bert`, optionally followed by `layer:K` to keep K layers. The
             freeze variants only change which modules train (see `LlamaVidForConditionalGeneration.frozen_modules`).
         compress_type: content tokens per video frame: `None` (all N patches), `"mean"` (1 token, released
@@ -101,7 +117,7 @@ class LlamaVidConfig(PreTrainedConfig):
             (official: yes). Context/content tokens always use patches only.
         features_qformer_sees_cls: the same for precomputed frame features that carry CLS. `True` keeps cached
             features numerically identical to pixels; the converted official long-video checkpoint sets `False`
-            because its long-video path drops CLS before the Q-Former (spec §5.4, §11.7).
+            because its long-video path drops CLS before the Q-Former.
         frame_chunk_size: frames encoded per chunk by the vision tower and the Q-Former; bounds activation memory
             on long videos and gives identical tokens for any value.
         image_token_index: placeholder id (-200) for visual positions in `input_ids`.
@@ -109,7 +125,7 @@ class LlamaVidConfig(PreTrainedConfig):
 
     model_type = "llama_vid"
     sub_configs_defaults = {
-        "vision_config": InstructBlipVisionConfig,
+        "vision_config": SubConfigSpec(config_class=InstructBlipVisionConfig),
         "qformer_config": SubConfigSpec(
             config_class=InstructBlipQFormerConfig, init_kwargs={"vocab_size": 30523}
         ),
@@ -134,11 +150,11 @@ class LlamaVidConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         if isinstance(self.qformer_config, dict):
-            # BERT-uncased plus the added "[DEC]" token (spec §3.1), also when only other fields are given.
+            # BERT-uncased plus the added "[DEC]" token, also when only other fields are given.
             self.qformer_config = {"vocab_size": 30523, **self.qformer_config}
         super().__post_init__(**kwargs)
-        # The Q-Former cross-attends to EVA features of the vision width (spec §3.1, att_feat_size).
-        self.qformer_config.encoder_hidden_size = self.vision_config.hidden_size
+        # The Q-Former cross-attends to EVA features of the vision width (the official `att_feat_size`).
+        self.qformer.encoder_hidden_size = self.vision.hidden_size
         if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
             self.tie_word_embeddings = True
         self._check_settings()
@@ -164,7 +180,12 @@ class LlamaVidConfig(PreTrainedConfig):
             raise ValueError(
                 f"image_token_index must be negative (outside the vocabulary), got {self.image_token_index}."
             )
-        image_size, patch_size = self.vision_config.image_size, self.vision_config.patch_size
+        image_size, patch_size = self.vision.image_size, self.vision.patch_size
+        if not isinstance(image_size, int) or not isinstance(patch_size, int):
+            raise ValueError(
+                f"vision image_size and patch_size must be integers (square frames and patches), got "
+                f"{image_size!r} and {patch_size!r}."
+            )
         if image_size % patch_size:
             raise ValueError(f"vision image_size {image_size} is not a multiple of patch_size {patch_size}.")
         for kind in (self.compress_type, self.resolved_image_compress_type):
@@ -180,15 +201,38 @@ class LlamaVidConfig(PreTrainedConfig):
                     f"compress_type={kind!r} asks for a {grid}x{grid} grid from {side}x{side} patches."
                 )
 
+    # Typed sub-configs --------------------------------------------------------------------------------------
+    # The fields accept a dict, a config or None when the config is built; `__post_init__` always leaves a
+    # config there. These views say so to type checkers and check it at run time.
+    @property
+    def vision(self) -> InstructBlipVisionConfig:
+        """`vision_config` as the `InstructBlipVisionConfig` it always is after construction."""
+        return _sub_config(self.vision_config, InstructBlipVisionConfig, "vision_config")
+
+    @property
+    def qformer(self) -> InstructBlipQFormerConfig:
+        """`qformer_config` as the `InstructBlipQFormerConfig` it always is after construction."""
+        return _sub_config(self.qformer_config, InstructBlipQFormerConfig, "qformer_config")
+
+    @property
+    def text(self) -> PreTrainedConfig:
+        """`text_config`, the LLM's config (any causal LM's config class)."""
+        return _sub_config(self.text_config, PreTrainedConfig, "text_config")
+
     # Derived sizes ------------------------------------------------------------------------------------------
     @property
     def resolved_image_compress_type(self) -> str | None:
         return self.compress_type if self.image_compress_type == "same" else self.image_compress_type
 
     @property
+    def image_size(self) -> int:
+        """S, the side of the square frames the vision tower takes (224 or 336 px)."""
+        return _square_side(self.vision.image_size, "image_size")
+
+    @property
     def patch_grid_size(self) -> int:
         """Patches per side (s = S/14: 16 at 224 px, 24 at 336 px)."""
-        return self.vision_config.image_size // self.vision_config.patch_size
+        return self.image_size // _square_side(self.vision.patch_size, "patch_size")
 
     @property
     def num_patches(self) -> int:
@@ -196,7 +240,7 @@ class LlamaVidConfig(PreTrainedConfig):
         return self.patch_grid_size**2
 
     def content_tokens_per_frame(self, is_image: bool = False) -> int:
-        """n, the number of content tokens one frame yields (spec §1: None -> N, mean -> 1, grid:g -> (s//(s//g))^2)."""
+        """n, the number of content tokens one frame yields: None -> N, mean -> 1, grid:g -> (s//(s//g))^2."""
         kind, grid = parse_compress_type(
             self.resolved_image_compress_type if is_image else self.compress_type
         )

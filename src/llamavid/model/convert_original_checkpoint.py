@@ -1,6 +1,6 @@
 """Convert released LLaMA-VID checkpoints into one self-contained llamavid folder.
 
-The official release is spread over several files (spec §7): an HF-style LLaVA folder (``config.json`` with
+The official release is spread over several files: an HF-style LLaVA folder (``config.json`` with
 ``model_type: "llava"``, ``pytorch_model-*.bin`` or ``*.safetensors`` shards and their index, tokenizer files),
 the raw EVA ViT-g state dict ``eva_vit_g.pth`` that the official loader reads from a relative path, optionally
 the InstructBLIP Q-Former file for stage-1 initialisation, and bert-base-uncased downloaded at run time. This
@@ -39,10 +39,10 @@ OFFICIAL_ARCHITECTURES = ("LlavaLlamaAttForCausalLM",)
 OUTPUT_INDEX_NAME = "model.safetensors.index.json"
 CONVERSION_INFO_NAME = "conversion.json"
 
-# Structural constants of the official EVA ViT-g/14 (spec §2); only width, patch and MLP size are read from the file.
+# Structural constants of the official EVA ViT-g/14; only width, patch and MLP size are read from the file.
 EVA_DEPTH = 39
 EVA_HEAD_DIM = 88
-# BERT-base convention (spec §3.1): heads have width 64.
+# BERT-base convention: heads have width 64.
 BERT_HEAD_DIM = 64
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -222,7 +222,7 @@ _EVA_TOP_RENAMES = {
     "patch_embed.proj.weight": "embeddings.patch_embedding.weight",
     "patch_embed.proj.bias": "embeddings.patch_embedding.bias",
 }
-# Keys of the 40-block EVA-CLIP file that LLaMA-VID never builds (spec §2): final norms and the CLIP head.
+# Keys of the 40-block EVA-CLIP file that LLaMA-VID never builds: final norms and the CLIP head.
 _EVA_UNUSED = re.compile(r"^(norm|fc_norm|head)\.")
 VISION_PREFIX = "model.vision_tower."
 
@@ -263,7 +263,7 @@ def rename_instructblip_key(key: str) -> str | None:
     """Our name for a key of the InstructBLIP file (``Qformer.bert.*``, ``query_tokens``, ``ln_vision.*``).
 
     Everything else in that file (its own LLM projection ``llm_proj``, visual encoder, text FFN heads) is unused
-    by LLaMA-VID (spec §7.4) and dropped.
+    by LLaMA-VID and dropped.
     """
     if key == "query_tokens":
         return "model.vlm_att_query"
@@ -284,7 +284,7 @@ def convert_eva_state_dict(
     Blocks at index >= `num_layers` (the 40th block of EVA-CLIP-g) and the final norm/head are dropped, as the
     official non-strict load does. The fused qkv bias is ``cat(q_bias, 0, v_bias)``: EVA has no key bias. When
     `image_size` needs more positions than the file has (336 px on the 224 table) the patch part of the position
-    table is resized once here, bicubic in float32 with the CLS entry unchanged (spec §2), so the model never
+    table is resized once here, bicubic in float32 with the CLS entry unchanged, so the model never
     interpolates at run time.
 
     Raises:
@@ -340,7 +340,7 @@ def _eva_patch(eva_state: Mapping[str, torch.Tensor]) -> int:
 
 
 def interpolate_position_table(table: torch.Tensor, image_size: int, patch_size: int) -> torch.Tensor:
-    """Resize a ``(1, 1 + s*s, C)`` position table to ``image_size // patch_size`` per side (spec §2).
+    """Resize a ``(1, 1 + s*s, C)`` position table to ``image_size // patch_size`` per side.
 
     Bicubic, ``align_corners=False``, computed in float32 and cast back, with the CLS entry copied unchanged:
     the official loader does exactly this once at load time.
@@ -386,7 +386,7 @@ _LLAMA_FIELDS = (
 def convert_rope_scaling(official: Mapping[str, Any]) -> dict[str, Any]:
     """transformers-5 ``rope_parameters`` from a legacy ``rope_scaling`` (``{"type": "linear", "factor": 16}``).
 
-    The long-video checkpoint was trained with linear position interpolation (spec §6); a missing or null
+    The long-video checkpoint was trained with linear position interpolation; a missing or null
     ``rope_scaling`` means plain RoPE.
     """
     theta = float(official.get("rope_theta", 10000.0))
@@ -509,10 +509,10 @@ def build_config(
         bert_type=bert_type,
         compress_type=official.get("compress_type"),
         mm_projector_type=official.get("mm_projector_type", "linear"),
-        # raw_bert: the official vlm_attention drops CLS before the text decoder as well (spec §3.4); found by
+        # raw_bert: the official vlm_attention drops CLS before the text decoder as well; found by
         # tests/parity (the converted raw_bert checkpoint cross-attended to CLS).
         qformer_sees_cls=bert_variant != "raw_bert",
-        # The long-video path drops CLS before the Q-Former (spec §5.4, §11.7).
+        # The official long-video path drops CLS before the Q-Former.
         features_qformer_sees_cls=not bert_variant.endswith("freeze_all") and bert_variant != "raw_bert",
     )
     config.dtype = dtype or official.get("torch_dtype") or "float32"
@@ -665,7 +665,7 @@ def _iter_official_tensors(
 
 
 def default_generation_use(config: LlamaVidConfig) -> str:
-    """Which official generation defaults fit a checkpoint (spec §6): movie, video QA or image benchmarks."""
+    """Which official generation defaults fit a checkpoint: movie, video QA or image benchmarks."""
     if parse_bert_type(config.bert_type)[0].endswith("freeze_all"):
         return "movie"
     return "image_eval" if config.compress_type in (None, "none") else "video_qa"
@@ -770,9 +770,7 @@ def convert(
     writer = _Writer(output, expected, _DTYPES.get(dtype) if dtype else None)
 
     # 2. Weights, one input file at a time.
-    converted_eva = convert_eva_state_dict(
-        eva_state, config.vision_config.num_hidden_layers, config.vision_config.image_size
-    )
+    converted_eva = convert_eva_state_dict(eva_state, config.vision.num_hidden_layers, config.image_size)
     del eva_state
     writer.write(converted_eva, str(eva_path))
     del converted_eva

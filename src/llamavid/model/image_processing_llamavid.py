@@ -1,4 +1,4 @@
-"""Frame preprocessing matching the official CLIP pipeline (spec §8): PIL bicubic, centre crop, CLIP mean/std.
+"""Frame preprocessing matching the official CLIP pipeline: PIL bicubic, centre crop, CLIP mean/std.
 
 The official code runs transformers' slow `CLIPImageProcessor`; transformers 5 defaults to a torchvision path
 whose bicubic filter differs slightly, so we implement the PIL path here and pin it.
@@ -20,7 +20,7 @@ CONFIG_NAME = "preprocessor_config.json"
 
 
 def expand_to_square(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
-    """Pad to a square canvas with the image centred (LLaVA's ``expand2square``, spec §8.2)."""
+    """Pad to a square canvas with the image centred (LLaVA's ``expand2square``)."""
     width, height = image.size
     if width == height:
         return image

@@ -1,4 +1,4 @@
-"""LLaMA-VID: every frame becomes one *context* token and n *content* tokens (spec §1, §4).
+"""LLaMA-VID: every frame becomes one *context* token and n *content* tokens.
 
 Data flow, top to bottom (dimension letters: F frames in the batch, N patches per frame, C vision width,
 Q queries, L instruction length, D LLM width, K visual blocks = (media, question) pairs):
@@ -7,9 +7,12 @@ Q queries, L instruction length, D LLM width, K visual blocks = (media, question
 2. Content tokens, once per frame: pool the patches (``None`` / ``grid:g`` / ``mean``) and project to D.
 3. Context tokens, once per (frame, question): the instruction-aware Q-Former turns the question and the
    frame into Q text queries; each query attends over the key-projected patches (softmax, scale 1/sqrt(C)),
-   the attended *raw* patches are averaged over queries and projected to D.
+   the attended *raw* patches are averaged over queries and projected to D. `LlamaVidModel.context_token` spells
+   this out for a batch of (frame, question) pairs; `get_context_tokens` computes the same in frame chunks.
 4. Each block's tokens ``[ctx_0, content_0, ctx_1, content_1, ...]`` replace the placeholder ids (-200) in
    ``input_ids``; the LLM reads the result.
+
+docs/architecture.md follows the same flow from the video file to the answer.
 
 The vision tower and the Q-Former are transformers' InstructBLIP modules, whose numerics match the official
 EVA / LAVIS code (checked in tests/parity); we only drop the vision ``post_layernorm`` that LLaMA-VID never uses.
@@ -73,7 +76,7 @@ class LlamaVidVisualOutput(ModelOutput):
 
     def per_block(self) -> list[dict[str, Tensor]]:
         """Split the attention outputs by block: ``[{"weights": (T_k, Q, N), "scores": (T_k,)}, ...]``."""
-        if self.attention_weights is None or self.frame_scores is None:
+        if self.attention_weights is None or self.frame_scores is None or self.block_frame_counts is None:
             raise ValueError("attention maps were not computed; pass output_visual_attentions=True.")
         sizes = self.block_frame_counts.tolist()
         return [
@@ -95,7 +98,7 @@ class LlamaVidCausalLMOutput(ModelOutput):
 
 
 def build_mm_projector(projector_type: str, in_features: int, out_features: int) -> nn.Module:
-    """Content projector (spec §4): `linear`, `identity` or `mlpNx_gelu` (N Linear layers with exact GELU)."""
+    """Content projector: `linear`, `identity` or `mlpNx_gelu` (N Linear layers with exact GELU)."""
     if projector_type == "identity":
         return nn.Identity()
     if projector_type == "linear":
@@ -108,8 +111,105 @@ def build_mm_projector(projector_type: str, in_features: int, out_features: int)
     return nn.Sequential(*layers)
 
 
+class LlamaVidContentPooling(nn.Module):
+    """Content tokens before projection: average-pool each frame's raw patches, ``(F, N, C) -> (F, n, C)``.
+
+    `compress_type` is the setting for the frames at hand: ``None``/``"none"`` keeps all N patches, ``"mean"``
+    averages them into one token, ``"grid:g"`` averages blocks of the s x s patch grid with kernel = stride =
+    s // g (row-major, so (s // (s // g))^2 tokens) and ``"off"`` keeps none. No parameters, so this module adds
+    no state_dict keys.
+    """
+
+    def forward(self, patches: Tensor, compress_type: str | None) -> Tensor:
+        kind, grid = parse_compress_type(compress_type)
+        if kind == "none":
+            return patches
+        if kind == "off":
+            return patches[:, :0]
+        if kind == "mean":
+            return patches.mean(dim=1, keepdim=True)
+        frames, num_patches, width = patches.shape
+        side = math.isqrt(num_patches)
+        stride = side // grid
+        grid_map = patches.reshape(frames, side, side, width).permute(0, 3, 1, 2)  # (F, C, s, s)
+        pooled = F.avg_pool2d(grid_map, kernel_size=stride, stride=stride, padding=0)
+        return pooled.permute(0, 2, 3, 1).flatten(1, 2)  # (F, n, C), row-major
+
+
+def segment_positions(lengths: Tensor) -> tuple[Tensor, Tensor]:
+    """Expand segment lengths into each element's ``(segment, rank within its segment)``.
+
+    Lengths ``[2, 3]`` give segments ``[0, 0, 1, 1, 1]`` and ranks ``[0, 1, 0, 1, 2]``.
+    """
+    segment = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)
+    starts = torch.cumsum(lengths, 0) - lengths
+    return segment, torch.arange(len(segment), device=lengths.device) - starts[segment]
+
+
+@dataclass
+class FramePairs:
+    """Every (block, frame) pair that gets visual tokens, in placeholder order.
+
+    Block k (one media item with one question) contributes its media's frames in time order, then block k+1
+    follows. Each pair gets one context token and its frame's content tokens.
+
+    Attributes:
+        frame: ``(pairs,)`` index of the pair's frame among all frames of the batch.
+        question: ``(pairs,)`` index of the pair's question.
+        block_frame_counts: ``(K,)`` frames (hence pairs) per block.
+    """
+
+    frame: Tensor
+    question: Tensor
+    block_frame_counts: Tensor
+
+
+def index_frame_pairs(frame_counts: Tensor, block_media: Tensor, block_question: Tensor) -> FramePairs:
+    """List the (block, frame) pairs of a batch, in placeholder order, without Python loops.
+
+    Args:
+        frame_counts: ``(M,)`` frames of each media item; media are stored one after another.
+        block_media / block_question: ``(K,)`` media and question of each block.
+    """
+    media_start = torch.cumsum(frame_counts, 0) - frame_counts  # (M,) index of each media item's first frame
+    block_frames = frame_counts[block_media]  # (K,)
+    pair_block, frame_rank = segment_positions(block_frames)  # (pairs,) each
+    return FramePairs(
+        frame=media_start[block_media][pair_block] + frame_rank,
+        question=block_question[pair_block],
+        block_frame_counts=block_frames,
+    )
+
+
+def interleave_visual_tokens(
+    context_tokens: Tensor,
+    content_table: Tensor,
+    content_offsets: Tensor,
+    content_counts: Tensor,
+    with_context: bool = True,
+) -> Tensor:
+    """Lay out ``[context, content_1, ..., content_n]`` for each pair, pair after pair, with one gather.
+
+    Args:
+        context_tokens: ``(pairs, D)`` one context token per pair (left out when `with_context` is False).
+        content_table: ``(rows, D)`` content tokens of every frame (see `LlamaVidModel.get_content_tokens`).
+        content_offsets / content_counts: ``(pairs,)`` first row of each pair's content tokens in
+            `content_table`, and how many there are.
+        with_context: put the context token first in each pair's run (False: content-only model).
+
+    Returns:
+        ``(sum_p (1 + n_p), D)``, or ``(sum_p n_p, D)`` without context tokens.
+    """
+    first = int(with_context)
+    position_pair, rank = segment_positions(first + content_counts)  # rank 0 is the context token
+    content_row = content_offsets[position_pair] + rank - first
+    source = torch.where(rank < first, position_pair, len(context_tokens) + content_row)
+    table = torch.cat([context_tokens, content_table.to(context_tokens.dtype)])
+    return table[source]
+
+
 class LlamaVidVisionTower(nn.Module):
-    """EVA ViT-g/14 as LLaMA-VID uses it: 39 pre-norm blocks and **no** final norm (spec §2).
+    """EVA ViT-g/14 as LLaMA-VID uses it: 39 pre-norm blocks and **no** final norm.
 
     transformers' InstructBLIP vision model computes the same blocks (fused qkv with a zero key bias) but ends
     in a `post_layernorm`; we keep its embeddings and encoder and stop before that norm.
@@ -131,7 +231,7 @@ class LlamaVidVisionTower(nn.Module):
 
 
 class LlamaVidRawBertDecoder(nn.Module):
-    """`raw_bert` text decoder (spec §3.2): a causal BERT with cross-attention in every layer, no queries."""
+    """`raw_bert` text decoder: a causal BERT with cross-attention in every layer, no queries."""
 
     def __init__(self, config: BertConfig):
         super().__init__()
@@ -172,18 +272,18 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
 
     def __init__(self, config: LlamaVidConfig):
         super().__init__(config)
-        vision_width = config.vision_config.hidden_size
-        llm_width = config.text_config.hidden_size
+        vision_width = config.vision.hidden_size
+        llm_width = config.text.hidden_size
         self.bert_variant, kept_layers = parse_bert_type(config.bert_type)
 
-        self.vision_tower = LlamaVidVisionTower(config.vision_config)
+        self.vision_tower = LlamaVidVisionTower(config.vision)
 
-        qformer_config = config.qformer_config
+        qformer_config = config.qformer
         if kept_layers is not None:
             qformer_config = qformer_config.__class__(
                 **{**qformer_config.to_dict(), "num_hidden_layers": kept_layers}
             )
-            qformer_config._attn_implementation = config.qformer_config._attn_implementation
+            qformer_config._attn_implementation = config.qformer._attn_implementation
         self.vlm_att_query: nn.Parameter | None = None
         self.vlm_att_ln: nn.LayerNorm | None = None
         self.vlm_att_bert_proj: nn.Linear | None = None
@@ -203,7 +303,7 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
                 add_cross_attention=True,
             )
             self.vlm_att_encoder: nn.Module = LlamaVidRawBertDecoder(bert_config)
-            # raw BERT cross-attends to patches projected to its own width (spec §3.4).
+            # raw BERT cross-attends to patches projected to its own width.
             self.vlm_att_bert_proj = nn.Linear(vision_width, qformer_config.hidden_size)
         else:
             self.vlm_att_encoder = InstructBlipQFormerModel(qformer_config)
@@ -216,7 +316,8 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
         self.vlm_att_key_projector = nn.Linear(vision_width, vision_width)
         self.vlm_att_val_projector = nn.Linear(vision_width, llm_width)
         self.mm_projector = build_mm_projector(config.mm_projector_type, vision_width, llm_width)
-        self.language_model = AutoModel.from_config(config.text_config)
+        self.content_pooling = LlamaVidContentPooling()
+        self.language_model = AutoModel.from_config(config.text)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -231,7 +332,7 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
 
         Gradients flow only when some vision parameter trains (the released recipes keep EVA frozen).
         """
-        size = self.config.vision_config.image_size
+        size = self.config.image_size
         if (
             pixel_values.ndim != 4
             or pixel_values.shape[1] != 3
@@ -255,14 +356,14 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
         """Return ``(patches (F, N, C), qformer_input (F, N or 1+N, C))`` with explicit CLS handling.
 
         Features with N+1 tokens carry CLS first; N tokens carry none. The count is matched against the
-        config exactly instead of the official "odd token count" guess (spec §11.7).
+        config exactly instead of the official "odd token count" guess (docs/architecture.md, section 11).
         """
         num_patches = self.config.num_patches
         tokens = vision_features.shape[1]
         if vision_features.ndim != 3 or tokens not in (num_patches, num_patches + 1):
             raise ValueError(
                 f"vision features must have shape (frames, {num_patches} or {num_patches + 1}, "
-                f"{self.config.vision_config.hidden_size}) for this model, got {tuple(vision_features.shape)}."
+                f"{self.config.vision.hidden_size}) for this model, got {tuple(vision_features.shape)}."
             )
         if tokens == num_patches:
             return vision_features, vision_features
@@ -272,20 +373,8 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
 
     # 2. Content tokens -----------------------------------------------------------------------------------------
     def pool_patches(self, patches: Tensor, compress_type: str | None) -> Tensor:
-        """Content pooling on raw patches (spec §4): ``(F, N, C) -> (F, n, C)``."""
-        kind, grid = parse_compress_type(compress_type)
-        if kind == "none":
-            return patches
-        if kind == "off":
-            return patches[:, :0]
-        if kind == "mean":
-            return patches.mean(dim=1, keepdim=True)
-        frames, num_patches, width = patches.shape
-        side = math.isqrt(num_patches)
-        stride = side // grid
-        grid_map = patches.reshape(frames, side, side, width).permute(0, 3, 1, 2)  # (F, C, s, s)
-        pooled = F.avg_pool2d(grid_map, kernel_size=stride, stride=stride, padding=0)
-        return pooled.permute(0, 2, 3, 1).flatten(1, 2)  # (F, n, C), row-major
+        """Content pooling on raw patches, ``(F, N, C) -> (F, n, C)`` (see `LlamaVidContentPooling`)."""
+        return self.content_pooling(patches, compress_type)
 
     def get_content_tokens(self, patches: Tensor, frame_is_image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Content tokens of every frame, computed once and shared by all questions.
@@ -302,7 +391,7 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
         )[frame_is_image.long()]
         if kinds[False] == kinds[True] or frame_is_image.all() or not frame_is_image.any():
             kind = kinds[bool(frame_is_image[0])] if len(frame_is_image) else kinds[False]
-            table = self.mm_projector(self.pool_patches(patches, kind)).flatten(0, 1)
+            table = self.mm_projector(self.content_pooling(patches, kind)).flatten(0, 1)
             offsets = torch.cumsum(counts, 0) - counts
             return table, offsets, counts
         # Images and video frames pooled differently: one pass per kind, rows stored group by group.
@@ -310,7 +399,7 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
         start = 0
         for is_image in (False, True):
             index = torch.nonzero(frame_is_image == is_image).squeeze(1)
-            pooled = self.mm_projector(self.pool_patches(patches[index], kinds[is_image]))  # (F_g, n_g, D)
+            pooled = self.mm_projector(self.content_pooling(patches[index], kinds[is_image]))  # (F_g, n_g, D)
             offsets[index] = start + torch.arange(len(index), device=patches.device) * pooled.shape[1]
             start += pooled.shape[0] * pooled.shape[1]
             parts.append(pooled.flatten(0, 1))
@@ -318,10 +407,16 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
 
     # 3. Context tokens -----------------------------------------------------------------------------------------
     def text_queries(self, qformer_visual: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """Instruction-guided text queries Q_t: ``(b, N', C) x (b, L) -> (b, Q or L, C)`` (spec §3)."""
-        if self.bert_variant == "raw_bert":
+        """Instruction-guided text queries Q_t: ``(b, N', C) x (b, L) -> (b, Q or L, C)``.
+
+        The Q-Former variants return their Q learned queries after they have read the question and
+        cross-attended to the frame; `raw_bert` has no learned queries and returns one per question token.
+        """
+        if self.vlm_att_bert_proj is not None:  # raw_bert
             hidden = self.vlm_att_encoder(input_ids, attention_mask, self.vlm_att_bert_proj(qformer_visual))
         else:
+            if self.vlm_att_query is None:
+                raise RuntimeError("a Q-Former text decoder needs its learned queries (vlm_att_query).")
             visual = self.vlm_att_ln(qformer_visual) if self.vlm_att_ln is not None else qformer_visual
             queries = self.vlm_att_query.expand(len(input_ids), -1, -1).to(visual.dtype)
             query_mask = torch.ones(
@@ -334,6 +429,29 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
                 encoder_hidden_states=visual,
             ).last_hidden_state[:, : queries.shape[1]]
         return self.vlm_att_projector(hidden)
+
+    def context_token(
+        self, patches: Tensor, qformer_visual: Tensor, input_ids: Tensor, attention_mask: Tensor
+    ) -> Tensor:
+        """The context token of b (frame, question) pairs, step by step as the paper defines it.
+
+        This is the reference definition; `get_visual_tokens` computes the same tokens in frame chunks, with
+        each frame's keys shared by all its questions (tests check both agree).
+
+        Args:
+            patches: ``(b, N, C)`` raw EVA patch features of each pair's frame (no CLS).
+            qformer_visual: ``(b, N or 1+N, C)`` what the text decoder reads (see `split_vision_features`).
+            input_ids / attention_mask: ``(b, L)`` each pair's question, tokenised for the text decoder.
+
+        Returns:
+            ``(b, D)`` one context token per pair, in the LLM's width.
+        """
+        queries = self.text_queries(qformer_visual, input_ids, attention_mask)  # (b, Q, C)
+        keys = self.vlm_att_key_projector(patches)  # (b, N, C)
+        scores = queries @ keys.transpose(1, 2) / math.sqrt(patches.shape[-1])  # (b, Q, N)
+        weights = scores.softmax(dim=-1)  # each query's attention over the frame's patches
+        attended = weights @ patches  # (b, Q, C): a weighted sum of the raw patches, not of projected values
+        return self.vlm_att_val_projector(attended.mean(dim=1))  # mean over queries (b, C) -> (b, D)
 
     def context_attention(self, text_queries: Tensor, keys: Tensor) -> Tensor:
         """Unnormalised attention logits ``(b, Q, C) x (b, N, C) -> (b, Q, N)``, scaled by 1/sqrt(C)."""
@@ -349,6 +467,57 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
         """
         return torch.logsumexp(scores.float(), dim=-1).mean(dim=-1)
 
+    def get_context_tokens(
+        self,
+        patches: Tensor,
+        qformer_visual: Tensor,
+        qformer_input_ids: Tensor,
+        qformer_attention_mask: Tensor,
+        pairs: FramePairs,
+        output_attentions: bool = False,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """`context_token` for every (frame, question) pair, batched over frame chunks.
+
+        Frames are visited `frame_chunk_size` at a time: keys are projected once per frame and shared by every
+        question about it, and at most that many pairs pass through the text decoder together, so activations
+        stay bounded however long the video is. Pairs are independent, so the chunk size never changes the tokens.
+
+        Returns:
+            ``(context_tokens (pairs, D), weights (pairs, Q, N) or None, frame scores (pairs,) or None)``.
+        """
+        pair_frame, pair_question = pairs.frame, pairs.question
+        num_queries = self.config.num_query if self.vlm_att_query is not None else qformer_input_ids.shape[1]
+        # Zeros, not empty: a content-only model never fills these rows, and garbage would poison gradients.
+        context = patches.new_zeros(len(pair_frame), patches.shape[-1])
+        weights = (
+            patches.new_empty(len(pair_frame), num_queries, patches.shape[1]) if output_attentions else None
+        )
+        scores = patches.new_empty(len(pair_frame), dtype=torch.float32) if output_attentions else None
+        chunk = self.config.frame_chunk_size
+        for start in range(0, patches.shape[0] if self.config.context_token else 0, chunk):
+            in_chunk = torch.nonzero((pair_frame >= start) & (pair_frame < start + chunk)).squeeze(1)
+            if not len(in_chunk):
+                continue
+            chunk_patches = patches[start : start + chunk]  # (c, N, C)
+            chunk_keys = self.vlm_att_key_projector(chunk_patches)  # (c, N, C), shared by the chunk's pairs
+            for batch in in_chunk.split(chunk):
+                local = pair_frame[batch] - start
+                questions = pair_question[batch]
+                text_q = self.text_queries(
+                    qformer_visual[pair_frame[batch]],
+                    qformer_input_ids[questions],
+                    qformer_attention_mask[questions],
+                )  # (b, Q, C)
+                logits = self.context_attention(text_q, chunk_keys[local])  # (b, Q, N)
+                attention = logits.softmax(dim=-1)
+                # Values are the raw patches, not projected; mean over the queries.
+                context[batch] = (attention @ chunk_patches[local]).mean(dim=1).to(context.dtype)  # (b, C)
+                if weights is not None and scores is not None:
+                    weights[batch] = attention.to(weights.dtype)
+                    scores[batch] = self.frame_relevance(logits)
+        return self.vlm_att_val_projector(context), weights, scores  # (pairs, D)
+
+    # Assembly of the visual tokens ------------------------------------------------------------------------------
     def get_visual_tokens(
         self,
         vision_features: Tensor,
@@ -380,73 +549,28 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
         if media_is_image is None:
             media_is_image = torch.zeros(len(frame_counts), dtype=torch.bool, device=device)
         frame_is_image = torch.repeat_interleave(media_is_image.to(device), frame_counts)
+
         content_table, content_offsets, content_counts = self.get_content_tokens(patches, frame_is_image)
-
-        # Every (block, frame) pair in placeholder order, built without Python loops over frames or questions.
-        media_start = torch.cumsum(frame_counts, 0) - frame_counts
-        block_frames = frame_counts[block_media]  # (K,)
-        pair_block = torch.repeat_interleave(torch.arange(len(block_media), device=device), block_frames)
-        pair_rank = (
-            torch.arange(len(pair_block), device=device)
-            - (torch.cumsum(block_frames, 0) - block_frames)[pair_block]
+        pairs = index_frame_pairs(frame_counts, block_media, block_question)
+        context_tokens, weights, scores = self.get_context_tokens(
+            patches,
+            qformer_visual,
+            qformer_input_ids.to(device),
+            qformer_attention_mask.to(device),
+            pairs,
+            output_attentions=output_attentions,
         )
-        pair_frame = media_start[block_media][pair_block] + pair_rank
-        pair_question = block_question[pair_block]
-
-        qformer_input_ids = qformer_input_ids.to(device)
-        qformer_attention_mask = qformer_attention_mask.to(device)
-        num_queries = self.config.num_query if self.bert_variant != "raw_bert" else qformer_input_ids.shape[1]
-        # Zeros, not empty: a content-only model never fills these rows, and garbage would poison gradients.
-        context = patches.new_zeros(len(pair_frame), patches.shape[-1])
-        weights = (
-            patches.new_empty(len(pair_frame), num_queries, patches.shape[1]) if output_attentions else None
+        tokens = interleave_visual_tokens(
+            context_tokens,
+            content_table,
+            content_offsets[pairs.frame],
+            content_counts[pairs.frame],
+            with_context=self.config.context_token,
         )
-        scores = patches.new_empty(len(pair_frame), dtype=torch.float32) if output_attentions else None
-        # Frames are visited in chunks of `frame_chunk_size`: keys are projected once per frame and shared by
-        # every question about it, and activations stay bounded however long the video is. Pairs are
-        # independent, so the chunk size never changes the tokens.
-        chunk = self.config.frame_chunk_size
-        for start in range(0, patches.shape[0] if self.config.context_token else 0, chunk):
-            in_chunk = torch.nonzero((pair_frame >= start) & (pair_frame < start + chunk)).squeeze(1)
-            if not len(in_chunk):
-                continue
-            chunk_patches = patches[start : start + chunk]  # (c, N, C)
-            chunk_keys = self.vlm_att_key_projector(chunk_patches)  # (c, N, C)
-            for pairs in in_chunk.split(chunk):
-                local = pair_frame[pairs] - start
-                questions = pair_question[pairs]
-                text_q = self.text_queries(
-                    qformer_visual[pair_frame[pairs]],
-                    qformer_input_ids[questions],
-                    qformer_attention_mask[questions],
-                )  # (b, Q, C)
-                logits = self.context_attention(text_q, chunk_keys[local])  # (b, Q, N)
-                attention = logits.softmax(dim=-1)
-                # Values are the raw patches, not projected (spec §4); mean over the queries.
-                context[pairs] = (attention @ chunk_patches[local]).mean(dim=1).to(context.dtype)  # (b, C)
-                if weights is not None and scores is not None:
-                    weights[pairs] = attention.to(weights.dtype)
-                    scores[pairs] = self.frame_relevance(logits)
-        context_tokens = self.vlm_att_val_projector(context)  # (pairs, D)
-
-        # Interleave [context, content...] per pair with one gather (no context row in a content-only model).
-        first = int(self.config.context_token)
-        segment = first + content_counts[pair_frame]  # 1 context + n_f content tokens per pair
-        position_pair = torch.repeat_interleave(torch.arange(len(pair_frame), device=device), segment)
-        offset = (
-            torch.arange(len(position_pair), device=device)
-            - (torch.cumsum(segment, 0) - segment)[position_pair]
-        )
-        source = torch.where(
-            offset < first,
-            position_pair,
-            len(pair_frame) + content_offsets[pair_frame[position_pair]] + offset - first,
-        )
-        table = torch.cat([context_tokens, content_table.to(context_tokens.dtype)])
         return LlamaVidVisualOutput(
-            tokens=table[source],
+            tokens=tokens,
             context_tokens=context_tokens,
-            block_frame_counts=block_frames,
+            block_frame_counts=pairs.block_frame_counts,
             attention_weights=weights,
             frame_scores=scores,
         )
@@ -496,7 +620,7 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
         output_attentions: bool = False,
         visual_tokens: Tensor | None = None,
     ) -> tuple[Tensor, LlamaVidVisualOutput | None]:
-        """Embed `input_ids` and write visual tokens into the placeholder positions (spec §5.3).
+        """Embed `input_ids` and write visual tokens into the placeholder positions.
 
         `visual_tokens` ``(n_placeholders, D)`` are tokens computed earlier with `get_visual_tokens` (for example
         streamed chunk by chunk over a cached long video); they are written as they are.
@@ -527,8 +651,11 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
             raise ValueError("qformer_input_ids (the tokenised questions) are required with visual inputs.")
         if qformer_attention_mask is None:
             qformer_attention_mask = torch.ones_like(qformer_input_ids)
-        from_pixels = pixel_values is not None
-        features = self.get_vision_features(pixel_values) if from_pixels else vision_features
+        if pixel_values is not None:
+            features, from_pixels = self.get_vision_features(pixel_values), True
+        else:
+            assert vision_features is not None  # one of the two is set, checked above
+            features, from_pixels = vision_features, False
         if frame_counts is None:
             frame_counts = torch.ones(features.shape[0], dtype=torch.long)
         if block_media is None or block_question is None:
@@ -550,14 +677,16 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
             from_pixels=from_pixels,
             output_attentions=output_attentions,
         )
-        expected, found = visual.tokens.shape[0], int(placeholder.sum())
+        tokens = visual.tokens
+        assert tokens is not None  # get_visual_tokens always fills them
+        expected, found = tokens.shape[0], int(placeholder.sum())
         if expected != found:
             per_row = placeholder.sum(dim=1).tolist()
             raise ValueError(
                 f"input_ids hold {found} visual placeholder ids (per sample: {per_row}) but the media and questions "
                 f"produce {expected} visual tokens; build inputs with LlamaVidProcessor so the counts match."
             )
-        embeds = embeds.masked_scatter(placeholder.unsqueeze(-1), visual.tokens.to(embeds.dtype))
+        embeds = embeds.masked_scatter(placeholder.unsqueeze(-1), tokens.to(embeds.dtype))
         return embeds, visual
 
     def forward(
@@ -596,7 +725,7 @@ class LlamaVidForConditionalGeneration(LlamaVidPreTrainedModel, GenerationMixin)
     def __init__(self, config: LlamaVidConfig):
         super().__init__(config)
         self.model = LlamaVidModel(config)
-        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.text.hidden_size, config.text.vocab_size, bias=False)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -609,7 +738,7 @@ class LlamaVidForConditionalGeneration(LlamaVidPreTrainedModel, GenerationMixin)
         return self.lm_head
 
     def frozen_module_names(self) -> list[str]:
-        """Modules that the configured `bert_type` freezes during training (spec §3.2); EVA is always frozen."""
+        """Modules that the configured `bert_type` freezes during training; EVA is always frozen."""
         names = ["model.vision_tower"]
         variant = self.model.bert_variant
         if "freeze" in variant:
@@ -678,9 +807,7 @@ class LlamaVidForConditionalGeneration(LlamaVidPreTrainedModel, GenerationMixin)
         loss = None
         if labels is not None:
             labels = labels.masked_fill(labels == self.config.image_token_index, IGNORE_INDEX)
-            loss = self.loss_function(
-                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size
-            )
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text.vocab_size)
         return LlamaVidCausalLMOutput(
             loss=loss,
             logits=logits,
@@ -762,12 +889,13 @@ class LlamaVidForConditionalGeneration(LlamaVidPreTrainedModel, GenerationMixin)
         inputs_embeds, _ = self.model.get_inputs_embeds(input_ids, **visual_inputs)
         pad_id = self.generation_config.pad_token_id
         if pad_id is None:
-            pad_id = self.config.text_config.pad_token_id or 0
+            pad_id = self.config.text.pad_token_id or 0
         visible_ids = input_ids.masked_fill(input_ids == self.config.image_token_index, int(pad_id))
         return super().generate(input_ids=visible_ids, inputs_embeds=inputs_embeds, **kwargs)
 
 
 __all__ = [
+    "LlamaVidContentPooling",
     "LlamaVidForConditionalGeneration",
     "LlamaVidModel",
     "LlamaVidPreTrainedModel",
