@@ -7,6 +7,7 @@ server's.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -126,3 +127,22 @@ class Decoy:
         self._stop.set()
         self._thread.join(timeout=5)
         self._socket.close()
+
+
+def raw_exchange(port: int, request: bytes, timeout: float = 10) -> int | None:
+    """Send raw bytes to 127.0.0.1:`port` and return the answer's status code (``None``: closed without one)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as connection:
+        with contextlib.suppress(OSError):  # the server may answer and close before reading everything
+            connection.sendall(request)
+        answer = b""
+        deadline = time.monotonic() + timeout
+        while b"\r\n" not in answer and time.monotonic() < deadline:
+            try:
+                data = connection.recv(4096)
+            except OSError:
+                break
+            if not data:
+                break
+            answer += data
+    status_line = answer.split(b"\r\n", 1)[0].split()
+    return int(status_line[1]) if len(status_line) >= 2 and status_line[1].isdigit() else None

@@ -74,3 +74,16 @@ def test_only_regular_files_are_media(attacker, name):
     response = attacker.post(ask(media_part(url)))
     assert response.status_code == 400
     assert "not a media file" in error_of(response)
+
+
+def test_key_is_case_sensitive_and_sent_once(attacker):
+    httpx = pytest.importorskip("httpx")
+    assert (
+        attacker.get(
+            "/v1/models", auth=False, headers={"Authorization": f"Bearer {API_KEY.upper()}"}
+        ).status_code
+        == 401
+    )
+    twice = [("Authorization", "Bearer wrong"), ("Authorization", f"Bearer {API_KEY}")]
+    response = attacker.check(httpx.get(f"{attacker.url}/v1/models", headers=twice, timeout=30))
+    assert response.status_code == 401
