@@ -14,9 +14,10 @@ Context policy. When the frames in the window need more positions than the LLM h
 check (`Engine.check_budget`) gives the largest frame count that fits the question and answer, and the policy
 picks that many frames, always kept in time order so the prompt keeps the clip layout the model was trained on:
 
-* ``relevance`` (default): the frames whose context-token scores for this question are highest (the scores
-  behind `Engine.attention`, computed chunk by chunk from the cache). Frames are independent in LLaMA-VID, so a
-  selected frame gets exactly the tokens it would get in the full prompt.
+* ``relevance`` (default): half of the frames are those the question singles out (context-token scores, the
+  ones behind `Engine.attention`, farthest from the window's median; computed chunk by chunk from the cache),
+  the other half are spread evenly over the window (`select_by_relevance`). Frames are independent in
+  LLaMA-VID, so a selected frame gets exactly the tokens it would get in the full prompt.
 * ``uniform``: evenly spaced over the window (what ``--max-frames`` does for files).
 * ``recent``: the newest frames that fit.
 * ``refuse``: raise the engine's `ContextBudgetError`, as for files.
@@ -53,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from llamavid.data.errors import MediaError, VideoDecodeError
+from llamavid.data.errors import MediaError
 from llamavid.errors import ContextBudgetError, InvalidInputError, LlamaVidRuntimeError
 
 __all__ = [
@@ -63,6 +64,7 @@ __all__ = [
     "LiveSource",
     "LiveStatus",
     "parse_window",
+    "select_by_relevance",
 ]
 
 logger = logging.getLogger(__name__)
@@ -101,6 +103,32 @@ def parse_window(window: str | float | int | None) -> float | None:
     if not math.isfinite(seconds) or seconds <= 0:
         raise InvalidInputError(f"window must be a positive duration, got {window!r}.")
     return seconds
+
+
+def select_by_relevance(scores: np.ndarray, count: int) -> np.ndarray:
+    """Indices (sorted) of `count` frames: half that the question singles out, half spread evenly.
+
+    A frame is singled out by how far its context-token score lies from the median score of the window, in
+    either direction: with the embedded tiny model the needle frame of "What colour is the shape on the white
+    screen?" has the *lowest* score of 1,200 frames, and the highest for "white screen", and is the farthest
+    from the median for both (docs/live.md). The evenly spread half keeps the whole window in view for
+    questions about its course (how many scenes, what happened first).
+    """
+    total = len(scores)
+    if count >= total:
+        return np.arange(total)
+    if count <= 0:
+        return np.zeros(0, dtype=int)
+    deviation = np.abs(scores - np.median(scores))
+    picked = np.zeros(total, dtype=bool)
+    picked[np.argsort(-deviation, kind="stable")[: (count + 1) // 2]] = True
+    rest = np.flatnonzero(~picked)
+    spread = np.linspace(0, len(rest) - 1, count - int(picked.sum())).round().astype(int)
+    picked[rest[np.unique(spread)]] = True
+    if picked.sum() < count:  # rounding merged some evenly spread picks: top up by deviation
+        extra = [index for index in np.argsort(-deviation, kind="stable") if not picked[index]]
+        picked[extra[: count - int(picked.sum())]] = True
+    return np.flatnonzero(picked)
 
 
 def _clock(seconds: float) -> str:
@@ -555,15 +583,21 @@ class LiveSession:
             )
 
     def wait(
-        self, *, frames: int | None = None, position: float | None = None, timeout: float | None = 60.0
+        self,
+        *,
+        frames: int | None = None,
+        position: float | None = None,
+        states: tuple[str, ...] = (),
+        timeout: float | None = 60.0,
     ) -> LiveStatus:
-        """Block until `frames` are answerable, `position` (stream seconds) is reached, or the source finished.
+        """Block until `frames` are answerable, `position` (stream seconds) is reached, the state is one of
+        `states`, or the source finished. With none of them, wait for the source to finish.
 
-        With neither, wait for the source to finish. Returns the status either way; check it.
+        Returns the status either way (also after `timeout`); check it.
         """
 
         def reached() -> bool:
-            if self._state in ("ended", "failed", "closed"):
+            if self._state in ("ended", "failed", "closed") or self._state in states:
                 return True
             if frames is not None and self._frame_count() >= frames:
                 return True
@@ -685,8 +719,7 @@ class LiveSession:
                 chosen = window_indices[np.unique(picks)]
             else:
                 scores = self._frame_scores(snapshot, window_indices, question.strip())
-                best = np.argsort(-scores, kind="stable")[:fit]
-                chosen = window_indices[np.sort(best)]
+                chosen = window_indices[select_by_relevance(scores, fit)]
         features = self._gather(snapshot, chosen).to(device=engine.device, dtype=engine.dtype)
         media = PreparedMedia(
             source=f"live:{self.session_id}",
@@ -860,7 +893,9 @@ class LiveSession:
         logger.info("live %s: resuming with %d stored frames", self.session_id, frames)
         return frames
 
-    def _write_chunk(self, features: np.ndarray, timestamps: np.ndarray) -> None:
+    def _write_chunk(
+        self, features: np.ndarray, timestamps: np.ndarray, final_state: str | None = None
+    ) -> None:
         """Store the tail as the next chunk, then the sidecar: both atomic, chunk first (see the module doc)."""
         from safetensors.numpy import save
 
@@ -882,6 +917,8 @@ class LiveSession:
             "sha256": hashlib.sha256(data).hexdigest(),
         }
         meta = self._next_meta(record, timestamps, [int(features.shape[1]), int(features.shape[2])])
+        if final_state is not None:
+            meta["live"]["state"] = final_state
         self.cache._write_json(self.path / "meta.json", meta)
         with self._cond:
             self._meta = meta  # only the reader thread fills the tail, so it holds exactly these frames
@@ -996,6 +1033,7 @@ class LiveSession:
         decoder_log = logging.getLogger("llamavid.data")
         decoder_log.addHandler(handler)
         reader: _Reader | None = None
+        final = ("closed", "closed")
         try:
             reader = _Reader(self.source, self._stop, self._on_wait)
             with self._cond:
@@ -1012,47 +1050,40 @@ class LiveSession:
                 if last is not None and timestamp <= last + 1e-6:
                     continue  # stored by an earlier run with this id
                 self._add_frame(timestamp, frame)
-            self._encode_batch()
-            ended_by = reader.ended_by or "eof"
-            with self._cond:
-                if self._stop.is_set():
-                    self._set_state("closed", "closed")
-                else:
-                    words = {
-                        "eof": "the source ended",
-                        "end marker": "the end marker appeared",
-                        "idle timeout": f"no new data for {reader.idle_timeout} s (idle timeout)",
-                    }
-                    self._set_state("ended", words.get(ended_by, ended_by))
-        except (MediaError, VideoDecodeError, InvalidInputError) as error:
-            self._fail(error, reader)
+            if not self._stop.is_set():
+                words = {
+                    "eof": "the source ended",
+                    "end marker": "the end marker appeared",
+                    "idle timeout": f"no new data for {reader.idle_timeout} s (idle timeout)",
+                    "closed": "closed",
+                }
+                ended_by = reader.ended_by or "eof"
+                final = ("ended", words.get(ended_by, ended_by))
         except Exception as error:  # the session must stay answerable whatever the source did
-            logger.exception("live %s: reader failed", self.session_id)
-            self._fail(error, reader)
+            if not isinstance(error, (MediaError, InvalidInputError)):
+                logger.exception("live %s: reader failed", self.session_id)
+            if not self._stop.is_set():
+                kept = self._frame_count() + len(self._batch)
+                position = self._position()
+                where = "" if position is None else f" after {position:.1f} s"
+                final = ("failed", f"the source failed{where} ({error}); {kept} frames kept")
         finally:
             decoder_log.removeHandler(handler)
+            # Everything read is stored before the final state is announced, so a caller that waited for the
+            # end finds the whole stream in the cache entry.
             try:
                 self._encode_batch()
-                self._store_tail()
-            except Exception as error:  # a full disk at the very end: keep what is answerable in memory
+                self._store_tail(final[0])
+            except (
+                Exception
+            ) as error:  # a full disk at the very end: what was read stays answerable in memory
                 logger.warning("live %s: could not store the last chunk: %s", self.session_id, error)
-                with self._cond:
-                    self._message = f"{self._message}; last chunk not stored ({error})".strip("; ")
+                final = (final[0], f"{final[1]}; the last chunk was not stored ({error})")
             if reader is not None:
                 reader.close()
             with self._cond:
                 self._idle = 0.0 if reader is None else time.monotonic() - reader.last_data
-                self._cond.notify_all()
-
-    def _fail(self, error: BaseException, reader: _Reader | None) -> None:
-        if isinstance(error, Exception) and self._stop.is_set():
-            with self._cond:
-                self._set_state("closed", "closed")
-            return
-        with self._cond:
-            kept = self._frame_count() + len(self._batch)
-            where = "" if self._position() is None else f" after {self._position():.1f} s"
-            self._set_state("failed", f"the source failed{where} ({error}); {kept} frames kept")
+                self._set_state(*final)
 
     def _add_frame(self, timestamp: float, frame: np.ndarray) -> None:
         from llamavid.inference.media import thumbnails
@@ -1092,13 +1123,21 @@ class LiveSession:
         if len(self._tail_timestamps) >= self.chunk_frames:
             self._store_tail()
 
-    def _store_tail(self) -> None:
+    def _store_tail(self, final_state: str | None = None) -> None:
+        """Write the in-memory tail as a chunk; with `final_state`, also record it in the sidecar."""
         import torch
 
         with self._cond:
-            if not self._tail_timestamps:
-                return
-            features = torch.cat(self._tail_features).numpy()
-            timestamps = np.asarray(self._tail_timestamps, dtype=np.float64)
-            self._tail_features = [torch.from_numpy(features)]
-        self._write_chunk(np.ascontiguousarray(features, dtype=np.float16), timestamps)
+            pending = bool(self._tail_timestamps)
+            if pending:
+                features = torch.cat(self._tail_features).numpy()
+                timestamps = np.asarray(self._tail_timestamps, dtype=np.float64)
+                self._tail_features = [torch.from_numpy(features)]
+        if pending:
+            self._write_chunk(np.ascontiguousarray(features, dtype=np.float16), timestamps, final_state)
+        elif final_state is not None and self._meta is not None:
+            meta = dict(self._meta)
+            meta["live"] = {**meta.get("live", {}), "state": final_state}
+            self.cache._write_json(self.path / "meta.json", meta)
+            with self._cond:
+                self._meta = meta
