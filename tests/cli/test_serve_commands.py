@@ -146,7 +146,6 @@ def test_ask_and_chat_answer_correctly_about_a_generated_video(tmp_path):
     assert item.answer in chat.stdout.lower()
 
 
-@pytest.mark.xfail(strict=True, reason="chat has no /help")
 def test_chat_help_lists_the_commands_and_keeps_chatting(serving_model_dir, demo_video_path):
     result = run_cli(
         "chat", str(demo_video_path), "--model", str(serving_model_dir), "--temperature", "0",
@@ -202,7 +201,6 @@ class Terminal:
             os.close(self.master)
 
 
-@pytest.mark.xfail(strict=True, reason="chat reads raw lines: arrow keys arrive as escape codes, no history")
 def test_chat_in_a_terminal_edits_lines_and_recalls_history(serving_model_dir, demo_video_path, tmp_path):
     env = {**os.environ, "HOME": str(tmp_path), "TERM": "xterm"}
     terminal = Terminal(
