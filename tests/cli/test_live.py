@@ -1,0 +1,108 @@
+"""``llamavid live``: questions answered about a stream while it plays, with the embedded tiny model."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llamavid.cli.live import parse_question
+from llamavid.cli.main import main
+from llamavid.errors import InvalidInputError
+
+_spec = importlib.util.spec_from_file_location(
+    "_live_stream_writer", Path(__file__).resolve().parents[1] / "inference" / "test_live.py"
+)
+_live = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_live)
+WRITER, QUESTION, COLOUR, FRAMES = _live.WRITER, _live.QUESTION, _live.COLOUR, _live.FRAMES
+TIMEOUT_S = 120
+
+
+def _write_stream(out: str) -> subprocess.Popen:
+    # seed 1, 120 frames, no pause, no garbage (see tests/inference/test_live.py)
+    return subprocess.Popen(
+        [sys.executable, "-c", WRITER, "1", str(FRAMES), "-1", out, "-1"],
+        stdout=subprocess.PIPE if out == "-" else subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_stdin_stream_with_questions_file(tmp_path: Path) -> None:
+    questions = tmp_path / "questions.txt"
+    questions.write_text(f"# asked at stream times\n@30 {QUESTION}\n\n@1m {QUESTION}\n", encoding="utf-8")
+    writer = _write_stream("-")
+    try:
+        command = [sys.executable, "-m", "llamavid.cli.main", "live", "-", "--questions", str(questions)]
+        command += ["--cache-dir", str(tmp_path / "cache"), "--temperature", "0", "--max-new-tokens", "8"]
+        command += ["--device", "cpu", "--session-id", "cli-stdin"]
+        result = subprocess.run(
+            command,
+            stdin=writer.stdout,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+    finally:
+        writer.kill()
+        writer.wait(30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [COLOUR, COLOUR]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("live cli-stdin: ended") and f"{FRAMES} frames" in last and "frames/s" in last
+    assert (tmp_path / "cache" / "live-cli-stdin" / "meta.json").is_file()
+
+
+def test_growing_file_with_questions_on_stdin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    video, marker = tmp_path / "stream.ts", tmp_path / "stream.ts.end"
+    assert _write_stream(str(video)).wait(TIMEOUT_S) == 0
+    marker.touch()  # the writer has finished: the file ends where it ends now
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"@25 {QUESTION}\n{QUESTION}\n"))
+    args = ["live", str(video), "--end-marker", str(marker), "--cache-dir", str(tmp_path / "cache")]
+    args += ["--temperature", "0", "--max-new-tokens", "8", "--json", "--device", "cpu", "--window", "2h"]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    import json
+
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [row["answer"].strip() for row in rows] == [COLOUR, COLOUR]
+    assert rows[0]["position"] >= 25 and rows[0]["policy"] == "all"
+    assert "end marker" in err.strip().splitlines()[-1]
+
+
+def test_parse_question() -> None:
+    assert parse_question("  # comment") is None and parse_question("   ") is None
+    assert parse_question("What now?") == (None, "What now?")
+    assert parse_question("@1m30s What now?") == (90.0, "What now?")
+    assert parse_question("@0 First?") == (0.0, "First?")
+    with pytest.raises(InvalidInputError):
+        parse_question("@soon What?")
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["-"],  # stdin carries the stream: questions must come from a file
+        ["missing.ts"],
+        ["-", "--questions", "nowhere.txt"],
+        ["x.ts", "--raw", "640"],
+        ["x.ts", "--window", "forever"],
+    ],
+)
+def test_bad_inputs_one_line_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], extra: list[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.ts").write_bytes(b"")
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    assert main(["live", *extra, "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("llamavid live: error:")
