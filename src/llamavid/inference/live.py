@@ -48,7 +48,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -670,6 +670,7 @@ class LiveSession:
         top_p: float | None = None,
         max_new_tokens: int | None = None,
         seed: int | None = None,
+        history: Sequence[tuple[str, str]] = (),
         on_delta: Callable[[str], None] | None = None,
     ) -> LiveAnswer:
         """Answer `question` about the frames seen so far (or the last `window`: ``"10m"``, ``90``, ...).
@@ -677,6 +678,8 @@ class LiveSession:
         Raises:
             InvalidInputError: no frame yet, a bad window or policy. ContextBudgetError: policy ``refuse`` and
                 the frames do not fit, or the question alone does not fit.
+
+        Earlier `history` turns ``(user, assistant)`` stay in the prompt as text (docs/architecture.md section 5).
         """
         import torch
 
@@ -702,13 +705,15 @@ class LiveSession:
                 "once the stream has started."
             )
         window_indices = self._window_indices(timestamps, seconds)
-        fit = self._frames_that_fit(question, len(window_indices), settings)
+        fit = self._frames_that_fit(question, len(window_indices), settings, history)
         used_policy = "all"
         chosen = window_indices
         if fit < len(window_indices):
             used_policy = policy
             if policy == "refuse" or fit == 0:
-                engine.check_budget(question.strip() or "?", len(window_indices), settings=settings)
+                engine.check_budget(
+                    question.strip() or "?", len(window_indices), history=history, settings=settings
+                )
                 raise ContextBudgetError(  # only reached if the engine's check disagrees with the search
                     f"{len(window_indices)} frames do not fit the context; pass a window or a context policy."
                 )
@@ -729,7 +734,7 @@ class LiveSession:
             features=features,
             thumbnails=np.full((len(chosen), 8, 8, 3), 128, dtype=np.uint8),
         )
-        request = engine.build_request(question, media, settings=settings)
+        request = engine.build_request(question, media, history, settings=settings)
         callback = None if on_delta is None else (lambda row, text: on_delta(text))
         with torch.no_grad():
             answer = engine.answer(request, on_delta=callback)
@@ -763,14 +768,16 @@ class LiveSession:
         first = int(np.searchsorted(timestamps, timestamps[-1] - seconds, side="left"))
         return np.arange(first, len(timestamps))
 
-    def _frames_that_fit(self, question: str, frames: int, settings: Any) -> int:
+    def _frames_that_fit(
+        self, question: str, frames: int, settings: Any, history: Sequence[tuple[str, str]] = ()
+    ) -> int:
         """The most frames (up to `frames`) that pass the engine's budget check for this question."""
         engine = self.engine
         text = question.strip() or "?"
 
         def fits(count: int) -> bool:
             try:
-                engine.check_budget(text, count, settings=settings)
+                engine.check_budget(text, count, history=history, settings=settings)
             except ContextBudgetError:
                 return False
             return True
