@@ -61,6 +61,18 @@ class LlamaVid:
         """A multi-turn conversation: ``session.ask(q)`` remembers earlier turns; the frames are encoded once."""
         return self.engine.chat(media, **options)
 
+    def live(self, source: Any, **options: Any) -> Any:
+        """Watch a stream while it plays: ``session = model.live("cam.ts"); session.ask(q, window="10m")``.
+
+        `source` is a growing file, a FIFO, ``"-"`` (stdin) or a binary file object carrying MPEG-TS/Matroska
+        (or raw RGB frames with ``raw_size=(w, h)``). Options go to `llamavid.inference.live.LiveSession`
+        (``fps``, ``session_id`` to resume, ``context_policy``, ``end_marker``, ``idle_timeout``, ...); frame
+        features go to the feature cache as they arrive. Close the session (or use it in ``with``) when done.
+        """
+        from llamavid.inference.live import LiveSession
+
+        return LiveSession(self.engine, source, **options)
+
     def attention(
         self, media: Any, question: str, out: str | os.PathLike[str] | None = None, **media_options: Any
     ) -> AttentionResult:

@@ -264,3 +264,24 @@ def test_parse_window_and_bad_options(engine, tmp_path):
 
     with pytest.raises(MediaError):
         LiveSession(engine, tmp_path / "missing.ts", start=False)
+
+
+def test_python_api_live(engine):
+    from llamavid.api import LlamaVid
+
+    episode = make_episode(np.random.default_rng(SEED), "heldout", FRAMES)
+    read_end, write_end = os.pipe()
+
+    def feed() -> None:
+        with os.fdopen(write_end, "wb") as sink:
+            for index in range(30):
+                sink.write(episode.render_frame(index, 64).tobytes())
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    with LlamaVid(engine).live(read_end, raw_size=(64, 64), session_id="api") as session:
+        assert session.wait(timeout=WAIT_S).frames == 30
+        assert str(session.ask(QUESTION, temperature=0, max_new_tokens=8)).strip().lower() == COLOUR
+    feeder.join(WAIT_S)
+    os.close(read_end)
+    assert session.status.state == "ended"
