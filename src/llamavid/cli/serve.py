@@ -21,13 +21,46 @@ def _positive_number(text: str) -> float:
     return value
 
 
+_EPILOG = """\
+per-request media options (JSON field mm_processor_kwargs; openai clients pass extra_body=...):
+  fps          frames per second, above 0 and at most --max-fps
+  max_frames   1 to --max-frames; a longer video is sampled uniformly with that many frames
+  subtitles    .srt/.vtt as a data: URL (text/vtt, application/x-subrip, text/srt, text/plain), a file://
+               URL of an .srt/.vtt under --allowed-root, or the SRT/WebVTT text itself
+  usage.frames_sampled and usage.frames_capped in every answer report the frames the model saw.
+
+security and limits (every refusal is a 4xx JSON error saying what was wrong; the server never answers 5xx
+for a client's mistake):
+  --api-key           checked first, before a byte of the body is read (401); 'bearer' in any case; /health
+                      stays open
+  --max-upload-mb     request bodies and data: URLs (413): declared lengths are refused unread, chunked
+                      bodies are cut at the limit
+  --max-megapixels    pixels per image or video frame, read from the file's header before decoding (400), so
+                      a decompression bomb (a few KB of PNG declaring 12000x12000) costs nothing; the
+                      same default guards `llamavid ask` and the Python API, where the environment
+                      variable LLAMAVID_MAX_PIXELS (in pixels) changes it
+  --max-video-seconds video length, probed in a child process before decoding, so a decoder crash or hang
+                      cannot take the server down
+  --max-frames        with --max-fps, bounds the frames a request can make the server decode and encode
+  --max-queue         429 when that many requests wait; --request-timeout: 504 past the deadline
+  media URLs          data: (video/image types only) or file:// naming a regular file under --allowed-root
+                      (symlinks and '..' resolved first; folders, FIFOs and devices refused); http(s), ftp,
+                      rtsp and every other remote scheme are refused, never fetched
+  requests            validated whole before a stream starts: bad sampling values (seed outside 0..2**63-1,
+                      temperature outside 0..5, top_p outside (0, 1], max_tokens over the context) and text
+                      holding lone UTF-16 surrogates are 400s; temperatures below 1e-4 decode greedily
+"""
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "serve",
         help="serve an OpenAI-compatible /v1/chat/completions API (video_url, image_url content parts)",
-        description="Start an HTTP server with POST /v1/chat/completions (vLLM's video_url/image_url parts, "
-        "non-streaming and SSE streaming), GET /v1/models and GET /health. Media comes as data: URLs or as "
+        description="Start an HTTP server with POST /v1/chat/completions (vLLM's video_url/image_url parts,\n"
+        "non-streaming and SSE streaming), GET /v1/models and GET /health. Media comes as data: URLs or as\n"
         "file:// paths under --allowed-root; remote URLs are refused. Concurrent requests are batched.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: localhost only)")
     parser.add_argument("--port", type=int, default=8000)
@@ -38,19 +71,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=[],
         help="folder whose files may be named by file:// URLs (repeatable; none = file URLs refused)",
     )
-    parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 routes")
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        help="require 'Authorization: Bearer KEY' on every route but /health, checked before the body is read "
+        "(default: none)",
+    )
     parser.add_argument(
         "--max-batch-size", type=int, default=8, help="requests answered together on the device"
     )
     parser.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long to wait to fill a batch")
-    parser.add_argument("--max-queue", type=int, default=64, help="waiting requests before answering 429")
-    parser.add_argument("--request-timeout", type=float, default=300.0, help="seconds per request before 504")
-    parser.add_argument("--max-video-seconds", type=float, default=3600.0, help="longest accepted video")
+    parser.add_argument(
+        "--max-queue", type=int, default=64, help="waiting requests before answering 429 (default 64)"
+    )
+    parser.add_argument(
+        "--request-timeout", type=float, default=300.0, help="seconds per request before 504 (default 300)"
+    )
+    parser.add_argument(
+        "--max-video-seconds",
+        type=float,
+        default=3600.0,
+        help="longest accepted video, from a probe before decoding (default 3600)",
+    )
     parser.add_argument(
         "--max-upload-mb",
         type=_positive_number,
         default=64.0,
-        help="largest accepted request body / data URL",
+        help="largest accepted request body, and so data: URL, in MiB; larger ones get 413 (default 64)",
     )
     parser.add_argument(
         "--fps", type=float, default=1.0, help="frames sampled per second (default 1, as trained)"
@@ -73,7 +120,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=_positive_number,
         default=50.0,
         help="largest image or video frame accepted, in megapixels (width x height, read from the file's "
-        "header before decoding, so a small file declaring a huge picture is refused; default 50)",
+        "header before decoding, so a small file declaring a huge picture is refused with 400; default 50)",
     )
     add_engine_arguments(parser, media=False, output=False)
     parser.set_defaults(func=run)

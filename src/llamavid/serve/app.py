@@ -8,8 +8,10 @@ Requests use the chat-completions shape with vLLM's multimodal content parts::
 
 Media comes as ``data:`` URLs (size-limited) or ``file://`` paths under configured roots (symlinks resolved,
 traversal refused). The server never fetches remote URLs: that would let any client make it download
-arbitrary content. Concurrent requests are batched on the device by `BatchScheduler`; the queue is bounded
-(429 when full) and every request has a deadline (504).
+arbitrary content. Per-request sampling and subtitles come in ``mm_processor_kwargs`` (`MediaOptions`) and
+``usage`` reports ``frames_sampled`` and ``frames_capped``. Concurrent requests are batched on the device by
+`BatchScheduler`; the queue is bounded (429 when full) and every request has a deadline (504). The limits and
+what each refusal answers are listed in `ServerConfig`.
 """
 
 from __future__ import annotations
@@ -83,11 +85,36 @@ _MEDIA_SUFFIXES = {
 # Configuration ---------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ServerConfig:
-    """Limits and policies of one server.
+    """Limits and policies of one server (``llamavid serve`` flags in brackets, defaults after them).
+
+    Security and limits. Every limit is checked before the work it bounds, and every refusal is a 4xx JSON
+    error in OpenAI's shape saying what was received and what to do; a client's mistake never gets a 5xx.
+
+    - Authentication [``--api-key``, none]: checked first, by the outermost middleware, before a byte of the
+      body is read or parsed (401, connection closed). The scheme is case-insensitive (``bearer``), the key is
+      compared in constant time, and every path but ``/health`` needs it.
+    - Body size [``--max-upload-mb``, 64 MiB]: a declared ``Content-Length`` over the limit is refused unread,
+      a chunked body is cut at the limit (413). A ``data:`` URL cannot exceed it either.
+    - Pixels [``--max-megapixels``, 50 MP]: per image or video frame, width x height read from the image
+      header or the video stream header before decoding (400 naming the size found and the limit), so a
+      decompression bomb (17 KB of PNG declaring 12000x12000) costs nothing. Video headers are read in a
+      child process (`llamavid.data.probe_video`, ``probe_timeout`` 30 s), which also enforces
+      [``--max-video-seconds``, 3600 s].
+    - Frames [``--fps`` 1, ``--max-fps`` 8, ``--max-frames`` 256]: requests may choose their own ``fps`` and
+      ``max_frames`` (``mm_processor_kwargs``, see `MediaOptions`) within these; a longer video is sampled
+      uniformly and ``usage.frames_capped`` says so.
+    - Media URLs: ``data:`` with a video or image MIME type, or ``file://`` naming a regular file under an
+      allowed root after symlinks and ``..`` are resolved (folders, FIFOs and devices refused: 400; outside
+      the roots: 403). http(s), ftp, rtsp and every other scheme are refused, never fetched. Subtitle files
+      must be ``.srt``/``.vtt``, since their text reaches the prompt.
+    - Requests are validated whole before any answer starts, streaming included: sampling values outside
+      `llamavid.inference.SamplingSettings`' ranges, prompts over the context and text holding lone UTF-16
+      surrogates are 400s. Temperatures below 1e-4 decode greedily.
+    - Load [``--max-queue`` 64, ``--request-timeout`` 300 s]: 429 when the queue is full, 504 past the deadline.
 
     Attributes:
         allowed_roots: folders whose files ``file://`` URLs may name (after resolving symlinks); empty = none.
-        api_key: when set, ``/v1`` routes need ``Authorization: Bearer <api_key>``.
+        api_key: when set, every route but ``/health`` needs ``Authorization: Bearer <api_key>``.
         max_batch_size: requests generated together on the device.
         batch_wait_ms: how long the scheduler waits for more requests before running a partial batch; trades
             a little latency for throughput under load.
@@ -95,9 +122,13 @@ class ServerConfig:
         request_timeout: seconds from arrival to the last token before a request is cancelled (504).
         max_video_seconds: longest accepted video (checked by a subprocess probe before decoding).
         max_upload_bytes: largest request body, and so largest data: URL.
-        fps / max_frames: sampling of every media item.
+        fps / max_frames: default sampling of every media item; ``max_frames`` is also the most a request may
+            ask for.
         media_cache_size: prepared media (frame features) kept, so multi-turn clients resending the same
             video skip decoding and encoding.
+        probe_timeout: seconds a video's probe may take before the file is refused.
+        max_pixels: most pixels per image or video frame (`llamavid.data.video.MAX_PIXELS` by default).
+        max_fps: highest ``fps`` a request may ask for.
     """
 
     allowed_roots: tuple[Path, ...] = ()
