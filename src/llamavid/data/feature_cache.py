@@ -449,7 +449,7 @@ class VerifyReport:
         return self.problem is None and bool(self.bad_chunks)
 
 
-class _RepairImpossibleError(Exception):
+class _RepairImpossibleError(LlamaVidError):
     """A bad chunk cannot be re-encoded in place (the video now decodes to other frames): rebuild the entry."""
 
 

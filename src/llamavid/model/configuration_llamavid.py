@@ -18,6 +18,8 @@ from transformers.models.instructblip.configuration_instructblip import (
     InstructBlipVisionConfig,
 )
 
+from llamavid.errors import InvalidInputError, InvalidTypeError
+
 # Placeholder id for one visual token in `input_ids`. It lies outside every vocabulary, so the LLM
 # embedding table is never resized; the model swaps these positions for visual tokens before the LLM runs.
 IMAGE_TOKEN_INDEX = -200
@@ -51,7 +53,7 @@ def parse_compress_type(value: str | None) -> tuple[str, int]:
     match = _GRID_RE.match(value)
     if match and int(match.group(1)) > 1:
         return "grid", int(match.group(1))
-    raise ValueError(
+    raise InvalidInputError(
         f"compress_type={value!r} is not supported; expected None (all patches), 'mean' (one content token), "
         "'grid:g' with an integer g > 1 (g*g pooled tokens) or 'off' (no content token)."
     )
@@ -64,13 +66,13 @@ def parse_bert_type(value: str) -> tuple[str, int | None]:
         # The official rule: any string containing "layer" keeps the first K layers, K after the last ':'.
         head, _, tail = value.rpartition(":")
         if not tail.isdigit() or int(tail) < 1:
-            raise ValueError(f"bert_type={value!r}: expected 'layer:K' with a positive integer K.")
+            raise InvalidInputError(f"bert_type={value!r}: expected 'layer:K' with a positive integer K.")
         layers = int(tail)
         variant = head.rsplit("layer", 1)[0].strip(" _-:")
     if "raw" in variant:
         return "raw_bert", layers
     if variant not in BERT_TYPES:
-        raise ValueError(
+        raise InvalidInputError(
             f"bert_type={value!r} is not supported; expected one of {BERT_TYPES} (optionally + ' layer:K')."
         )
     return variant, layers
@@ -81,14 +83,14 @@ _Config = TypeVar("_Config", bound=PreTrainedConfig)
 
 def _sub_config(value: object, config_class: type[_Config], name: str) -> _Config:
     if not isinstance(value, config_class):
-        raise TypeError(f"{name} must be a {config_class.__name__}, got {type(value).__name__}.")
+        raise InvalidTypeError(f"{name} must be a {config_class.__name__}, got {type(value).__name__}.")
     return value
 
 
 def _square_side(value: object, name: str) -> int:
     # InstructBLIP's vision config also allows (height, width) sizes; `_check_settings` only accepts integers.
     if not isinstance(value, int):
-        raise TypeError(f"vision {name} must be an integer, got {value!r}.")
+        raise InvalidTypeError(f"vision {name} must be an integer, got {value!r}.")
     return value
 
 
@@ -168,36 +170,38 @@ class LlamaVidConfig(PreTrainedConfig):
         if not (
             self.mm_projector_type in ("linear", "identity") or _PROJECTOR_RE.match(self.mm_projector_type)
         ):
-            raise ValueError(
+            raise InvalidInputError(
                 f"mm_projector_type={self.mm_projector_type!r} is not supported; expected 'linear', 'identity' "
                 "or 'mlpNx_gelu' (e.g. 'mlp2x_gelu')."
             )
         if self.num_query < 1:
-            raise ValueError(f"num_query must be >= 1, got {self.num_query}.")
+            raise InvalidInputError(f"num_query must be >= 1, got {self.num_query}.")
         if self.frame_chunk_size < 1:
-            raise ValueError(f"frame_chunk_size must be >= 1, got {self.frame_chunk_size}.")
+            raise InvalidInputError(f"frame_chunk_size must be >= 1, got {self.frame_chunk_size}.")
         if self.image_token_index >= 0:
-            raise ValueError(
+            raise InvalidInputError(
                 f"image_token_index must be negative (outside the vocabulary), got {self.image_token_index}."
             )
         image_size, patch_size = self.vision.image_size, self.vision.patch_size
         if not isinstance(image_size, int) or not isinstance(patch_size, int):
-            raise ValueError(
+            raise InvalidInputError(
                 f"vision image_size and patch_size must be integers (square frames and patches), got "
                 f"{image_size!r} and {patch_size!r}."
             )
         if image_size % patch_size:
-            raise ValueError(f"vision image_size {image_size} is not a multiple of patch_size {patch_size}.")
+            raise InvalidInputError(
+                f"vision image_size {image_size} is not a multiple of patch_size {patch_size}."
+            )
         for kind in (self.compress_type, self.resolved_image_compress_type):
             name, grid = parse_compress_type(kind)
             if name == "off" and not self.context_token:
-                raise ValueError(
+                raise InvalidInputError(
                     f"compress_type={kind!r} with context_token=False leaves a frame with no visual token; "
                     "keep the context token or some content tokens."
                 )
             side = self.patch_grid_size
             if name == "grid" and grid > side:
-                raise ValueError(
+                raise InvalidInputError(
                     f"compress_type={kind!r} asks for a {grid}x{grid} grid from {side}x{side} patches."
                 )
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from llamavid.errors import InvalidInputError
+
 DEFAULT_IMAGE_TOKEN = "<image>"
 # Accepted in prompts as another spelling of a video's placeholder; LLaMA-VID itself only knows <image>.
 DEFAULT_VIDEO_TOKEN = "<video>"
@@ -124,7 +126,9 @@ def build_long_video_message(subtitles: Sequence[str] | str, question: str, vari
         return MOVIE_START + inputs + MOVIE_END + "\n" + question
     if variant == "web":
         return MOVIE_PART_START + inputs + MOVIE_PART_END + question
-    raise ValueError(f"variant={variant!r}; expected 'cli' (movie script) or 'web' (demo movie parts).")
+    raise InvalidInputError(
+        f"variant={variant!r}; expected 'cli' (movie script) or 'web' (demo movie parts)."
+    )
 
 
 def get_template(name: str) -> ConversationTemplate:
@@ -132,7 +136,7 @@ def get_template(name: str) -> ConversationTemplate:
     try:
         return TEMPLATES[name]
     except KeyError:
-        raise ValueError(
+        raise InvalidInputError(
             f"Unknown conversation template {name!r}; known templates: {sorted(TEMPLATES)}."
         ) from None
 
@@ -154,7 +158,7 @@ def message_text(content: Content) -> str:
         elif kind == "text":
             texts.append(str(part["text"]))
         else:
-            raise ValueError(f"content part of type {kind!r}; expected 'text', 'image' or 'video'.")
+            raise InvalidInputError(f"content part of type {kind!r}; expected 'text', 'image' or 'video'.")
     return "\n".join(visual + texts)
 
 
@@ -162,7 +166,7 @@ def _check_roles(messages: Sequence[Mapping[str, Any]]) -> None:
     for index, message in enumerate(messages):
         expected = "user" if index % 2 == 0 else "assistant"
         if message.get("role") != expected:
-            raise ValueError(
+            raise InvalidInputError(
                 f"message {index} has role {message.get('role')!r}; expected {expected!r} "
                 "(turns alternate user/assistant, starting with the user)."
             )
@@ -282,7 +286,7 @@ def chat_template_for(name: str) -> str:
 
 
 def _raise_exception(message: str) -> None:
-    raise ValueError(message)
+    raise InvalidInputError(message)
 
 
 @lru_cache(maxsize=16)

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from llamavid.errors import InvalidInputError, LlamaVidError, MissingFileError
 from llamavid.model.configuration_llamavid import LlamaVidConfig, parse_bert_type
 from llamavid.model.conversation import GENERATION_DEFAULTS
 
@@ -60,7 +61,7 @@ _SAFETENSORS_DTYPES = {
 }
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(LlamaVidError, ValueError):
     """An input file does not hold what an official LLaMA-VID checkpoint holds (a key, a shape, a field)."""
 
 
@@ -80,7 +81,7 @@ def load_torch_file(path: str | os.PathLike) -> dict[str, Any]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; pass the path of the downloaded file.")
+        raise MissingFileError(f"{path} not found; pass the path of the downloaded file.")
     try:
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -536,7 +537,7 @@ class OfficialCheckpoint:
         folder = Path(folder)
         config_path = folder / "config.json"
         if not config_path.is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{config_path} not found; pass the folder of a downloaded llama-vid-* model."
             )
         config = json.loads(config_path.read_text())
@@ -559,13 +560,13 @@ class OfficialCheckpoint:
                     keys[folder / single] = []
                     break
             else:
-                raise FileNotFoundError(
+                raise MissingFileError(
                     f"{folder}: no pytorch_model.bin.index.json, model.safetensors.index.json, pytorch_model.bin or "
                     "model.safetensors; download every file of the model repository."
                 )
         for path in keys:
             if not path.is_file():
-                raise FileNotFoundError(f"{path} is listed in the index but missing; download it.")
+                raise MissingFileError(f"{path} is listed in the index but missing; download it.")
         return cls(folder, config, sorted(keys), keys)
 
     def shapes_of(self, predicate: Callable[[str], bool]) -> dict[str, tuple[int, ...]]:
@@ -719,16 +720,20 @@ def convert(
     checkpoint = OfficialCheckpoint.open(official_folder)
     eva_path, output = Path(eva_path), Path(output_folder)
     if not eva_path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"EVA weights {eva_path} not found; download eva_vit_g.pth from the LAVIS release."
         )
     if output.exists() and any(output.iterdir()):
-        raise ValueError(f"output folder {output} exists and is not empty; choose a new output folder.")
+        raise InvalidInputError(
+            f"output folder {output} exists and is not empty; choose a new output folder."
+        )
     if dtype is not None and dtype not in _DTYPES:
-        raise ValueError(f"dtype={dtype!r}; expected one of {sorted(_DTYPES)}.")
+        raise InvalidInputError(f"dtype={dtype!r}; expected one of {sorted(_DTYPES)}.")
     bert_variant, _ = parse_bert_type(str(checkpoint.config.get("bert_type")))
     if generation_use is not None and generation_use not in GENERATION_DEFAULTS:
-        raise ValueError(f"generation_use={generation_use!r}; expected one of {sorted(GENERATION_DEFAULTS)}.")
+        raise InvalidInputError(
+            f"generation_use={generation_use!r}; expected one of {sorted(GENERATION_DEFAULTS)}."
+        )
 
     # 1. Config, from config.json and tensor shapes (headers / memory maps; no tensor data is read).
     qformer_state: dict[str, torch.Tensor] = {}

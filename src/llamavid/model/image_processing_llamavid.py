@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from llamavid.errors import InvalidInputError, MissingFileError
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CONFIG_NAME = "preprocessor_config.json"
@@ -36,10 +38,10 @@ def to_pil_rgb(image: Any) -> Image.Image:
         return image.convert("RGB")
     array = np.asarray(image)
     if array.dtype != np.uint8:
-        raise ValueError(f"image arrays must be uint8 (0-255), got dtype {array.dtype}.")
+        raise InvalidInputError(f"image arrays must be uint8 (0-255), got dtype {array.dtype}.")
     if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (3, 4)):
         return Image.fromarray(array).convert("RGB")
-    raise ValueError(f"an image must be (H, W) or (H, W, 3) uint8, got shape {array.shape}.")
+    raise InvalidInputError(f"an image must be (H, W) or (H, W, 3) uint8, got shape {array.shape}.")
 
 
 class LlamaVidImageProcessor:
@@ -63,7 +65,9 @@ class LlamaVidImageProcessor:
         rescale_factor: float = 1 / 255,
     ) -> None:
         if image_aspect_ratio not in ("pad", "square"):
-            raise ValueError(f"image_aspect_ratio must be 'pad' or 'square', got {image_aspect_ratio!r}.")
+            raise InvalidInputError(
+                f"image_aspect_ratio must be 'pad' or 'square', got {image_aspect_ratio!r}."
+            )
         self.size = int(size)
         self.crop_size = int(crop_size or size)
         self.image_aspect_ratio = image_aspect_ratio
@@ -88,7 +92,7 @@ class LlamaVidImageProcessor:
         top = (array.shape[0] - self.crop_size) // 2
         left = (array.shape[1] - self.crop_size) // 2
         if top < 0 or left < 0:
-            raise ValueError(
+            raise InvalidInputError(
                 f"crop_size {self.crop_size} is larger than the resized frame {array.shape[:2]}."
             )
         return array[top : top + self.crop_size, left : left + self.crop_size]
@@ -105,7 +109,7 @@ class LlamaVidImageProcessor:
         else:
             frames = [images]
         if not frames:
-            raise ValueError("no frames to preprocess: the image list or video is empty.")
+            raise InvalidInputError("no frames to preprocess: the image list or video is empty.")
         mean = np.asarray(self.image_mean, dtype=np.float32)
         std = np.asarray(self.image_std, dtype=np.float32)
         out = np.empty((len(frames), self.crop_size, self.crop_size, 3), dtype=np.float32)
@@ -139,7 +143,7 @@ class LlamaVidImageProcessor:
     def from_pretrained(cls, directory: str | Path) -> LlamaVidImageProcessor:
         path = Path(directory) / CONFIG_NAME
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: a llamavid model folder holds its {CONFIG_NAME}.")
+            raise MissingFileError(f"{path} not found: a llamavid model folder holds its {CONFIG_NAME}.")
         data = json.loads(path.read_text())
         size = data.get("size", 224)
         if isinstance(size, dict):  # a CLIP preprocessor_config.json: {"shortest_edge": 224}

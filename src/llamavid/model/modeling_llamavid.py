@@ -35,6 +35,7 @@ from transformers.models.instructblip.modeling_instructblip import (
     InstructBlipVisionEmbeddings,
 )
 
+from llamavid.errors import InvalidInputError, LlamaVidRuntimeError
 from llamavid.model.configuration_llamavid import (
     IGNORE_INDEX,
     LlamaVidConfig,
@@ -77,7 +78,7 @@ class LlamaVidVisualOutput(ModelOutput):
     def per_block(self) -> list[dict[str, Tensor]]:
         """Split the attention outputs by block: ``[{"weights": (T_k, Q, N), "scores": (T_k,)}, ...]``."""
         if self.attention_weights is None or self.frame_scores is None or self.block_frame_counts is None:
-            raise ValueError("attention maps were not computed; pass output_visual_attentions=True.")
+            raise InvalidInputError("attention maps were not computed; pass output_visual_attentions=True.")
         sizes = self.block_frame_counts.tolist()
         return [
             {"weights": weights, "scores": scores}
@@ -338,7 +339,7 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
             or pixel_values.shape[1] != 3
             or tuple(pixel_values.shape[-2:]) != (size, size)
         ):
-            raise ValueError(
+            raise InvalidInputError(
                 f"pixel_values must have shape (frames, 3, {size}, {size}) for this model, got "
                 f"{tuple(pixel_values.shape)}; preprocess media with LlamaVidProcessor of the same checkpoint."
             )
@@ -361,7 +362,7 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
         num_patches = self.config.num_patches
         tokens = vision_features.shape[1]
         if vision_features.ndim != 3 or tokens not in (num_patches, num_patches + 1):
-            raise ValueError(
+            raise InvalidInputError(
                 f"vision features must have shape (frames, {num_patches} or {num_patches + 1}, "
                 f"{self.config.vision.hidden_size}) for this model, got {tuple(vision_features.shape)}."
             )
@@ -416,7 +417,9 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
             hidden = self.vlm_att_encoder(input_ids, attention_mask, self.vlm_att_bert_proj(qformer_visual))
         else:
             if self.vlm_att_query is None:
-                raise RuntimeError("a Q-Former text decoder needs its learned queries (vlm_att_query).")
+                raise LlamaVidRuntimeError(
+                    "a Q-Former text decoder needs its learned queries (vlm_att_query)."
+                )
             visual = self.vlm_att_ln(qformer_visual) if self.vlm_att_ln is not None else qformer_visual
             queries = self.vlm_att_query.expand(len(input_ids), -1, -1).to(visual.dtype)
             query_mask = torch.ones(
@@ -584,23 +587,25 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
         block_question: Tensor,
     ) -> None:
         if int(frame_counts.sum()) != features.shape[0]:
-            raise ValueError(
+            raise InvalidInputError(
                 f"frame_counts add up to {int(frame_counts.sum())} frames but {features.shape[0]} frames were given."
             )
         if (frame_counts < 1).any():
             empty = torch.nonzero(frame_counts < 1).flatten().tolist()
-            raise ValueError(f"media {empty} have no frames; every image or video needs at least one frame.")
+            raise InvalidInputError(
+                f"media {empty} have no frames; every image or video needs at least one frame."
+            )
         if len(block_media) != len(block_question):
-            raise ValueError(
+            raise InvalidInputError(
                 f"block_media has {len(block_media)} entries but block_question has {len(block_question)}."
             )
         if len(block_media) and (block_media.min() < 0 or block_media.max() >= len(frame_counts)):
-            raise ValueError(f"block_media refers to media outside 0..{len(frame_counts) - 1}.")
+            raise InvalidInputError(f"block_media refers to media outside 0..{len(frame_counts) - 1}.")
         if len(block_question) and (block_question.min() < 0 or block_question.max() >= len(qformer_ids)):
-            raise ValueError(f"block_question refers to questions outside 0..{len(qformer_ids) - 1}.")
+            raise InvalidInputError(f"block_question refers to questions outside 0..{len(qformer_ids) - 1}.")
         unused = set(range(len(frame_counts))) - set(block_media.tolist())
         if unused:
-            raise ValueError(
+            raise InvalidInputError(
                 f"media {sorted(unused)} have frames but no question; give each image or video at least one "
                 "question (the context token is computed from it)."
             )
@@ -629,10 +634,10 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
         embeds = self.get_input_embeddings()(input_ids.masked_fill(placeholder, 0))
         if visual_tokens is not None:
             if pixel_values is not None or vision_features is not None:
-                raise ValueError("Pass visual_tokens or pixel_values/vision_features, not both.")
+                raise InvalidInputError("Pass visual_tokens or pixel_values/vision_features, not both.")
             found = int(placeholder.sum())
             if visual_tokens.ndim != 2 or visual_tokens.shape[0] != found:
-                raise ValueError(
+                raise InvalidInputError(
                     f"visual_tokens must have shape ({found}, {embeds.shape[-1]}) to fill {found} placeholders, got "
                     f"{tuple(visual_tokens.shape)}."
                 )
@@ -640,15 +645,17 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
             return embeds, LlamaVidVisualOutput(tokens=visual_tokens)
         if pixel_values is None and vision_features is None:
             if placeholder.any():
-                raise ValueError(
+                raise InvalidInputError(
                     f"input_ids contain {int(placeholder.sum())} visual placeholders ({self.config.image_token_index}) "
                     "but no pixel_values or vision_features were given."
                 )
             return embeds, None
         if pixel_values is not None and vision_features is not None:
-            raise ValueError("Pass either pixel_values or vision_features, not both.")
+            raise InvalidInputError("Pass either pixel_values or vision_features, not both.")
         if qformer_input_ids is None:
-            raise ValueError("qformer_input_ids (the tokenised questions) are required with visual inputs.")
+            raise InvalidInputError(
+                "qformer_input_ids (the tokenised questions) are required with visual inputs."
+            )
         if qformer_attention_mask is None:
             qformer_attention_mask = torch.ones_like(qformer_input_ids)
         if pixel_values is not None:
@@ -660,7 +667,7 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
             frame_counts = torch.ones(features.shape[0], dtype=torch.long)
         if block_media is None or block_question is None:
             if len(frame_counts) != len(qformer_input_ids):
-                raise ValueError(
+                raise InvalidInputError(
                     f"{len(frame_counts)} media and {len(qformer_input_ids)} questions: pass block_media and "
                     "block_question to say which question goes with which media."
                 )
@@ -682,7 +689,7 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
         expected, found = tokens.shape[0], int(placeholder.sum())
         if expected != found:
             per_row = placeholder.sum(dim=1).tolist()
-            raise ValueError(
+            raise InvalidInputError(
                 f"input_ids hold {found} visual placeholder ids (per sample: {per_row}) but the media and questions "
                 f"produce {expected} visual tokens; build inputs with LlamaVidProcessor so the counts match."
             )
@@ -703,7 +710,7 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
         visual = None
         if inputs_embeds is None:
             if input_ids is None:
-                raise ValueError("Pass input_ids or inputs_embeds.")
+                raise InvalidInputError("Pass input_ids or inputs_embeds.")
             inputs_embeds, visual = self.get_inputs_embeds(
                 input_ids, output_attentions=output_visual_attentions, **visual_inputs
             )
@@ -831,7 +838,7 @@ class LlamaVidForConditionalGeneration(LlamaVidPreTrainedModel, GenerationMixin)
         visual_inputs = {name: inputs[name] for name in names if inputs.get(name) is not None}
         _, visual = self.model.get_inputs_embeds(output_attentions=True, **visual_inputs)
         if visual is None:
-            raise ValueError("the inputs hold no media: nothing to explain.")
+            raise InvalidInputError("the inputs hold no media: nothing to explain.")
         blocks = visual.per_block()
         maps = []
         for media in range(len(inputs["frame_counts"])):
@@ -884,7 +891,7 @@ class LlamaVidForConditionalGeneration(LlamaVidPreTrainedModel, GenerationMixin)
         }
         if input_ids is None or kwargs.get("inputs_embeds") is not None:
             if visual_inputs:
-                raise ValueError("Visual inputs need input_ids with placeholders, not inputs_embeds.")
+                raise InvalidInputError("Visual inputs need input_ids with placeholders, not inputs_embeds.")
             return super().generate(input_ids=input_ids, **kwargs)
         inputs_embeds, _ = self.model.get_inputs_embeds(input_ids, **visual_inputs)
         pad_id = self.generation_config.pad_token_id

@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer, BatchFeature, BertTokenizer, PreTrainedConfig, PreTrainedTokenizerBase
 
+from llamavid.errors import InvalidInputError, InvalidTypeError, MissingFileError
 from llamavid.model.configuration_llamavid import IMAGE_TOKEN_INDEX, LlamaVidConfig
 from llamavid.model.conversation import (
     DEFAULT_IMAGE_TOKEN,
@@ -118,7 +119,7 @@ def _nest(value: Any, batch: int, is_item: Callable[[Any], bool], name: str) -> 
         return [list(value)]
     if not isinstance(value, (list, tuple)) or len(value) != batch:
         found = f"{len(value)} entries" if isinstance(value, (list, tuple)) else type(value).__name__
-        raise ValueError(
+        raise InvalidInputError(
             f"{name} got {found} for {batch} prompts; give one entry (an item, a list of items or None) "
             "per prompt."
         )
@@ -134,7 +135,7 @@ def _nest(value: Any, batch: int, is_item: Callable[[Any], bool], name: str) -> 
             expected = "PIL images or (H, W, 3) uint8 arrays"
             if name == "videos":
                 expected = "(T, H, W, 3) uint8 arrays or lists of frames"
-            raise ValueError(f"{name}[{sample}] is not understood: expected {expected}.")
+            raise InvalidInputError(f"{name}[{sample}] is not understood: expected {expected}.")
     return nested
 
 
@@ -145,7 +146,7 @@ def _load_part(part: Message, kind: str) -> Any:
     """
     value = part.get(kind, part.get("path"))
     if value is None:
-        raise ValueError(
+        raise InvalidInputError(
             f"a {kind!r} content part needs its media under {kind!r} or 'path' (an array, image or path)."
         )
     if isinstance(value, (str, os.PathLike)):
@@ -155,7 +156,9 @@ def _load_part(part: Message, kind: str) -> Any:
     if kind == "image":
         if isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim == 4:
             if len(value) != 1:
-                raise ValueError(f"an 'image' content part holds {len(value)} frames; use a 'video' part.")
+                raise InvalidInputError(
+                    f"an 'image' content part holds {len(value)} frames; use a 'video' part."
+                )
             value = value[0]
         return value
     if isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim in (2, 3) and not _is_features(value):
@@ -218,10 +221,12 @@ class LlamaVidProcessor:
         if not isinstance(qformer_config, PreTrainedConfig) or not isinstance(
             vision_config, PreTrainedConfig
         ):
-            raise TypeError("the config's vision/Q-Former sub-configs are not built; pass a LlamaVidConfig.")
+            raise InvalidTypeError(
+                "the config's vision/Q-Former sub-configs are not built; pass a LlamaVidConfig."
+            )
         qformer_tokenizer = qformer_tokenizer or load_qformer_tokenizer()
         if len(qformer_tokenizer) != qformer_config.vocab_size:
-            raise ValueError(
+            raise InvalidInputError(
                 f"the text-decoder tokenizer has {len(qformer_tokenizer)} tokens but the config's Q-Former vocab "
                 f"is {qformer_config.vocab_size}; use the tokenizer the checkpoint was trained with."
             )
@@ -249,12 +254,16 @@ class LlamaVidProcessor:
                 ``num_frames * video_tokens_per_frame``.
         """
         if num_frames < 1:
-            raise ValueError(f"num_frames must be at least 1, got {num_frames}.")
+            raise InvalidInputError(f"num_frames must be at least 1, got {num_frames}.")
         if is_image:
             if per_frame:
-                raise ValueError("per_frame lays out the frames of a video; an image is a single block.")
+                raise InvalidInputError(
+                    "per_frame lays out the frames of a video; an image is a single block."
+                )
             if num_frames != 1:
-                raise ValueError(f"an image is one frame, got num_frames={num_frames}; pass it as a video.")
+                raise InvalidInputError(
+                    f"an image is one frame, got num_frames={num_frames}; pass it as a video."
+                )
             return [self.image_tokens_per_frame]
         if per_frame:
             return [self.video_tokens_per_frame] * num_frames
@@ -310,7 +319,7 @@ class LlamaVidProcessor:
                 layout = f"the per-frame layout of {num_frames} frames needs one per frame, {num_frames}"
             else:
                 layout = f"a {num_frames}-frame video shown as one block needs exactly one"
-            raise ValueError(
+            raise InvalidInputError(
                 f"the rendered prompt has {found} {DEFAULT_IMAGE_TOKEN} placeholders but {layout}. Put one "
                 f"{DEFAULT_IMAGE_TOKEN} per block in the messages (build_long_video_message for long videos)."
             )
@@ -440,15 +449,15 @@ class LlamaVidProcessor:
         ]
         if not tokenize:
             if return_dict:
-                raise ValueError("return_dict=True needs tokenize=True.")
+                raise InvalidInputError("return_dict=True needs tokenize=True.")
             if kwargs:
-                raise TypeError(f"unexpected arguments without tokenize=True: {sorted(kwargs)}.")
+                raise InvalidTypeError(f"unexpected arguments without tokenize=True: {sorted(kwargs)}.")
             return prompts if batched else prompts[0]
         part_media = [_part_media(conversation) for conversation in conversations]
         if any(part_media):
             given = sorted(name for name in ("media", "images", "videos", "media_index") if name in kwargs)
             if given:
-                raise ValueError(
+                raise InvalidInputError(
                     f"the messages carry media in content parts and {given} was given too; use one or the other."
                 )
             kwargs["media"] = part_media
@@ -484,7 +493,7 @@ class LlamaVidProcessor:
         if block_lengths is None:
             block_lengths = [1] * (len(chunks) - 1)
         if len(block_lengths) != len(chunks) - 1:
-            raise ValueError(
+            raise InvalidInputError(
                 f"the prompt has {len(chunks) - 1} {DEFAULT_IMAGE_TOKEN} placeholders but {len(block_lengths)} "
                 "visual inputs were matched to it."
             )
@@ -540,19 +549,23 @@ class LlamaVidProcessor:
             ``block_media`` and ``block_question``.
         """
         if return_tensors not in (None, "pt"):
-            raise ValueError(f"return_tensors={return_tensors!r}: only PyTorch tensors ('pt') are produced.")
+            raise InvalidInputError(
+                f"return_tensors={return_tensors!r}: only PyTorch tensors ('pt') are produced."
+            )
         texts = [text] if isinstance(text, str) else list(text)
         batch = len(texts)
         if images is not None or videos is not None:
             if media is not None or media_index is not None:
-                raise ValueError("give the media either as media= (with media_index=) or as images=/videos=.")
+                raise InvalidInputError(
+                    "give the media either as media= (with media_index=) or as images=/videos=."
+                )
             media, index = self._media_from_images_videos(texts, images, videos)
             media_index = None if per_frame else index
         texts = [_PLACEHOLDER.sub(DEFAULT_IMAGE_TOKEN, prompt) for prompt in texts]
         media_per_sample = self._per_sample(media, batch, "media")
         questions_per_sample = self._per_sample(questions, batch, "questions")
         if padding_side not in ("left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}.")
+            raise InvalidInputError(f"padding_side must be 'left' or 'right', got {padding_side!r}.")
 
         pixel_frames: list[torch.Tensor] = []
         feature_frames: list[torch.Tensor] = []
@@ -566,11 +579,11 @@ class LlamaVidProcessor:
             placeholders = prompt.count(DEFAULT_IMAGE_TOKEN)
             items = media_per_sample[sample]
             if placeholders and not items:
-                raise ValueError(
+                raise InvalidInputError(
                     f"sample {sample}: the prompt has {placeholders} {DEFAULT_IMAGE_TOKEN} but no media."
                 )
             if items and not placeholders:
-                raise ValueError(
+                raise InvalidInputError(
                     f"sample {sample}: {len(items)} media given but the prompt has no {DEFAULT_IMAGE_TOKEN} "
                     "placeholder to put them in."
                 )
@@ -581,7 +594,7 @@ class LlamaVidProcessor:
                 sample_questions = [sample_questions] * placeholders
             if placeholders and (sample_questions is None or len(sample_questions) != placeholders):
                 found = 0 if sample_questions is None else len(sample_questions)
-                raise ValueError(
+                raise InvalidInputError(
                     f"sample {sample}: {placeholders} {DEFAULT_IMAGE_TOKEN} placeholders need {placeholders} "
                     f"questions for the text decoder, got {found}."
                 )
@@ -590,7 +603,7 @@ class LlamaVidProcessor:
                 kind, payload = _media_kind(item)
                 if kind == "features":
                     if not len(payload):
-                        raise ValueError(f"sample {sample}: a feature tensor has no frames.")
+                        raise InvalidInputError(f"sample {sample}: a feature tensor has no frames.")
                     feature_frames.append(payload)
                     frame_counts.append(len(payload))
                     media_is_image.append(False)
@@ -616,7 +629,7 @@ class LlamaVidProcessor:
             sequences.append(self.tokenize_prompt(prompt, lengths))
 
         if pixel_frames and feature_frames:
-            raise ValueError(
+            raise InvalidInputError(
                 "a batch mixes pixel media and precomputed features; send them in separate batches."
             )
         data: dict[str, Any] = self._pad(sequences, padding_side)
@@ -646,14 +659,14 @@ class LlamaVidProcessor:
     ) -> list[int]:
         """Per-frame layout: turn the sample's one video into one-frame media, one per placeholder."""
         if len(frame_counts) - first_media != 1 or media_is_image[first_media]:
-            raise ValueError(
+            raise InvalidInputError(
                 f"sample {sample}: per_frame=True shows one video frame by frame, but the sample has "
                 f"{len(frame_counts) - first_media} media ({sum(media_is_image[first_media:])} images)."
             )
         frames = frame_counts.pop()
         media_is_image.pop()
         if placeholders != frames:
-            raise ValueError(
+            raise InvalidInputError(
                 f"sample {sample}: per_frame=True needs one {DEFAULT_IMAGE_TOKEN} per frame: the video has "
                 f"{frames} frames but the prompt has {placeholders} placeholders."
             )
@@ -675,7 +688,7 @@ class LlamaVidProcessor:
             sample_images, sample_videos = images_per_sample[sample], videos_per_sample[sample]
             tokens = _PLACEHOLDER.findall(prompt)
             if sample_images and sample_videos and DEFAULT_VIDEO_TOKEN not in tokens:
-                raise ValueError(
+                raise InvalidInputError(
                     f"sample {sample}: images and videos were given but the prompt only has "
                     f"{DEFAULT_IMAGE_TOKEN}; mark where each video goes with {DEFAULT_VIDEO_TOKEN}."
                 )
@@ -685,7 +698,9 @@ class LlamaVidProcessor:
                 kind = "video" if token == DEFAULT_VIDEO_TOKEN or not sample_images else "image"
                 pool = sample_videos if kind == "video" else sample_images
                 if not pool:
-                    raise ValueError(f"sample {sample}: the prompt has {token} but no {kind}s were given.")
+                    raise InvalidInputError(
+                        f"sample {sample}: the prompt has {token} but no {kind}s were given."
+                    )
                 offset = len(sample_images) if kind == "video" else 0
                 indices.append(offset + (0 if len(pool) == 1 else used[kind]))
                 used[kind] += 1
@@ -706,7 +721,7 @@ class LlamaVidProcessor:
         if name == "media" and batch == 1 and isinstance(value, list) and len(value) != 1:
             value = [value]  # one sample with several media items
         if len(value) != batch:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{name} has {len(value)} entries but there are {batch} prompts; give one per prompt."
             )
         if name == "media":
@@ -726,13 +741,13 @@ class LlamaVidProcessor:
         else:
             indices = list(range(len(items)))
         if len(indices) != placeholders or any(not 0 <= index < len(items) for index in indices):
-            raise ValueError(
+            raise InvalidInputError(
                 f"sample {sample}: cannot match {placeholders} placeholders to {len(items)} media items "
                 f"(media_index={indices}); pass media_index with one valid media number per placeholder."
             )
         unused = set(range(len(items))) - set(indices)
         if unused:
-            raise ValueError(
+            raise InvalidInputError(
                 f"sample {sample}: media items {sorted(unused)} are not shown by any placeholder."
             )
         return indices
@@ -811,7 +826,7 @@ class LlamaVidProcessor:
         directory = Path(directory)
         settings_path = directory / PROCESSOR_CONFIG_NAME
         if not settings_path.is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{settings_path} not found: {directory} is not a llamavid model folder (convert official "
                 "checkpoints with `llamavid convert`)."
             )

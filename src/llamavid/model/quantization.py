@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from llamavid.errors import DependencyError, InvalidInputError
+
 QUANTIZATION_MODES = ("8bit", "4bit")
 
 # Module names kept out of quantisation. transformers 5 matches a pattern from the start of the full module name
@@ -36,11 +38,11 @@ def quantization_config(mode: str | None, compute_dtype: Any = None):
     if mode is None or mode == "none":
         return None
     if mode not in QUANTIZATION_MODES:
-        raise ValueError(f"quantization={mode!r}; expected one of {QUANTIZATION_MODES} or None.")
+        raise InvalidInputError(f"quantization={mode!r}; expected one of {QUANTIZATION_MODES} or None.")
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        raise ImportError(
+        raise DependencyError(
             f"{mode} loading needs bitsandbytes: pip install 'llamavid[quant]' (or pip install bitsandbytes)."
         ) from None
     from transformers import BitsAndBytesConfig

@@ -262,7 +262,7 @@ class ChatCompletionRequest(BaseModel):
     def _refuse_lone_surrogates(cls, data: Any) -> Any:
         where = _lone_surrogate(data)
         if where is not None:
-            raise ValueError(
+            raise InvalidInputError(  # a ValueError: pydantic reports it as a validation error (400)
                 f"{where.removeprefix('body.')} holds a lone UTF-16 surrogate (such as \\ud800), which is not a "
                 "character; send valid Unicode (surrogates only as pairs)"
             )
