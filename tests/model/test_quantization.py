@@ -18,9 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from official_layout import TinySizes, make_official_release  # noqa: E402
 
 from llamavid.cli._engine_options import add_engine_arguments  # noqa: E402
+from llamavid.inference.engine import Engine  # noqa: E402
 from llamavid.model.convert_original_checkpoint import convert  # noqa: E402
 from llamavid.model.quantization import quantization_config  # noqa: E402
-from llamavid.inference.engine import Engine  # noqa: E402
 
 SIZES = TinySizes(llm_width=64, llm_mlp=128)  # bitsandbytes 4-bit needs widths that fill its blocks
 QUANTISED = {"8bit": bnb.nn.Linear8bitLt, "4bit": bnb.nn.Linear4bit}
