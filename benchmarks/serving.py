@@ -25,8 +25,8 @@ import httpx
 import torch
 
 from llamavid.demo import write_demo_video
-from llamavid.serve.app import RunningServer, ServerConfig, create_app
 from llamavid.inference.engine import Engine
+from llamavid.serve.app import RunningServer, ServerConfig, create_app
 
 
 def run_load(url: str, body: dict, clients: int, requests: int) -> tuple[float, list[float]]:
