@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
+
 from testing_utils import require_module
 
 if TYPE_CHECKING:
@@ -36,8 +38,13 @@ def memory_mb(field: str = "VmRSS") -> float:
 
 def reset_peak() -> None:
     """Restart the ``VmHWM`` high-water mark from the current RSS (Linux: writing 5 to clear_refs)."""
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+    except (
+        OSError
+    ) as error:  # without a reset, VmHWM is the whole run's peak and says nothing about one request
+        pytest.skip(f"cannot reset the peak-memory mark ({error}); this check needs Linux /proc")
 
 
 class Attacker:
