@@ -133,3 +133,15 @@ def test_max_memory_refuses_before_decoding(serving_model_dir, demo_video_path, 
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert "over --max-memory" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_pixel_limit_is_checked_before_decoding(serving_engine, tmp_path):
+    from PIL import Image
+
+    from llamavid.data.errors import MediaError
+
+    path = tmp_path / "big.png"
+    Image.new("RGB", (2000, 2000), (10, 20, 30)).save(path)
+    with pytest.raises(MediaError, match="2000"):
+        serving_engine.load_media(path, max_pixels=1_000_000)
+    assert serving_engine.load_media(path, max_pixels=5_000_000).is_image

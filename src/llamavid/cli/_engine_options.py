@@ -75,6 +75,12 @@ def add_engine_arguments(
         )
         media_group.add_argument("--max-frames", type=int, default=None, help="cap on sampled frames")
         media_group.add_argument(
+            "--max-megapixels",
+            type=float,
+            default=None,
+            help="largest image or video frame accepted, read from the file header before decoding (default 50)",
+        )
+        media_group.add_argument(
             "--subtitle-encoding",
             metavar="ENCODING",
             default=None,
@@ -184,7 +190,12 @@ def media_options(args: argparse.Namespace) -> dict[str, Any]:
         subtitles = SubtitleTrack.read(subtitles, encoding=args.subtitle_encoding)
     elif args.subtitle_encoding:
         raise InvalidInputError("--subtitle-encoding needs --subtitles FILE.")
-    return {"fps": args.fps, "max_frames": args.max_frames, "subtitles": subtitles}
+    options: dict[str, Any] = {"fps": args.fps, "max_frames": args.max_frames, "subtitles": subtitles}
+    if args.max_megapixels is not None:
+        if args.max_megapixels <= 0:
+            raise InvalidInputError(f"--max-megapixels must be positive, got {args.max_megapixels}.")
+        options["max_pixels"] = int(args.max_megapixels * 1_000_000)
+    return options
 
 
 def check_media_path(path: Path) -> Path:

@@ -3,7 +3,16 @@
 from .errors import BackendUnavailableError, MediaError, NoVideoStreamError, SubtitleError, VideoDecodeError
 from .feature_cache import CacheEntry, CacheEntryError, CacheKey, FeatureCache
 from .subtitles import SubtitleCue, align_subtitles, interleave_subtitles, read_subtitles
-from .video import Frames, VideoInfo, decode_video, iter_video_frames, load_media, probe_video
+from .video import (
+    Frames,
+    VideoInfo,
+    current_max_pixels,
+    decode_video,
+    iter_video_frames,
+    load_media,
+    pixel_limit,
+    probe_video,
+)
 
 __all__ = [
     "BackendUnavailableError",
@@ -19,10 +28,12 @@ __all__ = [
     "VideoDecodeError",
     "VideoInfo",
     "align_subtitles",
+    "current_max_pixels",
     "decode_video",
     "interleave_subtitles",
     "iter_video_frames",
     "load_media",
+    "pixel_limit",
     "probe_video",
     "read_subtitles",
 ]

@@ -52,7 +52,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["MEDIA_OPTIONS", "Engine", "GenerationRequest"]
 
 # Keyword options of `Engine.load_media`, accepted by every call that takes media.
-MEDIA_OPTIONS = ("fps", "max_frames", "subtitles", "untrusted", "probe_timeout", "max_duration")
+MEDIA_OPTIONS = ("fps", "max_frames", "subtitles", "untrusted", "probe_timeout", "max_duration", "max_pixels")
 
 
 @dataclass
@@ -195,6 +195,7 @@ class Engine:
         probe_timeout: float = 30.0,
         max_duration: float | None = None,
         admit: Callable[[int, bool], None] | None = None,
+        max_pixels: int | None = None,
     ) -> PreparedMedia:
         """Decode a media item and compute its frame features once.
 
@@ -211,12 +212,28 @@ class Engine:
             max_duration: refuse videos longer than this many seconds (checked before decoding).
             admit: called as ``admit(frames, is_image)`` once the frame count is known from the probe and
                 before anything is decoded; raise from it to refuse (the budget check does).
+            max_pixels: largest image or video frame accepted, checked from the file's header before decoding
+                (default: ``$LLAMAVID_MAX_PIXELS`` or 50 megapixels; see `llamavid.data.video.pixel_limit`).
 
         Raises:
             MediaError: unreadable media or subtitles. InvalidInputError: bad arguments or a too long video.
         """
         if isinstance(media, PreparedMedia):
             return media
+        if max_pixels is not None:
+            from llamavid.data.video import pixel_limit
+
+            with pixel_limit(max_pixels):
+                return self.load_media(
+                    media,
+                    fps=fps,
+                    max_frames=max_frames,
+                    subtitles=subtitles,
+                    untrusted=untrusted,
+                    probe_timeout=probe_timeout,
+                    max_duration=max_duration,
+                    admit=admit,
+                )
         from llamavid.data import Frames, load_media
         from llamavid.data.video import IMAGE_EXTENSIONS
 
