@@ -123,12 +123,12 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--batch-size must be at least 1, got {args.batch_size}.")
 
     # Validate the inputs before the (slow) model load; these raise MediaError naming the file.
-    from llamavid.data import probe_video
     from llamavid.data.subtitles import SubtitleTrack
+    from llamavid.data.video import inspect_video
 
     if args.subtitle_encoding and not args.subtitles:
         raise CommandError("--subtitle-encoding needs --subtitles FILE.")
-    probe_video(args.video)
+    inspect_video(args.video)
     subtitles = (
         SubtitleTrack.read(args.subtitles, encoding=args.subtitle_encoding) if args.subtitles else None
     )

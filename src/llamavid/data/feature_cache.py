@@ -44,7 +44,7 @@ from llamavid.errors import InvalidInputError, LlamaVidError
 
 from .errors import VideoDecodeError
 from .subtitles import SubtitleCue, SubtitleTrack, align_subtitles, read_subtitles
-from .video import Frames, iter_video_frames, probe_video
+from .video import Frames, VideoInfo, inspect_video, iter_video_frames
 
 __all__ = [
     "CACHE_ENV",
@@ -661,7 +661,7 @@ class FeatureCache:
         """
         if batch_size < 1:
             raise InvalidInputError(f"--batch-size must be at least 1, got {batch_size}.")
-        info = probe_video(video)  # names the file in every failure: missing, empty, truncated, no stream
+        info = inspect_video(video)  # names the file in every failure: missing, empty, truncated, no stream
         cues, subtitle_source = self._load_cues(subtitles)
         key = self.make_key(video, encoder, fps=fps, num_frames=num_frames, max_frames=max_frames)
         return self._ensure(
@@ -678,6 +678,7 @@ class FeatureCache:
         max_frames: int | None = None,
         batch_size: int = 16,
         progress: Callable[[int, int | None], None] | None = None,
+        info: VideoInfo | None = None,
     ) -> IngestReport:
         """A complete entry for this video, sampling and encoder whose every chunk passes its sha256 check.
 
@@ -687,12 +688,15 @@ class FeatureCache:
         no further than the last of them; anything else is encoded, resuming an interrupted run. Subtitles stored
         with the entry are kept.
 
+        `info` is the video's probe when the caller already has it (a file from an untrusted source should be
+        probed in a child process, `llamavid.data.probe_video`, before it gets here).
+
         Raises:
             MediaError: the video is unusable. CacheWriteError: the cache cannot take the write.
         """
         if batch_size < 1:
             raise InvalidInputError(f"--batch-size must be at least 1, got {batch_size}.")
-        info = probe_video(video)
+        info = info if info is not None else inspect_video(video)
         key = self.make_key(video, encoder, fps=fps, num_frames=num_frames, max_frames=max_frames)
         return self._ensure(video, info, key, encoder, batch_size, progress)
 

@@ -277,8 +277,10 @@ class Engine:
     ) -> PreparedMedia:
         from llamavid.data import load_media, probe_video
         from llamavid.data.feature_cache import expected_frames
+        from llamavid.data.video import inspect_video
 
-        info = probe_video(path, timeout=probe_timeout) if untrusted else probe_video(path)
+        # Untrusted files are parsed in a child process first; a local file is inspected in-process (no spawn).
+        info = probe_video(path, timeout=probe_timeout) if untrusted else inspect_video(path)
         if max_duration is not None and info.duration is not None and info.duration > max_duration:
             raise InvalidInputError(
                 f"{path.name}: the video lasts {info.duration:.0f} s but at most {max_duration:.0f} s is "
@@ -294,7 +296,7 @@ class Engine:
             prepared = self._encode_frames(frames, False, subtitles, max_frames, None)
             prepared.frames_capped = capped
             return prepared
-        entry, shown = self._cache_entry(path, fps, max_frames)
+        entry, shown = self._cache_entry(path, fps, max_frames, info)
         prepared = self.media_from_entry(entry, subtitles, source=str(path), thumbnails=shown)
         prepared.frames_capped = capped
         return prepared
@@ -336,7 +338,9 @@ class Engine:
             cache_entry=entry,
         )
 
-    def _cache_entry(self, path: Path, fps: float | None, max_frames: int | None) -> tuple[Any, Any]:
+    def _cache_entry(
+        self, path: Path, fps: float | None, max_frames: int | None, info: Any = None
+    ) -> tuple[Any, Any]:
         """The complete cache entry for this video and sampling, encoding (and storing) it on a miss.
 
         Returns the entry and, when frames were decoded here, their thumbnails (else None).
@@ -348,7 +352,9 @@ class Engine:
         try:
             with self._progress_bar("encode", path.name) as progress, self._lock:
                 # A complete, verified entry; bad chunks (corrupted on disk) are re-encoded, nothing else.
-                report = cache.ensure(path, encoder, fps=fps, max_frames=max_frames, progress=progress)
+                report = cache.ensure(
+                    path, encoder, fps=fps, max_frames=max_frames, progress=progress, info=info
+                )
         finally:
             encoder.on_frames = None
         entry = report.entry
