@@ -1012,7 +1012,9 @@ class LiveSession:
             return
         from llamavid.data.video import iter_video_frames
 
-        for chunk in iter_video_frames(reader, fps=self.fps, chunk_size=1):
+        # PyAV needs only read(n) from a file object; the reader is one without seek.
+        stream: Any = reader
+        for chunk in iter_video_frames(stream, fps=self.fps, chunk_size=1):
             for timestamp, frame in zip(chunk.timestamps, chunk.frames, strict=True):
                 yield float(timestamp), frame
 
