@@ -446,3 +446,80 @@ def test_fuzz_truncated_and_corrupted_files(
     path = tmp_path / f"damaged{Path(fixture).suffix or '.bin'}"
     path.write_bytes(bytes(data))
     _decode_or_clean_error(path)
+
+
+# --- non-reference frame skipping ------------------------------------------------------------------------
+
+
+def _moving_picture(index: int, width: int, height: int) -> np.ndarray:
+    """The index colour with a bar moving across it, so encoders make real B-frames (motion, not copies)."""
+    picture = np.broadcast_to(np.array(index_colour(index), np.uint8), (height, width, 3)).copy()
+    x = (index * 3) % width
+    picture[height // 3 : height // 3 + 4, x : x + 6] = 255 - picture[0, 0]
+    return picture
+
+
+_SKIP_CASES = {
+    # name: (write_video arguments, decode_video arguments)
+    "h264_bframes": (
+        {"rate": 25, "num_frames": 150, "size": (64, 48), "options": {"preset": "veryfast", "tune": "film", "g": "50"}},
+        {},
+    ),
+    "h264_uniform": (
+        {"rate": 25, "num_frames": 150, "size": (64, 48), "options": {"preset": "veryfast", "tune": "film", "g": "50"}},
+        {"num_frames": 4},
+    ),
+    "h264_2fps_cap": (
+        {"rate": 30, "num_frames": 120, "size": (64, 48), "options": {"preset": "medium", "tune": "film", "g": "30"}},
+        {"fps": 2.0, "max_frames": 5},
+    ),
+    "mpeg4_bframes": (
+        {"codec": "mpeg4", "rate": 25, "num_frames": 100, "size": (64, 48), "options": {"qscale": "3", "bf": "2", "g": "25"}},
+        {},
+    ),
+    "vp9": (
+        {"codec": "libvpx-vp9", "rate": 10, "num_frames": 40, "size": (64, 48), "options": {"deadline": "realtime", "cpu-used": "8"}},
+        {},
+    ),
+    "vfr_mkv": (
+        {
+            "rate": 1000,
+            "time_base": Fraction(1, 1000),
+            "pts": [0, 40, 80, 120, 900, 1000, 1040, 1500, 3100, 3140, 3180, 3200, 3240, 4000, 4040, 4080],
+            "num_frames": 16,
+            "size": (64, 48),
+            "options": {"preset": "veryfast", "tune": "film"},
+        },
+        {},
+    ),
+    "rotated_90": (
+        {"rate": 25, "num_frames": 75, "size": (64, 48), "rotation": 90, "options": {"preset": "veryfast", "tune": "film"}},
+        {},
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(_SKIP_CASES))
+def test_nonreference_skipping_returns_the_same_frames(
+    media_dir: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    write_args, decode_args = _SKIP_CASES[name]
+    suffix = ".webm" if write_args.get("codec") == "libvpx-vp9" else ".mkv" if "vfr" in name else ".mp4"
+    path = media_dir / f"skip_{name}{suffix}"
+    if not path.exists():
+        write_video(path, picture=_moving_picture, **write_args)
+    switches: list[str] = []
+    real_before = video_module._NonReferenceSkipper.before
+
+    def spy(self: video_module._NonReferenceSkipper, packet, target, reliable) -> None:  # type: ignore[no-untyped-def]
+        real_before(self, packet, target, reliable)
+        switches.append(self._context.skip_frame)
+
+    monkeypatch.setattr(video_module._NonReferenceSkipper, "before", spy)
+    skipping = decode_video(path, **decode_args)
+    monkeypatch.setattr(video_module, "_SKIP_NONREFERENCE", False)
+    full = decode_video(path, **decode_args)
+    np.testing.assert_array_equal(skipping.timestamps, full.timestamps)
+    np.testing.assert_array_equal(skipping.frames, full.frames)  # bit-identical pixels
+    if name.startswith(("h264", "mpeg4", "rotated")):
+        assert "NONREF" in {str(s) for s in switches}, "the skipping never engaged on this clip"

@@ -668,6 +668,7 @@ def _iter_pyav(
     kept = bad_packets = 0
     warned_timestamps = False
     checked_size: tuple[int, int, float] | None = None
+    skipper = _NonReferenceSkipper(opened, rate)
     packets = _skip_to_keyframes(container.demux(stream), opened, selector, gop)
     while True:
         try:
@@ -685,6 +686,7 @@ def _iter_pyav(
                 "%s: stopped reading at a damaged part (%s); keeping %d frames.", name, error, kept
             )
             break
+        skipper.before(packet, selector.next_target, timestamps_reliable)
         try:
             decoded = packet.decode()
         except _av_error_types():
@@ -740,6 +742,50 @@ def _iter_pyav(
             "an unsupported codec profile; re-encode it to H.264.",
             name,
         )
+
+
+# Non-reference frames that cannot be a sample are not decoded (see _NonReferenceSkipper); False restores the
+# decoder as it was before (benchmarks/decode.py measures both, tests check they return the same frames).
+_SKIP_NONREFERENCE = True
+# Codecs whose decoders honour AVDISCARD_NONREF by dropping only frames that nothing references (checked
+# frame for frame against full decoding in tests/data/test_video.py).
+_NONREF_CODECS = frozenset({"h264", "hevc", "mpeg4", "mpeg2video", "mpeg1video", "vp8", "vp9"})
+
+
+class _NonReferenceSkipper:
+    """Switches the decoder's frame skipping per packet: non-reference frames are skipped until a sample is near.
+
+    A frame no other frame references can be left undecoded without changing any other frame. It can only be
+    a sample if it is shown at or after the next target time; a packet's presentation time is its frame's, so
+    every packet shown clearly before the next target (a margin of two frame durations absorbs rounding) is
+    decoded with ``skip_frame = "NONREF"`` and the rest with ``"DEFAULT"``. Targets only move forward, so a
+    frame skipped for one target cannot be the sample of a later one. With frame threading FFmpeg hands the
+    setting to the worker that decodes the packet, so switching per packet is exact. Streams without packet
+    timestamps, or whose frame timestamps turned out unreliable, are decoded in full.
+    """
+
+    def __init__(self, opened: _OpenVideo, rate: float) -> None:
+        self._context = opened.stream.codec_context
+        self._time_base = opened.stream.time_base
+        self._origin = opened.origin
+        self._margin = 2.0 / rate + _MAX_TIMESTAMP_SLACK_S
+        codec = getattr(getattr(self._context, "codec", None), "name", None)
+        self._enabled = _SKIP_NONREFERENCE and codec in _NONREF_CODECS and self._time_base is not None
+        self._skipping = False
+
+    def before(self, packet: Any, target: float | None, timestamps_reliable: bool) -> None:
+        """Set the skipping for the packet about to be decoded."""
+        if not self._enabled:
+            return
+        skip = (
+            timestamps_reliable
+            and target is not None
+            and packet.pts is not None
+            and float(packet.pts * self._time_base) - self._origin < target - self._margin
+        )
+        if skip != self._skipping:
+            self._context.skip_frame = "NONREF" if skip else "DEFAULT"
+            self._skipping = skip
 
 
 # Bounds the look-ahead of _skip_to_keyframes (packets are small; 4096 is minutes of 30 fps video).
@@ -862,7 +908,10 @@ def _iter_torchcodec(
         raise VideoDecodeError(f"{name}: no frame with a timestamp found for torchcodec to decode.", name)
     sar = _frame_sar(None, stream)
     try:
-        decoder = video_decoder(name, stream_index=stream.index, dimension_order="NHWC", seek_mode="exact")
+        # 0: FFmpeg picks the thread count from the cores (torchcodec's default of 1 leaves the others idle).
+        decoder = video_decoder(
+            name, stream_index=stream.index, dimension_order="NHWC", seek_mode="exact", num_ffmpeg_threads=0
+        )
         for start in range(0, len(indices), chunk_size):
             batch = decoder.get_frames_at(indices[start : start + chunk_size])
             pixels = batch.data.numpy()
