@@ -211,6 +211,8 @@ def test_raw_frames_and_context_policies(engine):
         assert chosen.policy == "relevance" and chosen.frames_used < FRAMES == chosen.frames_seen
         assert NEEDLE in chosen.timestamps and np.all(np.diff(chosen.timestamps) > 0)
         assert chosen.text.strip().lower() == COLOUR
+        again = session.ask(QUESTION, temperature=0, max_new_tokens=8)  # scores of stored chunks reused
+        assert np.array_equal(again.timestamps, chosen.timestamps) and again.text == chosen.text
         recent = session.ask(QUESTION, context_policy="recent", temperature=0, max_new_tokens=8)
         assert recent.timestamps[-1] == FRAMES - 1 and recent.frames_used == chosen.frames_used
         uniform = session.ask(QUESTION, context_policy="uniform", temperature=0, max_new_tokens=8)

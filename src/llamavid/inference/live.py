@@ -78,6 +78,8 @@ DEFAULT_FILE_IDLE_TIMEOUT = 10.0
 THUMBNAIL_SIDE = 32
 _POLL_S = 0.1  # how often a waiting reader re-checks the stop flag, the end marker and the idle clock
 _READ_BYTES = 1 << 16
+_SCORE_GROUP_BYTES = 32 * 2**20  # features scored per call when ranking frames for a question
+_SCORED_QUESTIONS = 16  # questions whose per-chunk frame scores are kept (a float per stored frame each)
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _WINDOW_PART = re.compile(r"(\d+(?:\.\d+)?)([hms])")
 
@@ -538,6 +540,7 @@ class LiveSession:
         self._started_at: float | None = None
         self._ingested = 0
         self._first_position: float | None = None
+        self._score_cache: dict[str, dict[str, np.ndarray]] = {}
         self._resumed = self._load_existing()
 
         if start:
@@ -833,33 +836,75 @@ class LiveSession:
         return torch.cat(parts) if parts else torch.zeros(0)
 
     def _frame_scores(self, snapshot: _Snapshot, indices: np.ndarray, question: str) -> np.ndarray:
-        """Unnormalised context-token frame scores for `question`, chunk by chunk (one chunk in memory)."""
+        """Unnormalised context-token frame scores for `question` at `indices`, a few chunks (32 MiB) per call.
+
+        Stored chunks never change, so their scores are kept per question (the newest `_SCORED_QUESTIONS`
+        questions, a float per frame): a question asked again only scores the chunks stored since, and the tail.
+        """
+        import torch
+
+        question = question or "?"
+        with self._cond:
+            known = self._score_cache.pop(question, {})
+            self._score_cache[question] = known  # newest last
+            while len(self._score_cache) > _SCORED_QUESTIONS:
+                self._score_cache.pop(next(iter(self._score_cache)))
+        scores = np.zeros(len(indices), dtype=np.float64)
+        bounds = snapshot.offsets
+        wanted: list[tuple[int, int, int]] = []  # (chunk index, first and last position in indices)
+        for index in range(len(snapshot.chunks)):
+            left, right = (int(v) for v in np.searchsorted(indices, [bounds[index], bounds[index + 1]]))
+            if left < right:
+                wanted.append((index, left, right))
+        missing = [index for index, _, _ in wanted if snapshot.chunks[index]["sha256"] not in known]
+        groups: list[list[int]] = [[]]
+        held = 0
+        for index in missing:
+            size = int(snapshot.chunks[index]["bytes"])
+            if groups[-1] and held + size > _SCORE_GROUP_BYTES:
+                groups.append([])
+                held = 0
+            groups[-1].append(index)
+            held += size
+        for group in groups:
+            if group:
+                parts = [self._chunk_features(snapshot, index) for index in group]
+                computed = self._score_rows(torch.cat(parts), question)
+                for index, values in zip(
+                    group, np.split(computed, np.cumsum([len(p) for p in parts])[:-1]), strict=True
+                ):
+                    known[snapshot.chunks[index]["sha256"]] = values.astype(np.float32)
+        for index, left, right in wanted:
+            values = known[snapshot.chunks[index]["sha256"]]
+            scores[left:right] = values[indices[left:right] - bounds[index]]
+        stored = len(snapshot.stored_timestamps)
+        first_tail = int(np.searchsorted(indices, stored))
+        if first_tail < len(indices):
+            assert snapshot.tail_features is not None
+            rows = snapshot.tail_features[torch.as_tensor(indices[first_tail:] - stored)]
+            scores[first_tail:] = self._score_rows(rows, question)
+        return scores
+
+    def _score_rows(self, features: Any, question: str) -> np.ndarray:
+        """Frame scores of `features` ``(t, 1+N, C)`` for `question` (one model call)."""
         import torch
 
         engine = self.engine
-        core = engine.model.model
         encoded = engine.processor.qformer_tokenizer(
-            [question or "?"],
-            truncation=True,
-            max_length=engine.processor.qformer_max_length,
-            return_tensors="pt",
+            [question], truncation=True, max_length=engine.processor.qformer_max_length, return_tensors="pt"
         )
-        scores = np.zeros(len(indices), dtype=np.float64)
-        for positions, rows in self._iter_parts(snapshot, indices):
-            features = rows.to(device=engine.device, dtype=engine.dtype)
-            with engine._lock, torch.no_grad():
-                output = core.get_visual_tokens(
-                    features,
-                    torch.tensor([len(features)]),
-                    encoded["input_ids"],
-                    encoded["attention_mask"],
-                    torch.zeros(1, dtype=torch.long),
-                    torch.zeros(1, dtype=torch.long),
-                    from_pixels=True,
-                    output_attentions=True,
-                )
-            scores[positions] = output.frame_scores.float().cpu().numpy()
-        return scores
+        with engine._lock, torch.no_grad():
+            output = engine.model.model.get_visual_tokens(
+                features.to(device=engine.device, dtype=engine.dtype),
+                torch.tensor([len(features)]),
+                encoded["input_ids"],
+                encoded["attention_mask"],
+                torch.zeros(1, dtype=torch.long),
+                torch.zeros(1, dtype=torch.long),
+                from_pixels=True,
+                output_attentions=True,
+            )
+        return output.frame_scores.float().cpu().numpy().astype(np.float64)
 
     # Cache entry -------------------------------------------------------------------------------------------
     def _load_existing(self) -> int:
