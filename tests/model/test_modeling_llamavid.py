@@ -285,6 +285,182 @@ def test_batched_tokens_equal_the_reference(overrides, layout, with_cls, from_pi
     assert (out.tokens - tokens).abs().max() <= 1e-6
 
 
+# Per-frame work shared by a frame's questions ------------------------------------------------------------------------
+QUESTION_TEXTS = (
+    "what moves?",
+    "how many red squares are there?",
+    "colour?",
+    "is the square to the left of the circle at the end?",
+)
+
+
+def question_sensitive_model(seed: int = 0, **overrides):
+    """The tiny model with its text decoder and `vlm_att_*` matrices redrawn at std 0.2.
+
+    At the default std (0.02) the context tokens of two questions about one frame differ by about 1e-5, so an
+    equality check at that tolerance could not see a pair served with the wrong question's queries.
+    """
+    model = build_tiny_model(seed, **overrides)
+    generator = torch.Generator().manual_seed(seed + 100)
+    with torch.no_grad():
+        for name, parameter in model.model.named_parameters():
+            if name.startswith("vlm_att") and parameter.ndim >= 2:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
+    return model
+
+
+def several_questions_layout(layout: str, num_questions: int) -> dict:
+    """One video asked every question, or three media asked different subsets (uneven pairs per frame)."""
+    if layout == "one_video":
+        return {"frame_counts": [5], "images": [False], "blocks": [(0, q) for q in range(num_questions)]}
+    blocks = [(0, q) for q in range(num_questions)] + [(1, num_questions - 1)]
+    blocks += [(2, q) for q in range(0, num_questions, 2)]
+    return {"frame_counts": [3, 1, 4], "images": [False, True, False], "blocks": blocks}
+
+
+def visual_tokens_for(model, features, setup, questions, **kwargs):
+    return model.model.get_visual_tokens(
+        features,
+        torch.tensor(setup["frame_counts"]),
+        questions["input_ids"],
+        questions["attention_mask"],
+        torch.tensor([media for media, _ in setup["blocks"]]),
+        torch.tensor([question for _, question in setup["blocks"]]),
+        media_is_image=torch.tensor(setup["images"]),
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize("layout", ["one_video", "mixed"])
+@pytest.mark.parametrize("chunk", [1, 3, 64])
+@pytest.mark.parametrize("num_questions", [1, 2, 4])
+def test_shared_frame_work_equals_the_reference(num_questions, chunk, layout, qformer_tokenizer):
+    """P questions share each frame's cross-attention keys/values, keys and LayerNorm; tokens stay the reference's."""
+    model = question_sensitive_model(frame_chunk_size=chunk)
+    setup = several_questions_layout(layout, num_questions)
+    questions = qformer_tokenizer(list(QUESTION_TEXTS[:num_questions]), padding=True, return_tensors="pt")
+    features = torch.randn(sum(setup["frame_counts"]), 17, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        out = visual_tokens_for(model, features, setup, questions)
+        context, tokens = reference_visual_tokens(model, features, setup, questions, True)
+    assert (out.context_tokens - context).abs().max() <= 1e-5
+    assert (out.tokens - tokens).abs().max() <= 1e-5
+    if num_questions > 1:  # the check can tell the questions apart: frame 0 of question 0 vs of question 1
+        frames = setup["frame_counts"][0]
+        assert (context[0] - context[frames]).abs().max() > 1e-2
+
+
+def test_shared_path_matches_the_pairwise_path_with_attention_maps(qformer_tokenizer):
+    model = question_sensitive_model(frame_chunk_size=2)
+    setup = several_questions_layout("mixed", 3)
+    questions = qformer_tokenizer(list(QUESTION_TEXTS[:3]), padding=True, return_tensors="pt")
+    features = torch.randn(8, 17, 32, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        shared = visual_tokens_for(model, features, setup, questions, output_attentions=True)
+        model.model.get_context_tokens = model.model.pairwise_context_tokens  # the path before sharing
+        pairwise = visual_tokens_for(model, features, setup, questions, output_attentions=True)
+    for name in ("tokens", "attention_weights", "frame_scores"):
+        assert (getattr(shared, name) - getattr(pairwise, name)).abs().max() <= 1e-5, name
+
+
+def test_cross_attention_keys_values_are_computed_once_per_frame(qformer_tokenizer):
+    model = build_tiny_model(frame_chunk_size=2)
+    core = model.model
+    rows: dict[str, int] = {}
+
+    def count(name):
+        def hook(module, inputs, output):
+            rows[name] = rows.get(name, 0) + inputs[0].shape[:-1].numel()
+
+        return hook
+
+    cross_layers = [layer for layer in core.vlm_att_encoder.encoder.layer if layer.has_cross_attention]
+    for index, layer in enumerate(cross_layers):
+        layer.crossattention.attention.key.register_forward_hook(count(f"cross_key_{index}"))
+        layer.crossattention.attention.value.register_forward_hook(count(f"cross_value_{index}"))
+    core.vlm_att_key_projector.register_forward_hook(count("key_projector"))
+    core.vlm_att_ln.register_forward_hook(count("ln"))
+    setup = several_questions_layout("one_video", 4)
+    questions = qformer_tokenizer(list(QUESTION_TEXTS), padding=True, return_tensors="pt")
+    with torch.no_grad():
+        visual_tokens_for(model, torch.randn(5, 17, 32), setup, questions)
+    frames = 5
+    assert rows == {
+        **{f"cross_{kind}_{i}": frames * 17 for i in range(len(cross_layers)) for kind in ("key", "value")},
+        "key_projector": frames * 16,
+        "ln": frames * 17,
+    }
+
+
+def test_shared_path_gives_the_pairwise_gradients(qformer_tokenizer):
+    model = question_sensitive_model(frame_chunk_size=3)
+    setup = several_questions_layout("mixed", 2)
+    questions = qformer_tokenizer(list(QUESTION_TEXTS[:2]), padding=True, return_tensors="pt")
+    features = torch.randn(8, 17, 32, generator=torch.Generator().manual_seed(7))
+    core = model.model
+    watched = {
+        "query": core.vlm_att_query,
+        "cross_key": core.vlm_att_encoder.encoder.layer[0].crossattention.attention.key.weight,
+        "self_value": core.vlm_att_encoder.encoder.layer[0].attention.attention.value.weight,
+        "ln": core.vlm_att_ln.weight,
+    }
+    grads = []
+    for path in ("shared", "pairwise"):
+        if path == "pairwise":
+            core.get_context_tokens = core.pairwise_context_tokens
+        model.zero_grad()
+        visual_tokens_for(model, features, setup, questions).context_tokens.square().sum().backward()
+        grads.append({name: parameter.grad.clone() for name, parameter in watched.items()})
+    for name in watched:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-5)
+
+
+def test_checkpointed_qformer_training_keeps_the_pairwise_path():
+    model = build_tiny_model()
+    assert not model.model._qformer_checkpoints()
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    assert model.model._qformer_checkpoints()
+    with torch.no_grad():
+        assert not model.model._qformer_checkpoints()
+
+
+def test_shared_frame_work_at_released_widths(qformer_tokenizer):
+    """Released Q-Former / EVA widths (768 wide, 12 heads, 32 queries, 1408-wide features, N = 256 + CLS),
+    with 3 Q-Former layers (cross-attention in layers 0 and 2) and small LLM / EVA depth to stay quick."""
+    config = LlamaVidConfig(
+        vision_config=dict(
+            hidden_size=1408, intermediate_size=64, num_hidden_layers=1, num_attention_heads=16, image_size=224
+        ),
+        qformer_config=dict(
+            hidden_size=768, num_hidden_layers=3, num_attention_heads=12, intermediate_size=3072, vocab_size=30523
+        ),
+        text_config=dict(
+            model_type="llama", vocab_size=99, hidden_size=64, intermediate_size=64, num_hidden_layers=1,
+            num_attention_heads=4,
+        ),
+        num_query=32,
+        compress_type="mean",
+        frame_chunk_size=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = LlamaVidForConditionalGeneration(config).eval()
+    assert [layer.has_cross_attention for layer in model.model.vlm_att_encoder.encoder.layer] == [
+        True,
+        False,
+        True,
+    ]
+    setup = several_questions_layout("one_video", 2)
+    setup["frame_counts"] = [3]
+    questions = qformer_tokenizer(list(QUESTION_TEXTS[:2]), padding=True, return_tensors="pt")
+    features = torch.randn(3, 257, 1408, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        out = visual_tokens_for(model, features, setup, questions)
+        context, _ = reference_visual_tokens(model, features, setup, questions, True)
+    assert (out.context_tokens - context).abs().max() <= 1e-5
+    assert (context[0] - context[3]).abs().max() > 1e-4  # the two questions give different tokens
+
+
 def test_frame_pairs_and_interleaving_by_hand():
     pairs = index_frame_pairs(torch.tensor([2, 1, 3]), torch.tensor([2, 0, 2]), torch.tensor([0, 1, 2]))
     assert pairs.frame.tolist() == [3, 4, 5, 0, 1, 3, 4, 5]  # media 2 is frames 3..5, media 0 frames 0..1

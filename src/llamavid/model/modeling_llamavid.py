@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -30,8 +31,11 @@ from transformers import AutoModel, BertConfig, BertModel, GenerationMixin, PreT
 from transformers.modeling_outputs import ModelOutput
 from transformers.models.instructblip.modeling_instructblip import (
     InstructBlipEncoder,
+    InstructBlipQFormerAttention,
     InstructBlipQFormerEmbeddings,
+    InstructBlipQFormerLayer,
     InstructBlipQFormerModel,
+    InstructBlipQFormerMultiHeadAttention,
     InstructBlipVisionEmbeddings,
 )
 
@@ -207,6 +211,87 @@ def interleave_visual_tokens(
     source = torch.where(rank < first, position_pair, len(context_tokens) + content_row)
     table = torch.cat([context_tokens, content_table.to(context_tokens.dtype)])
     return table[source]
+
+
+class FrameSlots:
+    """Pairs of consecutive frames laid out frame by frame, so per-frame tensors are used without copies.
+
+    The pairs must be sorted by frame. Frame f's pairs take slots ``f * R ... f * R + count_f - 1`` of a
+    ``(frames, R)`` grid, where R is the most pairs any of these frames has; a row-wise tensor of the pairs
+    ``(pairs, Q, ...)`` becomes ``(frames, R * Q, ...)``, so one batched matmul per frame serves all its questions.
+    When every frame has R pairs (one video, every question asked about it) both directions are reshapes.
+    """
+
+    def __init__(self, local_frame: Tensor, frames: int):
+        counts = torch.bincount(local_frame, minlength=frames)  # (frames,)
+        self.frames = frames
+        self.per_frame = int(counts.max())
+        self.dense = len(local_frame) == frames * self.per_frame
+        _, rank = segment_positions(counts)  # rank of each pair among its frame's pairs
+        self.slot = local_frame * self.per_frame + rank  # (pairs,)
+
+    def to_frames(self, rows: Tensor) -> Tensor:
+        """``(pairs, Q, ...) -> (frames, R * Q, ...)``; empty slots are zeros whose results are never read."""
+        if not self.dense:
+            grid = rows.new_zeros(self.frames * self.per_frame, *rows.shape[1:])
+            rows = grid.index_copy(0, self.slot, rows)
+        return rows.reshape(self.frames, -1, *rows.shape[2:])
+
+    def to_pairs(self, grid: Tensor) -> Tensor:
+        """``(frames, R * Q, ...) -> (pairs, Q, ...)``, the inverse of `to_frames`."""
+        rows = grid.reshape(self.frames * self.per_frame, -1, *grid.shape[2:])
+        return rows if self.dense else rows[self.slot]
+
+
+@dataclass
+class QuestionStates:
+    """What the Q-Former computes from the questions alone: once per call, shared by every frame.
+
+    Layer 0 attends over queries and question tokens before its first cross-attention, so its self-attention
+    output and the question tokens' feed-forward do not depend on the frame.
+
+    Attributes:
+        attended: ``(P, Q + L, H)`` layer 0's self-attention output (queries first, then question tokens).
+        text: ``(P, L, H)`` question tokens after layer 0; None when layer 0 is the last layer.
+        key_mask: ``(P, 1, 1, Q + L)`` True where a self-attention key is a real token.
+    """
+
+    attended: Tensor
+    text: Tensor | None
+    key_mask: Tensor
+
+
+def qformer_key_values(
+    attention: InstructBlipQFormerMultiHeadAttention, states: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Keys and values of one Q-Former attention over `states`: ``(B, S, H_in) -> 2 x (B, heads, S, d)``."""
+    heads = attention.num_attention_heads
+    keys = attention.key(states).unflatten(-1, (heads, -1)).transpose(1, 2)
+    values = attention.value(states).unflatten(-1, (heads, -1)).transpose(1, 2)
+    return keys, values
+
+
+def qformer_attend(
+    block: InstructBlipQFormerAttention, hidden: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None
+) -> Tensor:
+    """One Q-Former attention block (attention, dense, residual LayerNorm) over given keys and values.
+
+    The same arithmetic as the block's own forward, with keys/values computed by the caller so that a frame's
+    cross-attention keys/values serve every question about it. ``hidden (B, S, H)`` attends over
+    ``keys, values (B, heads, S_kv, d)``; `mask` ``(B, 1, 1, S_kv)`` is True where a key may be attended.
+    """
+    attention = block.attention
+    query = attention.query(hidden).unflatten(-1, (attention.num_attention_heads, -1)).transpose(1, 2)
+    mixed = F.scaled_dot_product_attention(
+        query,
+        keys,
+        values,
+        attn_mask=mask,
+        dropout_p=attention.attention_dropout if attention.training else 0.0,
+        scale=attention.scaling,
+    )  # (B, heads, S, d)
+    output: Tensor = block.output(mixed.transpose(1, 2).flatten(2), hidden)
+    return output
 
 
 class LlamaVidVisionTower(nn.Module):
@@ -479,11 +564,154 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
         pairs: FramePairs,
         output_attentions: bool = False,
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """`context_token` for every (frame, question) pair, batched over frame chunks.
+        """`context_token` for every (frame, question) pair, with each frame's question-free work done once.
+
+        Pairs are visited frame by frame, about `frame_chunk_size` at a time (all questions of a frame together,
+        at most `frame_chunk_size` frames), so activations stay bounded however long the video is. Per frame,
+        once: `vlm_att_ln`, the Q-Former's cross-attention keys/values in every cross-attention layer and the
+        `vlm_att_key_projector` keys; per question, once per call: the Q-Former's layer 0 self-attention (see
+        `QuestionStates`); per pair: the rest. Pairs are independent, so the grouping never changes the tokens.
+        `raw_bert`, and training with gradient checkpointing in the Q-Former, take `pairwise_context_tokens`.
+
+        Returns:
+            ``(context_tokens (pairs, D), weights (pairs, Q, N) or None, frame scores (pairs,) or None)``.
+        """
+        if self.vlm_att_query is None or self._qformer_checkpoints():
+            return self.pairwise_context_tokens(
+                patches, qformer_visual, qformer_input_ids, qformer_attention_mask, pairs, output_attentions
+            )
+        num_queries = self.config.num_query
+        # Zeros, not empty: a content-only model never fills these rows, and garbage would poison gradients.
+        context = patches.new_zeros(len(pairs.frame), patches.shape[-1])
+        weights = (
+            patches.new_empty(len(pairs.frame), num_queries, patches.shape[1]) if output_attentions else None
+        )
+        scores = patches.new_empty(len(pairs.frame), dtype=torch.float32) if output_attentions else None
+        if not self.config.context_token or not len(pairs.frame):
+            return self.vlm_att_val_projector(context), weights, scores
+        questions = self.question_states(qformer_input_ids, qformer_attention_mask, qformer_visual.dtype)
+        order = torch.sort(pairs.frame, stable=True).indices  # pairs frame by frame
+        sorted_frame = pairs.frame[order]
+        counts = torch.bincount(sorted_frame, minlength=patches.shape[0])  # (F,) pairs per frame
+        ends = torch.cumsum(counts, 0).tolist()
+        chunk = self.config.frame_chunk_size
+        step = max(1, chunk // int(counts.max()))  # frames per batch, so a batch holds about `chunk` pairs
+        for first in range(0, patches.shape[0], step):
+            last = min(first + step, patches.shape[0])
+            low, high = ends[first - 1] if first else 0, ends[last - 1]
+            if low == high:
+                continue
+            batch = order[low:high]
+            slots = FrameSlots(sorted_frame[low:high] - first, last - first)
+            frame_patches = patches[first:last]  # (f, N, C)
+            visual = qformer_visual[first:last]  # (f, N', C)
+            if self.vlm_att_ln is not None:
+                visual = self.vlm_att_ln(visual)
+            text_q = self.shared_text_queries(visual, questions, pairs.question[batch], slots)  # (b, Q, C)
+            keys = self.vlm_att_key_projector(frame_patches)  # (f, N, C), once per frame
+            logits = self.context_attention(slots.to_frames(text_q), keys)  # (f, R * Q, N)
+            attention = logits.softmax(dim=-1)
+            # Values are the raw patches, not projected; mean over the queries.
+            attended = slots.to_pairs(attention @ frame_patches)  # (b, Q, C)
+            context[batch] = attended.mean(dim=1).to(context.dtype)
+            if weights is not None and scores is not None:
+                weights[batch] = slots.to_pairs(attention).to(weights.dtype)
+                scores[batch] = self.frame_relevance(slots.to_pairs(logits))
+        return self.vlm_att_val_projector(context), weights, scores  # (pairs, D)
+
+    def qformer_layers(self) -> list[InstructBlipQFormerLayer]:
+        """The Q-Former's layers, in order (Q-Former text decoders only)."""
+        if not isinstance(self.vlm_att_encoder, InstructBlipQFormerModel):
+            raise LlamaVidRuntimeError(f"bert_type {self.config.bert_type!r} has no Q-Former layers.")
+        return [cast(InstructBlipQFormerLayer, layer) for layer in self.vlm_att_encoder.encoder.layer]
+
+    def _qformer_checkpoints(self) -> bool:
+        """Whether the Q-Former's layers would recompute activations in backward (they do only via their forward)."""
+        layers = self.qformer_layers()
+        return (
+            self.training
+            and torch.is_grad_enabled()
+            and any(layer.gradient_checkpointing for layer in layers)
+        )
+
+    def question_states(
+        self, input_ids: Tensor, attention_mask: Tensor, dtype: torch.dtype
+    ) -> QuestionStates:
+        """Run the Q-Former up to its first cross-attention for P questions, ``(P, L) -> QuestionStates``."""
+        encoder = self.vlm_att_encoder
+        if self.vlm_att_query is None or not isinstance(encoder, InstructBlipQFormerModel):
+            raise LlamaVidRuntimeError("a Q-Former text decoder needs its learned queries (vlm_att_query).")
+        layers = self.qformer_layers()
+        queries = self.vlm_att_query.expand(len(input_ids), -1, -1).to(dtype)  # (P, Q, H)
+        embedded = encoder.embeddings(input_ids=input_ids, query_embeds=queries)  # (P, Q + L, H)
+        query_mask = torch.ones(queries.shape[:2], dtype=attention_mask.dtype, device=attention_mask.device)
+        key_mask = torch.cat([query_mask, attention_mask], dim=1).bool()[:, None, None, :]  # (P, 1, 1, Q + L)
+        keys, values = qformer_key_values(layers[0].attention.attention, embedded)
+        attended = qformer_attend(layers[0].attention, embedded, keys, values, key_mask)  # (P, Q + L, H)
+        text = layers[0].feed_forward_chunk(attended[:, queries.shape[1] :]) if len(layers) > 1 else None
+        return QuestionStates(attended=attended, text=text, key_mask=key_mask)
+
+    def shared_text_queries(
+        self, visual: Tensor, questions: QuestionStates, pair_question: Tensor, slots: FrameSlots
+    ) -> Tensor:
+        """`text_queries` for the pairs of f consecutive frames, each frame's cross-attention keys/values once.
+
+        Runs the Q-Former layers with their own weights and the arithmetic of their forward: self-attention over
+        queries and question tokens, cross-attention of the queries to the frame, then the feed-forwards. The
+        last layer's question tokens are never read, so it computes their keys and values only.
+
+        Args:
+            visual: ``(f, N', C)`` what the Q-Former reads of each frame, after `vlm_att_ln`.
+            questions: the questions' frame-independent states (`question_states`).
+            pair_question: ``(b,)`` each pair's question; the pairs are sorted by frame as `slots` describes.
+
+        Returns:
+            ``(b, Q, C)`` text queries in the vision width.
+        """
+        layers = self.qformer_layers()
+        num_queries = self.config.num_query
+        key_mask = questions.key_mask[pair_question]  # (b, 1, 1, Q + L)
+        attended = questions.attended[pair_question]  # (b, Q + L, H) layer 0's self-attention
+        hidden = attended
+        for index, layer in enumerate(layers):
+            is_last = index == len(layers) - 1
+            if index:
+                keys, values = qformer_key_values(layer.attention.attention, hidden)
+                rows = hidden[:, :num_queries] if is_last else hidden
+                attended = qformer_attend(layer.attention, rows, keys, values, key_mask)
+            query_rows = attended[:, :num_queries]  # (b, Q, H)
+            if layer.has_cross_attention:
+                # (f, heads, N', d) each: computed once per frame, read by all of the frame's questions.
+                cross_keys, cross_values = qformer_key_values(layer.crossattention.attention, visual)
+                grid = qformer_attend(
+                    layer.crossattention, slots.to_frames(query_rows), cross_keys, cross_values, None
+                )  # (f, R * Q, H)
+                query_rows = slots.to_pairs(grid)
+            query_rows = layer.feed_forward_chunk_query(query_rows)
+            if is_last:
+                hidden = query_rows
+                break
+            if index == 0 and questions.text is not None:
+                text_rows = questions.text[pair_question]
+            else:
+                text_rows = layer.feed_forward_chunk(attended[:, num_queries:])
+            hidden = torch.cat([query_rows, text_rows], dim=1)  # (b, Q + L, H)
+        return self.vlm_att_projector(hidden)
+
+    def pairwise_context_tokens(
+        self,
+        patches: Tensor,
+        qformer_visual: Tensor,
+        qformer_input_ids: Tensor,
+        qformer_attention_mask: Tensor,
+        pairs: FramePairs,
+        output_attentions: bool = False,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """`context_token` for every pair through the text decoder's own forward, pair batch by pair batch.
 
         Frames are visited `frame_chunk_size` at a time: keys are projected once per frame and shared by every
-        question about it, and at most that many pairs pass through the text decoder together, so activations
-        stay bounded however long the video is. Pairs are independent, so the chunk size never changes the tokens.
+        question about it, but the text decoder runs per pair, so a frame's cross-attention keys/values are
+        recomputed for each question. Used for `raw_bert` and checkpointed training (see `get_context_tokens`).
 
         Returns:
             ``(context_tokens (pairs, D), weights (pairs, Q, N) or None, frame scores (pairs,) or None)``.
