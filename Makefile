@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # The CPU wheel; an unpinned torch would pull a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
-EXTRAS ?= dev,torchcodec,serve,eval,train,quant
+EXTRAS ?= dev,torchcodec,serve,eval,train,quant,ray
 PYTEST_ARGS ?=
 
 export HF_HUB_OFFLINE := 1
