@@ -76,6 +76,16 @@ def test_create_ask_list_delete(served):
     assert COLOUR in streamed.text and streamed.text.rstrip().endswith("data: [DONE]")
     bad_window = client.post("/v1/live/sessions/s1/chat/completions", json={**question, "window": "soon"})
     assert bad_window.status_code == 400 and "window" in bad_window.json()["error"]["message"]
+    # What /v1/chat/completions hands over for extra_body={"live_session": ...}: its parsed body, dumped.
+    from llamavid.serve.app import ChatCompletionRequest
+
+    parsed = ChatCompletionRequest.model_validate(
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": QUESTION}]}], "temperature": 0}
+    )
+    completion, stream = registry.chat_completion(
+        "s1", {**parsed.model_dump(exclude_none=True), "max_tokens": 8}
+    )
+    assert not stream and completion["choices"][0]["message"]["content"].strip().lower() == COLOUR
     deleted = client.delete("/v1/live/sessions/s1")
     assert deleted.status_code == 200 and deleted.json()["frames"] == FRAMES
     assert client.get("/v1/live/sessions/s1").status_code == 404

@@ -275,6 +275,17 @@ class LiveRegistry:
         }
         return completion, body.stream
 
+    async def respond(self, session_id: str, data: dict[str, Any]) -> JSONResponse | StreamingResponse:
+        """The HTTP response to a chat-completions body about a live session (JSON, or SSE with ``stream``).
+
+        ``/v1/chat/completions`` hands a request with ``live_session`` here:
+        ``return await app.state.live.respond(body.live_session, body.model_dump(exclude_none=True))``.
+        """
+        completion, stream = await run_in_threadpool(self.chat_completion, session_id, data)
+        if stream:
+            return StreamingResponse(_sse(completion), media_type="text/event-stream")
+        return JSONResponse(completion)
+
 
 def _turns(body: Any) -> tuple[list[tuple[str, str]], str]:
     """``(history, question)`` from chat messages; media parts are refused (the session is the video)."""
@@ -372,9 +383,6 @@ def add_live_routes(
             raise APIError(400, "the request body is not valid JSON.") from None
         if not isinstance(data, dict):
             raise APIError(400, "the request body must be a JSON object in the chat-completions shape.")
-        completion, stream = await run_in_threadpool(registry.chat_completion, session_id, data)
-        if stream:
-            return StreamingResponse(_sse(completion), media_type="text/event-stream")
-        return JSONResponse(completion)
+        return await registry.respond(session_id, data)
 
     return registry
