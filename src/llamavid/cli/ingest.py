@@ -30,6 +30,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("video", nargs="?", type=Path, help="video file to ingest")
+    corpus = parser.add_argument_group("corpus")
+    corpus.add_argument(
+        "--manifest",
+        type=Path,
+        metavar="FILE",
+        help='ingest every video listed in FILE (one path per line, or JSON lines with a "video" field; '
+        "relative paths start at FILE's folder); complete entries are skipped, failures are listed in the "
+        "summary file and do not stop the run",
+    )
+    corpus.add_argument(
+        "--ray",
+        metavar="auto|ADDRESS",
+        help="with --manifest: decode in Ray tasks and encode in a pool of Ray actors (one GPU each when the "
+        "cluster has GPUs); auto joins the running cluster or starts a local one (pip install 'llamavid[ray]')",
+    )
+    corpus.add_argument(
+        "--summary",
+        type=Path,
+        metavar="FILE",
+        help="with --manifest: where the JSON summary (completed and failed videos with their errors) goes "
+        "(default: ingest-summary.json in the cache folder)",
+    )
+    corpus.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="with --manifest: ingest only the videos the summary file lists as failed",
+    )
+    corpus.add_argument(
+        "--encoders", type=int, help="with --ray: encoder actors (default: one per GPU, else half the CPUs)"
+    )
     parser.add_argument(
         "--subtitles", type=Path, help="subtitle file (.srt/.vtt) aligned to the frames and stored with them"
     )
@@ -113,8 +143,17 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(
             "--verify goes with --info (ingesting always checks the entry's checksums and re-encodes bad chunks)."
         )
+    if args.manifest is not None:
+        return _run_manifest(args, cache)
+    for flag, value in (("--ray", args.ray), ("--summary", args.summary), ("--encoders", args.encoders)):
+        if value is not None:
+            raise CommandError(f"{flag} goes with --manifest FILE.")
+    if args.retry_failed:
+        raise CommandError("--retry-failed goes with --manifest FILE.")
     if not args.video:
-        raise CommandError("give a VIDEO to ingest, or --info to list the cache.")
+        raise CommandError(
+            "give a VIDEO to ingest, --manifest FILE for a list of videos, or --info to list the cache."
+        )
     if args.fps <= 0:
         raise CommandError(f"--fps must be positive, got {args.fps}.")
     if args.max_frames is not None and args.max_frames < 1:
@@ -170,4 +209,81 @@ def run(args: argparse.Namespace) -> int:
         )
         if report.reused_chunks:
             print(f"resumed: {report.reused_chunks} chunks reused, {report.encoded_chunks} encoded")
+    return 0
+
+
+def _run_manifest(args: argparse.Namespace, cache: Any) -> int:
+    """``--manifest``: every listed video into the cache; per-video failures go to the summary, not the exit code."""
+    import sys
+
+    from llamavid.inference.corpus import ingest_corpus, read_manifest, read_summary_failures
+
+    if args.video is not None:
+        raise CommandError("give either a VIDEO or --manifest FILE, not both.")
+    if args.subtitles is not None:
+        raise CommandError("--subtitles names one video's file; it does not go with --manifest.")
+    if args.fps <= 0:
+        raise CommandError(f"--fps must be positive, got {args.fps}.")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise CommandError(f"--max-frames must be at least 1, got {args.max_frames}.")
+    if args.batch_size < 1:
+        raise CommandError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    if args.encoders is not None and args.encoders < 1:
+        raise CommandError(f"--encoders must be at least 1, got {args.encoders}.")
+    if args.no_cache:
+        raise CommandError("--no-cache contradicts ingest, whose job is to fill the feature cache.")
+    videos = read_manifest(args.manifest)
+    summary = args.summary if args.summary is not None else cache.root / "ingest-summary.json"
+    if args.retry_failed:
+        failed = set(read_summary_failures(summary))
+        videos = [video for video in videos if video in failed]
+        if not videos:
+            if not args.quiet:
+                print(
+                    f"nothing to retry: {summary} lists no failed video of {args.manifest}", file=sys.stderr
+                )
+            return 0
+
+    def progress(event: dict[str, Any]) -> None:
+        if args.quiet or event["status"] == "chunk":
+            return
+        detail = event.get("error") or f"{event.get('frames', 0)} frames"
+        print(
+            f"[{event['done']}/{event['total']}] {event['status']}: {event['video']} ({detail})",
+            file=sys.stderr,
+        )
+
+    report = ingest_corpus(
+        videos,
+        model=args.model,
+        cache_dir=cache.root,
+        fps=args.fps,
+        max_frames=args.max_frames,
+        batch_size=args.batch_size,
+        ray_address=args.ray,
+        encoders=args.encoders,
+        device=args.device,
+        dtype=args.dtype,
+        summary_path=summary,
+        progress=progress,
+    )
+    result = {
+        "videos": len(videos),
+        "completed": len(report.completed),
+        "cached": sum(row["status"] == "cached" for row in report.completed),
+        "failed": len(report.failed),
+        "frames_encoded": report.frames_encoded,
+        "summary": str(report.summary_path),
+        "seconds": round(report.seconds, 2),
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"{result['completed']}/{result['videos']} videos complete ({result['cached']} already cached), "
+            f"{result['failed']} failed, {result['frames_encoded']} frames encoded in {result['seconds']} s; "
+            f"summary: {result['summary']}"
+        )
+        if report.failed:
+            print(f"rerun the failed ones with: llamavid ingest --manifest {args.manifest} --retry-failed")
     return 0

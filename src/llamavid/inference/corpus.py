@@ -90,7 +90,7 @@ def read_manifest(path: str | os.PathLike[str]) -> list[str]:
                     f'{manifest}:{number}: a JSON line needs a "video" field ({error}).'
                 ) from error
         video = Path(line).expanduser()
-        videos.append(str(video if video.is_absolute() else (manifest.parent / video).resolve()))
+        videos.append(os.path.abspath(video if video.is_absolute() else manifest.parent / video))
     if not videos:
         raise InvalidInputError(f"{manifest}: lists no video (one path per line).")
     return list(dict.fromkeys(videos))  # a video listed twice is ingested once
