@@ -4,7 +4,7 @@ Generates 1080p24 H.264 clips with a 2-s and a 10-s keyframe interval and a 720p
 B-frames with a reference pyramid, as most real encodes have), then measures, one after the other on each clip:
 
 * ``llamavid``: ``decode_video(path, fps=1.0)`` (full-resolution RGB, the default PyAV backend);
-* ``previous``: the same call with non-reference frame skipping switched off (the decoder before this change);
+* ``previous``: the same call through the decoder of an earlier commit (``--previous-rev``, before this work);
 * ``torchcodec``: ``decode_video(path, fps=1.0, backend="torchcodec")`` when torchcodec imports;
 * ``ffmpeg``: ``ffmpeg -i X -vf fps=1 -f rawvideo -pix_fmt rgb24 -`` (Debian's ffmpeg; output discarded).
 
@@ -50,7 +50,7 @@ def make_clip(path: Path, width: int, height: int, gop_seconds: int, seconds: in
     command = [
         "ffmpeg", "-nostdin", "-loglevel", "error", "-y",
         "-f", "lavfi", "-i", f"testsrc2=size={width}x{height}:rate={RATE}:duration={seconds}",
-        "-vf", "noise=alls=12:allf=t",
+        "-vf", "noise=alls=4:allf=t",
         "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
         "-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0",
         str(tmp),
@@ -89,16 +89,33 @@ def _cpu_seconds(children: bool) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_llamavid(path: Path, backend: str | None, skip_nonreference: bool) -> tuple[int, float, float]:
-    from llamavid.data import video
+def load_previous(rev: str) -> Any:
+    """``llamavid/data/video.py`` as it was at git revision ``rev``, imported beside the current one."""
+    import importlib.util
 
-    video._SKIP_NONREFERENCE = skip_nonreference
-    try:
-        cpu, start = _cpu_seconds(False), time.perf_counter()
-        frames = video.decode_video(path, fps=1.0, backend=backend)
-        return len(frames), time.perf_counter() - start, _cpu_seconds(False) - cpu
-    finally:
-        video._SKIP_NONREFERENCE = True
+    source = subprocess.run(
+        ["git", "show", f"{rev}:src/llamavid/data/video.py"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    path = REPO_ROOT / "build" / "bench-decode" / f"video_{rev}.py"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(source)
+    # Named inside llamavid.data so its relative imports (errors) resolve to the installed package.
+    spec = importlib.util.spec_from_file_location(f"llamavid.data._video_{rev}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_llamavid(module: Any, path: Path, backend: str | None) -> tuple[int, float, float]:
+    cpu, start = _cpu_seconds(False), time.perf_counter()
+    frames = module.decode_video(path, fps=1.0, backend=backend)
+    return len(frames), time.perf_counter() - start, _cpu_seconds(False) - cpu
 
 
 def run_ffmpeg(path: Path, width: int, height: int) -> tuple[int, float, float]:
@@ -124,6 +141,9 @@ def main() -> None:
         "--clips", default=",".join(CLIPS), help="comma-separated subset of " + ",".join(CLIPS)
     )
     parser.add_argument("--methods", default="llamavid,previous,torchcodec,ffmpeg")
+    parser.add_argument(
+        "--previous-rev", default="264efc7", help="git revision whose decoder is measured as 'previous'"
+    )
     parser.add_argument("--repeats", type=int, default=1, help="runs per method; the fastest is kept")
     parser.add_argument("--work-dir", type=Path, default=REPO_ROOT / "build" / "bench-decode")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -137,6 +157,9 @@ def main() -> None:
         except Exception as error:  # ImportError, or OSError from missing FFmpeg libraries
             print(f"torchcodec unavailable ({type(error).__name__}); skipped", file=sys.stderr)
             methods.remove("torchcodec")
+    from llamavid.data import video as current
+
+    previous = load_previous(args.previous_rev) if "previous" in methods else None
     results: dict[str, Any] = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -159,7 +182,8 @@ def main() -> None:
                     measured = run_ffmpeg(path, width, height)
                 else:
                     backend = "torchcodec" if method == "torchcodec" else None
-                    measured = run_llamavid(path, backend, skip_nonreference=method != "previous")
+                    module = previous if method == "previous" else current
+                    measured = run_llamavid(module, path, backend)
                 if best is None or measured[1] < best[1]:
                     best = measured
             assert best is not None

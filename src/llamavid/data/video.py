@@ -714,7 +714,8 @@ def _iter_pyav(
                 checked_size = size
             previous_ts = ts
             if selector.accept(ts):
-                rgb = frame.to_ndarray(format="rgb24")
+                # Sliced over threads, FFmpeg's scaler gives the same pixels in half the time on 2 cores.
+                rgb = frame.to_ndarray(format="rgb24", threads=_SCALER_THREADS)
                 rotation = _normalise_rotation(getattr(frame, "rotation", 0))
                 yield ts, _apply_geometry(rgb, rotation, _frame_sar(frame, stream))
                 kept += 1
@@ -744,6 +745,8 @@ def _iter_pyav(
         )
 
 
+# Threads for the YUV -> RGB conversion of kept frames (output identical for any count; more than 4 gains little).
+_SCALER_THREADS = max(1, min(4, os.cpu_count() or 1))
 # Non-reference frames that cannot be a sample are not decoded (see _NonReferenceSkipper); False restores the
 # decoder as it was before (benchmarks/decode.py measures both, tests check they return the same frames).
 _SKIP_NONREFERENCE = True
@@ -972,11 +975,33 @@ def iter_video_frames(
         MediaError: See :func:`inspect_video`; ``BackendUnavailableError`` if torchcodec is asked for but missing.
         ValueError: Invalid sampling arguments.
     """
-    _validate_sampling(fps, num_frames, max_frames)
-    chosen = _resolve_backend(backend, path)
     chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
     if chunk_size < 1:
         raise InvalidInputError(f"chunk_size must be a positive int, got {chunk_size!r}.")
+    yield from _iter_chunks(
+        path,
+        fps=fps,
+        num_frames=num_frames,
+        max_frames=max_frames,
+        backend=backend,
+        chunk_size=chunk_size,
+        decode_batch=chunk_size,
+    )
+
+
+def _iter_chunks(
+    path: MediaSource,
+    *,
+    fps: float | None,
+    num_frames: int | None,
+    max_frames: int | None,
+    backend: str | None,
+    chunk_size: int,
+    decode_batch: int,
+) -> Iterator[Frames]:
+    """`iter_video_frames` with the torchcodec batch (`decode_batch`) apart from the chunk size."""
+    _validate_sampling(fps, num_frames, max_frames)
+    chosen = _resolve_backend(backend, path)
     if chosen == "torchcodec":
         _load_torchcodec()  # fail before opening anything
     opened = _open_video(path)
@@ -1002,7 +1027,7 @@ def iter_video_frames(
             source=opened.source,
         )
         if chosen == "torchcodec":
-            frames_iter = _iter_torchcodec(opened, selector, max_frames, chunk_size)
+            frames_iter = _iter_torchcodec(opened, selector, max_frames, decode_batch)
         else:
             frames_iter = _iter_pyav(opened, selector, max_frames)
         known_duration = duration
@@ -1049,20 +1074,27 @@ def decode_video(
     """Decode and sample a video into one :class:`Frames` (all sampled frames in memory).
 
     The single decode entry point of the package; for long videos prefer :func:`iter_video_frames` (same
-    arguments), which keeps memory flat. See it for the arguments.
+    arguments), which keeps memory flat. See it for the arguments; here ``chunk_size`` only sets how many frames
+    the torchcodec backend decodes per call, the result being one array either way.
 
     Raises:
         MediaError: The file is missing, empty, a directory, corrupted, audio-only or has an unsupported codec.
         ValueError: Invalid sampling arguments.
     """
+    decode_batch = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
+    if decode_batch < 1:
+        raise InvalidInputError(f"chunk_size must be a positive int, got {chunk_size!r}.")
+    # One chunk for the whole video: frames are copied once, into the result, instead of into chunks that are
+    # then concatenated (a second copy of every full-resolution frame, as slow as the decoding it follows).
     chunks = list(
-        iter_video_frames(
+        _iter_chunks(
             path,
             fps=fps,
             num_frames=num_frames,
             max_frames=max_frames,
             backend=backend,
-            chunk_size=chunk_size,
+            chunk_size=sys.maxsize,
+            decode_batch=decode_batch,
         )
     )
     shapes = {chunk.frames.shape[1:] for chunk in chunks}
@@ -1072,6 +1104,8 @@ def decode_video(
             "stacked. Re-encode to one size, or use iter_video_frames() which yields one chunk per size.",
             _describe(path),
         )
+    if len(chunks) == 1:
+        return chunks[0]
     return Frames(
         frames=np.concatenate([chunk.frames for chunk in chunks]),
         timestamps=np.concatenate([chunk.timestamps for chunk in chunks]),
