@@ -13,11 +13,9 @@ from typing import Any
 import pytest
 from media_factory import write_video
 
-ray = pytest.importorskip("ray")
-
-from llamavid.cli.main import main as cli_main  # noqa: E402
-from llamavid.data.feature_cache import FeatureCache  # noqa: E402
-from llamavid.inference.corpus import ingest_corpus  # noqa: E402
+from llamavid.cli.main import main as cli_main
+from llamavid.data.feature_cache import FeatureCache
+from llamavid.inference.corpus import ingest_corpus, read_manifest
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +37,7 @@ def reference(corpus: list[Path], tmp_path_factory: pytest.TempPathFactory) -> P
 
 @pytest.fixture(scope="module")
 def local_ray() -> Any:
+    ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield ray
@@ -55,6 +54,29 @@ def _entries(root: Path) -> dict[str, dict[str, Any]]:
         chunks = {p.name: p.read_bytes() for p in sorted(entry.glob("chunk_*.safetensors"))}
         found[entry.name] = {"meta": meta, "chunks": chunks}
     return found
+
+
+def test_manifest_in_one_process_reports_failures_and_retries_them(
+    corpus: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache = tmp_path / "cache"
+    manifest = tmp_path / "list.txt"
+    manifest.write_text(f'{corpus[0]}\n\n# comment\nmissing.mp4\n{{"video": "{corpus[1]}"}}\n')
+    assert read_manifest(manifest) == [str(corpus[0]), str(tmp_path / "missing.mp4"), str(corpus[1])]
+    assert cli_main(["ingest", "--manifest", str(manifest), "--cache-dir", str(cache), "--json", "-q"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (result["completed"], result["failed"]) == (2, 1)
+    summary = json.loads((cache / "ingest-summary.json").read_text())
+    assert summary["failed"][0]["video"] == str(tmp_path / "missing.mp4")
+    assert "file not found" in summary["failed"][0]["message"]
+    # --retry-failed reruns only the failed video; once it exists it is ingested.
+    (tmp_path / "missing.mp4").write_bytes(corpus[2].read_bytes())
+    assert cli_main(["ingest", "--manifest", str(manifest), "--cache-dir", str(cache), "--retry-failed",
+                     "--json", "-q"]) == 0  # fmt: skip
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (result["videos"], result["completed"], result["failed"]) == (1, 1, 0)
+    assert cli_main(["ingest", "--manifest", str(tmp_path / "nope.txt"), "--cache-dir", str(cache)]) == 2
+    assert "cannot read the manifest" in capsys.readouterr().err
 
 
 def _all_verify(root: Path, digests: list[str]) -> bool:
