@@ -96,10 +96,7 @@ def test_bad_input_is_one_line_exit_2(args):
         ("attention", "/no/such/video.mp4", "q", "--out", "x.png"),
         ("attention", "{video}", "q", "--out", "x.txt"),
         ("web", "--model", "/no/such/model"),
-        pytest.param(
-            ("web", "--max-upload-mb", "0"),
-            marks=pytest.mark.xfail(strict=True, reason="web has no upload limit"),
-        ),
+        ("web", "--max-upload-mb", "0"),
     ],
 )
 def test_bad_input_in_process(args, demo_video_path, capsys):

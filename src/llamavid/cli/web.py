@@ -22,11 +22,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--fps", type=float, default=1.0, help="frames sampled per second (default 1, as trained)"
     )
+    parser.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=200.0,
+        help="refuse uploads larger than this many MB (default 200); uploads are deleted once encoded",
+    )
     add_engine_arguments(parser, media=False, output=False)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.max_upload_mb > 0:
+        raise CommandError(f"--max-upload-mb must be positive, got {args.max_upload_mb:g}.")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
         from llamavid.serve.webui import build_ui, launch
@@ -35,7 +43,10 @@ def run(args: argparse.Namespace) -> int:
             f"the web UI needs the serving extra ({error.name} is missing): pip install 'llamavid[serve]'"
         ) from None
     engine = build_engine(args)
-    demo = build_ui(engine, fps=args.fps, max_frames=args.max_frames)
-    print(f"web UI for {engine.name} on http://{args.host}:{args.port}", flush=True)
+    demo = build_ui(engine, fps=args.fps, max_frames=args.max_frames, max_upload_mb=args.max_upload_mb)
+    print(
+        f"web UI for {engine.name} on http://{args.host}:{args.port} (uploads up to {args.max_upload_mb:g} MB)"
+    )
+    print("No video at hand? `llamavid sample DIR` writes some to try.", flush=True)
     launch(demo, host=args.host, port=args.port)
     return 0
