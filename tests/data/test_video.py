@@ -511,8 +511,8 @@ def test_nonreference_skipping_returns_the_same_frames(
     switches: list[str] = []
     real_before = video_module._NonReferenceSkipper.before
 
-    def spy(self: video_module._NonReferenceSkipper, packet, target, reliable) -> None:  # type: ignore[no-untyped-def]
-        real_before(self, packet, target, reliable)
+    def spy(self: video_module._NonReferenceSkipper, packet, selector, reliable) -> None:  # type: ignore[no-untyped-def]
+        real_before(self, packet, selector, reliable)
         switches.append(self._context.skip_frame)
 
     monkeypatch.setattr(video_module._NonReferenceSkipper, "before", spy)

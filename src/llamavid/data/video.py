@@ -298,6 +298,15 @@ class _TargetSelector:
         return self._target(self._k)
 
     @property
+    def following_target(self) -> float | None:
+        """The target after :attr:`next_target` (``None`` when there is none)."""
+        return self._target(self._k + 1) if self.next_target is not None else None
+
+    @property
+    def slack(self) -> float:
+        return self._slack
+
+    @property
     def done(self) -> bool:
         return self.next_target is None
 
@@ -686,7 +695,7 @@ def _iter_pyav(
                 "%s: stopped reading at a damaged part (%s); keeping %d frames.", name, error, kept
             )
             break
-        skipper.before(packet, selector.next_target, timestamps_reliable)
+        skipper.before(packet, selector, timestamps_reliable)
         try:
             decoded = packet.decode()
         except _av_error_types():
@@ -756,15 +765,20 @@ _NONREF_CODECS = frozenset({"h264", "hevc", "mpeg4", "mpeg2video", "mpeg1video",
 
 
 class _NonReferenceSkipper:
-    """Switches the decoder's frame skipping per packet: non-reference frames are skipped until a sample is near.
+    """Switches the decoder's frame skipping per packet: non-reference frames that cannot be a sample are skipped.
 
-    A frame no other frame references can be left undecoded without changing any other frame. It can only be
-    a sample if it is shown at or after the next target time; a packet's presentation time is its frame's, so
-    every packet shown clearly before the next target (a margin of two frame durations absorbs rounding) is
-    decoded with ``skip_frame = "NONREF"`` and the rest with ``"DEFAULT"``. Targets only move forward, so a
-    frame skipped for one target cannot be the sample of a later one. With frame threading FFmpeg hands the
-    setting to the worker that decodes the packet, so switching per packet is exact. Streams without packet
-    timestamps, or whose frame timestamps turned out unreliable, are decoded in full.
+    A frame no other frame references can be left undecoded without changing any other frame. The sample for
+    the next target time T is the first frame shown at or after T, so a packet (whose presentation time is its
+    frame's) cannot give it when it is shown
+
+    * clearly before T (a margin of two frame durations absorbs rounding), or
+    * after a frame already sent to the decoder in full that is itself at or after T, and clearly before the
+      target after T (frames arrive in decode order, so the earliest one at or after T is always decoded).
+
+    Such packets are decoded with ``skip_frame = "NONREF"``, all others with ``"DEFAULT"``. Targets only move
+    forward, so a frame skipped for one target cannot be the sample of a later one. With frame threading FFmpeg
+    hands the setting to the worker that decodes the packet, so switching per packet is exact. Streams without
+    packet timestamps, or whose frame timestamps turned out unreliable, are decoded in full.
     """
 
     def __init__(self, opened: _OpenVideo, rate: float) -> None:
@@ -775,17 +789,26 @@ class _NonReferenceSkipper:
         codec = getattr(getattr(self._context, "codec", None), "name", None)
         self._enabled = _SKIP_NONREFERENCE and codec in _NONREF_CODECS and self._time_base is not None
         self._skipping = False
+        self._decoded: list[float] = []  # times of packets recently decoded in full
 
-    def before(self, packet: Any, target: float | None, timestamps_reliable: bool) -> None:
+    def before(self, packet: Any, selector: _TargetSelector, timestamps_reliable: bool) -> None:
         """Set the skipping for the packet about to be decoded."""
         if not self._enabled:
             return
-        skip = (
-            timestamps_reliable
-            and target is not None
-            and packet.pts is not None
-            and float(packet.pts * self._time_base) - self._origin < target - self._margin
-        )
+        target = selector.next_target
+        skip = False
+        if timestamps_reliable and target is not None and packet.pts is not None:
+            time = float(packet.pts * self._time_base) - self._origin
+            if time < target - self._margin:
+                skip = True
+            else:
+                after = selector.following_target
+                if after is None or time < after - self._margin:
+                    floor = target - selector.slack
+                    skip = any(floor <= earlier < time for earlier in self._decoded)
+            if not skip:
+                self._decoded = [t for t in self._decoded if t >= target - self._margin]
+                self._decoded.append(time)
         if skip != self._skipping:
             self._context.skip_frame = "NONREF" if skip else "DEFAULT"
             self._skipping = skip
