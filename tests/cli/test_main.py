@@ -30,8 +30,8 @@ def test_help_lists_commands():
     assert "demo" in result.stdout
 
 
-def test_demo_answers_correctly_with_the_embedded_model():
-    result = run_cli("demo", "--json")
+def test_demo_answers_correctly_with_the_embedded_model(tmp_path):
+    result = run_cli("demo", "--json", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
     assert payload["model"] == "tiny-llamavid"
@@ -39,8 +39,10 @@ def test_demo_answers_correctly_with_the_embedded_model():
     assert payload["expected"] in payload["answer"].lower().split()
 
 
-def test_demo_with_random_weights_says_so():
-    result = run_cli("demo", "--random", "--json", "--frames", "4", "--max-new-tokens", "4")
+def test_demo_with_random_weights_says_so(tmp_path):
+    result = run_cli(
+        "demo", "--random", "--json", "--frames", "4", "--max-new-tokens", "4", "--out", str(tmp_path)
+    )
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
     assert payload["visual_tokens"] == 8 and payload["expected"] is None
