@@ -34,7 +34,7 @@ def main() -> int:
 
     from playwright.sync_api import sync_playwright
 
-    from llamavid.demo import synthetic_question_clip, write_clip
+    from llamavid.demo import encode_mp4, synthetic_question_clip
     from llamavid.inference.engine import Engine
     from llamavid.serve.webui import build_ui, launch
 
@@ -46,7 +46,7 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory() as folder, sync_playwright() as playwright:
             frames, question, _ = synthetic_question_clip(seed=1)
-            video = write_clip(frames, Path(folder) / "synthetic_clip.mkv")
+            video = encode_mp4(frames, Path(folder) / "synthetic_clip.mp4")  # plays in the browser
             browser = playwright.chromium.launch_persistent_context(
                 str(Path(folder) / "profile"),
                 executable_path=chromium,
