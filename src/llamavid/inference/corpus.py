@@ -458,7 +458,7 @@ def _ingest_with_ray(
         fn_constructor_args=(spec,),
         batch_size=1,
         batch_format="numpy",
-        concurrency=encoders,
+        compute=ray.data.ActorPoolStrategy(size=encoders),
         **actor_resources,
     )
     committer = _Committer(FeatureCache(spec.cache_root, chunk_frames=spec.chunk_frames))
