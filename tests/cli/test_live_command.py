@@ -106,3 +106,70 @@ def test_bad_inputs_one_line_exit_2(
     assert main(["live", *extra, "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("llamavid live: error:")
+
+
+def test_killed_command_resumes_from_its_cache(tmp_path: Path) -> None:
+    import re
+    import selectors
+    import signal
+    import time
+
+    import numpy as np
+
+    from llamavid.inference import Engine
+    from llamavid.inference.live import LiveSession
+
+    video, marker, cache = tmp_path / "stream.ts", tmp_path / "stream.ts.end", tmp_path / "cache"
+    video.touch()
+    writer = subprocess.Popen(  # pauses after frame 60 until a line arrives on its stdin
+        [sys.executable, "-c", WRITER, "1", str(FRAMES), "60", str(video), "-1"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+    )
+    command = [sys.executable, "-m", "llamavid.cli.main", "live", str(video), "--end-marker", str(marker)]
+    command += [
+        "--session-id",
+        "killed",
+        "--cache-dir",
+        str(cache),
+        "--status-interval",
+        "0.2",
+        "--device",
+        "cpu",
+    ]
+    live = subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE,  # kept open: no end of questions
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    try:
+        # 40 answerable frames: the first chunk (32 frames) is on disk, since the reader stores it before it
+        # encodes the next batch.
+        selector = selectors.DefaultSelector()
+        selector.register(live.stderr, selectors.EVENT_READ)
+        deadline, frames, seen = time.monotonic() + TIMEOUT_S, 0, b""
+        while frames < 40 and time.monotonic() < deadline and live.poll() is None:
+            if selector.select(timeout=1.0):
+                seen += os.read(live.stderr.fileno(), 4096)
+                counts = re.findall(rb", (\d+) frames,", seen)
+                frames = int(counts[-1]) if counts else 0
+        assert frames >= 40, seen.decode(errors="replace")
+        live.send_signal(signal.SIGKILL)
+        live.wait(30)
+    finally:
+        live.kill()
+        live.wait(30)
+    assert writer.stdin is not None
+    writer.stdin.write(b"go\n")
+    writer.stdin.close()
+    assert writer.wait(TIMEOUT_S) == 0
+    marker.touch()
+    engine = Engine.from_pretrained(None, device="cpu", feature_cache=cache)
+    session = LiveSession(engine, video, session_id="killed", end_marker=marker)
+    status = session.wait(timeout=TIMEOUT_S)
+    assert status.state == "ended" and status.resumed_frames >= 32 and status.frames == FRAMES, status.line()
+    assert np.array_equal(session.entry().timestamps, np.arange(FRAMES))
+    answer = session.ask(QUESTION, temperature=0, max_new_tokens=8)
+    assert answer.text.strip().lower() == COLOUR
