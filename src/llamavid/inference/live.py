@@ -79,6 +79,7 @@ THUMBNAIL_SIDE = 32
 _POLL_S = 0.1  # how often a waiting reader re-checks the stop flag, the end marker and the idle clock
 _READ_BYTES = 1 << 16
 _SCORE_GROUP_BYTES = 32 * 2**20  # features scored per call when ranking frames for a question
+_RATE_WINDOW_S = 10.0  # the status's frames/s while reading are over this many recent seconds
 _SCORED_QUESTIONS = 16  # questions whose per-chunk frame scores are kept (a float per stored frame each)
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _WINDOW_PART = re.compile(r"(\d+(?:\.\d+)?)([hms])")
@@ -332,8 +333,10 @@ class LiveStatus:
         frames: frames that can be asked about (stored or in the chunk being filled).
         position: stream time of the newest of them, seconds (``None`` before the first).
         lag: seconds between the newest frame being decoded and it becoming answerable.
-        frames_per_second: frames made answerable per wall-clock second since this session started reading.
-        realtime_factor: stream seconds made answerable per wall-clock second (``10`` = ten times real time).
+        frames_per_second: frames made answerable per wall-clock second, over the last 10 s while reading (0
+            when nothing arrived in that time), over the whole run once the source has finished.
+        realtime_factor: stream seconds made answerable per wall-clock second (``10`` = ten times real time),
+            over the same span.
         idle: seconds since the source last delivered bytes.
         resumed_frames: frames that came from the cache of an earlier run with this id.
         message: what happened, in words (why it ended, what was damaged).
@@ -539,7 +542,8 @@ class LiveSession:
         self._idle = 0.0
         self._started_at: float | None = None
         self._ingested = 0
-        self._first_position: float | None = None
+        # (wall time, frames ingested, stream position) after each encoded batch, for the rates in `status`
+        self._progress: deque[tuple[float, int, float]] = deque(maxlen=512)
         self._score_cache: dict[str, dict[str, np.ndarray]] = {}
         self._resumed = self._load_existing()
 
@@ -560,30 +564,40 @@ class LiveSession:
     @property
     def status(self) -> LiveStatus:
         with self._cond:
-            frames = self._frame_count()
-            position = self._position()
-            elapsed = 0.0 if self._started_at is None else max(time.monotonic() - self._started_at, 1e-9)
-            rate = self._ingested / elapsed if elapsed else 0.0
-            span = (
-                0.0 if position is None or self._first_position is None else position - self._first_position
-            )
+            frames_per_second, realtime_factor = self._rates()
             notes = "; ".join(dict.fromkeys(self._notes))
             message = "; ".join(part for part in (self._message, notes) if part)
             return LiveStatus(
                 session_id=self.session_id,
                 source=self.source.description,
                 state=self._state,
-                frames=frames,
-                position=position,
+                frames=self._frame_count(),
+                position=self._position(),
                 lag=self._lag,
-                frames_per_second=rate,
-                realtime_factor=(span + (1.0 / self.fps if self._ingested else 0.0)) / elapsed
-                if elapsed
-                else 0.0,
+                frames_per_second=frames_per_second,
+                realtime_factor=realtime_factor,
                 idle=self._idle,
                 resumed_frames=self._resumed,
                 message=message,
             )
+
+    def _rates(self) -> tuple[float, float]:
+        """Frames and stream seconds made answerable per wall second: over the last `_RATE_WINDOW_S` while
+        reading (0 when nothing came in that long), over the whole run once the source has finished."""
+        samples = self._progress
+        if len(samples) < 2:
+            return 0.0, 0.0
+        last_time, last_count, last_position = samples[-1]
+        if self._state in ("ended", "failed", "closed"):
+            reference, end = samples[0], last_time
+        else:
+            end = time.monotonic()
+            recent = sum(1 for sample in samples if sample[0] >= end - _RATE_WINDOW_S)
+            if recent == 0:
+                return 0.0, 0.0
+            reference = samples[max(0, len(samples) - recent - 1)]
+        wall = max(end - reference[0], 1e-9)
+        return (last_count - reference[1]) / wall, (last_position - reference[2]) / wall
 
     def wait(
         self,
@@ -1169,9 +1183,10 @@ class LiveSession:
         with self._cond:
             self._tail_features.append(features)
             self._tail_timestamps.extend(times)
+            if not self._progress:  # the run's start: no frames, one frame period before the first
+                self._progress.append((self._started_at or now, 0, times[0] - 1.0 / self.fps))
             self._ingested += len(times)
-            if self._first_position is None:
-                self._first_position = times[0]
+            self._progress.append((now, self._ingested, times[-1]))
             self._lag = now - self._batch_since
             self._cond.notify_all()
         if len(self._tail_timestamps) >= self.chunk_frames:
