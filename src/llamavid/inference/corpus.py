@@ -352,7 +352,7 @@ class _Committer:
 
     def _ordered(self, video: str) -> list[dict[str, Any]]:
         records = self.records.get(video, {})
-        prefix = []
+        prefix: list[dict[str, Any]] = []
         while len(prefix) in records:
             prefix.append(records[len(prefix)])
         return prefix
@@ -407,8 +407,7 @@ class _Committer:
         path = self.cache.entry_path(end["digest"])
         self.cache._write_json(path / _META, meta)
         (path / _PROGRESS).unlink(missing_ok=True)
-        encoded = len(end["done"])
-        return {"digest": end["digest"], "frames": len(timestamps), "reused_chunks": encoded}
+        return {"digest": end["digest"], "frames": len(timestamps)}
 
 
 def _connect(address: str) -> bool:
@@ -450,7 +449,9 @@ def _ingest_with_ray(
     if encoders is None:
         encoders = gpus if gpus else max(1, min(4, int(cpus // 2)))
     actor_resources = {"num_gpus": 1} if gpus else {"num_cpus": _CPU_ACTOR_SHARE}
-    dataset = ray.data.from_items([{"video": video} for video in videos], override_num_blocks=len(videos))
+    dataset: Any = ray.data.from_items(
+        [{"video": video} for video in videos], override_num_blocks=len(videos)
+    )
     # An instance, not the class: Ray Data runs a plain callable as tasks (a class would become actors).
     dataset = dataset.flat_map(_Decoder(spec, image_processor), num_cpus=1)
     dataset = dataset.map_batches(
