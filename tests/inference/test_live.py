@@ -229,6 +229,7 @@ def test_stalled_then_broken_source(engine):
         assert status.state == "stalled" and "no data" in status.message
         with pytest.raises(InvalidInputError, match="no frame yet"):
             session.ask(QUESTION)
+        assert session.status.idle >= status.idle  # the idle clock keeps counting while stalled
         os.write(write_end, b"this is not a video stream " * 100)
         os.close(write_end)
         status = session.wait(timeout=WAIT_S)
@@ -287,3 +288,23 @@ def test_python_api_live(engine):
     feeder.join(WAIT_S)
     os.close(read_end)
     assert session.status.state == "ended"
+
+
+def test_stalled_raw_source_recovers(engine):
+    frame = make_episode(np.random.default_rng(SEED), "heldout", FRAMES).render_frame(0, 64).tobytes()
+    read_end, write_end = os.pipe()
+    session = LiveSession(engine, read_end, raw_size=(64, 64), stall_after=0.2)
+    try:
+        os.write(write_end, frame * 3)
+        assert session.wait(frames=3, timeout=WAIT_S).frames == 3
+        status = session.wait(states=("stalled",), timeout=WAIT_S)
+        assert status.state == "stalled" and status.frames == 3
+        os.write(write_end, frame * 3)
+        status = session.wait(frames=6, timeout=WAIT_S)
+        assert status.frames == 6 and status.state == "running", status.line()
+        os.close(write_end)
+        status = session.wait(timeout=WAIT_S)
+        assert status.state == "ended" and status.frames == 6
+    finally:
+        session.close()
+        os.close(read_end)

@@ -1059,8 +1059,10 @@ class LiveSession:
             self._encode_batch()
         with self._cond:
             self._idle = idle
-            if idle >= self.stall_after and self._state == "running":
-                self._set_state("stalled", f"no data for {idle:.0f} s")
+            if idle >= self.stall_after and self._state in ("running", "stalled"):
+                self._state = "stalled"
+                self._message = f"no data for {idle:.1f} s"
+                self._cond.notify_all()
             elif idle < self.stall_after and self._state == "stalled":
                 self._set_state("running", "")
 
@@ -1187,6 +1189,8 @@ class LiveSession:
                 self._progress.append((self._started_at or now, 0, times[0] - 1.0 / self.fps))
             self._ingested += len(times)
             self._progress.append((now, self._ingested, times[-1]))
+            if self._state == "stalled":  # frames flow again
+                self._state, self._message = "running", ""
             self._lag = now - self._batch_since
             self._cond.notify_all()
         if len(self._tail_timestamps) >= self.chunk_frames:
