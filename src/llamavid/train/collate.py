@@ -44,10 +44,8 @@ class LlamaVidCollator:
         self.overlong = overlong
 
     def block_length(self, frames: int, is_image: bool) -> int:
-        per_frame = (
-            self.processor.image_tokens_per_frame if is_image else self.processor.video_tokens_per_frame
-        )
-        return frames * per_frame
+        """Placeholder ids of one ``<image>`` block showing `frames` frames (the processor's layout)."""
+        return self.processor.num_visual_tokens(frames, is_image=is_image)
 
     def expand(self, sample: dict[str, Any]) -> tuple[list[int], list[int]]:
         """The sample's ids and labels with each -200 widened to its visual block (labels -100 there)."""
