@@ -11,7 +11,6 @@ import httpx
 import pytest
 
 from llamavid.serve.app import RunningServer, ServerConfig, create_app
-from llamavid.serve.live_routes import add_live_routes
 
 _spec = importlib.util.spec_from_file_location(
     "_live_stream_writer_serve", Path(__file__).resolve().parents[1] / "inference" / "test_live.py"
@@ -36,9 +35,9 @@ def served(tmp_path_factory):
     assert writer.returncode == 0
     (root / "stream.ts.end").touch()
     engine = Engine.from_pretrained(None, device="cpu", feature_cache=tmp_path_factory.mktemp("live-cache"))
-    config = ServerConfig(allowed_roots=(root,))
-    app = create_app(engine, config)
-    registry = add_live_routes(app, engine, config, max_sessions=1)
+    config = ServerConfig(allowed_roots=(root,), max_live_sessions=1)
+    app = create_app(engine, config)  # adds the live routes (add_live_routes)
+    registry = app.state.live
     with RunningServer(app) as server, httpx.Client(base_url=server.url, timeout=TIMEOUT_S) as client:
         yield client, registry, root
         registry.close_all()
@@ -86,6 +85,10 @@ def test_create_ask_list_delete(served):
         "s1", {**parsed.model_dump(exclude_none=True), "max_tokens": 8}
     )
     assert not stream and completion["choices"][0]["message"]["content"].strip().lower() == COLOUR
+    # The same through the ordinary endpoint, as the openai client sends extra_body={"live_session": ...}.
+    routed = client.post("/v1/chat/completions", json={**question, "live_session": "s1"})
+    assert routed.status_code == 200, routed.text
+    assert routed.json()["choices"][0]["message"]["content"].strip().lower() == COLOUR
     deleted = client.delete("/v1/live/sessions/s1")
     assert deleted.status_code == 200 and deleted.json()["frames"] == FRAMES
     assert client.get("/v1/live/sessions/s1").status_code == 404

@@ -122,6 +122,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="largest image or video frame accepted, in megapixels (width x height, read from the file's "
         "header before decoding, so a small file declaring a huge picture is refused with 400; default 50)",
     )
+    parser.add_argument(
+        "--max-live-sessions",
+        type=int,
+        default=4,
+        help="live sessions (POST /v1/live/sessions) open at once; one more answers 429 (default 4)",
+    )
+    parser.add_argument(
+        "--allow-network-sources",
+        action="store_true",
+        help="let live sessions name network sources (never a request field)",
+    )
     add_engine_arguments(parser, media=False, output=False)
     parser.set_defaults(func=run)
 
@@ -148,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
         max_fps=args.max_fps,
         max_frames=args.max_frames,
         max_pixels=round(args.max_megapixels * 1_000_000),
+        max_live_sessions=args.max_live_sessions,
+        allow_network_sources=args.allow_network_sources,
     )
     engine = build_engine(args)
     app = create_app(engine, config)

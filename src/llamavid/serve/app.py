@@ -129,6 +129,8 @@ class ServerConfig:
         probe_timeout: seconds a video's probe may take before the file is refused.
         max_pixels: most pixels per image or video frame (`llamavid.data.video.MAX_PIXELS` by default).
         max_fps: highest ``fps`` a request may ask for.
+        max_live_sessions: live sessions open at once (``/v1/live/sessions``); one more answers 429.
+        allow_network_sources: let live sessions name network sources (``--allow-network-sources``).
     """
 
     allowed_roots: tuple[Path, ...] = ()
@@ -145,6 +147,8 @@ class ServerConfig:
     probe_timeout: float = 30.0
     max_pixels: int = MAX_PIXELS
     max_fps: float = 8.0
+    max_live_sessions: int = 4
+    allow_network_sources: bool = False
 
     def __post_init__(self) -> None:
         checks = {
@@ -279,6 +283,10 @@ class ChatCompletionRequest(BaseModel):
     seed: int | None = None
     n: int = 1
     mm_processor_kwargs: MediaOptions | None = None
+    # Questions about a live session (POST /v1/live/sessions) instead of media parts.
+    live_session: str | None = None
+    window: str | None = None
+    context_policy: str | None = None
 
 
 # Media resolution --------------------------------------------------------------------------------------------------
@@ -633,9 +641,19 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
         scheduler.start()
         yield
         scheduler.stop()
+        app.state.live.close_all()
 
     app = FastAPI(title="llamavid", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.engine, app.state.scheduler, app.state.config = engine, scheduler, config
+    from llamavid.serve.live_routes import add_live_routes
+
+    live = add_live_routes(
+        app,
+        engine,
+        config,
+        max_sessions=config.max_live_sessions,
+        allow_network_sources=config.allow_network_sources,
+    )
     app.add_middleware(BodyLimitMiddleware, limit=config.max_upload_bytes)
     if config.api_key is not None:
         app.add_middleware(APIKeyMiddleware, api_key=config.api_key)  # added last, so it runs first
@@ -690,6 +708,8 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
             )
         if body.n != 1:
             raise APIError(400, "only n=1 is supported.")
+        if body.live_session is not None:
+            return await live.respond(body.live_session, body.model_dump(exclude_none=True))
         history, question, media_url = _conversation(body)
         if media_url is None and body.mm_processor_kwargs and body.mm_processor_kwargs.subtitles is not None:
             raise APIError(400, "mm_processor_kwargs.subtitles was given but no video; add a video_url part.")
