@@ -539,6 +539,17 @@ class Engine:
         )
         return processor.tokenize_prompt(prompt, lengths), sum(lengths)
 
+    def _budget(self, prompt_tokens: int, visual_tokens: int, settings: SamplingSettings) -> Budget:
+        """The one budget check with this engine's model, dtype and ``max_memory``."""
+        return check_context_budget(
+            self.model.config.text_config,
+            prompt_tokens,
+            settings.max_new_tokens,
+            self.dtype,
+            self.max_memory,
+            visual_tokens=visual_tokens,
+        )
+
     def check_budget(
         self,
         question: str,
@@ -558,14 +569,7 @@ class Engine:
             self._messages(question, frames, per_frame_texts, history)
         )
         ids, visual = self._prompt_ids(prompt, frames, is_image, per_frame_texts is not None)
-        return check_context_budget(
-            self.model.config.text_config,
-            len(ids),
-            settings.max_new_tokens,
-            self.dtype,
-            self.max_memory,
-            visual_tokens=visual,
-        )
+        return self._budget(len(ids), visual, settings)
 
     def build_request(
         self,
@@ -603,14 +607,7 @@ class Engine:
         prompt = self.processor.apply_chat_template(self._messages(question, frames, per_frame, history))
         is_image = media is not None and media.is_image
         input_ids, visual_count = self._prompt_ids(prompt, frames, is_image, per_frame is not None)
-        budget = check_context_budget(
-            self.model.config.text_config,
-            len(input_ids),
-            settings.max_new_tokens,
-            self.dtype,
-            self.max_memory,
-            visual_tokens=visual_count,
-        )
+        budget = self._budget(len(input_ids), visual_count, settings)
         logger.info("prompt: %s", budget.describe())
         visual_tokens = None if media is None else self.visual_output(media, question).tokens
         return GenerationRequest(input_ids, visual_tokens, settings, question, media, budget)
@@ -649,14 +646,7 @@ class Engine:
         input_ids = self.processor.tokenize_prompt(
             prompt, lengths
         )  # raises when placeholders and media differ
-        budget = check_context_budget(
-            self.model.config.text_config,
-            len(input_ids),
-            settings.max_new_tokens,
-            self.dtype,
-            self.max_memory,
-            visual_tokens=sum(lengths),
-        )
+        budget = self._budget(len(input_ids), sum(lengths), settings)
         visual_tokens = None
         if items:
             tokens = [self.visual_output(item, question.strip()).tokens for item in items]
