@@ -571,7 +571,7 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
         once: `vlm_att_ln`, the Q-Former's cross-attention keys/values in every cross-attention layer and the
         `vlm_att_key_projector` keys; per question, once per call: the Q-Former's layer 0 self-attention (see
         `QuestionStates`); per pair: the rest. Pairs are independent, so the grouping never changes the tokens.
-        `raw_bert`, and training with gradient checkpointing in the Q-Former, take `pairwise_context_tokens`.
+        `raw_bert`, a Q-Former that trains, and sharded parameters take `pairwise_context_tokens`.
 
         Returns:
             ``(context_tokens (pairs, D), weights (pairs, Q, N) or None, frame scores (pairs,) or None)``.
@@ -626,13 +626,20 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
         return [cast(InstructBlipQFormerLayer, layer) for layer in self.vlm_att_encoder.encoder.layer]
 
     def _qformer_checkpoints(self) -> bool:
-        """Whether the Q-Former's layers would recompute activations in backward (they do only via their forward)."""
+        """Whether the Q-Former must run through its layers' own forward (`pairwise_context_tokens`).
+
+        The shared path calls the layers' sub-modules directly, which is right for inference but skips what a
+        layer's forward adds in training: gradient checkpointing, the parameter gathering of sharded training
+        (FSDP2 `DTensor` parameters, DeepSpeed ZeRO-3 partitions) and gradients for every parameter (the shared
+        path skips the last layer's question rows, whose weights would get no gradient and no optimizer state).
+        """
         layers = self.qformer_layers()
-        return (
-            self.training
-            and torch.is_grad_enabled()
-            and any(layer.gradient_checkpointing for layer in layers)
-        )
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.vlm_att_encoder.parameters()):
+            return True
+        first = next(layers[0].parameters(), None) if layers else None
+        sharded = first is not None and (type(first).__name__ == "DTensor" or hasattr(first, "ds_id"))
+        checkpointing = self.training and torch.is_grad_enabled()
+        return sharded or (checkpointing and any(layer.gradient_checkpointing for layer in layers))
 
     def question_states(
         self, input_ids: Tensor, attention_mask: Tensor, dtype: torch.dtype
