@@ -28,6 +28,8 @@ class QAItem:
         media: a :class:`~llamavid.synth.render.FrameSpec` (image), a clip or an episode, or ``None``
             for text-only items.
         meta: extra JSON-serialisable facts (``heldout_combo``, needle time, ...).
+        earlier_turns: questions asked before ``question`` in the same conversation (``question``, ``answer``,
+            ``question_type`` each); empty for single-turn items (the default).
     """
 
     id: str
@@ -37,6 +39,7 @@ class QAItem:
     answer_options: list[str] | None
     media: Any
     meta: dict[str, Any] = field(default_factory=dict)
+    earlier_turns: list[dict[str, str]] = field(default_factory=list)
 
 
 def choose(rng: np.random.Generator, options: list[Any] | tuple[Any, ...]) -> Any:

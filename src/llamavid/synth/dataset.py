@@ -35,6 +35,7 @@ from llamavid.synth.episodes import (
     make_episode,
 )
 from llamavid.synth.images import IMAGE_QUESTION_TYPES, make_image_caption, make_image_question
+from llamavid.synth.phrasing import check_phrasing, rephrase
 from llamavid.synth.render import (
     DEFAULT_FRAME_SIZE,
     DEFAULT_GRID,
@@ -44,7 +45,8 @@ from llamavid.synth.render import (
     render_frame,
 )
 from llamavid.synth.text import TEXT_QUESTION_TYPES, make_text_question
-from llamavid.synth.world import check_split, item_rng
+from llamavid.synth.turns import earlier_turns, media_slots
+from llamavid.synth.world import NEEDLE_COLOURS, NUMBER_WORDS, check_split, item_purpose_rng, item_rng
 
 logger = logging.getLogger(__name__)
 
@@ -106,11 +108,16 @@ def generate_items(
     grid: int = DEFAULT_GRID,
     clip_frames: int | tuple[int, int] = DEFAULT_CLIP_FRAMES,
     episode_frames: int = DEFAULT_EPISODE_FRAMES,
+    phrasing: str = "canonical",
+    turns: int | tuple[int, int] = 1,
+    balanced_needles: bool = False,
 ) -> list[QAItem]:
     """Generate ``n`` items of ``kind`` in memory (media as descriptions; nothing is rendered).
 
     Question types rotate round-robin inside each kind, so every type gets the same number of items, and each
-    answer is drawn uniformly within its type.
+    answer is drawn uniformly within its type. The defaults give exactly the items this function always gave;
+    ``phrasing``, ``turns`` and ``balanced_needles`` are opt-in layers drawn from streams of their own, so they
+    change only the question wording, the earlier turns or the needle answers.
 
     Args:
         split: ``"train"`` or ``"heldout"``.
@@ -120,17 +127,30 @@ def generate_items(
         grid: cells per side.
         clip_frames: clip length (or inclusive range) for video items, 5-60.
         episode_frames: long-video length, ≥ 60 (1,200 by default).
+        phrasing: question wording, one of :data:`~llamavid.synth.phrasing.PHRASINGS`: ``"canonical"``
+            (today's), ``"varied"`` (train templates, perturbed) or ``"heldout_templates"`` (never trained).
+            Answers and media do not change. Captions and the long-video summary prompt keep their prompts.
+        turns: conversation length of image and clip questions (or an inclusive range drawn per item): the
+            item's question comes last, after up to ``turns - 1`` earlier questions about the same medium
+            (:mod:`llamavid.synth.turns`). Text and long-video items stay single-turn.
+        balanced_needles: long videos only: every block of 10 consecutive episodes tells each secret digit
+            exactly once and every block of 7 shows each needle colour exactly once (instead of independent
+            uniform draws, which leave a 50-episode set with some digits rare).
 
     Raises:
-        ValueError: on an unknown split or kind, or a negative ``n``.
+        ValueError: on an unknown split, kind or phrasing, a negative ``n`` or a bad ``turns``.
     """
     check_split(split)
+    check_phrasing(phrasing)
     if kind not in KINDS:
         raise InvalidInputError(f"kind={kind!r} is unknown; expected one of {KINDS}.")
     if n < 0:
         raise InvalidInputError(f"n must be non-negative, got {n}.")
+    low_turns, high_turns = (turns, turns) if isinstance(turns, int) else turns
+    if not 1 <= low_turns <= high_turns:
+        raise InvalidInputError(f"turns={turns!r} must be a count >= 1 or an inclusive range (low, high).")
     if kind in ("long_qa", "stage3"):
-        return _long_items(split, n, seed, kind == "stage3", grid, episode_frames)
+        return _long_items(split, n, seed, kind == "stage3", grid, episode_frames, phrasing, balanced_needles)
     items = []
     for sub_kind, index in _sub_kind_sequence(kind, n):
         rng = item_rng(split, sub_kind, seed, index)
@@ -151,29 +171,67 @@ def generate_items(
         item.meta.update(
             media_id=item_id, synth={"split": split, "stream": sub_kind, "seed": seed, "index": index}
         )
+        if item.answer_options is not None and phrasing != "canonical":
+            _reword(item, phrasing, item_purpose_rng(split, "phrasing", sub_kind, seed, index))
+        if high_turns > 1 and sub_kind in ("image_qa", "video_qa"):
+            turn_rng = item_purpose_rng(split, "turns", sub_kind, seed, index)
+            count = int(turn_rng.integers(low_turns, high_turns + 1)) - 1
+            item.earlier_turns = earlier_turns(item, count, turn_rng, phrasing, grid)
         items.append(item)
     return items
 
 
+def _reword(item: QAItem, phrasing: str, rng: np.random.Generator) -> None:
+    """Replace a canonical question by its ``phrasing`` wording; the template goes to ``meta["template"]``."""
+    item.question, template = rephrase(
+        item.question_type, item.question, phrasing, rng, media_slots(item.media)
+    )
+    item.meta.update(phrasing=phrasing, template=template)
+
+
+def _balanced_answers(split: str, seed: int, index: int) -> dict[str, str]:
+    """Episode ``index``'s secret digit and needle colour, each a permutation over consecutive blocks."""
+    digits = item_purpose_rng(split, "balance", "episode", seed, index // len(NUMBER_WORDS), 0)
+    colours = item_purpose_rng(split, "balance", "episode", seed, index // len(NEEDLE_COLOURS), 1)
+    return {
+        "long_subtitle_needle": NUMBER_WORDS[
+            int(digits.permutation(len(NUMBER_WORDS))[index % len(NUMBER_WORDS)])
+        ],
+        "long_visual_needle": NEEDLE_COLOURS[
+            int(colours.permutation(len(NEEDLE_COLOURS))[index % len(NEEDLE_COLOURS)])
+        ],
+    }
+
+
 def _long_items(
-    split: str, n: int, seed: int, include_summary: bool, grid: int, episode_frames: int
+    split: str,
+    n: int,
+    seed: int,
+    include_summary: bool,
+    grid: int,
+    episode_frames: int,
+    phrasing: str = "canonical",
+    balanced_needles: bool = False,
 ) -> list[QAItem]:
     per_episode = len(LONG_QUESTION_TYPES) + int(include_summary)
     items: list[QAItem] = []
     for index in range(math.ceil(n / per_episode)):
         episode_id = f"{split}-episode-s{seed}-{index:06d}"
-        episode = make_episode(item_rng(split, "episode", seed, index), split, episode_frames, grid)
-        for item in episode_questions(episode, episode_id, include_summary):
-            item.meta.update(
-                media_id=episode_id,
-                synth={
-                    "split": split,
-                    "stream": "episode",
-                    "seed": seed,
-                    "index": index,
-                    "num_frames": episode_frames,
-                },
-            )
+        synth: dict[str, Any] = {
+            "split": split,
+            "stream": "episode",
+            "seed": seed,
+            "index": index,
+            "num_frames": episode_frames,
+        }
+        forced = _balanced_answers(split, seed, index) if balanced_needles else None
+        if forced is not None:
+            synth["answers"] = forced
+        episode = make_episode(item_rng(split, "episode", seed, index), split, episode_frames, grid, forced)
+        for number, item in enumerate(episode_questions(episode, episode_id, include_summary)):
+            item.meta.update(media_id=episode_id, synth=dict(synth))
+            if item.answer_options is not None and phrasing != "canonical":
+                _reword(item, phrasing, item_purpose_rng(split, "phrasing", "episode", seed, index, number))
             items.append(item)
     return items[:n]
 
@@ -181,25 +239,32 @@ def _long_items(
 def regenerate_episode(synth: dict[str, Any], grid: int = DEFAULT_GRID) -> Episode:
     """Rebuild a long video from a record's ``synth`` field instead of decoding its file."""
     rng = item_rng(synth["split"], "episode", int(synth["seed"]), int(synth["index"]))
-    return make_episode(rng, synth["split"], int(synth["num_frames"]), grid)
+    return make_episode(rng, synth["split"], int(synth["num_frames"]), grid, synth.get("answers"))
 
 
 def item_to_record(item: QAItem, media_path: str | None, subtitles_path: str | None = None) -> dict[str, Any]:
     """The LLaVA-style JSON record of ``item`` (docs/architecture.md §9) plus evaluation fields.
 
-    ``conversations`` holds one human turn (``"<image>\\n"`` + question when there is a medium) and one gpt
-    turn; ``answer``, ``question_type``, ``answer_options`` and ``heldout_combo`` are extra keys for scoring.
+    ``conversations`` holds the item's earlier turns, if any, then its question: human and gpt turns
+    alternating, ``"<image>\\n"`` before the first human turn when there is a medium; ``answer`` (the last gpt
+    turn), ``question_type``, ``answer_options`` and ``heldout_combo`` are extra keys for scoring.
     """
     record: dict[str, Any] = {"id": item.id}
-    human = item.question
+    pairs = [(turn["question"], turn["answer"]) for turn in item.earlier_turns] + [
+        (item.question, item.answer)
+    ]
     if item.media is not None:
         if media_path is None:
             raise InvalidInputError(f"item {item.id} has a medium but no media path was given.")
         record["image" if isinstance(item.media, FrameSpec) else "video"] = media_path
-        human = "<image>\n" + human
+        pairs[0] = ("<image>\n" + pairs[0][0], pairs[0][1])
     if subtitles_path is not None:
         record["subtitles"] = subtitles_path
-    record["conversations"] = [{"from": "human", "value": human}, {"from": "gpt", "value": item.answer}]
+    record["conversations"] = [
+        turn
+        for human, gpt in pairs
+        for turn in ({"from": "human", "value": human}, {"from": "gpt", "value": gpt})
+    ]
     record["question_type"] = item.question_type
     record["answer"] = item.answer
     record["answer_options"] = item.answer_options
@@ -282,6 +347,9 @@ def write_dataset(
     clip_frames: int | tuple[int, int] = DEFAULT_CLIP_FRAMES,
     episode_frames: int = DEFAULT_EPISODE_FRAMES,
     write_media: bool = True,
+    phrasing: str = "canonical",
+    turns: int | tuple[int, int] = 1,
+    balanced_needles: bool = False,
 ) -> Path:
     """Generate a dataset and write its media and ``{split}_{kind}_s{seed}.json`` under ``out_dir``.
 
@@ -301,6 +369,7 @@ def write_dataset(
         clip_frames: clip length or inclusive range.
         episode_frames: long-video length.
         write_media: if False only the JSON is written (records can still be regenerated from ``synth``).
+        phrasing / turns / balanced_needles: see :func:`generate_items`.
 
     Returns:
         Path of the JSON file.
@@ -308,7 +377,9 @@ def write_dataset(
     check_split(split)
     n = DEFAULT_ITEMS[split] if n is None else n
     out = Path(out_dir)
-    items = generate_items(split, n, seed, kind, grid, clip_frames, episode_frames)
+    items = generate_items(
+        split, n, seed, kind, grid, clip_frames, episode_frames, phrasing, turns, balanced_needles
+    )
     media_dir = out / "media" / split / kind
     if write_media:
         media_dir.mkdir(parents=True, exist_ok=True)

@@ -94,6 +94,9 @@ _STREAM_KEYS: dict[str, int] = {
     "long_qa": 7,
     "episode": 8,
 }
+# Streams for what is layered on top of an item (its wording, its extra turns, balanced answers): keyed by the
+# item's own stream too, so changing them never changes the item's medium or answer.
+_PURPOSE_KEYS: dict[str, int] = {"phrasing": 101, "turns": 102, "balance": 103}
 
 
 def check_split(split: str) -> str:
@@ -134,3 +137,20 @@ def allowed_pairs(split: str) -> list[tuple[str, str]]:
 def pair_allowed(split: str, shape: str, colour: str) -> bool:
     """Whether ``shape`` in ``colour`` may appear in ``split``."""
     return split != "train" or (shape, colour) not in HELDOUT_PAIRS
+
+
+def item_purpose_rng(
+    split: str, purpose: str, stream: str, seed: int, index: int, *extra: int
+) -> np.random.Generator:
+    """A generator for something layered on top of item ``(split, stream, seed, index)``.
+
+    ``purpose`` is ``"phrasing"`` (question wording), ``"turns"`` (extra conversation turns) or ``"balance"``
+    (balanced answers). It never shares a stream with :func:`item_rng`, so e.g. rewording a question leaves the
+    item's medium and answer exactly as they were.
+    """
+    item_rng(split, stream, seed, index)  # validates the coordinates
+    if purpose not in _PURPOSE_KEYS:
+        raise InvalidInputError(f"purpose={purpose!r} is unknown; expected one of {sorted(_PURPOSE_KEYS)}.")
+    return np.random.default_rng(
+        [_SPLIT_KEYS[split], _PURPOSE_KEYS[purpose], _STREAM_KEYS[stream], seed, index, *extra]
+    )

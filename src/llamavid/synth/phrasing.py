@@ -1,0 +1,649 @@
+"""Many ways to ask each question: templates per question type, split into trained and held-out phrasings.
+
+Why: a model trained on one wording per question learns the wording, not the language (the v4 tiny model lost
+0.10-0.16 on paraphrases, 0.59 on "color", and scored 0/35 on "Where does the X move?"). Every exact-answer
+question type has
+
+* its **canonical** template(s): today's wording, what ``phrasing="canonical"`` (the default) emits, so
+  default items stay exactly what they were;
+* **train** templates: the canonical ones plus word-order changes, synonyms, "which way / in what direction /
+  where does ... go", polite and terse forms;
+* **held-out** templates: wordings that no training configuration may use (:func:`heldout_templates`), so a
+  score on them measures generalisation to new phrasings.
+
+``phrasing="varied"`` draws a train template and perturbs its wording (American spelling ``color``/``gray``,
+a polite prefix or a "thanks" suffix, lower case, a dropped question mark, one typo in a non-vocabulary
+word); ``phrasing="heldout_templates"`` draws a held-out template and renders it as written. Answers never
+change: only the question text does, from a random stream of its own, so the same item under two phrasings has
+the same medium and answer (paired comparisons).
+
+Slots (``{shape}``, ``{colour}``, ``{name}``, ...) are read back from the canonical question (each canonical
+template doubles as a pattern), plus ``{background}`` for media with one background throughout.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from llamavid.errors import InvalidInputError
+from llamavid.synth._common import choose
+from llamavid.synth.world import (
+    BACKGROUNDS,
+    COLOURS,
+    DIRECTIONS,
+    NAMES,
+    NUMBER_WORDS,
+    QUADRANTS,
+    SHAPES,
+    SIZES,
+    WORDS,
+)
+
+PHRASINGS: tuple[str, ...] = ("canonical", "varied", "heldout_templates")
+"""``canonical``: today's wording (default); ``varied``: train templates with perturbations;
+``heldout_templates``: the templates never used in training, as written."""
+
+CANONICAL_SHARE = 0.25
+"""In ``varied`` mode, the probability of keeping the canonical template (the wording the CI scores)."""
+
+_Templates = dict[str, tuple[str, ...]]
+
+# question type -> {"canonical": ..., "train": extra train templates, "heldout": never trained}.
+# A canonical template is also a pattern for reading slots back from today's questions; the first canonical
+# template of a type is the one used when a slot-filled question has to be rendered canonically.
+_TEMPLATES: dict[str, _Templates] = {
+    "image_colour": {
+        "canonical": ("What colour is the {shape}?",),
+        "train": (
+            "Which colour is the {shape}?",
+            "What colour does the {shape} have?",
+            "The {shape} is what colour?",
+            "What is the colour of the {shape}?",
+            "Tell me the colour of the {shape}.",
+            "{shape} colour?",
+            "What colour is the {shape} on the {background} background?",
+            "Colour of the {shape}?",
+            "What colour has the {shape} got?",
+        ),
+        "heldout": (
+            "Name the hue of the {shape}.",
+            "I am curious which colour that {shape} is painted in.",
+        ),
+    },
+    "image_shape": {
+        "canonical": ("What shape is the {colour} object?",),
+        "train": (
+            "Which shape is the {colour} object?",
+            "What shape is the {colour} thing?",
+            "What is the shape of the {colour} object?",
+            "The {colour} object is which shape?",
+            "What kind of shape is the {colour} one?",
+            "Tell me the shape of the {colour} item.",
+            "{colour} object shape?",
+            "What shape does the {colour} object have?",
+            "On the {background} background, what shape is the {colour} object?",
+        ),
+        "heldout": (
+            "Identify the form of the {colour} figure.",
+            "What would you call the {colour} one, shape-wise?",
+        ),
+    },
+    "image_count": {
+        "canonical": ("How many objects are there?", "How many shapes are in the image?"),
+        "train": (
+            "How many objects do you see?",
+            "How many shapes are there?",
+            "Count the objects.",
+            "What is the number of objects in the picture?",
+            "How many things are in the image?",
+            "Number of shapes?",
+            "How many objects are in this picture?",
+            "Count the shapes in the image.",
+        ),
+        "heldout": (
+            "Give me a tally of the figures shown.",
+            "What's the total object count here?",
+        ),
+    },
+    "image_position": {
+        "canonical": ("Where is the {colour} {shape}?",),
+        "train": (
+            "In which corner is the {colour} {shape}?",
+            "Where is the {colour} {shape} located?",
+            "Which part of the image is the {colour} {shape} in?",
+            "Where can you see the {colour} {shape}?",
+            "Where's the {colour} {shape}?",
+            "{colour} {shape} position?",
+            "Tell me where the {colour} {shape} is.",
+            "In which quadrant is the {colour} {shape}?",
+        ),
+        "heldout": (
+            "Point out the region holding the {colour} {shape}.",
+            "Whereabouts in the frame does the {colour} {shape} sit?",
+        ),
+    },
+    "image_size": {
+        "canonical": ("What size is the {colour} {shape}?",),
+        "train": (
+            "How big is the {colour} {shape}?",
+            "Which size is the {colour} {shape}?",
+            "What is the size of the {colour} {shape}?",
+            "How large is the {colour} {shape}?",
+            "The {colour} {shape} is what size?",
+            "{colour} {shape} size?",
+            "Tell me how big the {colour} {shape} is.",
+        ),
+        "heldout": (
+            "Describe the scale of the {colour} {shape} in one word.",
+            "Is the {colour} {shape} tiny or big - which size exactly?",
+        ),
+    },
+    "image_text": {
+        "canonical": ("What word is written on the screen?", "What does the text say?"),
+        "train": (
+            "What word is shown?",
+            "Which word is written in the image?",
+            "What is written at the bottom?",
+            "Read the word on the screen.",
+            "What does the writing say?",
+            "Which word can you read?",
+            "Text on screen?",
+            "What word appears in the picture?",
+        ),
+        "heldout": (
+            "Spell out the caption printed in the picture.",
+            "Can you make out the lettering?",
+        ),
+    },
+    "image_background": {
+        "canonical": ("What colour is the background?",),
+        "train": (
+            "Which colour is the background?",
+            "What is the background colour?",
+            "What colour is behind the objects?",
+            "The background is what colour?",
+            "Background colour?",
+            "Tell me the colour of the background.",
+            "What is the colour of the backdrop?",
+        ),
+        "heldout": (
+            "Which shade fills the area around the shapes?",
+            "Name the backdrop's tint.",
+        ),
+    },
+    "video_direction": {
+        "canonical": ("Which way does the {colour} {shape} move?",),
+        "train": (
+            "In what direction does the {colour} {shape} move?",
+            "Where does the {colour} {shape} go?",
+            "Where does the {colour} {shape} move?",
+            "Which direction is the {colour} {shape} moving?",
+            "Which way is the {colour} {shape} heading?",
+            "The {colour} {shape} moves which way?",
+            "What direction does the {colour} {shape} travel in?",
+            "{colour} {shape} direction?",
+            "Tell me which way the {colour} {shape} moves.",
+            "In which direction is the {colour} {shape} going?",
+        ),
+        "heldout": (
+            "Towards which side does the {colour} {shape} travel?",
+            "Can you say where the {colour} {shape} is drifting to?",
+        ),
+    },
+    "video_order": {
+        "canonical": ("Which shape appears {which}?",),
+        "train": (
+            "Which shape shows up {which}?",
+            "What shape appears {which}?",
+            "What is the {which} shape to appear?",
+            "Which shape comes {which}?",
+            "Which object appears {which} in the video?",
+            "Name the shape that appears {which}.",
+            "{which} shape to appear?",
+        ),
+        "heldout": (
+            "Of all the shapes, which one turns up {which}?",
+            "Which figure makes its entrance {which}?",
+        ),
+    },
+    "video_count": {
+        "canonical": (
+            "How many different shapes appear in the video?",
+            "How many distinct shapes are shown?",
+        ),
+        "train": (
+            "How many different shapes are there in the video?",
+            "How many kinds of shape appear?",
+            "Count the different shapes in the video.",
+            "How many distinct shapes appear in the clip?",
+            "Number of different shapes?",
+            "How many different shapes do you see over the video?",
+            "What is the number of distinct shapes shown?",
+        ),
+        "heldout": (
+            "Tally up the unique figures that come and go.",
+            "Across the clip, how many separate shape types pop up?",
+        ),
+    },
+    "video_appear": {
+        "canonical": ("Which new shape appears during the video?",),
+        "train": (
+            "What new shape appears in the video?",
+            "Which shape shows up during the video?",
+            "Which shape appears later in the clip?",
+            "What shape is added during the video?",
+            "New shape?",
+            "Which shape appears partway through?",
+            "Tell me the shape that appears during the video.",
+        ),
+        "heldout": (
+            "Which figure joins the scene midway?",
+            "Something pops into view - what shape is it?",
+        ),
+    },
+    "video_disappear": {
+        "canonical": ("What colour is the object that disappears?",),
+        "train": (
+            "Which colour is the object that disappears?",
+            "What colour is the shape that vanishes?",
+            "The object that disappears is what colour?",
+            "What is the colour of the object that goes away?",
+            "Colour of the disappearing object?",
+            "Which object disappears? Give its colour.",
+            "Tell me the colour of the shape that disappears.",
+        ),
+        "heldout": (
+            "Something leaves the scene; which hue did it have?",
+            "Name the tint of the figure that is removed.",
+        ),
+    },
+    "video_scene_change": {
+        "canonical": ("How many times does the background colour change?",),
+        "train": (
+            "How often does the background colour change?",
+            "How many times does the background change colour?",
+            "How many background changes are there?",
+            "Count the background colour changes.",
+            "How many times does the scene change?",
+            "Number of background changes?",
+            "How many times does the colour of the background change?",
+        ),
+        "heldout": (
+            "Tally the switches of the backdrop's tint.",
+            "How frequently is the backdrop swapped for another shade?",
+        ),
+    },
+    "video_colour_change": {
+        "canonical": ("What colour does the {shape} turn into?",),
+        "train": (
+            "Which colour does the {shape} turn into?",
+            "What colour does the {shape} become?",
+            "The {shape} changes to which colour?",
+            "What colour is the {shape} at the end?",
+            "What is the new colour of the {shape}?",
+            "{shape} turns into what colour?",
+            "Tell me the colour the {shape} changes to.",
+        ),
+        "heldout": (
+            "After its change, which hue does the {shape} take on?",
+            "The {shape} gets repainted - in what shade?",
+        ),
+    },
+    "text_next": {
+        "canonical": ("What number comes after {n}?",),
+        "train": (
+            "Which number comes after {n}?",
+            "What is the next number after {n}?",
+            "What number follows {n}?",
+            "{n} plus one?",
+            "What comes after {n}?",
+            "Tell me the number after {n}.",
+        ),
+        "heldout": (
+            "Counting up from {n}, what do you say next?",
+            "Successor of {n}?",
+        ),
+    },
+    "text_bigger": {
+        "canonical": ("Which is bigger, {a} or {b}?",),
+        "train": (
+            "Which is larger, {a} or {b}?",
+            "Which number is bigger: {a} or {b}?",
+            "What is bigger, {a} or {b}?",
+            "Bigger of {a} and {b}?",
+            "Which is more, {a} or {b}?",
+            "Tell me the bigger number, {a} or {b}.",
+        ),
+        "heldout": (
+            "Between {a} and {b}, name the greater one.",
+            "{a} versus {b} - which has the higher value?",
+        ),
+    },
+    "text_recall": {
+        "canonical": ("{facts} What colour is {name}'s ball?",),
+        "train": (
+            "{facts} Which colour is {name}'s ball?",
+            "{facts} What colour ball does {name} have?",
+            "{facts} What is the colour of {name}'s ball?",
+            "{facts} {name}'s ball is what colour?",
+            "{facts} Colour of {name}'s ball?",
+            "{facts} Tell me the colour of {name}'s ball.",
+        ),
+        "heldout": (
+            "{facts} Recall the hue of the ball that belongs to {name}.",
+            "{facts} So, {name} owns a ball painted in which shade?",
+        ),
+    },
+    "long_visual_needle": {
+        "canonical": ("What colour is the shape on the white screen?",),
+        "train": (
+            "Which colour is the shape on the white screen?",
+            "What colour is the shape shown on the white frame?",
+            "A white screen appears once. What colour is its shape?",
+            "What is the colour of the shape on the white screen?",
+            "White screen shape colour?",
+            "Tell me the colour of the shape on the white screen.",
+        ),
+        "heldout": (
+            "For one instant the picture goes blank and bright; which hue is the figure then?",
+            "Name the tint of the figure that flashes up on the pale frame.",
+        ),
+    },
+    "long_subtitle_needle": {
+        "canonical": ("What is {name}'s secret number?",),
+        "train": (
+            "Which secret number does {name} tell?",
+            "What secret number does {name} say?",
+            "What number is {name}'s secret?",
+            "{name}'s secret number?",
+            "Tell me {name}'s secret number.",
+            "What is the secret number that {name} mentions?",
+        ),
+        "heldout": (
+            "Which digit did {name} confide?",
+            "Recall the hidden figure {name} reveals in the dialogue.",
+        ),
+    },
+    "long_character": {
+        "canonical": ("What colour is {name}?",),
+        "train": (
+            "Which colour is {name}?",
+            "What colour does {name} have?",
+            "{name} is what colour?",
+            "What is {name}'s colour?",
+            "Colour of {name}?",
+            "Tell me the colour of {name}.",
+        ),
+        "heldout": (
+            "Which hue does the character called {name} wear?",
+            "Describe {name}'s tint in one word.",
+        ),
+    },
+    "long_plot": {
+        "canonical": ("Which character is introduced last?",),
+        "train": (
+            "Who is introduced last?",
+            "Which character appears last?",
+            "Who is the last character to be introduced?",
+            "Which character is the last one introduced?",
+            "Last character introduced?",
+            "Tell me who is introduced last.",
+        ),
+        "heldout": (
+            "Whose introduction closes the cast list?",
+            "Name the final newcomer to the story.",
+        ),
+    },
+    "long_summary": {
+        "canonical": ("How many scenes does the video have?",),
+        "train": (
+            "How many scenes are in the video?",
+            "How many scenes are there?",
+            "Count the scenes in the video.",
+            "What is the number of scenes?",
+            "Number of scenes?",
+            "How many different scenes does the video show?",
+        ),
+        "heldout": (
+            "Into how many separate segments is the story divided?",
+            "Tally the sequences this film contains.",
+        ),
+    },
+    "long_reasoning": {
+        "canonical": ("What colour is the room where {name} tells the secret number?",),
+        "train": (
+            "Which colour is the room where {name} tells the secret number?",
+            "In which colour room does {name} tell the secret number?",
+            "Where does {name} tell the secret number? Give the room colour.",
+            "What is the colour of the room where {name} says the secret number?",
+            "Room colour when {name} tells the secret?",
+            "Tell me the colour of the room where {name} tells the secret number.",
+        ),
+        "heldout": (
+            "{name} shares a hidden digit somewhere; what shade are the walls there?",
+            "Recall the backdrop tint at the moment {name} confides the number.",
+        ),
+    },
+}
+
+# Wrappers that fit any direct question ("varied" only).
+_POLITE_PREFIXES: tuple[str, ...] = (
+    "Please tell me: ",
+    "Could you help? ",
+    "Quick question: ",
+    "Hey, ",
+    "Please answer: ",
+    "I have a question. ",
+)
+_SUFFIXES: tuple[str, ...] = (
+    " Please.",
+    " Thanks!",
+    " Thank you.",
+    " Answer in one word.",
+    " Please answer briefly.",
+)
+_SPELLING: dict[str, str] = {"colour": "color", "Colour": "Color", "grey": "gray", "Grey": "Gray"}
+# Perturbation probabilities in "varied" mode (independent of each other).
+_P_AMERICAN, _P_PREFIX, _P_SUFFIX, _P_LOWER, _P_NO_MARK, _P_TYPO = 0.3, 0.15, 0.1, 0.15, 0.1, 0.15
+
+# Words a typo never touches: everything an answer or a slot can be, and the words that decide the answer.
+_PROTECTED: frozenset[str] = (
+    frozenset(
+        w.lower()
+        for group in (SHAPES, COLOURS, BACKGROUNDS, SIZES, WORDS, NAMES, DIRECTIONS, NUMBER_WORDS)
+        for w in group
+    )
+    | frozenset(w for q in QUADRANTS for w in q.split())
+    | {"first", "last", "new", "white"}
+)
+
+_SLOT_RE = re.compile(r"\{(\w+)\}")
+_TEMPLATE_WORD_RE = re.compile(r"(?<![{\w])[A-Za-z]{4,}(?![}\w])")
+_SLOT_VALUE = {"facts": r".+?", "which": r"first|last"}
+
+
+def phrasing_question_types() -> tuple[str, ...]:
+    """Every question type with templates (all exact-answer types)."""
+    return tuple(_TEMPLATES)
+
+
+def _check(question_type: str) -> _Templates:
+    if question_type not in _TEMPLATES:
+        raise InvalidInputError(
+            f"question_type={question_type!r} has no phrasing templates; expected one of {list(_TEMPLATES)}."
+        )
+    return _TEMPLATES[question_type]
+
+
+def canonical_templates(question_type: str) -> tuple[str, ...]:
+    """Today's wording(s) of ``question_type`` (what the default ``phrasing="canonical"`` emits)."""
+    return _check(question_type)["canonical"]
+
+
+def train_templates(question_type: str) -> tuple[str, ...]:
+    """Every template training may use for ``question_type``: the canonical ones first, then the variants."""
+    templates = _check(question_type)
+    return templates["canonical"] + templates["train"]
+
+
+def heldout_templates(question_type: str) -> tuple[str, ...]:
+    """Templates of ``question_type`` that no training configuration uses (disjoint from :func:`train_templates`)."""
+    return _check(question_type)["heldout"]
+
+
+def check_phrasing(phrasing: str) -> str:
+    """Validate a phrasing mode name.
+
+    Raises:
+        InvalidInputError: if ``phrasing`` is not one of :data:`PHRASINGS`.
+    """
+    if phrasing not in PHRASINGS:
+        raise InvalidInputError(f"phrasing={phrasing!r} is unknown; expected one of {PHRASINGS}.")
+    return phrasing
+
+
+def _pattern(template: str) -> re.Pattern[str]:
+    parts = _SLOT_RE.split(template)
+    regex = "".join(
+        re.escape(part) if i % 2 == 0 else f"(?P<{part}>{_SLOT_VALUE.get(part, r'[^?.,]+?')})"
+        for i, part in enumerate(parts)
+    )
+    return re.compile(regex + r"\Z", re.DOTALL)
+
+
+def read_slots(question_type: str, question: str) -> dict[str, str]:
+    """The slot values of a canonical ``question`` (``{"shape": "star"}`` for "What colour is the star?").
+
+    Raises:
+        InvalidInputError: if ``question`` matches none of the type's canonical templates.
+    """
+    for template in canonical_templates(question_type):
+        found = _pattern(template).match(question)
+        if found:
+            return found.groupdict()
+    raise InvalidInputError(
+        f"{question!r} is not a canonical {question_type} question; expected one of "
+        f"{list(canonical_templates(question_type))}."
+    )
+
+
+def _typo(word: str, rng: np.random.Generator) -> str:
+    position = int(rng.integers(1, len(word) - 1))
+    kind = int(rng.integers(3))
+    if kind == 0:  # swap two neighbouring letters
+        return word[:position] + word[position + 1] + word[position] + word[position + 2 :]
+    if kind == 1:  # drop a letter
+        return word[:position] + word[position + 1 :]
+    return word[:position] + word[position] + word[position:]  # double a letter
+
+
+def _perturb_template(template: str, rng: np.random.Generator) -> str:
+    """Lower case and one typo, on the template's own words (slots are filled in afterwards, untouched)."""
+    if rng.random() < _P_LOWER:
+        template = template.lower()  # slot names are lower case already
+    if rng.random() < _P_TYPO:
+        words = [m for m in _TEMPLATE_WORD_RE.finditer(template) if m.group().lower() not in _PROTECTED]
+        if words:
+            match = words[int(rng.integers(len(words)))]
+            template = template[: match.start()] + _typo(match.group(), rng) + template[match.end() :]
+    return template
+
+
+def render_template(template: str, slots: Mapping[str, str], rng: np.random.Generator | None = None) -> str:
+    """Fill ``template``'s slots; with ``rng``, first perturb its own words (case, one typo), never the slots.
+
+    A template that starts with a slot gets that value capitalised ("{shape} colour?" -> "Star colour?"),
+    except names and fact sentences, which are left as they are.
+
+    Raises:
+        InvalidInputError: if a slot the template names is missing.
+    """
+    if rng is not None:
+        template = _perturb_template(template, rng)
+    parts = _SLOT_RE.split(template)
+    out = []
+    for index, part in enumerate(parts):
+        if index % 2 == 0:
+            out.append(part)
+            continue
+        if part not in slots:
+            raise InvalidInputError(f"template {template!r} needs slot {part!r}; got {sorted(slots)}.")
+        value = str(slots[part])
+        if index == 1 and parts[0] == "" and part not in ("facts", "name"):
+            value = value[:1].upper() + value[1:]
+        out.append(value)
+    return "".join(out)
+
+
+def usable(template: str, slots: Mapping[str, Any]) -> bool:
+    """Whether every slot ``template`` names is available."""
+    return all(name in slots for name in _SLOT_RE.findall(template))
+
+
+def rephrase(
+    question_type: str,
+    question: str,
+    phrasing: str,
+    rng: np.random.Generator,
+    extra_slots: Mapping[str, str] | None = None,
+) -> tuple[str, str]:
+    """Reword a canonical ``question`` of ``question_type`` under ``phrasing``.
+
+    Args:
+        question_type: a key of the templates (every exact-answer type).
+        question: the canonical question (as generated today).
+        phrasing: one of :data:`PHRASINGS`.
+        rng: the item's phrasing stream (independent of the medium's stream).
+        extra_slots: slots that are not in the canonical question (``background``); templates needing a slot
+            that is missing are skipped.
+
+    Returns:
+        ``(question, template)``: the new wording and the template it came from.
+    """
+    check_phrasing(phrasing)
+    if phrasing == "canonical":
+        return question, ""
+    slots = dict(extra_slots or {})
+    slots.update(read_slots(question_type, question))
+    if phrasing == "heldout_templates":
+        candidates = [t for t in heldout_templates(question_type) if usable(t, slots)]
+        template = choose(rng, candidates)
+        return render_template(template, slots), template
+    if rng.random() < CANONICAL_SHARE:
+        candidates = [t for t in canonical_templates(question_type) if usable(t, slots)]
+    else:
+        candidates = [t for t in _check(question_type)["train"] if usable(t, slots)]
+    template = choose(rng, candidates)
+    text = render_template(template, slots, rng)
+    if rng.random() < _P_AMERICAN:
+        text = re.sub(r"\b(" + "|".join(_SPELLING) + r")\b", lambda m: _SPELLING[m.group()], text)
+    if rng.random() < _P_NO_MARK and text.endswith("?"):
+        text = text[:-1]
+    if rng.random() < _P_PREFIX:
+        prefix = choose(rng, _POLITE_PREFIXES)
+        first_word = re.match(r"\w*", text)
+        if prefix.endswith(", ") and first_word and first_word.group() not in NAMES:
+            text = text[:1].lower() + text[1:]  # "Hey, what colour ..."
+        text = prefix + text
+    if rng.random() < _P_SUFFIX and text.endswith(("?", ".")):
+        text = text + choose(rng, _SUFFIXES)
+    return text, template
+
+
+__all__ = [
+    "CANONICAL_SHARE",
+    "PHRASINGS",
+    "canonical_templates",
+    "check_phrasing",
+    "heldout_templates",
+    "phrasing_question_types",
+    "read_slots",
+    "render_template",
+    "rephrase",
+    "train_templates",
+    "usable",
+]
