@@ -197,7 +197,8 @@ def _check_image_turn(spec: FrameSpec, turn: dict) -> None:
     elif kind == "image_background":
         assert answer == spec.background
     elif kind in ("image_position", "image_size"):
-        objects = [o for o in spec.objects if o.colour in turn["question"] and o.shape in turn["question"]]
+        question = turn["question"].lower()
+        objects = [o for o in spec.objects if o.colour in question and o.shape in question]
         assert len(objects) == 1
         expected = QUADRANTS[quadrant_of(objects[0])] if kind == "image_position" else SIZES[objects[0].size]
         assert answer == expected

@@ -120,6 +120,7 @@ _TEMPLATES: dict[str, _Templates] = {
             "{colour} {shape} position?",
             "Tell me where the {colour} {shape} is.",
             "In which quadrant is the {colour} {shape}?",
+            "Where is the {colour} {shape} on the {background} background?",
         ),
         "heldout": (
             "Point out the region holding the {colour} {shape}.",
@@ -135,6 +136,7 @@ _TEMPLATES: dict[str, _Templates] = {
             "How large is the {colour} {shape}?",
             "The {colour} {shape} is what size?",
             "{colour} {shape} size?",
+            "How big is the {colour} {shape} on the {background} background?",
             "Tell me how big the {colour} {shape} is.",
         ),
         "heldout": (
@@ -188,6 +190,7 @@ _TEMPLATES: dict[str, _Templates] = {
             "{colour} {shape} direction?",
             "Tell me which way the {colour} {shape} moves.",
             "In which direction is the {colour} {shape} going?",
+            "On the {background} background, which way does the {colour} {shape} move?",
         ),
         "heldout": (
             "Towards which side does the {colour} {shape} travel?",

@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import random
-import re
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -39,74 +38,19 @@ from torch import Tensor, nn
 
 from llamavid.errors import InvalidInputError
 from llamavid.model.configuration_llamavid import IGNORE_INDEX, LlamaVidConfig
-from llamavid.model.conversation import _VICUNA_SYSTEM, DEFAULT_IMAGE_TOKEN, build_long_video_message
+from llamavid.model.conversation import DEFAULT_IMAGE_TOKEN, build_long_video_message
 from llamavid.model.modeling_llamavid import VISUAL_INPUT_NAMES, LlamaVidForConditionalGeneration
-from llamavid.model.processing_llamavid import LlamaVidProcessor, load_qformer_tokenizer
-from llamavid.synth import QUESTION_TYPES, Episode, FrameSpec, generate_items, render_frame
+from llamavid.model.processing_llamavid import LlamaVidProcessor
+from llamavid.synth import QUESTION_TYPES, Episode, FrameSpec, render_frame
 from llamavid.synth._common import QAItem
 from llamavid.synth.episodes import NEEDLE_COLOURS
-from llamavid.synth.world import BACKGROUNDS, COLOURS, NAMES, QUADRANTS, SHAPES, SIZES, WORDS
+from llamavid.synth.tokenizers import build_llm_tokenizer, build_qformer_vocab, synth_corpus
+from llamavid.synth.world import BACKGROUNDS
 from llamavid.train.stage0_vision import Stage0Settings, load_tower, normalise, tiny_vision_config
 
 logger = logging.getLogger(__name__)
 
 TEMPLATE = "synth_v1"
-_WORD_RE = re.compile(r"\w+|[^\w\s]")
-SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>")
-
-
-# Tokenizers -------------------------------------------------------------------------------------------------------
-def synth_corpus(samples: int = 400) -> list[str]:
-    """Every kind of text the synthetic world produces (questions, answers, captions, subtitles, templates)."""
-    texts = [_VICUNA_SYSTEM, "USER: ASSISTANT:", build_long_video_message([""], "")]
-    texts += [" ".join(SHAPES + COLOURS + BACKGROUNDS + SIZES + WORDS + NAMES + QUADRANTS)]
-    texts += [" ".join(options) for options in QUESTION_TYPES.values()]
-    for kind in ("image_qa", "video_qa", "text_qa", "image_caption", "video_caption"):
-        for item in generate_items("train", samples, seed=99, kind=kind):
-            texts += [item.question, item.answer]
-    for item in generate_items("train", 40, seed=99, kind="stage3", episode_frames=200):
-        texts += [item.question, item.answer]
-        texts += [cue.text for cue in item.media.subtitles]
-    return texts
-
-
-def build_llm_tokenizer(out_dir: Path, corpus: Iterable[str]) -> Any:
-    """A word-level tokenizer (one id per synth word or punctuation mark) saved as ``tokenizer.json``.
-
-    Why: the answers are single words; one token per word keeps sequences short (long videos are ~2 tokens per
-    frame plus subtitles) and makes exact-match answers a 1-2 step decode. Unknown words map to ``<unk>``.
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    words = sorted({w for text in corpus for w in _WORD_RE.findall(text)})
-    vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
-    for word in words:
-        vocab.setdefault(word, len(vocab))
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    core.decoder = decoders.WordPiece(
-        prefix="##", cleanup=True
-    )  # joins words with spaces, tidies punctuation
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
-    )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer.save_pretrained(str(out_dir))
-    return tokenizer
-
-
-def build_qformer_vocab(out_dir: Path, corpus: Iterable[str]) -> Any:
-    """A BERT WordPiece vocab: specials, every lower-cased synth word whole, then characters as a fallback."""
-    words = sorted({w for text in corpus for w in _WORD_RE.findall(text.lower())})
-    chars = sorted({c for w in words for c in w})
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
-    tokens += [c for c in chars if c not in tokens] + ["##" + c for c in chars]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "vocab.txt").write_text("\n".join(dict.fromkeys(tokens)) + "\n", encoding="utf-8")
-    tokenizer = load_qformer_tokenizer(out_dir)
-    tokenizer.save_pretrained(str(out_dir))
-    return tokenizer
 
 
 # Model ------------------------------------------------------------------------------------------------------------
