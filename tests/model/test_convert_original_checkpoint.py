@@ -189,7 +189,7 @@ def test_stage1_start_fills_qformer_from_instructblip_file(tmp_path):
 def test_qformer_file_of_another_width_is_refused(tmp_path):
     files = make_official_release(tmp_path, SIZES, with_vlm_att=False)
     # An InstructBLIP file made for a vision tower of another width (its cross-attention and ln_vision are 48 wide).
-    wide = make_official_release(tmp_path / "wide", TinySizes(eva_width=48))
+    wide = make_official_release(tmp_path / "wide", TinySizes(eva_width=48, qformer_feature_width=48))
     with pytest.raises(CheckpointMismatchError, match=r"shape .*expects"):
         _convert(
             {**files, "qformer": wide["qformer"]},

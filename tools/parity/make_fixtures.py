@@ -9,13 +9,20 @@ this repository. The interpreter must be the parity venv of ``tools/parity/READM
 Shim (everything that differs from an unmodified official run, all forced by "tiny, offline, CPU"):
 
 * ``timm``: `shim_timm.install()` (identity drop-path, exact in eval mode).
-* Hard-coded widths: the official code builds EVA at width 1408 / depth 39 / 16 heads / mlp ratio 4.3637, sizes the
-  Q-Former cross-attention for 1408-wide features (``att_feat_size = 1408``) and detects precomputed long-video
-  features by ``shape[-1] > 1000``. A source-level import hook (`_PatchedLoader`) replaces exactly these literals
-  in ``eva_vit.py`` / ``llamavid_arch.py`` by the tiny sizes (each substitution must match exactly once); the
-  replaced expressions are equal to the originals whenever the width is 1408.
-* ``bert-base-uncased``: a local folder of that name in the working directory (tiny `BertConfig`, the tiny test
-  vocab, no weights); `init_bert` loads it instead of downloading. Its weights are replaced by the checkpoint's.
+* Hard-coded widths: the official code builds EVA at width 1408 / depth 39 / 16 heads / mlp ratio 4.3637, sizes a
+  pretrained Q-Former's cross-attention for 1408-wide features (``att_feat_size = 1408``, EVA ViT-g's width) and
+  detects precomputed long-video features by ``shape[-1] > 1000``. A source-level import hook (`_PatchedLoader`)
+  replaces exactly these literals in ``eva_vit.py`` / ``llamavid_arch.py`` by the tiny sizes (each substitution
+  must match exactly once): EVA's width becomes the config's ``mm_hidden_size`` (1408 in every real config), and
+  ``att_feat_size`` the tiny stand-in for 1408 (`TinySizes.qformer_feature_width`, 32). A case whose tower is
+  narrower than 32 (a small EVA-like tower, or the CLIP option) therefore gets the official ``vlm_att_bert_proj``
+  and a 32-wide ``vlm_att_ln``, exactly as a CLIP ViT-L (1024) gets 1024 -> 1408.
+* CLIP tower (``mm_vision_tower`` containing ``OpenAI``): a folder with a tiny random ``CLIPModel`` config, its
+  weights and the openai preprocessor settings at the tiny size; the official code loads it with
+  ``CLIPVisionModel.from_pretrained`` (no hub).
+* ``bert-base-uncased``: a local folder of that name in the working directory (`official_layout.write_bert_folder`:
+  tiny `BertConfig`, the tiny test vocab, no weights); `init_bert` loads it instead of downloading. Its weights are
+  replaced by the checkpoint's.
 * Relative paths of the config (``./model_zoo/LAVIS/eva_vit_g.pth``, ``./llamavid/processor/clip-patch14-S``) are
   created in a temporary working directory; the processor json is the official one with the tiny frame size.
 * `tokenizer_image_token` and `process_images` (LLaVA's `mm_utils`, not in the official repo): stand-ins written
@@ -25,9 +32,11 @@ Shim (everything that differs from an unmodified official run, all forced by "ti
   the checkpoint, with the official loader's own key handling.
 
 Outputs under ``--out``: ``checkpoints/<kind>.safetensors`` (official key names, the exact tensors the official run
-loaded), ``checkpoints/eva_<grid>.safetensors``, ``cases.json`` (per case: config, prompt strings, settings) and
-``<case>.safetensors`` (official ids, QFormer ids, pixels or features, visual tokens, inputs_embeds, logits, greedy
-tokens).
+loaded; ``<kind>_w<width>`` for a tower of another width than 32), ``checkpoints/eva.safetensors`` /
+``eva_w<width>.safetensors`` / ``clip_w<width>.safetensors`` (vision towers), ``cases.json`` (per case: config,
+prompt strings, settings, the CLIP config) and ``<case>.safetensors`` (official ids, QFormer ids, pixels or
+features, visual tokens, inputs_embeds, logits, greedy tokens). ``--cases a b`` regenerates only those cases and
+the files they use, and updates their entries in an existing ``cases.json``.
 """
 
 from __future__ import annotations
@@ -50,11 +59,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import shim_timm  # noqa: E402
 from official_layout import (  # noqa: E402
-    BERT_TOKENIZER,
+    CLIP_TOWER_PATH,
     TinySizes,
+    clip_config,
+    clip_vision_state_dict,
     eva_state_dict,
     official_config,
     official_state_dict,
+    write_bert_folder,
+    write_clip_folder,
     write_official_folder,
 )
 
@@ -71,7 +84,7 @@ SYSTEM = (
 # (file, original, replacement): literal substitutions applied while importing the official modules.
 SUBSTITUTIONS = {
     "eva_vit.py": [
-        ("self.out_channel = 1408", f"self.out_channel = {SIZES.eva_width}"),
+        ("self.out_channel = 1408", "self.out_channel = args.mm_hidden_size"),
         # `load_model` (the LAVIS `create_eva_vit_g` below it has the same literals but is never called)
         (
             "depth=39,\n            num_heads=self.out_channel//88,\n            mlp_ratio=4.3637,",
@@ -80,7 +93,7 @@ SUBSTITUTIONS = {
         ),
     ],
     "llamavid_arch.py": [
-        ("att_feat_size = 1408", "att_feat_size = self.config.mm_hidden_size"),
+        ("att_feat_size = 1408", f"att_feat_size = {SIZES.qformer_feature_width}"),
         ("images[0].shape[-1] > 1000", "images[0].shape[-1] == self.config.mm_hidden_size"),
     ],
 }
@@ -217,7 +230,50 @@ CASES = [
         "question": "what colour is the sky?",
         "prompt": "USER: <image>\nwhat colour is the sky? ASSISTANT:",
     },
+    # A pretrained Q-Former (cross-attention 32 wide, the stand-in for 1408) on towers 24 wide: the official model
+    # inserts vlm_att_bert_proj (24 -> 32) before a 32-wide vlm_att_ln.
+    {
+        "name": "image_pretrain_narrow_eva",
+        "bert_type": "qformer_pretrain",
+        "compress_type": None,
+        "image_size": BASE_SIZE,
+        "media": "image",
+        "tower": "eva",
+        "width": 24,
+        "question": "what shape is in the corner?",
+        "prompt": "USER: <image>\nwhat shape is in the corner? ASSISTANT:",
+    },
+    {
+        "name": "video_pretrain_clip",
+        "bert_type": "qformer_pretrain_freeze",
+        "compress_type": "mean",
+        "image_size": BASE_SIZE,
+        "media": "video",
+        "tower": "clip",
+        "width": 24,
+        "question": "what moves in the clip?",
+        "prompt": "USER: <image>\nwhat moves in the clip? ASSISTANT:",
+    },
 ]
+
+
+def case_sizes(case: dict) -> TinySizes:
+    """Tiny sizes of a case: the default tower is 32 wide; `width` gives another (MLP twice as wide)."""
+    width = case.get("width", SIZES.eva_width)
+    return TinySizes(eva_width=width, eva_mlp=2 * width)
+
+
+def checkpoint_kind(case: dict) -> str:
+    kind = "raw_bert" if "raw" in case["bert_type"] else "qformer_pretrain"
+    width = case.get("width", SIZES.eva_width)
+    return kind if width == SIZES.eva_width else f"{kind}_w{width}"
+
+
+def tower_name(case: dict) -> str:
+    """Fixture name of the case's vision tower file (``eva``, ``eva_w24``, ``clip_w24``)."""
+    width = case.get("width", SIZES.eva_width)
+    tower = case.get("tower", "eva")
+    return tower if tower == "eva" and width == SIZES.eva_width else f"{tower}_w{width}"
 
 
 def long_video_prompt(case: dict) -> str:
@@ -234,13 +290,13 @@ def long_video_prompt(case: dict) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 # Checkpoints
 # ---------------------------------------------------------------------------------------------------------------
-def checkpoint_state(kind: str) -> dict[str, torch.Tensor]:
+def checkpoint_state(kind: str, sizes: TinySizes = SIZES) -> dict[str, torch.Tensor]:
     """Official full-checkpoint tensors as transformers 4.31 saves them (kind: ``qformer_pretrain`` or ``raw_bert``).
 
     ``rotary_emb.inv_freq`` is a persistent buffer in 4.31, saved with its true values; HF BERT's ``position_ids``
     is not persistent in 4.31, so a raw_bert save has none.
     """
-    state = official_state_dict(SIZES, kind)
+    state = official_state_dict(sizes, kind.split("_w")[0])
     head_dim = SIZES.llm_width // SIZES.llm_heads
     inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2).float() / head_dim))
     for key in state:
@@ -251,9 +307,15 @@ def checkpoint_state(kind: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def write_workdir(work: Path, official: Path, eva: dict[str, torch.Tensor], image_size: int) -> None:
-    (work / "model_zoo" / "LAVIS").mkdir(parents=True, exist_ok=True)
-    torch.save(eva, work / "model_zoo" / "LAVIS" / "eva_vit_g.pth")
+def write_workdir(
+    work: Path, official: Path, tower: dict[str, torch.Tensor], image_size: int, clip: dict | None = None
+) -> None:
+    """The relative paths of the official config: vision tower (EVA file or CLIP folder), processor, BERT."""
+    if clip is not None:
+        write_clip_folder(work / CLIP_TOWER_PATH, tower, clip)
+    else:
+        (work / "model_zoo" / "LAVIS").mkdir(parents=True, exist_ok=True)
+        torch.save(tower, work / "model_zoo" / "LAVIS" / "eva_vit_g.pth")
     processor = work / "llamavid" / "processor" / f"clip-patch14-{image_size}"
     processor.mkdir(parents=True, exist_ok=True)
     source = official / "llamavid" / "processor" / "clip-patch14-224"
@@ -261,35 +323,8 @@ def write_workdir(work: Path, official: Path, eva: dict[str, torch.Tensor], imag
     settings = json.loads((source / "preprocessor_config.json").read_text())
     settings.update(size=image_size, crop_size=image_size)
     (processor / "preprocessor_config.json").write_text(json.dumps(settings))
-    bert = work / "bert-base-uncased"
-    if not bert.exists():
-        bert.mkdir()
-        shutil.copy(BERT_TOKENIZER / "vocab.txt", bert / "vocab.txt")
-        (bert / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True}))
-        vocab = len((BERT_TOKENIZER / "vocab.txt").read_text().splitlines())
-        (bert / "config.json").write_text(
-            json.dumps(
-                {
-                    "architectures": ["BertForMaskedLM"],
-                    "model_type": "bert",
-                    "vocab_size": vocab,
-                    "hidden_size": SIZES.qformer_width,
-                    "num_hidden_layers": SIZES.qformer_layers,
-                    "num_attention_heads": SIZES.qformer_overrides["num_attention_heads"],
-                    "intermediate_size": SIZES.qformer_mlp,
-                    "max_position_embeddings": SIZES.qformer_positions,
-                    "hidden_act": "gelu",
-                    "hidden_dropout_prob": 0.1,
-                    "attention_probs_dropout_prob": 0.1,
-                    "layer_norm_eps": 1e-12,
-                    "type_vocab_size": 2,
-                    "initializer_range": 0.02,
-                    "pad_token_id": 0,
-                    "position_embedding_type": "absolute",
-                }
-            )
-        )
-        torch.save({}, bert / "pytorch_model.bin")
+    if not (work / "bert-base-uncased").exists():
+        write_bert_folder(work / "bert-base-uncased", SIZES)
 
 
 def load_official(model_class, folder: Path, official_state: dict[str, torch.Tensor]):
@@ -344,7 +379,7 @@ def run_case(case: dict, model, tokenizer, image_processor) -> tuple[dict[str, t
         frames = len(case["subtitles"])
         g = torch.Generator().manual_seed(11)
         feats = torch.randn(
-            frames, SIZES_PATCHES(case) + 1, SIZES.eva_width, generator=g
+            frames, SIZES_PATCHES(case) + 1, case_sizes(case).eva_width, generator=g
         )  # (T, 1+N, C) with CLS
         tensors["vision_features"] = feats
         images = [feats[:, 1:]]
@@ -412,9 +447,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--official", type=Path, required=True, help="folder holding the official llamavid/")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--cases", nargs="+", default=None, help="regenerate only these cases (default: all)")
     args = parser.parse_args()
     official = args.official.resolve()
     out = args.out.resolve()
+    names = [case["name"] for case in CASES]
+    unknown = sorted(set(args.cases or []) - set(names))
+    if unknown:
+        parser.error(f"unknown cases {unknown}; expected some of {names}")
+    selected = [case for case in CASES if args.cases is None or case["name"] in args.cases]
     torch.manual_seed(0)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -426,33 +467,53 @@ def main() -> None:
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file
 
-    states = {kind: checkpoint_state(kind) for kind in ("qformer_pretrain", "raw_bert")}
-    for kind, state in states.items():
-        save_file(
-            {k: v.contiguous() for k, v in state.items()}, str(out / "checkpoints" / f"{kind}.safetensors")
-        )
-    eva = eva_state_dict(SIZES, grid=BASE_SIZE // SIZES.patch)
-    save_file(eva, str(out / "checkpoints" / "eva.safetensors"))
+    states, towers, clip_configs = {}, {}, {}
+    for case in selected:
+        sizes, kind, tower = case_sizes(case), checkpoint_kind(case), tower_name(case)
+        if kind not in states:
+            states[kind] = checkpoint_state(kind, sizes)
+            save_file(
+                {k: v.contiguous() for k, v in states[kind].items()},
+                str(out / "checkpoints" / f"{kind}.safetensors"),
+            )
+        if tower not in towers:
+            if case.get("tower", "eva") == "clip":
+                clip_configs[tower] = clip_config(sizes, case["image_size"])
+                towers[tower] = clip_vision_state_dict(sizes, case["image_size"])
+            else:
+                towers[tower] = eva_state_dict(sizes, grid=BASE_SIZE // SIZES.patch)
+            save_file(towers[tower], str(out / "checkpoints" / f"{tower}.safetensors"))
 
-    index = {}
+    index_path = out / "cases.json"
+    index = json.loads(index_path.read_text()) if args.cases and index_path.is_file() else {}
     cwd = Path.cwd()
-    for case in CASES:
+    for case in selected:
+        sizes, kind, tower = case_sizes(case), checkpoint_kind(case), tower_name(case)
+        clip = clip_configs.get(tower)
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
             os.chdir(work)
             try:
-                write_workdir(work, official, eva, case["image_size"])
-                kind = "raw_bert" if "raw" in case["bert_type"] else "qformer_pretrain"
+                write_workdir(work, official, towers[tower], case["image_size"], clip)
                 config = official_config(
-                    SIZES,
+                    sizes,
                     case["bert_type"],
                     case["compress_type"],
                     case["image_size"],
                     case.get("rope_scaling"),
+                    case.get("tower", "eva"),
                 )
                 folder = work / "llama-vid-tiny"
                 write_official_folder(folder, states[kind], config, num_shards=2, fmt="bin")
                 model, tokenizer, image_processor = load_official(model_class, folder, states[kind])
+                if "pretrain" in case["bert_type"] and sizes.eva_width != sizes.qformer_feature_width:
+                    # The layout under test: the official model built the projection and the wide LayerNorm.
+                    inner = model.get_model()
+                    assert inner.vlm_att_bert_proj.weight.shape == (
+                        sizes.qformer_feature_width,
+                        sizes.eva_width,
+                    )
+                    assert inner.vlm_att_ln.weight.shape == (sizes.qformer_feature_width,)
                 tensors, meta = run_case(case, model, tokenizer, image_processor)
             finally:
                 os.chdir(cwd)
@@ -460,14 +521,20 @@ def main() -> None:
             {k: v.detach().clone().contiguous() for k, v in tensors.items()},
             str(out / f"{case['name']}.safetensors"),
         )
-        index[case["name"]] = {**case, **meta, "checkpoint": kind, "official_config": config}
+        entry = {**case, **meta, "checkpoint": kind, "official_config": config}
+        if case.get("tower", "eva") != "eva" or tower != "eva":
+            entry["vision_tower"] = tower
+        if clip is not None:
+            entry["clip_config"] = clip
+        index[case["name"]] = entry
         print(
             case["name"],
             {k: tuple(v.shape) for k, v in tensors.items()},
             "greedy",
             tensors["greedy_tokens"].tolist(),
         )
-    (out / "cases.json").write_text(json.dumps(index, indent=2) + "\n")
+    ordered = {name: index[name] for name in names if name in index}
+    index_path.write_text(json.dumps(ordered, indent=2) + "\n")
 
 
 if __name__ == "__main__":
