@@ -13,6 +13,7 @@ from typing import TypeVar
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
+from transformers.models.clip.configuration_clip import CLIPVisionConfig
 from transformers.models.instructblip.configuration_instructblip import (
     InstructBlipQFormerConfig,
     InstructBlipVisionConfig,
@@ -78,6 +79,47 @@ def parse_bert_type(value: str) -> tuple[str, int | None]:
     return variant, layers
 
 
+def check_text_config(text_config: PreTrainedConfig) -> None:
+    """Refuse an LLM config LLaMA-VID cannot wrap, naming its family (docs/llms.md).
+
+    Any decoder-only family transformers builds with `AutoModelForCausalLM` works: its base model (`AutoModel`)
+    takes ``inputs_embeds``, which is where the visual tokens go. Encoder-decoder families and multimodal configs
+    (whose text model is a nested ``text_config``) cannot be the language model.
+    """
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+        MODEL_MAPPING_NAMES,
+    )
+
+    family = getattr(text_config, "model_type", None) or type(text_config).__name__
+    if family == "llama_vid":
+        raise InvalidInputError("text_config is itself a LLaMA-VID config; give the LLM's config.")
+    if getattr(text_config, "is_encoder_decoder", False):
+        raise InvalidInputError(
+            f"text_config is the encoder-decoder family {family!r}; LLaMA-VID needs a decoder-only causal LM "
+            "(e.g. llama, qwen2, qwen3, mistral, phi3)."
+        )
+    if family in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        # BERT-like encoders are listed as causal LMs too, but only run causally as cross-attention decoders.
+        raise InvalidInputError(
+            f"text_config is the encoder family {family!r}; LLaMA-VID needs a decoder-only causal LM "
+            "(e.g. llama, qwen2, qwen3, mistral, phi3)."
+        )
+    nested = text_config.get_text_config(decoder=True)
+    if nested is not text_config:
+        raise InvalidInputError(
+            f"text_config is the multimodal family {family!r}; use its language model's config "
+            f"({getattr(nested, 'model_type', 'its text_config')!r}) as text_config."
+        )
+    if family not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or family not in MODEL_MAPPING_NAMES:
+        raise InvalidInputError(
+            f"text_config has model_type {family!r}, which transformers cannot build as a causal LM "
+            "(AutoModelForCausalLM); LLaMA-VID needs a decoder-only LLM family such as llama, qwen2, qwen3, "
+            "mistral or phi3."
+        )
+
+
 _Config = TypeVar("_Config", bound=PreTrainedConfig)
 
 
@@ -99,9 +141,12 @@ class LlamaVidConfig(PreTrainedConfig):
     r"""Configuration for [`LlamaVidForConditionalGeneration`].
 
     Args:
-        vision_config: EVA ViT-g settings (an `InstructBlipVisionConfig`; 39 blocks, width 1408, patch 14).
+        vision_config: the vision tower: EVA ViT-g (an `InstructBlipVisionConfig`, the default; 39 blocks, width
+            1408, patch 14) or CLIP ViT (a `CLIPVisionConfig`, ``model_type: "clip_vision_model"``; the official
+            CLIP option). Either builds exactly `num_hidden_layers` layers and no final norm: for CLIP that is the
+            official ``mm_vision_select_layer`` (-2 on a 24-layer ViT-L -> 23 layers).
         qformer_config: the text decoder (BERT-base Q-Former, `InstructBlipQFormerConfig`, vocab 30523 with
-            `[DEC]`). Its `encoder_hidden_size` is forced to the vision width.
+            `[DEC]`). Its `encoder_hidden_size` is forced to `qformer_feature_width`.
         text_config: the LLM (any causal LM config; Llama/Vicuna by default).
         num_query: number of learned Q-Former queries (32 in every release).
         bert_type: text decoder variant: `qformer`, `qformer_pretrain`, `qformer_pretrain_freeze`,
@@ -120,6 +165,11 @@ class LlamaVidConfig(PreTrainedConfig):
         features_qformer_sees_cls: the same for precomputed frame features that carry CLS. `True` keeps cached
             features numerically identical to pixels; the converted official long-video checkpoint sets `False`
             because its long-video path drops CLS before the Q-Former.
+        qformer_input_width: width of the features a Q-Former variant cross-attends to; `None` (default) is the
+            vision width. When it differs, a Linear `vlm_att_bert_proj` (vision width -> this width) runs before
+            `vlm_att_ln`, which is then this wide: the official layout of a pretrained Q-Former (1408, EVA ViT-g's
+            width) on a tower of another width, such as CLIP ViT-L (1024). Not used by `raw_bert`, whose
+            projection always maps to its own hidden size.
         frame_chunk_size: frames encoded per chunk by the vision tower and the Q-Former; bounds activation memory
             on long videos and gives identical tokens for any value.
         image_token_index: placeholder id (-200) for visual positions in `input_ids`.
@@ -127,7 +177,8 @@ class LlamaVidConfig(PreTrainedConfig):
 
     model_type = "llama_vid"
     sub_configs_defaults = {
-        "vision_config": SubConfigSpec(config_class=InstructBlipVisionConfig),
+        # EVA (InstructBLIP's vision config) unless the dict names another type (`clip_vision_model`).
+        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="instructblip_vision_model"),
         "qformer_config": SubConfigSpec(
             config_class=InstructBlipQFormerConfig, init_kwargs={"vocab_size": 30523}
         ),
@@ -145,6 +196,7 @@ class LlamaVidConfig(PreTrainedConfig):
     mm_projector_type: str = "mlp2x_gelu"
     qformer_sees_cls: bool = True
     features_qformer_sees_cls: bool = True
+    qformer_input_width: int | None = None
     frame_chunk_size: int = 64
     image_token_index: int = IMAGE_TOKEN_INDEX
     initializer_range: float = 0.02
@@ -155,18 +207,28 @@ class LlamaVidConfig(PreTrainedConfig):
             # BERT-uncased plus the added "[DEC]" token, also when only other fields are given.
             self.qformer_config = {"vocab_size": 30523, **self.qformer_config}
         super().__post_init__(**kwargs)
-        # The Q-Former cross-attends to EVA features of the vision width (the official `att_feat_size`).
-        self.qformer.encoder_hidden_size = self.vision.hidden_size
+        # The Q-Former cross-attends to features of this width (the official `att_feat_size`).
+        self.qformer.encoder_hidden_size = self.qformer_feature_width
         if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
             self.tie_word_embeddings = True
         self._check_settings()
 
     def _check_settings(self) -> None:
         """Reject settings the model cannot build with a `ValueError` naming the allowed values."""
+        check_text_config(self.text)
         parse_compress_type(self.compress_type)
         if self.image_compress_type != "same":
             parse_compress_type(self.image_compress_type)
-        parse_bert_type(self.bert_type)
+        variant, _ = parse_bert_type(self.bert_type)
+        self.vision  # noqa: B018  (raises for a vision config that is neither EVA nor CLIP)
+        width = self.qformer_input_width
+        if width is not None and (not isinstance(width, int) or width < 1):
+            raise InvalidInputError(f"qformer_input_width must be a positive integer or None, got {width!r}.")
+        if variant == "raw_bert" and width not in (None, self.vision.hidden_size):
+            raise InvalidInputError(
+                f"qformer_input_width={width} does not apply to bert_type {self.bert_type!r}: raw_bert always "
+                "projects the vision features to its own hidden size. Leave it unset."
+            )
         if not (
             self.mm_projector_type in ("linear", "identity") or _PROJECTOR_RE.match(self.mm_projector_type)
         ):
@@ -209,9 +271,24 @@ class LlamaVidConfig(PreTrainedConfig):
     # The fields accept a dict, a config or None when the config is built; `__post_init__` always leaves a
     # config there. These views say so to type checkers and check it at run time.
     @property
-    def vision(self) -> InstructBlipVisionConfig:
-        """`vision_config` as the `InstructBlipVisionConfig` it always is after construction."""
-        return _sub_config(self.vision_config, InstructBlipVisionConfig, "vision_config")
+    def vision(self) -> InstructBlipVisionConfig | CLIPVisionConfig:
+        """`vision_config`: an `InstructBlipVisionConfig` (EVA) or a `CLIPVisionConfig` after construction."""
+        if not isinstance(self.vision_config, InstructBlipVisionConfig | CLIPVisionConfig):
+            raise InvalidTypeError(
+                "vision_config must be an InstructBlipVisionConfig (EVA) or a CLIPVisionConfig (CLIP), got "
+                f"{type(self.vision_config).__name__}."
+            )
+        return self.vision_config
+
+    @property
+    def vision_tower_type(self) -> str:
+        """``"clip"`` for a CLIP ViT tower, ``"eva"`` for EVA ViT-g."""
+        return "clip" if isinstance(self.vision, CLIPVisionConfig) else "eva"
+
+    @property
+    def qformer_feature_width(self) -> int:
+        """Width of what a Q-Former variant cross-attends to: `qformer_input_width`, or the vision width."""
+        return self.qformer_input_width or self.vision.hidden_size
 
     @property
     def qformer(self) -> InstructBlipQFormerConfig:
@@ -262,4 +339,11 @@ class LlamaVidConfig(PreTrainedConfig):
         return int(self.context_token) + self.content_tokens_per_frame(is_image)
 
 
-__all__ = ["LlamaVidConfig", "IMAGE_TOKEN_INDEX", "IGNORE_INDEX", "parse_compress_type", "parse_bert_type"]
+__all__ = [
+    "LlamaVidConfig",
+    "IMAGE_TOKEN_INDEX",
+    "IGNORE_INDEX",
+    "check_text_config",
+    "parse_compress_type",
+    "parse_bert_type",
+]

@@ -329,6 +329,18 @@ class LlamaVidRawBertDecoder(nn.Module):
         ).last_hidden_state
 
 
+def llm_embedding_name(language_model: PreTrainedModel, prefix: str = "model.language_model") -> str:
+    """Full module name of the LLM's input embedding table (``model.language_model.embed_tokens`` for Llama)."""
+    table = language_model.get_input_embeddings()
+    for name, module in language_model.named_modules():
+        if module is table:
+            return f"{prefix}.{name}"
+    raise LlamaVidRuntimeError(
+        f"{type(language_model).__name__}.get_input_embeddings() is not one of its modules; LLaMA-VID writes the "
+        "visual tokens into that table's output and cannot use this LLM."
+    )
+
+
 class LlamaVidPreTrainedModel(PreTrainedModel):
     config_class = LlamaVidConfig
     config: LlamaVidConfig
@@ -968,6 +980,10 @@ class LlamaVidForConditionalGeneration(LlamaVidPreTrainedModel, GenerationMixin)
         super().__init__(config)
         self.model = LlamaVidModel(config)
         self.lm_head = nn.Linear(config.text.hidden_size, config.text.vocab_size, bias=False)
+        # The embedding table's name is the LLM family's (`embed_tokens`, GPT-2's `wte`, ...): tie to that one.
+        self._tied_weights_keys = {
+            "lm_head.weight": f"{llm_embedding_name(cast(PreTrainedModel, self.model.language_model))}.weight"
+        }
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
