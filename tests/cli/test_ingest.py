@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -93,9 +94,13 @@ def test_ingest_json_then_hit_then_info(tmp_path: Path, model_dir: Path, media: 
     payload = json.loads(first.stdout)
     assert payload["frames"] == 20 and payload["visual_tokens"] == 40 and not payload["cache_hit"]
     assert payload["feature_shape"] == [17, 32] and payload["subtitled_frames"] == 1
+    stages = payload["stages"]
+    assert [stage["frames"] for stage in stages["stages"].values()] == [20] * 4
+    assert stages["bound"] in stages["stages"] and stages["threaded"]
 
     second = run_cli(*args, "--json")
     assert second.returncode == 0 and json.loads(second.stdout)["cache_hit"] is True
+    assert json.loads(second.stdout)["stages"] is None
 
     info = run_cli("ingest", "--info", "--json", "--cache-dir", cache)
     entries = json.loads(info.stdout)["entries"]
@@ -155,6 +160,19 @@ def test_ingest_uses_the_embedded_model_by_default(
     assert code == 0 and json.loads(capsys.readouterr().out)["feature_cache"] == result["digest"]
 
 
+def test_ingest_prints_frames_per_second_of_each_stage(
+    tmp_path: Path, media: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["ingest", str(media["good"]), "--cache-dir", str(tmp_path), "--quiet"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("cached: ")
+    assert re.fullmatch(
+        r"decode [\d.]+ f/s · preprocess [\d.]+ f/s · encode [\d.]+ f/s · write [\d.]+ f/s — bound: "
+        r"(decode|preprocess|encode|write)",
+        lines[-1],
+    ), lines
+
+
 def test_info_on_empty_cache(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["ingest", "--info", "--cache-dir", str(tmp_path / "none")]) == 0
     assert "0 entries" in capsys.readouterr().out
@@ -197,7 +215,7 @@ def test_full_disk_is_one_line_keeps_finished_chunks_and_resumes(
 
     import llamavid.data.feature_cache as feature_cache
 
-    real_write = feature_cache._atomic_write_bytes
+    real_write = feature_cache.atomic_write_bytes
 
     def disk_full_after_first_chunk(path: Path, data: bytes) -> None:
         if path.name.startswith("chunk_") and path.name != "chunk_00000.safetensors":
@@ -207,7 +225,7 @@ def test_full_disk_is_one_line_keeps_finished_chunks_and_resumes(
     cache = tmp_path / "cache"
     args = ["ingest", str(two_chunk_video), "--fps", "4", "--cache-dir", str(cache), "--json", "-q"]
     with monkeypatch.context() as patch:
-        patch.setattr(feature_cache, "_atomic_write_bytes", disk_full_after_first_chunk)
+        patch.setattr(feature_cache, "atomic_write_bytes", disk_full_after_first_chunk)
         assert main(args) == 2
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()

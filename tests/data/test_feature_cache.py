@@ -237,7 +237,7 @@ def test_write_failure_names_the_cache_and_keeps_finished_chunks(
 ) -> None:
     import llamavid.data.feature_cache as feature_cache
 
-    real_write = feature_cache._atomic_write_bytes
+    real_write = feature_cache.atomic_write_bytes
 
     def failing(path: Path, data: bytes) -> None:
         if path.name == "chunk_00002.safetensors":
@@ -246,7 +246,7 @@ def test_write_failure_names_the_cache_and_keeps_finished_chunks(
 
     cache = FeatureCache(tmp_path, chunk_frames=8)
     with monkeypatch.context() as patch:
-        patch.setattr(feature_cache, "_atomic_write_bytes", failing)
+        patch.setattr(feature_cache, "atomic_write_bytes", failing)
         with pytest.raises(CacheWriteError) as caught:
             cache.ingest(clip, FakeEncoder(), fps=2)
     message = str(caught.value)

@@ -198,6 +198,8 @@ def run(args: argparse.Namespace) -> int:
         "visual_tokens": sum(processor.visual_block_lengths(entry.num_frames)),
         "subtitled_frames": sum(bool(t) for t in entry.frame_texts),
         "seconds": round(report.seconds, 2),
+        # frames/s per pipeline stage and the stage that bounded the run; None when nothing was encoded
+        "stages": report.stages.to_dict() if report.stages is not None else None,
     }
     if args.json:
         print(json.dumps(result))
@@ -209,6 +211,8 @@ def run(args: argparse.Namespace) -> int:
         )
         if report.reused_chunks:
             print(f"resumed: {report.reused_chunks} chunks reused, {report.encoded_chunks} encoded")
+        if report.stages is not None and report.stages.frames:
+            print(report.stages.describe())
     return 0
 
 

@@ -43,6 +43,7 @@ import numpy as np
 from llamavid.errors import InvalidInputError, LlamaVidError
 
 from .errors import VideoDecodeError
+from .pipeline import DEFAULT_QUEUE_DEPTH, PipelineItem, PipelineStats, run_pipeline
 from .subtitles import SubtitleCue, SubtitleTrack, align_subtitles, read_subtitles
 from .video import Frames, VideoInfo, inspect_video, iter_video_frames
 
@@ -56,6 +57,8 @@ __all__ = [
     "CacheWriteError",
     "FeatureCache",
     "FrameEncoderLike",
+    "IngestReport",
+    "atomic_write_bytes",
     "checkpoint_sha256",
     "default_cache_root",
     "expected_frames",
@@ -94,7 +97,12 @@ _NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
 class FrameEncoderLike(Protocol):
-    """What :meth:`FeatureCache.ingest` needs from an encoder (duck-typed so this module stays model-free)."""
+    """What :meth:`FeatureCache.ingest` needs from an encoder (duck-typed so this module stays model-free).
+
+    An encoder that also has ``preprocess(frames) -> pixels`` and ``encode(pixels) -> features`` (with
+    ``__call__`` equal to ``encode(preprocess(frames))``, as ``llamavid.inference.media.FrameEncoder``) gets
+    the two as separate pipeline stages running at once; otherwise ``__call__`` is the encode stage.
+    """
 
     encoder_id: str
     preprocessing_id: str
@@ -230,8 +238,13 @@ class CacheKey:
 # Atomic writes.
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then ``os.replace``: readers see old or new, never half."""
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, then ``os.replace``: readers see old or new, never half.
+
+    Raises the `OSError` of a failed write (the temp file is removed); `FeatureCache` methods turn it into a
+    `CacheWriteError` saying what to do.
+    """
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -242,6 +255,10 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# The name other modules used before `atomic_write_bytes` was public; kept until they have switched.
+_atomic_write_bytes = atomic_write_bytes
 
 
 def _mib(size: float) -> str:
@@ -459,7 +476,17 @@ class _RepairImpossibleError(LlamaVidError):
 
 @dataclass
 class IngestReport:
-    """What :meth:`FeatureCache.ingest` did (for the CLI's ``--json``)."""
+    """What :meth:`FeatureCache.ingest` did (for the CLI's ``--json``).
+
+    Attributes:
+        entry: the complete entry.
+        hit: it was complete already (nothing decoded or encoded).
+        encoded_chunks / reused_chunks: chunks written by this run / kept from an earlier one.
+        seconds: wall time.
+        miss_reason: why the entry could not be used as it was.
+        stages: frames/s of decode, preprocess, encode and write, and the stage that bounded the run
+            (``stages.describe()``); None on a hit.
+    """
 
     entry: CacheEntry
     hit: bool
@@ -467,23 +494,40 @@ class IngestReport:
     reused_chunks: int
     seconds: float
     miss_reason: str | None = None
+    stages: PipelineStats | None = None
 
 
 class FeatureCache:
     """Feature cache rooted at `root` (default :func:`default_cache_root`).
 
+    Ingestion runs decode → preprocess → encode → write as a pipeline (`llamavid.data.pipeline`): each stage in
+    its own thread, joined by bounded queues, so memory is bounded by ``queue_depth`` and the batch size, not
+    by the video's length, and the report says which stage bounded the run.
+
     Args:
         root: cache folder; created on first write.
         chunk_frames: frames per chunk file. Bounds both the work lost to an interruption and read memory.
+        queue_depth: encoder batches each queue between two stages holds.
+        pipelined: False runs the same stages one after another in the calling thread (the sequential
+            reference the tests and ``benchmarks/ingestion.py`` compare with); the stored entry is the same.
     """
 
     def __init__(
-        self, root: str | os.PathLike[str] | None = None, *, chunk_frames: int = DEFAULT_CHUNK_FRAMES
+        self,
+        root: str | os.PathLike[str] | None = None,
+        *,
+        chunk_frames: int = DEFAULT_CHUNK_FRAMES,
+        queue_depth: int = DEFAULT_QUEUE_DEPTH,
+        pipelined: bool = True,
     ) -> None:
         if chunk_frames < 1:
             raise InvalidInputError(f"chunk_frames must be at least 1, got {chunk_frames}.")
+        if queue_depth < 1:
+            raise InvalidInputError(f"queue_depth must be at least 1, got {queue_depth}.")
         self.root = Path(root).expanduser() if root is not None else default_cache_root()
         self.chunk_frames = int(chunk_frames)
+        self.queue_depth = int(queue_depth)
+        self.pipelined = bool(pipelined)
 
     def entry_path(self, key: CacheKey | str) -> Path:
         return self.root / (key if isinstance(key, str) else key.digest)
@@ -704,6 +748,162 @@ class FeatureCache:
         """Delete an entry folder (complete or not)."""
         shutil.rmtree(self.entry_path(key), ignore_errors=True)
 
+    # Writing an entry piece by piece ---------------------------------------------------------------------------
+    # What ingestion itself uses, public for writers that produce features elsewhere (Ray encoder actors, live
+    # sessions). The order keeps every entry atomic and resumable: `begin_entry`, then for each chunk
+    # `write_chunk` and `write_progress`, and `finish_entry` last.
+    def begin_entry(self, key: CacheKey) -> list[dict[str, Any]]:
+        """Make `key`'s entry folder ready for chunk writes; return the finished chunks of an interrupted run.
+
+        A complete sidecar left there (stale or corrupted) is removed first, so until :meth:`finish_entry`
+        readers see an unfinished entry, never a complete one whose chunks change under them. The returned
+        chunk records (as :meth:`write_chunk` made them) are verified against their sha256; the first bad one
+        and everything after it are dropped, to be written again.
+
+        Raises:
+            CacheWriteError: the folder cannot be created.
+        """
+        path = self.entry_path(key)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise _write_error(self.root, path, 0, error) from error
+        (path / _META).unlink(missing_ok=True)
+        return self._resumable_chunks(path, key)
+
+    def write_chunk(
+        self,
+        entry: CacheKey | str,
+        index: int,
+        features: Any,
+        timestamps: Any,
+        *,
+        frames_left: int | None = None,
+    ) -> dict[str, Any]:
+        """Store chunk `index` of an entry, atomically, and return its record.
+
+        Args:
+            entry: the entry's key or digest (its folder is created if needed).
+            index: the chunk's position in the entry; it names the file (``chunk_00007.safetensors``).
+            features: ``(t, 1+N, C)`` features, a torch tensor or numpy array; stored as float16.
+            timestamps: ``(t,)`` seconds of the chunk's frames.
+            frames_left: frames still to store after this chunk, to say how much room a full disk lacks.
+
+        Returns:
+            ``file``, ``start``, ``frames``, ``bytes`` and ``sha256`` (what the sidecar lists per chunk), plus
+            ``timestamps`` and ``feature_shape`` (what the progress file also keeps, to resume).
+
+        Raises:
+            InvalidInputError: features that are not ``(t, tokens, channels)`` with one row per timestamp.
+            CacheWriteError: the cache cannot take the write (a full disk); earlier chunks stay valid.
+        """
+        from safetensors.numpy import save
+
+        array = _to_fp16_numpy(features)
+        times = np.ascontiguousarray(timestamps, dtype=np.float64).reshape(-1)
+        if array.shape[0] != len(times) or not len(times):
+            raise InvalidInputError(
+                f"a cache chunk needs one feature row per timestamp, got {array.shape[0]} rows for "
+                f"{len(times)} timestamps."
+            )
+        data = save(
+            {"features": array, "timestamps": times}, metadata={"format_version": str(FORMAT_VERSION)}
+        )
+        path = self.entry_path(entry)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise _write_error(self.root, path, len(data), error) from error
+        name = _chunk_name(index)
+        remaining = None if frames_left is None else len(data) * frames_left // len(times)
+        self._write(path / name, data, remaining=remaining)
+        return {
+            "file": name,
+            "start": float(times[0]),
+            "frames": len(times),
+            "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "timestamps": [float(t) for t in times],
+            "feature_shape": [int(array.shape[1]), int(array.shape[2])],
+        }
+
+    def write_progress(
+        self, key: CacheKey, source: Mapping[str, Any], chunks: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """Record the finished chunks (records from :meth:`write_chunk`, in order) of an entry being written.
+
+        Atomic. :meth:`begin_entry` resumes from it after an interruption. `source` describes the video
+        (``path``, ``sha256``, ``bytes``).
+        """
+        progress = {"format_version": FORMAT_VERSION, "key": key.to_dict(), "source": dict(source)}
+        self._write_json(self.entry_path(key) / _PROGRESS, {**progress, "chunks": list(chunks)})
+
+    def finish_entry(
+        self,
+        key: CacheKey,
+        source: Mapping[str, Any],
+        chunks: Sequence[Mapping[str, Any]],
+        *,
+        duration: float | None,
+        subtitles: Mapping[str, Any] | None = None,
+    ) -> CacheEntry:
+        """Commit an entry: write its sidecar with ``complete: true`` (the last, atomic step), drop the progress.
+
+        Args:
+            key: the entry's key.
+            source: the video (``path``, ``sha256``, ``bytes``).
+            chunks: every chunk's record from :meth:`write_chunk` (or :meth:`begin_entry`), in order.
+            duration: the video's length in seconds.
+            subtitles: the sidecar's ``subtitles`` block, if any.
+        """
+        if not chunks:
+            raise InvalidInputError(f"cache entry {self.entry_path(key)}: an entry needs at least one chunk.")
+        timestamps = [float(t) for chunk in chunks for t in chunk["timestamps"]]
+        records = [_sidecar_chunk(chunk) for chunk in chunks]
+        meta: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "digest": key.digest,
+            "key": key.to_dict(),
+            "source": dict(source),
+            "encoder_id": key.encoder_id,
+            "preprocessing_id": key.preprocessing_id,
+            "fps": key.fps,
+            "duration": duration,
+            "num_frames": len(timestamps),
+            "feature_shape": list(chunks[0]["feature_shape"]),
+            "dtype": "float16",
+            "timestamps": timestamps,
+            "subtitles": dict(subtitles) if subtitles is not None else None,
+            "chunks": records,
+            "complete": True,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        path = self.entry_path(key)
+        self._write_json(path / _META, meta)
+        (path / _PROGRESS).unlink(missing_ok=True)
+        entry = CacheEntry(path, meta)
+        entry._verified.update(c["file"] for c in records)  # written from memory, or hashed on resume
+        return entry
+
+    def read_sidecar(self, entry: CacheKey | str) -> dict[str, Any]:
+        """An entry's ``meta.json`` as stored, without checking it (:meth:`open` checks an entry for use).
+
+        Raises:
+            CacheEntryError: no sidecar, or not a readable JSON object.
+        """
+        return _read_json(self.entry_path(entry) / _META)
+
+    def write_sidecar(self, entry: CacheKey | str, meta: Mapping[str, Any]) -> None:
+        """Replace an entry's ``meta.json`` atomically (readers see the old or the new one, never half).
+
+        For writers that keep a sidecar up to date themselves (live sessions, chunk repairs); a sidecar with
+        ``complete: true`` must list only chunks already written.
+
+        Raises:
+            CacheWriteError: the cache cannot take the write.
+        """
+        self._write_json(self.entry_path(entry) / _META, meta)
+
     # Internals ----------------------------------------------------------------------------------------------
     def _ensure(
         self,
@@ -725,7 +925,7 @@ class FeatureCache:
             entry._verified.update(c["file"] for c in entry.meta["chunks"])
             if cues is not None:
                 entry.meta["subtitles"] = self._subtitle_meta(cues, subtitle_source, entry.timestamps, info)
-                self._write_json(entry.path / _META, entry.meta)
+                self.write_sidecar(key, entry.meta)
             if progress:
                 progress(entry.num_frames, entry.num_frames)
             return IngestReport(entry, True, 0, 0, time.perf_counter() - start)
@@ -777,38 +977,39 @@ class FeatureCache:
                 cues, subtitle_source, np.asarray(meta["timestamps"]), info
             )
         offsets = np.concatenate([[0], np.cumsum([int(c["frames"]) for c in chunks])]).tolist()
-        # Every chunk but the last holds the chunk size the entry was written with.
-        chunk_frames = int(chunks[0]["frames"])
-        last_bad = max(bad)
+        recorded = {index: meta["timestamps"][offsets[index] : offsets[index + 1]] for index in bad}
         repaired = 0
-        decoded = iter_video_frames(
-            video, fps=key.fps, num_frames=key.num_frames, max_frames=key.max_frames, chunk_size=chunk_frames
+
+        def other_frames(index: int) -> LlamaVidError:
+            return _RepairImpossibleError(
+                f"cache entry {path}: {video} now decodes to other frames for chunk {index}"
+            )
+
+        def write(index: int, features: np.ndarray, timestamps: np.ndarray) -> None:
+            nonlocal repaired
+            if [int(features.shape[1]), int(features.shape[2])] != [int(n) for n in meta["feature_shape"]]:
+                raise _RepairImpossibleError(
+                    f"cache entry {path}: the encoder now gives features of shape {list(features.shape[1:])}"
+                )
+            record = self.write_chunk(key, index, features, timestamps)
+            chunks[index] = _sidecar_chunk(record)
+            self.write_sidecar(key, meta)
+            repaired += 1
+            if progress:
+                progress(int(offsets[index + 1]), int(meta["num_frames"]))
+
+        decoded = _Decoded(duration=info.duration)
+        batches = self._decode_batches(
+            video,
+            key,
+            batch_size,
+            decoded,
+            recorded=recorded,
+            wanted=bad,
+            stop_after=max(bad),
+            mismatch=other_frames,
         )
-        try:
-            for index, frames in enumerate(decoded):
-                if index not in bad:
-                    continue
-                recorded = meta["timestamps"][offsets[index] : offsets[index + 1]]
-                if len(frames) != len(recorded) or not np.allclose(frames.timestamps, recorded, atol=1e-6):
-                    raise _RepairImpossibleError(
-                        f"cache entry {path}: {video} now decodes to other frames for chunk {index}"
-                    )
-                record = self._encode_chunk(path, index, frames, encoder, batch_size)
-                if record["feature_shape"] != [int(n) for n in meta["feature_shape"]]:
-                    raise _RepairImpossibleError(
-                        f"cache entry {path}: the encoder now gives features of shape {record['feature_shape']}"
-                    )
-                chunks[index] = {k: v for k, v in record.items() if k not in ("timestamps", "feature_shape")}
-                self._write_json(path / _META, meta)
-                repaired += 1
-                if progress:
-                    progress(int(offsets[index + 1]), int(meta["num_frames"]))
-                if index == last_bad:
-                    break  # the chunks after it are sound: stop decoding
-        finally:
-            close = getattr(decoded, "close", None)
-            if close is not None:
-                close()  # releases the container now rather than when the generator is collected
+        stats = self._run_pipeline(batches, encoder, write)
         if repaired != len(bad):
             raise _RepairImpossibleError(
                 f"cache entry {path}: {video} gave fewer chunks than the entry holds ({len(chunks)})"
@@ -818,7 +1019,7 @@ class FeatureCache:
         logger.info("repaired %s: %d chunks re-encoded, %d kept", path, repaired, len(chunks) - repaired)
         problems = f"{len(bad)} bad chunk(s): {report.bad_chunks[0].problem}"
         return IngestReport(
-            entry, False, repaired, len(chunks) - repaired, time.perf_counter() - start, problems
+            entry, False, repaired, len(chunks) - repaired, time.perf_counter() - start, problems, stats
         )
 
     def _encode(
@@ -836,92 +1037,156 @@ class FeatureCache:
     ) -> IngestReport:
         """Encode the whole entry, resuming the finished chunks of an interrupted run with the same key."""
         path = self.entry_path(key)
-        fps, num_frames, max_frames = key.fps, key.num_frames, key.max_frames
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise _write_error(self.root, path, 0, error) from error
-        if (path / _META).exists():  # stale/corrupt complete entry: demote it before rewriting chunks
-            (path / _META).unlink()
+        done = self.begin_entry(key)
         source = {
             "path": os.path.abspath(os.fspath(video)),
             "sha256": key.video_sha256,
             "bytes": os.path.getsize(video),
         }
-        done = self._resumable_chunks(path, key)
-        expected = expected_frames(info, fps=fps, num_frames=num_frames, max_frames=max_frames)
+        expected = expected_frames(info, fps=key.fps, num_frames=key.num_frames, max_frames=key.max_frames)
         chunks: list[dict[str, Any]] = list(done)
-        timestamps: list[float] = [t for c in done for t in c["timestamps"]]
-        encoded = 0
-        feature_shape: list[int] | None = done[0]["feature_shape"] if done else None
-        duration = info.duration
-        for index, frames in enumerate(
-            iter_video_frames(
-                video, fps=fps, num_frames=num_frames, max_frames=max_frames, chunk_size=self.chunk_frames
+        frames_done = sum(len(c["timestamps"]) for c in done)
+
+        def differ(index: int) -> LlamaVidError:
+            return VideoDecodeError(
+                f"{video}: decoded timestamps differ from the interrupted run's; delete {path} and retry.",
+                video,
             )
-        ):
-            duration = frames.duration
-            if index < len(done):
-                if not np.allclose(frames.timestamps, done[index]["timestamps"], atol=1e-6):
-                    raise VideoDecodeError(
-                        f"{video}: decoded timestamps differ from the interrupted run's; delete {path} and retry.",
-                        video,
-                    )
-                continue
-            left = None if expected is None else max(expected - len(timestamps) - len(frames), 0)
-            record = self._encode_chunk(path, index, frames, encoder, batch_size, frames_left=left)
-            feature_shape = record["feature_shape"]
-            chunks.append(record)
-            timestamps.extend(record["timestamps"])
-            encoded += 1
-            self._write_json(
-                path / _PROGRESS,
-                {"format_version": FORMAT_VERSION, "key": key.to_dict(), "source": source, "chunks": chunks},
-            )
+
+        def write(index: int, features: np.ndarray, timestamps: np.ndarray) -> None:
+            nonlocal frames_done
+            left = None if expected is None else max(expected - frames_done - len(timestamps), 0)
+            chunks.append(self.write_chunk(key, index, features, timestamps, frames_left=left))
+            frames_done += len(timestamps)
+            self.write_progress(key, source, chunks)
             if progress:
-                progress(len(timestamps), expected)
+                progress(frames_done, expected)
+
+        decoded = _Decoded(duration=info.duration)
+        batches = self._decode_batches(
+            video,
+            key,
+            batch_size,
+            decoded,
+            recorded={index: chunk["timestamps"] for index, chunk in enumerate(done)},
+            wanted=lambda index: index >= len(done),
+            stop_after=None,
+            mismatch=differ,
+        )
+        stats = self._run_pipeline(batches, encoder, write)
         if not chunks:
             raise VideoDecodeError(f"{video}: no frames could be sampled from the video.", video)
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "digest": key.digest,
-            "key": key.to_dict(),
-            "source": source,
-            "encoder_id": key.encoder_id,
-            "preprocessing_id": key.preprocessing_id,
-            "fps": key.fps,
-            "duration": duration,
-            "num_frames": len(timestamps),
-            "feature_shape": feature_shape,
-            "dtype": "float16",
-            "timestamps": timestamps,
-            "subtitles": self._subtitle_meta(cues, subtitle_source, np.asarray(timestamps), info)
-            if cues is not None
-            else None,
-            "chunks": [
-                {k: v for k, v in c.items() if k not in ("timestamps", "feature_shape")} for c in chunks
-            ],
-            "complete": True,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        self._write_json(path / _META, meta)
-        (path / _PROGRESS).unlink(missing_ok=True)
+        subtitles = None
+        if cues is not None:
+            timestamps = np.asarray([t for c in chunks for t in c["timestamps"]])
+            subtitles = self._subtitle_meta(cues, subtitle_source, timestamps, info)
+        entry = self.finish_entry(key, source, chunks, duration=decoded.duration, subtitles=subtitles)
         logger.info(
-            "cached %d frames of %s in %s (%d chunks encoded, %d reused)",
-            len(timestamps),
+            "cached %d frames of %s in %s (%d chunks encoded, %d reused; %s)",
+            entry.num_frames,
             video,
             path,
-            encoded,
+            len(chunks) - len(done),
             len(done),
+            stats.describe(),
         )
-        entry = CacheEntry(path, meta)
-        entry._verified.update(c["file"] for c in meta["chunks"])  # resumed ones were hashed on the way in
-        return IngestReport(entry, False, encoded, len(done), time.perf_counter() - start, reason)
+        return IngestReport(
+            entry, False, len(chunks) - len(done), len(done), time.perf_counter() - start, reason, stats
+        )
 
+    def _decode_batches(
+        self,
+        video: str | os.PathLike[str],
+        key: CacheKey,
+        batch_size: int,
+        decoded: _Decoded,
+        *,
+        recorded: Mapping[int, Sequence[float]],
+        wanted: Callable[[int], bool] | set[int],
+        stop_after: int | None,
+        mismatch: Callable[[int], BaseException],
+    ) -> Iterator[PipelineItem]:
+        """The decode stage: encoder batches of the chunks to encode, with their chunk index.
+
+        Chunk boundaries are those of ``iter_video_frames(chunk_size=chunk_frames)`` (every `chunk_frames`
+        frames, and wherever the picture size changes) and each chunk is cut into batches of `batch_size` from
+        its first frame, so the encoder sees exactly the batches the sequential loop gave it. The video is read in
+        pieces of one batch, so the first batch reaches the encoder without waiting for a whole chunk. Chunks
+        in `recorded` must decode to those timestamps (else `mismatch(index)` is raised); decoding stops once
+        chunk `stop_after` is complete.
+        """
+        is_wanted = wanted.__contains__ if isinstance(wanted, set) else wanted
+        pieces = iter_video_frames(
+            video,
+            fps=key.fps,
+            num_frames=key.num_frames,
+            max_frames=key.max_frames,
+            chunk_size=min(batch_size, self.chunk_frames),
+        )
+        offset = 0  # frames of the current chunk already seen
+        try:
+            for index, frames, timestamps, last in _batched(pieces, batch_size, self.chunk_frames, decoded):
+                expected = recorded.get(index)
+                if expected is not None:
+                    previous = np.asarray(expected[offset : offset + len(timestamps)], dtype=np.float64)
+                    complete = not last or offset + len(timestamps) == len(expected)
+                    if (
+                        previous.shape != timestamps.shape
+                        or not complete
+                        or not np.allclose(timestamps, previous, atol=1e-6)
+                    ):
+                        raise mismatch(index)
+                offset = 0 if last else offset + len(timestamps)
+                if is_wanted(index):
+                    yield PipelineItem(len(timestamps), frames, _BatchTag(index, timestamps, last))
+                if last and stop_after is not None and index >= stop_after:
+                    return  # the chunks after it are sound: stop decoding
+        finally:
+            close = getattr(pieces, "close", None)
+            if close is not None:
+                close()  # releases the container now rather than when the generator is collected
+
+    def _run_pipeline(
+        self,
+        batches: Iterator[PipelineItem],
+        encoder: FrameEncoderLike,
+        store: Callable[[int, np.ndarray, np.ndarray], None],
+    ) -> PipelineStats:
+        """Run decode → preprocess → encode → write; `store(index, features fp16, timestamps)` gets whole chunks."""
+        features: list[np.ndarray] = []
+        timestamps: list[np.ndarray] = []
+
+        def write(item: PipelineItem) -> None:
+            tag: _BatchTag = item.tag
+            part = _to_fp16_numpy(item.data)
+            if part.shape[0] != len(tag.timestamps):
+                raise InvalidInputError(
+                    f"the encoder returned {part.shape[0]} feature rows for {len(tag.timestamps)} frames."
+                )
+            features.append(part)
+            timestamps.append(tag.timestamps)
+            if not tag.last:
+                return
+            chunk = np.concatenate(features) if len(features) > 1 else features[0]
+            times = np.concatenate(timestamps) if len(timestamps) > 1 else timestamps[0]
+            features.clear()
+            timestamps.clear()
+            store(tag.chunk, chunk, times)
+
+        preprocess = getattr(encoder, "preprocess", None)
+        encode = getattr(encoder, "encode", None)
+        if not (callable(preprocess) and callable(encode)):  # a plain callable encoder: one stage does both
+            preprocess, encode = _unchanged, encoder
+        return run_pipeline(
+            batches, preprocess, encode, write, depth=self.queue_depth, threaded=self.pipelined
+        )
+
+    # `_write`, `_write_json` and the module's `_read_json` and `_chunk_name` are also used by live sessions
+    # until they switch to `write_chunk`, `write_sidecar` and `read_sidecar`.
     def _write(self, path: Path, data: bytes, *, remaining: int | None = None) -> None:
         """Atomic write; a failure (full disk above all) becomes a `CacheWriteError` saying what to do."""
         try:
-            _atomic_write_bytes(path, data)
+            atomic_write_bytes(path, data)
         except OSError as error:
             raise _write_error(self.root, path, len(data), error, remaining) from error
 
@@ -983,45 +1248,89 @@ class FeatureCache:
             logger.info("resuming %s: %d finished chunks kept", path, len(kept))
         return kept
 
-    def _encode_chunk(
-        self,
-        path: Path,
-        index: int,
-        frames: Frames,
-        encoder: FrameEncoderLike,
-        batch_size: int,
-        *,
-        frames_left: int | None = None,
-    ) -> dict[str, Any]:
-        """Encode and store one chunk; `frames_left` (frames still to encode after it) sizes a full-disk error."""
-        from safetensors.numpy import save
-
-        parts = [
-            _to_fp16_numpy(encoder(frames.frames[i : i + batch_size]))
-            for i in range(0, len(frames), batch_size)
-        ]
-        features = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        if features.shape[0] != len(frames):
-            raise InvalidInputError(
-                f"the encoder returned {features.shape[0]} feature rows for {len(frames)} frames."
-            )
-        data = save(
-            {"features": features, "timestamps": np.ascontiguousarray(frames.timestamps, dtype=np.float64)},
-            metadata={"format_version": str(FORMAT_VERSION)},
-        )
-        name = _chunk_name(index)
-        remaining = None if frames_left is None else len(data) * frames_left // len(frames)
-        self._write(path / name, data, remaining=remaining)
-        return {
-            "file": name,
-            "start": float(frames.timestamps[0]),
-            "frames": len(frames),
-            "bytes": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(),
-            "timestamps": [float(t) for t in frames.timestamps],
-            "feature_shape": [int(features.shape[1]), int(features.shape[2])],
-        }
-
 
 def _chunk_name(index: int) -> str:
     return f"chunk_{index:05d}.safetensors"
+
+
+def _sidecar_chunk(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A chunk record as the sidecar lists it (the progress file also keeps timestamps and shape, to resume)."""
+    return {k: v for k, v in record.items() if k not in ("timestamps", "feature_shape")}
+
+
+def _unchanged(frames: Any) -> Any:
+    return frames
+
+
+@dataclass
+class _Decoded:
+    """What the decode stage learnt on the way (read by the caller once the pipeline has ended)."""
+
+    duration: float | None = None
+    frames: int = 0
+
+
+@dataclass(frozen=True)
+class _BatchTag:
+    """Where a batch belongs: its cache chunk, its frames' timestamps, and whether it closes the chunk."""
+
+    chunk: int
+    timestamps: np.ndarray
+    last: bool
+
+
+def _batched(
+    pieces: Iterator[Frames], batch_size: int, chunk_frames: int, decoded: _Decoded
+) -> Iterator[tuple[int, np.ndarray, np.ndarray, bool]]:
+    """Regroup decoded pieces into ``(chunk index, frames, timestamps, closes the chunk)`` encoder batches.
+
+    A chunk closes after `chunk_frames` frames or where the picture size changes (as ``iter_video_frames`` cuts
+    its chunks); within a chunk, batches start every `batch_size` frames from its first one. A batch that fills
+    up before its chunk does is held until the next frame says whether the chunk goes on.
+    """
+    index, filled = 0, 0  # current chunk, frames in it so far
+    shape: tuple[int, ...] | None = None
+    frames: list[np.ndarray] = []  # parts of the batch being filled
+    times: list[np.ndarray] = []
+    held: tuple[np.ndarray, np.ndarray] | None = None
+
+    def join() -> tuple[np.ndarray, np.ndarray]:
+        batch = (np.concatenate(frames) if len(frames) > 1 else frames[0], np.concatenate(times))
+        frames.clear()
+        times.clear()
+        return batch
+
+    for piece in pieces:
+        decoded.duration = piece.duration
+        decoded.frames += len(piece)
+        if filled and piece.frames.shape[1:] != shape:  # a new picture size starts a new chunk
+            if frames:
+                if held is not None:
+                    yield index, *held, False
+                yield index, *join(), True
+            elif held is not None:
+                yield index, *held, True
+            held, index, filled = None, index + 1, 0
+        shape = piece.frames.shape[1:]
+        position = 0
+        while position < len(piece):
+            if held is not None:  # more frames of its chunk follow: it was not the last batch
+                yield index, *held, False
+                held = None
+            size = sum(len(part) for part in times)
+            take = min(len(piece) - position, batch_size - size, chunk_frames - filled)
+            frames.append(piece.frames[position : position + take])
+            times.append(piece.timestamps[position : position + take])
+            position += take
+            filled += take
+            if filled == chunk_frames:
+                yield index, *join(), True
+                index, filled = index + 1, 0
+            elif size + take == batch_size:
+                held = join()
+    if frames:
+        if held is not None:
+            yield index, *held, False
+        yield index, *join(), True
+    elif held is not None:
+        yield index, *held, True

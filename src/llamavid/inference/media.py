@@ -52,6 +52,12 @@ class FrameEncoder:
     weights (`llamavid.data.feature_cache.checkpoint_sha256`, the same in every dtype); otherwise the weights in
     memory are hashed here, once.
 
+    Two steps, which the feature cache runs as separate pipeline stages (`llamavid.data.pipeline`):
+    :meth:`preprocess` (resize, crop, normalise on the CPU) and :meth:`encode` (the vision tower, where the
+    model is). On CUDA the pixels are put in pinned memory so the copy to the GPU is asynchronous, and a tower
+    held in float32 runs under bfloat16 autocast (float16 where the GPU has no bfloat16): the features are
+    stored in float16 anyway, and the cache key does not depend on the compute dtype.
+
     Args:
         model: a ``LlamaVidForConditionalGeneration`` (or its ``.model``).
         processor: the matching ``LlamaVidProcessor``.
@@ -59,6 +65,8 @@ class FrameEncoder:
 
     Attributes:
         on_frames: called with every batch of frames before encoding (thumbnails for relevance strips).
+        device: where the tower's weights are (the pixels go there).
+        autocast_dtype: the reduced precision the tower runs in through autocast, or None (its own dtype).
     """
 
     def __init__(self, model: Any, processor: Any, encoder_id: str | None = None) -> None:
@@ -68,14 +76,34 @@ class FrameEncoder:
         self.preprocessing_id = preprocessing_id(self.image_processor)
         self.on_frames: Any = None
         self.calls = 0
+        weight = next(self.core.vision_tower.parameters())
+        self.device = weight.device
+        self.autocast_dtype: torch.dtype | None = None
+        if self.device.type == "cuda" and weight.dtype == torch.float32:
+            self.autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
-    @torch.no_grad()
-    def __call__(self, frames: np.ndarray) -> Tensor:
+    def preprocess(self, frames: np.ndarray) -> Tensor:
+        """``(T, H, W, 3)`` uint8 -> ``(T, 3, S, S)`` normalised pixels on the CPU (pinned when encoding on CUDA)."""
         if self.on_frames is not None:
             self.on_frames(frames)
-        self.calls += 1
         pixels = self.image_processor(frames, is_video=True)
-        return self.core.get_vision_features(pixels).to("cpu", CACHE_DTYPE)
+        return pixels.pin_memory() if self.device.type == "cuda" else pixels
+
+    @torch.no_grad()
+    def encode(self, pixels: Tensor) -> Tensor:
+        """Pixels from :meth:`preprocess` -> ``(T, 1+N, C)`` float16 features on the CPU."""
+        self.calls += 1
+        # From pinned memory the copy overlaps the work already queued on the GPU; elsewhere it is a no-op.
+        pixels = pixels.to(self.device, non_blocking=True)
+        if self.autocast_dtype is not None:
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype):
+                features = self.core.get_vision_features(pixels)
+        else:
+            features = self.core.get_vision_features(pixels)
+        return features.to(CACHE_DTYPE).to("cpu")
+
+    def __call__(self, frames: np.ndarray) -> Tensor:
+        return self.encode(self.preprocess(frames))
 
 
 @dataclass
