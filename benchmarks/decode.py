@@ -3,8 +3,13 @@
 Generates 1080p24 H.264 clips with a 2-s and a 10-s keyframe interval and a 720p24 one (x264 ``veryfast``:
 B-frames with a reference pyramid, as most real encodes have), then measures, one after the other on each clip:
 
-* ``llamavid``: ``decode_video(path, fps=1.0)`` (full-resolution RGB, the default PyAV backend);
+* ``llamavid``: ``decode_video(path, fps=1.0)`` (full-resolution RGB, the default PyAV backend, which decodes
+  keyframe-aligned segments on one decoder per core);
+* ``one_decoder``: ``decode_video(path, fps=1.0, workers=1)`` (one sequential decoder);
 * ``previous``: the same call through the decoder of an earlier commit (``--previous-rev``, before this work);
+* ``pil_224``: ``decode_video(path, fps=1.0)`` then the image processor's resize + centre crop to 224 (PIL
+  bicubic), what ingestion does with the default, bit-faithful frames;
+* ``fast_224``: ``decode_video(path, fps=1.0, size=224)``: converted and scaled to 224 in FFmpeg's scaler;
 * ``torchcodec``: ``decode_video(path, fps=1.0, backend="torchcodec")`` when torchcodec imports;
 * ``ffmpeg``: ``ffmpeg -i X -vf fps=1 -f rawvideo -pix_fmt rgb24 -`` (Debian's ffmpeg; output discarded).
 
@@ -12,7 +17,14 @@ Reported per clip and method: sampled frames, wall seconds, sampled frames/s, CP
 method costs a busy machine), and the ratio to the ffmpeg CLI. The share of non-reference frames in each clip
 (the most non-reference skipping can save) is counted from the packets' disposable flags after a full decode.
 
-Run: ``python benchmarks/decode.py --seconds 60 --json decode.json`` (clips are cached in ``build/bench-decode``).
+``--deviation N`` instead measures how far the fast resize is from the processor's PIL path: mean and max
+absolute difference of ``pixel_values`` on frames of the generated clips (224 px), and on ``N`` held-out
+synthetic video questions (``llamavid.synth.generate_items("heldout", N, seed=0, kind="video_qa")``, clips
+rendered at 224 px, padded to 16:9 and encoded as H.264) the answers of the embedded tiny model with either
+preprocessing: how many differ and the accuracy of each.
+
+Run: ``python benchmarks/decode.py --seconds 60 --json decode.json`` (clips are cached in ``build/bench-decode``);
+``python benchmarks/decode.py --deviation 140 --json deviation.json``.
 """
 
 from __future__ import annotations
@@ -112,10 +124,43 @@ def load_previous(rev: str) -> Any:
     return module
 
 
-def run_llamavid(module: Any, path: Path, backend: str | None) -> tuple[int, float, float]:
+def run_llamavid(module: Any, path: Path, **options: Any) -> tuple[int, float, float]:
     cpu, start = _cpu_seconds(False), time.perf_counter()
-    frames = module.decode_video(path, fps=1.0, backend=backend)
+    frames = module.decode_video(path, fps=1.0, **options)
     return len(frames), time.perf_counter() - start, _cpu_seconds(False) - cpu
+
+
+def run_pil_resize(module: Any, path: Path, size: int) -> tuple[int, float, float]:
+    """Full-resolution decode, then the processor's own PIL bicubic resize + centre crop (no normalisation)."""
+    from PIL import Image
+
+    from llamavid.model.image_processing_llamavid import LlamaVidImageProcessor
+
+    processor = LlamaVidImageProcessor(size=size)
+    cpu, start = _cpu_seconds(False), time.perf_counter()
+    frames = module.decode_video(path, fps=1.0)
+    resized = [processor._resize_and_crop(Image.fromarray(frame)) for frame in frames.frames]
+    return len(resized), time.perf_counter() - start, _cpu_seconds(False) - cpu
+
+
+def measure(
+    method: str, path: Path, width: int, height: int, current: Any, previous: Any
+) -> tuple[int, float, float]:
+    if method == "ffmpeg":
+        return run_ffmpeg(path, width, height)
+    if method == "previous":
+        return run_llamavid(previous, path)
+    if method == "one_decoder":
+        return run_llamavid(current, path, workers=1)
+    if method == "torchcodec":
+        return run_llamavid(current, path, backend="torchcodec")
+    if method == "pil_224":
+        return run_pil_resize(current, path, 224)
+    if method == "fast_224":
+        return run_llamavid(current, path, size=224)
+    if method == "llamavid":
+        return run_llamavid(current, path)
+    raise SystemExit(f"unknown method {method!r}")
 
 
 def run_ffmpeg(path: Path, width: int, height: int) -> tuple[int, float, float]:
@@ -134,15 +179,117 @@ def run_ffmpeg(path: Path, width: int, height: int) -> tuple[int, float, float]:
     return received // (width * height * 3), time.perf_counter() - start, _cpu_seconds(True) - cpu
 
 
+def _pixel_difference(fast: Any, reference: Any) -> dict[str, float]:
+    import numpy as np
+
+    diff = np.abs(fast - reference)
+    return {"mean_abs": round(float(diff.mean()), 5), "max_abs": round(float(diff.max()), 4)}
+
+
+def write_synth_clip(path: Path, frames: Any, pad_to: tuple[int, int]) -> Path:
+    """Frames centred on a wider canvas of their corner colour, as 1-fps H.264 (crf 18, yuv420p)."""
+    import av
+    import numpy as np
+
+    width, height = pad_to
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=1)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "veryfast", "crf": "18"}
+        for frame in frames:
+            canvas = np.empty((height, width, 3), np.uint8)
+            canvas[:] = frame[0, 0]
+            top, left = (height - frame.shape[0]) // 2, (width - frame.shape[1]) // 2
+            canvas[top : top + frame.shape[0], left : left + frame.shape[1]] = frame
+            for packet in stream.encode(av.VideoFrame.from_ndarray(canvas, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def resize_deviation(args: argparse.Namespace, items_count: int) -> dict[str, Any]:
+    """The fast resize against the processor's PIL path: pixel_values, and the tiny model's answers."""
+    import torch
+
+    from llamavid.data import decode_video
+    from llamavid.inference.engine import Engine
+    from llamavid.inference.loading import load_model
+    from llamavid.inference.settings import SamplingSettings
+    from llamavid.inference.text import normalize_answer
+    from llamavid.model.image_processing_llamavid import LlamaVidImageProcessor
+    from llamavid.synth import generate_items
+
+    torch.set_num_threads(1)
+    results: dict[str, Any] = {"clips": {}, "synthetic": {}}
+    processor = LlamaVidImageProcessor(size=224)
+    for name in args.clips.split(","):
+        width, height, gop = CLIPS[name]
+        path = make_clip(args.work_dir / f"{name}_{args.seconds}s.mp4", width, height, gop, args.seconds)
+        reference = processor(decode_video(path, fps=1.0).frames, is_video=True)
+        fast = processor(decode_video(path, fps=1.0, size=224).frames, is_video=True)
+        results["clips"][name] = {"frames": len(reference), **_pixel_difference(fast, reference)}
+        print(name, results["clips"][name], flush=True)
+
+    loaded = load_model(
+        REPO_ROOT / "src" / "llamavid" / "assets" / "tiny-llamavid", device="cpu", dtype="float32"
+    )
+    engine = Engine(loaded.model, loaded.processor, name=loaded.name)
+    model_size = loaded.model.config.vision_config.image_size
+    greedy = SamplingSettings(temperature=0.0, max_new_tokens=6)
+    items = generate_items("heldout", items_count, seed=0, kind="video_qa")
+    clip_dir = args.work_dir / "synth"
+    clip_dir.mkdir(parents=True, exist_ok=True)
+    differing = correct_reference = correct_fast = 0
+    pixel_means: list[float] = []
+    pixel_max = 0.0
+    for index, item in enumerate(items):
+        path = write_synth_clip(clip_dir / f"heldout_{index}.mp4", item.media.render(224), (400, 224))
+        reference_frames = decode_video(path, fps=1.0)
+        fast_frames = decode_video(path, fps=1.0, size=model_size)
+        reference = loaded.processor.image_processor(reference_frames.frames, is_video=True)
+        fast = loaded.processor.image_processor(fast_frames.frames, is_video=True)
+        difference = _pixel_difference(fast, reference)
+        pixel_means.append(difference["mean_abs"])
+        pixel_max = max(pixel_max, difference["max_abs"])
+        answers = []
+        for frames in (reference_frames, fast_frames):
+            media = engine.load_media(frames)
+            request = engine.build_request(item.question, media, settings=greedy)
+            answers.append(normalize_answer(engine.answer_batch([request])[0].text))
+        expected = normalize_answer(item.answer)
+        differing += answers[0] != answers[1]
+        correct_reference += answers[0] == expected
+        correct_fast += answers[1] == expected
+    results["synthetic"] = {
+        "items": items_count,
+        "model_image_size": model_size,
+        "pixel_values_mean_abs": round(sum(pixel_means) / len(pixel_means), 5),
+        "pixel_values_max_abs": round(pixel_max, 4),
+        "differing_answers": differing,
+        "accuracy_pil": round(correct_reference / items_count, 4),
+        "accuracy_fast": round(correct_fast / items_count, 4),
+    }
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=60, help="length of each generated clip")
     parser.add_argument(
         "--clips", default=",".join(CLIPS), help="comma-separated subset of " + ",".join(CLIPS)
     )
-    parser.add_argument("--methods", default="llamavid,previous,torchcodec,ffmpeg")
     parser.add_argument(
-        "--previous-rev", default="264efc7", help="git revision whose decoder is measured as 'previous'"
+        "--methods", default="llamavid,one_decoder,previous,pil_224,fast_224,torchcodec,ffmpeg"
+    )
+    parser.add_argument(
+        "--previous-rev", default="1e4ccbf", help="git revision whose decoder is measured as 'previous'"
+    )
+    parser.add_argument(
+        "--deviation",
+        type=int,
+        metavar="N",
+        help="measure the fast resize against PIL on the clips and on N held-out synthetic questions instead",
     )
     parser.add_argument("--repeats", type=int, default=1, help="runs per method; the fastest is kept")
     parser.add_argument("--work-dir", type=Path, default=REPO_ROOT / "build" / "bench-decode")
@@ -150,6 +297,12 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("ffmpeg") is None:
         sys.exit("the ffmpeg command line is needed (apt-get install ffmpeg)")
+    if args.deviation is not None:
+        deviation = resize_deviation(args, args.deviation)
+        print(json.dumps(deviation, indent=1))
+        if args.json:
+            args.json.write_text(json.dumps(deviation, indent=1) + "\n")
+        return
     methods = args.methods.split(",")
     if "torchcodec" in methods:
         try:
@@ -178,12 +331,7 @@ def main() -> None:
         for method in methods:
             best: tuple[int, float, float] | None = None
             for _ in range(args.repeats):
-                if method == "ffmpeg":
-                    measured = run_ffmpeg(path, width, height)
-                else:
-                    backend = "torchcodec" if method == "torchcodec" else None
-                    module = previous if method == "previous" else current
-                    measured = run_llamavid(module, path, backend)
+                measured = measure(method, path, width, height, current, previous)
                 if best is None or measured[1] < best[1]:
                     best = measured
             assert best is not None

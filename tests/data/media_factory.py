@@ -126,3 +126,14 @@ def require_module(name: str) -> None:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message + " (CI=true: optional backends must be installed)")
         pytest.skip(message)
+
+
+def require_encoder(name: str) -> None:
+    """Skip when the bundled FFmpeg of PyAV lacks an encoder (HEVC, AV1); fail under CI, where wheels have them."""
+    import os
+
+    if name not in av.codecs_available:
+        message = f"encoder {name!r} is not in this PyAV build"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message + " (CI=true: PyAV wheels bundle it)")
+        pytest.skip(message)

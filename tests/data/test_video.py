@@ -11,11 +11,18 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from media_factory import frame_index, index_colour, require_module, write_audio_only, write_video
+from media_factory import (
+    frame_index,
+    index_colour,
+    require_encoder,
+    require_module,
+    write_audio_only,
+    write_video,
+)
 from PIL import Image
 
 from llamavid.data import video as video_module
-from llamavid.data.errors import MediaError, NoVideoStreamError, VideoDecodeError
+from llamavid.data.errors import BackendUnavailableError, MediaError, NoVideoStreamError, VideoDecodeError
 from llamavid.data.video import (
     decode_video,
     inspect_video,
@@ -107,8 +114,10 @@ def test_sparse_sampling_seeks_but_matches_sequential_decode(
         "_seek_before",
         lambda opened, target, last: seeks.append(target) or real_seek(opened, target, last),
     )
-    seeking = decode_video(path, num_frames=5)
+    seeking = decode_video(path, num_frames=5, workers=1)
     assert seeks == [12.0, 24.0, 36.0, 48.0]  # 1 s keyframe interval: each 12 s gap is skipped by a seek
+    parallel = decode_video(path, num_frames=5, workers=2)  # segments without a sample are never read
+    np.testing.assert_array_equal(parallel.frames, seeking.frames)
     with open(path, "rb") as handle:
         sequential = decode_video(_NonSeekable(handle.read()), num_frames=5)
     np.testing.assert_allclose(seeking.timestamps, [0.0, 12.0, 24.0, 36.0, 48.0])
@@ -478,7 +487,7 @@ _SKIP_CASES = {
         {},
     ),
     "vp9": (
-        {"codec": "libvpx-vp9", "rate": 10, "num_frames": 40, "size": (64, 48), "options": {"deadline": "realtime", "cpu-used": "8"}},
+        {"codec": "libvpx-vp9", "rate": 10, "num_frames": 40, "size": (64, 48), "options": {"deadline": "realtime", "cpu-used": "8", "g": "10"}},
         {},
     ),
     "vfr_mkv": (
@@ -488,26 +497,45 @@ _SKIP_CASES = {
             "pts": [0, 40, 80, 120, 900, 1000, 1040, 1500, 3100, 3140, 3180, 3200, 3240, 4000, 4040, 4080],
             "num_frames": 16,
             "size": (64, 48),
-            "options": {"preset": "veryfast", "tune": "film"},
+            "options": {"preset": "veryfast", "tune": "film", "g": "4"},
         },
         {},
     ),
     "rotated_90": (
-        {"rate": 25, "num_frames": 75, "size": (64, 48), "rotation": 90, "options": {"preset": "veryfast", "tune": "film"}},
+        {"rate": 25, "num_frames": 75, "size": (64, 48), "rotation": 90, "options": {"preset": "veryfast", "tune": "film", "g": "25"}},
+        {},
+    ),
+    # x265 cuts open GOPs by default: frames shown before a keyframe are decoded after it (leading frames).
+    "hevc_open_gop": (
+        {"codec": "libx265", "rate": 25, "num_frames": 100, "size": (64, 48),
+         "options": {"preset": "fast", "tune": "grain", "x265-params": "keyint=25:min-keyint=25:bframes=3:log-level=error"}},
+        {"fps": 3.0},
+    ),
+    "av1": (
+        {"codec": "libsvtav1", "rate": 25, "num_frames": 75, "size": (64, 48), "options": {"preset": "12", "svtav1-params": "keyint=25"}},
         {},
     ),
 }  # fmt: skip
+
+
+def _skip_case(media_dir: Path, name: str) -> tuple[Path, dict]:
+    write_args, decode_args = _SKIP_CASES[name]
+    codec = write_args.get("codec")
+    if codec in ("libx265", "libsvtav1"):
+        require_encoder(codec)
+    suffix = ".webm" if codec == "libvpx-vp9" else ".mkv" if "vfr" in name or codec == "libsvtav1" else ".mp4"
+    path = media_dir / f"skip_{name}{suffix}"
+    if not path.exists():
+        write_video(path, picture=_moving_picture, **write_args)
+    return path, decode_args
 
 
 @pytest.mark.parametrize("name", sorted(_SKIP_CASES))
 def test_nonreference_skipping_returns_the_same_frames(
     media_dir: Path, monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
-    write_args, decode_args = _SKIP_CASES[name]
-    suffix = ".webm" if write_args.get("codec") == "libvpx-vp9" else ".mkv" if "vfr" in name else ".mp4"
-    path = media_dir / f"skip_{name}{suffix}"
-    if not path.exists():
-        write_video(path, picture=_moving_picture, **write_args)
+    path, decode_args = _skip_case(media_dir, name)
+    decode_args = {**decode_args, "workers": 1}
     switches: list[str] = []
     real_before = video_module._NonReferenceSkipper.before
 
@@ -521,5 +549,140 @@ def test_nonreference_skipping_returns_the_same_frames(
     full = decode_video(path, **decode_args)
     np.testing.assert_array_equal(skipping.timestamps, full.timestamps)
     np.testing.assert_array_equal(skipping.frames, full.frames)  # bit-identical pixels
-    if name.startswith(("h264", "mpeg4", "rotated")):
+    if name.startswith(("h264", "mpeg4", "rotated", "hevc")):
         assert "NONREF" in {str(s) for s in switches}, "the skipping never engaged on this clip"
+
+
+# --- segment-parallel decoding ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(_SKIP_CASES))
+def test_segment_parallel_decoding_returns_the_same_frames(
+    media_dir: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    path, decode_args = _skip_case(media_dir, name)
+    decoded: list[float] = []
+    real_decode = video_module._SegmentDecoder.decode
+
+    def spy(self, segment, selector):  # type: ignore[no-untyped-def]
+        decoded.append(segment.low)
+        return real_decode(self, segment, selector)
+
+    monkeypatch.setattr(video_module._SegmentDecoder, "decode", spy)
+    parallel = decode_video(path, workers=3, **decode_args)
+    assert len(decoded) >= 2, "the video was not decoded in segments"
+    monkeypatch.setattr(video_module, "_SKIP_NONREFERENCE", False)
+    one = decode_video(path, workers=1, **decode_args)  # one decoder, every frame decoded
+    np.testing.assert_array_equal(parallel.timestamps, one.timestamps)
+    np.testing.assert_array_equal(parallel.frames, one.frames)  # bit-identical pixels
+    if name == "hevc_open_gop":
+        segments = video_module._plan_segments(video_module._open_video(path), str(path))
+        assert segments is not None
+        assert any(a.stop > b.start for a, b in zip(segments, segments[1:], strict=False)), (
+            "no leading frames to hand over"
+        )
+
+
+def test_segment_parallel_streaming_and_early_stop(media_dir: Path) -> None:
+    path, _ = _skip_case(media_dir, "h264_bframes")
+    one = decode_video(path, fps=5.0, workers=1)
+    chunks = list(iter_video_frames(path, fps=5.0, workers=2, chunk_size=3))
+    np.testing.assert_array_equal(np.concatenate([c.frames for c in chunks]), one.frames)
+    np.testing.assert_array_equal(np.concatenate([c.timestamps for c in chunks]), one.timestamps)
+    stream = iter_video_frames(path, fps=5.0, workers=2, chunk_size=2)
+    first = next(stream)
+    stream.close()  # abandoning the iterator stops the workers and closes their files
+    np.testing.assert_array_equal(first.frames, one.frames[:2])
+
+
+def test_file_objects_and_bad_worker_counts(h264_mp4: Path) -> None:
+    expected = decode_video(h264_mp4, workers=1)
+    from_bytes = decode_video(io.BytesIO(h264_mp4.read_bytes()), workers=4)  # one decoder for file objects
+    np.testing.assert_array_equal(from_bytes.frames, expected.frames)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="workers must be"):
+            decode_video(h264_mp4, workers=bad)  # type: ignore[arg-type]
+
+
+# --- fast resize in FFmpeg's scaler ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("write_args", "size", "crop"),
+    [
+        ({"size": (96, 64)}, 32, None),
+        ({"size": (64, 96), "rotation": 90}, 24, 20),  # rotated: the resize follows the displayed shape
+        ({"size": (48, 32), "sample_aspect_ratio": Fraction(2, 1)}, 16, None),  # shown 96x32
+    ],
+)
+def test_fast_resize_follows_the_processor_geometry(
+    tmp_path: Path, write_args: dict, size: int, crop: int | None
+) -> None:
+    from llamavid.model.image_processing_llamavid import LlamaVidImageProcessor
+
+    path = write_video(tmp_path / "clip.mp4", rate=4, num_frames=12, picture=_quadrant_picture, **write_args)
+    full = decode_video(path, fps=2.0)
+    fast = decode_video(path, fps=2.0, size=size, crop_size=crop, workers=1)
+    side = crop or size
+    assert fast.frames.shape == (len(full), side, side, 3)
+    np.testing.assert_array_equal(fast.timestamps, full.timestamps)
+    processor = LlamaVidImageProcessor(size=size, crop_size=crop)
+    reference = np.stack([processor._resize_and_crop(Image.fromarray(frame)) for frame in full.frames])
+    difference = np.abs(fast.frames.astype(int) - reference.astype(int))
+    # Same geometry (a flipped or shifted picture would differ by ~255 over whole quadrants); only the filters
+    # differ, at the colour edges.
+    assert difference.mean() < 6, difference.mean()
+    assert np.median(difference) <= 2
+    # Already at the processor's size: its resize and crop leave the frames as they are.
+    processor_input = LlamaVidImageProcessor(size=side)(fast.frames, is_video=True)
+    expected = (fast.frames.astype(np.float32) / 255 - np.float32(processor.image_mean)) / np.float32(
+        processor.image_std
+    )
+    np.testing.assert_allclose(processor_input.permute(0, 2, 3, 1).numpy(), expected, atol=1e-5)
+    parallel = decode_video(path, fps=2.0, size=size, crop_size=crop, workers=2)
+    np.testing.assert_array_equal(parallel.frames, fast.frames)
+
+
+def test_fast_resize_arguments_are_checked(h264_mp4: Path) -> None:
+    for kwargs, message in [
+        ({"size": 0}, "size must be"),
+        ({"size": 16, "crop_size": 24}, "larger than size"),
+        ({"crop_size": 16}, "needs size"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            decode_video(h264_mp4, **kwargs)
+    require_module("torchcodec.decoders")
+    with pytest.raises(ValueError, match="PyAV's scaler"):
+        decode_video(h264_mp4, size=16, backend="torchcodec")
+
+
+# --- CUDA decoding -----------------------------------------------------------------------------------------
+
+
+def test_cuda_device_needs_cuda_and_torchcodec(h264_mp4: Path) -> None:
+    import torch
+
+    with pytest.raises(ValueError, match="needs backend='torchcodec'"):
+        decode_video(h264_mp4, device="cuda", backend="pyav")
+    with pytest.raises(ValueError, match="device must be"):
+        decode_video(h264_mp4, device="tpu")
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present: test_cuda_decoding_matches_cpu covers it")
+    require_module("torchcodec.decoders")
+    with pytest.raises(BackendUnavailableError, match="no CUDA device"):
+        decode_video(h264_mp4, device="cuda")
+
+
+@pytest.mark.gpu
+def test_cuda_decoding_matches_cpu(h264_mp4: Path) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    require_module("torchcodec.decoders")
+    cpu = decode_video(h264_mp4, fps=2.0)
+    gpu = decode_video(h264_mp4, fps=2.0, device="cuda")
+    np.testing.assert_allclose(gpu.timestamps, cpu.timestamps, atol=1e-6)
+    assert gpu.frames.shape == cpu.frames.shape
+    # NVDEC output is converted to RGB on the GPU: close to, not bit-identical with, FFmpeg's CPU conversion.
+    assert np.abs(gpu.frames.astype(int) - cpu.frames.astype(int)).mean() < 3

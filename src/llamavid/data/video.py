@@ -16,6 +16,7 @@ including non-seekable Matroska that torchcodec rejects. torchcodec is used only
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -23,7 +24,10 @@ import os
 import re
 import subprocess
 import sys
+import threading
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, replace
@@ -306,6 +310,10 @@ class _TargetSelector:
     def slack(self) -> float:
         return self._slack
 
+    def restarted(self) -> _TargetSelector:
+        """A selector with the same targets, at the first one."""
+        return _TargetSelector(fps=self._fps, targets=self._targets, slack=self._slack)
+
     @property
     def done(self) -> bool:
         return self.next_target is None
@@ -402,6 +410,87 @@ def _display_size(width: int, height: int, rotation: int, sar: float) -> tuple[i
     if sar > 0 and abs(sar - 1.0) > 1e-3:
         width = max(1, round(width * sar))
     return (height, width) if rotation in (90, 270) else (width, height)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Turning a decoded frame into the array returned: full-resolution RGB, or resized inside FFmpeg's scaler.
+
+
+@dataclass(frozen=True)
+class _Resize:
+    """Resize the shortest side to ``size`` and centre-crop a ``crop`` square, as the image processor does."""
+
+    size: int
+    crop: int
+
+
+def _validate_resize(size: int | None, crop_size: int | None) -> _Resize | None:
+    for name, value in (("size", size), ("crop_size", crop_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise InvalidInputError(f"{name} must be a positive int (pixels) or None, got {value!r}.")
+    if size is None:
+        if crop_size is not None:
+            raise InvalidInputError("crop_size needs size (the shortest side to resize to) as well.")
+        return None
+    crop = size if crop_size is None else crop_size
+    if crop > size:
+        raise InvalidInputError(f"crop_size {crop} is larger than size {size}; the crop must fit the frame.")
+    return _Resize(size, crop)
+
+
+# FFmpeg's scaler flags for the fast resize: bicubic with chroma interpolated at full horizontal resolution,
+# the combination closest to the processor's full-resolution RGB + PIL bicubic (plain bicubic scales the
+# subsampled chroma and smears colour edges: 2.4x the mean and 5x the max difference; docs/benchmarks.md).
+_RESIZE_INTERPOLATION = ("BICUBIC", "FULL_CHR_H_INT")
+
+
+def _resize_flags() -> Any:
+    interpolation = _import_av().video.reformatter.Interpolation
+    flags = interpolation[_RESIZE_INTERPOLATION[0]]
+    for name in _RESIZE_INTERPOLATION[1:]:
+        flags |= interpolation[name]
+    return flags
+
+
+def _convert_frame(frame: Any, stream: Any, resize: _Resize | None, threads: int, source: str) -> np.ndarray:
+    """A decoded frame as ``(H, W, 3)`` uint8 RGB in display geometry, resized and cropped if asked.
+
+    Without ``resize``: full resolution, the conversion sliced over ``threads`` (same pixels for any count).
+    With it, one pass of FFmpeg's scaler converts and scales the coded picture straight to the size the
+    processor's shortest-side resize gives (non-square pixels folded into the same scale), then the picture is
+    rotated and centre-cropped: no full-resolution RGB copy and no PIL resize.
+    """
+    rotation = _normalise_rotation(getattr(frame, "rotation", 0))
+    sar = _frame_sar(frame, stream)
+    if resize is None:
+        rgb = frame.to_ndarray(format="rgb24", threads=threads)
+        return _apply_geometry(rgb, rotation, sar)
+    width, height = _display_size(frame.width, frame.height, rotation, sar)
+    short, long = (width, height) if width <= height else (height, width)
+    # Same rounding as LlamaVidImageProcessor (transformers' get_resize_output_image_size).
+    new_long = int(resize.size * long / short)
+    new_width, new_height = (resize.size, new_long) if width <= height else (new_long, resize.size)
+    if new_long < resize.crop:
+        raise VideoDecodeError(
+            f"{source}: a {width}x{height} frame resized to {new_width}x{new_height} is smaller than the "
+            f"{resize.crop}-px crop.",
+            source,
+        )
+    coded = (new_height, new_width) if rotation in (90, 270) else (new_width, new_height)
+    scaled = frame.reformat(
+        width=coded[0],
+        height=coded[1],
+        format="rgb24",
+        interpolation=_resize_flags(),
+        threads=threads,
+    )
+    rgb = scaled.to_ndarray()
+    quarter_turns = round(rotation / 90) % 4
+    if quarter_turns:
+        rgb = np.rot90(rgb, k=quarter_turns)
+    top = (new_height - resize.crop) // 2
+    left = (new_width - resize.crop) // 2
+    return np.ascontiguousarray(rgb[top : top + resize.crop, left : left + resize.crop])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -659,7 +748,7 @@ def probe_video(path: str | os.PathLike[str], *, timeout: float = 30.0) -> Video
 
 
 def _iter_pyav(
-    opened: _OpenVideo, selector: _TargetSelector, max_frames: int | None
+    opened: _OpenVideo, selector: _TargetSelector, max_frames: int | None, resize: _Resize | None = None
 ) -> Iterator[tuple[float, np.ndarray]]:
     """Decode sequentially, seeking only over gaps longer than two observed keyframe intervals.
 
@@ -723,10 +812,7 @@ def _iter_pyav(
                 checked_size = size
             previous_ts = ts
             if selector.accept(ts):
-                # Sliced over threads, FFmpeg's scaler gives the same pixels in half the time on 2 cores.
-                rgb = frame.to_ndarray(format="rgb24", threads=_SCALER_THREADS)
-                rotation = _normalise_rotation(getattr(frame, "rotation", 0))
-                yield ts, _apply_geometry(rgb, rotation, _frame_sar(frame, stream))
+                yield ts, _convert_frame(frame, stream, resize, _SCALER_THREADS, name)
                 kept += 1
                 last_kept = ts
                 if (max_frames is not None and kept >= max_frames) or selector.done:
@@ -897,6 +983,301 @@ def _seek_before(opened: _OpenVideo, target: float, last_kept: float | None) -> 
     return True
 
 
+# ---------------------------------------------------------------------------------------------------------
+# PyAV, segment-parallel: keyframe-aligned segments decoded at once by several decoders.
+
+# Most decoders run at once by default (one per core up to this; more gains little at 1 fps).
+_MAX_AUTO_WORKERS = 8
+
+
+def _available_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _resolve_workers(workers: int | None) -> int:
+    if workers is None:
+        return min(_available_cores(), _MAX_AUTO_WORKERS)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise InvalidInputError(f"workers must be a positive int or None (one per core), got {workers!r}.")
+    return workers
+
+
+@dataclass(frozen=True)
+class _Segment:
+    """A run of packets one decoder handles alone, starting at a keyframe.
+
+    The segment owns the frames shown in ``[low, high)`` seconds: those of its keyframe group, plus the leading
+    frames of the next group (shown before the next keyframe but decoded after it, in open GOPs), for which its
+    packet range extends over the next keyframe. ``before`` is the latest time shown before ``low`` (where the
+    sampling stands when the segment starts); ``last`` the latest time it owns.
+    """
+
+    start: int  # decode-order index of the first packet
+    stop: int  # index after the last packet
+    key_pts: int | None  # pts of the keyframe to seek to; None: read from the beginning
+    low: float
+    high: float
+    before: float | None
+    last: float
+
+
+def _plan_segments(opened: _OpenVideo, path: str) -> list[_Segment] | None:
+    """Demux the file once (no decoding) and cut it at keyframes; ``None`` when it cannot be cut exactly.
+
+    Cutting is exact when every packet has a distinct timestamp, and each keyframe group's frames are shown
+    after its keyframe but for leading frames that directly follow the keyframe in decode order.
+    """
+    av = _import_av()
+    time_base = opened.stream.time_base
+    if time_base is None:
+        return None
+    pts_list: list[int | None] = []
+    keys: list[int] = []
+    try:
+        with av.open(path, mode="r", metadata_errors="replace") as container:
+            stream = container.streams[opened.stream.index]
+            for index, packet in enumerate(container.demux(stream)):
+                if not packet.size:
+                    pts_list.append(None)
+                    continue
+                if packet.pts is None:
+                    return None
+                pts_list.append(packet.pts)
+                if packet.is_keyframe and index > 0:
+                    keys.append(index)
+    except _av_error_types():
+        return None
+    present = [p for p in pts_list if p is not None]
+    if len(keys) < 1 or len(set(present)) != len(present):
+        return None
+
+    def seconds(pts: int) -> float:
+        return float(pts * time_base) - opened.origin
+
+    starts = [0, *keys]
+    bounds = [*starts, len(pts_list), len(pts_list)]
+    segments: list[_Segment] = []
+    before: float | None = None
+    for g, start in enumerate(starts):
+        end = bounds[g + 1]
+        low_pts = pts_list[start] if g > 0 else None
+        high_pts = pts_list[end] if end < len(pts_list) else None
+        # This group's frames, but for its own leading frames (owned by the previous segment, checked there).
+        own = [p for p in pts_list[start:end] if p is not None and (low_pts is None or p >= low_pts)]
+        stop = end
+        if high_pts is not None:
+            if any(p >= high_pts for p in own):
+                return None  # a frame of this group shown after the next keyframe
+            index = end + 1
+            while index < len(pts_list) and (pts_list[index] is None or pts_list[index] < high_pts):  # type: ignore[operator]
+                index += 1
+            leading = [p for p in pts_list[end + 1 : index] if p is not None]
+            if any(p is not None and p < high_pts for p in pts_list[index : bounds[g + 2]]):
+                return None  # a frame shown before its keyframe, but not right after it: not cut exactly
+            if leading:
+                stop = index
+                own += leading
+        if not own:
+            return None
+        last = seconds(max(own))
+        segments.append(
+            _Segment(
+                start=start,
+                stop=stop,
+                key_pts=low_pts,
+                low=-math.inf if low_pts is None else seconds(low_pts),
+                high=math.inf if high_pts is None else seconds(high_pts),
+                before=before,
+                last=last,
+            )
+        )
+        before = last
+    return segments
+
+
+class _SegmentDecoder:
+    """One decoder per worker thread, each with its own container (FFmpeg releases the GIL while decoding)."""
+
+    def __init__(self, opened: _OpenVideo, path: str, threads: int, resize: _Resize | None) -> None:
+        self._opened = opened
+        self._path = path
+        self._threads = threads
+        self._resize = resize
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._containers: list[Any] = []
+
+    def _open(self) -> _OpenVideo:
+        av = _import_av()
+        container = av.open(self._path, mode="r", metadata_errors="replace")
+        with self._lock:
+            self._containers.append(container)
+        stream = container.streams[self._opened.stream.index]
+        stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = self._threads
+        return replace(self._opened, container=container, stream=stream)
+
+    def close(self) -> None:
+        with self._lock:
+            for container in self._containers:
+                container.close()
+            self._containers.clear()
+
+    def _packets(self, segment: _Segment) -> tuple[_OpenVideo, Iterator[Any]]:
+        """The packets of ``segment`` from a container positioned at its first one."""
+        opened: _OpenVideo | None = getattr(self._local, "opened", None)
+        if opened is None or segment.key_pts is None:
+            # The first segment (and a thread's first job) reads from the beginning of a fresh container.
+            fresh = self._open()
+            if segment.key_pts is None:
+                return fresh, itertools.islice(fresh.container.demux(fresh.stream), segment.stop)
+            self._local.opened = opened = fresh
+        opened.stream.codec_context.flush_buffers()
+        stream = opened.stream
+        try:
+            opened.container.seek(segment.key_pts, stream=stream, backward=True, any_frame=False)
+            packets = opened.container.demux(stream)
+            for packet in packets:
+                if packet.is_keyframe and packet.pts == segment.key_pts:
+                    return opened, itertools.chain(
+                        [packet], itertools.islice(packets, segment.stop - segment.start - 1)
+                    )
+                if packet.pts is not None and packet.pts > segment.key_pts and packet.is_keyframe:
+                    break  # the seek went past the keyframe
+        except _av_error_types():
+            pass
+        # The seek did not land on the keyframe: read from the beginning instead (slow, exact).
+        fresh = self._open()
+        self._local.opened = fresh
+        packets = itertools.islice(fresh.container.demux(fresh.stream), segment.stop)
+        for _ in range(segment.start):
+            next(packets)
+        return fresh, packets
+
+    def decode(
+        self, segment: _Segment, selector: _TargetSelector
+    ) -> tuple[list[tuple[float, np.ndarray]], int]:
+        """The sampled frames of ``segment`` (time, picture) and the number of undecodable packets."""
+        opened, packets = self._packets(segment)
+        stream, name = opened.stream, opened.source
+        context = stream.codec_context
+        context.skip_frame = "DEFAULT"
+        skipper = _NonReferenceSkipper(opened, opened.rate or _FALLBACK_RATE)
+        out: list[tuple[float, np.ndarray]] = []
+        bad = 0
+        checked: tuple[int, int, float] | None = None
+
+        def take(frames: list[Any]) -> None:
+            nonlocal checked
+            for frame in frames:
+                if frame.pts is None:
+                    continue
+                ts = float(frame.pts * stream.time_base) - opened.origin
+                if not (segment.low <= ts < segment.high):
+                    continue  # a leading frame the previous segment owns, or the next keyframe
+                size = (frame.width, frame.height, _frame_sar(frame, stream))
+                if size != checked:
+                    _check_picture(*size, name)
+                    checked = size
+                if selector.accept(ts):
+                    out.append((ts, _convert_frame(frame, stream, self._resize, self._threads, name)))
+
+        def finished() -> bool:
+            target = selector.next_target
+            return target is None or target - selector.slack > segment.last
+
+        try:
+            for packet in packets:
+                skipper.before(packet, selector, True)
+                try:
+                    take(packet.decode())
+                except _av_error_types():
+                    bad += 1
+                if finished():
+                    break
+            else:
+                try:
+                    take(context.decode(None))  # frames still delayed in the decoder
+                except _av_error_types():
+                    pass
+        finally:
+            context.flush_buffers()
+        return out, bad
+
+
+def _selector_after(template: _TargetSelector, before: float | None) -> _TargetSelector:
+    """A fresh selector standing where ``template`` would after seeing frames up to time ``before``."""
+    selector = template.restarted()
+    if before is not None:
+        selector.accept(before)
+    return selector
+
+
+def _iter_pyav_segments(
+    opened: _OpenVideo,
+    path: str,
+    segments: list[_Segment],
+    selector: _TargetSelector,
+    max_frames: int | None,
+    resize: _Resize | None,
+    workers: int,
+) -> Iterator[tuple[float, np.ndarray]]:
+    """Decode the segments that hold a sample on ``workers`` threads; yields what `_iter_pyav` would.
+
+    Each segment starts from its keyframe with a decoder of its own and a selector standing where sequential
+    decoding would be at that point, so it keeps the same frames; results come back in order, with at most
+    ``workers + 1`` segments in flight (memory stays bounded).
+    """
+    threads = max(1, _available_cores() // workers)
+    decoder = _SegmentDecoder(opened, path, threads, resize)
+
+    def needed() -> Iterator[tuple[_Segment, _TargetSelector]]:
+        for segment in segments:
+            start = _selector_after(selector, segment.before)
+            target = start.next_target
+            if target is None:
+                return
+            if target - start.slack <= segment.last:
+                yield segment, start
+
+    kept = bad = 0
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llamavid-decode")
+    try:
+        in_flight: deque[Future[tuple[list[tuple[float, np.ndarray]], int]]] = deque()
+        jobs = needed()
+        exhausted = False
+        while True:
+            while not exhausted and len(in_flight) <= workers:
+                job = next(jobs, None)
+                if job is None:
+                    exhausted = True
+                else:
+                    in_flight.append(pool.submit(decoder.decode, *job))
+            if not in_flight:
+                break
+            frames, bad_packets = in_flight.popleft().result()
+            bad += bad_packets
+            for item in frames:
+                yield item
+                kept += 1
+                if max_frames is not None and kept >= max_frames:
+                    return
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        decoder.close()
+        if bad:
+            logger.warning("%s: skipped %d undecodable packets.", opened.source, bad)
+    if kept == 0:
+        raise VideoDecodeError(
+            f"{opened.source}: no frame could be decoded from the video stream. The file is truncated, corrupted "
+            "or uses an unsupported codec profile; re-encode it to H.264.",
+            opened.source,
+        )
+
+
 def _load_torchcodec() -> Any:
     try:
         from torchcodec.decoders import VideoDecoder
@@ -909,13 +1290,37 @@ def _load_torchcodec() -> Any:
     return VideoDecoder
 
 
+def _check_cuda(device: str) -> None:
+    """Refuse a CUDA device this machine does not have, before anything is opened."""
+    try:
+        import torch
+    except ImportError as error:  # pragma: no cover - torch is a core dependency
+        raise BackendUnavailableError(f"device={device!r} needs PyTorch with CUDA: {error}") from error
+    if not torch.cuda.is_available():
+        raise BackendUnavailableError(
+            f"device={device!r} asks for GPU decoding, but PyTorch sees no CUDA device here (torch "
+            f"{torch.__version__}, CUDA build: {torch.version.cuda or 'none'}). Drop device= to decode on the CPU, "
+            "or install a CUDA build of torch and torchcodec on a machine with an NVIDIA GPU."
+        )
+    index = int(device.split(":")[1]) if ":" in device else 0
+    if index >= torch.cuda.device_count():
+        raise BackendUnavailableError(
+            f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible here."
+        )
+
+
 def _iter_torchcodec(
-    opened: _OpenVideo, selector: _TargetSelector, max_frames: int | None, chunk_size: int
+    opened: _OpenVideo,
+    selector: _TargetSelector,
+    max_frames: int | None,
+    chunk_size: int,
+    device: str = "cpu",
 ) -> Iterator[tuple[float, np.ndarray]]:
     """Pick frames from packet timestamps (PyAV demux, no decode), then let torchcodec decode them.
 
     Sharing the timestamp logic with the PyAV path is what guarantees both backends return the same frames.
-    torchcodec applies the rotation itself; non-square pixels are corrected here like for PyAV.
+    torchcodec applies the rotation itself; non-square pixels are corrected here like for PyAV. On a CUDA
+    ``device`` the GPU's decoder does the work and the sampled frames are copied back to host memory.
     """
     video_decoder = _load_torchcodec()
     name, stream = opened.source, opened.stream
@@ -936,11 +1341,16 @@ def _iter_torchcodec(
     try:
         # 0: FFmpeg picks the thread count from the cores (torchcodec's default of 1 leaves the others idle).
         decoder = video_decoder(
-            name, stream_index=stream.index, dimension_order="NHWC", seek_mode="exact", num_ffmpeg_threads=0
+            name,
+            stream_index=stream.index,
+            dimension_order="NHWC",
+            seek_mode="exact",
+            num_ffmpeg_threads=0,
+            device=device,
         )
         for start in range(0, len(indices), chunk_size):
             batch = decoder.get_frames_at(indices[start : start + chunk_size])
-            pixels = batch.data.numpy()
+            pixels = batch.data.cpu().numpy()
             for i, ts in enumerate(batch.pts_seconds.tolist()):
                 yield ts - opened.origin, _apply_geometry(pixels[i], 0, sar)
     except MediaError:
@@ -953,8 +1363,19 @@ def _iter_torchcodec(
         ) from error
 
 
-def _resolve_backend(backend: str | None, source: MediaSource) -> Backend:
+def _resolve_backend(backend: str | None, source: MediaSource, device: str | None = None) -> Backend:
+    if device is not None and not isinstance(device, str):
+        raise InvalidInputError(f"device must be a string such as 'cpu' or 'cuda', got {device!r}.")
+    on_gpu = device is not None and device != "cpu"
+    if on_gpu and not (device == "cuda" or re.fullmatch(r"cuda:\d+", device or "")):
+        raise InvalidInputError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}.")
+    if on_gpu and backend is None:
+        backend = "torchcodec"  # only torchcodec decodes on the GPU
     if backend is None or backend == "pyav":
+        if on_gpu:
+            raise InvalidInputError(
+                f"device={device!r} needs backend='torchcodec' (PyAV decodes on the CPU only)."
+            )
         return "pyav"
     if backend == "torchcodec":
         if not isinstance(source, (str, os.PathLike)):
@@ -977,6 +1398,10 @@ def iter_video_frames(
     max_frames: int | None = None,
     backend: str | None = None,
     chunk_size: int | None = None,
+    size: int | None = None,
+    crop_size: int | None = None,
+    workers: int | None = None,
+    device: str | None = None,
 ) -> Iterator[Frames]:
     """Stream sampled frames in chunks, so memory stays flat however long the video is.
 
@@ -990,6 +1415,20 @@ def iter_video_frames(
             sampled uniformly with ``max_frames`` frames instead, so the end of the video is never cut off.
         backend: ``"pyav"`` (default, also used for ``None``) or ``"torchcodec"``.
         chunk_size: Frames per yielded chunk (default 64).
+        size: Opt-in fast resize (PyAV backend): return frames whose shortest side FFmpeg's scaler resized to
+            ``size`` (bicubic, in the same pass as the RGB conversion) and then centre-cropped to
+            ``crop_size`` × ``crop_size``, the geometry of the image processor's resize + crop. Much cheaper
+            than full-resolution RGB + PIL, but not bit-identical to the processor's PIL bicubic resize
+            (docs/benchmarks.md gives the measured difference). ``None`` (default): full-resolution frames.
+        crop_size: Side of the centre crop with ``size`` (default: ``size``, as the released processors).
+        workers: Decoders working at once on keyframe-aligned segments of a seekable video file (PyAV
+            backend); each starts at a keyframe, so the frames are identical to one decoder's. ``None``
+            (default): one per available core, at most 8; ``1``: a single sequential decoder (use it when
+            many videos are decoded at once, e.g. one per Ray task). File objects, and files whose timestamps
+            do not allow an exact cut, are decoded by one decoder whatever this says.
+        device: ``"cuda"`` / ``"cuda:N"`` decodes on the GPU with torchcodec (implies
+            ``backend="torchcodec"``; frames are copied back to host memory, and GPU colour conversion is not
+            bit-identical to FFmpeg's on the CPU). ``None`` or ``"cpu"``: decode on the CPU.
 
     Yields:
         :class:`Frames` chunks in time order; concatenated they equal :func:`decode_video`'s result.
@@ -997,6 +1436,7 @@ def iter_video_frames(
     Raises:
         MediaError: See :func:`inspect_video`; ``BackendUnavailableError`` if torchcodec is asked for but missing.
         ValueError: Invalid sampling arguments.
+        BackendUnavailableError: ``device="cuda"`` on a machine without CUDA.
     """
     chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
     if chunk_size < 1:
@@ -1009,6 +1449,10 @@ def iter_video_frames(
         backend=backend,
         chunk_size=chunk_size,
         decode_batch=chunk_size,
+        size=size,
+        crop_size=crop_size,
+        workers=workers,
+        device=device,
     )
 
 
@@ -1021,12 +1465,25 @@ def _iter_chunks(
     backend: str | None,
     chunk_size: int,
     decode_batch: int,
+    size: int | None = None,
+    crop_size: int | None = None,
+    workers: int | None = None,
+    device: str | None = None,
 ) -> Iterator[Frames]:
     """`iter_video_frames` with the torchcodec batch (`decode_batch`) apart from the chunk size."""
     _validate_sampling(fps, num_frames, max_frames)
-    chosen = _resolve_backend(backend, path)
+    resize = _validate_resize(size, crop_size)
+    worker_count = _resolve_workers(workers)
+    chosen = _resolve_backend(backend, path, device)
     if chosen == "torchcodec":
         _load_torchcodec()  # fail before opening anything
+        if device is not None and device != "cpu":
+            _check_cuda(device)
+        if resize is not None:
+            raise InvalidInputError(
+                "size= resizes inside PyAV's scaler; with backend='torchcodec' decode at full size and let the "
+                "image processor resize."
+            )
     opened = _open_video(path)
     try:
         duration = opened.duration
@@ -1049,10 +1506,17 @@ def _iter_chunks(
             slack=slack,
             source=opened.source,
         )
+        frames_iter: Iterator[tuple[float, np.ndarray]] | None = None
         if chosen == "torchcodec":
-            frames_iter = _iter_torchcodec(opened, selector, max_frames, decode_batch)
-        else:
-            frames_iter = _iter_pyav(opened, selector, max_frames)
+            frames_iter = _iter_torchcodec(opened, selector, max_frames, decode_batch, device or "cpu")
+        elif worker_count > 1 and isinstance(path, (str, os.PathLike)) and opened.seekable:
+            segments = _plan_segments(opened, os.fspath(path))
+            if segments is not None and len(segments) > 1:
+                frames_iter = _iter_pyav_segments(
+                    opened, os.fspath(path), segments, selector, max_frames, resize, worker_count
+                )
+        if frames_iter is None:
+            frames_iter = _iter_pyav(opened, selector, max_frames, resize)
         known_duration = duration
         batch: list[np.ndarray] = []
         times: list[float] = []
@@ -1093,12 +1557,17 @@ def decode_video(
     max_frames: int | None = None,
     backend: str | None = None,
     chunk_size: int | None = None,
+    size: int | None = None,
+    crop_size: int | None = None,
+    workers: int | None = None,
+    device: str | None = None,
 ) -> Frames:
     """Decode and sample a video into one :class:`Frames` (all sampled frames in memory).
 
     The single decode entry point of the package; for long videos prefer :func:`iter_video_frames` (same
-    arguments), which keeps memory flat. See it for the arguments; here ``chunk_size`` only sets how many frames
-    the torchcodec backend decodes per call, the result being one array either way.
+    arguments), which keeps memory flat. See it for the arguments (``size`` / ``crop_size`` for the opt-in fast
+    resize, ``workers`` for segment-parallel decoding, ``device`` for GPU decoding); here ``chunk_size`` only
+    sets how many frames the torchcodec backend decodes per call, the result being one array either way.
 
     Raises:
         MediaError: The file is missing, empty, a directory, corrupted, audio-only or has an unsupported codec.
@@ -1118,6 +1587,10 @@ def decode_video(
             backend=backend,
             chunk_size=sys.maxsize,
             decode_batch=decode_batch,
+            size=size,
+            crop_size=crop_size,
+            workers=workers,
+            device=device,
         )
     )
     shapes = {chunk.frames.shape[1:] for chunk in chunks}
