@@ -144,6 +144,14 @@ def _check_turns(conversations: Any, origin: str) -> list[tuple[str, str]]:
             raise BadRecordError(
                 origin, f"turn {number} must be {{'from': 'human'|'gpt', 'value': str}}, got {turn!r:.120}."
             )
+        try:
+            turn["value"].encode("utf-8")
+        except UnicodeEncodeError as error:  # JSON can spell half a UTF-16 pair; no tokenizer takes one
+            raise BadRecordError(
+                origin,
+                f"turn {number} holds a lone surrogate ({turn['value'][error.start]!r} at character "
+                f"{error.start}), a \\uD800-\\uDFFF escape without its pair; fix or drop it.",
+            ) from None
         turns.append((turn["from"], turn["value"]))
     if turns[0][0] == "gpt":
         # The official preprocessing drops a leading assistant turn (LLaVA data starts some chats that way).
@@ -309,6 +317,15 @@ def sample_frame_indices(timestamps: np.ndarray, fps: float, max_frames: int | N
     return np.unique(indices)
 
 
+def _exists(path: Path, origin: str) -> bool:
+    """`Path.exists`, with a path the system refuses (too long, ...) reported as the record's mistake."""
+    try:
+        return path.exists()
+    except OSError as error:
+        shown = str(path) if len(str(path)) <= 160 else f"{str(path)[:100]}...{str(path)[-40:]}"
+        raise BadRecordError(origin, f"media path {shown} cannot be used: {error.strerror}.") from None
+
+
 class LlavaJsonDataset(Dataset):
     """LLaVA-style JSON records -> training sample dicts (see the module docstring).
 
@@ -416,13 +433,13 @@ class LlavaJsonDataset(Dataset):
             if path.suffix.lower() in (".safetensors", ".json"):
                 candidates = [path.with_suffix(".safetensors"), path.with_suffix(".json")]
             for candidate in candidates:
-                if not candidate.exists():
+                if not _exists(candidate, origin):
                     raise BadRecordError(
                         origin, f"{key} file {candidate} not found (check data.{key}_folder)."
                     )
             if record.get("subtitles"):
                 subtitles = self.folders[self.records[position][0]][1] / str(record["subtitles"])
-                if not subtitles.is_file():
+                if not _exists(subtitles, origin) or not subtitles.is_file():
                     raise BadRecordError(origin, f"subtitle file {subtitles} not found.")
 
     # Loading ---------------------------------------------------------------------------------------------------
