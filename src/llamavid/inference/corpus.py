@@ -113,7 +113,7 @@ def _failure(video: str, error: BaseException) -> dict[str, Any]:
 
 
 def _write_summary(path: Path, report: CorpusReport, total: int, cache_root: Path, mode: str) -> None:
-    from llamavid.data.feature_cache import _atomic_write_bytes
+    from llamavid.data.feature_cache import atomic_write_bytes
 
     summary = {
         "version": _SUMMARY_VERSION,
@@ -126,7 +126,7 @@ def _write_summary(path: Path, report: CorpusReport, total: int, cache_root: Pat
         "seconds": round(report.seconds, 3),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(path, (json.dumps(summary, indent=1) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(summary, indent=1) + "\n").encode())
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -214,7 +214,7 @@ class _Decoder:
         from PIL import Image
 
         from llamavid.data.errors import VideoDecodeError
-        from llamavid.data.feature_cache import _META, CacheKey, FeatureCache, file_sha256
+        from llamavid.data.feature_cache import CacheKey, FeatureCache, file_sha256
         from llamavid.data.video import iter_video_frames, probe_video
 
         spec = self.spec
@@ -236,9 +236,7 @@ class _Decoder:
             )
             return
         path = cache.entry_path(key)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / _META).unlink(missing_ok=True)  # a stale or corrupt entry is rebuilt, as FeatureCache does
-        done = cache._resumable_chunks(path, key)
+        done = cache.begin_entry(key)  # a stale or corrupt entry is rebuilt, resuming its finished chunks
         duration = None
         count = 0
         for index, frames in enumerate(
@@ -322,9 +320,12 @@ class _ChunkEncoder:
             duration=float(info["duration"]),
             source=video,
         )
-        path = self.cache.entry_path(info["digest"])
-        path.mkdir(parents=True, exist_ok=True)
-        record = self.cache._encode_chunk(path, index, frames, self.encoder, self.spec.batch_size)
+        # The batches the single-process pipeline gives the encoder: `batch_size` frames from the chunk's start.
+        size = self.spec.batch_size
+        features = [self.encoder(frames.frames[i : i + size]) for i in range(0, len(frames), size)]
+        record = self.cache.write_chunk(
+            info["digest"], index, np.concatenate([part.numpy() for part in features]), frames.timestamps
+        )
         return json.dumps({"digest": info["digest"], "record": record})
 
 
@@ -337,10 +338,10 @@ class _Committer:
         self.ends: dict[str, dict[str, Any]] = {}
         self.failed: dict[str, dict[str, Any]] = {}
 
-    def chunk(self, video: str, digest: str, record: dict[str, Any]) -> dict[str, Any] | None:
+    def chunk(self, video: str, record: dict[str, Any]) -> dict[str, Any] | None:
         index = int(record["file"].split("_")[1].split(".")[0])
         self.records.setdefault(video, {})[index] = record
-        self._write_progress(video, digest)
+        self._write_progress(video)
         return self._maybe_finish(video)
 
     def end(self, video: str, info: dict[str, Any]) -> dict[str, Any] | None:
@@ -357,57 +358,29 @@ class _Committer:
             prefix.append(records[len(prefix)])
         return prefix
 
-    def _write_progress(self, video: str, digest: str) -> None:
-        from llamavid.data.feature_cache import _PROGRESS, FORMAT_VERSION
+    def _write_progress(self, video: str) -> None:
+        from llamavid.data.feature_cache import CacheKey
 
         end = self.ends.get(video)
         prefix = self._ordered(video)
         if end is None or not prefix:
             return  # the key and source arrive with the end row; chunk files stay on disk until then
-        progress = {
-            "format_version": FORMAT_VERSION,
-            "key": end["key"],
-            "source": end["source"],
-            "chunks": prefix,
-        }
-        self.cache._write_json(self.cache.entry_path(digest) / _PROGRESS, progress)
+        self.cache.write_progress(CacheKey(**end["key"]), end["source"], prefix)
 
     def _maybe_finish(self, video: str) -> dict[str, Any] | None:
-        from llamavid.data.feature_cache import _META, _PROGRESS, FORMAT_VERSION
+        from llamavid.data.feature_cache import CacheKey
 
         end = self.ends.get(video)
         if end is None or video in self.failed:
             return None
         chunks = self._ordered(video)
         if len(chunks) < end["chunks"]:
-            self._write_progress(video, end["digest"])
+            self._write_progress(video)
             return None
-        key = end["key"]
-        timestamps = [t for c in chunks for t in c["timestamps"]]
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "digest": end["digest"],
-            "key": key,
-            "source": end["source"],
-            "encoder_id": key["encoder_id"],
-            "preprocessing_id": key["preprocessing_id"],
-            "fps": key["fps"],
-            "duration": end["duration"],
-            "num_frames": len(timestamps),
-            "feature_shape": chunks[0]["feature_shape"],
-            "dtype": "float16",
-            "timestamps": timestamps,
-            "subtitles": None,
-            "chunks": [
-                {k: v for k, v in c.items() if k not in ("timestamps", "feature_shape")} for c in chunks
-            ],
-            "complete": True,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        path = self.cache.entry_path(end["digest"])
-        self.cache._write_json(path / _META, meta)
-        (path / _PROGRESS).unlink(missing_ok=True)
-        return {"digest": end["digest"], "frames": len(timestamps)}
+        entry = self.cache.finish_entry(
+            CacheKey(**end["key"]), end["source"], chunks, duration=end["duration"]
+        )
+        return {"digest": end["digest"], "frames": entry.num_frames}
 
 
 def _connect(address: str) -> bool:
@@ -487,7 +460,7 @@ def _ingest_with_ray(
             elif kind in ("written", "end"):
                 if kind == "written":
                     report.frames_encoded += len(info["record"]["timestamps"])
-                    result = committer.chunk(video, info["digest"], info["record"])
+                    result = committer.chunk(video, info["record"])
                     if progress:
                         progress({"video": video, "status": "chunk", "worker": int(row["worker"]),
                                   "done": len(finished), "total": len(videos)})  # fmt: skip
