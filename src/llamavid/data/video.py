@@ -310,6 +310,14 @@ class _TargetSelector:
     def slack(self) -> float:
         return self._slack
 
+    def expected_count(self, duration: float | None) -> int | None:
+        """How many frames sampling will keep, from the targets or the duration (``None``: unknown)."""
+        if self._targets is not None:
+            return len(self._targets)
+        if duration is None or self._fps is None or not math.isfinite(duration):
+            return None
+        return math.floor(max(duration, 0.0) * self._fps + self._slack) + 1
+
     def restarted(self) -> _TargetSelector:
         """A selector with the same targets, at the first one."""
         return _TargetSelector(fps=self._fps, targets=self._targets, slack=self._slack)
@@ -1469,8 +1477,13 @@ def _iter_chunks(
     crop_size: int | None = None,
     workers: int | None = None,
     device: str | None = None,
+    whole: bool = False,
 ) -> Iterator[Frames]:
-    """`iter_video_frames` with the torchcodec batch (`decode_batch`) apart from the chunk size."""
+    """`iter_video_frames` with the torchcodec batch (`decode_batch`) apart from the chunk size.
+
+    ``whole``: one :class:`Frames` for the whole video (``chunk_size`` is ignored), each frame copied into
+    it as soon as it is decoded, so the decoder's buffer is reused for the next frame.
+    """
     _validate_sampling(fps, num_frames, max_frames)
     resize = _validate_resize(size, crop_size)
     worker_count = _resolve_workers(workers)
@@ -1518,6 +1531,14 @@ def _iter_chunks(
         if frames_iter is None:
             frames_iter = _iter_pyav(opened, selector, max_frames, resize)
         known_duration = duration
+        if whole:
+            try:
+                yield _collect(
+                    frames_iter, selector.expected_count(duration), sampling_fps, duration, opened.source
+                )
+            finally:
+                getattr(frames_iter, "close", lambda: None)()  # stops decoding threads before the file closes
+            return
         batch: list[np.ndarray] = []
         times: list[float] = []
         for ts, rgb in frames_iter:
@@ -1534,6 +1555,50 @@ def _iter_chunks(
             yield _chunk(batch, times, sampling_fps, known_duration, opened.source)
     finally:
         opened.container.close()
+
+
+# The first allocation for a whole video holds at most this many bytes; a longer one grows as frames come.
+_MAX_PREALLOCATED_BYTES = 1 << 31
+
+
+def _collect(
+    frames: Iterator[tuple[float, np.ndarray]],
+    expected: int | None,
+    fps: float | None,
+    duration: float | None,
+    source: str,
+) -> Frames:
+    """Copy every frame once, straight into one array sized from the expected count (grown if exceeded)."""
+    out: np.ndarray | None = None
+    times: list[float] = []
+    for ts, rgb in frames:
+        count = len(times)
+        if out is None:
+            capacity = max(1, min(expected or 64, _MAX_PREALLOCATED_BYTES // max(rgb.nbytes, 1)))
+            out = np.empty((capacity, *rgb.shape), dtype=np.uint8)  # pages are mapped when first written
+        elif rgb.shape != out.shape[1:]:
+            raise VideoDecodeError(
+                f"{source}: the picture size changes inside the video (from {out.shape[1:]} to {rgb.shape} at "
+                f"{ts:.3f} s); frames cannot be stacked. Re-encode to one size, or use iter_video_frames() which "
+                "yields one chunk per size.",
+                source,
+            )
+        if count == len(out):
+            grown = np.empty((2 * count, *rgb.shape), dtype=np.uint8)
+            grown[:count] = out
+            out = grown
+        out[count] = rgb
+        times.append(ts)
+    if out is None:
+        raise VideoDecodeError(f"{source}: no frame could be decoded from the video stream.", source)
+    timestamps = np.asarray(times, dtype=np.float64)
+    return Frames(
+        frames=out[: len(times)],
+        timestamps=timestamps,
+        fps=fps,
+        duration=float(duration) if duration is not None else float(timestamps[-1]),
+        source=source,
+    )
 
 
 def _chunk(
@@ -1576,39 +1641,23 @@ def decode_video(
     decode_batch = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
     if decode_batch < 1:
         raise InvalidInputError(f"chunk_size must be a positive int, got {chunk_size!r}.")
-    # One chunk for the whole video: frames are copied once, into the result, instead of into chunks that are
-    # then concatenated (a second copy of every full-resolution frame, as slow as the decoding it follows).
-    chunks = list(
-        _iter_chunks(
-            path,
-            fps=fps,
-            num_frames=num_frames,
-            max_frames=max_frames,
-            backend=backend,
-            chunk_size=sys.maxsize,
-            decode_batch=decode_batch,
-            size=size,
-            crop_size=crop_size,
-            workers=workers,
-            device=device,
-        )
+    # One array for the whole video, each frame copied into it once as it is decoded (stacking a list of frames
+    # would be a second copy of every full-resolution frame, as slow as the decoding before it).
+    (frames,) = _iter_chunks(
+        path,
+        fps=fps,
+        num_frames=num_frames,
+        max_frames=max_frames,
+        backend=backend,
+        chunk_size=sys.maxsize,
+        decode_batch=decode_batch,
+        size=size,
+        crop_size=crop_size,
+        workers=workers,
+        device=device,
+        whole=True,
     )
-    shapes = {chunk.frames.shape[1:] for chunk in chunks}
-    if len(shapes) > 1:
-        raise VideoDecodeError(
-            f"{_describe(path)}: the picture size changes inside the video ({sorted(shapes)}); frames cannot be "
-            "stacked. Re-encode to one size, or use iter_video_frames() which yields one chunk per size.",
-            _describe(path),
-        )
-    if len(chunks) == 1:
-        return chunks[0]
-    return Frames(
-        frames=np.concatenate([chunk.frames for chunk in chunks]),
-        timestamps=np.concatenate([chunk.timestamps for chunk in chunks]),
-        fps=chunks[0].fps,
-        duration=chunks[-1].duration,
-        source=chunks[0].source,
-    )
+    return frames
 
 
 # ---------------------------------------------------------------------------------------------------------
