@@ -28,8 +28,13 @@ from llamavid.model.configuration_llamavid import IMAGE_TOKEN_INDEX, LlamaVidCon
 from llamavid.model.conversation import (
     DEFAULT_IMAGE_TOKEN,
     DEFAULT_VIDEO_TOKEN,
+    TOKENIZER_TEMPLATE,
     VISUAL_PART_TYPES,
+    TurnMarkers,
+    build_long_video_message,
     chat_template_for,
+    find_turn_markers,
+    flatten_messages,
     get_template,
     last_user_text,
     qformer_question,
@@ -69,6 +74,31 @@ def load_qformer_tokenizer(folder: str | os.PathLike[str] | None = None) -> PreT
     if tokenizer.bos_token != "[DEC]":
         tokenizer.add_special_tokens({"bos_token": "[DEC]"})
     return tokenizer
+
+
+def tokenizer_chat_template(tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """The LLM tokenizer's own chat template (its default one when it has several), or None."""
+    source = getattr(tokenizer, "chat_template", None)
+    if isinstance(source, dict):
+        source = source.get("default")
+    return source if isinstance(source, str) and source.strip() else None
+
+
+def default_template_for(tokenizer: PreTrainedTokenizerBase) -> str:
+    """``"tokenizer"`` for an LLM whose tokenizer has its own chat template, else Vicuna's ``"vicuna_v1"``.
+
+    Vicuna (the released LLaMA-VID LLM) and the packaged demo tokenizer carry none (docs/llms.md).
+    """
+    return TOKENIZER_TEMPLATE if tokenizer_chat_template(tokenizer) is not None else "vicuna_v1"
+
+
+def tokenizer_adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether the tokenizer starts a plain encoding with its BOS id (Llama-2 does; Qwen, SmolLM2 do not)."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return False
+    ids = tokenizer("a")["input_ids"]
+    return bool(ids) and ids[0] == bos
 
 
 def _is_features(item: Any) -> bool:
@@ -177,7 +207,8 @@ class LlamaVidProcessor:
         qformer_tokenizer: BERT-uncased tokenizer of the text decoder.
         image_tokens_per_frame / video_tokens_per_frame: ``1 + n`` for still images and video frames.
         template: conversation template name (see `llamavid.model.conversation.TEMPLATES`); it also sets the
-            stop string `batch_decode` cuts answers at.
+            stop string `batch_decode` cuts answers at. ``"tokenizer"`` renders with the LLM tokenizer's own
+            chat template (any non-Vicuna LLM, docs/llms.md); BOS then comes from that template only.
         qformer_max_length: questions are truncated from the left to this many BERT tokens (official: 256).
         add_bos: prepend the LLM tokenizer's BOS id (LLaMA does).
         chat_template: Jinja source to render prompts with; default: the one generated for `template`.
@@ -195,7 +226,14 @@ class LlamaVidProcessor:
         add_bos: bool = True,
         chat_template: str | None = None,
     ) -> None:
-        get_template(template)
+        if template == TOKENIZER_TEMPLATE:
+            if tokenizer_chat_template(tokenizer) is None:
+                raise InvalidInputError(
+                    f"template {TOKENIZER_TEMPLATE!r} renders with the LLM tokenizer's chat template, but "
+                    f"{type(tokenizer).__name__} has none; pick a named template such as 'vicuna_v1'."
+                )
+        else:
+            get_template(template)
         self.image_processor = image_processor
         self.tokenizer = tokenizer
         self.qformer_tokenizer = qformer_tokenizer
@@ -206,6 +244,7 @@ class LlamaVidProcessor:
         self.add_bos = add_bos
         self._chat_template: str | None = None
         self.chat_template = chat_template
+        self._turn_markers: dict[str, TurnMarkers | None] = {}
 
     @classmethod
     def from_config(
@@ -214,9 +253,17 @@ class LlamaVidProcessor:
         tokenizer: PreTrainedTokenizerBase,
         qformer_tokenizer: PreTrainedTokenizerBase | None = None,
         image_aspect_ratio: str = "pad",
-        template: str = "vicuna_v1",
+        template: str | None = None,
+        add_bos: bool | None = None,
     ) -> LlamaVidProcessor:
-        """Build the processor that matches a model config (frame size and tokens per frame)."""
+        """Build the processor that matches a model config (frame size and tokens per frame).
+
+        Args:
+            template: conversation template; default `default_template_for` the tokenizer (``"tokenizer"`` when
+                it has its own chat template, else ``"vicuna_v1"``).
+            add_bos: prepend BOS to prompts; default True (LLaMA/Vicuna). LLMs built with their own tokenizer
+                pass `tokenizer_adds_bos`.
+        """
         qformer_config, vision_config = config.qformer_config, config.vision_config
         if not isinstance(qformer_config, PreTrainedConfig) or not isinstance(
             vision_config, PreTrainedConfig
@@ -237,7 +284,8 @@ class LlamaVidProcessor:
             qformer_tokenizer,
             image_tokens_per_frame=config.tokens_per_frame(is_image=True),
             video_tokens_per_frame=config.tokens_per_frame(is_image=False),
-            template=template,
+            template=template if template is not None else default_template_for(tokenizer),
+            add_bos=True if add_bos is None else add_bos,
         )
 
     # Token layout ---------------------------------------------------------------------------------------------
@@ -327,14 +375,65 @@ class LlamaVidProcessor:
 
     # Prompts ------------------------------------------------------------------------------------------------
     @property
+    def uses_tokenizer_template(self) -> bool:
+        """Prompts are rendered with the LLM tokenizer's own chat template (template ``"tokenizer"``)."""
+        return self.template == TOKENIZER_TEMPLATE
+
+    def _template_source(self, template: str) -> str:
+        """Jinja source of a template name: the tokenizer's own for ``"tokenizer"``, else the generated one."""
+        if template == TOKENIZER_TEMPLATE:
+            source = tokenizer_chat_template(self.tokenizer)
+            if source is None:
+                raise InvalidInputError(
+                    f"template {TOKENIZER_TEMPLATE!r}: {type(self.tokenizer).__name__} has no chat template."
+                )
+            return source
+        return chat_template_for(template)
+
+    @property
     def chat_template(self) -> str:
-        """Jinja source prompts are rendered with: a custom one if set, else the one generated for `template`."""
-        return self._chat_template if self._chat_template is not None else chat_template_for(self.template)
+        """Jinja source prompts are rendered with: a custom one if set, else the `template`'s."""
+        return (
+            self._chat_template if self._chat_template is not None else self._template_source(self.template)
+        )
 
     @chat_template.setter
     def chat_template(self, source: str | None) -> None:
-        # Sources equal to the generated one are not stored, so changing `template` later still takes effect.
-        self._chat_template = None if source is None or source == chat_template_for(self.template) else source
+        # Sources equal to the template's are not stored, so changing `template` later still takes effect.
+        self._chat_template = (
+            None if source is None or source == self._template_source(self.template) else source
+        )
+
+    def _render(
+        self, source: str, conversation: Sequence[Message], add_generation_prompt: bool, template: str
+    ) -> str:
+        """One conversation rendered with `source`; an LLM's own template runs in transformers' renderer."""
+        if template != TOKENIZER_TEMPLATE:
+            return render_chat_template(source, conversation, add_generation_prompt)
+        rendered = self.tokenizer.apply_chat_template(
+            flatten_messages(conversation),
+            chat_template=source,
+            add_generation_prompt=add_generation_prompt,
+            tokenize=False,
+        )
+        return str(rendered)
+
+    def turn_markers(self, template: str | None = None) -> TurnMarkers | None:
+        """The user-turn markers of the LLM tokenizer's chat template (`find_turn_markers`), found once."""
+        template = template or self.template
+        if template not in self._turn_markers:
+            source = self.chat_template if template == self.template else self._template_source(template)
+            self._turn_markers[template] = find_turn_markers(
+                lambda messages, generation: self._render(source, messages, generation, template)
+            )
+        return self._turn_markers[template]
+
+    def last_user_text(self, prompt: str) -> str:
+        """The last user turn of a prompt rendered in this processor's template (the whole prompt if none)."""
+        if self.uses_tokenizer_template:
+            markers = self.turn_markers()
+            return prompt if markers is None else markers.last_user_text(prompt)
+        return last_user_text(prompt, self.template)
 
     @overload
     def apply_chat_template(
@@ -442,9 +541,9 @@ class LlamaVidProcessor:
             else [cast("Sequence[Message]", messages)]
         )
         if chat_template is None:
-            chat_template = self.chat_template if template is None else chat_template_for(template)
+            chat_template = self.chat_template if template is None else self._template_source(template)
         prompts = [
-            render_chat_template(chat_template, conversation, add_generation_prompt)
+            self._render(chat_template, conversation, add_generation_prompt, template or self.template)
             for conversation in conversations
         ]
         if not tokenize:
@@ -479,7 +578,34 @@ class LlamaVidProcessor:
         movie wrapper and placeholders removed, stripped; a prompt without the role is taken whole. The official
         chat CLI also conditions on the latest question, whichever turn holds the media.
         """
-        return qformer_question(last_user_text(prompt, self.template))
+        return qformer_question(self.last_user_text(prompt))
+
+    def long_video_prompt(self, prompt: str, frame_texts: Sequence[str]) -> tuple[str, list[int]]:
+        """A rendered prompt about one video in the long-video (movie) layout, and its visual block lengths.
+
+        The last user turn of `prompt` shows the video as its one ``<image>`` next to the question (the chat
+        form ``"<image>\\n" + question``); it becomes `build_long_video_message` of `frame_texts` and the question
+        (one ``<image>`` per frame, each followed by its subtitle), as `Engine` builds a movie question.
+
+        Args:
+            prompt: rendered in this processor's chat template, one placeholder in all, in the last user turn.
+            frame_texts: one subtitle text per sampled frame (``""`` for none).
+
+        Returns:
+            The movie prompt and ``visual_block_lengths(len(frame_texts), per_frame=True)``:
+            ``tokenize_prompt(*result)`` gives its ids.
+        """
+        turn = last_user_text(prompt, self.template)
+        if len(_PLACEHOLDER.findall(prompt)) != 1 or len(_PLACEHOLDER.findall(turn)) != 1:
+            raise InvalidInputError(
+                f"subtitles need the video as the only {DEFAULT_IMAGE_TOKEN} of the prompt, in its last user "
+                f"turn; found {len(_PLACEHOLDER.findall(prompt))} in the prompt and "
+                f"{len(_PLACEHOLDER.findall(turn))} in the last user turn."
+            )
+        start = prompt.rindex(turn)
+        message = build_long_video_message(list(frame_texts), qformer_question(turn))
+        movie = prompt[:start] + message + prompt[start + len(turn) :]
+        return movie, self.visual_block_lengths(len(frame_texts), per_frame=True)
 
     def tokenize_prompt(self, text: str, block_lengths: Sequence[int] | None = None) -> list[int]:
         """Token ids of a prompt with each ``<image>`` (or ``<video>``) replaced by its placeholder ids.
@@ -487,7 +613,8 @@ class LlamaVidProcessor:
         Each text chunk between placeholders is tokenised on its own, as the official `tokenizer_image_token`
         does (sentencepiece then adds its word-boundary prefix at every chunk start), and only the prompt's
         start gets BOS. With `block_lengths` None every ``<image>`` becomes one -200 (the official,
-        unexpanded form used for parity checks); see `visual_block_lengths` for the expanded lengths.
+        unexpanded form used for parity checks); see `visual_block_lengths` for the expanded lengths. With the
+        LLM tokenizer's own chat template, BOS is whatever that template writes (as in transformers).
         """
         chunks = _PLACEHOLDER.split(text)
         if block_lengths is None:
@@ -498,7 +625,7 @@ class LlamaVidProcessor:
                 "visual inputs were matched to it."
             )
         ids: list[int] = []
-        if self.add_bos and self.tokenizer.bos_token_id is not None:
+        if self.add_bos and not self.uses_tokenizer_template and self.tokenizer.bos_token_id is not None:
             ids.append(self.tokenizer.bos_token_id)
         for index, chunk in enumerate(chunks):
             if chunk:
@@ -779,7 +906,8 @@ class LlamaVidProcessor:
     ) -> list[str]:
         """Decode, dropping placeholder ids and stopping at EOS or the template's stop string."""
         kwargs.setdefault("skip_special_tokens", True)
-        stops = get_template(self.template).stop_strings
+        # An LLM's own chat template ends answers with its EOS token, which stops generation by itself.
+        stops = () if self.uses_tokenizer_template else get_template(self.template).stop_strings
         eos = self.tokenizer.eos_token_id
         texts = []
         for sequence in sequences:
@@ -866,4 +994,11 @@ def _last_user_question(conversation: Sequence[Message]) -> str | None:
     return None
 
 
-__all__ = ["LlamaVidProcessor", "load_qformer_tokenizer", "bert_uncased_vocab_dir"]
+__all__ = [
+    "LlamaVidProcessor",
+    "bert_uncased_vocab_dir",
+    "default_template_for",
+    "load_qformer_tokenizer",
+    "tokenizer_adds_bos",
+    "tokenizer_chat_template",
+]
