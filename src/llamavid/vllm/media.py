@@ -11,14 +11,16 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import tempfile
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
 from llamavid.errors import InvalidInputError
 
-__all__ = ["MediaItem", "media_item", "register_video_loader", "video_input"]
+__all__ = ["MediaItem", "media_item", "read_subtitle_track", "register_video_loader", "video_input"]
 
 
 @dataclass
@@ -98,6 +100,46 @@ def _placeholder_frames(data: bytes) -> np.ndarray:
     # vLLM hashes a video by its frames when they are smaller than the file: give it the file's bytes as the
     # "frames", so the hash always covers the whole content.
     return np.frombuffer(data, dtype=np.uint8).reshape(1, 1, -1, 1)
+
+
+def read_subtitle_track(value: str, allowed_local_media_path: str = "") -> Any:
+    """A request's ``mm_processor_kwargs.subtitles`` as a `SubtitleTrack`, accepted as `llamavid serve` accepts it.
+
+    The same forms, limits and refusals, checked by `llamavid serve`'s own resolver: SRT/WebVTT text, a ``data:``
+    URL of a subtitle MIME type (at most the server's default upload limit, 64 MiB), or a ``file://`` URL of an
+    ``.srt``/``.vtt`` under vLLM's ``--allowed-local-media-path`` (symlinks resolved; without that flag
+    ``file://`` is refused); remote URLs are never fetched. Every refusal is an `InvalidInputError` (a 400).
+    """
+    from llamavid.data.subtitles import SubtitleTrack
+    from llamavid.serve.app import APIError, MediaOptions, MediaResolver, ServerConfig
+
+    roots = (Path(allowed_local_media_path),) if allowed_local_media_path else ()
+    resolver = MediaResolver(cast(Any, None), ServerConfig(allowed_roots=roots))  # no engine: resolving only
+    try:
+        subtitles = resolver.sampling(MediaOptions(subtitles=value)).subtitles
+    except APIError as error:
+        raise InvalidInputError(
+            error.message.replace("--allowed-root", "--allowed-local-media-path")
+        ) from None
+    assert subtitles is not None
+    try:
+        if subtitles.path is not None:
+            track = SubtitleTrack.read(subtitles.path)
+            return SubtitleTrack(subtitles.shown_as, track.cues, track.encoding)
+        assert subtitles.data is not None
+        with tempfile.TemporaryDirectory(prefix="llamavid-subtitles-") as folder:
+            path = Path(folder) / f"subtitles{subtitles.suffix}"
+            path.write_bytes(subtitles.data)
+            try:
+                track = SubtitleTrack.read(path)
+            except ValueError as error:
+                message = str(error).replace(str(path), subtitles.shown_as)
+                raise InvalidInputError(f"mm_processor_kwargs.subtitles: {message}") from None
+        return SubtitleTrack(subtitles.shown_as, track.cues, track.encoding)
+    except InvalidInputError:
+        raise
+    except ValueError as error:  # SubtitleError / MediaError: the subtitles are the client's problem
+        raise InvalidInputError(f"mm_processor_kwargs.subtitles: {error}") from None
 
 
 def register_video_loader() -> None:

@@ -10,12 +10,18 @@ about: they key the processor cache, the encoder cache and prefix caching by the
 ``mm_processor_kwargs`` only. `apply` therefore adds the question to those kwargs under `QUESTION_KEY`, which makes
 it part of every hash: a second question about the same video gets its own context tokens, while the EVA features
 behind them come from the feature cache (`llamavid.vllm.model`).
+
+Subtitles (``mm_processor_kwargs.subtitles``, accepted as `llamavid serve` accepts them) switch a video to the
+long-video layout: `LlamaVidProcessor.long_video_prompt` rewrites the prompt with one ``<image>`` per frame and
+its subtitle, and the span from the first frame's tokens to the last one's (subtitle tokens included) becomes
+the video's placeholder, with only the visual positions taking embeddings.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from functools import cached_property
@@ -46,6 +52,7 @@ from llamavid.vllm.renderer import PROMPT_KEY
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "BLOCK_KEY",
     "MEDIA_KWARGS",
     "QUESTION_KEY",
     "LlamaVidDummyInputsBuilder",
@@ -57,6 +64,11 @@ __all__ = [
 QUESTION_KEY = "llamavid_question"
 # Per-request media options, the names `llamavid serve` uses.
 MEDIA_KWARGS = ("fps", "max_frames", "subtitles")
+# With subtitles: the video's token span in the movie layout (llamavid ids, IMAGE_TOKEN_INDEX at visual
+# positions), set by the processor in place of the subtitles, so that vLLM's hashes cover the texts themselves.
+BLOCK_KEY = "llamavid_movie_block"
+# Sampled timestamps and durations of recently seen videos, so one request decodes its video at most once.
+TIMING_CACHE_SIZE = 64
 # Fields of one processed item; each is stored as f"{modality}_{name}".
 FIELD_NAMES = (
     "pixel_values",
@@ -113,6 +125,41 @@ class LlamaVidProcessingInfo(BaseProcessingInfo):
         return FeatureCache()
 
     @cached_property
+    def video_timings(self) -> OrderedDict[tuple[str, float | None, int | None], tuple[np.ndarray, float]]:
+        """``(sha256, fps, max_frames)`` -> (sampled timestamps, duration) of recent videos (an LRU)."""
+        return OrderedDict()
+
+    def video_timing(
+        self, item: MediaItem, fps: float | None, max_frames: int | None
+    ) -> tuple[np.ndarray, float]:
+        """Timestamps and duration of the frames llamavid samples from an encoded video.
+
+        From the feature cache entry when the video was encoded before (as `Engine.media_from_entry` reads them),
+        else by decoding it with llamavid's decoder.
+        """
+        key = (item.sha256, fps, max_frames)
+        timings = self.video_timings
+        if key in timings:
+            timings.move_to_end(key)
+            return timings[key]
+        cache_key = self.feature_cache.make_key(
+            "", self.encoder_identity, fps=fps, max_frames=max_frames, video_sha256=item.sha256
+        )
+        entry, _ = self.feature_cache.lookup(cache_key, verify_checksums=False)
+        if entry is not None:
+            timestamps = np.asarray(entry.timestamps, dtype=np.float64)
+            duration = float(entry.meta.get("duration") or (timestamps[-1] if len(timestamps) else 0.0))
+        else:
+            assert isinstance(item.data, bytes)
+            frames = decode_bytes(item.data, fps=fps, max_frames=max_frames)
+            timestamps = np.asarray(frames.timestamps, dtype=np.float64)
+            duration = float(frames.duration)
+        timings[key] = (timestamps, duration)
+        while len(timings) > TIMING_CACHE_SIZE:
+            timings.popitem(last=False)
+        return timestamps, duration
+
+    @cached_property
     def encoder_identity(self) -> SimpleNamespace:
         """``encoder_id`` / ``preprocessing_id`` of the feature-cache key, as `llamavid ask` computes them."""
         from llamavid.data.feature_cache import checkpoint_sha256, preprocessing_id
@@ -151,11 +198,6 @@ def _media_options(kwargs: Mapping[str, Any]) -> tuple[float | None, int | None]
     """``fps`` / ``max_frames`` of a request, checked; defaults: 1 fps (the training rate), no cap."""
     fps = kwargs.get("fps", 1.0)
     max_frames = kwargs.get("max_frames")
-    if kwargs.get("subtitles") is not None:
-        raise InvalidInputError(
-            "mm_processor_kwargs.subtitles is not supported by the vLLM backend yet (the long-video layout); "
-            "ask `llamavid serve` for videos with subtitles."
-        )
     if fps is not None and (
         isinstance(fps, bool) or not isinstance(fps, int | float) or not math.isfinite(fps) or fps <= 0
     ):
@@ -197,15 +239,86 @@ class LlamaVidMultiModalProcessor(BaseMultiModalProcessor[LlamaVidProcessingInfo
                 f"the request holds {items} images/videos; LLaMA-VID answers about one per conversation."
             )
         processor = self.info.llamavid_processor
-        kwargs = dict(inputs.hf_processor_mm_kwargs)
+        # The server's --mm-processor-kwargs (defaults; `llamavid serve --backend vllm` sets fps and max_frames
+        # there) under the request's own; hashed merged, so a default change never reuses old entries.
+        kwargs = dict(self.info.ctx.get_merged_mm_kwargs(dict(inputs.hf_processor_mm_kwargs)))
+        self._check_limits(kwargs)
         text = kwargs.pop(PROMPT_KEY, None)
         if not isinstance(text, str):
             text = self._prompt_text(inputs.prompt)  # a prompt given as token ids
         question = processor.default_question(text)
         marker = self.info.marker_id
-        ids = [marker if token == IMAGE_TOKEN_INDEX else token for token in processor.tokenize_prompt(text)]
+        subtitles = kwargs.pop("subtitles", None)
+        frame_texts = None
+        if subtitles is not None:
+            frame_texts = self._frame_texts(subtitles, inputs.mm_data_items, kwargs)
+        if frame_texts is None:
+            ids = processor.tokenize_prompt(text)
+        else:
+            # The movie layout: the video's span runs from its first frame's tokens to its last frame's, with
+            # the subtitles between them; vLLM's prompt holds one marker there and the span replaces it.
+            full = processor.tokenize_prompt(*processor.long_video_prompt(text, frame_texts))
+            first = full.index(IMAGE_TOKEN_INDEX)
+            last = len(full) - full[::-1].index(IMAGE_TOKEN_INDEX)
+            kwargs[BLOCK_KEY] = full[first:last]
+            ids = [*full[:first], IMAGE_TOKEN_INDEX, *full[last:]]
         kwargs[QUESTION_KEY] = question
+        ids = [marker if token == IMAGE_TOKEN_INDEX else token for token in ids]
         return super().apply(replace(inputs, prompt=ids, hf_processor_mm_kwargs=kwargs), timing_ctx)
+
+    def _check_limits(self, kwargs: Mapping[str, object]) -> None:
+        """The server's limits on a request's sampling, as `llamavid serve` checks its --max-fps / --max-frames.
+
+        They are read from the server's own ``--mm-processor-kwargs`` only (never from the request): ``max_fps``,
+        and ``max_frames``, which is both the default and the most a request may ask for.
+        """
+        server = self.info.ctx.get_mm_config().mm_processor_kwargs or {}
+        fps, max_frames = _media_options(kwargs)
+        max_fps = server.get("max_fps")
+        if max_fps is not None and (fps is None or fps > max_fps):
+            raise InvalidInputError(
+                f"mm_processor_kwargs.fps must be above 0 and at most {max_fps:g} (this server's max_fps), got "
+                f"{fps!r}."
+            )
+        limit = server.get("max_frames")
+        if limit is not None and (max_frames is None or max_frames > limit):
+            raise InvalidInputError(
+                f"mm_processor_kwargs.max_frames must be between 1 and {limit} (this server's max_frames), got "
+                f"{max_frames!r}."
+            )
+
+    def _frame_texts(
+        self, subtitles: object, mm_items: MultiModalDataItems, kwargs: Mapping[str, object]
+    ) -> list[str] | None:
+        """One subtitle text per sampled frame of the request's video, or None when no cue falls inside it.
+
+        Subtitles are accepted as `llamavid serve` accepts them (`llamavid.vllm.media.read_subtitle_track`) and
+        aligned to the frames as `llamavid ask --subtitles` aligns them (`subtitles_for_frames`).
+        """
+        from llamavid.inference.media import subtitles_for_frames
+        from llamavid.vllm.media import read_subtitle_track
+
+        if not isinstance(subtitles, str):
+            raise InvalidInputError(
+                f"mm_processor_kwargs.subtitles must be a string (SRT/WebVTT text, a data: URL or a file:// "
+                f"URL), got {type(subtitles).__name__}."
+            )
+        videos = mm_items.get("video") if "video" in mm_items else None
+        if not videos:
+            raise InvalidInputError(
+                "mm_processor_kwargs.subtitles was given but no video; add a video_url part (subtitles only "
+                "apply to videos)."
+            )
+        item = media_item(videos.data[0], "video")
+        if not isinstance(item.data, bytes):
+            raise InvalidInputError(
+                "mm_processor_kwargs.subtitles needs the video file (a video_url, or `video_input(path)` "
+                "offline), not decoded frames: the frames' timestamps come from the file."
+            )
+        fps, max_frames = _media_options(kwargs)
+        timestamps, duration = self.info.video_timing(item, fps, max_frames)
+        track = read_subtitle_track(subtitles, self.info.ctx.model_config.allowed_local_media_path)
+        return subtitles_for_frames(timestamps, duration, track, False)
 
     # Media -------------------------------------------------------------------------------------------------
     def _get_cache_missing_items(
@@ -258,15 +371,7 @@ class LlamaVidMultiModalProcessor(BaseMultiModalProcessor[LlamaVidProcessingInfo
 
     def _video_frame_count(self, item: MediaItem, fps: float | None, max_frames: int | None) -> int:
         """Frames llamavid samples from an encoded video: from the feature cache, else by decoding it."""
-        info = self.info
-        key = info.feature_cache.make_key(
-            "", info.encoder_identity, fps=fps, max_frames=max_frames, video_sha256=item.sha256
-        )
-        entry, _ = info.feature_cache.lookup(key, verify_checksums=False)
-        if entry is not None:
-            return int(entry.num_frames)
-        assert isinstance(item.data, bytes)
-        return len(decode_bytes(item.data, fps=fps, max_frames=max_frames))
+        return len(self.info.video_timing(item, fps, max_frames)[0])
 
     def _apply_hf_processor_main(
         self, mm_items: MultiModalDataItems, hf_kwargs: Mapping[str, object]
@@ -305,6 +410,9 @@ class LlamaVidMultiModalProcessor(BaseMultiModalProcessor[LlamaVidProcessingInfo
                 assert item is not None
                 frames = int(cast(torch.Tensor, item[f"{modality}_frame_count"].data))
                 (length,) = processor.visual_block_lengths(frames, is_image=modality == "image")
+                block = hf_processor_mm_kwargs.get(BLOCK_KEY)
+                if modality == "video" and isinstance(block, list):
+                    return _movie_block(block, length, marker)
                 return PromptUpdateDetails.select_token_id([marker] * length, marker)
 
             return replacement
@@ -313,3 +421,15 @@ class LlamaVidMultiModalProcessor(BaseMultiModalProcessor[LlamaVidProcessingInfo
             PromptReplacement(modality=modality, target=[marker], replacement=replacement_for(modality))
             for modality in ("image", "video")
         ]
+
+
+def _movie_block(block: list[int], visual_tokens: int, marker: int) -> PromptUpdateDetails:
+    """A video's movie-layout span: `marker` at its visual positions (which take the embeddings), text between."""
+    is_visual = torch.tensor([token == IMAGE_TOKEN_INDEX for token in block])
+    if int(is_visual.sum()) != visual_tokens:
+        raise InvalidInputError(
+            f"the movie prompt holds {int(is_visual.sum())} visual positions but the video has {visual_tokens} "
+            "visual tokens; its subtitles were aligned to other frames."
+        )
+    full = [marker if token == IMAGE_TOKEN_INDEX else token for token in block]
+    return PromptUpdateDetails(full=full, is_embed=lambda _: is_visual)
