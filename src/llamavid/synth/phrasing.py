@@ -70,8 +70,8 @@ _TEMPLATES: dict[str, _Templates] = {
             "What colour has the {shape} got?",
         ),
         "heldout": (
-            "Name the hue of the {shape}.",
-            "I am curious which colour that {shape} is painted in.",
+            "The {shape} has which colour?",
+            "Could you tell me what colour the {shape} is?",
         ),
     },
     "image_shape": {
@@ -88,8 +88,8 @@ _TEMPLATES: dict[str, _Templates] = {
             "On the {background} background, what shape is the {colour} object?",
         ),
         "heldout": (
-            "Identify the form of the {colour} figure.",
-            "What would you call the {colour} one, shape-wise?",
+            "What is the {colour} object's shape?",
+            "The {colour} object has what shape?",
         ),
     },
     "image_count": {
@@ -105,8 +105,8 @@ _TEMPLATES: dict[str, _Templates] = {
             "Count the shapes in the image.",
         ),
         "heldout": (
-            "Give me a tally of the figures shown.",
-            "What's the total object count here?",
+            "Tell me how many objects are in the image.",
+            "How many shapes can you count?",
         ),
     },
     "image_position": {
@@ -123,8 +123,8 @@ _TEMPLATES: dict[str, _Templates] = {
             "Where is the {colour} {shape} on the {background} background?",
         ),
         "heldout": (
-            "Point out the region holding the {colour} {shape}.",
-            "Whereabouts in the frame does the {colour} {shape} sit?",
+            "In what part of the image is the {colour} {shape}?",
+            "Where in the picture can the {colour} {shape} be seen?",
         ),
     },
     "image_size": {
@@ -140,8 +140,8 @@ _TEMPLATES: dict[str, _Templates] = {
             "Tell me how big the {colour} {shape} is.",
         ),
         "heldout": (
-            "Describe the scale of the {colour} {shape} in one word.",
-            "Is the {colour} {shape} tiny or big - which size exactly?",
+            "The {colour} {shape} has which size?",
+            "Tell me the size of the {colour} {shape}.",
         ),
     },
     "image_text": {
@@ -157,8 +157,8 @@ _TEMPLATES: dict[str, _Templates] = {
             "What word appears in the picture?",
         ),
         "heldout": (
-            "Spell out the caption printed in the picture.",
-            "Can you make out the lettering?",
+            "Which word is on the screen?",
+            "Tell me what the text on the screen says.",
         ),
     },
     "image_background": {
@@ -173,8 +173,8 @@ _TEMPLATES: dict[str, _Templates] = {
             "What is the colour of the backdrop?",
         ),
         "heldout": (
-            "Which shade fills the area around the shapes?",
-            "Name the backdrop's tint.",
+            "What is the colour behind the shapes?",
+            "Tell me which colour the background has.",
         ),
     },
     "video_direction": {
@@ -193,8 +193,8 @@ _TEMPLATES: dict[str, _Templates] = {
             "On the {background} background, which way does the {colour} {shape} move?",
         ),
         "heldout": (
-            "Towards which side does the {colour} {shape} travel?",
-            "Can you say where the {colour} {shape} is drifting to?",
+            "Tell me the direction the {colour} {shape} moves in.",
+            "Which direction does the {colour} {shape} go?",
         ),
     },
     "video_order": {
@@ -209,8 +209,8 @@ _TEMPLATES: dict[str, _Templates] = {
             "{which} shape to appear?",
         ),
         "heldout": (
-            "Of all the shapes, which one turns up {which}?",
-            "Which figure makes its entrance {which}?",
+            "Of the shapes, which one appears {which}?",
+            "Which shape is shown {which}?",
         ),
     },
     "video_count": {
@@ -228,8 +228,8 @@ _TEMPLATES: dict[str, _Templates] = {
             "What is the number of distinct shapes shown?",
         ),
         "heldout": (
-            "Tally up the unique figures that come and go.",
-            "Across the clip, how many separate shape types pop up?",
+            "Tell me how many different shapes the video shows.",
+            "How many different shapes can you see in the clip?",
         ),
     },
     "video_appear": {
@@ -244,8 +244,8 @@ _TEMPLATES: dict[str, _Templates] = {
             "Tell me the shape that appears during the video.",
         ),
         "heldout": (
-            "Which figure joins the scene midway?",
-            "Something pops into view - what shape is it?",
+            "What shape is new in the video?",
+            "Which shape is added during the clip?",
         ),
     },
     "video_disappear": {
@@ -260,8 +260,8 @@ _TEMPLATES: dict[str, _Templates] = {
             "Tell me the colour of the shape that disappears.",
         ),
         "heldout": (
-            "Something leaves the scene; which hue did it have?",
-            "Name the tint of the figure that is removed.",
+            "Which colour does the disappearing object have?",
+            "Tell me what colour the object that goes away is.",
         ),
     },
     "video_scene_change": {
@@ -276,8 +276,8 @@ _TEMPLATES: dict[str, _Templates] = {
             "How many times does the colour of the background change?",
         ),
         "heldout": (
-            "Tally the switches of the backdrop's tint.",
-            "How frequently is the backdrop swapped for another shade?",
+            "How many times is there a background change?",
+            "Count how often the background colour changes.",
         ),
     },
     "video_colour_change": {
@@ -292,8 +292,8 @@ _TEMPLATES: dict[str, _Templates] = {
             "Tell me the colour the {shape} changes to.",
         ),
         "heldout": (
-            "After its change, which hue does the {shape} take on?",
-            "The {shape} gets repainted - in what shade?",
+            "Tell me the new colour of the {shape}.",
+            "Which colour is the {shape} after it changes?",
         ),
     },
     "text_next": {
@@ -307,8 +307,8 @@ _TEMPLATES: dict[str, _Templates] = {
             "Tell me the number after {n}.",
         ),
         "heldout": (
-            "Counting up from {n}, what do you say next?",
-            "Successor of {n}?",
+            "Which number follows {n}?",
+            "What is one more than {n}?",
         ),
     },
     "text_bigger": {
@@ -322,8 +322,8 @@ _TEMPLATES: dict[str, _Templates] = {
             "Tell me the bigger number, {a} or {b}.",
         ),
         "heldout": (
-            "Between {a} and {b}, name the greater one.",
-            "{a} versus {b} - which has the higher value?",
+            "Tell me which is bigger: {a} or {b}.",
+            "Of {a} and {b}, which number is larger?",
         ),
     },
     "text_recall": {
@@ -337,8 +337,8 @@ _TEMPLATES: dict[str, _Templates] = {
             "{facts} Tell me the colour of {name}'s ball.",
         ),
         "heldout": (
-            "{facts} Recall the hue of the ball that belongs to {name}.",
-            "{facts} So, {name} owns a ball painted in which shade?",
+            "{facts} Which colour ball has {name} got?",
+            "{facts} Tell me what colour ball {name} has.",
         ),
     },
     "long_visual_needle": {
@@ -352,8 +352,8 @@ _TEMPLATES: dict[str, _Templates] = {
             "Tell me the colour of the shape on the white screen.",
         ),
         "heldout": (
-            "For one instant the picture goes blank and bright; which hue is the figure then?",
-            "Name the tint of the figure that flashes up on the pale frame.",
+            "Which colour does the shape on the white screen have?",
+            "Tell me what colour the shape on the white frame is.",
         ),
     },
     "long_subtitle_needle": {
@@ -367,8 +367,8 @@ _TEMPLATES: dict[str, _Templates] = {
             "What is the secret number that {name} mentions?",
         ),
         "heldout": (
-            "Which digit did {name} confide?",
-            "Recall the hidden figure {name} reveals in the dialogue.",
+            "Which number does {name} say is secret?",
+            "Tell me the secret number of {name}.",
         ),
     },
     "long_character": {
@@ -382,8 +382,8 @@ _TEMPLATES: dict[str, _Templates] = {
             "Tell me the colour of {name}.",
         ),
         "heldout": (
-            "Which hue does the character called {name} wear?",
-            "Describe {name}'s tint in one word.",
+            "Tell me what colour {name} is.",
+            "{name} has which colour?",
         ),
     },
     "long_plot": {
@@ -397,8 +397,8 @@ _TEMPLATES: dict[str, _Templates] = {
             "Tell me who is introduced last.",
         ),
         "heldout": (
-            "Whose introduction closes the cast list?",
-            "Name the final newcomer to the story.",
+            "Which character is the last to be introduced?",
+            "Tell me the name of the character introduced last.",
         ),
     },
     "long_summary": {
@@ -412,8 +412,8 @@ _TEMPLATES: dict[str, _Templates] = {
             "How many different scenes does the video show?",
         ),
         "heldout": (
-            "Into how many separate segments is the story divided?",
-            "Tally the sequences this film contains.",
+            "Tell me how many scenes the video has.",
+            "How many scenes can you count in the video?",
         ),
     },
     "long_reasoning": {
@@ -427,8 +427,8 @@ _TEMPLATES: dict[str, _Templates] = {
             "Tell me the colour of the room where {name} tells the secret number.",
         ),
         "heldout": (
-            "{name} shares a hidden digit somewhere; what shade are the walls there?",
-            "Recall the backdrop tint at the moment {name} confides the number.",
+            "Tell me the colour of the room in which {name} says the secret number.",
+            "{name} tells the secret number in a room of which colour?",
         ),
     },
 }
