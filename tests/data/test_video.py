@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -686,3 +687,19 @@ def test_cuda_decoding_matches_cpu(h264_mp4: Path) -> None:
     assert gpu.frames.shape == cpu.frames.shape
     # NVDEC output is converted to RGB on the GPU: close to, not bit-identical with, FFmpeg's CPU conversion.
     assert np.abs(gpu.frames.astype(int) - cpu.frames.astype(int)).mean() < 3
+
+
+def test_pixel_limit_holds_in_decoding_threads(media_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, _ = _skip_case(media_dir, "h264_bframes")
+    seen: list[tuple[str, int]] = []
+    real_check = video_module._check_picture
+
+    def spy(width: int, height: int, sar: float, source: str) -> None:
+        seen.append((threading.current_thread().name, video_module.current_max_pixels()))
+        real_check(width, height, sar, source)
+
+    monkeypatch.setattr(video_module, "_check_picture", spy)
+    with video_module.pixel_limit(64 * 48):
+        decode_video(path, workers=2)
+    in_workers = [limit for name, limit in seen if name.startswith("llamavid-decode")]
+    assert in_workers and set(in_workers) == {64 * 48}

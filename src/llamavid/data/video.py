@@ -16,6 +16,8 @@ including non-seekable Matroska that torchcodec rejects. torchcodec is used only
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import itertools
 import json
 import logging
@@ -1263,7 +1265,9 @@ def _iter_pyav_segments(
                 if job is None:
                     exhausted = True
                 else:
-                    in_flight.append(pool.submit(decoder.decode, *job))
+                    # In the caller's context: a pixel_limit() block holds in the decoding threads too.
+                    run = functools.partial(contextvars.copy_context().run, decoder.decode, *job)
+                    in_flight.append(pool.submit(run))
             if not in_flight:
                 break
             frames, bad_packets = in_flight.popleft().result()
