@@ -122,6 +122,12 @@ class Engine:
         self.progress = True
         self._frame_encoder: FrameEncoder | None = None
 
+    @property
+    def lock(self) -> threading.RLock:
+        """The lock every use of the model holds (re-entrant): code that runs the model's parts directly, such
+        as live sessions scoring frames, takes it too."""
+        return self._lock
+
     # Loading -------------------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(
@@ -577,6 +583,7 @@ class Engine:
         media: PreparedMedia | None = None,
         history: Sequence[tuple[str, str]] = (),
         settings: SamplingSettings | None = None,
+        visual_tokens: Tensor | None = None,
     ) -> GenerationRequest:
         """Render the prompt of one turn and compute its visual tokens.
 
@@ -588,9 +595,13 @@ class Engine:
             media: the media the conversation is about, or ``None`` for text-only.
             history: earlier ``(user, assistant)`` turns, as plain text.
             settings: sampling settings (default: the engine's defaults).
+            visual_tokens: the media's visual tokens for this question when the caller has them already (a live
+                session keeps those computed while scoring frames): exactly what
+                ``visual_output(media, question).tokens`` gives, so only their count is checked.
 
         Raises:
-            InvalidInputError: empty question. ContextBudgetError: the prompt does not fit.
+            InvalidInputError: empty question, or `visual_tokens` of the wrong count. ContextBudgetError: the
+                prompt does not fit.
         """
         from llamavid.model.conversation import DEFAULT_IMAGE_TOKEN
 
@@ -609,7 +620,12 @@ class Engine:
         input_ids, visual_count = self._prompt_ids(prompt, frames, is_image, per_frame is not None)
         budget = self._budget(len(input_ids), visual_count, settings)
         logger.info("prompt: %s", budget.describe())
-        visual_tokens = None if media is None else self.visual_output(media, question).tokens
+        if visual_tokens is not None and (media is None or len(visual_tokens) != visual_count):
+            raise InvalidInputError(
+                f"visual_tokens has {len(visual_tokens)} rows; the prompt has {visual_count} visual positions."
+            )
+        if visual_tokens is None and media is not None:
+            visual_tokens = self.visual_output(media, question).tokens
         return GenerationRequest(input_ids, visual_tokens, settings, question, media, budget)
 
     def build_prompt_request(
