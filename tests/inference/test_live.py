@@ -221,6 +221,47 @@ def test_raw_frames_and_context_policies(engine):
         engine.max_memory = saved
 
 
+def test_relevance_answer_equals_the_reference_computation(engine):
+    """The scores-only path, the kept context tokens and the cap on shown frames change no answer: frame scores,
+    selection and answer equal those of the model's own `get_visual_tokens` and `Engine.build_request`."""
+    import torch
+
+    from llamavid.inference.media import PreparedMedia
+
+    session = _raw_session(engine, FRAMES, chunk_frames=16, max_frames=24)
+    fresh = session.ask(QUESTION, temperature=0, max_new_tokens=8)  # a new question: every frame scored now
+    features = session.entry().load_features().to(engine.dtype)
+    assert len(features) == FRAMES
+
+    def media(rows: np.ndarray) -> PreparedMedia:
+        return PreparedMedia(
+            source="reference",
+            is_image=False,
+            timestamps=rows.astype(np.float64),
+            duration=float(FRAMES - 1),
+            features=features[torch.as_tensor(rows)],
+            thumbnails=np.zeros((len(rows), 1, 1, 3), np.uint8),
+        )
+
+    reference = engine.visual_output(media(np.arange(FRAMES)), QUESTION, output_attentions=True)
+    scores = reference.frame_scores.double().numpy()
+    times, relevance = session.relevance(QUESTION)
+    expected = np.exp(scores - scores.max())
+    assert np.allclose(relevance, expected / expected.sum(), rtol=1e-4, atol=1e-9)
+    picks = select_by_relevance(scores, 24)
+    settings = engine.settings(temperature=0, max_new_tokens=8)
+    wanted = engine.answer(engine.build_request(QUESTION, media(picks), settings=settings))
+    again = session.ask(QUESTION, temperature=0, max_new_tokens=8)  # scores kept: tokens of the picks only
+    for answer in (fresh, again):
+        assert answer.policy == "relevance" and answer.frames_used == 24 and answer.frames_seen == FRAMES
+        assert np.array_equal(answer.timestamps, times[picks]) and NEEDLE in answer.timestamps
+        assert answer.answer.token_ids == wanted.token_ids and answer.text.strip().lower() == COLOUR
+    everything = session.ask(QUESTION, max_frames=0, temperature=0, max_new_tokens=8)
+    assert everything.policy == "all" and everything.frames_used == FRAMES
+    with pytest.raises(InvalidInputError, match="max_frames"):
+        session.ask(QUESTION, max_frames=-1)
+
+
 def test_stalled_then_broken_source(engine):
     read_end, write_end = os.pipe()
     session = LiveSession(engine, read_end, stall_after=0.2)

@@ -74,11 +74,15 @@ STATES = ("starting", "running", "stalled", "ended", "failed", "closed")
 ENTRY_PREFIX = "live-"
 DEFAULT_CHUNK_FRAMES = 32  # frames per cache chunk: the most a killed session loses, and the in-memory tail
 DEFAULT_BATCH_FRAMES = 8  # frames per encoder call
+DEFAULT_MAX_FRAMES = (
+    512  # the most frames one answer shows by default (1,024 visual tokens of the tiny model)
+)
 DEFAULT_FILE_IDLE_TIMEOUT = 10.0
 THUMBNAIL_SIDE = 32
 _POLL_S = 0.1  # how often a waiting reader re-checks the stop flag, the end marker and the idle clock
 _READ_BYTES = 1 << 16
-_SCORE_GROUP_BYTES = 32 * 2**20  # features scored per call when ranking frames for a question
+_SCORE_GROUP_BYTES = 32 * 2**20  # features read from the cache per scoring call when ranking frames
+_SCORE_BATCH_FRAMES = 256  # frames per step of `_fast_context` (its activations are a few MB)
 _RATE_WINDOW_S = 10.0  # the status's frames/s while reading are over this many recent seconds
 _SCORED_QUESTIONS = 16  # questions whose per-chunk frame scores are kept (a float per stored frame each)
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -132,6 +136,76 @@ def select_by_relevance(scores: np.ndarray, count: int) -> np.ndarray:
         extra = [index for index in np.argsort(-deviation, kind="stable") if not picked[index]]
         picked[extra[: count - int(picked.sum())]] = True
     return np.flatnonzero(picked)
+
+
+def _cross_attend(block: Any, rows: Any, visual: Any) -> Any:
+    """A Q-Former cross-attention block (attention, dense, residual LayerNorm) of query `rows` ``(F or 1, Q, H)``
+    over each frame's `visual` ``(F, S, C)``, without projecting the frame's S tokens to keys and values.
+
+    The key projection moves to the queries' side: ``q . (W_k x + b_k) = (W_k^T q) . x + q . b_k``, whose last
+    term is the same for every token and so leaves the softmax unchanged; and since each row of the softmax sums
+    to one, ``P (X W_v^T + b_v) = (P X) W_v^T + b_v``. A frame costs O(Q x S x C) instead of O(S x C x C)
+    (`LlamaVidModel.shared_text_queries` computes the same, up to float rounding).
+    """
+    attention = block.attention
+    heads = attention.num_attention_heads
+    frames, tokens, width = visual.shape
+    queries = attention.query(rows).unflatten(-1, (heads, -1))  # (F|1, Q, heads, d)
+    key_weight = attention.key.weight.unflatten(0, (heads, -1))  # (heads, d, C)
+    folded = (queries.transpose(1, 2) @ key_weight.unsqueeze(0)) * attention.scaling  # (F|1, heads, Q, C)
+    logits = folded.flatten(1, 2) @ visual.transpose(1, 2)  # (F, heads * Q, S)
+    mixed = logits.softmax(dim=-1) @ visual  # (F, heads * Q, C)
+    value_weight = attention.value.weight.unflatten(0, (heads, -1))  # (heads, d, C)
+    values = mixed.unflatten(1, (heads, -1)) @ value_weight.transpose(1, 2).unsqueeze(0)  # (F, heads, Q, d)
+    values = values + attention.value.bias.unflatten(0, (heads, -1)).unsqueeze(1)
+    return block.output(values.transpose(1, 2).flatten(2), rows.expand(frames, -1, -1))
+
+
+def _fast_context(model: Any, features: Any, states: Any) -> tuple[Any, Any]:
+    """Context tokens ``(F, D)`` and frame scores ``(F,)`` of one question for frames ``(F, 1+N, C)``: what
+    `LlamaVidModel.get_context_tokens` computes, with every projection of a frame's tokens moved to the
+    question's side (`_cross_attend`), so scoring an hour of frames costs about half as much.
+
+    `states` is the question's `LlamaVidModel.question_states`. The Q-Former's question rows after layer 0 are
+    shared by every frame, so layer 1's self-attention projects them once; deeper layers attend per frame.
+    """
+    import torch
+
+    from llamavid.model.modeling_llamavid import qformer_attend, qformer_key_values
+
+    patches, visual = model.split_vision_features(features, from_pixels=True)
+    if model.vlm_att_ln is not None:
+        visual = model.vlm_att_ln(visual)
+    frames = len(features)
+    num_queries = model.config.num_query
+    layers = model.qformer_layers()
+    rows = states.attended[:, :num_queries]  # (1, Q, H): layer 0's self-attention does not see the frame
+    text = states.text  # (1, L, H) question rows entering layer 1, or None
+    for index, layer in enumerate(layers):
+        is_last = index == len(layers) - 1
+        if index:
+            query_keys, query_values = qformer_key_values(layer.attention.attention, rows)
+            assert text is not None
+            text_keys, text_values = qformer_key_values(layer.attention.attention, text)
+            keys = torch.cat([query_keys, text_keys.expand(frames, -1, -1, -1)], dim=2)
+            values = torch.cat([query_values, text_values.expand(frames, -1, -1, -1)], dim=2)
+            hidden = rows if is_last else torch.cat([rows, text.expand(frames, -1, -1)], dim=1)
+            attended = qformer_attend(layer.attention, hidden, keys, values, states.key_mask)
+            rows = attended[:, :num_queries]
+            if not is_last:
+                text = layer.feed_forward_chunk(attended[:, num_queries:])
+        if layer.has_cross_attention:
+            rows = _cross_attend(layer.crossattention, rows, visual)
+        rows = layer.feed_forward_chunk_query(rows.expand(frames, -1, -1))
+    text_queries = model.vlm_att_projector(rows)  # (F, Q, C)
+    projector = model.vlm_att_key_projector
+    scale = 1.0 / math.sqrt(projector.out_features)
+    folded = text_queries @ projector.weight * scale  # (F, Q, C): the key projection on the queries' side
+    logits = folded @ patches.transpose(1, 2)  # (F, Q, N) without the per-query bias term
+    offset = (text_queries @ projector.bias) * scale  # (F, Q): shifts each query's logits, not its softmax
+    scores = (torch.logsumexp(logits.float(), dim=-1) + offset.float()).mean(dim=-1)
+    attended = (logits.softmax(dim=-1) @ patches).mean(dim=1)  # values are the raw patches
+    return model.vlm_att_val_projector(attended), scores
 
 
 def _clock(seconds: float) -> str:
@@ -427,6 +501,22 @@ class _Snapshot:
         return np.concatenate([self.stored_timestamps, self.tail_timestamps])
 
 
+class _ContextRows:
+    """Context tokens by position in a scored window, filled as the scoring computes them."""
+
+    def __init__(self, size: int) -> None:
+        self.rows: Any = None  # torch (size, D), allocated with the first rows
+        self.have = np.zeros(size, dtype=bool)
+
+    def put(self, positions: np.ndarray, values: Any) -> None:
+        import torch
+
+        if self.rows is None:
+            self.rows = values.new_zeros(len(self.have), values.shape[-1])
+        self.rows[torch.as_tensor(positions, device=values.device)] = values
+        self.have[positions] = True
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The session.
 
@@ -441,6 +531,8 @@ class LiveSession:
         session_id: names the cache entry; an existing entry with this id is resumed. Default: a new id.
         raw_size / raw_fps / idle_timeout / end_marker: see `LiveSource` (used when `source` is not one).
         context_policy: what `ask` does when the frames exceed the context (`CONTEXT_POLICIES`).
+        max_frames: the most frames one answer shows (``None``: as many as the context takes); a window with
+            more is reduced by the context policy as one that does not fit (``refuse`` ignores it).
         cache_dir: feature-cache root for the live entry (default: the engine's cache).
         chunk_frames: frames per stored chunk (the in-memory tail is at most this many frames).
         batch_frames: frames per encoder call.
@@ -467,6 +559,7 @@ class LiveSession:
         idle_timeout: float | None = None,
         end_marker: str | os.PathLike[str] | None = None,
         context_policy: str = "relevance",
+        max_frames: int | None = DEFAULT_MAX_FRAMES,
         cache_dir: str | os.PathLike[str] | None = None,
         chunk_frames: int = DEFAULT_CHUNK_FRAMES,
         batch_frames: int = DEFAULT_BATCH_FRAMES,
@@ -483,6 +576,8 @@ class LiveSession:
             raise InvalidInputError(
                 f"context_policy must be one of {', '.join(CONTEXT_POLICIES)}, got {context_policy!r}."
             )
+        if max_frames is not None and max_frames < 1:
+            raise InvalidInputError(f"max_frames must be at least 1 (or None), got {max_frames!r}.")
         if chunk_frames < 1 or batch_frames < 1:
             raise InvalidInputError("chunk_frames and batch_frames must be at least 1.")
         if resume not in ("auto", "skip", "append"):
@@ -503,6 +598,7 @@ class LiveSession:
         self.fps = float(fps)
         self.session_id = session_id
         self.context_policy = context_policy
+        self.max_frames = max_frames
         self.chunk_frames = int(chunk_frames)
         self.batch_frames = int(batch_frames)
         self.stall_after = float(stall_after)
@@ -673,7 +769,7 @@ class LiveSession:
         snapshot = self._snapshot()
         timestamps = snapshot.timestamps
         chosen = self._window_indices(timestamps, parse_window(window))
-        scores = self._frame_scores(snapshot, chosen, question.strip() or "?")
+        scores, _ = self._frame_scores(snapshot, chosen, question.strip() or "?")
         weights = np.exp(scores - scores.max()) if len(scores) else scores
         return timestamps[chosen], weights / weights.sum() if len(weights) else weights
 
@@ -683,6 +779,7 @@ class LiveSession:
         window: str | float | None = None,
         *,
         context_policy: str | None = None,
+        max_frames: int | None = None,
         temperature: float | None = None,
         top_p: float | None = None,
         max_new_tokens: int | None = None,
@@ -691,6 +788,9 @@ class LiveSession:
         on_delta: Callable[[str], None] | None = None,
     ) -> LiveAnswer:
         """Answer `question` about the frames seen so far (or the last `window`: ``"10m"``, ``90``, ...).
+
+        `context_policy` and `max_frames` override the session's for this question (``max_frames=0``: as many
+        frames as the context takes).
 
         Raises:
             InvalidInputError: no frame yet, a bad window or policy. ContextBudgetError: policy ``refuse`` and
@@ -707,6 +807,9 @@ class LiveSession:
             raise InvalidInputError(
                 f"context_policy must be one of {', '.join(CONTEXT_POLICIES)}, got {policy!r}."
             )
+        if max_frames is not None and max_frames < 0:
+            raise InvalidInputError(f"max_frames must be 0 (no limit) or more, got {max_frames!r}.")
+        limit = self.max_frames if max_frames is None else (max_frames or None)
         seconds = parse_window(window)
         engine = self.engine
         settings = engine.settings(
@@ -723,9 +826,12 @@ class LiveSession:
             )
         window_indices = self._window_indices(timestamps, seconds)
         fit = self._frames_that_fit(question, len(window_indices), settings, history)
+        shown = fit if policy == "refuse" or limit is None else min(fit, limit)
         used_policy = "all"
         chosen = window_indices
-        if fit < len(window_indices):
+        context: _ContextRows | None = None
+        picks = np.arange(len(window_indices))
+        if shown < len(window_indices):
             used_policy = policy
             if policy == "refuse" or fit == 0:
                 engine.check_budget(
@@ -735,14 +841,20 @@ class LiveSession:
                     f"{len(window_indices)} frames do not fit the context; pass a window or a context policy."
                 )
             if policy == "recent":
-                chosen = window_indices[-fit:]
+                picks = picks[-shown:]
             elif policy == "uniform":
-                picks = np.linspace(0, len(window_indices) - 1, fit).round().astype(int)
-                chosen = window_indices[np.unique(picks)]
+                picks = np.unique(np.linspace(0, len(window_indices) - 1, shown).round().astype(int))
             else:
-                scores = self._frame_scores(snapshot, window_indices, question.strip())
-                chosen = window_indices[select_by_relevance(scores, fit)]
-        features = self._gather(snapshot, chosen).to(device=engine.device, dtype=engine.dtype)
+                scores, context = self._frame_scores(
+                    snapshot, window_indices, question.strip(), keep_context=True
+                )
+                picks = select_by_relevance(scores, shown)
+            chosen = window_indices[picks]
+        features = self._gather(snapshot, chosen)
+        tokens = None
+        if context is not None:  # the tokens of frames scored for this question are computed already
+            tokens = self._selected_tokens(features, context, picks, question.strip())
+        features = features.to(device=engine.device, dtype=engine.dtype)
         media = PreparedMedia(
             source=f"live:{self.session_id}",
             is_image=False,
@@ -751,7 +863,7 @@ class LiveSession:
             features=features,
             thumbnails=np.full((len(chosen), 8, 8, 3), 128, dtype=np.uint8),
         )
-        request = engine.build_request(question, media, history, settings=settings)
+        request = engine.build_request(question, media, history, settings=settings, visual_tokens=tokens)
         callback = None if on_delta is None else (lambda row, text: on_delta(text))
         with torch.no_grad():
             answer = engine.answer(request, on_delta=callback)
@@ -849,11 +961,15 @@ class LiveSession:
         parts = [rows for _, rows in self._iter_parts(snapshot, indices)]
         return torch.cat(parts) if parts else torch.zeros(0)
 
-    def _frame_scores(self, snapshot: _Snapshot, indices: np.ndarray, question: str) -> np.ndarray:
+    def _frame_scores(
+        self, snapshot: _Snapshot, indices: np.ndarray, question: str, keep_context: bool = False
+    ) -> tuple[np.ndarray, _ContextRows | None]:
         """Unnormalised context-token frame scores for `question` at `indices`, a few chunks (32 MiB) per call.
 
         Stored chunks never change, so their scores are kept per question (the newest `_SCORED_QUESTIONS`
         questions, a float per frame): a question asked again only scores the chunks stored since, and the tail.
+        With `keep_context`, the context tokens computed on the way are kept too (one row of the LLM's width per
+        frame scored now), so the frames then shown need not pass through the Q-Former again.
         """
         import torch
 
@@ -863,14 +979,15 @@ class LiveSession:
             self._score_cache[question] = known  # newest last
             while len(self._score_cache) > _SCORED_QUESTIONS:
                 self._score_cache.pop(next(iter(self._score_cache)))
+        context = _ContextRows(len(indices)) if keep_context else None
         scores = np.zeros(len(indices), dtype=np.float64)
         bounds = snapshot.offsets
-        wanted: list[tuple[int, int, int]] = []  # (chunk index, first and last position in indices)
+        wanted: dict[int, tuple[int, int]] = {}  # chunk index -> first and last position in indices
         for index in range(len(snapshot.chunks)):
             left, right = (int(v) for v in np.searchsorted(indices, [bounds[index], bounds[index + 1]]))
             if left < right:
-                wanted.append((index, left, right))
-        missing = [index for index, _, _ in wanted if snapshot.chunks[index]["sha256"] not in known]
+                wanted[index] = (left, right)
+        missing = [index for index in wanted if snapshot.chunks[index]["sha256"] not in known]
         groups: list[list[int]] = [[]]
         held = 0
         for index in missing:
@@ -881,44 +998,108 @@ class LiveSession:
             groups[-1].append(index)
             held += size
         for group in groups:
-            if group:
-                parts = [self._chunk_features(snapshot, index) for index in group]
-                computed = self._score_rows(torch.cat(parts), question)
-                for index, values in zip(
-                    group, np.split(computed, np.cumsum([len(p) for p in parts])[:-1]), strict=True
-                ):
-                    known[snapshot.chunks[index]["sha256"]] = values.astype(np.float32)
-        for index, left, right in wanted:
+            if not group:
+                continue
+            parts = [self._chunk_features(snapshot, index) for index in group]
+            computed, rows = self._score_rows(torch.cat(parts), question)
+            first = 0
+            for index, part in zip(group, parts, strict=True):
+                known[snapshot.chunks[index]["sha256"]] = computed[first : first + len(part)].astype(
+                    np.float32
+                )
+                if context is not None:
+                    left, right = wanted[index]
+                    local = first + indices[left:right] - bounds[index]
+                    context.put(np.arange(left, right), rows[torch.as_tensor(local)])
+                first += len(part)
+        for index, (left, right) in wanted.items():
             values = known[snapshot.chunks[index]["sha256"]]
             scores[left:right] = values[indices[left:right] - bounds[index]]
         stored = len(snapshot.stored_timestamps)
         first_tail = int(np.searchsorted(indices, stored))
         if first_tail < len(indices):
             assert snapshot.tail_features is not None
-            rows = snapshot.tail_features[torch.as_tensor(indices[first_tail:] - stored)]
-            scores[first_tail:] = self._score_rows(rows, question)
-        return scores
+            tail = snapshot.tail_features[torch.as_tensor(indices[first_tail:] - stored)]
+            scores[first_tail:], rows = self._score_rows(tail, question)
+            if context is not None:
+                context.put(np.arange(first_tail, len(indices)), rows)
+        return scores, context
 
-    def _score_rows(self, features: Any, question: str) -> np.ndarray:
-        """Frame scores of `features` ``(t, 1+N, C)`` for `question` (one model call)."""
+    def _score_rows(self, features: Any, question: str) -> tuple[np.ndarray, Any]:
+        """Frame scores and context tokens ``(t, D)`` of `features` ``(t, 1+N, C)`` for `question`.
+
+        The scores are `LlamaVidModel.get_visual_tokens`' `frame_scores` and the tokens its context tokens; content
+        tokens are left to the frames that are shown. A Q-Former with learned queries takes `_fast_context`,
+        `_SCORE_BATCH_FRAMES` frames at a time; other text decoders the model's own `get_context_tokens`.
+        """
         import torch
 
+        from llamavid.model.modeling_llamavid import index_frame_pairs
+
         engine = self.engine
+        model = engine.model.model
         encoded = engine.processor.qformer_tokenizer(
             [question], truncation=True, max_length=engine.processor.qformer_max_length, return_tensors="pt"
         )
-        with engine._lock, torch.no_grad():
-            output = engine.model.model.get_visual_tokens(
-                features.to(device=engine.device, dtype=engine.dtype),
-                torch.tensor([len(features)]),
-                encoded["input_ids"],
-                encoded["attention_mask"],
-                torch.zeros(1, dtype=torch.long),
-                torch.zeros(1, dtype=torch.long),
-                from_pixels=True,
-                output_attentions=True,
+        device = engine.device
+        input_ids, attention_mask = encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
+        fast = (
+            model.vlm_att_query is not None
+            and model.config.context_token
+            and not model.training
+            and hasattr(model.vlm_att_key_projector, "weight")
+            and getattr(model.vlm_att_key_projector, "bias", None) is not None
+        )
+        with engine.lock, torch.no_grad():
+            if fast:
+                states = model.question_states(input_ids, attention_mask, engine.dtype)
+                parts = [
+                    _fast_context(model, part.to(device=device, dtype=engine.dtype), states)
+                    for part in features.split(_SCORE_BATCH_FRAMES)
+                ]
+                context = torch.cat([tokens for tokens, _ in parts])
+                scores = torch.cat([values for _, values in parts])
+            else:
+                patches, visual = model.split_vision_features(
+                    features.to(device=device, dtype=engine.dtype), from_pixels=True
+                )
+                zero = torch.zeros(1, dtype=torch.long, device=device)
+                pairs = index_frame_pairs(torch.tensor([len(features)], device=device), zero, zero)
+                context, _, computed = model.get_context_tokens(
+                    patches, visual, input_ids, attention_mask, pairs, output_attentions=True
+                )
+                assert computed is not None
+                scores = computed
+        return scores.float().cpu().numpy().astype(np.float64), context
+
+    def _selected_tokens(self, features: Any, context: _ContextRows, picks: np.ndarray, question: str) -> Any:
+        """Visual tokens of the shown frames (`features`, rows `picks` of the scored window), in prompt order:
+        ``[context, content...]`` per frame, as `LlamaVidModel.get_visual_tokens` lays them out. Context tokens
+        come from scoring; those of frames whose scores were stored are computed here."""
+        import torch
+
+        from llamavid.model.modeling_llamavid import interleave_visual_tokens
+
+        engine = self.engine
+        model = engine.model.model
+        lacking = np.flatnonzero(~context.have[picks])
+        if len(lacking):
+            _, rows = self._score_rows(features[torch.as_tensor(lacking)], question)
+            context.put(picks[lacking], rows)
+        assert context.rows is not None
+        with engine.lock, torch.no_grad():
+            patches, _ = model.split_vision_features(
+                features.to(device=engine.device, dtype=engine.dtype), from_pixels=True
             )
-        return output.frame_scores.float().cpu().numpy().astype(np.float64)
+            is_image = torch.zeros(len(patches), dtype=torch.bool, device=engine.device)
+            table, offsets, counts = model.get_content_tokens(patches, is_image)
+            return interleave_visual_tokens(
+                context.rows[torch.as_tensor(picks, device=context.rows.device)],
+                table,
+                offsets,
+                counts,
+                with_context=model.config.context_token,
+            )
 
     # Cache entry -------------------------------------------------------------------------------------------
     def _load_existing(self) -> int:
@@ -1178,7 +1359,7 @@ class LiveSession:
         times = list(self._batch_timestamps)
         self._batch, self._batch_timestamps = [], []
         engine = self.engine
-        with engine._lock, torch.no_grad():
+        with engine.lock, torch.no_grad():
             # (b, 1+N, C) float16 on the CPU, as the cache stores them
             features = engine.frame_encoder(frames)
         now = time.monotonic()
