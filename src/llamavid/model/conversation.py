@@ -12,12 +12,16 @@ part becomes one ``<image>``; they come first, then the text parts, all joined b
 
 The same formats exist as Jinja chat templates (`chat_template_for`), which `LlamaVidProcessor` saves as
 ``chat_template.jinja`` and renders with; they reproduce `build_prompt` byte for byte.
+
+An LLM that is not Vicuna brings its own chat template in its tokenizer: the template name `TOKENIZER_TEMPLATE`
+(``"tokenizer"``) renders with it (docs/llms.md). Its messages reach that template with string content, the
+``<image>`` markers laid out as above (`flatten_messages`), so placeholders expand exactly as with Vicuna.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -69,6 +73,81 @@ TEMPLATES: dict[str, ConversationTemplate] = {
     # Stage 1 captions.
     "plain_guided": ConversationTemplate("plain_guided", "", ("", ""), "\n", "\n", style="plain"),
 }
+
+
+# Not a row of the table: prompts are rendered with the LLM tokenizer's own chat template (docs/llms.md).
+TOKENIZER_TEMPLATE = "tokenizer"
+
+
+def flatten_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Messages with string content (`message_text`: one ``<image>`` per media part, first), other keys kept.
+
+    An LLM's own chat template only knows text; flattening first gives it the same ``"<image>\\n" + question``
+    layout the Vicuna templates render.
+    """
+    return [{**message, "content": message_text(message.get("content") or "")} for message in messages]
+
+
+@dataclass(frozen=True)
+class TurnMarkers:
+    """What surrounds a user message in a rendered chat template, found by rendering probe messages.
+
+    Attributes:
+        user_start: the text right before a user message's content (e.g. ``"<|im_start|>user\\n"``).
+        user_end: the text right after it (e.g. ``"<|im_end|>\\n<|im_start|>assistant\\n"``).
+    """
+
+    user_start: str
+    user_end: str
+
+    def last_user_text(self, prompt: str) -> str:
+        """The content of the prompt's last user message, or the whole prompt when the markers are absent."""
+        start = prompt.rfind(self.user_start) if self.user_start else -1
+        if start < 0:
+            return prompt
+        body = prompt[start + len(self.user_start) :]
+        end = body.find(self.user_end) if self.user_end else -1
+        return body if end < 0 else body[:end]
+
+
+def _common_prefix(first: str, second: str) -> str:
+    size = 0
+    while size < min(len(first), len(second)) and first[size] == second[size]:
+        size += 1
+    return first[:size]
+
+
+def find_turn_markers(render: Callable[[list[dict[str, Any]], bool], str]) -> TurnMarkers | None:
+    """The user-turn markers of a chat template, from ``render(messages, add_generation_prompt)``.
+
+    Renders a one-question and a three-turn conversation with unique probe texts: the user start is what
+    precedes both the first user message (after any system text) and the second (after an answer); the user end
+    is what follows a user message both before an answer and before the generation prompt. None when the
+    template rejects the probes or puts nothing around user messages.
+    """
+    question, answer, follow_up = "\x01q\x01", "\x01a\x01", "\x01f\x01"
+    try:
+        one = render([{"role": "user", "content": question}], True)
+        three = render(
+            [
+                {"role": "user", "content": question},
+                {"role": "assistant", "content": answer},
+                {"role": "user", "content": follow_up},
+            ],
+            True,
+        )
+    except Exception:  # a template may reject anything (roles, system prompts): then there are no markers
+        return None
+    if question not in one or not all(probe in three for probe in (question, answer, follow_up)):
+        return None
+    before_first = one[: one.index(question)]
+    before_follow_up = three[three.index(answer) + len(answer) : three.index(follow_up)]
+    user_start = _common_prefix(before_first[::-1], before_follow_up[::-1])[::-1]
+    after_question = three[three.index(question) + len(question) : three.index(answer)]
+    user_end = _common_prefix(one[one.index(question) + len(question) :], after_question)
+    if not user_start.strip():
+        return None
+    return TurnMarkers(user_start, user_end)
 
 
 # Long-video (movie) prompts wrapped around the frame/subtitle string. The CLI form glues the sentences to the
@@ -357,6 +436,10 @@ def last_user_text(prompt: str, template: str) -> str:
 __all__ = [
     "ConversationTemplate",
     "TEMPLATES",
+    "TOKENIZER_TEMPLATE",
+    "TurnMarkers",
+    "find_turn_markers",
+    "flatten_messages",
     "DEFAULT_IMAGE_TOKEN",
     "DEFAULT_VIDEO_TOKEN",
     "GENERATION_DEFAULTS",

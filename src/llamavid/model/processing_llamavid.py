@@ -595,7 +595,7 @@ class LlamaVidProcessor:
             The movie prompt and ``visual_block_lengths(len(frame_texts), per_frame=True)``:
             ``tokenize_prompt(*result)`` gives its ids.
         """
-        turn = last_user_text(prompt, self.template)
+        turn = self.last_user_text(prompt)
         if len(_PLACEHOLDER.findall(prompt)) != 1 or len(_PLACEHOLDER.findall(turn)) != 1:
             raise InvalidInputError(
                 f"subtitles need the video as the only {DEFAULT_IMAGE_TOKEN} of the prompt, in its last user "
