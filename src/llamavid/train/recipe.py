@@ -106,6 +106,13 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def context_positions(model: Any) -> int:
+    """Positions the model's LLM attends to (`llamavid.inference.budget.context_limit`)."""
+    from llamavid.inference.budget import context_limit
+
+    return context_limit(model.config.text_config)
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint folder, or a run's ``output_dir`` (then its ``latest`` checkpoint).
 
@@ -270,6 +277,8 @@ class TrainingRecipe:
         from llamavid.model import LlamaVidConfig, LlamaVidForConditionalGeneration, LlamaVidProcessor
 
         mcfg = self.cfg.model
+        if mcfg.llm is not None:
+            return self._build_from_llm()
         if mcfg.init == "random":
             config = LlamaVidConfig(**{**mcfg.random_init, **mcfg.config_overrides})
         else:
@@ -310,6 +319,41 @@ class TrainingRecipe:
                 template=self.cfg.template,
             )
         processor.image_processor.image_aspect_ratio = self.cfg.data.image_aspect_ratio
+        return model, processor
+
+    def _build_from_llm(self) -> tuple[Any, Any]:
+        """A new LLaMA-VID around ``model.llm`` (docs/llms.md): its tokenizer, its chat template for inference."""
+        from llamavid.model import LlamaVidProcessor
+        from llamavid.model.processing_llamavid import tokenizer_adds_bos
+        from llamavid.train.from_llm import build_from_llm, load_llm
+
+        mcfg = self.cfg.model
+        assert mcfg.llm is not None
+        llm, tokenizer = load_llm(mcfg.llm)
+        model = build_from_llm(
+            {**mcfg.random_init, **mcfg.config_overrides}, llm, vision=mcfg.vision, seed=mcfg.seed
+        )
+        del llm
+        if self.cfg.train.rope_scaling == "auto" and self.cfg.data.model_max_length > context_positions(
+            model
+        ):
+            raise ConfigError(
+                f"data.model_max_length {self.cfg.data.model_max_length} exceeds the {context_positions(model)} "
+                "positions of model.llm; lower it (RoPE scaling of a pretrained LLM is a stage-3 step)."
+            )
+        if mcfg.attn_implementation:
+            model.config._attn_implementation = mcfg.attn_implementation
+        if tokenizer.pad_token_id is None:
+            fallback = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
+            tokenizer.pad_token = fallback
+        # Prompts at inference use the LLM's own chat template (Vicuna's when it has none); training data
+        # still follows data.template (stage 1: plain_guided captions).
+        processor = LlamaVidProcessor.from_config(
+            model.config,
+            tokenizer,
+            image_aspect_ratio=self.cfg.data.image_aspect_ratio,
+            add_bos=tokenizer_adds_bos(tokenizer),
+        )
         return model, processor
 
     def _apply_rope_scaling(self, config: Any) -> None:

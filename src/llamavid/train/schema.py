@@ -48,6 +48,12 @@ class ModelConfig:
         config_overrides: named `LlamaVidConfig` fields to change (e.g. ``bert_type``), applied before weights.
         seed: seed of the random initialisation (``init: random``) and of freshly created modules.
         attn_implementation: transformers attention backend (``sdpa``, ``eager``, ``flash_attention_2``).
+        llm: build a NEW LLaMA-VID around this pretrained causal LM (any `AutoModelForCausalLM` family;
+            docs/llms.md): a transformers folder, or a ``.gguf`` file (needs the ``gguf`` package). Its config
+            becomes ``text_config``, its weights the LLM's and its tokenizer the prompt tokenizer; `random_init`
+            gives the rest of the architecture (vision, Q-Former, tokens per frame). Needs ``init: random``.
+        vision: with `llm`, a llamavid model folder whose vision tower (config and weights, e.g. a converted
+            EVA ViT-g) the new model takes; ``None`` keeps the tower `random_init` describes, randomly initialised.
     """
 
     init: str = "random"
@@ -57,6 +63,8 @@ class ModelConfig:
     config_overrides: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     attn_implementation: str | None = None
+    llm: str | None = None
+    vision: str | None = None
 
 
 @dataclass
@@ -249,7 +257,20 @@ class RunConfig:
             raise ConfigError(f"optim.betas must have two values, got {self.optim.betas}.")
         if not self.data.train_files and not self.data.synth:
             raise ConfigError("no training data: set data.train_files (LLaVA-format JSON) or data.synth.")
-        if self.model.init == "random" and not self.model.random_init:
+        if self.model.llm is not None and self.model.init != "random":
+            raise ConfigError(
+                f"model.llm builds a new model around {self.model.llm}, but model.init is {self.model.init!r}; "
+                "leave model.init at 'random' (the parts around the LLM are new) or drop model.llm."
+            )
+        random = self.model.init == "random" and self.model.llm is None
+        if random and self.model.random_init and "text_config" not in self.model.random_init:
+            raise ConfigError(
+                "model.random_init has no text_config: set model.llm to a pretrained LLM (folder or .gguf "
+                "file) or give model.random_init.text_config."
+            )
+        if self.model.vision is not None and self.model.llm is None:
+            raise ConfigError("model.vision is only used with model.llm (a new model built around an LLM).")
+        if self.model.init == "random" and not self.model.random_init and self.model.llm is None:
             raise ConfigError(
                 "model.init is 'random' but model.random_init is empty; give LlamaVidConfig kwargs "
                 "(see configs/tiny_debug.yaml) or point model.init at a llamavid model folder."
