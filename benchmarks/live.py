@@ -2,23 +2,24 @@
 
 What is measured (results in JSON on stdout, a summary on stderr; docs/live.md records a run):
 
-1. Ingest speed as a multiple of real time at 1 fps: a synthetic-world stream (an episode with its needle
-   removed, 64 px) fed as raw RGB frames through an OS pipe as fast as the session takes them, for
-   ``--minutes`` of stream time; and the same through the MPEG-TS path (a writer process muxing H.264, decoded
-   by PyAV) for 10 minutes.
-2. Answer latency p50/p95 over ``--questions`` distinct greedy questions (8 new tokens at most; 2 at 8 hours),
-   the latency of a question asked again (its stored frame scores are reused), and RSS at 10 minutes (the
-   reader paused there), at the end of the ingested stream, and at 8 hours; the 8-hour entry is the ingested
-   hour's chunks repeated (cached features are per frame, so a question costs the same as on a real 8-hour
-   entry; ingesting 8 real hours takes about ``8 x 60 / ingest speed`` minutes, see ``--minutes 480``).
+1. Ingest speed as a multiple of real time at 1 fps: a synthetic-world stream (an hour-long episode with its
+   needle removed, 64 px, looped) written as raw RGB frames by a writer *process* into a pipe, as fast as the
+   session takes them, for ``--hours`` of stream time (8 by default: 28,800 frames, a real 8-hour entry); and
+   the MPEG-TS path (a writer process muxing H.264, decoded by PyAV) for 10 minutes.
+2. At 10 minutes, 1 hour and the end (the writer paused there; the pauses are not ingest time): answer latency
+   p50/p95 over ``--questions`` distinct greedy questions (8 new tokens at most; each scores every frame
+   afresh), the latency of a question asked again (its stored frame scores are reused), and the process's RSS
+   and peak RSS (the writer is another process).
 3. The baseline that re-ingests the whole prefix for every question: encode every frame so far (raw frames,
-   no decoding), then answer; one question at 10 minutes and one at the end.
+   no decoding), then answer (uniform frames, as many as fit); at 10 minutes and 1 hour (at 8 hours it is about
+   the 8-hour ingest time, reported as such).
 4. Needle recall by position under the default ``relevance`` context policy (and ``uniform`` for comparison):
-   the white needle frame of ``--trials`` held-out episodes written into the hour at 10 %, 50 % and 90 % (plus
-   3 s per trial; the hour's cache entry copied and the one chunk patched), then "What colour is the shape on
-   the white screen?".
+   the white needle frame of ``--trials`` held-out episodes written into the first hour at 10 %, 50 % and 90 %
+   (plus 3 s per trial; a copy of the entry's first hour with the one chunk patched), then "What colour is the
+   shape on the white screen?".
 
-Usage: OMP_NUM_THREADS=2 .venv/bin/python benchmarks/live.py [--minutes 60] [--questions 10] [--trials 8]
+Usage: OMP_NUM_THREADS=2 .venv/bin/python benchmarks/live.py [--hours 8] [--questions 5] [--trials 8]
+       [--skip-recall] [--skip-baseline] [--skip-mpegts]
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -88,46 +88,64 @@ def latencies(session: Any, count: int, **options: Any) -> dict[str, Any]:
     }
 
 
-def ingest_raw(engine: Any, cache: Path, minutes: float, questions: int) -> tuple[Any, dict[str, Any]]:
-    """Feed `minutes` of the base episode as raw frames; pause at 10 minutes to measure questions there."""
+# argv: total frames, then the frames after which to pause until a line arrives on stdin. Frame i of the stream
+# is frame i mod 3600 of the base episode (an hour, needle removed).
+WRITER = r"""
+import dataclasses, sys
+import numpy as np
+from llamavid.synth.episodes import make_episode
+
+total, pauses = int(sys.argv[1]), {int(v) for v in sys.argv[2:]}
+episode = dataclasses.replace(make_episode(np.random.default_rng(0), "heldout", 3600), needle_start=-10)
+sink = sys.stdout.buffer
+for index in range(total):
+    if index in pauses:
+        sink.flush()
+        sys.stdin.readline()
+    sink.write(episode.render_frame(index % 3600, %(side)d).tobytes())
+sink.flush()
+""".replace("%(side)d", str(SIDE))
+
+
+def ingest_raw(engine: Any, cache: Path, frames: int, questions: int) -> tuple[Any, dict[str, Any]]:
+    """Ingest `frames` raw frames from a writer process; at 10 min, 1 h and the end, measure questions."""
     from llamavid.inference.live import LiveSession
 
-    frames = int(minutes * 60)
-    episode = base_episode(frames)
-    read_end, write_end = os.pipe()
-    pause_at = min(600, frames)
-    resume = threading.Event()
-
-    def feed() -> None:
-        with os.fdopen(write_end, "wb") as sink:
-            for index in range(frames):
-                if index == pause_at:
-                    resume.wait(3600)
-                sink.write(episode.render_frame(index, SIDE).tobytes())
-
-    feeder = threading.Thread(target=feed, daemon=True)
-    feeder.start()
+    points = [point for point in (600, 3600) if point < frames] + [frames]
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(frames), *map(str, points[:-1])],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert writer.stdin is not None and writer.stdout is not None
+    results: dict[str, Any] = {}
+    session = LiveSession(
+        engine, writer.stdout, raw_size=(SIDE, SIDE), session_id="bench-live", cache_dir=cache
+    )
+    ingest_wall = 0.0
     started = time.perf_counter()
-    session = LiveSession(engine, read_end, raw_size=(SIDE, SIDE), session_id="bench-hour", cache_dir=cache)
-    status = session.wait(frames=pause_at, timeout=3600)
-    first_leg = time.perf_counter() - started
-    results: dict[str, Any] = {"10min": latencies(session, questions)} if pause_at == 600 else {}
-    resume.set()
-    second_started = time.perf_counter()
-    status = session.wait(timeout=24 * 3600)
-    second_leg = time.perf_counter() - second_started
-    feeder.join(60)
-    os.close(read_end)
-    wall = first_leg + second_leg
-    results["ingest_raw"] = {
-        "frames": status.frames,
-        "wall_s": round(wall, 1),
-        "frames_per_s": round(status.frames / wall, 1),
-        "x_real_time_at_1fps": round(status.frames / wall, 1),
-        "state": status.state,
-        **rss_mib(),
-    }
-    results[f"{int(minutes)}min"] = latencies(session, questions)
+    try:
+        for point in points:
+            status = session.wait(frames=point, timeout=3600)
+            ingest_wall += time.perf_counter() - started
+            label = f"{point // 3600}h" if point % 3600 == 0 else f"{point // 60}min"
+            results[label] = {
+                "frames": status.frames,
+                "ingest_wall_s": round(ingest_wall, 1),
+                "x_real_time_at_1fps": round(status.frames / ingest_wall, 1),
+                "latency": latencies(session, questions if point <= 3600 else min(questions, 3)),
+            }
+            print(f"{label}: {json.dumps(results[label])}", file=sys.stderr, flush=True)
+            if point != points[-1]:
+                writer.stdin.write(b"go\n")
+                writer.stdin.flush()
+            started = time.perf_counter()
+        writer.stdin.close()
+        status = session.wait(timeout=600)
+        results["state"] = status.state
+    finally:
+        writer.kill()
+        writer.wait(60)
     return session, results
 
 
@@ -166,11 +184,12 @@ def baseline(engine: Any, frames: int) -> dict[str, Any]:
 
     from llamavid.inference.media import PreparedMedia
 
-    episode = base_episode(frames)
+    episode = base_episode(3600)
     started = time.perf_counter()
     parts = []
     for start in range(0, frames, 64):
-        batch = np.stack([episode.render_frame(i, SIDE) for i in range(start, min(start + 64, frames))])
+        indices = range(start, min(start + 64, frames))
+        batch = np.stack([episode.render_frame(i % 3600, SIDE) for i in indices])
         with torch.no_grad():
             parts.append(engine.frame_encoder(batch))
     features = torch.cat(parts)
@@ -195,13 +214,33 @@ def baseline(engine: Any, frames: int) -> dict[str, Any]:
     return {"frames": frames, "seconds": round(time.perf_counter() - started, 2), **rss_mib()}
 
 
+def hour_entry(cache: Path, source_id: str, target_id: str, frames: int) -> int:
+    """An entry of the whole chunks among another's first `frames` frames (hard links); returns its frames."""
+    source, target = cache / f"live-{source_id}", cache / f"live-{target_id}"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    meta = json.loads((source / "meta.json").read_text())
+    kept, count = [], 0
+    for chunk in meta["chunks"]:
+        if count + chunk["frames"] > frames:
+            break
+        os.link(source / chunk["file"], target / chunk["file"])
+        kept.append(chunk)
+        count += chunk["frames"]
+    stamps = meta["timestamps"][:count]
+    meta.update(chunks=kept, timestamps=stamps, num_frames=count, duration=stamps[-1] + 1.0)
+    meta["live"]["session_id"] = target_id
+    (target / "meta.json").write_text(json.dumps(meta))
+    return count
+
+
 def patched_copy(cache: Path, source_id: str, target_id: str, position: int, needle: Any) -> None:
     """Copy a live entry and overwrite frame `position`'s features with `needle` (1, 1+N, C) float16."""
     from safetensors.numpy import load_file, save
 
     source, target = cache / f"live-{source_id}", cache / f"live-{target_id}"
     shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(source, target)
+    shutil.copytree(source, target, copy_function=shutil.copy)
     meta = json.loads((target / "meta.json").read_text())
     offset = 0
     for chunk in meta["chunks"]:
@@ -213,25 +252,6 @@ def patched_copy(cache: Path, source_id: str, target_id: str, position: int, nee
             chunk.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
             break
         offset += chunk["frames"]
-    meta["live"]["session_id"] = target_id
-    (target / "meta.json").write_text(json.dumps(meta))
-
-
-def repeated_copy(cache: Path, source_id: str, target_id: str, times: int) -> None:
-    """An entry made of `times` copies of another's chunks, one after the other in stream time."""
-    source, target = cache / f"live-{source_id}", cache / f"live-{target_id}"
-    shutil.rmtree(target, ignore_errors=True)
-    target.mkdir(parents=True)
-    meta = json.loads((source / "meta.json").read_text())
-    span = meta["timestamps"][-1] + 1.0
-    chunks, stamps = [], []
-    for copy in range(times):
-        for chunk in meta["chunks"]:
-            name = f"chunk_{len(chunks):05d}.safetensors"
-            os.link(source / chunk["file"], target / name)
-            chunks.append({**chunk, "file": name, "start": chunk["start"] + copy * span})
-        stamps += [t + copy * span for t in meta["timestamps"]]
-    meta.update(chunks=chunks, timestamps=stamps, num_frames=len(stamps), duration=stamps[-1] + 1.0)
     meta["live"]["session_id"] = target_id
     (target / "meta.json").write_text(json.dumps(meta))
 
@@ -265,13 +285,14 @@ def recall(engine: Any, cache: Path, frames: int, trials: int, empty: Path) -> d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=60.0)
-    parser.add_argument("--questions", type=int, default=10)
-    parser.add_argument("--trials", type=int, default=8)
-    parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--hours", type=float, default=8.0, help="stream time to ingest (default 8)")
     parser.add_argument(
-        "--skip-8h", action="store_true", help="no 8-hour latency (its first questions take minutes)"
+        "--questions", type=int, default=5, help="distinct questions per point (3 beyond 1 h)"
     )
+    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--skip-recall", action="store_true")
+    parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--skip-mpegts", action="store_true")
     args = parser.parse_args()
 
     from transformers.utils import logging as transformers_logging
@@ -283,33 +304,32 @@ def main() -> None:
     cache = work / "cache"
     engine = Engine.from_pretrained(None, device="cpu", feature_cache=cache)
     results: dict[str, Any] = {"model": engine.name, "threads": os.environ.get("OMP_NUM_THREADS")}
-    results["ingest_mpegts"] = ingest_mpegts(engine, cache, 600)
-    print(f"MPEG-TS: {results['ingest_mpegts']}", file=sys.stderr, flush=True)
-    session, raw = ingest_raw(engine, cache, args.minutes, args.questions)
-    results.update(raw)
-    session.close()
-    print(json.dumps(raw), file=sys.stderr, flush=True)
-    frames = int(args.minutes * 60)
-    empty = work / "ended.ts"
-    os.mkfifo(empty)
-    holder = os.open(empty, os.O_RDWR)  # keeps the FIFO open; each resumed session sees it silent
     try:
-        if not args.skip_8h:
-            repeated_copy(cache, "bench-hour", "bench-8h", max(1, round(480 / args.minutes)))
-            long = finished_idle(engine, cache, "bench-8h", empty)
-            results["8h"] = latencies(long, min(args.questions, 2))
-            long.close()
-            print(f"8 h: {results['8h']}", file=sys.stderr, flush=True)
-        results["recall"] = recall(engine, cache, frames, args.trials, empty)
+        if not args.skip_mpegts:
+            results["ingest_mpegts"] = ingest_mpegts(engine, cache, 600)
+            print(f"MPEG-TS: {results['ingest_mpegts']}", file=sys.stderr, flush=True)
+        frames = int(round(args.hours * 3600))
+        session, raw = ingest_raw(engine, cache, frames, args.questions)
+        results["raw"] = raw
+        session.close()
+        if not args.skip_baseline:
+            results["baseline"] = {
+                "10min": baseline(engine, min(600, frames)),
+                **({"1h": baseline(engine, 3600)} if frames >= 3600 else {}),
+            }
+            print(f"baseline: {results['baseline']}", file=sys.stderr, flush=True)
+        if not args.skip_recall:
+            hour = hour_entry(cache, "bench-live", "bench-hour", min(3600, frames))
+            empty = work / "ended.ts"
+            os.mkfifo(empty)
+            holder = os.open(empty, os.O_RDWR)  # keeps the FIFO open; each resumed session sees it silent
+            try:
+                results["recall"] = {"frames": hour, **recall(engine, cache, hour, args.trials, empty)}
+            finally:
+                os.close(holder)
+        print(json.dumps(results, indent=1))
     finally:
-        os.close(holder)
-    if not args.skip_baseline:
-        results["baseline"] = {
-            "10min": baseline(engine, 600),
-            f"{int(args.minutes)}min": baseline(engine, frames),
-        }
-    print(json.dumps(results, indent=1))
-    shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def finished_idle(engine: Any, cache: Path, session_id: str, fifo: Path) -> Any:
