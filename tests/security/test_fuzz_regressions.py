@@ -44,3 +44,22 @@ def test_train_refuses_an_overlong_media_path_naming_the_file(
     assert len(err.strip().splitlines()) == 1
     assert "train.json[0] (id='long')" in err
     assert len(err) < 1000  # the 5000-character name is shortened
+
+
+@pytest.mark.xfail(strict=True, reason="the budget refusal names neither the video nor the subtitle file")
+def test_ask_names_the_subtitles_that_overflow_the_context(
+    tmp_path: Path, demo_video_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The fuzz corpus's 40000-cue file: every cue falls inside the 4-s clip, so all of it enters the prompt.
+    cues = "".join(
+        f"{n + 1}\n00:00:0{n % 4},000 --> 00:00:0{n % 4},500\nline {n} of a very long subtitle file\n\n"
+        for n in range(3000)
+    )
+    subtitles = tmp_path / "huge.srt"
+    subtitles.write_text(cues, encoding="utf-8")
+    arguments = ["ask", str(demo_video_path), "What happens?", "--subtitles", str(subtitles)]
+    code = main([*arguments, "--max-new-tokens", "2", "--cache-dir", str(tmp_path / "cache"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert "model's context" in err and str(subtitles) in err and demo_video_path.name in err
