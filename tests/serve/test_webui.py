@@ -272,3 +272,63 @@ def test_a_broken_upload_is_explained_when_asked(page, tmp_path):
     page.click("#send")
     page.wait_for_selector(":text('Upload another file')")
     assert page.locator(":text('Upload a video or an image first')").count() == 0
+
+
+def test_the_live_tab_watches_a_fifo_under_the_allowed_root(tmp_path):
+    """The Live tab's callbacks: the server's source rules, the session limit, the newest frame, the status line,
+    an answer with the embedded model and the relevance timeline so far."""
+    gr = require_module("gradio")
+    import threading
+
+    import numpy as np
+
+    from llamavid.inference import Engine
+    from llamavid.serve.webui import LiveTab, build_ui
+    from llamavid.synth.episodes import make_episode
+
+    engine = Engine.from_pretrained(None, device="cpu", feature_cache=tmp_path / "cache")
+    root = tmp_path / "streams"
+    root.mkdir()
+    (tmp_path / "outside.ts").touch()
+    tab = LiveTab(engine, [str(root)], max_sessions=1, max_new_tokens=8)
+    for source, reason in (
+        (tmp_path / "outside.ts", "outside"),
+        ("rtsp://cam/1", "network"),
+        ("-", "network"),
+    ):
+        with pytest.raises(gr.Error, match=reason):
+            tab.start(str(source), "", None)
+    assert "No live session" in tab.refresh(None, None)[1]
+    fifo = root / "camera.rgb"
+    os.mkfifo(fifo)
+    session_id, status = tab.start(str(fifo), "64x64", None)
+    assert session_id in status
+    (root / "other.ts").touch()
+    with pytest.raises(gr.Error, match="at most 1"):  # the limit counts every tab's sessions
+        tab.start(str(root / "other.ts"), "", None)
+    episode = make_episode(np.random.default_rng(1), "heldout", 120)  # a green needle at 19 s
+
+    def feed() -> None:
+        with open(fifo, "wb") as sink:
+            for index in range(30):
+                sink.write(episode.render_frame(index, 64).tobytes())
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    assert tab.registry.get(session_id).wait(timeout=90).frames == 30
+    feeder.join(30)
+    frame, status, _ = tab.refresh(session_id, None)
+    assert frame.shape == (64, 64, 3) and "30 frames" in status and "ended" in status
+    chat, box, question, timeline = tab.ask(
+        "What colour is the shape on the white screen?", "", [], session_id
+    )
+    assert box == "" and chat[-1]["role"] == "assistant" and chat[-1]["content"].startswith("green")
+    assert "30 frames" in timeline and "0:19" in timeline  # the needle is among the most relevant frames
+    assert "Relevance so far" in tab.refresh(session_id, question)[2]
+    with pytest.raises(gr.Error, match="window"):
+        tab.ask("What happened?", "ten minutes", chat, session_id)
+    assert "No live session" in tab.stop(session_id)
+    with pytest.raises(gr.Error, match="Start a live session"):
+        tab.ask("What happened?", "", [], session_id)
+    demo = build_ui(engine, live_roots=[str(root)])
+    assert demo.llamavid_live.enabled and not build_ui(engine).llamavid_live.enabled

@@ -23,6 +23,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--fps", type=float, default=1.0, help="frames sampled per second (default 1, as trained)"
     )
     parser.add_argument(
+        "--allowed-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="the Live tab may watch growing files and FIFOs under DIR (repeatable; default: none, tab off)",
+    )
+    parser.add_argument(
+        "--max-live-sessions", type=int, default=2, help="live sessions open at once (default 2)"
+    )
+    parser.add_argument(
         "--max-upload-mb",
         type=float,
         default=200.0,
@@ -43,7 +53,14 @@ def run(args: argparse.Namespace) -> int:
             f"the web UI needs the serving extra ({error.name} is missing): pip install 'llamavid[serve]'"
         ) from None
     engine = build_engine(args)
-    demo = build_ui(engine, fps=args.fps, max_frames=args.max_frames, max_upload_mb=args.max_upload_mb)
+    demo = build_ui(
+        engine,
+        fps=args.fps,
+        max_frames=args.max_frames,
+        max_upload_mb=args.max_upload_mb,
+        live_roots=args.allowed_root,
+        max_live_sessions=args.max_live_sessions,
+    )
     print(
         f"web UI for {engine.name} on http://{args.host}:{args.port} (uploads up to {args.max_upload_mb:g} MB)"
     )

@@ -329,12 +329,167 @@ def _example(engine: Engine) -> tuple[Path, str]:
     return encode_mp4(frames, folder / "synthetic_clip.mp4"), question
 
 
+_LIVE_TIMELINE_CSS = """
+.llv-live-timeline svg { display: block; width: 100%; height: 64px; background: var(--block-background-fill);
+  border: 1px solid var(--block-border-color); border-radius: 4px; }
+.llv-live-timeline rect { fill: #3b6fd8; }
+.llv-live-timeline rect.llv-top { fill: #e4572e; }
+.llv-live-timeline h4 { margin: 4px 0; font-size: 0.9em; font-weight: 600; }
+.llv-live-timeline .llv-axis { display: flex; justify-content: space-between; font-size: 0.85em;
+  color: var(--body-text-color-subdued); font-variant-numeric: tabular-nums; }
+"""
+
+
+def live_timeline_html(question: str, timestamps: np.ndarray, relevance: np.ndarray) -> str:
+    """Frame relevance of a live stream so far for `question`: one bar per frame at its stream time, the top
+    frames in red (an SVG that needs no script; the stream has no player to seek)."""
+    count = len(relevance)
+    if not count:
+        return ""
+    span = float(timestamps[-1]) + 1.0
+    peak = float(relevance.max()) or 1.0
+    top = set(np.argsort(-relevance, kind="stable")[: min(TOP_FRAMES, count)].tolist())
+    step = max(1, count // 1000)  # at most about 1,000 bars (the strongest of each group of frames)
+    width = max(1000.0 / max(count / step, 1) * 0.8, 1.0)
+    bars = []
+    for first in range(0, count, step):
+        index = first + int(np.argmax(relevance[first : first + step]))
+        x = 1000.0 * float(timestamps[index]) / span
+        height = 60.0 * float(relevance[index]) / peak
+        css = ' class="llv-top"' if index in top else ""
+        label = f"{_clock(float(timestamps[index]))}: {_percent(float(relevance[index]))}"
+        bars.append(
+            f'<rect{css} x="{x:.2f}" y="{62 - height:.2f}" width="{width:.2f}" height="{height:.2f}">'
+            f"<title>{label}</title></rect>"
+        )
+    best = ", ".join(_clock(float(timestamps[index])) for index in sorted(top, key=lambda i: -relevance[i]))
+    ticks = "".join(f"<span>{_clock(span * fraction)}</span>" for fraction in (0, 0.25, 0.5, 0.75, 1))
+    return (
+        '<div class="llv-live-timeline">'
+        f"<h4>Relevance so far for “{html.escape(question)}”: {count} frames; most relevant at {best}</h4>"
+        f'<svg viewBox="0 0 1000 64" preserveAspectRatio="none" role="img" aria-label="frame relevance">'
+        f'{"".join(bars)}</svg><div class="llv-axis">{ticks}</div></div>'
+    )
+
+
+class LiveTab:
+    """What the web UI's Live tab does, one method per control (the callbacks hold no other logic).
+
+    Sessions are opened through a `LiveRegistry` with the server's rules: sources are files or FIFOs under
+    `allowed_roots` (symlinks resolved), never stdin or a network URL, at most `max_sessions` at once.
+
+    Args:
+        engine: the loaded engine.
+        allowed_roots: folders whose files and FIFOs may be watched (none: the tab only says how to allow some).
+        fps: frames sampled per second of stream.
+        max_sessions: live sessions open at once over all browser tabs.
+        max_new_tokens: answer length limit (default: the engine's).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        allowed_roots: list[str] | tuple[str, ...] = (),
+        fps: float = 1.0,
+        max_sessions: int = 2,
+        max_new_tokens: int | None = None,
+    ) -> None:
+        from llamavid.serve.app import ServerConfig
+        from llamavid.serve.live_routes import LiveRegistry
+
+        self.engine = engine
+        self.max_new_tokens = max_new_tokens
+        config = ServerConfig(allowed_roots=tuple(Path(root) for root in allowed_roots), fps=fps)
+        self.registry = LiveRegistry(engine, config, max_sessions=max_sessions)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.registry.roots)
+
+    def start(self, source: str, raw_size: str, previous: str | None) -> tuple[str, str]:
+        """Open a session on `source` (a path under an allowed root; ``raw_size`` ``"WxH"`` for raw RGB frames);
+        the tab's previous session is closed first. Returns ``(session id, status line)``."""
+        from llamavid.serve.app import APIError
+        from llamavid.serve.live_routes import LiveSessionRequest
+
+        self.stop(previous)
+        if not source or not source.strip():
+            raise gr.Error("Give the path of a growing video file or a FIFO to watch.")
+        try:
+            request = LiveSessionRequest(source=source.strip(), raw_size=raw_size.strip() or None)
+            status = self.registry.create(request)
+        except APIError as error:
+            raise gr.Error(error.message) from None
+        except ValueError as error:  # MediaError and bad options from the session itself
+            raise gr.Error(str(error)) from None
+        return str(status["session_id"]), self.status_line(str(status["session_id"]))
+
+    def _session(self, session_id: str | None) -> Any:
+        from llamavid.serve.app import APIError
+
+        if not session_id:
+            return None
+        try:
+            return self.registry.get(session_id)
+        except APIError:
+            return None
+
+    def status_line(self, session_id: str | None) -> str:
+        """Position, lag, frames/s and what happened (a stall, the end, damaged data), in one line."""
+        session = self._session(session_id)
+        if session is None:
+            return "No live session. Start one from a growing file or a FIFO."
+        return f"`{session.status.line()}`"
+
+    def refresh(self, session_id: str | None, question: str | None) -> tuple[Any, str, Any]:
+        """What the timer shows: ``(newest frame, status line, relevance timeline of the last question)``."""
+        session = self._session(session_id)
+        if session is None:
+            return None, self.status_line(None), gr.skip()
+        timeline: Any = gr.skip()
+        if question and session.status.frames:
+            times, relevance = session.relevance(question)  # scores of stored chunks are kept: cheap
+            timeline = live_timeline_html(question, times, relevance)
+        return session.latest_frame(), self.status_line(session_id), timeline
+
+    def ask(
+        self, message: str, window: str, history: list[dict[str, Any]], session_id: str | None
+    ) -> tuple[list[dict[str, Any]], str, str, Any]:
+        """Answer about the stream so far (or the last `window`): ``(chat, cleared box, question, timeline)``."""
+        session = self._session(session_id)
+        if session is None:
+            raise gr.Error("Start a live session first.")
+        if not message.strip():
+            raise gr.Error("Type a question.")
+        try:
+            answer = session.ask(message, window=window.strip() or None, max_new_tokens=self.max_new_tokens)
+            times, relevance = session.relevance(message, window=window.strip() or None)
+        except ValueError as error:  # no frame yet, a bad window, the context budget
+            raise gr.Error(str(error)) from None
+        where = _clock(answer.position)
+        shown = (
+            f"{answer.frames_used} of {answer.frames_seen} frames" if answer.policy != "all" else "all frames"
+        )
+        reply = f"{answer.text}\n\n*(at {where}, {shown})*"
+        history = [*history, {"role": "user", "content": message}, {"role": "assistant", "content": reply}]
+        return history, "", message, live_timeline_html(message, times, relevance)
+
+    def stop(self, session_id: str | None) -> str:
+        """Stop reading (the cache entry stays); returns the status line."""
+        if self._session(session_id) is not None:
+            assert session_id is not None
+            self.registry.delete(session_id)
+        return self.status_line(None)
+
+
 def build_ui(
     engine: Engine,
     fps: float = 1.0,
     max_frames: int | None = 256,
     max_new_tokens: int | None = None,
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    live_roots: list[str] | tuple[str, ...] = (),
+    max_live_sessions: int = 2,
 ) -> gr.Blocks:
     """Build the Gradio app around a loaded engine. Launch it with `launch` (or ``demo.launch(...)``).
 
@@ -343,7 +498,10 @@ def build_ui(
         fps / max_frames: sampling of uploads (1 fps as trained; the cap bounds memory and context).
         max_new_tokens: answer length limit (default: the engine's).
         max_upload_mb: larger files are refused before they are stored (applied by `launch`).
+        live_roots / max_live_sessions: the Live tab watches growing files and FIFOs under these folders only
+            (`LiveTab`); without any it says how to allow some.
     """
+    live = LiveTab(engine, live_roots, fps=fps, max_sessions=max_live_sessions, max_new_tokens=max_new_tokens)
     example_path, example_question = _example(engine)
     no_media = {"state": "empty"}
     # Identical uploads from two tabs share one path (named after the content): the second finds the file gone
@@ -468,7 +626,7 @@ def build_ui(
         )
         state = gr.State(None)
         subtitles_state = gr.State(None)
-        with gr.Row():
+        with gr.Tab("Video or image", elem_id="file-tab"), gr.Row():
             with gr.Column(scale=5):
                 with gr.Row():
                     media_input = gr.File(
@@ -507,6 +665,45 @@ def build_ui(
                     send = gr.Button("Send", variant="primary", elem_id="send")
                     clear = gr.Button("New conversation", elem_id="reset")
                 gr.Examples(examples=[[str(example_path), example_question]], inputs=[media_input, question])
+        with gr.Tab("Live", elem_id="live-tab"):
+            live_id = gr.State(None)
+            live_question = gr.State(None)
+            if live.enabled:
+                roots = ", ".join(live.registry.roots)
+                gr.Markdown(
+                    f"Watch a stream while it plays: a video file that is still being written (MPEG-TS or "
+                    f"Matroska) or a FIFO, under {roots}. Questions are about everything seen so far, or the "
+                    "last *window* (e.g. 10m)."
+                )
+            else:
+                gr.Markdown(
+                    "Live streams are off: start the web UI with `--allowed-root DIR` to watch growing files "
+                    "and FIFOs in DIR."
+                )
+            with gr.Row():
+                with gr.Column(scale=5):
+                    with gr.Row():
+                        live_source = gr.Textbox(
+                            label="Source (path of a growing file or FIFO)", elem_id="live-source", scale=4
+                        )
+                        live_raw = gr.Textbox(
+                            label="Raw RGB frames WxH (optional)", elem_id="live-raw", scale=1
+                        )
+                    with gr.Row():
+                        live_start = gr.Button("Start", variant="primary", elem_id="live-start")
+                        live_stop = gr.Button("Stop", elem_id="live-stop")
+                    live_status = gr.Markdown(live.status_line(None), elem_id="live-status")
+                    live_frame = gr.Image(label="Current frame", elem_id="live-frame", height=300)
+                    live_timeline = gr.HTML("", css_template=_LIVE_TIMELINE_CSS, elem_id="live-relevance")
+                with gr.Column(scale=6):
+                    live_chat = gr.Chatbot(
+                        label="Questions about the stream", elem_id="live-chat", height=380
+                    )
+                    with gr.Row():
+                        live_message = gr.Textbox(label="Question", elem_id="live-question", scale=4)
+                        live_window = gr.Textbox(label="Window (e.g. 10m)", elem_id="live-window", scale=1)
+                    live_send = gr.Button("Ask", variant="primary", elem_id="live-send")
+            timer = gr.Timer(1.0, active=live.enabled)
         media_input.change(
             load,
             [media_input, subtitles_state],
@@ -530,8 +727,28 @@ def build_ui(
                 concurrency_limit=1,
             )
         clear.click(reset, [state], [chatbot, relevance])
+        live_start.click(
+            live.start, [live_source, live_raw, live_id], [live_id, live_status], concurrency_id=_ENGINE_QUEUE
+        )
+        live_stop.click(live.stop, [live_id], [live_status])
+        timer.tick(
+            live.refresh,
+            [live_id, live_question],
+            [live_frame, live_status, live_timeline],
+            concurrency_id=_ENGINE_QUEUE,
+            show_progress="hidden",
+        )
+        for event in (live_message.submit, live_send.click):
+            event(
+                live.ask,
+                [live_message, live_window, live_chat, live_id],
+                [live_chat, live_message, live_question, live_timeline],
+                concurrency_id=_ENGINE_QUEUE,
+                concurrency_limit=1,
+            )
     demo.llamavid_examples = example_path.parent  # type: ignore[attr-defined]
     demo.llamavid_max_upload_mb = max_upload_mb  # type: ignore[attr-defined]
+    demo.llamavid_live = live  # type: ignore[attr-defined]
     return demo
 
 
@@ -556,4 +773,12 @@ def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = None, **
     )
 
 
-__all__ = ["build_ui", "describe_sampling", "discard_upload", "launch", "relevance_html"]
+__all__ = [
+    "LiveTab",
+    "build_ui",
+    "describe_sampling",
+    "discard_upload",
+    "launch",
+    "live_timeline_html",
+    "relevance_html",
+]
