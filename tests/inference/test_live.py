@@ -349,3 +349,26 @@ def test_stalled_raw_source_recovers(engine):
     finally:
         session.close()
         os.close(read_end)
+
+
+def test_subtitles_follow_a_growing_file(engine, tmp_path):
+    """Whole cues of a growing .srt go to the last shown frame before they end; a cue still being written, and
+    one the stream has not reached, are left out until they are."""
+    subtitles = tmp_path / "live.srt"
+    subtitles.write_text(
+        "1\n00:00:02,000 --> 00:00:04,500\nA green shape appears\n\n2\n00:00:10,000 --> 00:00:11,000\nhalf-writ"
+    )
+    session = _raw_session(engine, 30, subtitles=subtitles)
+    first = session.ask(QUESTION, temperature=0, max_new_tokens=8)
+    assert first.frames_used == 30 and first.subtitles is not None
+    assert first.subtitles[4] == "A green shape appears" and sum(map(bool, first.subtitles)) == 1
+    with subtitles.open("a") as handle:
+        handle.write("ten\n\n3\n00:00:40,000 --> 00:00:41,000\nnot reached yet\n\n")
+    second = session.ask(QUESTION, temperature=0, max_new_tokens=8)
+    assert second.subtitles is not None and second.subtitles[10] == "half-written"
+    assert "not reached" not in " ".join(second.subtitles)
+    assert second.answer.prompt_tokens > first.answer.prompt_tokens
+    assert session.ask(QUESTION, window="5s", temperature=0, max_new_tokens=8).subtitles is None
+    subtitles.write_text("1\n00:00:02,000 --> nonsense\nbroken\n\n")
+    assert session.ask(QUESTION, temperature=0, max_new_tokens=8).subtitles == second.subtitles
+    assert "subtitles" in session.status.message

@@ -63,6 +63,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--end-marker", type=Path, default=None, help="a growing file ends when this file appears"
     )
     live.add_argument(
+        "--max-frames",
+        type=int,
+        default=512,
+        help="the most frames one answer shows; more are chosen by --context-policy (default 512; 0: as many "
+        "as the context takes)",
+    )
+    live.add_argument(
+        "--subtitles",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help=".srt/.vtt file that grows with the stream (cue times in stream time); followed as it is written",
+    )
+    live.add_argument(
+        "--subtitle-encoding", default=None, help="the subtitle file's encoding (default: detected)"
+    )
+    live.add_argument(
         "--status-interval", type=float, default=10.0, help="seconds between status lines (default 10)"
     )
     add_engine_arguments(parser, media=False)
@@ -125,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"{args.questions}: no such questions file.")
     if args.fps <= 0 or args.status_interval <= 0:
         raise InvalidInputError("--fps and --status-interval must be positive.")
+    if args.max_frames < 0:
+        raise InvalidInputError(f"--max-frames must be 0 (no limit) or more, got {args.max_frames}.")
     parse_window(args.window)  # fail before loading the model
     raw_size = _raw_size(args.raw)
     engine = build_engine(args)
@@ -139,6 +158,9 @@ def run(args: argparse.Namespace) -> int:
         idle_timeout=args.idle_timeout,
         end_marker=args.end_marker,
         context_policy=args.context_policy,
+        max_frames=args.max_frames or None,
+        subtitles=args.subtitles,
+        subtitle_encoding=args.subtitle_encoding,
     )
     lines: queue.Queue = queue.Queue()
     handle = args.questions.open(encoding="utf-8") if args.questions is not None else sys.stdin

@@ -390,6 +390,51 @@ class _ThreadWarnings(logging.Handler):
             self.notes.append(record.getMessage())
 
 
+class _SubtitleFollower:
+    """The cues of an .srt/.vtt file that is still being written, read again whenever it changes.
+
+    Only whole cues count: the text after the last blank line may be a cue the writer is still writing, so it
+    waits for the next read. A file that is missing (not started yet) has no cues; one that stops parsing keeps
+    the cues read before, and `note` says why.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], encoding: str | None = None) -> None:
+        self.path = os.fspath(path)
+        self.encoding = encoding
+        self.note = ""
+        self._seen: tuple[int, int] | None = None
+        self._cues: list[Any] = []
+        self._lock = threading.Lock()
+
+    def cues(self) -> list[Any]:
+        from llamavid.data.subtitles import decode_subtitle_bytes, parse_srt, parse_webvtt
+
+        with self._lock:
+            try:
+                info = os.stat(self.path)
+            except OSError:
+                self.note = f"subtitles {self.path}: not there yet"
+                return self._cues
+            if self._seen == (info.st_size, info.st_mtime_ns):
+                return self._cues
+            with open(self.path, "rb") as handle:
+                data = handle.read().replace(b"\r\n", b"\n")
+            whole = data[: data.rfind(b"\n\n") + 2] if b"\n\n" in data else b""
+            try:
+                text = decode_subtitle_bytes(whole, source=self.path, encoding=self.encoding)
+                webvtt = self.path.lower().endswith(".vtt") or text.lstrip("\ufeff").startswith("WEBVTT")
+                cues = (parse_webvtt if webvtt else parse_srt)(text, source=self.path) if text.strip() else []
+            except ValueError as error:  # SubtitleError: a damaged cue; keep what was read
+                self.note = f"subtitles: {error}"
+                return self._cues
+            self._seen, self._cues, self.note = (
+                (info.st_size, info.st_mtime_ns),
+                sorted(cues, key=lambda cue: cue.start),
+                "",
+            )
+            return self._cues
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Results.
 
@@ -458,6 +503,7 @@ class LiveAnswer:
         policy: the context policy applied, or ``"all"`` when every frame fitted.
         window: the window in seconds (``None``: everything).
         timestamps: stream times of the frames shown.
+        subtitles: the subtitle text given with each shown frame (``None`` without subtitles or cues).
     """
 
     text: str
@@ -468,6 +514,7 @@ class LiveAnswer:
     policy: str
     window: float | None
     timestamps: np.ndarray
+    subtitles: list[str] | None = None
 
     def __str__(self) -> str:
         return self.text
@@ -533,6 +580,9 @@ class LiveSession:
         context_policy: what `ask` does when the frames exceed the context (`CONTEXT_POLICIES`).
         max_frames: the most frames one answer shows (``None``: as many as the context takes); a window with
             more is reduced by the context policy as one that does not fit (``refuse`` ignores it).
+        subtitles: an .srt/.vtt file that grows with the stream (cues in stream time); each answer reads its
+            whole cues again and gives each shown frame its text, as ``llamavid ask`` lays out a movie's.
+        subtitle_encoding: the subtitle file's encoding (default: detected).
         cache_dir: feature-cache root for the live entry (default: the engine's cache).
         chunk_frames: frames per stored chunk (the in-memory tail is at most this many frames).
         batch_frames: frames per encoder call.
@@ -560,6 +610,8 @@ class LiveSession:
         end_marker: str | os.PathLike[str] | None = None,
         context_policy: str = "relevance",
         max_frames: int | None = DEFAULT_MAX_FRAMES,
+        subtitles: str | os.PathLike[str] | None = None,
+        subtitle_encoding: str | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         chunk_frames: int = DEFAULT_CHUNK_FRAMES,
         batch_frames: int = DEFAULT_BATCH_FRAMES,
@@ -599,6 +651,7 @@ class LiveSession:
         self.session_id = session_id
         self.context_policy = context_policy
         self.max_frames = max_frames
+        self.subtitles = None if subtitles is None else _SubtitleFollower(subtitles, subtitle_encoding)
         self.chunk_frames = int(chunk_frames)
         self.batch_frames = int(batch_frames)
         self.stall_after = float(stall_after)
@@ -662,6 +715,8 @@ class LiveSession:
         with self._cond:
             frames_per_second, realtime_factor = self._rates()
             notes = "; ".join(dict.fromkeys(self._notes))
+            if self.subtitles is not None and self.subtitles.note:
+                notes = "; ".join(part for part in (notes, self.subtitles.note) if part)
             message = "; ".join(part for part in (self._message, notes) if part)
             return LiveStatus(
                 session_id=self.session_id,
@@ -825,7 +880,10 @@ class LiveSession:
                 "once the stream has started."
             )
         window_indices = self._window_indices(timestamps, seconds)
-        fit = self._frames_that_fit(question, len(window_indices), settings, history)
+        cues = [] if self.subtitles is None else self.subtitles.cues()
+        end = float(timestamps[-1]) + 1.0 / self.fps
+        spoken = self._cue_texts(cues, timestamps[window_indices], end)
+        fit = self._frames_that_fit(question, len(window_indices), settings, history, spoken)
         shown = fit if policy == "refuse" or limit is None else min(fit, limit)
         used_policy = "all"
         chosen = window_indices
@@ -855,6 +913,7 @@ class LiveSession:
         if context is not None:  # the tokens of frames scored for this question are computed already
             tokens = self._selected_tokens(features, context, picks, question.strip())
         features = features.to(device=engine.device, dtype=engine.dtype)
+        texts = self._cue_texts(cues, timestamps[chosen], end, per_frame=True) if spoken else None
         media = PreparedMedia(
             source=f"live:{self.session_id}",
             is_image=False,
@@ -862,6 +921,7 @@ class LiveSession:
             duration=float(timestamps[-1]),
             features=features,
             thumbnails=np.full((len(chosen), 8, 8, 3), 128, dtype=np.uint8),
+            subtitles=texts,
         )
         request = engine.build_request(question, media, history, settings=settings, visual_tokens=tokens)
         callback = None if on_delta is None else (lambda row, text: on_delta(text))
@@ -876,6 +936,7 @@ class LiveSession:
             policy=used_policy,
             window=seconds,
             timestamps=timestamps[chosen],
+            subtitles=texts,
         )
 
     # Answering internals -----------------------------------------------------------------------------------
@@ -897,16 +958,44 @@ class LiveSession:
         first = int(np.searchsorted(timestamps, timestamps[-1] - seconds, side="left"))
         return np.arange(first, len(timestamps))
 
+    def _cue_texts(self, cues: list[Any], timestamps: np.ndarray, end: float, per_frame: bool = False) -> Any:
+        """The subtitle texts of the frames at `timestamps` (``llamavid ask``'s alignment: a cue goes to the last
+        frame shown before it ends; cues the stream has not reached are left out): one per frame with
+        `per_frame`, else all of them joined (what the budget counts). ``None`` without any text."""
+        from llamavid.data.subtitles import align_subtitles
+
+        if not cues or not len(timestamps):
+            return None
+        reached = [cue for cue in cues if cue.start < end and cue.end > timestamps[0]]
+        if not reached:
+            return None
+        texts = align_subtitles(
+            reached, timestamps, duration=end, source=self.subtitles.path if self.subtitles else ""
+        )
+        if not any(text.strip() for text in texts):
+            return None
+        return texts if per_frame else " ".join(text for text in texts if text.strip())
+
     def _frames_that_fit(
-        self, question: str, frames: int, settings: Any, history: Sequence[tuple[str, str]] = ()
+        self,
+        question: str,
+        frames: int,
+        settings: Any,
+        history: Sequence[tuple[str, str]] = (),
+        spoken: str | None = None,
     ) -> int:
-        """The most frames (up to `frames`) that pass the engine's budget check for this question."""
+        """The most frames (up to `frames`) that pass the engine's budget check for this question (and all the
+        subtitle text `spoken` in the window, which the shown frames carry whichever they are)."""
         engine = self.engine
         text = question.strip() or "?"
 
         def fits(count: int) -> bool:
+            if spoken is not None and count:  # a few positions of slack: the texts are split over frames
+                count, texts = count + 4, [spoken] + [""] * (count + 3)
+            else:
+                texts = None
             try:
-                engine.check_budget(text, count, history=history, settings=settings)
+                engine.check_budget(text, count, history=history, settings=settings, per_frame_texts=texts)
             except ContextBudgetError:
                 return False
             return True
