@@ -46,7 +46,6 @@ def test_train_refuses_an_overlong_media_path_naming_the_file(
     assert len(err) < 1000  # the 5000-character name is shortened
 
 
-@pytest.mark.xfail(strict=True, reason="the budget refusal names neither the video nor the subtitle file")
 def test_ask_names_the_subtitles_that_overflow_the_context(
     tmp_path: Path, demo_video_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

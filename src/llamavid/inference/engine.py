@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from llamavid.errors import InvalidInputError
+from llamavid.errors import ContextBudgetError, InvalidInputError
 from llamavid.inference.budget import Budget, check_context_budget, context_limit
 from llamavid.inference.loading import default_model_path, load_model, load_random_model
 from llamavid.inference.media import (
@@ -296,7 +296,15 @@ class Engine:
         uncapped = expected_frames(info, fps=fps)
         capped = bool(max_frames and uncapped and uncapped > max_frames)
         if admit is not None and expected is not None:
-            admit(expected, False)  # refuse an over-budget request before decoding anything
+            try:
+                admit(expected, False)  # refuse an over-budget request before decoding anything
+            except ContextBudgetError as error:
+                if not info.duration:
+                    raise
+                # A damaged header can declare days of video: say where the frame count came from.
+                raise ContextBudgetError(
+                    f"{expected} frames to sample from the {info.duration:.0f} s the file declares; {error}"
+                ) from None
         if self.feature_cache is None:
             frames = load_media(path, fps=fps, max_frames=max_frames)
             prepared = self._encode_frames(frames, False, subtitles, max_frames, None)
@@ -799,9 +807,14 @@ class Engine:
         """Load `media` (refusing an over-budget request before decoding) and build the request for `question`."""
         settings = settings or self.default_settings
         prepared = None
-        if media is not None:
-            prepared = self.load_media(media, admit=self._admit(question, history, settings), **media_options)
-        return self.build_request(question, prepared, history, settings)
+        try:
+            if media is not None:
+                prepared = self.load_media(
+                    media, admit=self._admit(question, history, settings), **media_options
+                )
+            return self.build_request(question, prepared, history, settings)
+        except ContextBudgetError as error:
+            raise _naming_files(error, media, media_options.get("subtitles")) from None
 
     def ask(
         self,
@@ -888,8 +901,20 @@ class Engine:
         settings = self.settings(**options)
         prepared = None
         if media is not None:
-            prepared = self.load_media(media, admit=self._admit("?", (), settings), **media_options)
+            try:
+                prepared = self.load_media(media, admit=self._admit("?", (), settings), **media_options)
+            except ContextBudgetError as error:
+                raise _naming_files(error, media, media_options.get("subtitles")) from None
         return ChatSession(self, prepared, settings)
+
+
+def _naming_files(error: ContextBudgetError, media: Any, subtitles: Any) -> ContextBudgetError:
+    """The refusal prefixed with the media and subtitle files it is about (their size is usually the cause)."""
+    names = [os.fspath(media)] if isinstance(media, (str, os.PathLike)) else []
+    subtitle_file = getattr(subtitles, "path", subtitles)  # a SubtitleTrack or a path
+    if isinstance(subtitle_file, (str, os.PathLike)):
+        names.append(f"the subtitles {os.fspath(subtitle_file)}")
+    return ContextBudgetError(f"{' with '.join(names)}: {error}") if names else error
 
 
 __all__ += ["default_model_path", "pop_media_options"]
