@@ -308,6 +308,10 @@ def test_parse_window_and_bad_options(engine, tmp_path):
 
     with pytest.raises(MediaError):
         LiveSession(engine, tmp_path / "missing.ts", start=False)
+    with pytest.raises(MediaError, match="no camera there.*v4l2-ctl"):  # V4L2 cameras: none in CI
+        LiveSession(engine, "/dev/video97", start=False)
+    with pytest.raises(InvalidInputError, match="max_frames"):
+        LiveSession(engine, "-", max_frames=0, start=False)
 
 
 def test_python_api_live(engine):

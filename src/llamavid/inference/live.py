@@ -85,6 +85,7 @@ _SCORE_GROUP_BYTES = 32 * 2**20  # features read from the cache per scoring call
 _SCORE_BATCH_FRAMES = 256  # frames per step of `_fast_context` (its activations are a few MB)
 _RATE_WINDOW_S = 10.0  # the status's frames/s while reading are over this many recent seconds
 _SCORED_QUESTIONS = 16  # questions whose per-chunk frame scores are kept (a float per stored frame each)
+_CAMERA = re.compile(r"^/dev/video\d+$")
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _WINDOW_PART = re.compile(r"(\d+(?:\.\d+)?)([hms])")
 
@@ -245,7 +246,8 @@ class LiveSource:
         return str(getattr(self.target, "name", None) or f"<{type(self.target).__name__}>")
 
     def kind(self) -> str:
-        """``file`` (followed as it grows), ``pipe`` (FIFO, stdin, a file object) or ``url`` (refused)."""
+        """``file`` (followed as it grows), ``pipe`` (FIFO, stdin, a file object), ``camera`` (a V4L2 device,
+        ``/dev/videoN``) or ``url`` (refused)."""
         target = self.target
         if isinstance(target, (str, os.PathLike)):
             text = os.fspath(target)
@@ -253,10 +255,19 @@ class LiveSource:
                 return "pipe"
             if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text):
                 return "url"
+            camera = _CAMERA.match(text) is not None
             try:
                 mode = os.stat(text).st_mode
             except OSError as error:
+                if camera:
+                    raise MediaError(
+                        f"{text}: no camera there ({error.strerror}); list the cameras with "
+                        "`v4l2-ctl --list-devices` (a container has them only when started with --device).",
+                        text,
+                    ) from error
                 raise MediaError(f"{text}: cannot open the live source ({error.strerror}).", text) from error
+            if camera and stat.S_ISCHR(mode):
+                return "camera"
             if stat.S_ISREG(mode):
                 return "file"
             if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode):
@@ -297,7 +308,9 @@ class _Reader:
                 f"{self.name}: network sources are not supported by live sessions; pipe the stream through "
                 "`ffmpeg -i URL -c copy -f mpegts -` instead."
             )
-        if isinstance(target, int):
+        if self.kind == "camera":
+            pass  # opened by PyAV (`LiveSession._camera_frames`)
+        elif isinstance(target, int):
             self._fd = target
         elif isinstance(target, (str, os.PathLike)) and os.fspath(target) == "-":
             self._fd = 0
@@ -1338,6 +1351,9 @@ class LiveSession:
 
     def _frames(self, reader: _Reader) -> Iterator[tuple[float, np.ndarray]]:
         """``(stream seconds, RGB frame)`` of every sampled frame, in order."""
+        if reader.kind == "camera":
+            yield from self._camera_frames()
+            return
         if self.source.raw_size is not None:
             yield from self._raw_frames(reader)
             return
@@ -1348,6 +1364,42 @@ class LiveSession:
         for chunk in iter_video_frames(stream, fps=self.fps, chunk_size=1):
             for timestamp, frame in zip(chunk.timestamps, chunk.frames, strict=True):
                 yield float(timestamp), frame
+
+    def _camera_frames(self) -> Iterator[tuple[float, np.ndarray]]:
+        """Frames of a V4L2 camera through PyAV's ``v4l2`` input, sampled by their timestamps (seconds since the
+        first frame). `raw_size` and `raw_fps` request a capture size and rate from the driver."""
+        import av
+
+        path = os.fspath(self.source.target)
+        if "video4linux2,v4l2" not in av.formats_available and "v4l2" not in av.formats_available:
+            raise MediaError(
+                f"{path}: this PyAV build has no V4L2 input; install a PyAV wheel built with it, or capture with "
+                "`ffmpeg -f v4l2 -i DEVICE -c:v libx264 -f mpegts -` and pipe that.",
+                path,
+            )
+        options: dict[str, str] = {}
+        if self.source.raw_size is not None:
+            options["video_size"] = "{}x{}".format(*self.source.raw_size)
+        if self.source.raw_fps is not None:
+            options["framerate"] = f"{self.source.raw_fps:g}"
+        try:
+            container = av.open(path, format="v4l2", options=options)
+        except (OSError, av.FFmpegError) as error:
+            raise MediaError(f"{path}: cannot open the camera ({error}).", path) from error
+        first: float | None = None
+        target = 0.0
+        try:
+            for frame in container.decode(video=0):
+                if self._stop.is_set():
+                    return
+                when = frame.time if frame.time is not None else time.monotonic()
+                first = when if first is None else first
+                timestamp = when - first
+                if timestamp + 1e-9 >= target:
+                    target = (math.floor(timestamp * self.fps + 1e-9) + 1) / self.fps
+                    yield timestamp, frame.to_ndarray(format="rgb24")
+        finally:
+            container.close()
 
     def _raw_frames(self, reader: _Reader) -> Iterator[tuple[float, np.ndarray]]:
         assert self.source.raw_size is not None
