@@ -39,7 +39,7 @@ from llamavid.inference.media import (
     IN_MEMORY_FEATURE_BYTES,
     FrameEncoder,
     PreparedMedia,
-    canonical_features,
+    encode_pixels,
     subtitles_for_frames,
     thumbnails,
 )
@@ -432,8 +432,9 @@ class Engine:
         pixels = self.processor.image_processor(
             frames.frames[0] if is_image else frames.frames, is_video=not is_image
         )
-        with self._lock, torch.no_grad():
-            features = canonical_features(self.model.model.get_vision_features(pixels))  # (T, 1+N, C)
+        with self._lock:
+            # As the cache's encoder does it (precision, fp16 rounding): an array answers as its cached video.
+            features = encode_pixels(self.model.model, pixels).to(self.dtype)  # (T, 1+N, C)
         return PreparedMedia(
             source=str(frames.source),
             is_image=bool(is_image),

@@ -27,7 +27,9 @@ __all__ = [
     "CACHE_DTYPE",
     "FrameEncoder",
     "PreparedMedia",
+    "autocast_dtype",
     "canonical_features",
+    "encode_pixels",
     "subtitles_for_frames",
     "thumbnails",
 ]
@@ -42,6 +44,32 @@ IN_MEMORY_FEATURE_BYTES = 256 * 2**20
 def canonical_features(features: Tensor) -> Tensor:
     """Round features to the cache's fp16 and back to their dtype (see the module docstring for why)."""
     return features.to(CACHE_DTYPE).to(features.dtype)
+
+
+def autocast_dtype(core: Any) -> torch.dtype | None:
+    """The reduced precision a vision tower runs in: bfloat16 (float16 without bf16 support) for a float32
+    tower on CUDA, else None (its own dtype). Features are stored in float16 either way."""
+    weight = next(core.vision_tower.parameters())
+    if weight.device.type == "cuda" and weight.dtype == torch.float32:
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None
+
+
+@torch.no_grad()
+def encode_pixels(core: Any, pixels: Tensor) -> Tensor:
+    """Pixels ``(T, 3, S, S)`` -> features ``(T, 1+N, C)`` in the cache's float16, on the tower's device.
+
+    The one place frames meet the vision tower for inference, so features from the cache and features of an
+    array agree: the same precision (`autocast_dtype`), the same float16 rounding. Pixels in pinned memory are
+    copied asynchronously.
+    """
+    weight = next(core.vision_tower.parameters())
+    pixels = pixels.to(weight.device, non_blocking=True)
+    reduced = autocast_dtype(core)
+    if reduced is not None:
+        with torch.autocast(weight.device.type, dtype=reduced):
+            return core.get_vision_features(pixels).to(CACHE_DTYPE)
+    return core.get_vision_features(pixels).to(CACHE_DTYPE)
 
 
 class FrameEncoder:
@@ -76,11 +104,8 @@ class FrameEncoder:
         self.preprocessing_id = preprocessing_id(self.image_processor)
         self.on_frames: Any = None
         self.calls = 0
-        weight = next(self.core.vision_tower.parameters())
-        self.device = weight.device
-        self.autocast_dtype: torch.dtype | None = None
-        if self.device.type == "cuda" and weight.dtype == torch.float32:
-            self.autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.device = next(self.core.vision_tower.parameters()).device
+        self.autocast_dtype = autocast_dtype(self.core)
 
     def preprocess(self, frames: np.ndarray) -> Tensor:
         """``(T, H, W, 3)`` uint8 -> ``(T, 3, S, S)`` normalised pixels on the CPU (pinned when encoding on CUDA)."""
@@ -89,18 +114,10 @@ class FrameEncoder:
         pixels = self.image_processor(frames, is_video=True)
         return pixels.pin_memory() if self.device.type == "cuda" else pixels
 
-    @torch.no_grad()
     def encode(self, pixels: Tensor) -> Tensor:
-        """Pixels from :meth:`preprocess` -> ``(T, 1+N, C)`` float16 features on the CPU."""
+        """Pixels from :meth:`preprocess` -> ``(T, 1+N, C)`` float16 features on the CPU (`encode_pixels`)."""
         self.calls += 1
-        # From pinned memory the copy overlaps the work already queued on the GPU; elsewhere it is a no-op.
-        pixels = pixels.to(self.device, non_blocking=True)
-        if self.autocast_dtype is not None:
-            with torch.autocast(self.device.type, dtype=self.autocast_dtype):
-                features = self.core.get_vision_features(pixels)
-        else:
-            features = self.core.get_vision_features(pixels)
-        return features.to(CACHE_DTYPE).to("cpu")
+        return encode_pixels(self.core, pixels).to("cpu")
 
     def __call__(self, frames: np.ndarray) -> Tensor:
         return self.encode(self.preprocess(frames))
