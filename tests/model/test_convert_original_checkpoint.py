@@ -15,9 +15,11 @@ from safetensors import safe_open
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from official_layout import (  # noqa: E402
     TinySizes,
+    clip_vision_state_dict,
     eva_state_dict,
     make_official_release,
     official_state_dict,
+    write_bert_folder,
 )
 
 from llamavid import LlamaVidForConditionalGeneration, LlamaVidProcessor  # noqa: E402
@@ -186,17 +188,121 @@ def test_stage1_start_fills_qformer_from_instructblip_file(tmp_path):
     assert "model.vlm_att_key_projector.weight" in ours  # fresh default init, as the official stage-1 start
 
 
-def test_qformer_file_of_another_width_is_refused(tmp_path):
-    files = make_official_release(tmp_path, SIZES, with_vlm_att=False)
-    # An InstructBLIP file made for a vision tower of another width (its cross-attention and ln_vision are 48 wide).
+def test_qformer_file_of_another_width(tmp_path):
+    """An InstructBLIP file whose cross-attention and ln_vision are 48 wide, on a 32-wide tower: a pretrained
+    Q-Former gets a fresh `vlm_att_bert_proj` (32 -> 48) as the official stage-1 start builds it; the plain
+    `qformer` type, which the official code never projects for, is refused."""
     wide = make_official_release(tmp_path / "wide", TinySizes(eva_width=48, qformer_feature_width=48))
-    with pytest.raises(CheckpointMismatchError, match=r"shape .*expects"):
-        _convert(
-            {**files, "qformer": wide["qformer"]},
-            tmp_path / "out",
-            qformer_path=wide["qformer"],
-            save_processor=False,
-        )
+    files = make_official_release(tmp_path / "pretrain", SIZES, with_vlm_att=False)
+    out = _convert(files, tmp_path / "out", qformer_path=wide["qformer"], save_processor=False)
+    config = json.loads((out / "config.json").read_text())
+    assert config["qformer_input_width"] == 48
+    ours = _state(out)
+    assert ours["model.vlm_att_bert_proj.weight"].shape == (48, SIZES.eva_width)
+    blip = torch.load(wide["qformer"], weights_only=True)["model"]
+    torch.testing.assert_close(ours["model.vlm_att_ln.weight"], blip["ln_vision.weight"], rtol=0, atol=0)
+    plain = make_official_release(tmp_path / "plain", SIZES, bert_type="qformer", with_vlm_att=False)
+    with pytest.raises(CheckpointMismatchError, match="only for pretrained Q-Formers"):
+        _convert(plain, tmp_path / "refused", qformer_path=wide["qformer"], save_processor=False)
+
+
+NARROW = TinySizes(eva_width=24, eva_mlp=48)  # a tower narrower than the pretrained Q-Former's 32
+
+
+def test_pretrained_qformer_on_a_narrow_eva_keeps_the_official_projection(tmp_path):
+    files = make_official_release(tmp_path, NARROW, compress_type=None, image_size=56)
+    out = convert(
+        files["folder"],
+        files["eva"],
+        tmp_path / "out",
+        bert_tokenizer_folder=files["bert"],
+        image_size=56,
+        vision_overrides=NARROW.vision_overrides,
+        qformer_overrides=NARROW.qformer_overrides,
+        save_processor=False,
+    )
+    official = official_state_dict(NARROW)
+    ours = _state(out)
+    for name in ("vlm_att_bert_proj.weight", "vlm_att_bert_proj.bias", "vlm_att_ln.weight"):
+        torch.testing.assert_close(ours[f"model.{name}"], official[f"model.{name}"], rtol=0, atol=0)
+    assert ours["model.vlm_att_bert_proj.weight"].shape == (32, 24) and ours[
+        "model.vlm_att_ln.weight"
+    ].shape == (32,)
+    config = json.loads((out / "config.json").read_text())
+    assert config["qformer_input_width"] == 32 and config["qformer_config"]["encoder_hidden_size"] == 32
+
+
+def test_clip_tower_converts_and_matches_transformers_clip(tmp_path):
+    """The official CLIP option: our tower equals transformers' `CLIPVisionModel` hidden_states[-2] on the folder."""
+    from transformers import CLIPVisionModel
+
+    files = make_official_release(tmp_path, NARROW, compress_type="mean", image_size=56, vision_tower="clip")
+    bert = write_bert_folder(tmp_path / "bert-base-uncased", NARROW)
+    out = convert(files["folder"], files["eva"], tmp_path / "out", bert_tokenizer_folder=bert)
+    config = json.loads((out / "config.json").read_text())
+    vision = config["vision_config"]
+    assert (
+        vision["model_type"] == "clip_vision_model" and vision["num_hidden_layers"] == NARROW.eva_blocks - 1
+    )
+    assert vision["num_attention_heads"] == 4 and config["qformer_config"]["num_attention_heads"] == 4
+    assert config["qformer_sees_cls"] is False and config["features_qformer_sees_cls"] is False
+    assert json.loads((out / "conversion.json").read_text())["vision_tower_type"] == "clip"
+    ours = _state(out)
+    tower = {key for key in ours if key.startswith("model.vision_tower.")}
+    assert not any("post_layernorm" in key or f"layers.{NARROW.eva_blocks - 1}." in key for key in tower)
+    clip = clip_vision_state_dict(NARROW, 56)
+    torch.testing.assert_close(
+        ours["model.vision_tower.embeddings.class_embedding"],
+        clip["vision_model.embeddings.class_embedding"],
+        rtol=0,
+        atol=0,
+    )
+    model = LlamaVidForConditionalGeneration.from_pretrained(out, dtype=torch.float32).eval()
+    reference = CLIPVisionModel.from_pretrained(files["eva"], dtype=torch.float32).eval()
+    pixels = torch.randn(3, 3, 56, 56, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = reference(pixels, output_hidden_states=True).hidden_states[-2]
+        torch.testing.assert_close(model.model.get_vision_features(pixels), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_clip_and_projection_refusals_name_the_problem(tmp_path):
+    clip = make_official_release(tmp_path / "clip", NARROW, image_size=56, vision_tower="clip")
+    eva = make_official_release(tmp_path / "eva", NARROW, image_size=56)
+    with pytest.raises(CheckpointMismatchError, match="is the EVA tower: pass eva_vit_g.pth"):
+        convert(eva["folder"], clip["eva"], tmp_path / "o1")
+    with pytest.raises(FileNotFoundError, match="is a CLIP tower: pass that downloaded CLIP model folder"):
+        convert(clip["folder"], eva["eva"], tmp_path / "o2")
+    settings_path = clip["folder"] / "config.json"
+    settings = json.loads(settings_path.read_text())
+    for change, message in (
+        ({"mm_vision_select_feature": "cls_patch"}, "only 'patch' is supported"),
+        ({"mm_vision_select_layer": -5}, "outside the 3-layer CLIP tower"),
+        ({"mm_vision_tower": "./model_zoo/resnet50"}, "names no vision tower"),
+        ({"mm_hidden_size": 32}, "CLIP tower in .* is 24 wide"),
+    ):
+        settings_path.write_text(json.dumps({**settings, **change}))
+        with pytest.raises(CheckpointMismatchError, match=message):
+            convert(clip["folder"], clip["eva"], tmp_path / "o3", save_processor=False)
+    settings_path.write_text(json.dumps(settings))
+    with pytest.raises(CheckpointMismatchError, match="takes 56 px frames"):
+        convert(clip["folder"], clip["eva"], tmp_path / "o4", image_size=84, save_processor=False)
+    # A checkpoint whose Q-Former needs the projection but lacks it, and one that has it without the need.
+    for shard in sorted(eva["folder"].glob("pytorch_model-*.bin")):
+        part = torch.load(shard, weights_only=True)
+        torch.save({k: v for k, v in part.items() if "vlm_att_bert_proj" not in k}, shard)
+    with pytest.raises(CheckpointMismatchError, match="has no model.vlm_att_bert_proj"):
+        _convert(eva, tmp_path / "o5", image_size=56, save_processor=False)
+    same = make_official_release(tmp_path / "same", SIZES)
+    shard = sorted(same["folder"].glob("pytorch_model-*.bin"))[-1]
+    part = torch.load(shard, weights_only=True)
+    part["model.vlm_att_bert_proj.weight"] = torch.zeros(32, 32)
+    torch.save(part, shard)
+    index_path = same["folder"] / "pytorch_model.bin.index.json"
+    index = json.loads(index_path.read_text())
+    index["weight_map"]["model.vlm_att_bert_proj.weight"] = shard.name
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(CheckpointMismatchError, match="has model.vlm_att_bert_proj"):
+        _convert(same, tmp_path / "o6", save_processor=False)
 
 
 def test_refusals_name_the_problem(tmp_path, release):

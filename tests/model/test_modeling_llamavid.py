@@ -174,6 +174,17 @@ def test_tokens_follow_the_reference_context_token(tiny_model, qformer_tokenizer
     torch.testing.assert_close(out.tokens[1::2], content, rtol=1e-5, atol=1e-6)
 
 
+# A CLIP tower as the official CLIP option builds it, as wide as the tiny EVA.
+TINY_CLIP = dict(
+    model_type="clip_vision_model",
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    image_size=56,
+    patch_size=14,
+)
+
 # Media layouts for the reference check: frames per media item, which media are images, and the (media, question)
 # of each block in placeholder order.
 LAYOUTS = {
@@ -255,6 +266,36 @@ def reference_visual_tokens(model, features, layout, questions, from_pixels):
         pytest.param(
             {"compress_type": "off", "image_compress_type": "off"}, "mixed", True, True, id="context-only"
         ),
+        # A pretrained Q-Former made for wider features (official: 1408) on a 32-wide tower: vlm_att_bert_proj.
+        pytest.param({"qformer_input_width": 48}, "mixed", True, True, id="projected-pretrain"),
+        pytest.param(
+            {"qformer_input_width": 48, "bert_type": "qformer_pretrain_freeze_all"},
+            "questions_about_one_video",
+            True,
+            False,
+            id="projected-cached-features",
+        ),
+        pytest.param(
+            {"qformer_input_width": 48, "features_qformer_sees_cls": False, "frame_chunk_size": 2},
+            "mixed",
+            True,
+            False,
+            id="projected-cls-hidden-chunked",
+        ),
+        pytest.param(
+            {"qformer_input_width": 48, "bert_type": "qformer"},
+            "mixed",
+            True,
+            True,
+            id="projected-without-ln",
+        ),
+        pytest.param(
+            {"vision_config": TINY_CLIP, "qformer_input_width": 48, "qformer_sees_cls": False},
+            "mixed",
+            True,
+            True,
+            id="clip-tower-projected",
+        ),
     ],
 )
 def test_batched_tokens_equal_the_reference(overrides, layout, with_cls, from_pixels, qformer_tokenizer):
@@ -262,6 +303,13 @@ def test_batched_tokens_equal_the_reference(overrides, layout, with_cls, from_pi
     model = build_tiny_model(**overrides)
     if overrides.get("bert_type") == "qformer_pretrain":
         assert model.model.vlm_att_ln is not None
+    if "qformer_input_width" in overrides:  # vision width 32 -> 48 before the Q-Former (and its LayerNorm)
+        assert tuple(model.model.vlm_att_bert_proj.weight.shape) == (48, 32)
+        ln = model.model.vlm_att_ln
+        if overrides.get("bert_type") == "qformer":
+            assert ln is None
+        else:
+            assert tuple(ln.weight.shape) == (48,)
     setup = LAYOUTS[layout]
     questions = qformer_tokenizer(
         ["what moves?", "how many red squares are there?", "colour?"], padding=True, return_tensors="pt"
@@ -350,8 +398,11 @@ def test_shared_frame_work_equals_the_reference(num_questions, chunk, layout, qf
         assert (context[0] - context[frames]).abs().max() > 1e-2
 
 
-def test_shared_path_matches_the_pairwise_path_with_attention_maps(qformer_tokenizer):
-    model = question_sensitive_model(frame_chunk_size=2)
+@pytest.mark.parametrize(
+    "overrides", [{}, {"qformer_input_width": 48}], ids=["same-width", "projected-pretrain"]
+)
+def test_shared_path_matches_the_pairwise_path_with_attention_maps(overrides, qformer_tokenizer):
+    model = question_sensitive_model(frame_chunk_size=2, **overrides)
     setup = several_questions_layout("mixed", 3)
     questions = qformer_tokenizer(list(QUESTION_TEXTS[:3]), padding=True, return_tensors="pt")
     features = torch.randn(8, 17, 32, generator=torch.Generator().manual_seed(6))
@@ -392,10 +443,15 @@ def test_cross_attention_keys_values_are_computed_once_per_frame(qformer_tokeniz
     }
 
 
-def test_a_training_qformer_takes_the_pairwise_path_and_every_weight_gets_a_gradient(qformer_tokenizer):
+@pytest.mark.parametrize(
+    "overrides", [{}, {"qformer_input_width": 48}], ids=["same-width", "projected-pretrain"]
+)
+def test_a_training_qformer_takes_the_pairwise_path_and_every_weight_gets_a_gradient(
+    overrides, qformer_tokenizer
+):
     """Training runs the Q-Former through its layers' own forward: checkpointing and sharded training (FSDP2,
     ZeRO-3) hook in there, and the shared path would leave the last layer's question rows without gradients."""
-    model = question_sensitive_model(frame_chunk_size=3)
+    model = question_sensitive_model(frame_chunk_size=3, **overrides)
     setup = several_questions_layout("mixed", 2)
     questions = qformer_tokenizer(list(QUESTION_TEXTS[:2]), padding=True, return_tensors="pt")
     features = torch.randn(8, 17, 32, generator=torch.Generator().manual_seed(7))
@@ -409,10 +465,13 @@ def test_a_training_qformer_takes_the_pairwise_path_and_every_weight_gets_a_grad
     trained.square().sum().backward()
     torch.testing.assert_close(trained.detach(), shared, rtol=1e-5, atol=1e-5)
     missing = [
-        name for name, parameter in core.vlm_att_encoder.named_parameters()
-        if parameter.requires_grad and parameter.grad is None and "word_embeddings" not in name
+        name for name, parameter in core.named_parameters()
+        if name.startswith(("vlm_att_encoder.", "vlm_att_bert_proj.", "vlm_att_ln."))
+        and parameter.requires_grad and parameter.grad is None and "word_embeddings" not in name
     ]  # fmt: skip
     assert not missing, missing
+    if overrides:  # the projection trains with the Q-Former (official: no freeze variant freezes it)
+        assert core.vlm_att_bert_proj.weight.grad.abs().sum() > 0
     core.vlm_att_encoder.requires_grad_(False)  # a frozen Q-Former shares the frame work even with grad on
     assert not core._qformer_checkpoints()
 

@@ -38,11 +38,6 @@ SIZES = TinySizes()
 ATOL = 1e-4
 IMAGE_TOKEN_INDEX = -200
 LLAMAVID = Path(sys.executable).with_name("llamavid")
-# Item 17 of issue 16: a pretrained Q-Former on a vision tower of another width (vlm_att_bert_proj).
-PROJECTED = {"image_pretrain_narrow_eva", "video_pretrain_clip"}
-NOT_YET = pytest.mark.xfail(
-    strict=True, reason="issue 16 item 17: pretrained Q-Former on a tower of another width is refused"
-)
 
 
 def _official_files(name: str, root: str) -> tuple[Path, Path]:
@@ -127,9 +122,7 @@ def _our_inputs(case: dict, fixture: dict, processor: LlamaVidProcessor) -> dict
     return inputs
 
 
-@pytest.mark.parametrize(
-    "name", [pytest.param(name, marks=NOT_YET) if name in PROJECTED else name for name in CASES]
-)
+@pytest.mark.parametrize("name", list(CASES))
 def test_matches_official(name, root):
     model, processor = _load(name, root)
     _check_against_fixture(name, model, processor)
@@ -186,7 +179,6 @@ def _check_against_fixture(name: str, model, processor) -> None:
     assert output[0, inputs["input_ids"].shape[1] :].tolist() == expected
 
 
-@NOT_YET
 def test_console_script_converts_a_pretrained_qformer_on_a_clip_tower(tmp_path):
     """Issue 16 item 17: `llamavid convert` on what the official code builds with `qformer_pretrain_freeze` and its
     CLIP tower option (24 wide, so the official model projects it to the Q-Former's width), then the same numbers.

