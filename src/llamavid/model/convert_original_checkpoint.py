@@ -2,10 +2,11 @@
 
 The official release is spread over several files: an HF-style LLaVA folder (``config.json`` with
 ``model_type: "llava"``, ``pytorch_model-*.bin`` or ``*.safetensors`` shards and their index, tokenizer files),
-the raw EVA ViT-g state dict ``eva_vit_g.pth`` that the official loader reads from a relative path, optionally
-the InstructBLIP Q-Former file for stage-1 initialisation, and bert-base-uncased downloaded at run time. This
-module joins them into a folder that `LlamaVidForConditionalGeneration.from_pretrained` and
-`LlamaVidProcessor.from_pretrained` load with no network and no pickles.
+the vision tower that the official loader reads from a relative path (the raw EVA ViT-g state dict
+``eva_vit_g.pth``, or a transformers CLIP folder for the official CLIP option), optionally the InstructBLIP
+Q-Former file for stage-1 initialisation, and bert-base-uncased downloaded at run time. This module joins them
+into a folder that `LlamaVidForConditionalGeneration.from_pretrained` and `LlamaVidProcessor.from_pretrained`
+load with no network and no pickles. docs/checkpoints.md lists the supported layouts.
 
 Every parameter rename between the official names and ours lives in this file (STYLE 3.1). Conversion streams
 one input file at a time (load, rename, write, free), so peak memory stays near the largest input file even for
