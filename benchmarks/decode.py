@@ -182,7 +182,7 @@ def run_ffmpeg(path: Path, width: int, height: int) -> tuple[int, float, float]:
 def _pixel_difference(fast: Any, reference: Any) -> dict[str, float]:
     import numpy as np
 
-    diff = np.abs(fast - reference)
+    diff = np.abs(np.asarray(fast, dtype=np.float32) - np.asarray(reference, dtype=np.float32))
     return {"mean_abs": round(float(diff.mean()), 5), "max_abs": round(float(diff.max()), 4)}
 
 
