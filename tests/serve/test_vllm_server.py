@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -180,10 +181,23 @@ def test_greedy_answers_match_llamavid_ask(server, media_dir, engine):
     client = _client(server)
     eos = engine.processor.tokenizer.eos_token_id
     identical, report = 0, []
-    for item in items:
-        reference = engine.ask(item["path"], item["question"], temperature=0, max_new_tokens=MAX_TOKENS)
-        text, token_ids, logprobs = _ask_vllm(client, server, item["path"], item["kind"], item["question"])
-        streamed = _stream_vllm(client, server, item["path"], item["kind"], item["question"])
+    # The server answers (streamed and not) four requests at a time while this process computes the references.
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        asked = [pool.submit(_ask_vllm, client, server, i["path"], i["kind"], i["question"]) for i in items]
+        streams = [
+            pool.submit(_stream_vllm, client, server, i["path"], i["kind"], i["question"]) for i in items
+        ]
+        references = [
+            engine.ask(item["path"], item["question"], temperature=0, max_new_tokens=MAX_TOKENS)
+            for item in items
+        ]
+        answers = [
+            (future.result(timeout=300), stream.result(timeout=300))
+            for future, stream in zip(asked, streams, strict=True)
+        ]
+    for item, reference, ((text, token_ids, logprobs), streamed) in zip(
+        items, references, answers, strict=True
+    ):
         assert streamed.strip() == text.strip(), (item, streamed, text)
         # Engine's ids end with the EOS that stopped it; vLLM's leave the stop token out.
         ours, expected = _strip_eos(token_ids, eos), _strip_eos(reference.token_ids, eos)
