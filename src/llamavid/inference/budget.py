@@ -1,7 +1,8 @@
 """The one context-budget check: does a prompt (visual tokens included) plus its answer fit the model?
 
-Two limits: the LLM's positions (``max_position_embeddings`` times any RoPE scaling factor; the stage-3
+Two limits: the LLM's positions (``max_position_embeddings`` times a linear RoPE scaling factor; the stage-3
 long-video checkpoints scale linearly x16 to reach 64K) and, optionally, a memory budget for the KV cache.
+Both read only generic `text_config` fields, so they hold for any LLM family (docs/llms.md).
 Every path that builds a prompt calls `check_context_budget` and so raises the same `ContextBudgetError`
 with the same advice, before any visual token is computed where the frame count is known in advance.
 """
@@ -20,28 +21,61 @@ __all__ = ["Budget", "ContextBudgetError", "check_context_budget", "context_limi
 ADVICE = "lower --max-frames or --fps, shorten the chat (/reset) or lower --max-new-tokens"
 
 
+def _cached_tokens_per_layer(text_config: Any, tokens: int) -> list[int]:
+    """Tokens each layer's KV cache holds: all of them, or at most the window of a sliding-window layer.
+
+    ``layer_types`` (Qwen2, Gemma 2/3, ...) names each layer's attention; a ``sliding_window`` without it
+    (Mistral) applies to every layer.
+    """
+    layers = text_config.num_hidden_layers
+    window = getattr(text_config, "sliding_window", None)
+    kinds = getattr(text_config, "layer_types", None) or (
+        ["sliding_attention"] * layers if window else ["full_attention"] * layers
+    )
+    return [min(tokens, window) if window and kind == "sliding_attention" else tokens for kind in kinds]
+
+
 def estimate_kv_cache_bytes(text_config: Any, tokens: int, dtype: torch.dtype) -> int:
-    """``2 (K and V) x layers x kv_heads x head_dim x tokens x bytes per element``."""
+    """``2 (K and V) x kv_heads x head_dim x bytes per element x tokens cached, summed over layers``.
+
+    ``num_key_value_heads`` (grouped-query attention) and ``head_dim`` are read where the family sets them
+    (Qwen3's head_dim is not hidden_size / heads); sliding-window layers hold at most their window.
+    """
     heads = text_config.num_attention_heads
     kv_heads = getattr(text_config, "num_key_value_heads", None) or heads
     head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // heads
     element = torch.empty((), dtype=dtype).element_size()
-    return int(2 * text_config.num_hidden_layers * kv_heads * head_dim * tokens * element)
+    cached = sum(_cached_tokens_per_layer(text_config, tokens))
+    return int(2 * kv_heads * head_dim * element * cached)
 
 
-def _rope_factor(text_config: Any) -> float:
+def _rope_settings(text_config: Any) -> dict[str, Any]:
+    """The RoPE settings of full-attention layers (families with per-layer-type settings nest them)."""
     for name in ("rope_scaling", "rope_parameters"):
         scaling = getattr(text_config, name, None)
-        if isinstance(scaling, dict) and scaling.get("factor"):
-            kind = scaling.get("rope_type") or scaling.get("type")
-            if kind not in (None, "default"):
-                return float(scaling["factor"])
-    return 1.0
+        if isinstance(scaling, dict):
+            nested = scaling.get("full_attention")
+            return nested if isinstance(nested, dict) else scaling
+    return {}
 
 
 def context_limit(text_config: Any) -> int:
-    """Positions the LLM can attend to: ``max_position_embeddings`` times any RoPE scaling factor."""
-    return int(text_config.max_position_embeddings * _rope_factor(text_config))
+    """Positions the LLM can attend to.
+
+    ``max_position_embeddings`` times a ``linear``/``dynamic`` RoPE factor (LLaMA-VID stage 3: 4096 x 16).
+    Other scalings (``llama3``, ``yarn``, ``longrope``) already state the extended length in
+    ``max_position_embeddings``, or reach ``original_max_position_embeddings x factor``.
+    """
+    positions = int(text_config.max_position_embeddings)
+    settings = _rope_settings(text_config)
+    kind = settings.get("rope_type") or settings.get("type")
+    factor = settings.get("factor")
+    if not factor or kind in (None, "default"):
+        return positions
+    if kind in ("linear", "dynamic"):
+        return int(positions * float(factor))
+    original = settings.get("original_max_position_embeddings")
+    return max(positions, int(original * float(factor))) if original else positions
 
 
 @dataclass(frozen=True)
