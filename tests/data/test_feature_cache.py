@@ -334,3 +334,29 @@ def test_interrupted_repair_leaves_a_valid_entry_and_carries_on(tmp_path: Path, 
     report = cache.ensure(clip, rerun, fps=2, batch_size=8)
     assert report.encoded_chunks == 1 and rerun.frames_seen == list(range(32, 40))
     assert cache.verify(entry.digest).ok
+
+
+def test_public_write_steps_make_an_entry_readers_accept(tmp_path: Path, clip: Path) -> None:
+    """begin_entry → write_chunk → write_progress → finish_entry, as Ray actors and live sessions write."""
+    from llamavid.errors import InvalidInputError
+
+    cache = FeatureCache(tmp_path, chunk_frames=8)
+    key = cache.make_key(clip, FakeEncoder(), fps=2)
+    assert cache.begin_entry(key) == []
+    source = {"path": str(clip), "sha256": key.video_sha256, "bytes": clip.stat().st_size}
+    features = np.arange(10 * 3 * 4, dtype=np.float32).reshape(10, 3, 4)
+    first = cache.write_chunk(key, 0, features[:6], np.arange(6) / 2)
+    cache.write_progress(key, source, [first])
+    assert cache.lookup(key)[0] is None and cache.begin_entry(key) == [first]  # unfinished, resumable
+    second = cache.write_chunk(key.digest, 1, features[6:], np.arange(6, 10) / 2)
+    entry = cache.finish_entry(key, source, [first, second], duration=20.0)
+    opened = cache.open(key)
+    assert opened.num_frames == entry.num_frames == 10 and not (entry.path / "progress.json").exists()
+    np.testing.assert_array_equal(opened.load_features("np"), features.astype(np.float16))
+    assert cache.read_sidecar(key) == opened.meta and "timestamps" not in opened.meta["chunks"][0]
+    cache.write_sidecar(key.digest, {**opened.meta, "subtitles": None, "note": "kept"})
+    assert cache.read_sidecar(key.digest)["note"] == "kept" and cache.verify(key).ok
+    with pytest.raises(InvalidInputError, match="one feature row per timestamp"):
+        cache.write_chunk(key, 2, features[:3], np.arange(4))
+    with pytest.raises(CacheEntryError, match="cannot read"):
+        cache.read_sidecar("no-such-entry")
