@@ -172,3 +172,35 @@ def test_queues_bound_the_frames_in_flight() -> None:
     stats = run_pipeline(source(), lambda f: f, encode, write, depth=depth)
     assert stats.frames == written == 240 and not ahead.is_set()
     assert most_ahead <= bound and 0 < stats.peak_frames_in_flight <= bound
+
+
+def test_batches_follow_chunk_boundaries_and_picture_size_changes() -> None:
+    """Chunks end every `chunk_frames` frames or where the size changes; batches restart at each chunk."""
+    from llamavid.data import Frames
+    from llamavid.data.feature_cache import _batched, _Decoded
+
+    sizes = [(8, 8)] * 10 + [(6, 10)] * 7
+
+    def pieces(piece: int):
+        for start in range(0, len(sizes), piece):
+            part = [s for s in sizes[start : start + piece] if s == sizes[start]]
+            frames = np.stack([np.full((*sizes[start], 3), start + i, np.uint8) for i in range(len(part))])
+            yield Frames(frames, np.arange(start, start + len(part), dtype=np.float64), 1.0, 17.0, "x")
+            if len(part) < len(
+                sizes[start : start + piece]
+            ):  # the decoder cuts a piece where the size changes
+                rest = sizes[start + len(part) : start + piece]
+                frames = np.stack(
+                    [np.full((*s, 3), start + len(part) + i, np.uint8) for i, s in enumerate(rest)]
+                )
+                times = np.arange(start + len(part), start + piece, dtype=np.float64)
+                yield Frames(frames, times, 1.0, 17.0, "x")
+
+    for piece in (1, 3, 4):
+        decoded = _Decoded()
+        got = [(index, len(times), last) for index, _, times, last in _batched(pieces(piece), 3, 4, decoded)]
+        assert got == [
+            (0, 3, False), (0, 1, True), (1, 3, False), (1, 1, True), (2, 2, True),
+            (3, 3, False), (3, 1, True), (4, 3, True),
+        ], piece  # fmt: skip
+        assert decoded.frames == 17 and decoded.duration == 17.0
