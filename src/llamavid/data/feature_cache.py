@@ -289,7 +289,9 @@ def _write_error(
 
 def _to_fp16_numpy(features: Any) -> np.ndarray:
     if hasattr(features, "detach"):  # torch tensor, converted without importing torch here
-        features = features.detach().to("cpu").float().numpy()
+        features = features.detach().to("cpu")
+        # float16 maps to numpy as it is; bfloat16 has no numpy dtype, so anything else goes through float32
+        features = features.numpy() if str(features.dtype) == "torch.float16" else features.float().numpy()
     array = np.asarray(features)
     if array.ndim != 3:
         raise InvalidInputError(
