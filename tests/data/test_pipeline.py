@@ -204,3 +204,34 @@ def test_batches_follow_chunk_boundaries_and_picture_size_changes() -> None:
             (3, 3, False), (3, 1, True), (4, 3, True),
         ], piece  # fmt: skip
         assert decoded.frames == 17 and decoded.duration == 17.0
+
+
+def test_interrupt_does_not_wait_for_a_long_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while the encoder is inside a long batch returns at once; the batch finishes unwritten."""
+    import time
+
+    import llamavid.data.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "_INTERRUPT_JOIN_SECONDS", 0.2)
+    release, inside = threading.Event(), threading.Event()
+    written: list[int] = []
+
+    def encode(value: int) -> int:
+        if value == 1:
+            inside.set()
+            release.wait(timeout=30)  # a batch that takes long (released by the test below)
+        return value
+
+    def write(item: PipelineItem) -> None:
+        written.append(item.data)
+        assert inside.wait(timeout=10)
+        raise KeyboardInterrupt
+
+    started = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline((PipelineItem(1, value) for value in range(5)), lambda v: v, encode, write, depth=1)
+    assert time.perf_counter() - started < 10 and written == [0]
+    release.set()
+    for thread in _pipeline_threads():
+        thread.join(timeout=10)
+    assert not _pipeline_threads() and written == [0]

@@ -21,7 +21,9 @@ Errors: a stage that raises (a video corrupted mid-stream, an encoder failure) p
 behind the items it already produced, so everything before it is still written (finished chunks are kept, as
 the cache's atomic writes promise) and the caller gets the original exception. An error in the writer or a
 KeyboardInterrupt stops every thread: they notice within :data:`_POLL_SECONDS` while waiting on a queue, or
-when their current batch is done, and are joined before the exception leaves :func:`run_pipeline`.
+when their current batch is done, and are joined before the exception leaves :func:`run_pipeline` (after
+Ctrl-C for at most :data:`_INTERRUPT_JOIN_SECONDS`: a stage still inside a long batch then finishes it in the
+background, daemon thread, writing nothing).
 
 ``threaded=False`` runs the same four stage functions one after another in the calling thread: the sequential
 reference that tests and ``benchmarks/ingestion.py`` compare the pipeline with.
@@ -31,6 +33,7 @@ This module knows nothing about models or the cache format; `llamavid.data.featu
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -47,6 +50,11 @@ STAGES = ("decode", "preprocess", "encode", "write")
 DEFAULT_QUEUE_DEPTH = 2
 # How often a thread waiting on a queue checks whether the run was stopped (not a delay: items wake it at once).
 _POLL_SECONDS = 0.1
+# After Ctrl-C, how long to wait for stages to finish their current batch (a CPU batch of a big encoder can take
+# minutes; they write nothing, and stop at their next queue operation).
+_INTERRUPT_JOIN_SECONDS = 5.0
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -346,6 +354,7 @@ def _run_threads(
     ]
     for thread in threads:
         thread.start()
+    interrupted = False
     try:
         while True:
             value = run.get(features)
@@ -354,7 +363,16 @@ def _run_threads(
             if isinstance(value, _Failure):
                 raise value.error
             _write_timed(run, write, value)
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
     finally:
         run.stop.set()  # no-op after a clean end; otherwise unblocks every producer
+        deadline = time.monotonic() + _INTERRUPT_JOIN_SECONDS if interrupted else None
         for thread in threads:
-            thread.join()
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        busy = [thread.name for thread in threads if thread.is_alive()]
+        if busy:
+            logger.warning(
+                "interrupted: %s still finishing a batch (nothing more is written)", ", ".join(busy)
+            )
