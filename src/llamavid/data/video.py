@@ -1241,7 +1241,9 @@ def _iter_pyav_segments(
     decoding would be at that point, so it keeps the same frames; results come back in order, with at most
     ``workers + 1`` segments in flight (memory stays bounded).
     """
-    threads = max(1, _available_cores() // workers)
+    # At least 2 threads per decoder: frame threading keeps a core decoding while the worker's Python code (demux,
+    # skip decisions, conversion) holds the GIL; with 1 the workers wait on each other (measured on 2 busy cores).
+    threads = max(2, _available_cores() // workers)
     decoder = _SegmentDecoder(opened, path, threads, resize)
 
     def needed() -> Iterator[tuple[_Segment, _TargetSelector]]:
