@@ -174,3 +174,37 @@ def test_tokenizer_template_needs_a_chat_template():
     tokenizer = LlamaTokenizer.from_pretrained(str(DEMO_TOKENIZER_DIR))
     with pytest.raises(InvalidInputError, match="has none"):
         LlamaVidProcessor.from_config(LlamaVidConfig(**kwargs), tokenizer, template="tokenizer")
+
+
+@pytest.mark.parametrize(
+    ("family", "window"),
+    [
+        ("mistral", {"sliding_window": 8}),
+        ("qwen2", {"use_sliding_window": True, "sliding_window": 8}),
+        ("phi3", {}),
+    ],
+)
+def test_cached_generation_equals_recomputation(family, window):
+    """Greedy `generate` (visual tokens at prefill, then the family's KV cache, sliding windows included) gives
+    the tokens a full recomputation without cache gives; also without an attention mask, where transformers
+    would otherwise infer one that hides the visual positions."""
+    changes, _ = FAMILIES[family]
+    kwargs = tiny_config_kwargs()
+    kwargs["text_config"] = {**kwargs["text_config"], "model_type": family, **changes, **window}
+    torch.manual_seed(0)
+    model = LlamaVidForConditionalGeneration(LlamaVidConfig(**kwargs)).eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # input-sensitive weights: the default init answers every prompt alike
+        for parameter in model.parameters():
+            if parameter.ndim >= 2:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    ids = torch.randint(3, 400, (1, 24), generator=generator)
+    ids[0, 4:8] = IMAGE_TOKEN_INDEX  # a prompt longer than the window, visual tokens early
+    visual = torch.randn(4, 32, generator=generator)
+    generated = model.generate(input_ids=ids, visual_tokens=visual, max_new_tokens=5, do_sample=False)
+    sequence = ids
+    with torch.no_grad():
+        for _ in range(5):
+            logits = model(input_ids=sequence, visual_tokens=visual, use_cache=False).logits[0, -1]
+            sequence = torch.cat([sequence, logits.argmax().view(1, 1)], dim=1)
+    assert generated[0, 24:].tolist() == sequence[0, 24:].tolist()

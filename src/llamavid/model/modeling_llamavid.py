@@ -1207,6 +1207,10 @@ class LlamaVidForConditionalGeneration(LlamaVidPreTrainedModel, GenerationMixin)
         if pad_id is None:
             pad_id = self.config.text.pad_token_id or 0
         visible_ids = input_ids.masked_fill(input_ids == self.config.image_token_index, int(pad_id))
+        if kwargs.get("attention_mask") is None:
+            # transformers would infer the mask from the pad id, and so hide the visual positions that now
+            # hold it: infer it from the ids as given instead (padding only where the pad id already was).
+            kwargs["attention_mask"] = (input_ids != int(pad_id)).long()
         return super().generate(input_ids=visible_ids, inputs_embeds=inputs_embeds, **kwargs)
 
 
