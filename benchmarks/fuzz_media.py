@@ -490,14 +490,31 @@ class _Worker:
     flags for every video, loads and encodes images, and reads subtitles and aligns them to a clip."""
 
     def __init__(self, seeds: Path, probe: bool, mode: str = "fuzz") -> None:
-        from llamavid.inference.engine import Engine
-
-        self.engine = Engine.from_pretrained(None, device="cpu", dtype="float32")
-        self.engine.progress = False
+        self._engine: Any = None
         self.seeds = seeds
         self.probe = probe
         self.plain = mode == "plain"
         self.videos_seen = 0
+
+    @property
+    def engine(self) -> Any:
+        """The embedded tiny model, loaded by the first case that needs it (once per worker)."""
+        if self._engine is None:
+            from llamavid.inference.engine import Engine
+
+            self._engine = Engine.from_pretrained(None, device="cpu", dtype="float32")
+            self._engine.progress = False
+        return self._engine
+
+    def harness(self, path: str) -> None:
+        """Checks of the harness itself: the file says whether to hang, crash, raise or return."""
+        action = Path(path).read_text().strip()
+        if action == "hang":
+            time.sleep(3600)
+        elif action == "crash":
+            os.abort()
+        elif action == "raise":
+            raise RuntimeError("not a llamavid error")
 
     def video(self, path: str) -> None:
         from llamavid.data.video import inspect_video, probe_video
@@ -544,8 +561,12 @@ class _Worker:
             dataset[position]
 
 
+# Worker reports start with this, so anything else a library prints on stdout is ignored.
+_MARK = "@@fuzz "
+
+
 def _report(line: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(line) + "\n")
+    sys.stdout.write(_MARK + json.dumps(line) + "\n")
     sys.stdout.flush()
 
 
@@ -562,6 +583,8 @@ def worker_main(cases_file: Path, start: int, probe: bool, mode: str = "fuzz") -
     payload = json.loads(cases_file.read_text())
     cases = [Case(**row) for row in payload["cases"]]
     worker = _Worker(Path(payload["seeds"]), probe, mode)
+    if any(case.kind != "harness" for case in cases[start:]):
+        worker.engine  # noqa: B018 - loaded before "ready": the startup timeout covers it, not the first case's
     _report({"ready": True})
     for case in cases[start:]:
         _report({"start": case.index})
@@ -591,20 +614,38 @@ def worker_main(cases_file: Path, start: int, probe: bool, mode: str = "fuzz") -
 # The parent: one worker at a time, every case bounded.
 
 
-def _read_line(process: subprocess.Popen[str], deadline: float) -> str | None:
-    """The worker's next stdout line, or None when it exited or the deadline passed."""
-    assert process.stdout is not None
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return None
-        ready, _, _ = select.select([process.stdout], [], [], left)
-        if ready:
-            line = process.stdout.readline()
-            return line or None
+class _Reports:
+    """The worker's reports, read unbuffered: select() then sees every byte the worker wrote, none of it can
+    wait in a Python buffer while the deadline runs."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        assert process.stdout is not None
+        self.fd = process.stdout.fileno()
+        self.pending = b""
+        self.lines: list[bytes] = []
+        self.closed = False
+
+    def next(self, deadline: float) -> str | None:
+        """The next report (its JSON text), or None when the worker closed its output or the deadline passed."""
+        while True:
+            while self.lines:
+                line = self.lines.pop(0).decode("utf-8", "replace")
+                if line.startswith(_MARK):
+                    return line[len(_MARK) :]
+            if self.closed:
+                return None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            ready, _, _ = select.select([self.fd], [], [], left)
+            if ready:
+                chunk = os.read(self.fd, 65536)
+                self.closed = not chunk
+                *complete, self.pending = (self.pending + chunk).split(b"\n")
+                self.lines += complete
 
 
-def _stop(process: subprocess.Popen[str]) -> None:
+def _stop(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         process.kill()
     process.wait(timeout=30)
@@ -659,7 +700,7 @@ def run_corpus(
         log = work / f"worker-{start}.log"
         with open(log, "w") as stderr:
             process = subprocess.Popen(
-                command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=child_env, cwd=work
+                command, stdout=subprocess.PIPE, stderr=stderr, bufsize=0, env=child_env, cwd=work
             )
             try:
                 start = _drive(process, cases, start, outcomes, case_timeout, startup_timeout, log)
@@ -669,7 +710,7 @@ def run_corpus(
 
 
 def _drive(
-    process: subprocess.Popen[str],
+    process: subprocess.Popen[bytes],
     cases: Sequence[Case],
     start: int,
     outcomes: dict[int, Outcome],
@@ -678,7 +719,8 @@ def _drive(
     log: Path,
 ) -> int:
     """Feed on one worker's reports; returns the index to resume from (len(cases) when all are done)."""
-    line = _read_line(process, time.monotonic() + startup_timeout)
+    reports = _Reports(process)
+    line = reports.next(time.monotonic() + startup_timeout)
     if line is None or not json.loads(line).get("ready"):
         _stop(process)
         stderr = log.read_text(errors="replace")
@@ -686,9 +728,9 @@ def _drive(
     current = start  # the case running, or next to run
     began = time.monotonic()
     while current < len(cases):
-        line = _read_line(process, began + case_timeout)
+        line = reports.next(began + case_timeout)
         if line is None:  # past the deadline, or the worker died
-            dead = process.poll() is not None
+            dead = reports.closed  # output closed: the worker died (a hang keeps it open)
             _stop(process)
             stderr = log.read_text(errors="replace")
             outcomes[current] = Outcome(

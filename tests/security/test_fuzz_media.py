@@ -170,3 +170,18 @@ def test_the_console_script_fails_cleanly_on_fuzzed_files(
         assert len(lines) == 1, stderr[-2000:]
         assert lines[0].startswith(f"llamavid {runs[path][0]}: error: "), lines[0]
         assert Path(path).name in lines[0], lines[0]
+
+
+def test_the_harness_reports_hangs_crashes_and_tracebacks(tmp_path: Path) -> None:
+    """The checks above can fail: a case that hangs, aborts or raises a foreign error is reported as such, and
+    the cases after it still run (in a fresh worker)."""
+    actions = ["ok", "hang", "raise", "crash", "ok"]
+    cases = []
+    for index, action in enumerate(actions):
+        path = tmp_path / f"case-{index}.txt"
+        path.write_text(action)
+        cases.append(fuzz.Case(index, "harness", str(path), action))
+    outcomes = fuzz.run_corpus(cases, seeds=tmp_path, case_timeout=3, work=tmp_path / "work")
+    assert [outcome.status for outcome in outcomes] == ["ok", "hang", "traceback", "crash", "ok"]
+    assert "RuntimeError" in (outcomes[2].error_type or "")
+    assert outcomes[1].seconds < 30
