@@ -64,7 +64,9 @@ def test_stage1_from_llm_folder_keeps_the_llm_and_answers(qwen2_folder, tmp_path
     assert processor.template == "tokenizer" and processor.chat_template == CHATML
     engine = Engine.from_pretrained(final, feature_cache=False)
     assert type(engine.model.model.language_model).__name__ == "Qwen2Model"
-    answer = engine.ask(moving_square_video(frames=3, size=56), "What moves?", temperature=0, max_new_tokens=4)
+    answer = engine.ask(
+        moving_square_video(frames=3, size=56), "What moves?", temperature=0, max_new_tokens=4
+    )
     assert answer.completion_tokens >= 1
 
 
@@ -75,6 +77,7 @@ def test_llm_config_mistakes_are_named(qwen2_folder):
         load_config("tiny_from_llm", ["model.llm=null"])
     with pytest.raises(ConfigError, match="conflicts with model.llm"):
         cfg = load_config(
-            "tiny_from_llm", [f"model.llm={qwen2_folder}", "model.random_init.text_config={model_type: llama}"]
+            "tiny_from_llm",
+            [f"model.llm={qwen2_folder}", "model.random_init.text_config={model_type: llama}"],
         )
         run(cfg)
