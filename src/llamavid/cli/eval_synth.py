@@ -77,7 +77,7 @@ def evaluate(
         if set_name not in SETS:
             raise InvalidInputError(f"unknown set {set_name!r}; expected some of {SETS}")
         started = time.time()
-        extra = {"episode_frames": episode_frames} if set_name == "long_qa" else {}
+        extra: dict[str, Any] = {"episode_frames": episode_frames} if set_name == "long_qa" else {}
         items = generate_items("heldout", items_per_set, seed=seed, kind=set_name, **extra)
         fit_count = 200 if set_name == "long_qa" else BLIND_FIT_ITEMS
         fit = generate_items(
@@ -85,7 +85,7 @@ def evaluate(
             fit_count,
             seed=seed,
             kind=set_name,
-            **({"episode_frames": 60} if set_name == "long_qa" else {}),
+            episode_frames=60,  # used by long_qa only
         )
         blind = answer_statistics(
             [item_to_record(i, "m") for i in fit], [item_to_record(i, "m") for i in items]
