@@ -25,14 +25,13 @@ import math
 import random
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F  # noqa: N812
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -41,11 +40,19 @@ from llamavid.model.configuration_llamavid import IGNORE_INDEX, LlamaVidConfig
 from llamavid.model.conversation import DEFAULT_IMAGE_TOKEN, build_long_video_message
 from llamavid.model.modeling_llamavid import VISUAL_INPUT_NAMES, LlamaVidForConditionalGeneration
 from llamavid.model.processing_llamavid import LlamaVidProcessor
-from llamavid.synth import QUESTION_TYPES, Episode, FrameSpec, render_frame
+from llamavid.synth import Episode, FrameSpec, render_frame
 from llamavid.synth._common import QAItem
-from llamavid.synth.episodes import NEEDLE_COLOURS
 from llamavid.synth.tokenizers import build_llm_tokenizer, build_qformer_vocab, synth_corpus
-from llamavid.synth.world import BACKGROUNDS
+from llamavid.train.losses import (
+    MAX_SCENE_CHANGES,
+    AnswerPrior,
+    AuxiliaryHeads,
+    LossSettings,
+    answer_index,
+    grounding_targets,
+    needle_targets,
+    scene_targets,
+)
 from llamavid.train.stage0_vision import Stage0Settings, load_tower, normalise, tiny_vision_config
 
 logger = logging.getLogger(__name__)
@@ -353,65 +360,120 @@ class TrainPhase:
     # Weight of the per-frame scene probes on the LLM's hidden states at clip frames (AuxiliaryHeads.scene_loss).
     scene_aux: float = 0.0
 
+    @property
+    def losses(self) -> LossSettings:
+        """This phase's losses in the config form (``losses:`` of ``train/configs/tiny/*.yaml``)."""
+        return LossSettings(
+            lm=self.llm_loss,
+            answer_head=self.context_aux,
+            grounding=self.grounding_aux,
+            scene=self.scene_aux,
+            answer_prior=tuple(self.answer_prior),
+            answer_prior_on_heads=self.answer_prior_on_heads,
+        )
 
-def answer_index(item: QAItem) -> tuple[int, int]:
-    """``(question type number, answer number among that type's options)`` for the auxiliary answer heads."""
-    types = list(QUESTION_TYPES)
-    return types.index(item.question_type), list(QUESTION_TYPES[item.question_type]).index(item.answer)
+
+_PHASE_KEYS = (
+    "name",
+    "steps",
+    "mixture",
+    "batch_size",
+    "lr",
+    "warmup",
+    "eval_every",
+    "seed",
+    "visual_lr_scale",
+)
+_DATASET_KEYS = ("split", "kind", "n", "seed", "episode_frames")
 
 
-def grounding_targets(item: QAItem) -> list[int] | None:
-    """Per frame, the grid cell of the object a clip's first event names (``G*G`` = not on screen), else None.
+@dataclass
+class TinyRecipe:
+    """A tiny-model curriculum read from YAML (:func:`load_tiny_recipe`).
 
-    Clips whose first event names one object by shape and colour (motion, colour change, appearing, ...) get a
-    target for every frame; other items get none.
+    Attributes:
+        datasets: name -> ``(split, kind, items, data seed, frames per long video or 0)``, cached once each.
+        subsets: name -> how a set is derived from a cached one (``{"from", "subset", ...}``; built in code).
+        evals: the sets scored during training.
+        phases: the phases, in order.
     """
-    media = item.media
-    events = getattr(media, "events", None)
-    if not events or isinstance(media, FrameSpec):
-        return None
-    detail = events[0].detail
-    shape, colour = detail.get("shape"), detail.get("colour")
-    if shape is None or colour is None:
-        return None
-    grid = media.grid
-    cells = []
-    for frame in media.frames:
-        found = [o for o in frame.objects if o.shape == shape and o.colour == colour]
-        if len(found) == 1:
-            row, col = found[0].cell(grid)
-            cells.append(row * grid + col)
-        else:
-            cells.append(grid * grid if not found else -1)  # -1 = ambiguous, ignored
-    return cells
+
+    datasets: dict[str, tuple[str, str, int, int, int]]
+    subsets: dict[str, dict[str, Any]]
+    evals: tuple[str, ...]
+    phases: list[TrainPhase]
 
 
-MAX_SCENE_CHANGES = 4  # the most background changes a clip question asks about
+def _phase_from_config(config: dict[str, Any], where: str) -> TrainPhase:
+    unknown = sorted(set(config) - {*_PHASE_KEYS, "batch_sizes", "losses"})
+    if unknown:
+        raise InvalidInputError(
+            f"{where}: unknown key(s) {unknown}; expected some of {[*_PHASE_KEYS, 'batch_sizes', 'losses']}."
+        )
+    for key in ("name", "steps", "mixture"):
+        if key not in config:
+            raise InvalidInputError(f"{where}: missing {key!r}.")
+    losses = LossSettings.from_config(config.get("losses") or {}, f"{where}.losses")
+    return TrainPhase(
+        **{key: config[key] for key in _PHASE_KEYS if key in config},
+        batch_sizes=dict(config.get("batch_sizes") or {}),
+        llm_loss=losses.lm,
+        context_aux=losses.answer_head,
+        grounding_aux=losses.grounding,
+        scene_aux=losses.scene,
+        answer_prior=losses.answer_prior,
+        answer_prior_on_heads=losses.answer_prior_on_heads,
+    )
 
 
-def scene_targets(item: QAItem) -> tuple[Tensor, Tensor] | None:
-    """Per frame of a short clip: its background's number and how often the background has changed up to and
-    including that frame (capped at ``MAX_SCENE_CHANGES``); ``None`` for images, long videos and text."""
-    media = item.media
-    if media is None or isinstance(media, (FrameSpec, Episode)):
-        return None
-    backgrounds = [frame.background for frame in media.frames]
-    if not backgrounds or any(b not in BACKGROUNDS for b in backgrounds):
-        return None
-    changed = [0] + [int(a != b) for a, b in zip(backgrounds, backgrounds[1:], strict=False)]
-    so_far = torch.tensor(changed).cumsum(0).clamp_max(MAX_SCENE_CHANGES)
-    return torch.tensor([BACKGROUNDS.index(b) for b in backgrounds]), so_far
+def load_tiny_recipe(path: str | Path) -> TinyRecipe:
+    """Read a tiny-model curriculum (``src/llamavid/train/configs/tiny/*.yaml``): datasets, subsets, phases.
 
+    Every mixture entry must name a dataset or a subset; ``presets`` is free space for YAML anchors.
 
-def needle_targets(item: QAItem) -> Tensor | None:
-    """Per frame of a visual-needle question's long video: the needle colour's number + 1 there, 0 elsewhere."""
-    media = item.media
-    if item.question_type != "long_visual_needle" or not isinstance(media, Episode):
-        return None
-    target = torch.zeros(media.num_frames, dtype=torch.long)
-    colour = NEEDLE_COLOURS.index(media.needle_colour) + 1
-    target[media.needle_start : media.needle_start + media.needle_length] = colour
-    return target
+    Raises:
+        InvalidInputError: on an unknown key, a missing field or a mixture naming an undefined set, with the
+            file and the phase in the message.
+    """
+    import yaml
+
+    path = Path(path)
+    config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(config, dict):
+        raise InvalidInputError(f"{path}: expected a mapping at the top level.")
+    unknown = sorted(set(config) - {"version", "presets", "datasets", "subsets", "evals", "phases"})
+    if unknown:
+        raise InvalidInputError(f"{path}: unknown top-level key(s) {unknown}.")
+    datasets = {}
+    for name, spec in (config.get("datasets") or {}).items():
+        extra = sorted(set(spec) - set(_DATASET_KEYS))
+        if extra or not {"split", "kind", "n"} <= set(spec):
+            raise InvalidInputError(
+                f"{path}: datasets.{name}: expected split, kind, n and optionally seed, episode_frames; found {sorted(spec)}."
+            )
+        datasets[name] = (
+            spec["split"],
+            spec["kind"],
+            int(spec["n"]),
+            int(spec.get("seed", 0)),
+            int(spec.get("episode_frames", 0)),
+        )
+    subsets = {name: dict(spec) for name, spec in (config.get("subsets") or {}).items()}
+    for name, spec in subsets.items():
+        if spec.get("from") not in datasets:
+            raise InvalidInputError(f"{path}: subsets.{name}.from={spec.get('from')!r} is not a dataset.")
+    phases = [
+        _phase_from_config(phase, f"{path}: phases[{index}]")
+        for index, phase in enumerate(config.get("phases") or [])
+    ]
+    for phase in phases:
+        missing = sorted(set(phase.mixture) - set(datasets) - set(subsets))
+        if missing:
+            raise InvalidInputError(f"{path}: phase {phase.name!r} mixes undefined set(s) {missing}.")
+    evals = tuple(config.get("evals") or ())
+    if not set(evals) <= set(datasets):
+        raise InvalidInputError(f"{path}: evals {sorted(set(evals) - set(datasets))} are not datasets.")
+    return TinyRecipe(datasets, subsets, evals, phases)
 
 
 def question_type_subset(
@@ -453,206 +515,6 @@ def visual_needle_subset(
         meta = dict(item.meta, media_id=f"{item.meta['media_id']}-n{needle_length}")
         longer.append(dataclasses.replace(item, media=media, meta=meta))
     return longer, {}
-
-
-class AuxiliaryHeads(nn.Module):
-    """Training-only linear probes on the context tokens and, for clips, the LLM's hidden states (discarded after
-    training; never part of the saved model).
-
-    * ``answer``: an image's context token -> the answer, one linear head per question type (a context token is
-      a softmax-weighted mix of patches: it says *what was attended*, while the question type, which the LLM
-      reads from the text, says which attribute to report). Supervising it directly trains the text queries to
-      find the object a question names, a one-hop lookup the LLM alone learned slowly.
-    * ``cell``: each frame's context token of a clip -> the cell of the object the question names, so motion and
-      position over frames are carried by the 2 tokens a video frame keeps.
-    * ``needle``: for a long video's visual-needle question, each frame's context token -> the needle's colour on
-      the needle frame and "none" elsewhere (weighted like ``cell``). Measured: without it the LLM stayed at
-      chance on visual needles while it learned subtitle needles; with every other frame saying "none", the one
-      frame that differs is what the LLM has to find.
-    * ``background`` / ``changes`` (`scene_loss`): on the LLM's *hidden states* at each clip frame's last visual
-      token, the frame's background (read from a middle layer) and how often the background has changed so far
-      (read from the layer before the last, so the answer position can still attend to it). "How many times does
-      the background colour change?" needs exactly this running count, which no other loss asks the LLM to keep.
-    """
-
-    def __init__(self, width: int, cells: int = 16):
-        super().__init__()
-        self.options = [len(options) for options in QUESTION_TYPES.values()]
-        self.answer = nn.Linear(width, sum(self.options))
-        self.cell = nn.Linear(width, cells + 1)
-        self.needle = nn.Linear(width, len(NEEDLE_COLOURS) + 1)
-        self.background = nn.Linear(width, len(BACKGROUNDS))
-        self.changes = nn.Linear(width, MAX_SCENE_CHANGES + 1)
-
-    def answer_logits(self, context: Tensor, types: Tensor) -> Tensor:
-        """``(B, D)`` context tokens and ``(B,)`` question types -> ``(B, max options)`` logits (-inf padded)."""
-        logits = self.answer(context)
-        starts = torch.tensor([0, *self.options]).cumsum(0)[:-1]
-        width = max(self.options)
-        columns = starts[types][:, None] + torch.arange(width)[None]
-        valid = torch.arange(width)[None] < torch.tensor(self.options)[types][:, None]
-        gathered = logits.gather(1, columns.clamp_max(logits.shape[1] - 1))
-        return gathered.masked_fill(~valid, float("-inf"))
-
-    def loss(
-        self,
-        visual: Any,
-        items: Sequence[QAItem],
-        context_weight: float,
-        grounding_weight: float,
-        prior: AnswerPrior | None = None,
-    ) -> Tensor:
-        """Weighted auxiliary losses for one batch (``items`` in batch order, text-only ones included).
-
-        With ``prior``, the answer head is trained against the same question-only expert as the LLM.
-        """
-        context, counts = visual.context_tokens, visual.block_frame_counts.tolist()
-        total = context.new_zeros(())
-        # Regroup the blocks per item: a long video has one block per frame, anything else one block.
-        blocks = iter(context.split(counts))
-        rows: list[tuple[Tensor, QAItem]] = []
-        for item in items:
-            if item.media is None:
-                continue
-            taken = item.media.num_frames if isinstance(item.media, Episode) else 1
-            rows.append((torch.cat([next(blocks) for _ in range(taken)]), item))
-        images = [(row, item) for row, item in rows if isinstance(item.media, FrameSpec)]
-        if context_weight and images:
-            types, answers = zip(*(answer_index(item) for _, item in images), strict=True)
-            logits = self.answer_logits(torch.cat([row for row, _ in images]), torch.tensor(types))
-            if prior is not None:
-                bias = torch.zeros_like(logits)
-                for row, (_, item) in enumerate(images):
-                    if (found := prior.lookup(item)) is not None:
-                        bias[row, : len(found[1])] = found[1].to(bias.dtype)
-                logits = logits + bias
-            total = total + context_weight * F.cross_entropy(logits, torch.tensor(answers))
-        if grounding_weight:
-            grounded = [(row, cells) for row, item in rows if (cells := grounding_targets(item)) is not None]
-            if grounded:
-                logits = self.cell(torch.cat([row for row, _ in grounded]))
-                target = torch.tensor([cell for _, cells in grounded for cell in cells])
-                total = total + grounding_weight * F.cross_entropy(logits, target, ignore_index=-1)
-            needles = [(row, frames) for row, item in rows if (frames := needle_targets(item)) is not None]
-            if needles:
-                logits = self.needle(torch.cat([row for row, _ in needles]))
-                target = torch.cat([frames for _, frames in needles])
-                total = total + grounding_weight * F.cross_entropy(logits, target)
-        return total
-
-    def scene_loss(
-        self, middle: Tensor, late: Tensor, placeholder: Tensor, items: Sequence[QAItem]
-    ) -> Tensor:
-        """Per-frame scene probes for one batch.
-
-        Args:
-            middle / late: ``(B, L, D)`` outputs of two LLM layers (row ``i`` is ``items[i]``'s sequence).
-            placeholder: ``(B, L)`` where the visual tokens sit; a clip frame's tokens are consecutive there.
-        """
-        picks, backgrounds, changes = [], [], []
-        for row, item in enumerate(items):
-            targets = scene_targets(item)
-            if targets is None:
-                continue
-            positions = placeholder[row].nonzero().squeeze(1)
-            frames = len(targets[0])
-            if len(positions) % frames:
-                raise InvalidInputError(
-                    f"item {item.id}: {len(positions)} visual tokens do not split into {frames} frames evenly"
-                )
-            per_frame = len(positions) // frames
-            picks.append(row * placeholder.shape[1] + positions[per_frame - 1 :: per_frame])
-            backgrounds.append(targets[0])
-            changes.append(targets[1])
-        if not picks:
-            return middle.new_zeros(())
-        index = torch.cat(picks).to(middle.device)
-        background = self.background(middle.flatten(0, 1)[index])
-        so_far = self.changes(late.flatten(0, 1)[index])
-        return F.cross_entropy(background, torch.cat(backgrounds).to(middle.device)) + F.cross_entropy(
-            so_far, torch.cat(changes).to(middle.device)
-        )
-
-
-class AnswerPrior:
-    """A fixed question-only expert for product-of-experts training (as in Clark et al., 2019, "Don't take the easy
-    way out"), used only while training and never saved.
-
-    For each chosen question type it counts, on the training items, how often each answer follows each exact
-    question text, and keeps ``log P(answer | question)`` (add-``smoothing`` over the type's options). During
-    training these log-probabilities are added to the LLM's logits at the answer's first token, so the loss only
-    rewards what the question alone does not predict; the model decodes without them. Why: the train split holds
-    out some (shape, colour) pairs, and a model reading "What shape is the purple object?" learned "purple objects
-    are never circles" from the text instead of looking (held-out pairs 0.31 vs seen 0.94; ``docs/tiny-model.md``).
-    """
-
-    def __init__(
-        self,
-        items: Iterable[QAItem],
-        tokenizer: Any,
-        question_types: Sequence[str],
-        smoothing: float = 0.5,
-    ) -> None:
-        self.token_ids: dict[str, Tensor] = {}
-        for question_type in question_types:
-            if question_type not in QUESTION_TYPES:
-                raise InvalidInputError(
-                    f"unknown question type {question_type!r}; expected one of {list(QUESTION_TYPES)}"
-                )
-            first = [
-                tokenizer(" " + option, add_special_tokens=False)["input_ids"][0]
-                for option in QUESTION_TYPES[question_type]
-            ]
-            if len(set(first)) != len(first):
-                raise InvalidInputError(
-                    f"the options of {question_type!r} do not start with distinct tokens; an answer prior needs them"
-                )
-            self.token_ids[question_type] = torch.tensor(first)
-        counts: dict[tuple[str, str], Tensor] = {}
-        for item in items:
-            if item.question_type in self.token_ids:
-                options = list(QUESTION_TYPES[item.question_type])
-                key = (item.question_type, item.question)
-                row = counts.setdefault(key, torch.full((len(options),), float(smoothing)))
-                row[options.index(item.answer)] += 1
-        self.log_prior = {key: (row / row.sum()).log() for key, row in counts.items()}
-
-    def __len__(self) -> int:
-        return len(self.log_prior)
-
-    def lookup(self, item: QAItem) -> tuple[Tensor, Tensor] | None:
-        """``(option token ids, log-prior)`` for ``item``, or ``None`` if its question was never counted."""
-        log_prior = self.log_prior.get((item.question_type, item.question))
-        return None if log_prior is None else (self.token_ids[item.question_type], log_prior)
-
-    def loss(self, logits: Tensor, labels: Tensor, items: Sequence[QAItem]) -> Tensor:
-        """The masked next-token loss of ``logits`` (``(B, L, V)``) with the expert added at each answer's first
-        token; equal to the model's own loss where no item has a prior."""
-        logits, targets = logits[:, :-1].float(), labels[:, 1:]
-        per_token = F.cross_entropy(
-            logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
-        )
-        rows, columns, biases = [], [], []
-        for row, item in enumerate(items):
-            found = self.lookup(item)
-            if found is None:
-                continue
-            answer = (targets[row] != IGNORE_INDEX).nonzero()
-            if not len(answer):
-                continue
-            token_ids, log_prior = found
-            bias = logits.new_zeros(logits.shape[-1])
-            bias[token_ids] = log_prior.to(logits.dtype)
-            rows.append(row)
-            columns.append(int(answer[0]))
-            biases.append(bias)
-        if rows:
-            index = (torch.tensor(rows), torch.tensor(columns))
-            combined = logits[index] + torch.stack(biases)
-            per_token = per_token.index_put(
-                index, F.cross_entropy(combined, targets[index], reduction="none")
-            )
-        return per_token.sum() / (targets != IGNORE_INDEX).sum().clamp_min(1)
 
 
 @dataclass
@@ -821,9 +683,14 @@ __all__ = [
     "AnswerPrior",
     "AuxiliaryHeads",
     "TrainPhase",
+    "TinyRecipe",
+    "load_tiny_recipe",
     "TrainLog",
     "grounding_targets",
     "needle_targets",
+    "scene_targets",
+    "MAX_SCENE_CHANGES",
+    "LossSettings",
     "question_type_subset",
     "visual_needle_subset",
     "build_feature_cache",
