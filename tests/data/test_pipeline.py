@@ -235,3 +235,26 @@ def test_interrupt_does_not_wait_for_a_long_batch(monkeypatch: pytest.MonkeyPatc
     for thread in _pipeline_threads():
         thread.join(timeout=10)
     assert not _pipeline_threads() and written == [0]
+
+
+@pytest.mark.gpu
+def test_on_cuda_pixels_are_pinned_and_a_float32_tower_runs_in_bf16(clip: Path, tmp_path: Path) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device (run `make test-gpu` on a GPU machine)")
+    from llamavid.inference.media import FrameEncoder
+    from llamavid.testing import build_tiny_model, tiny_processor
+
+    model = build_tiny_model(seed=0)
+    cpu = FrameEncoder(model, tiny_processor(model.config), encoder_id="tiny")
+    frames = decode_video(clip, fps=2).frames[:8]
+    reference = cpu(frames).float()
+    gpu = FrameEncoder(build_tiny_model(seed=0).to("cuda"), tiny_processor(model.config), encoder_id="tiny")
+    assert gpu.autocast_dtype in (torch.bfloat16, torch.float16) and gpu.preprocess(frames).is_pinned()
+    features = gpu(frames)
+    assert features.device.type == "cpu" and features.dtype == torch.float16
+    similarity = torch.nn.functional.cosine_similarity(features.float().flatten(), reference.flatten(), dim=0)
+    assert similarity > 0.99, f"bf16 features drifted from fp32 (cosine {similarity:.4f})"
+    report = FeatureCache(tmp_path, chunk_frames=8).ingest(clip, gpu, fps=2, batch_size=4)
+    assert report.stages is not None and report.stages.frames == 26
