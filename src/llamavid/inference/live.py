@@ -36,7 +36,6 @@ continues after the stored frames in stream time.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -1206,13 +1205,13 @@ class LiveSession:
     # Cache entry -------------------------------------------------------------------------------------------
     def _load_existing(self) -> int:
         """Resume the entry of an earlier run with this id; returns its frame count (0 for a new session)."""
-        from llamavid.data.feature_cache import CacheEntryError, _read_json
+        from llamavid.data.feature_cache import CacheEntryError
 
         meta_path = self.path / "meta.json"
         if not meta_path.is_file():
             return 0
         try:
-            meta = _read_json(meta_path)
+            meta = self.cache.read_sidecar(self.path.name)
         except CacheEntryError as error:
             raise InvalidInputError(f"live session {self.session_id}: cannot resume ({error}).") from error
         live = meta.get("live") or {}
@@ -1246,29 +1245,14 @@ class LiveSession:
         self, features: np.ndarray, timestamps: np.ndarray, final_state: str | None = None
     ) -> None:
         """Store the tail as the next chunk, then the sidecar: both atomic, chunk first (see the module doc)."""
-        from safetensors.numpy import save
-
-        from llamavid.data.feature_cache import FORMAT_VERSION, _chunk_name
-
         index = 0 if self._meta is None else len(self._meta["chunks"])
-        data = save(
-            {"features": features, "timestamps": np.ascontiguousarray(timestamps, dtype=np.float64)},
-            metadata={"format_version": str(FORMAT_VERSION)},
-        )
-        name = _chunk_name(index)
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.cache._write(self.path / name, data)  # the cache's atomic write (a full disk -> CacheWriteError)
-        record = {
-            "file": name,
-            "start": float(timestamps[0]),
-            "frames": len(timestamps),
-            "bytes": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(),
-        }
+        # The cache's atomic chunk write (a full disk -> CacheWriteError), then the sidecar listing it.
+        written = self.cache.write_chunk(self.path.name, index, features, timestamps)
+        record = {name: written[name] for name in ("file", "start", "frames", "bytes", "sha256")}
         meta = self._next_meta(record, timestamps, [int(features.shape[1]), int(features.shape[2])])
         if final_state is not None:
             meta["live"]["state"] = final_state
-        self.cache._write_json(self.path / "meta.json", meta)
+        self.cache.write_sidecar(self.path.name, meta)
         with self._cond:
             self._meta = meta  # only the reader thread fills the tail, so it holds exactly these frames
             self._tail_features, self._tail_timestamps = [], []
@@ -1533,6 +1517,6 @@ class LiveSession:
         elif final_state is not None and self._meta is not None:
             meta = dict(self._meta)
             meta["live"] = {**meta.get("live", {}), "state": final_state}
-            self.cache._write_json(self.path / "meta.json", meta)
+            self.cache.write_sidecar(self.path.name, meta)
             with self._cond:
                 self._meta = meta
