@@ -537,14 +537,16 @@ def train_phase(
 ) -> None:
     """AdamW + warmup/cosine over a weighted mixture; every trainable module except the frozen tower learns.
 
-    With ``phase.context_aux`` / ``phase.grounding_aux`` set, ``aux`` (kept by the caller across phases) adds the
-    auxiliary context-token losses; they change only training, not the saved model.
+    The losses are ``phase.losses`` (:class:`~llamavid.train.losses.LossSettings`): with probe weights set,
+    ``aux`` (kept by the caller across phases) adds the auxiliary losses; they change only training, not the
+    saved model.
     """
     rng = random.Random(seed + phase.seed)
+    losses = phase.losses
     context_probes = aux is not None and bool(
-        model.config.context_token and (phase.context_aux or phase.grounding_aux)
+        model.config.context_token and (losses.answer_head or losses.grounding)
     )
-    scene_probes = aux is not None and phase.llm_loss and phase.scene_aux > 0
+    scene_probes = aux is not None and losses.lm and losses.scene > 0
     use_aux = context_probes or scene_probes
     llm = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith(_LLM_PREFIXES)]
     visual = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith(_LLM_PREFIXES)]
@@ -566,12 +568,12 @@ def train_phase(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
     names, weights = zip(*phase.mixture.items(), strict=True)
     prior = None
-    if phase.answer_prior and phase.llm_loss:
+    if losses.answer_prior and losses.lm:
         prior = AnswerPrior(
-            (item for name in names for item in data[name][0]), processor.tokenizer, phase.answer_prior
+            (item for name in names for item in data[name][0]), processor.tokenizer, losses.answer_prior
         )
         logger.info(
-            "%s: answer prior over %d questions of %s", phase.name, len(prior), list(phase.answer_prior)
+            "%s: answer prior over %d questions of %s", phase.name, len(prior), list(losses.answer_prior)
         )
     # The scene probes read two LLM layers' outputs, kept by forward hooks for the training step that runs them
     # (not for the no-grad scoring passes).
@@ -603,7 +605,7 @@ def train_phase(
             ]
             batch = make_batch(items, cache, indices, processor)
             chosen = [items[i] for i in indices]
-            if phase.llm_loss:
+            if losses.lm:
                 # With an answer prior the loss is computed here, so the model is not given the labels.
                 labels = batch.pop("labels") if prior is not None else batch["labels"]
                 output = model(**batch)
@@ -617,14 +619,14 @@ def train_phase(
                 )
                 loss = visual_output.tokens.new_zeros(())
             if context_probes and aux is not None and visual_output is not None:
-                heads_prior = prior if phase.answer_prior_on_heads else None
+                heads_prior = prior if losses.answer_prior_on_heads else None
                 loss = loss + aux.loss(
-                    visual_output, chosen, phase.context_aux, phase.grounding_aux, heads_prior
+                    visual_output, chosen, losses.answer_head, losses.grounding, heads_prior
                 )
             if scene_probes and aux is not None:  # scene_probes implies an LM pass
                 placeholder = batch["input_ids"] == model.config.image_token_index
                 scene = aux.scene_loss(hidden[middle], hidden[late], placeholder, chosen)
-                loss = loss + phase.scene_aux * scene
+                loss = loss + losses.scene * scene
             hidden.clear()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
