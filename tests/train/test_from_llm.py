@@ -69,6 +69,46 @@ def test_stage1_from_llm_folder_keeps_the_llm_and_answers(qwen2_folder, tmp_path
     )
     assert answer.completion_tokens >= 1
 
+    # Stage 2 on the result, conversations in the LLM's own chat template (data.template: tokenizer).
+    stage2 = load_config(
+        {
+            "model": {"init": str(final)},
+            "data": {"synth": {"kind": "stage2", "n": 4, "seed": 0, "image_size": 56, "clip_frames": [5, 6]},
+                     "max_frames": 6, "model_max_length": 512, "template": "tokenizer"},
+            "optim": {"lr": 1e-3, "warmup_ratio": 0.0},
+            "train": {"stage": 2, "max_steps": 2, "per_device_batch_size": 2, "precision": "fp32",
+                      "gradient_checkpointing": False, "output_dir": str(tmp_path / "run2"), "save_steps": 0},
+        }
+    )  # fmt: skip
+    _, losses = run(stage2)
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_training_text_in_the_llm_chat_template():
+    from llamavid.testing import tiny_config
+    from llamavid.train.datasets import render_conversation, tokenize_with_labels
+
+    tokenizer = LlamaTokenizer.from_pretrained(str(DEMO_TOKENIZER_DIR))
+    tokenizer.chat_template = CHATML
+    processor = LlamaVidProcessor.from_config(tiny_config(), tokenizer)
+    turns = [
+        {"from": "human", "value": "<image>\nWhat colour is it?"},
+        {"from": "gpt", "value": "red"},
+        {"from": "human", "value": "And the shape?"},
+        {"from": "gpt", "value": "a square"},
+    ]
+    rendered = render_conversation(
+        turns, "tokenizer", has_media=True, chat_render=processor.render_with_tokenizer_template
+    )
+    # Every turn carries the media (the imgsp_v1 rule); the text is the tokenizer's own rendering.
+    assert rendered.prompt.count("<image>") == 2 and len(rendered.questions) == 2
+    assert rendered.prompt.startswith("<|im_start|>user\n<image>\nWhat colour is it?<|im_end|>")
+    supervised = [rendered.prompt[start:end] for start, end in rendered.answer_spans]
+    assert supervised == ["red<|im_end|>", "a square<|im_end|>"]
+    ids, labels = tokenize_with_labels(tokenizer, rendered.prompt, rendered.answer_spans, add_bos=False)
+    kept = tokenizer.decode([token for token in labels if token >= 0])
+    assert "red" in kept and "square" in kept and "colour" not in kept
+
 
 def test_llm_config_mistakes_are_named(qwen2_folder):
     with pytest.raises(ConfigError, match="leave model.init at 'random'"):

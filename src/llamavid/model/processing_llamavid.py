@@ -418,6 +418,12 @@ class LlamaVidProcessor:
         )
         return str(rendered)
 
+    def render_with_tokenizer_template(self, messages: Sequence[Message], add_generation_prompt: bool) -> str:
+        """Render with the LLM tokenizer's own chat template (training data under template ``"tokenizer"``)."""
+        return self._render(
+            self._template_source(TOKENIZER_TEMPLATE), messages, add_generation_prompt, TOKENIZER_TEMPLATE
+        )
+
     def turn_markers(self, template: str | None = None) -> TurnMarkers | None:
         """The user-turn markers of the LLM tokenizer's chat template (`find_turn_markers`), found once."""
         template = template or self.template

@@ -28,7 +28,7 @@ import json
 import logging
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,13 @@ from torch.utils.data import Dataset
 
 from llamavid.errors import InvalidInputError, LlamaVidError, LlamaVidRuntimeError, MissingFileError
 from llamavid.model.configuration_llamavid import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from llamavid.model.conversation import DEFAULT_IMAGE_TOKEN, build_prompt, get_template, long_video_inputs
+from llamavid.model.conversation import (
+    DEFAULT_IMAGE_TOKEN,
+    TOKENIZER_TEMPLATE,
+    build_prompt,
+    get_template,
+    long_video_inputs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +59,10 @@ class BadRecordError(LlamaVidError, ValueError):
     def __init__(self, origin: str, message: str) -> None:
         super().__init__(f"{origin}: {message}")
         self.origin = origin
+
+
+# ``render(messages, add_generation_prompt) -> str`` with the LLM tokenizer's own chat template.
+ChatRender = Callable[[list[dict[str, str]], bool], str]
 
 
 @dataclass(frozen=True)
@@ -183,6 +193,7 @@ def render_conversation(
     rng: np.random.Generator | None = None,
     long_video_inputs_text: str | None = None,
     origin: str = "<record>",
+    chat_render: ChatRender | None = None,
 ) -> RenderedConversation:
     """Render a record's turns in a template, apply the ``<image>`` rules and find the supervised spans.
 
@@ -195,11 +206,19 @@ def render_conversation(
         long_video_inputs_text: for long videos, the ``"<image>sub_0<image>sub_1..."`` string that replaces the
             single ``<image>`` of the first human turn; later turns then get no extra ``<image>`` (docs/architecture.md §11).
         origin: record name used in error messages.
+        chat_render: ``render(messages, add_generation_prompt) -> str`` with the LLM tokenizer's own chat
+            template; required by template ``"tokenizer"`` (docs/llms.md), which otherwise follows ``imgsp_v1``'s
+            per-turn ``<image>`` rule.
 
     Raises:
         BadRecordError: malformed turns, no answer, or a wrong number of ``<image>`` markers.
     """
-    conv = get_template(template)
+    own_template = template == TOKENIZER_TEMPLATE
+    if own_template and chat_render is None:
+        raise InvalidInputError(
+            f"template {TOKENIZER_TEMPLATE!r} renders with the LLM tokenizer's chat template; pass chat_render."
+        )
+    conv = get_template("imgsp_v1" if own_template else template)
     turns = _check_turns(conversations, origin)
     image_counts = [text.count(DEFAULT_IMAGE_TOKEN) for _, text in turns]
     if not has_media and any(image_counts):
@@ -228,7 +247,7 @@ def render_conversation(
 
     messages: list[dict[str, str]] = []
     questions: list[str] = []
-    per_turn = template == "imgsp_v1" and has_media and long_video_inputs_text is None
+    per_turn = template in ("imgsp_v1", TOKENIZER_TEMPLATE) and has_media and long_video_inputs_text is None
     for number, (role, text) in enumerate(turns):
         if role == "human":
             if number == 0 and has_media:
@@ -249,6 +268,11 @@ def render_conversation(
                 questions.append(_question_text(text))
         messages.append({"role": "user" if role == "human" else "assistant", "content": text})
 
+    if own_template:
+        assert chat_render is not None
+        prompt, spans = _own_template_spans(messages, chat_render, origin)
+        return RenderedConversation(prompt, spans, questions)
+
     # Build the text piecewise to know where each answer sits, then check it against the one template table.
     prompt = conv.system + conv.sep
     spans = []
@@ -266,6 +290,31 @@ def render_conversation(
             f"template {template!r} rendering drifted from llamavid.model.conversation.build_prompt."
         )
     return RenderedConversation(prompt, spans, questions)
+
+
+def _own_template_spans(
+    messages: list[dict[str, str]], chat_render: ChatRender, origin: str
+) -> tuple[str, list[tuple[int, int]]]:
+    """A conversation in the LLM's own chat template and its supervised spans: each answer and the text the
+    template closes an answer with (its end-of-turn token, e.g. ``<|im_end|>``), found by a probe render."""
+    probe = "\x01a\x01"
+    closing = chat_render([{"role": "user", "content": "q"}, {"role": "assistant", "content": probe}], False)
+    answer_end = closing[closing.index(probe) + len(probe) :].rstrip() if probe in closing else ""
+    prompt = chat_render(messages, False)
+    spans: list[tuple[int, int]] = []
+    cursor = 0
+    for message in messages:
+        start = prompt.find(message["content"], cursor)
+        if start < 0:
+            raise BadRecordError(
+                origin, "the LLM's chat template changed a message's text; cannot supervise it."
+            )
+        cursor = start + len(message["content"])
+        if message["role"] == "assistant":
+            if answer_end and prompt.startswith(answer_end, cursor):
+                cursor += len(answer_end)
+            spans.append((start, cursor))
+    return prompt, spans
 
 
 def tokenize_with_labels(
@@ -338,6 +387,8 @@ class LlavaJsonDataset(Dataset):
         seed: seeds the per-record RNG of the ``<image>`` placement (with the epoch and record index).
         validate: check every record's structure and media paths now (cheap, no decoding).
         add_bos: prepend BOS (LLaMA does).
+        chat_render: renders with the LLM tokenizer's own chat template, for template ``"tokenizer"``
+            (`render_conversation`; the recipe passes the processor's).
     """
 
     def __init__(
@@ -353,12 +404,19 @@ class LlavaJsonDataset(Dataset):
         seed: int = 0,
         validate: bool = True,
         add_bos: bool = True,
+        chat_render: ChatRender | None = None,
     ) -> None:
         if not files:
             raise InvalidInputError(
                 "no training files given; set data.train_files to one or more LLaVA-format JSON files."
             )
-        get_template(template)
+        if template != TOKENIZER_TEMPLATE:
+            get_template(template)
+        elif chat_render is None:
+            raise InvalidInputError(
+                f"template {TOKENIZER_TEMPLATE!r} needs the LLM tokenizer's chat template (chat_render)."
+            )
+        self.chat_render = chat_render
         self.tokenizer = tokenizer
         self.template = template
         self.video_fps = video_fps
@@ -426,6 +484,7 @@ class LlavaJsonDataset(Dataset):
             has_media=key is not None,
             long_video_inputs_text=long_text,
             origin=origin,
+            chat_render=self.chat_render,
         )
         if key is not None:
             path = self._media_path(position, key)
@@ -537,6 +596,7 @@ class LlavaJsonDataset(Dataset):
             rng=self.rng_for(position),
             long_video_inputs_text=long_inputs,
             origin=origin,
+            chat_render=self.chat_render,
         )
         placeholders = rendered.prompt.count(DEFAULT_IMAGE_TOKEN)
         if long_inputs is None and has_media:

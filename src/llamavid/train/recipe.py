@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader
 
 from llamavid.errors import LlamaVidRuntimeError, MissingFileError
 from llamavid.model.configuration_llamavid import IGNORE_INDEX
+from llamavid.model.conversation import TOKENIZER_TEMPLATE
 from llamavid.train.collate import LlamaVidCollator
 from llamavid.train.datasets import LlavaJsonDataset
 from llamavid.train.schema import ConfigError, RunConfig, packaged_config_dir
@@ -533,6 +534,11 @@ class TrainingRecipe:
             seed=self.cfg.train.seed,
             validate=dcfg.validate,
             add_bos=self.processor.add_bos,
+            chat_render=(
+                self.processor.render_with_tokenizer_template
+                if self.cfg.template == TOKENIZER_TEMPLATE
+                else None
+            ),
         )
         self.collator = LlamaVidCollator(self.processor, dcfg.model_max_length, dcfg.overlong)
         self.sampler = _BatchSampler(
