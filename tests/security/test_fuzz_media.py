@@ -25,7 +25,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SEED = 0
 # Training JSON cases are cheap (no decoding): more of them.
-PER_KIND = {"video": 44, "image": 44, "subtitle": 44, "json": 88}
+PER_KIND = {"video": 40, "image": 40, "subtitle": 40, "json": 80}
 CLI_TIMEOUT_S = 120
 
 
