@@ -8,7 +8,7 @@ import pytest
 
 from llamavid.errors import InvalidInputError
 from llamavid.train.losses import LossSettings
-from llamavid.train.tiny import TrainPhase, load_tiny_recipe
+from llamavid.train.tiny import SEALED_TEST_SEED, TrainPhase, load_tiny_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 V4 = REPO / "src" / "llamavid" / "train" / "configs" / "tiny" / "v4.yaml"
@@ -84,3 +84,34 @@ def test_bad_recipes_name_the_file_and_phase(tmp_path):
     path.write_text(base + "steps: 3\n")
     with pytest.raises(InvalidInputError, match=r"unknown top-level key\(s\) \['steps'\]"):
         load_tiny_recipe(path)
+
+
+def test_datasets_take_generate_items_options_but_never_the_sealed_seed_or_held_out_templates(tmp_path):
+    path = tmp_path / "v5.yaml"
+    path.write_text(
+        "datasets:\n"
+        "  images: {split: train, kind: image_qa, n: 8, phrasing: varied, turns: [1, 3]}\n"
+        "  clips: {split: train, kind: video_qa, n: 8, clip_frames: [5, 60]}\n"
+        "  needles: {split: train, kind: long_qa, n: 12, episode_frames: 60, balanced_needles: true}\n"
+        "  eval_heldout: {split: heldout, kind: image_qa, n: 8, seed: 2, phrasing: heldout_templates}\n"
+    )
+    recipe = load_tiny_recipe(path)
+    assert recipe.dataset_options == {
+        "images": {"phrasing": "varied", "turns": (1, 3)},
+        "clips": {"clip_frames": (5, 60)},
+        "needles": {"balanced_needles": True},
+        "eval_heldout": {"phrasing": "heldout_templates"},
+    }
+    assert load_tiny_recipe(V4).dataset_options == {}
+    plan = (REPO / "docs" / "tiny-model.md").read_text()
+    assert f"sealed test seed: `{SEALED_TEST_SEED}`" in plan  # the code guards the seed the plan sealed
+    refused = {
+        "a: {split: train, kind: image_qa, n: 8, phrasing: heldout_templates}": "may not use the held-out templates",
+        f"a: {{split: heldout, kind: image_qa, n: 8, seed: {SEALED_TEST_SEED}}}": "sealed v5 test seed",
+        "a: {split: train, kind: image_qa, n: 8, phrasing: posh}": "phrasing='posh' is unknown",
+        "a: {split: train, kind: image_qa, n: 8, colour_spelling: us}": r"found \['colour_spelling'",
+    }
+    for line, message in refused.items():
+        path.write_text("datasets:\n  " + line + "\n")
+        with pytest.raises(InvalidInputError, match=message):
+            load_tiny_recipe(path)

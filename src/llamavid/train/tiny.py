@@ -42,6 +42,7 @@ from llamavid.model.modeling_llamavid import VISUAL_INPUT_NAMES, LlamaVidForCond
 from llamavid.model.processing_llamavid import LlamaVidProcessor
 from llamavid.synth import Episode, FrameSpec, render_frame
 from llamavid.synth._common import QAItem
+from llamavid.synth.phrasing import check_phrasing
 from llamavid.synth.tokenizers import build_llm_tokenizer, build_qformer_vocab, synth_corpus
 from llamavid.train.losses import (
     MAX_SCENE_CHANGES,
@@ -385,6 +386,11 @@ _PHASE_KEYS = (
     "visual_lr_scale",
 )
 _DATASET_KEYS = ("split", "kind", "n", "seed", "episode_frames")
+_DATASET_OPTIONS = ("phrasing", "turns", "balanced_needles", "clip_frames")  # generate_items keywords
+
+SEALED_TEST_SEED = 933225671
+"""The v5 sealed test seed (docs/tiny-model.md, "v5 plan"): reserved for the one final score; a recipe that
+names it as a data seed is refused."""
 
 
 @dataclass
@@ -396,12 +402,15 @@ class TinyRecipe:
         subsets: name -> how a set is derived from a cached one (``{"from", "subset", ...}``; built in code).
         evals: the sets scored during training.
         phases: the phases, in order.
+        dataset_options: name -> extra ``generate_items`` keywords (``phrasing``, ``turns``,
+            ``balanced_needles``, ``clip_frames``) of the datasets that set any.
     """
 
     datasets: dict[str, tuple[str, str, int, int, int]]
     subsets: dict[str, dict[str, Any]]
     evals: tuple[str, ...]
     phases: list[TrainPhase]
+    dataset_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _phase_from_config(config: dict[str, Any], where: str) -> TrainPhase:
@@ -429,11 +438,13 @@ def _phase_from_config(config: dict[str, Any], where: str) -> TrainPhase:
 def load_tiny_recipe(path: str | Path) -> TinyRecipe:
     """Read a tiny-model curriculum (``src/llamavid/train/configs/tiny/*.yaml``): datasets, subsets, phases.
 
-    Every mixture entry must name a dataset or a subset; ``presets`` is free space for YAML anchors.
+    Every mixture entry must name a dataset or a subset; ``presets`` is free space for YAML anchors. A dataset
+    may add ``generate_items`` options (``phrasing``, ``turns``, ``balanced_needles``, ``clip_frames``); a
+    train-split dataset may not use the held-out templates, and no dataset may use :data:`SEALED_TEST_SEED`.
 
     Raises:
-        InvalidInputError: on an unknown key, a missing field or a mixture naming an undefined set, with the
-            file and the phase in the message.
+        InvalidInputError: on an unknown key, a missing field, a mixture naming an undefined set, held-out
+            templates in training or the sealed seed, with the file and the phase or dataset in the message.
     """
     import yaml
 
@@ -445,12 +456,32 @@ def load_tiny_recipe(path: str | Path) -> TinyRecipe:
     if unknown:
         raise InvalidInputError(f"{path}: unknown top-level key(s) {unknown}.")
     datasets = {}
+    options: dict[str, dict[str, Any]] = {}
     for name, spec in (config.get("datasets") or {}).items():
-        extra = sorted(set(spec) - set(_DATASET_KEYS))
+        extra = sorted(set(spec) - set(_DATASET_KEYS) - set(_DATASET_OPTIONS))
         if extra or not {"split", "kind", "n"} <= set(spec):
             raise InvalidInputError(
-                f"{path}: datasets.{name}: expected split, kind, n and optionally seed, episode_frames; found {sorted(spec)}."
+                f"{path}: datasets.{name}: expected split, kind, n and optionally seed, episode_frames, "
+                f"{', '.join(_DATASET_OPTIONS)}; found {sorted(spec)}."
             )
+        if int(spec.get("seed", 0)) == SEALED_TEST_SEED:
+            raise InvalidInputError(
+                f"{path}: datasets.{name}: seed {SEALED_TEST_SEED} is the sealed v5 test seed, reserved for the one "
+                "final score (docs/tiny-model.md, v5 plan)."
+            )
+        chosen = {key: spec[key] for key in _DATASET_OPTIONS if key in spec}
+        if "phrasing" in chosen:
+            check_phrasing(chosen["phrasing"])
+            if chosen["phrasing"] == "heldout_templates" and spec["split"] == "train":
+                raise InvalidInputError(
+                    f"{path}: datasets.{name}: a train set may not use the held-out templates (they measure "
+                    "phrasings never trained)."
+                )
+        for key in ("turns", "clip_frames"):
+            if isinstance(chosen.get(key), list):
+                chosen[key] = tuple(chosen[key])
+        if chosen:
+            options[name] = chosen
         datasets[name] = (
             spec["split"],
             spec["kind"],
@@ -473,7 +504,7 @@ def load_tiny_recipe(path: str | Path) -> TinyRecipe:
     evals = tuple(config.get("evals") or ())
     if not set(evals) <= set(datasets):
         raise InvalidInputError(f"{path}: evals {sorted(set(evals) - set(datasets))} are not datasets.")
-    return TinyRecipe(datasets, subsets, evals, phases)
+    return TinyRecipe(datasets, subsets, evals, phases, options)
 
 
 def question_type_subset(
@@ -687,6 +718,7 @@ __all__ = [
     "TrainPhase",
     "TinyRecipe",
     "load_tiny_recipe",
+    "SEALED_TEST_SEED",
     "TrainLog",
     "grounding_targets",
     "needle_targets",
