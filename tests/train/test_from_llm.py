@@ -121,3 +121,22 @@ def test_llm_config_mistakes_are_named(qwen2_folder):
             [f"model.llm={qwen2_folder}", "model.random_init.text_config={model_type: llama}"],
         )
         run(cfg)
+
+
+def test_vision_tower_from_a_llamavid_folder(qwen2_folder, tmp_path):
+    from llamavid.testing import build_tiny_model, tiny_config_kwargs
+    from llamavid.train.from_llm import build_from_llm, load_llm
+
+    donor = build_tiny_model(
+        seed=5, vision_config={**tiny_config_kwargs()["vision_config"], "hidden_size": 48}
+    )
+    donor.save_pretrained(tmp_path / "donor")
+    llm, _ = load_llm(qwen2_folder)
+    kwargs = {k: v for k, v in tiny_config_kwargs().items() if k not in ("text_config", "vision_config")}
+    model = build_from_llm(kwargs, llm, vision=tmp_path / "donor")
+    assert model.config.vision_config.hidden_size == 48  # the folder's tower, not random_init's
+    built = model.model.vision_tower.state_dict()
+    for name, weight in donor.model.vision_tower.state_dict().items():
+        assert torch.equal(built[name], weight), name
+    with pytest.raises(FileNotFoundError, match="not a llamavid model folder"):
+        build_from_llm(kwargs, llm, vision=qwen2_folder)

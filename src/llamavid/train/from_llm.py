@@ -9,6 +9,7 @@ Stage 1 then trains the projectors and attention modules with the LLM frozen.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,12 @@ def _vision_from_folder(folder: str | Path) -> tuple[dict[str, Any], dict[str, t
         raise MissingFileError(
             f"model.vision {folder} is not a llamavid model folder (config.json and *.safetensors weights); "
             "convert an official checkpoint with `llamavid convert` or point at a trained llamavid folder."
+        )
+    model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+    if model_type != LlamaVidConfig.model_type:
+        raise MissingFileError(
+            f"model.vision {folder} is not a llamavid model folder: its config.json has model_type "
+            f"{model_type!r}, expected {LlamaVidConfig.model_type!r}."
         )
     config = LlamaVidConfig.from_pretrained(folder)
     weights: dict[str, torch.Tensor] = {}
