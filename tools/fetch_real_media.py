@@ -37,7 +37,10 @@ VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".ogv")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff")
 SUBTITLE_SUFFIXES = (".srt", ".vtt")
 # What a failed download prints when the registry is out of reach (as opposed to a wrong pin or a broken file).
+# "from versions: none": no index listed any version of a package whose pinned version is published, which is
+# what pip reports when its index cannot be reached without retries.
 _UNREACHABLE = re.compile(
+    r"from versions: none\)|"
     r"Network is unreachable|Temporary failure in name resolution|Name or service not known|Could not resolve|"
     r"Connection refused|Connection timed out|timed out|Failed to establish a new connection|Max retries exceeded|"
     r"No route to host|Could not connect|Failed to fetch|ProxyError|SSLError",
@@ -188,7 +191,16 @@ def _run(command: Sequence[str], cwd: Path, what: str) -> None:
 
 def _download_pypi(source: Source, folder: Path) -> Path:
     binary = "--only-binary=:all:" if source.archive == "wheel" else "--no-binary=:all:"
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", binary]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "-v",
+        "--no-deps",
+        "--disable-pip-version-check",
+        binary,
+    ]
     command += ["-d", str(folder), f"{source.name}=={source.version}"]
     _run(command, folder, f"pip download {source.name}=={source.version}")
     return _only_file(folder, source)
