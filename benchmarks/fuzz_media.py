@@ -764,7 +764,7 @@ def summarise(outcomes: Sequence[Outcome], examples: int = 2) -> str:
     """Counts per kind and status, then each distinct finding with a count and its first examples."""
     counts = Counter((outcome.case.kind, outcome.status) for outcome in outcomes)
     lines = []
-    for kind in KINDS:
+    for kind in (kind for kind in KINDS if any(outcome.case.kind == kind for outcome in outcomes)):
         row = ", ".join(
             f"{status} {counts[kind, status]}"
             for status in ("ok", "error", *FINDINGS)
