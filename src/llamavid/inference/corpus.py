@@ -240,7 +240,11 @@ class _Decoder:
         duration = None
         count = 0
         for index, frames in enumerate(
-            iter_video_frames(video, fps=spec.fps, max_frames=spec.max_frames, chunk_size=spec.chunk_frames)
+            # One decoder per task: Ray already runs one decode task per core, so segment-parallel decoding
+            # inside a task would only oversubscribe the cores.
+            iter_video_frames(
+                video, fps=spec.fps, max_frames=spec.max_frames, chunk_size=spec.chunk_frames, workers=1
+            )
         ):
             count = index + 1
             duration = frames.duration
