@@ -75,6 +75,10 @@ def test_create_ask_list_delete(served):
     assert COLOUR in streamed.text and streamed.text.rstrip().endswith("data: [DONE]")
     bad_window = client.post("/v1/live/sessions/s1/chat/completions", json={**question, "window": "soon"})
     assert bad_window.status_code == 400 and "window" in bad_window.json()["error"]["message"]
+    capped = client.post("/v1/live/sessions/s1/chat/completions", json={**question, "max_frames": 8}).json()
+    assert capped["live"]["frames_used"] == 8 and capped["live"]["policy"] == "relevance"
+    bad_cap = client.post("/v1/live/sessions/s1/chat/completions", json={**question, "max_frames": "all"})
+    assert bad_cap.status_code == 400 and "max_frames" in bad_cap.json()["error"]["message"]
     # What /v1/chat/completions hands over for extra_body={"live_session": ...}: its parsed body, dumped.
     from llamavid.serve.app import ChatCompletionRequest
 
@@ -119,6 +123,9 @@ def test_unknown_fields_and_bad_options_are_400(served):
     assert client.post("/v1/live/sessions", json={"source": source, "allow_network": True}).status_code == 400
     assert client.post("/v1/live/sessions", json={"source": source, "fps": 100}).status_code == 400
     assert client.post("/v1/live/sessions", json={"source": source, "raw_size": "big"}).status_code == 400
+    assert client.post("/v1/live/sessions", json={"source": source, "max_frames": 0}).status_code == 400
+    outside = client.post("/v1/live/sessions", json={"source": source, "subtitles": "/etc/passwd"})
+    assert outside.status_code == 403 and "subtitles" in outside.json()["error"]["message"]
     bad_id = client.post("/v1/live/sessions", json={"source": source, "session_id": "../x"})
     assert bad_id.status_code == 400 and "session id" in bad_id.json()["error"]["message"]
     assert client.get("/v1/live/sessions").json()["data"] == []

@@ -55,6 +55,8 @@ class LiveSessionRequest(BaseModel):
         end_marker: a path under an allowed root whose appearance ends a growing file.
         idle_timeout: seconds without new data before the source counts as ended.
         context_policy: ``relevance`` (default), ``uniform``, ``recent`` or ``refuse`` (see docs/live.md).
+        max_frames: the most frames one answer shows (default 512; more are chosen by the context policy).
+        subtitles: an .srt/.vtt file under an allowed root that grows with the stream (cue times in stream time).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -67,6 +69,8 @@ class LiveSessionRequest(BaseModel):
     end_marker: str | None = None
     idle_timeout: float | None = Field(default=None, gt=0, le=_MAX_IDLE_TIMEOUT_S)
     context_policy: str = "relevance"
+    max_frames: int = Field(default=512, ge=1)
+    subtitles: str | None = None
 
 
 class LiveRegistry:
@@ -147,6 +151,7 @@ class LiveRegistry:
         if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
             raise APIError(400, f"source: {body.source} is neither a file nor a FIFO.", code="invalid_media")
         marker = None if body.end_marker is None else self._under_root(body.end_marker, "end_marker")
+        subtitles = None if body.subtitles is None else self._under_root(body.subtitles, "subtitles")
         fps = body.fps if body.fps is not None else self.config.fps
         if fps > self.config.max_fps:
             raise APIError(400, f"fps {fps:g} is above the server's --max-fps {self.config.max_fps:g}.")
@@ -181,6 +186,8 @@ class LiveRegistry:
                 idle_timeout=body.idle_timeout,
                 end_marker=marker,
                 context_policy=body.context_policy,
+                max_frames=body.max_frames,
+                subtitles=subtitles,
                 cache_dir=self.cache_dir,
             )
         except BaseException:
@@ -224,7 +231,7 @@ class LiveRegistry:
         """Answer a chat-completions body about a live session: ``(completion, stream requested)``.
 
         The last user message is the question; earlier user/assistant turns stay as text. ``window`` and
-        ``context_policy`` are read from the body (``extra_body``). Blocking: call it from a worker thread.
+        ``context_policy`` (and ``max_frames``) are read from the body (``extra_body``). Blocking: call it from a worker thread.
         """
         from llamavid.serve.app import APIError, ChatCompletionRequest
 
@@ -238,11 +245,15 @@ class LiveRegistry:
         if body.n != 1:
             raise APIError(400, "only n=1 is supported.")
         history, question = _turns(body)
+        max_frames = data.get("max_frames")
+        if max_frames is not None and (type(max_frames) is not int or max_frames < 0):
+            raise APIError(400, f"max_frames must be a whole number, 0 for no limit; got {max_frames!r}.")
         try:
             answer = session.ask(
                 question,
                 window=data.get("window"),
                 context_policy=data.get("context_policy"),
+                max_frames=max_frames,
                 temperature=body.temperature,
                 top_p=body.top_p,
                 max_new_tokens=body.max_completion_tokens or body.max_tokens,
