@@ -376,3 +376,31 @@ def test_subtitles_follow_a_growing_file(engine, tmp_path):
     subtitles.write_text("1\n00:00:02,000 --> nonsense\nbroken\n\n")
     assert session.ask(QUESTION, temperature=0, max_new_tokens=8).subtitles == second.subtitles
     assert "subtitles" in session.status.message
+
+
+@pytest.mark.parametrize(("layers", "every"), [(1, 1), (4, 2)])
+def test_fast_scores_equal_the_models_context_tokens(layers, every):
+    """The scores-only path equals `get_context_tokens` for other Q-Former depths and cross-attention spacing
+    (the released Q-Former cross-attends every second layer; deeper layers attend per frame)."""
+    import torch
+
+    from llamavid.inference.live import _fast_context
+    from llamavid.model.modeling_llamavid import index_frame_pairs
+    from llamavid.testing import build_tiny_model, tiny_config_kwargs
+
+    qformer = dict(
+        tiny_config_kwargs()["qformer_config"], num_hidden_layers=layers, cross_attention_frequency=every
+    )
+    model = build_tiny_model(seed=3, qformer_config=qformer).model
+    config = model.config
+    features = torch.randn(9, config.num_patches + 1, config.vision.hidden_size)
+    ids, mask = torch.randint(3, 60, (1, 7)), torch.ones(1, 7, dtype=torch.long)
+    with torch.no_grad():
+        patches, visual = model.split_vision_features(features, from_pixels=True)
+        zero = torch.zeros(1, dtype=torch.long)
+        pairs = index_frame_pairs(torch.tensor([9]), zero, zero)
+        expected, _, scores = model.get_context_tokens(
+            patches, visual, ids, mask, pairs, output_attentions=True
+        )
+        tokens, fast = _fast_context(model, features, model.question_states(ids, mask, features.dtype))
+    assert torch.allclose(tokens, expected, atol=1e-5) and torch.allclose(fast, scores, atol=1e-5)
