@@ -474,6 +474,10 @@ class LiveTab:
         history = [*history, {"role": "user", "content": message}, {"role": "assistant", "content": reply}]
         return history, "", message, live_timeline_html(message, times, relevance)
 
+    def close(self, session_id: str | None) -> None:
+        """Stop a page's session when Gradio deletes the page's state (the page was closed)."""
+        self.stop(session_id)
+
     def stop(self, session_id: str | None) -> str:
         """Stop reading (the cache entry stays); returns the status line."""
         if self._session(session_id) is not None:
@@ -666,7 +670,7 @@ def build_ui(
                     clear = gr.Button("New conversation", elem_id="reset")
                 gr.Examples(examples=[[str(example_path), example_question]], inputs=[media_input, question])
         with gr.Tab("Live", elem_id="live-tab"):
-            live_id = gr.State(None)
+            live_id = gr.State(None, delete_callback=live.close)  # the page's session stops when it closes
             live_question = gr.State(None)
             if live.enabled:
                 roots = ", ".join(live.registry.roots)
