@@ -1,8 +1,21 @@
-"""`llamavid eval-synth` table formatting (the scoring itself runs on the committed model in tests/train)."""
+"""`llamavid eval-synth`: table formatting, its options (phrasing, clip lengths, the sealed-seed guard) and one
+small run on the committed model (the accuracy thresholds are checked in tests/train)."""
 
 from __future__ import annotations
 
-from llamavid.cli.eval_synth import format_tables
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from llamavid.cli.eval_synth import PHRASINGS, format_tables, parse_clip_frames
+from llamavid.cli.main import main
+from llamavid.synth import generate_items
+from llamavid.synth import phrasing as synth_phrasing
+from llamavid.train.tiny import SEALED_TEST_SEED
+
+ASSET = Path(__file__).resolve().parents[2] / "src" / "llamavid" / "assets" / "tiny-llamavid"
 
 
 def _row(accuracy: float, count: int, combo: float | None, combo_count: int) -> dict:
@@ -36,3 +49,67 @@ def test_tables_show_held_out_combination_accuracy_per_type() -> None:
     assert "| image_shape | 40 | 0.600 | 0.200 | 0.167 | 0.300 (20) |" in lines
     assert "| image_background | 40 | 0.900 | 0.200 | 0.167 | - |" in lines
     assert "held-out (shape, colour) combos: 0.300" in lines
+
+
+def test_phrasing_choices_are_the_synth_world_s() -> None:
+    assert PHRASINGS == synth_phrasing.PHRASINGS
+
+
+def test_clip_frames_parse_as_a_count_or_an_inclusive_range() -> None:
+    assert parse_clip_frames("12") == 12
+    assert parse_clip_frames("5-60") == (5, 60)
+    for bad in ("five", "60-5", "5-"):
+        with pytest.raises(argparse.ArgumentTypeError, match="--clip-frames"):
+            parse_clip_frames(bad)
+
+
+def test_the_sealed_seed_is_refused_before_the_model_loads(capsys: pytest.CaptureFixture[str]) -> None:
+    missing = "/nonexistent/model"
+    assert main(["eval-synth", missing, "--seed", str(SEALED_TEST_SEED)]) == 2
+    assert "sealed v5 test seed" in capsys.readouterr().err
+    assert main(["eval-synth", missing, "--seed", str(SEALED_TEST_SEED), "--sealed"]) == 2  # gets to loading
+    assert "sealed v5 test seed" not in capsys.readouterr().err
+
+
+def test_held_out_templates_reword_the_same_items_and_the_report_says_so(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = ["eval-synth", str(ASSET), "--sets", "image_qa", "-n", "7", "--seed", "2", "--json"]
+    assert main([*args, "--phrasing", "heldout_templates"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert (results["seed"], results["phrasing"], results["balanced_needles"]) == (
+        2,
+        "heldout_templates",
+        False,
+    )
+    reworded = generate_items("heldout", 7, seed=2, kind="image_qa", phrasing="heldout_templates")
+    canonical = generate_items("heldout", 7, seed=2, kind="image_qa")
+    examples = results["sets"]["image_qa"]["examples"]
+    assert [e["question"] for e in examples] == [i.question for i in reworded[: len(examples)]]
+    assert [e["answer"] for e in examples] == [i.answer for i in canonical[: len(examples)]]
+    assert all(e["question"] != i.question for e, i in zip(examples, canonical, strict=False))
+    header = format_tables(results).splitlines()[1]
+    assert header == "seed: 2, phrasing: heldout_templates, clip frames: default, balanced needles: no"
+
+
+def test_tables_show_clip_length_buckets() -> None:
+    results = {
+        "model": "m",
+        "seed": 2,
+        "phrasing": "varied",
+        "clip_frames": [5, 60],
+        "balanced_needles": False,
+        "sets": {
+            "video_qa": {
+                "mean": 0.5,
+                "blind_mean": 0.2,
+                "chance_mean": 1 / 6,
+                "heldout_combo_accuracy": None,
+                "per_type": {"video_count": _row(0.5, 4, None, 0)},
+                "per_length": {"5-7": {"accuracy": 0.25, "count": 4}},
+            }
+        },
+    }
+    lines = format_tables(results).splitlines()
+    assert "seed: 2, phrasing: varied, clip frames: 5-60, balanced needles: no" in lines
+    assert "| 5-7 | 4 | 0.250 |" in lines

@@ -4,8 +4,14 @@ Why: the synthetic world (``llamavid.synth``) knows every answer, so a model fol
 rendered pixels -> the inference core (`llamavid.inference.Engine`, the path ``llamavid ask`` takes) -> greedy
 answers — against two references per type: chance
 (1 / number of answer options) and the blind baseline (the best text-only answer fitted on train questions,
-``question_majority`` from :func:`llamavid.synth.answer_statistics`). A score near blind means the model is not
-using the video.
+``question_majority`` from :func:`llamavid.synth.answer_statistics`, fitted on train items of the same
+phrasing). A score near blind means the model is not using the video.
+
+``--phrasing`` re-words the same items (``varied``: the trained templates, perturbed; ``heldout_templates``:
+templates no training config may use), so the three phrasings are compared on identical media and answers.
+``--clip-frames`` sets the clip length (or range) of video items and adds a per-length-bucket table;
+``--balanced-needles`` balances the long videos' secret digits and needle colours. The sealed v5 test seed
+(docs/tiny-model.md, "v5 plan") is refused unless ``--sealed`` is given.
 """
 
 from __future__ import annotations
@@ -24,6 +30,26 @@ logger = logging.getLogger(__name__)
 
 SETS = ("image_qa", "video_qa", "text_qa", "long_qa")
 BLIND_FIT_ITEMS = 2000
+PHRASINGS = (
+    "canonical",
+    "varied",
+    "heldout_templates",
+)  # llamavid.synth.phrasing.PHRASINGS (checked in tests)
+LENGTH_BUCKETS = ((5, 7), (8, 16), (17, 39), (40, 60))  # clip lengths reported separately (v5 plan)
+
+
+def parse_clip_frames(text: str) -> int | tuple[int, int]:
+    """``"12"`` -> 12, ``"5-60"`` -> (5, 60): a clip length or an inclusive range for ``generate_items``."""
+    low, sep, high = text.strip().partition("-")
+    try:
+        value = (int(low), int(high)) if sep else int(low)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--clip-frames {text!r}: expected a frame count (12) or an inclusive range (5-60)"
+        ) from None
+    if isinstance(value, tuple) and value[0] > value[1]:
+        raise argparse.ArgumentTypeError(f"--clip-frames {text!r}: the range's low end is above its high end")
+    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,7 +64,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--sets", default="image_qa,video_qa,text_qa", help=f"comma list of {SETS}")
     parser.add_argument("-n", "--items", type=int, default=140, help="held-out items per set (types rotate)")
-    parser.add_argument("--seed", type=int, default=0, help="held-out dataset seed")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="held-out dataset seed (0: CI set; 2: v5 dev seed)"
+    )
+    parser.add_argument(
+        "--sealed",
+        action="store_true",
+        help="allow the sealed v5 test seed: for the final v5 score only (docs/tiny-model.md, v5 plan)",
+    )
+    parser.add_argument(
+        "--phrasing",
+        choices=PHRASINGS,
+        default="canonical",
+        help="question wording of the same items (default: canonical)",
+    )
+    parser.add_argument(
+        "--clip-frames",
+        type=parse_clip_frames,
+        default=None,
+        metavar="N|LOW-HIGH",
+        help="video clip length or inclusive range, within 5-60 (default: generate_items' 8-16)",
+    )
+    parser.add_argument(
+        "--balanced-needles",
+        action="store_true",
+        help="long_qa: every secret digit and needle colour equally often",
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--episode-frames", type=int, default=1200, help="long-video length in frames")
     parser.add_argument("--threads", type=int, default=1)
@@ -53,8 +104,22 @@ def evaluate(
     seed: int = 0,
     batch_size: int = 16,
     episode_frames: int = 1200,
+    phrasing: str = "canonical",
+    clip_frames: int | tuple[int, int] | None = None,
+    balanced_needles: bool = False,
+    sealed: bool = False,
 ) -> dict[str, Any]:
-    """Score ``model_dir`` on ``items_per_set`` held-out items of each set; returns per-type tables."""
+    """Score ``model_dir`` on ``items_per_set`` held-out items of each set; returns per-type tables.
+
+    Raises:
+        InvalidInputError: on an unknown set or phrasing, or the sealed v5 test seed without ``sealed=True``.
+    """
+    check_seed(seed, sealed)
+    if phrasing not in PHRASINGS:
+        raise InvalidInputError(f"phrasing {phrasing!r} is unknown; expected one of {PHRASINGS}")
+    for set_name in sets:
+        if set_name not in SETS:
+            raise InvalidInputError(f"unknown set {set_name!r}; expected some of {SETS}")
     from llamavid.inference.engine import Engine
     from llamavid.inference.loading import load_model
     from llamavid.inference.settings import SamplingSettings
@@ -72,13 +137,23 @@ def evaluate(
     engine = Engine(loaded.model, loaded.processor, name=loaded.name)
     greedy = SamplingSettings(temperature=0.0, max_new_tokens=6)
     size = loaded.model.config.vision_config.image_size
-    results: dict[str, Any] = {"model": str(model_dir), "sets": {}}
+    options: dict[str, Any] = {"phrasing": phrasing}
+    if clip_frames is not None:
+        options["clip_frames"] = clip_frames
+    if balanced_needles:
+        options["balanced_needles"] = True
+    results: dict[str, Any] = {
+        "model": str(model_dir),
+        "seed": seed,
+        "phrasing": phrasing,
+        "clip_frames": list(clip_frames) if isinstance(clip_frames, tuple) else clip_frames,
+        "balanced_needles": balanced_needles,
+        "sets": {},
+    }
     for set_name in sets:
-        if set_name not in SETS:
-            raise InvalidInputError(f"unknown set {set_name!r}; expected some of {SETS}")
         started = time.time()
         extra: dict[str, Any] = {"episode_frames": episode_frames} if set_name == "long_qa" else {}
-        items = generate_items("heldout", items_per_set, seed=seed, kind=set_name, **extra)
+        items = generate_items("heldout", items_per_set, seed=seed, kind=set_name, **extra, **options)
         fit_count = 200 if set_name == "long_qa" else BLIND_FIT_ITEMS
         fit = generate_items(
             "train",
@@ -86,12 +161,14 @@ def evaluate(
             seed=seed,
             kind=set_name,
             episode_frames=60,  # used by long_qa only
+            **options,  # the blind baseline sees the same wording as the scored items
         )
         blind = answer_statistics(
             [item_to_record(i, "m") for i in fit], [item_to_record(i, "m") for i in items]
         )
         hits: dict[str, list[int]] = defaultdict(list)
         combo_hits: dict[str, list[int]] = defaultdict(list)  # items whose (shape, colour) pair is held out
+        length_hits: dict[str, list[int]] = defaultdict(list)  # clip items by length bucket
         examples: list[dict[str, str]] = []
         step = 1 if set_name == "long_qa" else batch_size
         episodes: dict[str, Any] = {}
@@ -120,6 +197,8 @@ def evaluate(
                 hits[item.question_type].append(correct)
                 if item.meta.get("heldout_combo"):
                     combo_hits[item.question_type].append(correct)
+                if clip_frames is not None and "num_frames" in item.meta:
+                    length_hits[_length_bucket(int(item.meta["num_frames"]))].append(correct)
                 if len(examples) < 5:
                     examples.append({"question": item.question, "answer": item.answer, "predicted": text})
         per_type: dict[str, dict[str, Any]] = {
@@ -140,6 +219,10 @@ def evaluate(
             "chance_mean": sum(row["chance"] for row in per_type.values()) / max(len(per_type), 1),
             "heldout_combo_accuracy": _mean(combo),
             "per_type": per_type,
+            "per_length": {
+                bucket: {"accuracy": sum(values) / len(values), "count": len(values)}
+                for bucket, values in sorted(length_hits.items(), key=lambda kv: int(kv[0].split("-")[0]))
+            },
             "examples": examples,
             "seconds": time.time() - started,
         }
@@ -149,12 +232,43 @@ def evaluate(
     return results
 
 
+def check_seed(seed: int, sealed: bool) -> None:
+    """Refuse the sealed v5 test seed unless the caller says this is the final v5 score (``sealed``).
+
+    Raises:
+        InvalidInputError: if ``seed`` is the sealed seed and ``sealed`` is false.
+    """
+    from llamavid.train.tiny import SEALED_TEST_SEED
+
+    if seed == SEALED_TEST_SEED and not sealed:
+        raise InvalidInputError(
+            f"seed {SEALED_TEST_SEED} is the sealed v5 test seed (docs/tiny-model.md, v5 plan), reserved for the "
+            "one final v5 score; develop on the dev seed 2 (CI: 0), or pass --sealed for that final score"
+        )
+
+
+def _length_bucket(frames: int) -> str:
+    for low, high in LENGTH_BUCKETS:
+        if low <= frames <= high:
+            return f"{low}-{high}"
+    return f"{frames}-{frames}"
+
+
 def _mean(values: list[int]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
 def format_tables(results: dict[str, Any]) -> str:
     lines = [f"model: {results['model']}"]
+    if "phrasing" in results:
+        clip = results.get("clip_frames")
+        clip_text = (
+            "default" if clip is None else "-".join(str(v) for v in clip) if isinstance(clip, list) else clip
+        )
+        lines.append(
+            f"seed: {results['seed']}, phrasing: {results['phrasing']}, clip frames: {clip_text}, "
+            f"balanced needles: {'yes' if results['balanced_needles'] else 'no'}"
+        )
     for set_name, data in results["sets"].items():
         lines += [
             "",
@@ -172,14 +286,32 @@ def format_tables(results: dict[str, Any]) -> str:
             )
         if data["heldout_combo_accuracy"] is not None:
             lines.append(f"held-out (shape, colour) combos: {data['heldout_combo_accuracy']:.3f}")
+        if data.get("per_length"):
+            lines += ["", "| clip frames | n | accuracy |", "|---|---|---|"]
+            lines += [
+                f"| {bucket} | {row['count']} | {row['accuracy']:.3f} |"
+                for bucket, row in data["per_length"].items()
+            ]
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    check_seed(args.seed, args.sealed)  # before loading anything
     torch.set_num_threads(args.threads)
     sets = [name.strip() for name in args.sets.split(",") if name.strip()]
-    results = evaluate(args.model, sets, args.items, args.seed, args.batch_size, args.episode_frames)
+    results = evaluate(
+        args.model,
+        sets,
+        args.items,
+        args.seed,
+        args.batch_size,
+        args.episode_frames,
+        phrasing=args.phrasing,
+        clip_frames=args.clip_frames,
+        balanced_needles=args.balanced_needles,
+        sealed=args.sealed,
+    )
     print(json.dumps(results, indent=1) if args.json else format_tables(results))
     return 0
