@@ -77,6 +77,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=16, help="frames per encoder call (default 16)")
     parser.add_argument(
+        "--fast-resize",
+        action="store_true",
+        help="resize frames inside the decoder (FFmpeg's bicubic scaler) instead of full-size RGB + PIL: faster "
+        "decoding, not bit-identical to the official preprocessing (mean |Δpixel| ≈ 0.018, see "
+        "docs/benchmarks.md); stored under its own cache key, which ask/chat/serve (faithful) do not read",
+    )
+    parser.add_argument(
         "--info",
         action="store_true",
         help="list cached entries instead of ingesting (chunk sizes are checked: truncated or missing chunks "
@@ -144,6 +151,8 @@ def run(args: argparse.Namespace) -> int:
             "--verify goes with --info (ingesting always checks the entry's checksums and re-encodes bad chunks)."
         )
     if args.manifest is not None:
+        if args.fast_resize:
+            raise CommandError("--fast-resize is for one VIDEO; --manifest ingests with the faithful resize.")
         return _run_manifest(args, cache)
     for flag, value in (("--ray", args.ray), ("--summary", args.summary), ("--encoders", args.encoders)):
         if value is not None:
@@ -180,6 +189,7 @@ def run(args: argparse.Namespace) -> int:
         max_frames=args.max_frames,
         subtitles=subtitles,
         batch_size=args.batch_size,
+        fast_resize=args.fast_resize,
     )
     processor = engine.processor
     entry = report.entry
@@ -191,6 +201,7 @@ def run(args: argparse.Namespace) -> int:
         "entry": str(entry.path),
         "frames": entry.num_frames,
         "fps": entry.meta["fps"],
+        "fast_resize": args.fast_resize,
         "feature_shape": list(entry.feature_shape),
         "bytes": summary["bytes"],
         "encoded_chunks": report.encoded_chunks,

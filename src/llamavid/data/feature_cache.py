@@ -102,6 +102,10 @@ class FrameEncoderLike(Protocol):
     An encoder that also has ``preprocess(frames) -> pixels`` and ``encode(pixels) -> features`` (with
     ``__call__`` equal to ``encode(preprocess(frames))``, as ``llamavid.inference.media.FrameEncoder``) gets
     the two as separate pipeline stages running at once; otherwise ``__call__`` is the encode stage.
+
+    An encoder with a ``decode_resize`` attribute ``(size, crop_size)`` (not None) gets frames resized and
+    centre-cropped by the decoder's scaler (``iter_video_frames(size=, crop_size=)``) instead of full-size
+    ones; its ``preprocessing_id`` must say so (``preprocessing_id(..., fast_resize=True)``).
     """
 
     encoder_id: str
@@ -199,11 +203,17 @@ def expected_frames(
     return min(expected, max_frames) if max_frames else expected
 
 
-def preprocessing_id(image_processor: Any) -> str:
-    """Hash of an image processor's ``to_dict()`` plus :data:`PREPROCESSING_VERSION`."""
-    payload = json.dumps(
-        {"processor": image_processor.to_dict(), "version": PREPROCESSING_VERSION}, sort_keys=True
-    )
+def preprocessing_id(image_processor: Any, *, fast_resize: bool = False) -> str:
+    """Hash of an image processor's ``to_dict()`` plus :data:`PREPROCESSING_VERSION`.
+
+    ``fast_resize``: frames resized in the decoder's scaler (``llamavid ingest --fast-resize``) rather than by
+    the processor's PIL bicubic resize; their features differ slightly, so they get another id and never share
+    an entry with the faithful ones (the faithful id is the same as before this option existed).
+    """
+    content: dict[str, Any] = {"processor": image_processor.to_dict(), "version": PREPROCESSING_VERSION}
+    if fast_resize:
+        content["resize"] = "decoder-scaler-bicubic"
+    payload = json.dumps(content, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -1006,6 +1016,7 @@ class FeatureCache:
             key,
             batch_size,
             decoded,
+            resize=getattr(encoder, "decode_resize", None),
             recorded=recorded,
             wanted=bad,
             stop_after=max(bad),
@@ -1070,6 +1081,7 @@ class FeatureCache:
             key,
             batch_size,
             decoded,
+            resize=getattr(encoder, "decode_resize", None),
             recorded={index: chunk["timestamps"] for index, chunk in enumerate(done)},
             wanted=lambda index: index >= len(done),
             stop_after=None,
@@ -1107,6 +1119,7 @@ class FeatureCache:
         wanted: Callable[[int], bool] | set[int],
         stop_after: int | None,
         mismatch: Callable[[int], BaseException],
+        resize: tuple[int, int] | None = None,
     ) -> Iterator[PipelineItem]:
         """The decode stage: encoder batches of the chunks to encode, with their chunk index.
 
@@ -1115,7 +1128,8 @@ class FeatureCache:
         its first frame, so the encoder sees exactly the batches the sequential loop gave it. The video is read in
         pieces of one batch, so the first batch reaches the encoder without waiting for a whole chunk. Chunks
         in `recorded` must decode to those timestamps (else `mismatch(index)` is raised); decoding stops once
-        chunk `stop_after` is complete.
+        chunk `stop_after` is complete. `resize` ``(size, crop_size)``: the decoder's scaler resizes and crops
+        (the encoder's ``decode_resize``).
         """
         is_wanted = wanted.__contains__ if isinstance(wanted, set) else wanted
         pieces = iter_video_frames(
@@ -1124,6 +1138,8 @@ class FeatureCache:
             num_frames=key.num_frames,
             max_frames=key.max_frames,
             chunk_size=min(batch_size, self.chunk_frames),
+            size=None if resize is None else resize[0],
+            crop_size=None if resize is None else resize[1],
         )
         offset = 0  # frames of the current chunk already seen
         try:

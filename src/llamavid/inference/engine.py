@@ -454,18 +454,26 @@ class Engine:
         max_frames: int | None = None,
         subtitles: str | os.PathLike[str] | None = None,
         batch_size: int = 16,
+        fast_resize: bool = False,
     ) -> Any:
         """Encode a video's frames into the feature cache (resumable; a no-op when already complete).
 
         Returns the cache's `IngestReport`. Uses the same encoder and key as every question, so a later `ask` about
         the video (in any process, any dtype) reads the features instead of encoding again.
+
+        ``fast_resize=True`` (opt-in): the decoder's scaler resizes each frame to the processor's size (see
+        `FrameEncoder`); not bit-identical to the official PIL resize (docs/benchmarks.md), so the entry gets its
+        own cache key and questions, which use the faithful path, do not read it.
         """
         if self.feature_cache is None:
             self.use_feature_cache()
+        encoder = self.frame_encoder
+        if fast_resize:
+            encoder = FrameEncoder(self.model, self.processor, encoder.encoder_id, fast_resize=True)
         with self._progress_bar("ingest", Path(video).name) as progress, self._lock:
             return self.feature_cache.ingest(
                 video,
-                self.frame_encoder,
+                encoder,
                 fps=fps,
                 max_frames=max_frames,
                 subtitles=subtitles,

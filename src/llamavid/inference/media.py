@@ -90,18 +90,32 @@ class FrameEncoder:
         model: a ``LlamaVidForConditionalGeneration`` (or its ``.model``).
         processor: the matching ``LlamaVidProcessor``.
         encoder_id: the id of the tower's weights, when the caller knows it.
+        fast_resize: opt-in: the decoder's scaler (FFmpeg, bicubic) resizes and centre-crops each frame to the
+            processor's size while converting it to RGB, and :meth:`preprocess` only normalises. Faster, not
+            bit-identical to the processor's PIL resize (docs/benchmarks.md: mean |Δpixel_values| ≈ 0.018), so
+            the preprocessing id (and the cache key) differs from the faithful path's.
 
     Attributes:
         on_frames: called with every batch of frames before encoding (thumbnails for relevance strips).
         device: where the tower's weights are (the pixels go there).
         autocast_dtype: the reduced precision the tower runs in through autocast, or None (its own dtype).
+        decode_resize: ``(size, crop_size)`` the feature cache asks the decoder for with ``fast_resize``, else
+            None (full-size frames).
     """
 
-    def __init__(self, model: Any, processor: Any, encoder_id: str | None = None) -> None:
+    def __init__(
+        self, model: Any, processor: Any, encoder_id: str | None = None, *, fast_resize: bool = False
+    ) -> None:
         self.core = getattr(model, "model", model)
         self.image_processor = processor.image_processor
         self.encoder_id = encoder_id or module_sha256(self.core.vision_tower)
-        self.preprocessing_id = preprocessing_id(self.image_processor)
+        self.fast_resize = bool(fast_resize)
+        self.preprocessing_id = preprocessing_id(self.image_processor, fast_resize=self.fast_resize)
+        self.decode_resize: tuple[int, int] | None = (
+            (int(self.image_processor.size), int(self.image_processor.crop_size))
+            if self.fast_resize
+            else None
+        )
         self.on_frames: Any = None
         self.calls = 0
         self.device = next(self.core.vision_tower.parameters()).device
@@ -111,7 +125,10 @@ class FrameEncoder:
         """``(T, H, W, 3)`` uint8 -> ``(T, 3, S, S)`` normalised pixels on the CPU (pinned when encoding on CUDA)."""
         if self.on_frames is not None:
             self.on_frames(frames)
-        pixels = self.image_processor(frames, is_video=True)
+        if self.fast_resize:  # the decoder resized and cropped already
+            pixels = self.image_processor.normalize(frames)
+        else:
+            pixels = self.image_processor(frames, is_video=True)
         return pixels.pin_memory() if self.device.type == "cuda" else pixels
 
     def encode(self, pixels: Tensor) -> Tensor:

@@ -110,18 +110,38 @@ class LlamaVidImageProcessor:
             frames = [images]
         if not frames:
             raise InvalidInputError("no frames to preprocess: the image list or video is empty.")
-        mean = np.asarray(self.image_mean, dtype=np.float32)
-        std = np.asarray(self.image_std, dtype=np.float32)
         out = np.empty((len(frames), self.crop_size, self.crop_size, 3), dtype=np.float32)
         for index, frame in enumerate(frames):
             image = to_pil_rgb(frame)
             if not is_video and self.image_aspect_ratio == "pad":
                 image = expand_to_square(image, self.background)
             out[index] = self._resize_and_crop(image)
-        out = (out * np.float32(self.rescale_factor) - mean) / std
-        return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+        return self._normalize(out)
 
     __call__ = preprocess
+
+    def normalize(self, frames: np.ndarray) -> torch.Tensor:
+        """Frames already resized and cropped, ``(T, crop, crop, 3)`` uint8 -> pixels ``(T, 3, crop, crop)``.
+
+        Only scales and normalises, as :meth:`preprocess` does after its resize and crop: for frames the decoder
+        resized itself (``llamavid ingest --fast-resize``).
+        """
+        frames = np.asarray(frames)
+        expected = (self.crop_size, self.crop_size, 3)
+        if frames.ndim != 4 or frames.shape[1:] != expected or frames.dtype != np.uint8:
+            raise InvalidInputError(
+                f"normalize needs uint8 frames of shape (T, {self.crop_size}, {self.crop_size}, 3) (already "
+                f"resized and cropped), got {frames.dtype} {tuple(frames.shape)}."
+            )
+        if not len(frames):
+            raise InvalidInputError("no frames to preprocess: the image list or video is empty.")
+        return self._normalize(frames.astype(np.float32))
+
+    def _normalize(self, out: np.ndarray) -> torch.Tensor:
+        mean = np.asarray(self.image_mean, dtype=np.float32)
+        std = np.asarray(self.image_std, dtype=np.float32)
+        out = (out * np.float32(self.rescale_factor) - mean) / std
+        return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
     def to_dict(self) -> dict[str, Any]:
         return {
