@@ -213,6 +213,19 @@ class TrainingRecipe:
         self._owns_process_group = False
         self._last_batch: dict[str, Any] | None = None
         self.skipped_batches = 0
+        # A tiny-model phase (data.tiny, docs/tiny-model.md): its data, loss terms and training-only heads.
+        self.tiny: Any = None
+        self.tiny_phase: Any = None
+        self.tiny_curriculum: Any = None
+        self.aux_heads: Any = None
+        self.tiny_loss: Any = None
+        self._loss_terms: dict[str, float] = {}
+        # LLaVA JSON (LlavaJsonDataset, LlamaVidCollator, _BatchSampler) or a tiny phase's mixture (tiny_phase).
+        self.dataset: Any = None
+        self.collator: Any = None
+        self.sampler: Any = None
+        if cfg.data.tiny:
+            self._read_tiny_phase()
 
     # Setup ------------------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -221,6 +234,8 @@ class TrainingRecipe:
         torch.manual_seed(self.cfg.train.seed + self.rank)
         resume_dir = resolve_checkpoint(self.resume_from) if self.resume_from else None
         self._setup_model()
+        if self.tiny is not None:
+            self._setup_aux_heads()
         if resume_dir is not None:
             self._load_trainable(resume_dir)
         self._setup_data()
@@ -280,6 +295,8 @@ class TrainingRecipe:
         mcfg = self.cfg.model
         if mcfg.llm is not None:
             return self._build_from_llm()
+        if self.tiny is not None and mcfg.init == "random":
+            return self._build_tiny_model()
         if mcfg.init == "random":
             config = LlamaVidConfig(**{**mcfg.random_init, **mcfg.config_overrides})
         else:
@@ -521,6 +538,9 @@ class TrainingRecipe:
         return [str(path)]
 
     def _setup_data(self) -> None:
+        if self.tiny is not None:
+            self._setup_tiny_data()
+            return
         dcfg = self.cfg.data
         self.dataset = LlavaJsonDataset(
             self._synth_files() + list(dcfg.train_files),
@@ -582,11 +602,15 @@ class TrainingRecipe:
             {"params": no_decay, "weight_decay": 0.0},
         ]
         groups = [g for g in groups if g["params"]]
+        if self.tiny is not None:
+            groups = self._tiny_param_groups(model)
         optimizer = torch.optim.AdamW(groups, lr=ocfg.lr, betas=(ocfg.betas[0], ocfg.betas[1]), eps=ocfg.eps)
         warmup = math.ceil(self.total_steps * ocfg.warmup_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_lambda(self.total_steps, warmup, ocfg.scheduler)
         )
+        if self.tiny is not None:
+            scheduler = self._tiny_scheduler(optimizer)
         if self.strategy == "deepspeed":
             import deepspeed
 
@@ -681,6 +705,8 @@ class TrainingRecipe:
         with torch.no_grad():
             for name, tensor in state.items():
                 own[name].copy_(tensor.to(own[name].dtype))
+        if self.aux_heads is not None:
+            self._load_aux_heads(checkpoint, required=True)
 
     def _load_training_state(self, checkpoint: Path) -> None:
         meta = json.loads((checkpoint / "trainer_state.json").read_text())
@@ -701,9 +727,12 @@ class TrainingRecipe:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
             optim_state = torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=True)
-            set_optimizer_state_dict(
-                self.model, self.optimizer, optim_state, options=StateDictOptions(full_state_dict=True)
-            )
+            if self.tiny is not None:  # see save_checkpoint
+                self.optimizer.load_state_dict(optim_state)
+            else:
+                set_optimizer_state_dict(
+                    self.model, self.optimizer, optim_state, options=StateDictOptions(full_state_dict=True)
+                )
             self.scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
         rng_path = checkpoint / f"rng_rank{self.rank}.pt"
         rng = torch.load(rng_path, weights_only=True)
@@ -738,6 +767,8 @@ class TrainingRecipe:
             batch, weight = self._last_batch, 0.0
         else:
             self._last_batch = batch
+        if self.tiny is not None:
+            return self._tiny_step_loss(batch)
         inputs = self._to_device({k: v for k, v in batch.items() if k != "sample_ids"})
         with self._autocast():
             output = self.model(**inputs)
@@ -757,6 +788,8 @@ class TrainingRecipe:
         """Clip, optimizer and scheduler step (non-DeepSpeed); returns the gradient norm before clipping."""
         max_norm = self.cfg.optim.max_grad_norm
         params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.tiny_loss is not None and self.tiny_loss.uses_heads:
+            params += list(self.aux_heads.parameters())  # clipped together, as the heads share the loss
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
         if hasattr(norm, "full_tensor"):
             norm = norm.full_tensor()
@@ -822,6 +855,7 @@ class TrainingRecipe:
                     self._step() if self.engine is None else float(self.engine.get_global_grad_norm() or 0.0)
                 )
                 self.state.global_step += 1
+                terms, self._loss_terms = self._loss_terms, {}
                 loss_value = self._reduce_mean(step_loss)
                 run_losses.append(loss_value)
                 self.state.losses.append(loss_value)
@@ -836,11 +870,14 @@ class TrainingRecipe:
                             "supervised_tokens": step_tokens,
                             "skipped_batches": self.skipped_batches,
                             "elapsed_s": round(time.perf_counter() - start_time, 3),
+                            **({"loss_terms": terms} if terms else {}),
                         }
                     )
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_value:.4f}")
                 step_loss, step_tokens = 0.0, 0
+                if self.tiny is not None:
+                    self._tiny_eval()
                 if tcfg.save_steps and self.state.global_step % tcfg.save_steps == 0:
                     self.save_checkpoint()
                 if self.state.global_step >= self.total_steps:
@@ -888,6 +925,10 @@ class TrainingRecipe:
         if self.engine is not None:
             self.engine.save_checkpoint(str(tmp_dir / "deepspeed"), tag="state")
             optim_state = None
+        elif self.tiny is not None:
+            # One process, and the optimizer also holds the auxiliary heads, which are not the model's
+            # parameters (get_optimizer_state_dict maps every parameter to a model name): the plain state dict.
+            optim_state = self.optimizer.state_dict()
         else:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
@@ -902,6 +943,8 @@ class TrainingRecipe:
             from safetensors.torch import save_file
 
             save_file({k: v.contiguous() for k, v in trainable.items()}, str(tmp_dir / TRAINABLE_FILE))
+            if self.aux_heads is not None:
+                self._save_aux_heads(tmp_dir)
             if optim_state is not None:
                 torch.save(optim_state, tmp_dir / "optimizer.pt")
                 torch.save(self.scheduler.state_dict(), tmp_dir / "scheduler.pt")
@@ -975,6 +1018,9 @@ class TrainingRecipe:
             k: v.detach().cpu().contiguous() for k, v in full.items() if any(key in k for key in ADAPTER_KEYS)
         }
         save_file(adapter, str(final / "mm_projector.safetensors"))
+        if self.aux_heads is not None:
+            self._save_aux_heads(final)
+            _atomic_write_text(final / "tiny_phase.json", json.dumps(self.tiny_settings(), indent=1) + "\n")
         self.plot_losses(final / "loss_curve.png")
         self._barrier()
         return final
@@ -1026,8 +1072,189 @@ class TrainingRecipe:
         os.replace(tmp, path)
         return path
 
+    # Tiny-model phases (data.tiny; llamavid.train.tiny_phase) ------------------------------------------------------
+    def _read_tiny_phase(self) -> None:
+        """The phase named by ``data.tiny`` from its curriculum; refuses what a tiny phase cannot run with."""
+        from llamavid.train.tiny import load_tiny_recipe
+        from llamavid.train.tiny_phase import TinyPhaseConfig
+
+        self.tiny = TinyPhaseConfig.from_config(dict(self.cfg.data.tiny))
+        path = self.tiny.curriculum_path()
+        self.tiny_curriculum = load_tiny_recipe(path)
+        phases = {phase.name: phase for phase in self.tiny_curriculum.phases}
+        if self.tiny.phase not in phases:
+            raise ConfigError(
+                f"data.tiny.phase: {path} has no phase {self.tiny.phase!r}; it has {sorted(phases)}."
+            )
+        self.tiny_phase = phases[self.tiny.phase]
+        if self.cfg.train.max_steps is not None:
+            raise ConfigError(
+                f"data.tiny: the phase {self.tiny.phase!r} sets its steps ({self.tiny_phase.steps}); leave "
+                "train.max_steps null (a shorter run is a shorter phase in another curriculum, e.g. tiny/smoke)."
+            )
+        # Why one process: the auxiliary heads live outside the model (they are not part of the saved model), and
+        # the tiny model trains on 2 CPU cores; sharding them with the model is not worth the code.
+        if self.strategy not in ("none", "ddp") or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ConfigError("data.tiny runs in one process (distributed.strategy: none, no torchrun).")
+        if self.tiny.threads:
+            torch.set_num_threads(self.tiny.threads)
+
+    def tiny_settings(self) -> dict[str, Any]:
+        """The phase's resolved training settings (`tiny_phase.resolved_settings`)."""
+        from llamavid.train.tiny_phase import resolved_settings
+
+        return resolved_settings(self.tiny_phase, self.cfg.optim, self.cfg.train.grad_accum_steps)
+
+    def _build_tiny_model(self) -> tuple[Any, Any]:
+        """A fresh tiny model: the curriculum's stage-0 tower (trained once under work_dir), synth tokenizers."""
+        from transformers import AutoTokenizer
+
+        from llamavid.model import LlamaVidProcessor
+        from llamavid.model.processing_llamavid import load_qformer_tokenizer
+        from llamavid.synth.tokenizers import build_llm_tokenizer, build_qformer_vocab, synth_corpus
+        from llamavid.train.stage0_vision import Stage0Settings, train_stage0
+        from llamavid.train.tiny import TEMPLATE, TinyModelSettings, build_tiny_model
+
+        work = Path(self.tiny.work_dir)
+        if self.is_main:
+            train_stage0(Stage0Settings(**self.tiny_curriculum.stage0), work / "stage0")
+            if not (work / "llm_tokenizer" / "tokenizer.json").is_file():
+                corpus = synth_corpus()
+                build_llm_tokenizer(work / "llm_tokenizer", corpus)
+                build_qformer_vocab(work / "qformer_tokenizer", corpus)
+        tokenizer = AutoTokenizer.from_pretrained(str(work / "llm_tokenizer"))
+        qformer_tokenizer = load_qformer_tokenizer(work / "qformer_tokenizer")
+        torch.manual_seed(self.cfg.model.seed)
+        try:
+            settings = TinyModelSettings(**self.cfg.model.random_init)
+        except TypeError as error:
+            raise ConfigError(
+                f"model.random_init with data.tiny takes TinyModelSettings fields: {error}"
+            ) from None
+        model = build_tiny_model(work / "stage0", tokenizer, qformer_tokenizer, settings)
+        processor = LlamaVidProcessor.from_config(
+            model.config, tokenizer, qformer_tokenizer, template=TEMPLATE
+        )
+        return model, processor
+
+    def _setup_aux_heads(self) -> None:
+        """Training-only probes; continued from ``model.init``'s ``auxiliary_heads.safetensors`` when it has one."""
+        from llamavid.train.losses import AuxiliaryHeads
+
+        torch.manual_seed(self.cfg.model.seed + 1)  # created after the model: its initialisation is unchanged
+        width = int(self.model.config.text_config.hidden_size)
+        self.aux_heads = AuxiliaryHeads(width).to(self.device)
+        if self.cfg.model.init != "random":
+            self._load_aux_heads(Path(self.cfg.model.init), required=False)
+
+    def _load_aux_heads(self, folder: Path, required: bool) -> None:
+        from safetensors.torch import load_file
+
+        from llamavid.train.tiny_phase import AUX_WEIGHTS
+
+        path = folder / AUX_WEIGHTS
+        if not path.is_file():
+            if required:
+                raise ConfigError(f"{folder} has no {AUX_WEIGHTS}: it was not written by a data.tiny run.")
+            logger.info("%s has no %s; auxiliary heads start fresh", folder, AUX_WEIGHTS)
+            return
+        missing = self.aux_heads.load_state_dict(load_file(str(path)), strict=False).missing_keys
+        if missing:
+            logger.info("auxiliary heads %s not in %s; freshly initialised", missing, path)
+
+    def _save_aux_heads(self, folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        from llamavid.train.tiny_phase import AUX_WEIGHTS
+
+        state = {k: v.detach().cpu().contiguous() for k, v in self.aux_heads.state_dict().items()}
+        save_file(state, str(folder / AUX_WEIGHTS))
+
+    def _setup_tiny_data(self) -> None:
+        from llamavid.train.losses import AnswerPrior
+        from llamavid.train.tiny_phase import (
+            MixtureCollator,
+            MixtureDataset,
+            MixtureSampler,
+            TinyLoss,
+            load_phase_data,
+        )
+
+        phase, curriculum = self.tiny_phase, self.tiny_curriculum
+        base = self._base_model()
+        tower = base.model.vision_tower
+        size = int(base.config.vision_config.image_size)
+        cache_root = Path(self.tiny.feature_cache or Path(self.tiny.work_dir) / "features")
+        names = list(phase.mixture)
+        self.tiny_evals = list(curriculum.evals) if self.tiny.eval else []
+        self.tiny_data = load_phase_data(curriculum, [*names, *self.tiny_evals], tower, size, cache_root)
+        data = {name: self.tiny_data[name] for name in names}
+        self.dataset = MixtureDataset(data)
+        self.collator = MixtureCollator(data, self.processor)
+        accum = self.cfg.train.grad_accum_steps
+        self.total_steps = phase.steps
+        self.steps_per_epoch = phase.steps
+        self.batches_per_epoch = phase.steps * accum
+        sizes = {name: len(items) for name, (items, _) in data.items()}
+        self.sampler = MixtureSampler(phase, sizes, self.cfg.train.seed, self.batches_per_epoch)
+        losses = phase.losses
+        prior = None
+        if losses.answer_prior and losses.lm:
+            every = (item for name in names for item in data[name][0])
+            prior = AnswerPrior(every, self.processor.tokenizer, losses.answer_prior)
+        self.tiny_loss = TinyLoss.build(base, losses, self.aux_heads, prior)
+        if self.is_main:
+            logger.info("tiny phase %s: %s", phase.name, json.dumps(self.tiny_settings()))
+
+    def _tiny_param_groups(self, model: Any) -> list[dict[str, Any]]:
+        from llamavid.train.tiny_phase import param_groups
+
+        heads = self.aux_heads if self.tiny_loss.uses_heads else None
+        return param_groups(model, heads, self.tiny_phase.lr, self.tiny_phase.visual_lr_scale)
+
+    def _tiny_scheduler(self, optimizer: Any) -> Any:
+        """transformers' warmup + cosine to 5 % (the tiny phases' schedule since v1), per parameter group."""
+        from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+        from llamavid.train.tiny_phase import MIN_LR_RATE
+
+        return get_cosine_with_min_lr_schedule_with_warmup(
+            optimizer, self.tiny_phase.warmup, self.total_steps, min_lr_rate=MIN_LR_RATE
+        )
+
+    def _tiny_step_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
+        items = batch["tiny_items"]
+        inputs = self._to_device({k: v for k, v in batch.items() if k != "tiny_items"})
+        tokens = int((inputs["labels"][:, 1:] != IGNORE_INDEX).sum())
+        inputs["tiny_items"] = items
+        with self._autocast():
+            loss, terms = self.tiny_loss(self.model, inputs)
+        accum = self.cfg.train.grad_accum_steps
+        for key, value in terms.items():
+            self._loss_terms[key] = self._loss_terms.get(key, 0.0) + value / accum
+        return loss.float(), tokens if self.tiny_phase.losses.lm else 0
+
+    def _tiny_eval(self) -> None:
+        """Score the curriculum's eval sets at the phase's ``eval_every`` (0-based step) and at its last step."""
+        from llamavid.train.tiny import score_items
+
+        step, every = self.state.global_step - 1, self.tiny_phase.eval_every
+        last = self.state.global_step >= self.total_steps
+        if not self.tiny_evals or not self.is_main or not ((every and step and step % every == 0) or last):
+            return
+        model = self._base_model()
+        point: dict[str, Any] = {"phase": self.tiny_phase.name, "step": self.state.global_step}
+        for name in self.tiny_evals:
+            result = score_items(model, self.processor, *self.tiny_data[name])
+            point[name] = {"mean": result["mean"], "per_type": result["per_type"]}
+            logger.info("%s step %d %s: mean %.3f", self.tiny_phase.name, step, name, result["mean"])
+        with open(self.output_dir / "scores.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(point) + "\n")
+
     def cleanup(self) -> None:
         """Release the process group this recipe created."""
+        if self.tiny_loss is not None:
+            self.tiny_loss.close()
         if self._owns_process_group and dist.is_initialized():
             dist.destroy_process_group()
 

@@ -88,6 +88,8 @@ class DataConfig:
         synth: generate a synthetic dataset first (`llamavid.synth.write_dataset` arguments, e.g.
             ``{kind: stage2, n: 32, image_size: 56}``) under ``output_dir/synth_data`` and train on it too; makes
             ``tiny_debug.yaml`` self-contained.
+        tiny: train one phase of a tiny-model curriculum instead (``llamavid.train.tiny_phase.TinyPhaseConfig``:
+            ``{curriculum: tiny/v4, phase: images, ...}``); see ``configs/tiny/phase.yaml``.
     """
 
     train_files: list[str] = field(default_factory=list)
@@ -103,6 +105,7 @@ class DataConfig:
     num_workers: int = 0
     validate: bool = True
     synth: dict[str, Any] = field(default_factory=dict)
+    tiny: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -255,14 +258,14 @@ class RunConfig:
             raise ConfigError(f"optim.warmup_ratio must be in [0, 1), got {self.optim.warmup_ratio}.")
         if len(self.optim.betas) != 2:
             raise ConfigError(f"optim.betas must have two values, got {self.optim.betas}.")
-        if not self.data.train_files and not self.data.synth:
+        if not self.data.train_files and not self.data.synth and not self.data.tiny:
             raise ConfigError("no training data: set data.train_files (LLaVA-format JSON) or data.synth.")
         if self.model.llm is not None and self.model.init != "random":
             raise ConfigError(
                 f"model.llm builds a new model around {self.model.llm}, but model.init is {self.model.init!r}; "
                 "leave model.init at 'random' (the parts around the LLM are new) or drop model.llm."
             )
-        random = self.model.init == "random" and self.model.llm is None
+        random = self.model.init == "random" and self.model.llm is None and not self.data.tiny
         if random and self.model.random_init and "text_config" not in self.model.random_init:
             raise ConfigError(
                 "model.random_init has no text_config: set model.llm to a pretrained LLM (folder or .gguf "
@@ -270,7 +273,12 @@ class RunConfig:
             )
         if self.model.vision is not None and self.model.llm is None:
             raise ConfigError("model.vision is only used with model.llm (a new model built around an LLM).")
-        if self.model.init == "random" and not self.model.random_init and self.model.llm is None:
+        if (
+            self.model.init == "random"
+            and not self.model.random_init
+            and self.model.llm is None
+            and not self.data.tiny
+        ):
             raise ConfigError(
                 "model.init is 'random' but model.random_init is empty; give LlamaVidConfig kwargs "
                 "(see configs/tiny_debug.yaml) or point model.init at a llamavid model folder."

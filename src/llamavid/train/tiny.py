@@ -404,6 +404,7 @@ class TinyRecipe:
         phases: the phases, in order.
         dataset_options: name -> extra ``generate_items`` keywords (``phrasing``, ``turns``,
             ``balanced_needles``, ``clip_frames``) of the datasets that set any.
+        stage0: :class:`Stage0Settings` fields of the stage-0 tower a fresh model is built around.
     """
 
     datasets: dict[str, tuple[str, str, int, int, int]]
@@ -411,6 +412,7 @@ class TinyRecipe:
     evals: tuple[str, ...]
     phases: list[TrainPhase]
     dataset_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stage0: dict[str, Any] = field(default_factory=dict)  # Stage0Settings fields of the frozen tower
 
 
 def _phase_from_config(config: dict[str, Any], where: str) -> TrainPhase:
@@ -452,7 +454,7 @@ def load_tiny_recipe(path: str | Path) -> TinyRecipe:
     config = yaml.safe_load(path.read_text(encoding="utf-8"))
     if not isinstance(config, dict):
         raise InvalidInputError(f"{path}: expected a mapping at the top level.")
-    unknown = sorted(set(config) - {"version", "presets", "datasets", "subsets", "evals", "phases"})
+    unknown = sorted(set(config) - {"version", "presets", "stage0", "datasets", "subsets", "evals", "phases"})
     if unknown:
         raise InvalidInputError(f"{path}: unknown top-level key(s) {unknown}.")
     datasets = {}
@@ -504,7 +506,11 @@ def load_tiny_recipe(path: str | Path) -> TinyRecipe:
     evals = tuple(config.get("evals") or ())
     if not set(evals) <= set(datasets):
         raise InvalidInputError(f"{path}: evals {sorted(set(evals) - set(datasets))} are not datasets.")
-    return TinyRecipe(datasets, subsets, evals, phases, options)
+    stage0 = dict(config.get("stage0") or {})
+    bad = sorted(set(stage0) - {f.name for f in dataclasses.fields(Stage0Settings)})
+    if bad:
+        raise InvalidInputError(f"{path}: stage0: unknown Stage0Settings field(s) {bad}.")
+    return TinyRecipe(datasets, subsets, evals, phases, options, stage0)
 
 
 def question_type_subset(
