@@ -132,7 +132,9 @@ def test_two_smoke_phases_through_the_console_script_fall_use_the_aux_terms_and_
     assert all(set(row["loss_terms"]) == {"aux_context"} for row in align)
     assert (tmp_path / "align" / "final" / "auxiliary_heads.safetensors").is_file()
 
-    _train(tmp_path, "images", f"model.init={tmp_path / 'align' / 'final'}")
+    init = f"model.init={tmp_path / 'align' / 'final'}"
+    export = f"data.tiny.export={tmp_path / 'export'}"
+    _train(tmp_path, "images", init, export)
     images = _metrics(tmp_path / "images")
     lm = [row["loss_terms"]["lm"] for row in images]
     assert len(lm) == 6 and sum(lm[-2:]) / 2 < lm[0]  # the answer loss falls
@@ -144,12 +146,21 @@ def test_two_smoke_phases_through_the_console_script_fall_use_the_aux_terms_and_
     # Only one feature entry per set and tower: the second phase reused the first's caches.
     assert len(list((tmp_path / "work" / "features").iterdir())) == 4
 
-    # A run killed after its step-3 checkpoint continues with exactly the uninterrupted losses.
+    from safetensors.torch import load_file
+
+    exported = load_file(tmp_path / "export" / "model.safetensors")
+    assert {t.dtype for t in exported.values()} == {torch.float16}  # shipped in fp16, as save_tiny_model
+    assert not (tmp_path / "export" / "auxiliary_heads.safetensors").exists()  # training-only
+
+    # A run killed after its step-3 checkpoint: the same command continues with exactly the uninterrupted
+    # losses (data.tiny.resume), and once finished the command is a no-op (make tiny-model reruns).
     run = tmp_path / "images"
     shutil.rmtree(run / "checkpoints" / "step_0000006")
     shutil.rmtree(run / "final")
     (run / "latest").write_text("step_0000003\n")
-    _train(tmp_path, "images", f"model.init={tmp_path / 'align' / 'final'}", "--resume", str(run))
+    assert "trained 3 steps (to step 6/6)" in _train(tmp_path, "images", init).stdout
     resumed = _metrics(run)
     assert [r["loss"] for r in resumed] == [r["loss"] for r in images]
     assert [r["loss_terms"] for r in resumed] == [r["loss_terms"] for r in images]
+    assert "trained 0 steps (to step 6/6)" in _train(tmp_path, "images", init).stdout
+    assert _metrics(run) == resumed

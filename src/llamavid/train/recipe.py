@@ -226,6 +226,9 @@ class TrainingRecipe:
         self.sampler: Any = None
         if cfg.data.tiny:
             self._read_tiny_phase()
+            if self.tiny.resume and resume_from is None and (self.output_dir / "latest").is_file():
+                logger.info("data.tiny.resume: continuing %s from its latest checkpoint", self.output_dir)
+                self.resume_from = self.output_dir
 
     # Setup ------------------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -1020,6 +1023,11 @@ class TrainingRecipe:
         save_file(adapter, str(final / "mm_projector.safetensors"))
         if self.aux_heads is not None:
             self._save_aux_heads(final)
+            if self.tiny.export:
+                from llamavid.train.tiny import save_tiny_model
+
+                save_tiny_model(module, self.processor, Path(self.tiny.export))
+            # Written last: its presence marks the phase finished (data.tiny.resume).
             _atomic_write_text(final / "tiny_phase.json", json.dumps(self.tiny_settings(), indent=1) + "\n")
         self.plot_losses(final / "loss_curve.png")
         self._barrier()
@@ -1098,6 +1106,32 @@ class TrainingRecipe:
             raise ConfigError("data.tiny runs in one process (distributed.strategy: none, no torchrun).")
         if self.tiny.threads:
             torch.set_num_threads(self.tiny.threads)
+
+    def tiny_finished(self) -> bool:
+        """Whether this phase already finished in ``output_dir`` (``data.tiny.resume``); refuses other settings."""
+        if not self.tiny.resume:
+            return False
+        path = self.output_dir / "final" / "tiny_phase.json"
+        if not path.is_file():
+            return False
+        saved, current = json.loads(path.read_text()), self.tiny_settings()
+        if saved != current:
+            changed = sorted(key for key in {*saved, *current} if saved.get(key) != current.get(key))
+            raise ConfigError(
+                f"{path.parent} was trained with other settings for phase {self.tiny.phase!r} (differing: "
+                f"{changed}). Delete {self.output_dir} (and the phases after it) to retrain, or use another "
+                "train.output_dir."
+            )
+        self.total_steps = self.state.global_step = self.tiny_phase.steps
+        self.rank, self.world_size = 0, 1  # one process (_read_tiny_phase); setup() is not run
+        if self.tiny.export and not (Path(self.tiny.export) / "config.json").is_file():
+            from llamavid.model import LlamaVidForConditionalGeneration, LlamaVidProcessor
+            from llamavid.train.tiny import save_tiny_model
+
+            model = LlamaVidForConditionalGeneration.from_pretrained(str(path.parent), dtype=torch.float32)
+            save_tiny_model(model, LlamaVidProcessor.from_pretrained(path.parent), Path(self.tiny.export))
+        logger.info("phase %s already trained in %s; skipped", self.tiny.phase, path.parent)
+        return True
 
     def tiny_settings(self) -> dict[str, Any]:
         """The phase's resolved training settings (`tiny_phase.resolved_settings`)."""
@@ -1262,6 +1296,8 @@ class TrainingRecipe:
 def run(cfg: RunConfig, resume_from: str | Path | None = None) -> tuple[TrainingRecipe, list[float]]:
     """setup -> train -> final checkpoint + export -> cleanup; returns the recipe and its per-step losses."""
     recipe = TrainingRecipe(cfg, resume_from=resume_from)
+    if recipe.tiny is not None and recipe.tiny_finished():
+        return recipe, []
     try:
         recipe.setup()
         losses = recipe.train()

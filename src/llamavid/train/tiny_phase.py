@@ -58,6 +58,10 @@ class TinyPhaseConfig:
         threads: torch CPU threads (``null``: torch's default). Measured: 1 is fastest on 2 shared cores.
         eval: score the curriculum's ``evals`` sets at the phase's ``eval_every`` and at its end
             (``output_dir/scores.jsonl``).
+        resume: rerunning the same command continues a killed phase from ``output_dir/latest`` and skips a
+            finished one (``final/tiny_phase.json`` with the same settings; other settings are refused), so
+            ``make tiny-model`` is a plain list of ``llamavid train`` calls that resumes where it stopped.
+        export: also write the final model as a shippable fp16 llamavid folder here (``tiny.save_tiny_model``).
     """
 
     curriculum: str = ""
@@ -66,6 +70,8 @@ class TinyPhaseConfig:
     feature_cache: str | None = None
     threads: int | None = None
     eval: bool = True
+    resume: bool = True
+    export: str | None = None
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> TinyPhaseConfig:
