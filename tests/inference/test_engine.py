@@ -24,7 +24,8 @@ def test_engine_matches_the_plain_processor_and_generate_path(serving_engine, mo
     The engine rounds features through the cache's fp16 (so cached and uncached media answer alike); without
     that rounding both paths compute the same thing.
     """
-    monkeypatch.setattr("llamavid.inference.engine.canonical_features", lambda features: features)
+    # Features reach the engine through `encode_pixels`, which rounds to the cache dtype: keep float32 here.
+    monkeypatch.setattr("llamavid.inference.media.CACHE_DTYPE", torch.float32)
     video = moving_square_video(4, 64)
     question = "Which way does the square move?"
     processor, model = serving_engine.processor, serving_engine.model
