@@ -225,8 +225,8 @@ class TrainingRecipe:
         self.collator: Any = None
         self.sampler: Any = None
         if cfg.data.tiny:
-            self._read_tiny_phase()
-            if self.tiny.resume and resume_from is None and (self.output_dir / "latest").is_file():
+            resume = self._read_tiny_phase()
+            if resume and resume_from is None and (self.output_dir / "latest").is_file():
                 logger.info("data.tiny.resume: continuing %s from its latest checkpoint", self.output_dir)
                 self.resume_from = self.output_dir
 
@@ -1081,8 +1081,11 @@ class TrainingRecipe:
         return path
 
     # Tiny-model phases (data.tiny; llamavid.train.tiny_phase) ------------------------------------------------------
-    def _read_tiny_phase(self) -> None:
-        """The phase named by ``data.tiny`` from its curriculum; refuses what a tiny phase cannot run with."""
+    def _read_tiny_phase(self) -> bool:
+        """The phase named by ``data.tiny`` from its curriculum; refuses what a tiny phase cannot run with.
+
+        Returns ``data.tiny.resume``.
+        """
         from llamavid.train.tiny import load_tiny_recipe
         from llamavid.train.tiny_phase import TinyPhaseConfig
 
@@ -1106,6 +1109,7 @@ class TrainingRecipe:
             raise ConfigError("data.tiny runs in one process (distributed.strategy: none, no torchrun).")
         if self.tiny.threads:
             torch.set_num_threads(self.tiny.threads)
+        return bool(self.tiny.resume)
 
     def tiny_finished(self) -> bool:
         """Whether this phase already finished in ``output_dir`` (``data.tiny.resume``); refuses other settings."""
