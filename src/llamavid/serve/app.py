@@ -550,6 +550,29 @@ class APIKeyMiddleware:
         await refused.response({"Connection": "close", "WWW-Authenticate": "Bearer"})(scope, receive, send)
 
 
+# How long a refused upload is read and thrown away before the 413 is sent (see `_discard_body`).
+DISCARD_SECONDS = 5.0
+
+
+async def _discard_body(receive: Callable, seconds: float = DISCARD_SECONDS) -> None:
+    """Read the rest of a refused request body and drop it, for at most `seconds`.
+
+    A server that answers and closes while the client is still uploading makes the kernel reset the
+    connection, and the reset can destroy the 413 before the client reads it. Draining first (nothing is
+    kept, so memory stays flat) lets an ordinary client see the error; a client that keeps sending past the
+    time bound gets the 413 and a closed connection.
+    """
+
+    async def drain() -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                return
+
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(drain(), timeout=seconds)
+
+
 class BodyLimitMiddleware:
     """Refuse request bodies over `limit` bytes with 413, before any parsing (pure ASGI, buffers the body)."""
 
@@ -566,6 +589,7 @@ class BodyLimitMiddleware:
         )
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await _discard_body(receive)
             await too_large.response({"Connection": "close"})(scope, receive, send)
             return
         chunks, size, more = [], 0, True
@@ -576,6 +600,8 @@ class BodyLimitMiddleware:
             body = message.get("body", b"")
             size += len(body)
             if size > self.limit:
+                if more:
+                    await _discard_body(receive)
                 await too_large.response({"Connection": "close"})(scope, receive, send)
                 return
             chunks.append(body)
