@@ -763,6 +763,7 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
                 grid = qformer_attend(
                     layer.crossattention, slots.to_frames(query_rows), cross_keys, cross_values, None
                 )  # (f, R * Q, H)
+                del cross_keys, cross_values  # one layer's frame K/V alive at a time (peak memory)
                 query_rows = slots.to_pairs(grid)
             query_rows = layer.feed_forward_chunk_query(query_rows)
             if is_last:
