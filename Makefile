@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test install style quality bench test-gpu clean screenshots lmms-venv lmms-smoke tiny-model tiny-model-recipe eval-tiny tiny-ablation vllm-venv
+.PHONY: demo test install style quality bench test-gpu clean screenshots lmms-venv lmms-smoke tiny-model eval-tiny tiny-ablation vllm-venv
 
 $(VENV)/.installed: pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -76,20 +76,17 @@ lmms-smoke: lmms-venv
 screenshots: $(VENV)/.installed
 	$(PY) tools/screenshots.py --out docs/images/webui.png
 
-# Retrain the committed tiny LLaMA-VID from scratch (docs/tiny-model.md); resumable, work files in build/tiny-model.
-tiny-model: $(VENV)/.installed
-	$(PY) tools/train_tiny_model.py --work-dir build/tiny-model --out src/llamavid/assets/tiny-llamavid
-
-# The same curriculum as `llamavid train` calls through the one recipe (issue #20; docs/tiny-model.md, "Training
-# through the recipe"): one call per phase, each from the previous phase's final/; rerunning continues a killed
-# phase and skips finished ones. Not yet the default: tiny-model (the old loop) stays until this has reproduced a
-# model end to end. Try it in ~5 minutes with TINY_CURRICULUM=tiny/smoke TINY_WORK=build/tiny-smoke TINY_OUT=build/tiny-smoke/model.
+# Retrain the committed tiny LLaMA-VID from scratch (docs/tiny-model.md): one `llamavid train` call per phase of the
+# curriculum, each starting from the previous phase's final/ folder. The first call builds stage 0, the tokenizers
+# and the feature caches under TINY_WORK. Resumable: rerun to continue a killed phase; finished phases are skipped.
+# ~100-110 min on 2 idle cores. Try the whole list in ~5 minutes with the shortened curriculum:
+#   make tiny-model TINY_CURRICULUM=tiny/smoke TINY_WORK=build/tiny-smoke TINY_OUT=build/tiny-smoke/model
 TINY_CURRICULUM ?= tiny/v4
-TINY_WORK ?= build/tiny-recipe
-TINY_OUT ?= $(TINY_WORK)/model
+TINY_WORK ?= build/tiny-model
+TINY_OUT ?= src/llamavid/assets/tiny-llamavid
 TINY_TRAIN = $(VENV)/bin/llamavid train src/llamavid/train/configs/tiny/phase.yaml \
 	data.tiny.curriculum=$(TINY_CURRICULUM) data.tiny.work_dir=$(TINY_WORK)
-tiny-model-recipe: $(VENV)/.installed
+tiny-model: $(VENV)/.installed
 	$(TINY_TRAIN) data.tiny.phase=align train.output_dir=$(TINY_WORK)/runs/align
 	$(TINY_TRAIN) data.tiny.phase=images model.init=$(TINY_WORK)/runs/align/final train.output_dir=$(TINY_WORK)/runs/images
 	$(TINY_TRAIN) data.tiny.phase=videos model.init=$(TINY_WORK)/runs/images/final train.output_dir=$(TINY_WORK)/runs/videos
@@ -106,9 +103,10 @@ tiny-model-recipe: $(VENV)/.installed
 eval-tiny: $(VENV)/.installed
 	$(VENV)/bin/llamavid eval-synth src/llamavid/assets/tiny-llamavid -n 280 --sets image_qa,video_qa,text_qa,long_qa
 
-# The paper's token ablation in miniature (docs/tiny-model.md): reuses make tiny-model's stage 0 and caches.
+# The paper's token ablation in miniature (docs/tiny-model.md): four variants, each through the same `llamavid train`
+# phases (image/short-video phases of tiny/v4, steps scaled); reuses make tiny-model's stage 0 and feature caches.
 tiny-ablation: $(VENV)/.installed
-	$(PY) tools/tiny_ablation.py --work-dir build/tiny-model --out build/tiny-ablation
+	$(PY) tools/tiny_ablation.py --work-dir $(TINY_WORK) --out build/tiny-ablation
 
 clean:
 	rm -rf $(VENV) .venv-lmms .venv-vllm build dist .pytest_cache .ruff_cache .mypy_cache demo-output

@@ -1,8 +1,9 @@
 """The paper's token ablation in miniature (``make tiny-ablation``): which visual tokens carry the answers?
 
-Trains four tiny LLaMA-VIDs that differ only in their visual tokens, on the same stage-0 tower, caches, data and
-schedule as ``make tiny-model`` (its image/short-video phases, steps scaled by ``--steps-scale``), then scores
-them on the same held-out items and compares them with paired-bootstrap 95 % intervals:
+Trains four tiny LLaMA-VIDs that differ only in their visual tokens, through the one training recipe
+(``llamavid.train.recipe.run``, the same phases ``make tiny-model`` runs): the image/short-video phases of the
+``tiny/v4`` curriculum with their steps scaled by ``--steps-scale``, on the same stage-0 tower and feature caches.
+Then scores them on the same held-out items and compares them with paired-bootstrap 95 % intervals:
 
 * ``both``: 1 context + 16 content tokens per image, 1 + 1 per video frame (the shipped design);
 * ``content_only``: no context token (16 per image, 1 per frame);
@@ -10,7 +11,8 @@ them on the same held-out items and compares them with paired-bootstrap 95 % int
 * ``both_image_1``: images compressed to 1 content token, like video frames (1 + 1 per image).
 
 "A beats B" means the paired-bootstrap 95 % interval of accuracy(A) - accuracy(B) excludes zero. Reuses the
-``make tiny-model`` work folder (stage 0, tokenizers, caches), so run that first or let this script build them.
+``make tiny-model`` work folder (stage 0, tokenizers, feature caches) or builds them there. Resumable: a finished
+variant is read back from ``--out``; a killed one continues from its last finished phase or checkpoint.
 """
 
 from __future__ import annotations
@@ -21,24 +23,22 @@ import logging
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import torch
-from train_tiny_model import DATASETS, PHASES, REPO, STAGE0, load_datasets, load_tokenizers
+import yaml
 
 from llamavid.eval.scoring import paired_bootstrap
-from llamavid.model.processing_llamavid import LlamaVidProcessor
-from llamavid.train.stage0_vision import load_tower, train_stage0
-from llamavid.train.tiny import (
-    TEMPLATE,
-    AuxiliaryHeads,
-    TinyModelSettings,
-    TrainLog,
-    build_tiny_model,
-    score_items,
-    train_phase,
-)
+from llamavid.model import LlamaVidForConditionalGeneration, LlamaVidProcessor
+from llamavid.train.curriculum import Curriculum, Phase, load_curriculum
+from llamavid.train.recipe import run
+from llamavid.train.schema import load_config, packaged_config_dir
+from llamavid.train.tiny_model import TinyModelSettings, score_items
+from llamavid.train.tiny_phase import load_phase_data
 
 logger = logging.getLogger("tiny_ablation")
+REPO = Path(__file__).resolve().parents[1]
+PHASE_CONFIG = packaged_config_dir() / "tiny" / "phase.yaml"
 
 VARIANTS: dict[str, TinyModelSettings] = {
     "both": TinyModelSettings(),
@@ -54,21 +54,86 @@ COMPARISONS = [
     ("both", "context_only", "video_qa"),
     ("both", "both_image_1", "image_qa"),
 ]
-EVAL_SETS = {
-    "image_qa": ("heldout", "image_qa", 560, 0, 0),
-    "video_qa": ("heldout", "video_qa", 560, 0, 0),
+EVAL_SETS = {  # held-out items (--eval-items each, 560 = 80 per question type), scored per variant at the end
+    "image_qa": {"split": "heldout", "kind": "image_qa", "seed": 0},
+    "video_qa": {"split": "heldout", "kind": "video_qa", "seed": 0},
 }
 SHORT_VIDEO_SETS = ("image_qa", "image_qa_s1", "video_qa", "text_qa")
 
 
-def ablation_phases(scale: float) -> list:
-    """The main recipe's image/short-video phases (no long videos), steps scaled."""
-    phases = []
-    for phase in PHASES:
-        if not set(phase.mixture) <= set(SHORT_VIDEO_SETS):
-            continue
-        phases.append(replace(phase, steps=max(50, int(phase.steps * scale)), eval_every=0))
-    return phases
+def ablation_phases(curriculum: Curriculum, scale: float, min_steps: int = 50) -> list[Phase]:
+    """The curriculum's image/short-video phases (no long videos), steps scaled, no in-training scoring."""
+    return [
+        replace(phase, steps=max(min_steps, int(phase.steps * scale)), eval_every=0)
+        for phase in curriculum.phases
+        if set(phase.mixture) <= set(SHORT_VIDEO_SETS)
+    ]
+
+
+def _losses_config(phase: Phase) -> dict[str, Any]:
+    losses = phase.losses
+    return {
+        "lm": losses.lm,
+        "answer_head": losses.answer_head,
+        "grounding": losses.grounding,
+        "scene": losses.scene,
+        "answer_prior": {"types": list(losses.answer_prior), "on_heads": losses.answer_prior_on_heads},
+    }
+
+
+def write_curriculum(source: Curriculum, phases: list[Phase], path: Path, eval_items: int = 560) -> Path:
+    """The ablation's own curriculum file: the source's short-video sets and stage 0, the scaled phases."""
+    datasets: dict[str, Any] = {}
+    for name in SHORT_VIDEO_SETS:
+        split, kind, count, seed, _frames = source.datasets[name]
+        datasets[name] = {
+            "split": split,
+            "kind": kind,
+            "n": count,
+            "seed": seed,
+            **source.dataset_options.get(name, {}),
+        }
+    datasets.update({f"ablation_eval_{name}": dict(spec, n=eval_items) for name, spec in EVAL_SETS.items()})
+    config = {
+        "version": 1,
+        "stage0": source.stage0,
+        "datasets": datasets,
+        "evals": [],
+        "phases": [
+            {
+                **{k: v for k, v in asdict(phase).items() if k not in ("losses", "batch_sizes")},
+                "batch_sizes": dict(phase.batch_sizes),
+                "losses": _losses_config(phase),
+            }
+            for phase in phases
+        ],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "# Written by tools/tiny_ablation.py: tiny/v4's short-video phases, steps scaled.\n"
+        + yaml.safe_dump(config, sort_keys=False)
+    )
+    return path
+
+
+def train_variant(
+    name: str, settings: TinyModelSettings, curriculum_path: Path, phases: list[Phase], work: Path, out: Path
+) -> Path:
+    """Every phase of one variant through the recipe; returns the last phase's ``final`` folder."""
+    init = "random"
+    for phase in phases:
+        overrides = [
+            f"data.tiny.curriculum={curriculum_path}",
+            f"data.tiny.phase={phase.name}",
+            f"data.tiny.work_dir={work}",
+            "data.tiny.eval=false",
+            f"model.init={init}",
+            f"model.random_init={json.dumps(asdict(settings))}",
+            f"train.output_dir={out / name / phase.name}",
+        ]
+        run(load_config(PHASE_CONFIG, overrides))
+        init = str(out / name / phase.name / "final")
+    return Path(init)
 
 
 def format_tables(results: dict) -> str:
@@ -95,41 +160,46 @@ def main(argv: list[str] | None = None) -> None:
         "--work-dir", type=Path, default=REPO / "build" / "tiny-model", help="make tiny-model's"
     )
     parser.add_argument("--out", type=Path, default=REPO / "build" / "tiny-ablation")
-    parser.add_argument("--steps-scale", type=float, default=0.5, help="fraction of the main recipe's steps")
+    parser.add_argument("--curriculum", default="tiny/v4", help="the curriculum whose short-video phases run")
+    parser.add_argument("--steps-scale", type=float, default=0.5, help="fraction of the curriculum's steps")
+    parser.add_argument("--min-steps", type=int, default=50, help="no scaled phase is shorter than this")
+    parser.add_argument("--eval-items", type=int, default=560, help="held-out items per set (images, videos)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma list of " + ",".join(VARIANTS))
-    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    torch.set_num_threads(args.threads)
-    work: Path = args.work_dir
-    train_stage0(STAGE0, work / "stage0")
-    tokenizer, qformer_tokenizer = load_tokenizers(work)
-    tower, stage0_settings = load_tower(work / "stage0")
-    specs = {name: DATASETS[name] for name in SHORT_VIDEO_SETS}
-    specs.update({f"ablation_eval_{name}": spec for name, spec in EVAL_SETS.items()})
-    data = load_datasets(work, specs, tower, stage0_settings.image_size)
-    phases = ablation_phases(args.steps_scale)
+    source_path = Path(args.curriculum)
+    if not source_path.is_file():
+        source_path = packaged_config_dir() / f"{args.curriculum.removesuffix('.yaml')}.yaml"
+    source = load_curriculum(source_path)
+    phases = ablation_phases(source, args.steps_scale, args.min_steps)
+    curriculum_path = write_curriculum(source, phases, args.out / "curriculum.yaml", args.eval_items)
+    curriculum = load_curriculum(curriculum_path)
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    results: dict = {"phases": [asdict(p) for p in phases], "variants": {}, "comparisons": []}
+    results: dict = {"phases": [p.name for p in phases], "steps": [p.steps for p in phases], "variants": {}}
+    results["comparisons"] = []
     correct: dict[tuple[str, str], list[int]] = {}
     for name in args.variants.split(","):
-        settings = VARIANTS[name]
+        if name not in VARIANTS:
+            parser.error(f"--variants: unknown variant {name!r}; expected some of {', '.join(VARIANTS)}")
         saved = args.out / f"{name}.json"
-        if saved.is_file():  # resumable: a finished variant is not retrained
+        if saved.is_file():
             row = json.loads(saved.read_text())
         else:
             started = time.time()
-            torch.manual_seed(0)
-            model = build_tiny_model(work / "stage0", tokenizer, qformer_tokenizer, settings)
-            processor = LlamaVidProcessor.from_config(
-                model.config, tokenizer, qformer_tokenizer, template=TEMPLATE
+            final = train_variant(name, VARIANTS[name], curriculum_path, phases, args.work_dir, args.out)
+            model = LlamaVidForConditionalGeneration.from_pretrained(str(final), dtype=torch.float32).eval()
+            processor = LlamaVidProcessor.from_pretrained(final)
+            tower = model.model.vision_tower
+            evals = [f"ablation_eval_{set_name}" for set_name in EVAL_SETS]
+            data = load_phase_data(
+                curriculum,
+                evals,
+                tower,
+                int(model.config.vision_config.image_size),
+                args.work_dir / "features",
             )
-            aux = AuxiliaryHeads(model.config.text_config.hidden_size)
-            for phase in phases:
-                train_phase(model, processor, phase, data, {}, TrainLog(), aux=aux)
             row = {
-                "settings": asdict(settings),
+                "settings": asdict(VARIANTS[name]),
                 "tokens_per_image": model.config.tokens_per_frame(is_image=True),
                 "tokens_per_frame": model.config.tokens_per_frame(),
                 "train_seconds": time.time() - started,

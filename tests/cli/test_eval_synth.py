@@ -13,7 +13,7 @@ from llamavid.cli.eval_synth import PHRASINGS, format_tables, parse_clip_frames
 from llamavid.cli.main import main
 from llamavid.synth import generate_items
 from llamavid.synth import phrasing as synth_phrasing
-from llamavid.train.tiny import SEALED_TEST_SEED
+from llamavid.train.curriculum import SEALED_TEST_SEED
 
 ASSET = Path(__file__).resolve().parents[2] / "src" / "llamavid" / "assets" / "tiny-llamavid"
 

@@ -14,6 +14,32 @@ from llamavid.train.stage0_vision import Stage0Heads, batch_targets, normalise, 
 ASSET = Path(__file__).resolve().parents[2] / "src" / "llamavid" / "assets" / "tiny-llamavid"
 
 
+def _features(tmp_path: Path, items, tower) -> dict:
+    """Frozen features of the items through the FeatureCache, as a tiny phase caches them."""
+    from llamavid.data.feature_cache import FeatureCache, module_sha256
+    from llamavid.train.tiny_phase import cached_features
+
+    return cached_features(FeatureCache(tmp_path / "features"), items, tower, 64, module_sha256(tower))
+
+
+def _step(model, losses, items, cache, processor, heads=None, prior=None):
+    """One tiny-phase loss (``TinyLoss``, what the recipe calls each step) and its backward pass."""
+    from llamavid.train.losses import AuxiliaryHeads
+    from llamavid.train.tiny import make_batch
+    from llamavid.train.tiny_phase import TinyLoss
+
+    heads = heads or AuxiliaryHeads(model.config.text_config.hidden_size)
+    loss_fn = TinyLoss.build(model, losses, heads, prior)
+    batch = make_batch(items, cache, range(len(items)), processor)
+    batch["tiny_items"] = list(items)
+    try:
+        loss, terms = loss_fn(model, batch)
+        loss.backward()
+    finally:
+        loss_fn.close()
+    return loss, terms
+
+
 def test_stage0_normalisation_matches_the_processor() -> None:
     """The frozen tower must see at training time exactly the pixels the processor gives it at inference."""
     images, _ = pretraining_batch("train", 0, 0, 3, size=64)
@@ -48,7 +74,7 @@ def test_stage0_patch_targets_follow_the_cells() -> None:
 def test_needle_targets_mark_only_the_needle_frame() -> None:
     from llamavid.synth import generate_items
     from llamavid.synth.episodes import NEEDLE_COLOURS
-    from llamavid.train.tiny import needle_targets
+    from llamavid.train.losses import needle_targets
 
     items = generate_items("train", 12, seed=0, kind="long_qa", episode_frames=60)
     needles = [i for i in items if i.question_type == "long_visual_needle"]
@@ -63,7 +89,7 @@ def test_needle_targets_mark_only_the_needle_frame() -> None:
 
 def test_grounding_targets_track_the_moving_object() -> None:
     from llamavid.synth import generate_items
-    from llamavid.train.tiny import grounding_targets
+    from llamavid.train.losses import grounding_targets
 
     items = [
         i
@@ -86,7 +112,8 @@ def test_auxiliary_heads_give_gradients_to_the_context_path(tmp_path: Path) -> N
     """The auxiliary losses must reach the text queries (the point of them) and leave the saved model alone."""
     from llamavid import LlamaVidForConditionalGeneration, LlamaVidProcessor
     from llamavid.synth import generate_items
-    from llamavid.train.tiny import AuxiliaryHeads, build_feature_cache, make_batch
+    from llamavid.train.losses import AuxiliaryHeads
+    from llamavid.train.tiny import make_batch
 
     model = LlamaVidForConditionalGeneration.from_pretrained(str(ASSET), dtype=torch.float32)
     processor = LlamaVidProcessor.from_pretrained(ASSET)
@@ -97,7 +124,7 @@ def test_auxiliary_heads_give_gradients_to_the_context_path(tmp_path: Path) -> N
     long_items = generate_items("train", 6, seed=0, kind="long_qa", episode_frames=60)
     items += [next(i for i in long_items if i.question_type == "long_visual_needle")]
     items += generate_items("train", 1, seed=0, kind="text_qa")
-    cache = build_feature_cache(tmp_path / "cache.safetensors", items, model.model.vision_tower, 64)
+    cache = _features(tmp_path, items, model.model.vision_tower)
     batch = make_batch(items, cache, range(len(items)), processor)
     output = model(**batch)
     aux = AuxiliaryHeads(model.config.text_config.hidden_size)
@@ -160,25 +187,20 @@ def test_committed_tiny_model_long_video_needles(committed_scores: dict) -> None
 
 @pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="tiny model asset not built")
 def test_align_phase_trains_only_the_context_path(tmp_path: Path) -> None:
-    """``llm_loss=False``: the auxiliary losses move the text decoder while the LLM is not run or changed."""
+    """``lm: false``: the auxiliary losses reach the text decoder while the LLM is not run at all."""
     from llamavid import LlamaVidForConditionalGeneration, LlamaVidProcessor
     from llamavid.synth import generate_items
-    from llamavid.train.tiny import AuxiliaryHeads, TrainLog, TrainPhase, build_feature_cache, train_phase
+    from llamavid.train.losses import LossSettings
 
     model = LlamaVidForConditionalGeneration.from_pretrained(str(ASSET), dtype=torch.float32)
     model.model.vision_tower.requires_grad_(False)
     processor = LlamaVidProcessor.from_pretrained(ASSET)
     items = generate_items("train", 8, seed=0, kind="image_qa")
-    cache = build_feature_cache(tmp_path / "cache.safetensors", items, model.model.vision_tower, 64)
-    llm_before = model.model.language_model.layers[0].mlp.up_proj.weight.clone()
-    query_before = model.model.vlm_att_query.detach().clone()
-    phase = TrainPhase(
-        "align", steps=2, mixture={"images": 1.0}, batch_size=4, llm_loss=False, context_aux=1.0
-    )
-    aux = AuxiliaryHeads(model.config.text_config.hidden_size)
-    train_phase(model, processor, phase, {"images": (items, cache)}, {}, TrainLog(), aux=aux)
-    assert torch.equal(model.model.language_model.layers[0].mlp.up_proj.weight, llm_before)
-    assert not torch.equal(model.model.vlm_att_query.detach(), query_before)
+    cache = _features(tmp_path, items, model.model.vision_tower)
+    loss, terms = _step(model, LossSettings(lm=False, answer_head=1.0), items, cache, processor)
+    assert loss > 0 and set(terms) == {"aux_context"}
+    assert all(p.grad is None for p in model.model.language_model.parameters())
+    assert model.model.vlm_att_query.grad is not None and model.model.vlm_att_query.grad.abs().sum() > 0
 
 
 @pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="tiny model asset not built")
@@ -188,7 +210,8 @@ def test_answer_prior_counts_questions_and_biases_only_their_answer_token(tmp_pa
 
     from llamavid import LlamaVidForConditionalGeneration, LlamaVidProcessor
     from llamavid.synth import QUESTION_TYPES, generate_items
-    from llamavid.train.tiny import AnswerPrior, build_feature_cache, make_batch
+    from llamavid.train.losses import AnswerPrior
+    from llamavid.train.tiny import make_batch
 
     model = LlamaVidForConditionalGeneration.from_pretrained(str(ASSET), dtype=torch.float32)
     processor = LlamaVidProcessor.from_pretrained(ASSET)
@@ -206,7 +229,7 @@ def test_answer_prior_counts_questions_and_biases_only_their_answer_token(tmp_pa
     assert prior.lookup(next(item for item in items if item.question_type != "image_shape")) is None
 
     chosen = [shape_items[0], next(item for item in items if item.question_type == "image_colour")]
-    cache = build_feature_cache(tmp_path / "cache.safetensors", chosen, model.model.vision_tower, 64)
+    cache = _features(tmp_path, chosen, model.model.vision_tower)
     batch = make_batch(chosen, cache, range(2), processor)
     with torch.no_grad():
         output = model(**batch)
@@ -227,45 +250,44 @@ def test_answer_prior_counts_questions_and_biases_only_their_answer_token(tmp_pa
 
 
 @pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="tiny model asset not built")
-def test_feature_cache_refuses_a_changed_dataset(tmp_path: Path) -> None:
+def test_feature_cache_never_serves_features_of_other_items(tmp_path: Path) -> None:
     from llamavid import LlamaVidForConditionalGeneration
     from llamavid.synth import generate_items
-    from llamavid.train.tiny import build_feature_cache
 
     tower = LlamaVidForConditionalGeneration.from_pretrained(str(ASSET)).model.vision_tower
     items = generate_items("train", 4, seed=0, kind="image_qa")
-    path = tmp_path / "cache.safetensors"
-    first = build_feature_cache(path, items, tower, 64)
-    assert torch.equal(build_feature_cache(path, items, tower, 64)["features"], first["features"])  # reused
-    with pytest.raises(ValueError, match="caches 4 items but 6 were asked for"):
-        build_feature_cache(path, generate_items("train", 6, seed=0, kind="image_qa"), tower, 64)
+    first = _features(tmp_path, items, tower)
+    assert torch.equal(_features(tmp_path, items, tower)["features"], first["features"])  # read back
+    more = _features(tmp_path, generate_items("train", 6, seed=0, kind="image_qa"), tower)
+    assert len(more["offsets"]) == 6 and len(more["features"]) == 6  # a new entry, not the 4-item one
+    other = _features(tmp_path, generate_items("train", 4, seed=1, kind="image_qa"), tower)
+    assert not torch.equal(other["features"], first["features"])
+    assert len(list((tmp_path / "features").iterdir())) == 3
 
 
 @pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="tiny model asset not built")
-def test_train_phase_with_an_answer_prior_trains_the_llm(tmp_path: Path) -> None:
+def test_a_phase_with_an_answer_prior_trains_the_llm(tmp_path: Path) -> None:
     from llamavid import LlamaVidForConditionalGeneration, LlamaVidProcessor
     from llamavid.synth import generate_items
-    from llamavid.train.tiny import TrainLog, TrainPhase, build_feature_cache, train_phase
+    from llamavid.train.losses import AnswerPrior, LossSettings
 
     model = LlamaVidForConditionalGeneration.from_pretrained(str(ASSET), dtype=torch.float32)
     model.model.vision_tower.requires_grad_(False)
     processor = LlamaVidProcessor.from_pretrained(ASSET)
     items = generate_items("train", 8, seed=0, kind="image_qa")
-    cache = build_feature_cache(tmp_path / "cache.safetensors", items, model.model.vision_tower, 64)
-    before = model.model.language_model.layers[0].mlp.up_proj.weight.clone()
-    phase = TrainPhase(
-        "prior", steps=2, mixture={"images": 1.0}, batch_size=8, answer_prior=("image_shape", "image_colour")
-    )
-    log = TrainLog()
-    train_phase(model, processor, phase, {"images": (items, cache)}, {}, log)
-    assert not torch.equal(model.model.language_model.layers[0].mlp.up_proj.weight, before)
-    assert log.curve[-1]["loss"] > 0
+    cache = _features(tmp_path, items, model.model.vision_tower)
+    types = ("image_shape", "image_colour")
+    prior = AnswerPrior(items, processor.tokenizer, types)
+    loss, terms = _step(model, LossSettings(answer_prior=types), items, cache, processor, prior=prior)
+    assert loss > 0 and set(terms) == {"lm"}
+    grad = model.model.language_model.layers[0].mlp.up_proj.weight.grad
+    assert grad is not None and grad.abs().sum() > 0
 
 
 def test_scene_targets_count_background_changes_so_far() -> None:
     from llamavid.synth import generate_items
     from llamavid.synth.world import BACKGROUNDS
-    from llamavid.train.tiny import MAX_SCENE_CHANGES, scene_targets
+    from llamavid.train.losses import MAX_SCENE_CHANGES, scene_targets
 
     items = generate_items("train", 80, seed=1, kind="video_qa")
     scene = [i for i in items if i.question_type == "video_scene_change"]
@@ -282,18 +304,12 @@ def test_scene_targets_count_background_changes_so_far() -> None:
 
 
 @pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="tiny model asset not built")
-def test_train_phase_with_scene_probes_trains_them_and_the_llm_below_them(tmp_path: Path) -> None:
+def test_a_phase_with_scene_probes_trains_them_and_the_llm_below_them(tmp_path: Path) -> None:
     """The scene probes read clip frames' hidden states inside the LLM and send gradients into it."""
     from llamavid import LlamaVidForConditionalGeneration, LlamaVidProcessor
     from llamavid.synth import generate_items
-    from llamavid.train.tiny import (
-        AuxiliaryHeads,
-        TrainLog,
-        TrainPhase,
-        build_feature_cache,
-        make_batch,
-        train_phase,
-    )
+    from llamavid.train.losses import AuxiliaryHeads, LossSettings
+    from llamavid.train.tiny import make_batch
 
     model = LlamaVidForConditionalGeneration.from_pretrained(str(ASSET), dtype=torch.float32)
     model.model.vision_tower.requires_grad_(False)
@@ -303,7 +319,7 @@ def test_train_phase_with_scene_probes_trains_them_and_the_llm_below_them(tmp_pa
     items += generate_items("train", 2, seed=0, kind="image_qa") + generate_items(
         "train", 1, seed=0, kind="text_qa"
     )
-    cache = build_feature_cache(tmp_path / "cache.safetensors", items, model.model.vision_tower, 64)
+    cache = _features(tmp_path, items, model.model.vision_tower)
     aux = AuxiliaryHeads(model.config.text_config.hidden_size)
     layers = model.model.language_model.layers
     kept: list[torch.Tensor] = []
@@ -320,18 +336,11 @@ def test_train_phase_with_scene_probes_trains_them_and_the_llm_below_them(tmp_pa
         broken[0, int(broken[0].nonzero()[0])] = False  # a clip row one visual token short
         aux.scene_loss(kept[0], kept[0], broken, items)
 
-    heads_before = aux.changes.weight.detach().clone()
-    top_before = layers[-1].mlp.up_proj.weight.clone()
-    below_before = layers[0].mlp.up_proj.weight.clone()
-    phase = TrainPhase(
-        "scene", steps=2, mixture={"clips": 1.0}, batch_size=6, scene_aux=1.0, visual_lr_scale=1.0
-    )
-    train_phase(model, processor, phase, {"clips": (items, cache)}, {}, TrainLog(), aux=aux)
-    assert not torch.equal(aux.changes.weight, heads_before)
-    assert not torch.equal(layers[0].mlp.up_proj.weight, below_before)
-    assert not torch.equal(
-        layers[-1].mlp.up_proj.weight, top_before
-    )  # the LM loss still trains the top layer
+    loss, terms = _step(model, LossSettings(scene=1.0), items, cache, processor, heads=aux)
+    assert set(terms) == {"lm", "aux_scene"} and terms["aux_scene"] > 0
+    assert aux.changes.weight.grad is not None and aux.changes.weight.grad.abs().sum() > 0
+    assert layers[0].mlp.up_proj.weight.grad.abs().sum() > 0  # the probes read the LLM's hidden states
+    assert layers[-1].mlp.up_proj.weight.grad.abs().sum() > 0  # the LM loss still trains the top layer
     assert all(not layer._forward_hooks for layer in layers)  # the probes' hooks are removed afterwards
 
 
@@ -339,14 +348,15 @@ def test_train_phase_with_scene_probes_trains_them_and_the_llm_below_them(tmp_pa
 def test_answer_prior_on_the_answer_head_shifts_only_prior_questions(tmp_path: Path) -> None:
     from llamavid import LlamaVidForConditionalGeneration, LlamaVidProcessor
     from llamavid.synth import generate_items
-    from llamavid.train.tiny import AnswerPrior, AuxiliaryHeads, build_feature_cache, make_batch
+    from llamavid.train.losses import AnswerPrior, AuxiliaryHeads
+    from llamavid.train.tiny import make_batch
 
     model = LlamaVidForConditionalGeneration.from_pretrained(str(ASSET), dtype=torch.float32)
     processor = LlamaVidProcessor.from_pretrained(ASSET)
     pool = generate_items("train", 400, seed=0, kind="image_qa")
     shape = next(i for i in pool if i.question_type == "image_shape")
     count = next(i for i in pool if i.question_type == "image_count")
-    cache = build_feature_cache(tmp_path / "cache.safetensors", [shape, count], model.model.vision_tower, 64)
+    cache = _features(tmp_path, [shape, count], model.model.vision_tower)
     with torch.no_grad():
         visual = model(**make_batch([shape, count], cache, range(2), processor)).visual
     aux = AuxiliaryHeads(model.config.text_config.hidden_size)

@@ -1,6 +1,5 @@
 """Tiny-model phases through the generic recipe (``llamavid train tiny/phase.yaml data.tiny...``; issue #20)."""
 
-import importlib.util
 import json
 import math
 import shutil
@@ -20,52 +19,47 @@ PHASE_YAML = REPO / "src" / "llamavid" / "train" / "configs" / "tiny" / "phase.y
 SMALL_LLM = "model.random_init={llm_hidden: 64, llm_layers: 2, llm_heads: 2, llm_intermediate: 128}"
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location("train_tiny_model", REPO / "tools" / "train_tiny_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+V4_RECORD = json.loads((Path(__file__).parent / "data" / "tiny_v4_curriculum.json").read_text())
 
 
-def test_every_v4_phase_resolves_to_the_old_tools_settings():
-    """Same phases, losses and hyper-parameters as tools/train_tiny_model.py's TrainPhase loop (AdamW betas
-    (0.9, 0.98), no weight decay, clip 1.0, cosine to 5 %), and the schedule agrees after the warmup."""
+def test_every_v4_phase_resolves_to_the_settings_that_trained_v4():
+    """Same phases, losses and hyper-parameters as the loop that trained the committed v4 (recorded in
+    tests/train/data before it was removed: AdamW betas (0.9, 0.98), no weight decay, clip 1.0, cosine to 5 %),
+    and transformers' schedule agrees with that loop's hand-written one after the warmup."""
     from dataclasses import asdict
 
     from llamavid.train.stage0_vision import Stage0Settings
 
-    tool = _tool()
-    for old in tool.PHASES:
-        recipe = TrainingRecipe(load_config(PHASE_YAML, [f"data.tiny.phase={old.name}"]))
-        assert Stage0Settings(**recipe.tiny_curriculum.stage0) == tool.STAGE0
+    optimizer_record = V4_RECORD["optimizer"]
+    for old in V4_RECORD["phases"]:
+        recipe = TrainingRecipe(load_config(PHASE_YAML, [f"data.tiny.phase={old['name']}"]))
+        stage0 = json.loads(json.dumps(asdict(Stage0Settings(**recipe.tiny_curriculum.stage0))))
+        assert stage0 == V4_RECORD["stage0"]
         assert recipe.tiny_settings() == {
-            "name": old.name,
-            "steps": old.steps,
-            "mixture": old.mixture,
-            "batch_size": old.batch_size,
-            "batch_sizes": old.batch_sizes,
-            "lr": old.lr,
-            "visual_lr": old.lr * old.visual_lr_scale,
-            "warmup": old.warmup,
-            "min_lr_rate": 0.05,
-            "betas": [0.9, 0.98],
-            "weight_decay": 0.0,
-            "max_grad_norm": 1.0,
+            **{key: old[key] for key in ("name", "steps", "mixture", "batch_size", "batch_sizes", "lr")},
+            "visual_lr": old["visual_lr"],
+            "warmup": old["warmup"],
+            "min_lr_rate": optimizer_record["min_lr_rate"],
+            "betas": optimizer_record["betas"],
+            "weight_decay": optimizer_record["weight_decay"],
+            "max_grad_norm": optimizer_record["max_grad_norm"],
             "grad_accum_steps": 1,
-            "losses": json.loads(json.dumps(asdict(old.losses))),
+            "losses": old["losses"],
+            "tokenizers": {"llm": "word", "qformer": "synth"},
         }
-        assert recipe.tiny_phase.seed == old.seed and recipe.tiny_phase.eval_every == old.eval_every
+        assert recipe.tiny_phase.seed == old["seed"] and recipe.tiny_phase.eval_every == old["eval_every"]
         # The schedule: transformers' warmup + cosine with a floor, against the old hand-written lambda.
-        recipe.total_steps = old.steps
+        steps, warmup = old["steps"], old["warmup"]
+        recipe.total_steps = steps
         optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
         scheduler = recipe._tiny_scheduler(optimizer)
-        for step in range(old.steps):
+        for step in range(steps):
             factor = scheduler.lr_lambdas[0](step)
-            if step >= old.warmup:
-                progress = (step - old.warmup) / max(1, old.steps - old.warmup)
+            if step >= warmup:
+                progress = (step - warmup) / max(1, steps - warmup)
                 assert factor == pytest.approx(MIN_LR_RATE + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
             else:  # one step later than the old ramp ((step + 1) / warmup): transformers starts at 0
-                assert factor == pytest.approx(step / old.warmup)
+                assert factor == pytest.approx(step / warmup)
 
 
 def test_bad_tiny_sections_are_refused():
@@ -164,3 +158,30 @@ def test_two_smoke_phases_through_the_console_script_fall_use_the_aux_terms_and_
     assert [r["loss_terms"] for r in resumed] == [r["loss_terms"] for r in images]
     assert "trained 0 steps (to step 6/6)" in _train(tmp_path, "images", init).stdout
     assert _metrics(run) == resumed
+
+
+@pytest.mark.timeout(600)
+def test_a_curriculum_chooses_the_subword_llm_tokenizer_and_the_bert_vocab(tmp_path):
+    """tokenizers: {llm: subword, qformer: bert} (v5): no unknown token for any question, BERT-uncased questions."""
+    curriculum = tmp_path / "v5_smoke.yaml"
+    curriculum.write_text(
+        "tokenizers: {llm: subword, qformer: bert}\n"
+        "stage0: {patch_targets: true, steps: 4, batch_size: 8, eval_frames: 16, hidden_size: 32, num_layers: 1,\n"
+        "         intermediate_size: 64}\n"
+        "datasets:\n"
+        "  images: {split: train, kind: image_qa, n: 32, seed: 0, phrasing: varied}\n"
+        "phases:\n"
+        "  - {name: images, steps: 3, batch_size: 8, warmup: 0, lr: 3.0e-3, mixture: {images: 1.0}}\n"
+    )
+    _train(tmp_path, "images", f"data.tiny.curriculum={curriculum}", SMALL_LLM, "data.tiny.eval=false")
+    from llamavid.model import LlamaVidProcessor
+
+    processor = LlamaVidProcessor.from_pretrained(tmp_path / "images" / "final")
+    assert processor.tokenizer.unk_token_id is None  # byte-level: every string has an encoding
+    question = "What color is the gray 🙂 objcet? 这是什么"
+    ids = processor.tokenizer(question, add_special_tokens=False)["input_ids"]
+    assert processor.tokenizer.decode(ids) == question
+    assert len(processor.qformer_tokenizer) == 30523  # the released BERT-uncased vocab + [DEC]
+    settings = json.loads((tmp_path / "images" / "final" / "tiny_phase.json").read_text())
+    assert settings["tokenizers"] == {"llm": "subword", "qformer": "bert"}
+    assert all(row["loss"] > 0 for row in _metrics(tmp_path / "images"))

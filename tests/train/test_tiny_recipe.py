@@ -1,40 +1,47 @@
 """The tiny-model curriculum as YAML (train/configs/tiny/) and the losses a phase selects (train/losses.py)."""
 
-import importlib.util
+import json
 from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
 from llamavid.errors import InvalidInputError
+from llamavid.train.curriculum import SEALED_TEST_SEED, Phase, load_curriculum
 from llamavid.train.losses import LossSettings
-from llamavid.train.tiny import SEALED_TEST_SEED, TrainPhase, load_tiny_recipe
+from llamavid.train.stage0_vision import Stage0Settings
 
 REPO = Path(__file__).resolve().parents[2]
 V4 = REPO / "src" / "llamavid" / "train" / "configs" / "tiny" / "v4.yaml"
+# Recorded from tools/train_tiny_model.py (the Python loop that trained the committed v4) before it was removed.
+V4_RECORD = json.loads((Path(__file__).parent / "data" / "tiny_v4_curriculum.json").read_text())
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location("train_tiny_model", REPO / "tools" / "train_tiny_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_v4_yaml_states_exactly_the_tools_curriculum():
-    tool, recipe = _tool(), load_tiny_recipe(V4)
-    assert recipe.datasets == tool.DATASETS
-    assert recipe.evals == tool.EVALS
-    assert [p.name for p in recipe.phases] == [p.name for p in tool.PHASES]
-    # Field by field, as phase.json records them (what a resumed run compares).
-    assert [asdict(p) for p in recipe.phases] == [asdict(p) for p in tool.PHASES]
-    # Every subset the tool derives in code is declared.
-    derived = {name for phase in tool.PHASES for name in phase.mixture} - set(tool.DATASETS)
-    assert derived <= set(recipe.subsets)
+def test_v4_yaml_states_exactly_the_curriculum_that_trained_v4():
+    recipe = load_curriculum(V4)
+    assert {name: list(row) for name, row in recipe.datasets.items()} == V4_RECORD["datasets"]
+    assert list(recipe.evals) == V4_RECORD["evals"]
+    stage0 = asdict(Stage0Settings(**recipe.stage0))
+    assert json.loads(json.dumps(stage0)) == V4_RECORD["stage0"]
+    # Field by field, as the old loop recorded them.
+    for phase, old in zip(recipe.phases, V4_RECORD["phases"], strict=True):
+        assert {
+            "name": phase.name,
+            "steps": phase.steps,
+            "mixture": phase.mixture,
+            "batch_size": phase.batch_size,
+            "batch_sizes": phase.batch_sizes,
+            "lr": phase.lr,
+            "visual_lr": phase.lr * phase.visual_lr_scale,
+            "warmup": phase.warmup,
+            "eval_every": phase.eval_every,
+            "seed": phase.seed,
+            "losses": json.loads(json.dumps(asdict(phase.losses))),
+        } == old
 
 
 def test_a_phase_reads_its_losses_back():
-    phase = next(p for p in load_tiny_recipe(V4).phases if p.name == "needle1")
+    phase = next(p for p in load_curriculum(V4).phases if p.name == "needle1")
     assert phase.losses == LossSettings(
         answer_head=0.5,
         grounding=2.0,
@@ -43,7 +50,7 @@ def test_a_phase_reads_its_losses_back():
         answer_prior_on_heads=True,
     )
     assert phase.losses.uses_heads and phase.visual_lr_scale == 1.0
-    assert TrainPhase("x", 1, {"a": 1.0}).losses == LossSettings()
+    assert Phase("x", 1, {"a": 1.0}).losses == LossSettings()
     assert not LossSettings().uses_heads
 
 
@@ -73,17 +80,19 @@ def test_bad_recipes_name_the_file_and_phase(tmp_path):
         "phases:\n  - {name: p, steps: 1, mixture: {a: 1.0}, losses: {lm: 2}}\n": r"phases\[0\].losses.lm",
         "evals: [z]\n": r"evals \['z'\] are not datasets",
         "subsets:\n  s: {from: nowhere, subset: visual_needle}\n": r"subsets.s.from='nowhere'",
+        "tokenizers: {llm: sentencepiece}\n": r"tokenizers.llm='sentencepiece': expected llm in",
+        "tokenizers: {vision: bert}\n": r"tokenizers.vision='bert'",
     }
     for index, (text, message) in enumerate(cases.items()):
         path = tmp_path / f"r{index}.yaml"
         path.write_text(base + text)
         with pytest.raises(InvalidInputError, match=message) as error:
-            load_tiny_recipe(path)
+            load_curriculum(path)
         assert str(path) in str(error.value)
     path = tmp_path / "top.yaml"
     path.write_text(base + "steps: 3\n")
     with pytest.raises(InvalidInputError, match=r"unknown top-level key\(s\) \['steps'\]"):
-        load_tiny_recipe(path)
+        load_curriculum(path)
 
 
 def test_datasets_take_generate_items_options_but_never_the_sealed_seed_or_held_out_templates(tmp_path):
@@ -95,14 +104,14 @@ def test_datasets_take_generate_items_options_but_never_the_sealed_seed_or_held_
         "  needles: {split: train, kind: long_qa, n: 12, episode_frames: 60, balanced_needles: true}\n"
         "  eval_heldout: {split: heldout, kind: image_qa, n: 8, seed: 2, phrasing: heldout_templates}\n"
     )
-    recipe = load_tiny_recipe(path)
+    recipe = load_curriculum(path)
     assert recipe.dataset_options == {
         "images": {"phrasing": "varied", "turns": (1, 3)},
         "clips": {"clip_frames": (5, 60)},
         "needles": {"balanced_needles": True},
         "eval_heldout": {"phrasing": "heldout_templates"},
     }
-    assert load_tiny_recipe(V4).dataset_options == {}
+    assert load_curriculum(V4).dataset_options == {}
     plan = (REPO / "docs" / "tiny-model.md").read_text()
     assert f"sealed test seed: `{SEALED_TEST_SEED}`" in plan  # the code guards the seed the plan sealed
     refused = {
@@ -114,4 +123,4 @@ def test_datasets_take_generate_items_options_but_never_the_sealed_seed_or_held_
     for line, message in refused.items():
         path.write_text("datasets:\n  " + line + "\n")
         with pytest.raises(InvalidInputError, match=message):
-            load_tiny_recipe(path)
+            load_curriculum(path)

@@ -238,7 +238,7 @@ def check_seed(seed: int, sealed: bool) -> None:
     Raises:
         InvalidInputError: if ``seed`` is the sealed seed and ``sealed`` is false.
     """
-    from llamavid.train.tiny import SEALED_TEST_SEED
+    from llamavid.train.curriculum import SEALED_TEST_SEED
 
     if seed == SEALED_TEST_SEED and not sealed:
         raise InvalidInputError(

@@ -1024,7 +1024,7 @@ class TrainingRecipe:
         if self.aux_heads is not None:
             self._save_aux_heads(final)
             if self.tiny.export:
-                from llamavid.train.tiny import save_tiny_model
+                from llamavid.train.tiny_model import save_tiny_model
 
                 save_tiny_model(module, self.processor, Path(self.tiny.export))
             # Written last: its presence marks the phase finished (data.tiny.resume).
@@ -1086,12 +1086,12 @@ class TrainingRecipe:
 
         Returns ``data.tiny.resume``.
         """
-        from llamavid.train.tiny import load_tiny_recipe
+        from llamavid.train.curriculum import load_curriculum
         from llamavid.train.tiny_phase import TinyPhaseConfig
 
         self.tiny = TinyPhaseConfig.from_config(dict(self.cfg.data.tiny))
         path = self.tiny.curriculum_path()
-        self.tiny_curriculum = load_tiny_recipe(path)
+        self.tiny_curriculum = load_curriculum(path)
         phases = {phase.name: phase for phase in self.tiny_curriculum.phases}
         if self.tiny.phase not in phases:
             raise ConfigError(
@@ -1130,7 +1130,7 @@ class TrainingRecipe:
         self.rank, self.world_size = 0, 1  # one process (_read_tiny_phase); setup() is not run
         if self.tiny.export and not (Path(self.tiny.export) / "config.json").is_file():
             from llamavid.model import LlamaVidForConditionalGeneration, LlamaVidProcessor
-            from llamavid.train.tiny import save_tiny_model
+            from llamavid.train.tiny_model import save_tiny_model
 
             model = LlamaVidForConditionalGeneration.from_pretrained(str(path.parent), dtype=torch.float32)
             save_tiny_model(model, LlamaVidProcessor.from_pretrained(path.parent), Path(self.tiny.export))
@@ -1138,30 +1138,25 @@ class TrainingRecipe:
         return True
 
     def tiny_settings(self) -> dict[str, Any]:
-        """The phase's resolved training settings (`tiny_phase.resolved_settings`)."""
+        """The phase's resolved training settings (`tiny_phase.resolved_settings`) and the curriculum's tokenizers."""
         from llamavid.train.tiny_phase import resolved_settings
 
-        return resolved_settings(self.tiny_phase, self.cfg.optim, self.cfg.train.grad_accum_steps)
+        settings = resolved_settings(self.tiny_phase, self.cfg.optim, self.cfg.train.grad_accum_steps)
+        return {**settings, "tokenizers": dict(self.tiny_curriculum.tokenizers)}
 
     def _build_tiny_model(self) -> tuple[Any, Any]:
-        """A fresh tiny model: the curriculum's stage-0 tower (trained once under work_dir), synth tokenizers."""
-        from transformers import AutoTokenizer
-
+        """A fresh tiny model: the curriculum's stage-0 tower and tokenizers (built once under work_dir)."""
         from llamavid.model import LlamaVidProcessor
-        from llamavid.model.processing_llamavid import load_qformer_tokenizer
-        from llamavid.synth.tokenizers import build_llm_tokenizer, build_qformer_vocab, synth_corpus
         from llamavid.train.stage0_vision import Stage0Settings, train_stage0
-        from llamavid.train.tiny import TEMPLATE, TinyModelSettings, build_tiny_model
+        from llamavid.train.tiny_model import TEMPLATE, TinyModelSettings, build_tiny_model, load_tokenizers
 
         work = Path(self.tiny.work_dir)
+        kinds = self.tiny_curriculum.tokenizers
         if self.is_main:
             train_stage0(Stage0Settings(**self.tiny_curriculum.stage0), work / "stage0")
-            if not (work / "llm_tokenizer" / "tokenizer.json").is_file():
-                corpus = synth_corpus()
-                build_llm_tokenizer(work / "llm_tokenizer", corpus)
-                build_qformer_vocab(work / "qformer_tokenizer", corpus)
-        tokenizer = AutoTokenizer.from_pretrained(str(work / "llm_tokenizer"))
-        qformer_tokenizer = load_qformer_tokenizer(work / "qformer_tokenizer")
+            load_tokenizers(work, kinds["llm"], kinds["qformer"])  # built once, before any other rank reads
+        self._barrier()
+        tokenizer, qformer_tokenizer = load_tokenizers(work, kinds["llm"], kinds["qformer"])
         torch.manual_seed(self.cfg.model.seed)
         try:
             settings = TinyModelSettings(**self.cfg.model.random_init)
@@ -1274,7 +1269,7 @@ class TrainingRecipe:
 
     def _tiny_eval(self) -> None:
         """Score the curriculum's eval sets at the phase's ``eval_every`` (0-based step) and at its last step."""
-        from llamavid.train.tiny import score_items
+        from llamavid.train.tiny_model import score_items
 
         step, every = self.state.global_step - 1, self.tiny_phase.eval_every
         last = self.state.global_step >= self.total_steps

@@ -4,7 +4,7 @@ The recipe (`train/recipe.py`) keeps its loop, checkpoints, resume, gradient acc
 metrics; this module gives it what a tiny-model phase needs instead of LLaVA JSON:
 
 * the phase (mixture, steps, batch sizes, learning rate, warmup, ``losses:``) from a curriculum YAML under
-  ``train/configs/tiny/`` (:func:`llamavid.train.tiny.load_tiny_recipe`), addressed by name;
+  ``train/configs/tiny/`` (:func:`llamavid.train.curriculum.load_curriculum`), addressed by name;
 * the synthetic items of every set the phase mixes and their frozen vision features, cached through
   :class:`llamavid.data.FeatureCache` under a key holding the sha256 of the *model's own* vision tower and of the
   items' media, so features of another tower or of changed items can never be read back;
@@ -20,6 +20,7 @@ Why not the recipe's defaults: the phase sets the optimizer's two learning rates
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -38,11 +39,12 @@ from llamavid.model.modeling_llamavid import VISUAL_INPUT_NAMES
 from llamavid.synth._common import QAItem
 from llamavid.train.losses import AnswerPrior, AuxiliaryHeads, LossSettings
 from llamavid.train.schema import ConfigError, packaged_config_dir
+from llamavid.train.tiny import encode_frames, item_frames, make_batch
 
 logger = logging.getLogger(__name__)
 
 AUX_WEIGHTS = "auxiliary_heads.safetensors"  # training-only probes, beside a checkpoint's or final's weights
-MIN_LR_RATE = 0.05  # the tiny phases' cosine ends at 5 % of the peak (tools/train_tiny_model.py, v1-v4)
+MIN_LR_RATE = 0.05  # the tiny phases' cosine ends at 5 % of the peak (v1-v4)
 _LLM_PREFIXES = ("model.language_model.", "lm_head.")
 
 
@@ -61,7 +63,7 @@ class TinyPhaseConfig:
         resume: rerunning the same command continues a killed phase from ``output_dir/latest`` and skips a
             finished one (``final/tiny_phase.json`` with the same settings; other settings are refused), so
             ``make tiny-model`` is a plain list of ``llamavid train`` calls that resumes where it stopped.
-        export: also write the final model as a shippable fp16 llamavid folder here (``tiny.save_tiny_model``).
+        export: also write the final model as a shippable fp16 llamavid folder here (:func:`llamavid.train.tiny_model.save_tiny_model`).
     """
 
     curriculum: str = ""
@@ -121,7 +123,6 @@ def cached_features(
     encoded once.
     """
     from llamavid.data.feature_cache import CacheKey
-    from llamavid.train.tiny import encode_frames, item_frames
 
     key = CacheKey(
         video_sha256=media_sha256(items),
@@ -228,14 +229,12 @@ class MixtureDataset(torch.utils.data.Dataset):
 
 
 class MixtureCollator:
-    """Model inputs from cached features (``tiny.make_batch``) plus the items themselves (``tiny_items``)."""
+    """Model inputs from cached features (:func:`llamavid.train.tiny.make_batch`) plus the items (``tiny_items``)."""
 
     def __init__(self, data: dict[str, tuple[list[QAItem], dict[str, Tensor]]], processor: Any) -> None:
         self.data, self.processor = data, processor
 
     def __call__(self, keys: list[tuple[str, int]]) -> dict[str, Any]:
-        from llamavid.train.tiny import make_batch
-
         name = keys[0][0]
         items, cache = self.data[name]
         indices = [index for _, index in keys]
@@ -244,13 +243,53 @@ class MixtureCollator:
         return batch
 
 
+def question_type_subset(
+    items: Sequence[QAItem], cache: dict[str, Tensor], question_type: str
+) -> tuple[list[QAItem], dict[str, Tensor]]:
+    """The items of one question type and a view of their cached features (shared, not copied), for oversampling.
+
+    Raises:
+        ValueError: when no item has that type (a mixture would otherwise sample from an empty set).
+    """
+    index = [i for i, item in enumerate(items) if item.question_type == question_type]
+    if not index:
+        raise InvalidInputError(f"no item of question type {question_type!r} among {len(items)} items")
+    subset = {
+        "features": cache["features"],
+        "offsets": cache["offsets"][index],
+        "counts": cache["counts"][index],
+    }
+    return [items[i] for i in index], subset
+
+
+def visual_needle_subset(
+    items: Sequence[QAItem], cache: dict[str, Tensor], needle_length: int = 1
+) -> tuple[list[QAItem], dict[str, Tensor]]:
+    """The visual-needle questions of a long-video set, for oversampling them in a phase.
+
+    With ``needle_length`` 1 the items and the cached features are shared with the full set. A longer needle is
+    a *training curriculum* only (held-out needles stay one frame): the same episodes with the white screen held
+    for ``needle_length`` frames, whose features must be cached separately (their media ids change).
+    """
+    if needle_length == 1:
+        return question_type_subset(items, cache, "long_visual_needle")
+    index = [i for i, item in enumerate(items) if item.question_type == "long_visual_needle"]
+    longer = []
+    for i in index:
+        item, episode = items[i], items[i].media
+        start = min(episode.needle_start, episode.num_frames - needle_length)
+        media = dataclasses.replace(episode, needle_length=needle_length, needle_start=start)
+        meta = dict(item.meta, media_id=f"{item.meta['media_id']}-n{needle_length}")
+        longer.append(dataclasses.replace(item, media=media, meta=meta))
+    return longer, {}
+
+
 def load_phase_data(
     recipe: Any, names: Sequence[str], tower: nn.Module, size: int, cache_root: Path
 ) -> dict[str, tuple[list[QAItem], dict[str, Tensor]]]:
     """Items and cached features of the named datasets and subsets (subsets share their dataset's features)."""
     from llamavid.data.feature_cache import FeatureCache, module_sha256
     from llamavid.synth import generate_items
-    from llamavid.train.tiny import question_type_subset, visual_needle_subset
 
     cache = FeatureCache(cache_root)
     encoder_id = module_sha256(tower)
@@ -404,6 +443,8 @@ __all__ = [
     "MixtureCollator",
     "MixtureDataset",
     "MixtureSampler",
+    "question_type_subset",
+    "visual_needle_subset",
     "TinyLoss",
     "TinyPhaseConfig",
     "cached_features",

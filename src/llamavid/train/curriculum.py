@@ -1,0 +1,199 @@
+"""A tiny-model curriculum as data: datasets, subsets, evals and phases read from ``train/configs/tiny/*.yaml``.
+
+``llamavid train train/configs/tiny/phase.yaml data.tiny.curriculum=tiny/v4 data.tiny.phase=NAME`` trains one
+phase of it through the one recipe (:mod:`llamavid.train.tiny_phase`); ``make tiny-model`` lists those calls.
+This module only reads and checks the YAML: a mixture naming an undefined set, an unknown key, held-out
+phrasings in a training set or the sealed test seed anywhere are refused with the file and the place named.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llamavid.errors import InvalidInputError
+from llamavid.synth.phrasing import check_phrasing
+from llamavid.train.losses import LossSettings
+from llamavid.train.stage0_vision import Stage0Settings
+
+SEALED_TEST_SEED = 933225671
+"""The v5 sealed test seed (docs/tiny-model.md, "v5 plan"): reserved for the one final score; a curriculum that
+names it as a data seed is refused, and ``llamavid eval-synth`` asks for ``--sealed`` before using it."""
+
+TOKENIZER_CHOICES = {"llm": ("word", "subword"), "qformer": ("synth", "bert")}
+DEFAULT_TOKENIZERS = {"llm": "word", "qformer": "synth"}  # v4's
+_PHASE_KEYS = (
+    "name",
+    "steps",
+    "mixture",
+    "batch_size",
+    "lr",
+    "warmup",
+    "eval_every",
+    "seed",
+    "visual_lr_scale",
+)
+_DATASET_KEYS = ("split", "kind", "n", "seed", "episode_frames")
+_DATASET_OPTIONS = ("phrasing", "turns", "balanced_needles", "clip_frames")  # generate_items keywords
+
+
+@dataclass
+class Phase:
+    """One phase: a mixture of cached item sets sampled by weight, its schedule and its losses.
+
+    Attributes:
+        mixture: set name -> sampling weight; each step draws one set, then a batch from it.
+        batch_size / batch_sizes: items per batch, per set where ``batch_sizes`` names it (long videos: small).
+        lr: the LLM's peak learning rate; the visual side (text decoder, projectors, probes) gets
+            ``lr * visual_lr_scale``. Warmup for ``warmup`` steps, then cosine to 5 %.
+        eval_every: score the curriculum's evals every this many steps (0: only at the end).
+        seed: added to the run seed for this phase's batch sampling.
+        losses: what the phase optimises (:class:`~llamavid.train.losses.LossSettings`).
+    """
+
+    name: str
+    steps: int
+    mixture: dict[str, float]
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup: int = 30
+    eval_every: int = 0
+    seed: int = 0
+    visual_lr_scale: float = 1.0
+    batch_sizes: dict[str, int] = field(default_factory=dict)
+    losses: LossSettings = field(default_factory=LossSettings)
+
+
+@dataclass
+class Curriculum:
+    """A tiny-model curriculum (:func:`load_curriculum`).
+
+    Attributes:
+        datasets: name -> ``(split, kind, items, data seed, frames per long video or 0)``, cached once each.
+        subsets: name -> how a set is derived from a cached one (``{"from", "subset", ...}``).
+        evals: the sets scored during training.
+        phases: the phases, in order.
+        dataset_options: name -> extra ``generate_items`` keywords (``phrasing``, ``turns``,
+            ``balanced_needles``, ``clip_frames``) of the datasets that set any.
+        stage0: :class:`Stage0Settings` fields of the stage-0 tower a fresh model is built around.
+        tokenizers: ``{"llm": "word" | "subword", "qformer": "synth" | "bert"}``: the LLM's tokenizer (v4's
+            word-level one, or the byte-level BPE with no unknown token) and the text decoder's vocab (v4's
+            WordPiece of the synth words, or the released BERT-uncased vocab); built by
+            :func:`llamavid.train.tiny_model.load_tokenizers` for a phase that starts from a fresh model.
+    """
+
+    datasets: dict[str, tuple[str, str, int, int, int]]
+    subsets: dict[str, dict[str, Any]]
+    evals: tuple[str, ...]
+    phases: list[Phase]
+    dataset_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stage0: dict[str, Any] = field(default_factory=dict)
+    tokenizers: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_TOKENIZERS))
+
+
+def _phase(config: dict[str, Any], where: str) -> Phase:
+    allowed = [*_PHASE_KEYS, "batch_sizes", "losses"]
+    unknown = sorted(set(config) - set(allowed))
+    if unknown:
+        raise InvalidInputError(f"{where}: unknown key(s) {unknown}; expected some of {allowed}.")
+    for key in ("name", "steps", "mixture"):
+        if key not in config:
+            raise InvalidInputError(f"{where}: missing {key!r}.")
+    return Phase(
+        **{key: config[key] for key in _PHASE_KEYS if key in config},
+        batch_sizes=dict(config.get("batch_sizes") or {}),
+        losses=LossSettings.from_config(config.get("losses") or {}, f"{where}.losses"),
+    )
+
+
+def _dataset(path: Path, name: str, spec: dict[str, Any]) -> tuple[tuple[str, str, int, int, int], dict]:
+    extra = sorted(set(spec) - set(_DATASET_KEYS) - set(_DATASET_OPTIONS))
+    if extra or not {"split", "kind", "n"} <= set(spec):
+        raise InvalidInputError(
+            f"{path}: datasets.{name}: expected split, kind, n and optionally seed, episode_frames, "
+            f"{', '.join(_DATASET_OPTIONS)}; found {sorted(spec)}."
+        )
+    if int(spec.get("seed", 0)) == SEALED_TEST_SEED:
+        raise InvalidInputError(
+            f"{path}: datasets.{name}: seed {SEALED_TEST_SEED} is the sealed v5 test seed, reserved for the one "
+            "final score (docs/tiny-model.md, v5 plan)."
+        )
+    options = {key: spec[key] for key in _DATASET_OPTIONS if key in spec}
+    if "phrasing" in options:
+        check_phrasing(options["phrasing"])
+        if options["phrasing"] == "heldout_templates" and spec["split"] == "train":
+            raise InvalidInputError(
+                f"{path}: datasets.{name}: a train set may not use the held-out templates (they measure "
+                "phrasings never trained)."
+            )
+    for key in ("turns", "clip_frames"):
+        if isinstance(options.get(key), list):
+            options[key] = tuple(options[key])
+    row = (
+        spec["split"],
+        spec["kind"],
+        int(spec["n"]),
+        int(spec.get("seed", 0)),
+        int(spec.get("episode_frames", 0)),
+    )
+    return row, options
+
+
+def load_curriculum(path: str | Path) -> Curriculum:
+    """Read and check a curriculum YAML; ``presets`` is free space for YAML anchors.
+
+    Raises:
+        InvalidInputError: on an unknown key, a missing field, a mixture naming an undefined set, held-out
+            templates in training or the sealed seed, with the file and the phase or dataset in the message.
+    """
+    import yaml
+
+    path = Path(path)
+    config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(config, dict):
+        raise InvalidInputError(f"{path}: expected a mapping at the top level.")
+    top = {"version", "presets", "stage0", "tokenizers", "datasets", "subsets", "evals", "phases"}
+    unknown = sorted(set(config) - top)
+    if unknown:
+        raise InvalidInputError(f"{path}: unknown top-level key(s) {unknown}.")
+    datasets, options = {}, {}
+    for name, spec in (config.get("datasets") or {}).items():
+        datasets[name], chosen = _dataset(path, name, spec)
+        if chosen:
+            options[name] = chosen
+    subsets = {name: dict(spec) for name, spec in (config.get("subsets") or {}).items()}
+    for name, spec in subsets.items():
+        if spec.get("from") not in datasets:
+            raise InvalidInputError(f"{path}: subsets.{name}.from={spec.get('from')!r} is not a dataset.")
+    phases = [_phase(phase, f"{path}: phases[{i}]") for i, phase in enumerate(config.get("phases") or [])]
+    for phase in phases:
+        missing = sorted(set(phase.mixture) - set(datasets) - set(subsets))
+        if missing:
+            raise InvalidInputError(f"{path}: phase {phase.name!r} mixes undefined set(s) {missing}.")
+    evals = tuple(config.get("evals") or ())
+    if not set(evals) <= set(datasets):
+        raise InvalidInputError(f"{path}: evals {sorted(set(evals) - set(datasets))} are not datasets.")
+    stage0 = dict(config.get("stage0") or {})
+    bad = sorted(set(stage0) - {f.name for f in dataclasses.fields(Stage0Settings)})
+    if bad:
+        raise InvalidInputError(f"{path}: stage0: unknown Stage0Settings field(s) {bad}.")
+    tokenizers = dict(DEFAULT_TOKENIZERS, **(config.get("tokenizers") or {}))
+    for part, choice in tokenizers.items():
+        if part not in TOKENIZER_CHOICES or choice not in TOKENIZER_CHOICES[part]:
+            raise InvalidInputError(
+                f"{path}: tokenizers.{part}={choice!r}: expected llm in {TOKENIZER_CHOICES['llm']} and qformer "
+                f"in {TOKENIZER_CHOICES['qformer']}."
+            )
+    return Curriculum(datasets, subsets, evals, phases, options, stage0, tokenizers)
+
+
+__all__ = [
+    "DEFAULT_TOKENIZERS",
+    "SEALED_TEST_SEED",
+    "TOKENIZER_CHOICES",
+    "Curriculum",
+    "Phase",
+    "load_curriculum",
+]
