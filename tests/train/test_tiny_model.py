@@ -364,3 +364,38 @@ def test_answer_prior_on_the_answer_head_shifts_only_prior_questions(tmp_path: P
     plain = aux.loss(visual, [shape, count], 1.0, 0.0)
     assert aux.loss(visual, [count, count], 1.0, 0.0, prior) == aux.loss(visual, [count, count], 1.0, 0.0)
     assert not torch.isclose(aux.loss(visual, [shape, count], 1.0, 0.0, prior), plain)
+
+
+@pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="tiny model asset not built")
+def test_batches_from_cached_features_match_the_processor_from_pixels() -> None:
+    """make_batch (training from cached features) builds what LlamaVidProcessor builds from pixels: the same ids
+    for images with earlier turns, clips and text, and the same next-token logits up to the fp16 cache."""
+    from llamavid import LlamaVidForConditionalGeneration, LlamaVidProcessor
+    from llamavid.synth import FrameSpec, generate_items
+    from llamavid.train.tiny import encode_frames, item_frames, make_batch, prompt_for
+
+    model = LlamaVidForConditionalGeneration.from_pretrained(str(ASSET), dtype=torch.float32).eval()
+    processor = LlamaVidProcessor.from_pretrained(ASSET)
+    items = generate_items("train", 2, seed=0, kind="image_qa", turns=(3, 3), phrasing="varied")
+    items += generate_items("train", 1, seed=0, kind="video_qa") + generate_items(
+        "train", 1, seed=0, kind="text_qa"
+    )
+    assert all(len(item.earlier_turns) == 2 for item in items[:2])
+    for item in items:
+        frames = item_frames(item, 64)
+        count = 0 if frames is None else len(frames)
+        features = (
+            encode_frames(model.model.vision_tower, frames) if frames is not None else torch.zeros(0, 1, 1)
+        )
+        cache = {"features": features, "offsets": torch.tensor([0]), "counts": torch.tensor([count])}
+        batch = make_batch([item], cache, [0], processor, train=False)
+        media = {} if frames is None else {"images": [frames[0]]} if isinstance(item.media, FrameSpec) else {}
+        if frames is not None and not media:
+            media = {"videos": [frames]}
+        reference = processor(prompt_for(item, processor), **media)
+        assert torch.equal(reference["input_ids"], batch["input_ids"]), item.question_type
+        if item.earlier_turns:
+            assert prompt_for(item, processor).count("ASSISTANT:") == 3
+        with torch.no_grad():
+            ours, theirs = model(**batch).logits[0, -1], model(**reference).logits[0, -1]
+        torch.testing.assert_close(ours, theirs, atol=5e-3, rtol=0)

@@ -38,16 +38,23 @@ def encode_frames(tower: torch.nn.Module, frames: np.ndarray, chunk: int = 256) 
 
 
 def prompt_for(item: QAItem, processor: LlamaVidProcessor) -> str:
-    """The user turn in the model's template.
+    """The conversation up to the item's answer, in the model's template.
 
-    Images and clips go first (``<image>\\n`` + question), as synth records do; a long video is the movie prompt,
-    one ``<image>`` per frame with that frame's subtitles after it (docs/architecture.md §4).
+    Images and clips go first in the first user turn (``<image>\n`` + question), as synth records do; an item's
+    earlier turns (``turns=``) come before its own question with their answers (only the last answer is
+    trained; the Q-Former reads the last question, as at inference). A long video is the movie prompt, one
+    ``<image>`` per frame with that frame's subtitles after it (docs/architecture.md §4).
     """
     if isinstance(item.media, Episode):
         content = build_long_video_message(item.media.frame_subtitles(), item.question)
-    else:
-        content = item.question if item.media is None else DEFAULT_IMAGE_TOKEN + "\n" + item.question
-    return processor.apply_chat_template([{"role": "user", "content": content}])
+        return processor.apply_chat_template([{"role": "user", "content": content}])
+    media = "" if item.media is None else DEFAULT_IMAGE_TOKEN + "\n"
+    messages: list[dict[str, str]] = []
+    for turn in item.earlier_turns:
+        messages.append({"role": "user", "content": ("" if messages else media) + turn["question"]})
+        messages.append({"role": "assistant", "content": turn["answer"]})
+    messages.append({"role": "user", "content": ("" if messages else media) + item.question})
+    return processor.apply_chat_template(messages)
 
 
 def make_batch(
