@@ -124,3 +124,21 @@ def test_datasets_take_generate_items_options_but_never_the_sealed_seed_or_held_
         path.write_text("datasets:\n  " + line + "\n")
         with pytest.raises(InvalidInputError, match=message):
             load_curriculum(path)
+
+
+def test_v5_draft_changes_only_the_data_and_tokenizers_of_v4():
+    """tiny/v5 keeps v4's phases and stage 0; its training sets ask in varied phrasings, its evals use the dev seed."""
+    v4, v5 = load_curriculum(V4), load_curriculum(V4.with_name("v5.yaml"))
+    assert v5.phases == v4.phases and v5.stage0 == v4.stage0 and v5.subsets == v4.subsets
+    assert v5.tokenizers == {"llm": "subword", "qformer": "bert"}
+    train = {name: row for name, row in v5.datasets.items() if row[0] == "train"}
+    assert {name: row[:4] for name, row in train.items()} == {name: v4.datasets[name][:4] for name in train}
+    assert all(v5.dataset_options[name]["phrasing"] == "varied" for name in train)
+    assert v5.dataset_options["video_qa"]["clip_frames"] == (5, 60)
+    assert all(v5.dataset_options[name]["balanced_needles"] for name in train if name.startswith("long"))
+    assert {v5.datasets[name][3] for name in v5.evals} == {2}  # the dev seed, never the sealed one
+    assert {v5.dataset_options.get(name, {}).get("phrasing", "canonical") for name in v5.evals} == {
+        "canonical",
+        "varied",
+        "heldout_templates",
+    }
