@@ -26,7 +26,7 @@ from torch import Tensor
 
 from llamavid.inference.text import normalize_answer
 from llamavid.model.configuration_llamavid import LlamaVidConfig
-from llamavid.model.modeling_llamavid import LlamaVidForConditionalGeneration
+from llamavid.model.modeling_llamavid import VISUAL_INPUT_NAMES, LlamaVidForConditionalGeneration
 from llamavid.model.processing_llamavid import LlamaVidProcessor
 from llamavid.synth import Episode
 from llamavid.synth._common import QAItem
@@ -148,9 +148,16 @@ def score_items(
 ) -> dict[str, Any]:
     """Greedy-decode every item and report exact-match accuracy per question type (and held-out-combo items).
 
-    Long videos go one per batch (their prompts differ in length by thousands of tokens).
+    The answers come from the inference core (`Engine.answer_batch`, the path ``llamavid ask`` takes); only the
+    visual tokens are computed here, from the cached features instead of pixels. Long videos go one per batch
+    (their prompts differ in length by thousands of tokens).
     """
+    from llamavid.inference.engine import Engine, GenerationRequest
+    from llamavid.inference.settings import SamplingSettings
+
     model.eval()
+    engine = Engine(model, processor)
+    greedy = SamplingSettings(temperature=0.0, max_new_tokens=max_new_tokens)
     hits: dict[str, list[int]] = defaultdict(list)
     combo: list[int] = []
     every: list[int] = []
@@ -160,8 +167,19 @@ def score_items(
     for start in range(0, len(items), batch_size):
         indices = list(range(start, min(start + batch_size, len(items))))
         batch = make_batch(items, cache, indices, processor, train=False)
-        output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
-        texts = processor.batch_decode(output[:, batch["input_ids"].shape[1] :])
+        visual = None
+        if "vision_features" in batch:
+            inputs = {key: batch[key].to(engine.device) for key in VISUAL_INPUT_NAMES if key in batch}
+            inputs["vision_features"] = inputs["vision_features"].to(engine.dtype)
+            visual = model.model.get_visual_tokens(**inputs, from_pixels=False).tokens
+        requests, used = [], 0
+        for row, index in enumerate(indices):
+            ids = batch["input_ids"][row][batch["attention_mask"][row].bool()]  # this row without its padding
+            count = int((ids == model.config.image_token_index).sum())
+            tokens = None if visual is None or not count else visual[used : used + count]
+            requests.append(GenerationRequest(ids.tolist(), tokens, greedy, items[index].question))
+            used += count
+        texts = [answer.text for answer in engine.answer_batch(requests)]
         for index, text in zip(indices, texts, strict=True):
             item = items[index]
             correct = int(normalize_answer(text) == normalize_answer(item.answer))
