@@ -597,23 +597,25 @@ class TrainingRecipe:
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=True,
             )
-        params = [p for p in model.parameters() if p.requires_grad]
-        decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]
-        groups = [
-            {"params": decay, "weight_decay": ocfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        groups = [g for g in groups if g["params"]]
         if self.tiny is not None:
             groups = self._tiny_param_groups(model)
+        else:
+            params = [p for p in model.parameters() if p.requires_grad]
+            decay = [p for p in params if p.ndim >= 2]
+            no_decay = [p for p in params if p.ndim < 2]
+            groups = [
+                {"params": decay, "weight_decay": ocfg.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ]
+            groups = [g for g in groups if g["params"]]
         optimizer = torch.optim.AdamW(groups, lr=ocfg.lr, betas=(ocfg.betas[0], ocfg.betas[1]), eps=ocfg.eps)
-        warmup = math.ceil(self.total_steps * ocfg.warmup_ratio)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lr_lambda(self.total_steps, warmup, ocfg.scheduler)
-        )
         if self.tiny is not None:
             scheduler = self._tiny_scheduler(optimizer)
+        else:
+            warmup = math.ceil(self.total_steps * ocfg.warmup_ratio)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lr_lambda(self.total_steps, warmup, ocfg.scheduler)
+            )
         if self.strategy == "deepspeed":
             import deepspeed
 
@@ -1152,10 +1154,8 @@ class TrainingRecipe:
 
         work = Path(self.tiny.work_dir)
         kinds = self.tiny_curriculum.tokenizers
-        if self.is_main:
-            train_stage0(Stage0Settings(**self.tiny_curriculum.stage0), work / "stage0")
-            load_tokenizers(work, kinds["llm"], kinds["qformer"])  # built once, before any other rank reads
-        self._barrier()
+        # One process (_read_tiny_phase): stage 0 and the tokenizers are built here the first time, then read.
+        train_stage0(Stage0Settings(**self.tiny_curriculum.stage0), work / "stage0")
         tokenizer, qformer_tokenizer = load_tokenizers(work, kinds["llm"], kinds["qformer"])
         torch.manual_seed(self.cfg.model.seed)
         try:

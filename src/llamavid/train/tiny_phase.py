@@ -122,6 +122,8 @@ def cached_features(
     interrupted build resumes from its finished chunks. Items sharing a medium (long-video questions) are
     encoded once.
     """
+    from tqdm.auto import tqdm
+
     from llamavid.data.feature_cache import CacheKey
 
     key = CacheKey(
@@ -145,8 +147,6 @@ def cached_features(
     seen: dict[str, tuple[int, int]] = {}
     parts: list[Tensor] = []
     total = 0
-    from tqdm.auto import tqdm
-
     # Minutes for the large sets on 2 cores: a bar (stderr, only after ~2 s) says how far the encoding is.
     for item in tqdm(items, desc="encoding frozen features", unit="item", delay=2.0, mininterval=5.0):
         name = str(item.meta.get("media_id", item.id))
