@@ -81,11 +81,12 @@ screenshots: $(VENV)/.installed
 # and the feature caches under TINY_WORK. Resumable: rerun to continue a killed phase; finished phases are skipped.
 # ~100-110 min on 2 idle cores. Try the whole list in ~5 minutes with the shortened curriculum:
 #   make tiny-model TINY_CURRICULUM=tiny/smoke TINY_WORK=build/tiny-smoke TINY_OUT=build/tiny-smoke/model
-TINY_CURRICULUM ?= tiny/v4
+TINY_CURRICULUM ?= tiny/v5
 TINY_WORK ?= build/tiny-model
 TINY_OUT ?= src/llamavid/assets/tiny-llamavid
+TINY_THREADS ?= 2
 TINY_TRAIN = $(VENV)/bin/llamavid train src/llamavid/train/configs/tiny/phase.yaml \
-	data.tiny.curriculum=$(TINY_CURRICULUM) data.tiny.work_dir=$(TINY_WORK)
+	data.tiny.curriculum=$(TINY_CURRICULUM) data.tiny.work_dir=$(TINY_WORK) data.tiny.threads=$(TINY_THREADS)
 tiny-model: $(VENV)/.installed
 	$(TINY_TRAIN) data.tiny.phase=align train.output_dir=$(TINY_WORK)/runs/align
 	$(TINY_TRAIN) data.tiny.phase=images model.init=$(TINY_WORK)/runs/align/final train.output_dir=$(TINY_WORK)/runs/images
@@ -98,7 +99,8 @@ tiny-model: $(VENV)/.installed
 	$(TINY_TRAIN) data.tiny.phase=long1200 model.init=$(TINY_WORK)/runs/long300/final train.output_dir=$(TINY_WORK)/runs/long1200
 	$(TINY_TRAIN) data.tiny.phase=polish model.init=$(TINY_WORK)/runs/long1200/final train.output_dir=$(TINY_WORK)/runs/polish
 	$(TINY_TRAIN) data.tiny.phase=long1200b model.init=$(TINY_WORK)/runs/polish/final train.output_dir=$(TINY_WORK)/runs/long1200b
-	$(TINY_TRAIN) data.tiny.phase=polish2 model.init=$(TINY_WORK)/runs/long1200b/final train.output_dir=$(TINY_WORK)/runs/polish2 data.tiny.export=$(TINY_OUT)
+	$(TINY_TRAIN) data.tiny.phase=polish2 model.init=$(TINY_WORK)/runs/long1200b/final train.output_dir=$(TINY_WORK)/runs/polish2
+	$(TINY_TRAIN) data.tiny.phase=clips model.init=$(TINY_WORK)/runs/polish2/final train.output_dir=$(TINY_WORK)/runs/clips data.tiny.export=$(TINY_OUT)
 
 eval-tiny: $(VENV)/.installed
 	$(VENV)/bin/llamavid eval-synth src/llamavid/assets/tiny-llamavid -n 280 --sets image_qa,video_qa,text_qa,long_qa

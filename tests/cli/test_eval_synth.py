@@ -88,6 +88,13 @@ def test_held_out_templates_reword_the_same_items_and_the_report_says_so(
     assert [e["question"] for e in examples] == [i.question for i in reworded[: len(examples)]]
     assert [e["answer"] for e in examples] == [i.answer for i in canonical[: len(examples)]]
     assert all(e["question"] != i.question for e, i in zip(examples, canonical, strict=False))
+    per_type = results["sets"]["image_qa"]["per_type"]
+    for name, row in per_type.items():  # each type split by gold answer: the counts and hits add up
+        gold = {i.answer.lower() for i in canonical if i.question_type == name}
+        assert set(row["per_answer"]) == gold
+        assert sum(a["count"] for a in row["per_answer"].values()) == row["count"]
+        hits = sum(a["accuracy"] * a["count"] for a in row["per_answer"].values())
+        assert hits == pytest.approx(row["accuracy"] * row["count"])
     header = format_tables(results).splitlines()[1]
     assert header == "seed: 2, phrasing: heldout_templates, clip frames: default, balanced needles: no"
 

@@ -147,42 +147,65 @@ def test_committed_tiny_model_is_small() -> None:
 
 @pytest.fixture(scope="module")
 def committed_scores() -> dict:
-    """The shipped model on 200 held-out items per set, end to end from rendered pixels (eval-synth)."""
+    """The shipped model end to end from rendered pixels (``eval-synth``), CI seed 0, 200 items per set: images and
+    8-16-frame clips asked in the trained wording (``varied``) and in the held-out templates (the same items, so
+    the two are paired), clips of 5-60 frames, and 1,200-frame episodes whose needles are balanced."""
     from llamavid.cli.eval_synth import evaluate
 
     if not (ASSET / "config.json").is_file():
         pytest.skip("tiny model asset not built")
     torch.set_num_threads(2)
-    return evaluate(ASSET, ["image_qa", "video_qa", "long_qa"], items_per_set=200)["sets"]
+    scores: dict[str, dict] = {}
+    for phrasing in ("varied", "heldout_templates"):
+        sets = evaluate(ASSET, ["image_qa", "video_qa"], items_per_set=200, phrasing=phrasing)["sets"]
+        scores.update({f"{name}/{phrasing}": sets[name] for name in sets})
+    clips = evaluate(ASSET, ["video_qa"], items_per_set=200, phrasing="varied", clip_frames=(5, 60))
+    scores["video_qa/5-60"] = clips["sets"]["video_qa"]
+    long = evaluate(ASSET, ["long_qa"], items_per_set=200, phrasing="varied", balanced_needles=True)
+    scores["long_qa"] = long["sets"]["long_qa"]
+    return scores
 
 
-# The issue's targets minus 5 points (docs/tiny-model.md, "Against the targets"). Only targets the committed
-# model meets are enforced as targets; the others are regression guards at the measured level minus 5 points.
-@pytest.mark.timeout(1200)  # the shared scoring fixture takes ~2.5 min on 2 free cores
+# The issue's targets minus 5 points (docs/tiny-model.md, "v5 plan" and "v5 on the sealed seed"); a target the
+# committed model misses on its sealed seed is said so there, and held here at its measured level minus 5 points.
+@pytest.mark.timeout(1200)  # the shared scoring fixture takes ~3 min on 2 free cores
 def test_committed_tiny_model_images(committed_scores: dict) -> None:
-    images = committed_scores["image_qa"]
+    images = committed_scores["image_qa/varied"]
     assert images["mean"] >= 0.80, images["per_type"]
-    # Every type meets 0.70 on these items (v4: size 0.750 is the lowest, colour 0.828, shape 0.793), so every
-    # type is held to the target - 5 points; on 1,000 images shape scores 0.706 (docs/tiny-model.md).
     for name, row in images["per_type"].items():
-        assert row["accuracy"] >= 0.65, (name, row)
+        assert row["accuracy"] >= 0.70, (name, row)
 
 
-@pytest.mark.timeout(1200)  # the shared scoring fixture takes ~2.5 min on 2 free cores
+@pytest.mark.timeout(1200)
 def test_committed_tiny_model_short_videos(committed_scores: dict) -> None:
-    videos = committed_scores["video_qa"]
-    assert videos["mean"] >= 0.55, videos["per_type"]
-    for name, row in videos["per_type"].items():  # every type at least 2x its blind baseline, minus 5 points
+    videos = committed_scores["video_qa/varied"]
+    assert videos["mean"] >= 0.75, videos["per_type"]
+    for name, row in videos["per_type"].items():  # and no type at its blind baseline
         assert row["accuracy"] >= 2 * row["blind"] - 0.05, (name, row)
 
 
-@pytest.mark.timeout(1200)  # the shared scoring fixture takes ~2.5 min on 2 free cores
+@pytest.mark.timeout(1200)
+@pytest.mark.parametrize("kind", ["image_qa", "video_qa"])
+def test_committed_tiny_model_understands_held_out_phrasings(committed_scores: dict, kind: str) -> None:
+    """Templates no training config uses score within 0.05 (+ 5 points) of the trained wording on the same items
+    (v4, trained on one wording: images 0.39 against 0.86 on the dev seed)."""
+    trained, heldout = committed_scores[f"{kind}/varied"], committed_scores[f"{kind}/heldout_templates"]
+    assert heldout["mean"] >= trained["mean"] - 0.10, (trained["per_type"], heldout["per_type"])
+
+
+@pytest.mark.timeout(1200)
+def test_committed_tiny_model_any_clip_length(committed_scores: dict) -> None:
+    """Clips of 5-60 frames score within 0.03 (+ 5 points) of the 8-16-frame clips."""
+    short, any_length = committed_scores["video_qa/varied"], committed_scores["video_qa/5-60"]
+    assert any_length["mean"] >= short["mean"] - 0.08, any_length["per_length"]
+    assert set(any_length["per_length"]) == {"5-7", "8-16", "17-39", "40-60"}
+
+
+@pytest.mark.timeout(1200)
 def test_committed_tiny_model_long_video_needles(committed_scores: dict) -> None:
     per_type = committed_scores["long_qa"]["per_type"]
-    # Both held to target - 5 on these 34 questions each (on 100 each, docs/tiny-model.md: subtitle 0.81, visual
-    # 0.93 for v4).
-    assert per_type["long_subtitle_needle"]["accuracy"] >= 0.45, per_type
-    assert per_type["long_visual_needle"]["accuracy"] >= 0.45, per_type
+    assert per_type["long_subtitle_needle"]["accuracy"] >= 0.75, per_type
+    assert per_type["long_visual_needle"]["accuracy"] >= 0.75, per_type
 
 
 @pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="tiny model asset not built")

@@ -126,10 +126,12 @@ def test_datasets_take_generate_items_options_but_never_the_sealed_seed_or_held_
             load_curriculum(path)
 
 
-def test_v5_draft_changes_only_the_data_and_tokenizers_of_v4():
-    """tiny/v5 keeps v4's phases and stage 0; its training sets ask in varied phrasings, its evals use the dev seed."""
+def test_v5_changes_only_the_data_and_tokenizers_of_v4_and_adds_a_last_clip_phase():
+    """tiny/v5 keeps v4's phases and stage 0 and appends one clip-heavy phase; its training sets ask in varied
+    phrasings, its evals use the dev seed."""
     v4, v5 = load_curriculum(V4), load_curriculum(V4.with_name("v5.yaml"))
-    assert v5.phases == v4.phases and v5.stage0 == v4.stage0 and v5.subsets == v4.subsets
+    assert v5.phases[:-1] == v4.phases and v5.stage0 == v4.stage0 and v5.subsets == v4.subsets
+    assert v5.phases[-1].name == "clips" and max(v5.phases[-1].mixture, key=v5.phases[-1].mixture.get) == "video_qa"
     assert v5.tokenizers == {"llm": "subword", "qformer": "bert"}
     train = {name: row for name, row in v5.datasets.items() if row[0] == "train"}
     assert {name: row[:4] for name, row in train.items()} == {name: v4.datasets[name][:4] for name in train}
@@ -142,3 +144,19 @@ def test_v5_draft_changes_only_the_data_and_tokenizers_of_v4():
         "varied",
         "heldout_templates",
     }
+
+
+def test_the_makefile_lists_one_train_call_per_phase_of_v5_and_smoke():
+    """`make tiny-model` is the list of `llamavid train` calls: one per phase, in order, each from the previous
+    phase's final/ folder, the last one exporting the model; the smoke curriculum has the same phase names."""
+    import re
+
+    makefile = (REPO / "Makefile").read_text()
+    recipe = makefile.split("\ntiny-model:", 1)[1].split("\n\n", 1)[0]
+    calls = re.findall(r"data\.tiny\.phase=(\w+)(?: model\.init=\$\(TINY_WORK\)/runs/(\w+)/final)?", recipe)
+    names = [name for name, _ in calls]
+    assert names == [p.name for p in load_curriculum(V4.with_name("v5.yaml")).phases]
+    assert names == [p.name for p in load_curriculum(V4.with_name("smoke.yaml")).phases]
+    assert [init for _, init in calls] == ["", *names[:-1]]
+    assert recipe.strip().splitlines()[-1].endswith("data.tiny.export=$(TINY_OUT)")
+    assert "TINY_CURRICULUM ?= tiny/v5" in makefile

@@ -169,6 +169,7 @@ def evaluate(
         hits: dict[str, list[int]] = defaultdict(list)
         combo_hits: dict[str, list[int]] = defaultdict(list)  # items whose (shape, colour) pair is held out
         length_hits: dict[str, list[int]] = defaultdict(list)  # clip items by length bucket
+        answer_hits: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))  # by gold answer
         examples: list[dict[str, str]] = []
         step = 1 if set_name == "long_qa" else batch_size
         episodes: dict[str, Any] = {}
@@ -195,6 +196,7 @@ def evaluate(
             for item, text in zip(chunk, texts, strict=True):
                 correct = int(normalize_answer(text) == normalize_answer(item.answer))
                 hits[item.question_type].append(correct)
+                answer_hits[item.question_type][normalize_answer(item.answer)].append(correct)
                 if item.meta.get("heldout_combo"):
                     combo_hits[item.question_type].append(correct)
                 if clip_frames is not None and "num_frames" in item.meta:
@@ -209,6 +211,10 @@ def evaluate(
                 "chance": blind[name]["chance"],
                 "heldout_combo_accuracy": _mean(combo_hits[name]),
                 "heldout_combo_count": len(combo_hits[name]),
+                "per_answer": {
+                    answer: {"accuracy": sum(got) / len(got), "count": len(got)}
+                    for answer, got in sorted(answer_hits[name].items())
+                },
             }
             for name, values in sorted(hits.items())
         }
