@@ -131,7 +131,10 @@ def test_v5_changes_only_the_data_and_tokenizers_of_v4_and_adds_a_last_clip_phas
     phrasings, its evals use the dev seed."""
     v4, v5 = load_curriculum(V4), load_curriculum(V4.with_name("v5.yaml"))
     assert v5.phases[:-1] == v4.phases and v5.stage0 == v4.stage0 and v5.subsets == v4.subsets
-    assert v5.phases[-1].name == "clips" and max(v5.phases[-1].mixture, key=v5.phases[-1].mixture.get) == "video_qa"
+    assert (
+        v5.phases[-1].name == "clips"
+        and max(v5.phases[-1].mixture, key=v5.phases[-1].mixture.get) == "video_qa"
+    )
     assert v5.tokenizers == {"llm": "subword", "qformer": "bert"}
     train = {name: row for name, row in v5.datasets.items() if row[0] == "train"}
     assert {name: row[:4] for name, row in train.items()} == {name: v4.datasets[name][:4] for name in train}

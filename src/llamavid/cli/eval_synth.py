@@ -169,7 +169,9 @@ def evaluate(
         hits: dict[str, list[int]] = defaultdict(list)
         combo_hits: dict[str, list[int]] = defaultdict(list)  # items whose (shape, colour) pair is held out
         length_hits: dict[str, list[int]] = defaultdict(list)  # clip items by length bucket
-        answer_hits: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))  # by gold answer
+        answer_hits: dict[str, dict[str, list[int]]] = defaultdict(
+            lambda: defaultdict(list)
+        )  # by gold answer
         examples: list[dict[str, str]] = []
         step = 1 if set_name == "long_qa" else batch_size
         episodes: dict[str, Any] = {}
