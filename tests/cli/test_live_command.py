@@ -20,14 +20,14 @@ _spec = importlib.util.spec_from_file_location(
 )
 _live = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_live)
-WRITER, QUESTION, COLOUR, FRAMES = _live.WRITER, _live.QUESTION, _live.COLOUR, _live.FRAMES
+WRITER, QUESTION, COLOUR, FRAMES, SEED = _live.WRITER, _live.QUESTION, _live.COLOUR, _live.FRAMES, _live.SEED
 TIMEOUT_S = 120
 
 
 def _write_stream(out: str) -> subprocess.Popen:
-    # seed 1, 120 frames, no pause, no garbage (see tests/inference/test_live.py)
+    # SEED, 120 frames, no pause, no garbage (see tests/inference/test_live.py)
     return subprocess.Popen(
-        [sys.executable, "-c", WRITER, "1", str(FRAMES), "-1", out, "-1"],
+        [sys.executable, "-c", WRITER, str(SEED), str(FRAMES), "-1", out, "-1"],
         stdout=subprocess.PIPE if out == "-" else subprocess.DEVNULL,
         stdin=subprocess.DEVNULL,
     )
@@ -122,7 +122,7 @@ def test_killed_command_resumes_from_its_cache(tmp_path: Path) -> None:
     video, marker, cache = tmp_path / "stream.ts", tmp_path / "stream.ts.end", tmp_path / "cache"
     video.touch()
     writer = subprocess.Popen(  # pauses after frame 60 until a line arrives on its stdin
-        [sys.executable, "-c", WRITER, "1", str(FRAMES), "60", str(video), "-1"],
+        [sys.executable, "-c", WRITER, str(SEED), str(FRAMES), "60", str(video), "-1"],
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
     )

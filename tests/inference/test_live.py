@@ -21,7 +21,7 @@ from llamavid.inference.live import LiveSession, parse_window, select_by_relevan
 from llamavid.synth.episodes import make_episode
 
 QUESTION = "What colour is the shape on the white screen?"
-SEED, FRAMES, NEEDLE, COLOUR = 1, 120, 19, "green"  # make_episode(default_rng(1), "heldout", 120)
+SEED, FRAMES, NEEDLE, COLOUR = 30, 120, 8, "red"  # make_episode(default_rng(30), "heldout", 120)
 PAUSE_AFTER = 40
 WAIT_S = 90.0
 

@@ -17,7 +17,7 @@ _spec = importlib.util.spec_from_file_location(
 )
 _live = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_live)
-WRITER, QUESTION, COLOUR, FRAMES = _live.WRITER, _live.QUESTION, _live.COLOUR, _live.FRAMES
+WRITER, QUESTION, COLOUR, FRAMES, SEED = _live.WRITER, _live.QUESTION, _live.COLOUR, _live.FRAMES, _live.SEED
 TIMEOUT_S = 120
 
 
@@ -28,7 +28,7 @@ def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("live-root")
     video = root / "stream.ts"
     writer = subprocess.run(
-        [sys.executable, "-c", WRITER, "1", str(FRAMES), "-1", str(video), "-1"],
+        [sys.executable, "-c", WRITER, str(SEED), str(FRAMES), "-1", str(video), "-1"],
         stdin=subprocess.DEVNULL,
         timeout=TIMEOUT_S,
     )

@@ -306,7 +306,7 @@ def test_the_live_tab_watches_a_fifo_under_the_allowed_root(tmp_path):
     (root / "other.ts").touch()
     with pytest.raises(gr.Error, match="at most 1"):  # the limit counts every tab's sessions
         tab.start(str(root / "other.ts"), "", None)
-    episode = make_episode(np.random.default_rng(1), "heldout", 120)  # a green needle at 19 s
+    episode = make_episode(np.random.default_rng(30), "heldout", 120)  # a red needle at 8 s
 
     def feed() -> None:
         with open(fifo, "wb") as sink:
@@ -322,8 +322,8 @@ def test_the_live_tab_watches_a_fifo_under_the_allowed_root(tmp_path):
     chat, box, question, timeline = tab.ask(
         "What colour is the shape on the white screen?", "", [], session_id
     )
-    assert box == "" and chat[-1]["role"] == "assistant" and chat[-1]["content"].startswith("green")
-    assert "30 frames" in timeline and "0:19" in timeline  # the needle is among the most relevant frames
+    assert box == "" and chat[-1]["role"] == "assistant" and chat[-1]["content"].startswith("red")
+    assert "30 frames" in timeline and "0:08" in timeline  # the needle is among the most relevant frames
     assert "Relevance so far" in tab.refresh(session_id, question)[2]
     with pytest.raises(gr.Error, match="window"):
         tab.ask("What happened?", "ten minutes", chat, session_id)
