@@ -166,12 +166,10 @@ def evaluate(
         blind = answer_statistics(
             [item_to_record(i, "m") for i in fit], [item_to_record(i, "m") for i in items]
         )
-        hits: dict[str, list[int]] = defaultdict(list)
+        # hits[type][gold answer]: 1/0 per item; a type's accuracy is over all its answers
+        hits: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
         combo_hits: dict[str, list[int]] = defaultdict(list)  # items whose (shape, colour) pair is held out
         length_hits: dict[str, list[int]] = defaultdict(list)  # clip items by length bucket
-        answer_hits: dict[str, dict[str, list[int]]] = defaultdict(
-            lambda: defaultdict(list)
-        )  # by gold answer
         examples: list[dict[str, str]] = []
         step = 1 if set_name == "long_qa" else batch_size
         episodes: dict[str, Any] = {}
@@ -196,9 +194,9 @@ def evaluate(
                 requests.append(engine.build_request(item.question, media, settings=greedy))
             texts = [answer.text for answer in engine.answer_batch(requests)]
             for item, text in zip(chunk, texts, strict=True):
-                correct = int(normalize_answer(text) == normalize_answer(item.answer))
-                hits[item.question_type].append(correct)
-                answer_hits[item.question_type][normalize_answer(item.answer)].append(correct)
+                gold = normalize_answer(item.answer)
+                correct = int(normalize_answer(text) == gold)
+                hits[item.question_type][gold].append(correct)
                 if item.meta.get("heldout_combo"):
                     combo_hits[item.question_type].append(correct)
                 if clip_frames is not None and "num_frames" in item.meta:
@@ -207,18 +205,18 @@ def evaluate(
                     examples.append({"question": item.question, "answer": item.answer, "predicted": text})
         per_type: dict[str, dict[str, Any]] = {
             name: {
-                "accuracy": sum(values) / len(values),
-                "count": len(values),
+                "accuracy": sum(map(sum, by_answer.values())) / sum(map(len, by_answer.values())),
+                "count": sum(map(len, by_answer.values())),
                 "blind": blind[name]["question_majority"],
                 "chance": blind[name]["chance"],
                 "heldout_combo_accuracy": _mean(combo_hits[name]),
                 "heldout_combo_count": len(combo_hits[name]),
                 "per_answer": {
                     answer: {"accuracy": sum(got) / len(got), "count": len(got)}
-                    for answer, got in sorted(answer_hits[name].items())
+                    for answer, got in sorted(by_answer.items())
                 },
             }
-            for name, values in sorted(hits.items())
+            for name, by_answer in sorted(hits.items())
         }
         combo = [hit for values in combo_hits.values() for hit in values]
         results["sets"][set_name] = {
