@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from llamavid.cli.eval_synth import PHRASINGS, format_tables, parse_clip_frames
+from llamavid.cli.eval_synth import PHRASINGS, format_tables, parse_clip_frames, parse_phrasings
 from llamavid.cli.main import main
 from llamavid.synth import generate_items
 from llamavid.synth import phrasing as synth_phrasing
@@ -120,3 +120,31 @@ def test_tables_show_clip_length_buckets() -> None:
     lines = format_tables(results).splitlines()
     assert "seed: 2, phrasing: varied, clip frames: 5-60, balanced needles: no" in lines
     assert "| 5-7 | 4 | 0.250 |" in lines
+
+
+def test_phrasings_parse_as_a_comma_list() -> None:
+    assert parse_phrasings("varied, heldout_templates") == ["varied", "heldout_templates"]
+    for bad in ("", "varied,posh", ","):
+        with pytest.raises(argparse.ArgumentTypeError, match="--phrasing"):
+            parse_phrasings(bad)
+
+
+def test_several_phrasings_in_one_run_score_as_separate_runs() -> None:
+    """Two wordings scored together (each item encoded once, one Q-Former pass for both wordings and for a long
+    video's questions) give each wording the answers and tables of a run of its own."""
+    from llamavid.cli.eval_synth import evaluate
+
+    options = dict(items_per_set=12, seed=2, episode_frames=60, batch_size=5)
+    both = evaluate(ASSET, ["video_qa", "long_qa"], phrasing=("varied", "heldout_templates"), **options)
+    assert both["phrasing"] == "varied" and both["sets"] == both["by_phrasing"]["varied"]
+    for wording in ("varied", "heldout_templates"):
+        alone = evaluate(ASSET, ["video_qa", "long_qa"], phrasing=wording, **options)
+        assert "by_phrasing" not in alone
+        for set_name in ("video_qa", "long_qa"):
+            together, single = both["by_phrasing"][wording][set_name], alone["sets"][set_name]
+            assert together["examples"] == single["examples"]
+            assert together["per_type"] == single["per_type"]
+    lines = format_tables(both).splitlines()
+    assert lines[1].startswith("seed: 2, phrasing: varied, heldout_templates, clip frames: default")
+    assert lines.index("# phrasing: varied") < lines.index("# phrasing: heldout_templates")
+    assert sum(line.startswith("## long_qa") for line in lines) == 2

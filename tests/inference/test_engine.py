@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from llamavid.errors import InvalidInputError
 from llamavid.inference.engine import Engine
 from llamavid.inference.loading import default_model_path
 from llamavid.inference.settings import SamplingSettings
@@ -64,6 +65,40 @@ def test_batched_answers_equal_unbatched(serving_engine):
     single = [serving_engine.ask(media, question, **GREEDY).text for media, question in items]
     assert [answer.text for answer in batched] == single
     assert len(set(single)) > 1, "answers should depend on the input (see save_serving_model)"
+
+
+@pytest.mark.parametrize("layout", ["video", "image", "subtitles"])
+def test_questions_about_one_media_share_one_qformer_pass(serving_engine, tmp_path, layout):
+    """`build_requests` (one Q-Former pass for all questions, shorter ones padded) gives each question the
+    prompt and visual tokens `build_request` gives it alone, in every token layout."""
+    video = moving_square_video(5, 64)
+    if layout == "subtitles":
+        srt = tmp_path / "talk.srt"
+        srt.write_text("1\n00:00:01,000 --> 00:00:02,500\nthe square is red\n")
+        media = serving_engine.load_media(video, subtitles=srt)
+    else:
+        media = serving_engine.load_media(video[0] if layout == "image" else video)
+    questions = ["Which way does the square move?", "Colour?", "  How many squares are there in the video?  "]
+    together = serving_engine.build_requests(questions, media)
+    for question, request in zip(questions, together, strict=True):
+        alone = serving_engine.build_request(question, media)
+        assert request.input_ids == alone.input_ids and request.question == alone.question
+        torch.testing.assert_close(request.visual_tokens, alone.visual_tokens, rtol=1e-4, atol=1e-5)
+    # the context tokens follow each question: two different questions never share them
+    assert not torch.allclose(together[0].visual_tokens, together[1].visual_tokens)
+    with pytest.raises(InvalidInputError, match="empty"):  # checked before any visual work
+        serving_engine.build_requests(["fine?", "  "], media)
+
+
+def test_ask_many_groups_questions_by_media(serving_engine):
+    video, other = moving_square_video(4, 64), moving_square_video(3, 64)
+    items = [(video, "Which way does it move?"), (other, "What colour?"), (video, "What colour is it?")]
+    batched = serving_engine.ask_many(items, batch_size=2, **GREEDY)
+    assert [answer.question for answer in batched] == [question for _, question in items]  # input order kept
+    assert [answer.frames for answer in batched] == [4, 3, 4]
+    assert [answer.text for answer in batched] == [
+        serving_engine.ask(media, question, **GREEDY).text for media, question in items
+    ]
 
 
 def test_per_row_limits_and_cancellation_in_one_batch(serving_engine):

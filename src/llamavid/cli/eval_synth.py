@@ -8,7 +8,8 @@ answers — against two references per type: chance
 phrasing). A score near blind means the model is not using the video.
 
 ``--phrasing`` re-words the same items (``varied``: the trained templates, perturbed; ``heldout_templates``:
-templates no training config may use), so the three phrasings are compared on identical media and answers.
+templates no training config may use), so the three phrasings are compared on identical media and answers;
+``--phrasing varied,heldout_templates`` scores several in one run, each item rendered and encoded once.
 ``--clip-frames`` sets the clip length (or range) of video items and adds a per-length-bucket table;
 ``--balanced-needles`` balances the long videos' secret digits and needle colours. The sealed v5 test seed
 (docs/tiny-model.md, "v5 plan") is refused unless ``--sealed`` is given.
@@ -21,6 +22,7 @@ import json
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,17 @@ def parse_clip_frames(text: str) -> int | tuple[int, int]:
     return value
 
 
+def parse_phrasings(text: str) -> list[str]:
+    """``"varied,heldout_templates"`` -> ``["varied", "heldout_templates"]``, each checked."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in PHRASINGS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"--phrasing {text!r}: expected one or more of {', '.join(PHRASINGS)}, comma-separated"
+        )
+    return names
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "eval-synth",
@@ -74,9 +87,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--phrasing",
-        choices=PHRASINGS,
-        default="canonical",
-        help="question wording of the same items (default: canonical)",
+        type=parse_phrasings,
+        default=["canonical"],
+        metavar="NAME[,NAME]",
+        help=f"question wording(s) of the same items, comma-separated, from {', '.join(PHRASINGS)}; several "
+        "wordings share each item's rendering and encoding (default: canonical)",
     )
     parser.add_argument(
         "--clip-frames",
@@ -104,25 +119,84 @@ def evaluate(
     seed: int = 0,
     batch_size: int = 16,
     episode_frames: int = 1200,
-    phrasing: str = "canonical",
+    phrasing: str | Sequence[str] = "canonical",
     clip_frames: int | tuple[int, int] | None = None,
     balanced_needles: bool = False,
     sealed: bool = False,
 ) -> dict[str, Any]:
     """Score ``model_dir`` on ``items_per_set`` held-out items of each set; returns per-type tables.
 
+    ``phrasing`` may name several wordings of the same items (``("varied", "heldout_templates")``): each item's
+    media is then rendered and encoded once, the visual tokens of all its wordings come from one Q-Former pass
+    (`Engine.build_requests`), and ``results["by_phrasing"][wording][set]`` holds each wording's tables.
+    ``results["sets"]`` is always the first wording's. A long video's questions (6 per episode) share one
+    encoding and one Q-Former pass the same way.
+
     Raises:
         InvalidInputError: on an unknown set or phrasing, or the sealed v5 test seed without ``sealed=True``.
     """
     check_seed(seed, sealed)
-    if phrasing not in PHRASINGS:
-        raise InvalidInputError(f"phrasing {phrasing!r} is unknown; expected one of {PHRASINGS}")
+    phrasings = [phrasing] if isinstance(phrasing, str) else list(dict.fromkeys(phrasing))
+    if not phrasings or any(name not in PHRASINGS for name in phrasings):
+        raise InvalidInputError(f"phrasing {phrasing!r} is unknown; expected some of {PHRASINGS}")
     for set_name in sets:
         if set_name not in SETS:
             raise InvalidInputError(f"unknown set {set_name!r}; expected some of {SETS}")
+    if batch_size < 1:
+        raise InvalidInputError(f"batch_size must be at least 1, got {batch_size}")
     from llamavid.inference.engine import Engine
     from llamavid.inference.loading import load_model
     from llamavid.inference.settings import SamplingSettings
+
+    loaded = load_model(model_dir, device="cpu", dtype="float32")
+    engine = Engine(loaded.model, loaded.processor, name=loaded.name)
+    greedy = SamplingSettings(temperature=0.0, max_new_tokens=6)
+    options: dict[str, Any] = {}
+    if clip_frames is not None:
+        options["clip_frames"] = clip_frames
+    if balanced_needles:
+        options["balanced_needles"] = True
+    results: dict[str, Any] = {
+        "model": str(model_dir),
+        "seed": seed,
+        "phrasing": phrasings[0],
+        "clip_frames": list(clip_frames) if isinstance(clip_frames, tuple) else clip_frames,
+        "balanced_needles": balanced_needles,
+        "sets": {},
+    }
+    by_phrasing: dict[str, dict[str, Any]] = {name: {} for name in phrasings}
+    for set_name in sets:
+        started = time.time()
+        tables = _score_set(
+            engine, greedy, set_name, items_per_set, seed, batch_size, episode_frames, phrasings, options
+        )
+        for name, table in tables.items():
+            table["seconds"] = time.time() - started  # the wordings share this time
+            by_phrasing[name][set_name] = table
+        logger.info(
+            "%s: mean %s in %.0f s",
+            set_name,
+            ", ".join(f"{tables[name]['mean']:.3f} ({name})" for name in phrasings),
+            time.time() - started,
+        )
+    results["sets"] = by_phrasing[phrasings[0]]
+    if len(phrasings) > 1:
+        results["by_phrasing"] = by_phrasing
+    return results
+
+
+def _score_set(
+    engine: Any,
+    greedy: Any,
+    set_name: str,
+    items_per_set: int,
+    seed: int,
+    batch_size: int,
+    episode_frames: int,
+    phrasings: list[str],
+    options: dict[str, Any],
+) -> dict[str, dict[str, Any]]:
+    """One set's tables per wording: the same items under each wording, each media encoded once."""
     from llamavid.inference.text import normalize_answer
     from llamavid.synth import (
         Episode,
@@ -133,109 +207,143 @@ def evaluate(
         render_frame,
     )
 
-    loaded = load_model(model_dir, device="cpu", dtype="float32")
-    engine = Engine(loaded.model, loaded.processor, name=loaded.name)
-    greedy = SamplingSettings(temperature=0.0, max_new_tokens=6)
-    size = loaded.model.config.vision_config.image_size
-    options: dict[str, Any] = {"phrasing": phrasing}
-    if clip_frames is not None:
-        options["clip_frames"] = clip_frames
-    if balanced_needles:
-        options["balanced_needles"] = True
-    results: dict[str, Any] = {
-        "model": str(model_dir),
-        "seed": seed,
-        "phrasing": phrasing,
-        "clip_frames": list(clip_frames) if isinstance(clip_frames, tuple) else clip_frames,
-        "balanced_needles": balanced_needles,
-        "sets": {},
+    size = engine.model.config.vision_config.image_size
+    extra: dict[str, Any] = {"episode_frames": episode_frames} if set_name == "long_qa" else {}
+    worded = {
+        name: generate_items(
+            "heldout", items_per_set, seed=seed, kind=set_name, phrasing=name, **extra, **options
+        )
+        for name in phrasings
     }
-    for set_name in sets:
-        started = time.time()
-        extra: dict[str, Any] = {"episode_frames": episode_frames} if set_name == "long_qa" else {}
-        items = generate_items("heldout", items_per_set, seed=seed, kind=set_name, **extra, **options)
-        fit_count = 200 if set_name == "long_qa" else BLIND_FIT_ITEMS
+    items = worded[phrasings[0]]
+    for name in phrasings[1:]:  # re-wording never changes an item's media or answer (llamavid.synth.phrasing)
+        if [(i.id, i.answer) for i in worded[name]] != [(i.id, i.answer) for i in items]:
+            raise RuntimeError(f"phrasing {name!r} changed the items of {set_name}, not only their wording")
+    scores = {}
+    for name in phrasings:
         fit = generate_items(
             "train",
-            fit_count,
+            200 if set_name == "long_qa" else BLIND_FIT_ITEMS,
             seed=seed,
             kind=set_name,
             episode_frames=60,  # used by long_qa only
-            **options,  # the blind baseline sees the same wording as the scored items
+            phrasing=name,  # the blind baseline sees the same wording as the scored items
+            **options,
         )
         blind = answer_statistics(
-            [item_to_record(i, "m") for i in fit], [item_to_record(i, "m") for i in items]
+            [item_to_record(i, "m") for i in fit], [item_to_record(i, "m") for i in worded[name]]
         )
+        scores[name] = _SetScores(blind, "clip_frames" in options)
+    for chunk in _media_chunks(items, batch_size):
+        requests, owners = [], []
+        for indices in chunk:
+            item = items[indices[0]]
+            if item.media is None:
+                media = None
+            elif isinstance(item.media, Episode):
+                media = engine.load_media(item.media.render(size), subtitles=item.media.frame_subtitles())
+            elif isinstance(item.media, FrameSpec):
+                media = engine.load_media(render_frame(item.media, size))
+            else:
+                media = engine.load_media(item.media.render(size))
+            pairs = [(name, index) for name in phrasings for index in indices]
+            requests += engine.build_requests(
+                [worded[name][index].question for name, index in pairs], media, settings=greedy
+            )
+            owners += pairs
+        # Long prompts go one at a time: on CPU a padded batch of them takes SDPA's masked path, slower than
+        # one request after another (6 questions of 3,431 tokens: 4.0 s batched, 2.4 s one by one).
+        rows = 1 if set_name == "long_qa" else batch_size
+        texts = []
+        for start in range(0, len(requests), rows):
+            texts += [answer.text for answer in engine.answer_batch(requests[start : start + rows])]
+        for (name, index), text in zip(owners, texts, strict=True):
+            scores[name].add(worded[name][index], text, normalize_answer)
+    return {name: scores[name].table() for name in phrasings}
+
+
+def _media_chunks(items: list[Any], batch_size: int) -> list[list[list[int]]]:
+    """Consecutive items in chunks of at most `batch_size`, each chunk a list of media groups (item indices
+    sharing one media: a long video's questions; any other item is its own group). A long video's questions
+    fill a chunk of their own."""
+    from llamavid.synth import Episode
+
+    chunks: list[list[list[int]]] = []
+    current: list[list[int]] = []
+    last_key = None
+    for index, item in enumerate(items):
+        shared = isinstance(item.media, Episode)
+        key = item.meta.get("media_id", item.id) if shared else None
+        if current and (sum(map(len, current)) >= batch_size or key != last_key):
+            chunks.append(current)
+            current = []
+        if shared and current and key == last_key:
+            current[-1].append(index)
+        else:
+            current.append([index])
+        last_key = key
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+class _SetScores:
+    """Hits of one set under one wording: per type and gold answer, held-out combos, clip-length buckets."""
+
+    def __init__(self, blind: dict[str, Any], by_length: bool) -> None:
+        self.blind, self.by_length = blind, by_length
         # hits[type][gold answer]: 1/0 per item; a type's accuracy is over all its answers
-        hits: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
-        combo_hits: dict[str, list[int]] = defaultdict(list)  # items whose (shape, colour) pair is held out
-        length_hits: dict[str, list[int]] = defaultdict(list)  # clip items by length bucket
-        examples: list[dict[str, str]] = []
-        step = 1 if set_name == "long_qa" else batch_size
-        episodes: dict[str, Any] = {}
-        for start in range(0, len(items), step):
-            chunk = items[start : start + step]
-            requests = []
-            for item in chunk:
-                if isinstance(item.media, Episode):
-                    key = item.meta.get("media_id", item.id)
-                    if key not in episodes:  # one episode serves 6 questions: encode it once
-                        episodes.clear()
-                        episodes[key] = engine.load_media(
-                            item.media.render(size), subtitles=item.media.frame_subtitles()
-                        )
-                    media = episodes[key]
-                elif item.media is None:
-                    media = None
-                elif isinstance(item.media, FrameSpec):
-                    media = engine.load_media(render_frame(item.media, size))
-                else:
-                    media = engine.load_media(item.media.render(size))
-                requests.append(engine.build_request(item.question, media, settings=greedy))
-            texts = [answer.text for answer in engine.answer_batch(requests)]
-            for item, text in zip(chunk, texts, strict=True):
-                gold = normalize_answer(item.answer)
-                correct = int(normalize_answer(text) == gold)
-                hits[item.question_type][gold].append(correct)
-                if item.meta.get("heldout_combo"):
-                    combo_hits[item.question_type].append(correct)
-                if clip_frames is not None and "num_frames" in item.meta:
-                    length_hits[_length_bucket(int(item.meta["num_frames"]))].append(correct)
-                if len(examples) < 5:
-                    examples.append({"question": item.question, "answer": item.answer, "predicted": text})
+        self.hits: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+        self.combo_hits: dict[str, list[int]] = defaultdict(
+            list
+        )  # items whose (shape, colour) pair is held out
+        self.length_hits: dict[str, list[int]] = defaultdict(list)  # clip items by length bucket
+        self.examples: list[dict[str, str]] = []
+
+    def add(self, item: Any, text: str, normalize: Any) -> None:
+        gold = normalize(item.answer)
+        correct = int(normalize(text) == gold)
+        self.hits[item.question_type][gold].append(correct)
+        if item.meta.get("heldout_combo"):
+            self.combo_hits[item.question_type].append(correct)
+        if self.by_length and "num_frames" in item.meta:
+            self.length_hits[_length_bucket(int(item.meta["num_frames"]))].append(correct)
+        if len(self.examples) < 5:
+            self.examples.append({"question": item.question, "answer": item.answer, "predicted": text})
+
+    def table(self) -> dict[str, Any]:
+        blind = self.blind
         per_type: dict[str, dict[str, Any]] = {
             name: {
                 "accuracy": sum(map(sum, by_answer.values())) / sum(map(len, by_answer.values())),
                 "count": sum(map(len, by_answer.values())),
                 "blind": blind[name]["question_majority"],
                 "chance": blind[name]["chance"],
-                "heldout_combo_accuracy": _mean(combo_hits[name]),
-                "heldout_combo_count": len(combo_hits[name]),
+                "heldout_combo_accuracy": _mean(self.combo_hits[name]),
+                "heldout_combo_count": len(self.combo_hits[name]),
                 "per_answer": {
                     answer: {"accuracy": sum(got) / len(got), "count": len(got)}
                     for answer, got in sorted(by_answer.items())
                 },
             }
-            for name, by_answer in sorted(hits.items())
+            for name, by_answer in sorted(self.hits.items())
         }
-        combo = [hit for values in combo_hits.values() for hit in values]
-        results["sets"][set_name] = {
-            "mean": sum(row["accuracy"] for row in per_type.values()) / max(len(per_type), 1),
-            "blind_mean": sum(row["blind"] for row in per_type.values()) / max(len(per_type), 1),
-            "chance_mean": sum(row["chance"] for row in per_type.values()) / max(len(per_type), 1),
+        combo = [hit for values in self.combo_hits.values() for hit in values]
+        count = max(len(per_type), 1)
+        return {
+            "mean": sum(row["accuracy"] for row in per_type.values()) / count,
+            "blind_mean": sum(row["blind"] for row in per_type.values()) / count,
+            "chance_mean": sum(row["chance"] for row in per_type.values()) / count,
             "heldout_combo_accuracy": _mean(combo),
             "per_type": per_type,
             "per_length": {
                 bucket: {"accuracy": sum(values) / len(values), "count": len(values)}
-                for bucket, values in sorted(length_hits.items(), key=lambda kv: int(kv[0].split("-")[0]))
+                for bucket, values in sorted(
+                    self.length_hits.items(), key=lambda kv: int(kv[0].split("-")[0])
+                )
             },
-            "examples": examples,
-            "seconds": time.time() - started,
+            "examples": self.examples,
         }
-        logger.info(
-            "%s: mean %.3f in %.0f s", set_name, results["sets"][set_name]["mean"], time.time() - started
-        )
-    return results
 
 
 def check_seed(seed: int, sealed: bool) -> None:
@@ -266,16 +374,26 @@ def _mean(values: list[int]) -> float | None:
 
 def format_tables(results: dict[str, Any]) -> str:
     lines = [f"model: {results['model']}"]
+    wordings = list(results.get("by_phrasing", {results.get("phrasing", ""): results["sets"]}).items())
     if "phrasing" in results:
         clip = results.get("clip_frames")
         clip_text = (
             "default" if clip is None else "-".join(str(v) for v in clip) if isinstance(clip, list) else clip
         )
         lines.append(
-            f"seed: {results['seed']}, phrasing: {results['phrasing']}, clip frames: {clip_text}, "
-            f"balanced needles: {'yes' if results['balanced_needles'] else 'no'}"
+            f"seed: {results['seed']}, phrasing: {', '.join(name for name, _ in wordings)}, "
+            f"clip frames: {clip_text}, balanced needles: {'yes' if results['balanced_needles'] else 'no'}"
         )
-    for set_name, data in results["sets"].items():
+    for wording, sets in wordings:
+        if len(wordings) > 1:
+            lines += ["", f"# phrasing: {wording}"]
+        lines += _set_tables(sets)
+    return "\n".join(lines)
+
+
+def _set_tables(sets: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    for set_name, data in sets.items():
         lines += [
             "",
             f"## {set_name} (mean {data['mean']:.3f}, blind {data['blind_mean']:.3f}, "
@@ -298,7 +416,7 @@ def format_tables(results: dict[str, Any]) -> str:
                 f"| {bucket} | {row['count']} | {row['accuracy']:.3f} |"
                 for bucket, row in data["per_length"].items()
             ]
-    return "\n".join(lines)
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:
