@@ -15,6 +15,19 @@ from llamavid.serve.defaults import EMBEDDED_MODEL_DIR
 from tiny_helpers import moving_square_video
 
 
+@pytest.mark.parametrize("aspect", ["pad", "square"])
+def test_frames_already_at_the_output_size_take_the_array_path_with_the_same_pixels(rng, aspect):
+    """A (T, S, S, 3) uint8 array at the output size skips the per-frame PIL path (nothing to pad, resize or
+    crop); the pixels are bit-identical to those of the same frames given one by one as PIL images."""
+    frames = rng.integers(0, 256, (5, 56, 56, 3), dtype=np.uint8)
+    processor = LlamaVidImageProcessor(size=56, image_aspect_ratio=aspect)
+    per_frame = processor([Image.fromarray(frame) for frame in frames], is_video=True)
+    assert torch.equal(processor(frames, is_video=True), per_frame)
+    assert torch.equal(processor(frames[:1]), processor(Image.fromarray(frames[0])))
+    by_hand = (frames.astype(np.float32) / 255 - np.float32(CLIP_MEAN)) / np.float32(CLIP_STD)
+    torch.testing.assert_close(per_frame, torch.from_numpy(by_hand).permute(0, 3, 1, 2), rtol=0, atol=1e-6)
+
+
 def test_image_preprocessing_follows_the_clip_pipeline(rng):
     array = rng.integers(0, 255, (30, 60, 3), dtype=np.uint8)
     processor = LlamaVidImageProcessor(size=56, image_aspect_ratio="square")

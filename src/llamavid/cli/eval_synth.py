@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from llamavid.errors import InvalidInputError
+from llamavid.errors import InvalidInputError, LlamaVidRuntimeError
 
 logger = logging.getLogger(__name__)
 
@@ -218,7 +218,10 @@ def _score_set(
     items = worded[phrasings[0]]
     for name in phrasings[1:]:  # re-wording never changes an item's media or answer (llamavid.synth.phrasing)
         if [(i.id, i.answer) for i in worded[name]] != [(i.id, i.answer) for i in items]:
-            raise RuntimeError(f"phrasing {name!r} changed the items of {set_name}, not only their wording")
+            raise LlamaVidRuntimeError(
+                f"phrasing {name!r} changed the items of {set_name}, not only their wording: a bug in "
+                "llamavid.synth.phrasing, please report it"
+            )
     scores = {}
     for name in phrasings:
         fit = generate_items(

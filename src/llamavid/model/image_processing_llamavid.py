@@ -104,6 +104,18 @@ class LlamaVidImageProcessor:
             images: one image (PIL or HWC uint8), a list of them, or a ``(T, H, W, 3)`` uint8 array of frames.
             is_video: frames of a video are never padded; still images follow `image_aspect_ratio`.
         """
+        expected = (self.size, self.size, 3)
+        if (
+            isinstance(images, np.ndarray)
+            and images.ndim == 4
+            and len(images)
+            and images.dtype == np.uint8
+            and images.shape[1:] == expected
+            and self.crop_size == self.size
+        ):
+            # Frames already square at the output size (decoded at it, or rendered): the per-frame path would
+            # neither pad (square), resize (same size) nor crop, so only the scaling is left. Same pixels.
+            return self._normalize(images.astype(np.float32))
         if isinstance(images, np.ndarray) and images.ndim == 4 or isinstance(images, (list, tuple)):
             frames = list(images)
         else:
@@ -138,10 +150,13 @@ class LlamaVidImageProcessor:
         return self._normalize(frames.astype(np.float32))
 
     def _normalize(self, out: np.ndarray) -> torch.Tensor:
-        mean = np.asarray(self.image_mean, dtype=np.float32)
-        std = np.asarray(self.image_std, dtype=np.float32)
-        out = (out * np.float32(self.rescale_factor) - mean) / std
-        return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+        """``(T, S, S, 3)`` float32 in 0-255, overwritten in place -> ``(x / 255 - mean) / std`` as
+        ``(T, 3, S, S)``: the same float32 operations in the same order as NumPy's, on torch's threads."""
+        pixels = torch.from_numpy(out)
+        pixels.mul_(np.float32(self.rescale_factor))
+        pixels.sub_(torch.tensor(self.image_mean, dtype=torch.float32))
+        pixels.div_(torch.tensor(self.image_std, dtype=torch.float32))
+        return pixels.permute(0, 3, 1, 2).contiguous()
 
     def to_dict(self) -> dict[str, Any]:
         return {
