@@ -1,4 +1,5 @@
-"""`tools/tiny_ablation.py` (the token ablation through the one recipe) and `tools/probe_shape_combos.py`."""
+"""`tools/tiny_ablation.py` (the token ablation through the one recipe), `tools/probe_shape_combos.py` and
+`tools/tiny_phase_speed.py`."""
 
 from __future__ import annotations
 
@@ -104,3 +105,27 @@ def test_shape_combination_probe_on_the_committed_tower() -> None:
     assert results["colour"]["seen_pairs"] > 0.9
     assert results["shape"]["seen_pairs"] > 0.8
     assert 0.0 <= results["shape_without_colour"]["heldout_pairs"] <= 1.0
+
+
+def test_phase_speed_tool_shortens_every_phase_and_nothing_else(tmp_path: Path) -> None:
+    import yaml
+
+    from llamavid.train.curriculum import load_curriculum
+    from llamavid.train.schema import packaged_config_dir
+
+    source = packaged_config_dir() / "tiny" / "v5.yaml"
+    raw = yaml.safe_load(source.read_text(encoding="utf-8"))
+    short_path = tmp_path / "short.yaml"
+    short_path.write_text(yaml.safe_dump(_load(TOOLS / "tiny_phase_speed.py").shortened(raw, 30)))
+    full, short = load_curriculum(source), load_curriculum(short_path)
+    assert [p.steps for p in short.phases] == [30] * len(full.phases)
+    assert all(p.eval_every == 0 for p in short.phases)
+    for before, after in zip(full.phases, short.phases, strict=True):
+        assert (after.name, after.mixture, after.lr, after.losses) == (
+            before.name,
+            before.mixture,
+            before.lr,
+            before.losses,
+        )
+    assert short.datasets == full.datasets and short.stage0 == full.stage0
+    assert [p["steps"] for p in raw["phases"]][0] == full.phases[0].steps  # the source dict is left as it was
