@@ -500,35 +500,19 @@ class Engine:
         ``from_pixels=True``: features (cached or not) came from the tower, so the Q-Former's CLS setting is the
         one for pixels.
         """
-        frames = media.num_frames
+        if media.features is not None:
+            return self._in_memory_visual_output(media, [question], output_attentions)
+        from llamavid.inference.long_video import stream_visual_output
+
+        assert media.cache_entry is not None
         encoded = self._qformer_inputs([question])
         with self._lock, torch.no_grad():
-            if media.features is None:
-                from llamavid.inference.long_video import stream_visual_output
-
-                assert media.cache_entry is not None
-                return stream_visual_output(
-                    self.model,
-                    media.cache_entry,
-                    encoded["input_ids"],
-                    encoded["attention_mask"],
-                    frame_blocks=media.subtitles is not None,
-                    output_attentions=output_attentions,
-                )
-            counts = self.processor.block_frame_counts(
-                frames, is_image=media.is_image, per_frame=media.subtitles is not None
-            )
-            frame_counts = torch.tensor(counts, dtype=torch.long)
-            block_media = torch.arange(len(counts))  # with per-frame blocks every frame is its own medium
-            return self.model.model.get_visual_tokens(
-                media.features,
-                frame_counts,
+            return stream_visual_output(
+                self.model,
+                media.cache_entry,
                 encoded["input_ids"],
                 encoded["attention_mask"],
-                block_media,
-                torch.zeros(len(block_media), dtype=torch.long),
-                media_is_image=torch.full((len(frame_counts),), media.is_image, dtype=torch.bool),
-                from_pixels=True,
+                frame_blocks=media.subtitles is not None,
                 output_attentions=output_attentions,
             )
 
@@ -544,25 +528,34 @@ class Engine:
         questions = [question.strip() for question in questions]
         if not questions:
             return []
-        if media.features is None or len(questions) == 1:
+        if media.features is None:
             return [self.visual_output(media, question).tokens for question in questions]
+        output = self._in_memory_visual_output(media, questions)
+        return list(output.tokens.chunk(len(questions)))
+
+    def _in_memory_visual_output(
+        self, media: PreparedMedia, questions: list[str], output_attentions: bool = False
+    ) -> Any:
+        """One `get_visual_tokens` call over features in memory: every question sees every block, question after
+        question (with per-frame blocks every frame is its own medium)."""
+        assert media.features is not None
         counts = self.processor.block_frame_counts(
             media.num_frames, is_image=media.is_image, per_frame=media.subtitles is not None
         )
         blocks = len(counts)
         encoded = self._qformer_inputs(questions)
         with self._lock, torch.no_grad():
-            output = self.model.model.get_visual_tokens(
+            return self.model.model.get_visual_tokens(
                 media.features,
                 torch.tensor(counts, dtype=torch.long),
                 encoded["input_ids"],
                 encoded["attention_mask"],
-                torch.arange(blocks).repeat(len(questions)),  # every question sees every block ...
-                torch.arange(len(questions)).repeat_interleave(blocks),  # ... question after question
+                torch.arange(blocks).repeat(len(questions)),
+                torch.arange(len(questions)).repeat_interleave(blocks),
                 media_is_image=torch.full((blocks,), media.is_image, dtype=torch.bool),
                 from_pixels=True,
+                output_attentions=output_attentions,
             )
-        return list(output.tokens.chunk(len(questions)))
 
     # Prompts -------------------------------------------------------------------------------------------------
     def _messages(
