@@ -148,3 +148,18 @@ def test_several_phrasings_in_one_run_score_as_separate_runs() -> None:
     assert lines[1].startswith("seed: 2, phrasing: varied, heldout_templates, clip frames: default")
     assert lines.index("# phrasing: varied") < lines.index("# phrasing: heldout_templates")
     assert sum(line.startswith("## long_qa") for line in lines) == 2
+
+
+def test_media_chunks_keep_a_long_videos_questions_together() -> None:
+    """A long video's questions form one group and one chunk whatever the batch size (encoded once); other
+    items are groups of their own, `batch_size` to a chunk."""
+    from llamavid.cli.eval_synth import _media_chunks
+
+    images = generate_items("heldout", 7, seed=2, kind="image_qa")
+    assert _media_chunks(images, 3) == [[[0], [1], [2]], [[3], [4], [5]], [[6]]]
+    long = generate_items("heldout", 12, seed=2, kind="long_qa", episode_frames=60)
+    episodes = [item.meta["media_id"] for item in long]
+    expected = [
+        [[i for i, key in enumerate(episodes) if key == episode]] for episode in dict.fromkeys(episodes)
+    ]
+    assert len(expected) == 2 and _media_chunks(long, 5) == expected

@@ -197,7 +197,6 @@ def _score_set(
     options: dict[str, Any],
 ) -> dict[str, dict[str, Any]]:
     """One set's tables per wording: the same items under each wording, each media encoded once."""
-    from llamavid.inference.text import normalize_answer
     from llamavid.synth import (
         Episode,
         FrameSpec,
@@ -261,32 +260,27 @@ def _score_set(
         for start in range(0, len(requests), rows):
             texts += [answer.text for answer in engine.answer_batch(requests[start : start + rows])]
         for (name, index), text in zip(owners, texts, strict=True):
-            scores[name].add(worded[name][index], text, normalize_answer)
+            scores[name].add(worded[name][index], text)
     return {name: scores[name].table() for name in phrasings}
 
 
 def _media_chunks(items: list[Any], batch_size: int) -> list[list[list[int]]]:
-    """Consecutive items in chunks of at most `batch_size`, each chunk a list of media groups (item indices
-    sharing one media: a long video's questions; any other item is its own group). A long video's questions
-    fill a chunk of their own."""
+    """Consecutive items as chunks of media groups (item indices sharing one media): a long video's questions
+    are one group and a chunk of their own, so the video is encoded once; any other item is its own group, at
+    most `batch_size` groups to a chunk. (Answer batches are cut to size afterwards.)"""
     from llamavid.synth import Episode
 
     chunks: list[list[list[int]]] = []
-    current: list[list[int]] = []
     last_key = None
     for index, item in enumerate(items):
-        shared = isinstance(item.media, Episode)
-        key = item.meta.get("media_id", item.id) if shared else None
-        if current and (sum(map(len, current)) >= batch_size or key != last_key):
-            chunks.append(current)
-            current = []
-        if shared and current and key == last_key:
-            current[-1].append(index)
+        key = item.meta.get("media_id", item.id) if isinstance(item.media, Episode) else None
+        if key is not None and key == last_key:
+            chunks[-1][-1].append(index)
+        elif chunks and key is None and last_key is None and len(chunks[-1]) < batch_size:
+            chunks[-1].append([index])
         else:
-            current.append([index])
+            chunks.append([[index]])
         last_key = key
-    if current:
-        chunks.append(current)
     return chunks
 
 
@@ -297,15 +291,16 @@ class _SetScores:
         self.blind, self.by_length = blind, by_length
         # hits[type][gold answer]: 1/0 per item; a type's accuracy is over all its answers
         self.hits: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
-        self.combo_hits: dict[str, list[int]] = defaultdict(
-            list
-        )  # items whose (shape, colour) pair is held out
+        # items whose (shape, colour) pair is held out
+        self.combo_hits: dict[str, list[int]] = defaultdict(list)
         self.length_hits: dict[str, list[int]] = defaultdict(list)  # clip items by length bucket
         self.examples: list[dict[str, str]] = []
 
-    def add(self, item: Any, text: str, normalize: Any) -> None:
-        gold = normalize(item.answer)
-        correct = int(normalize(text) == gold)
+    def add(self, item: Any, text: str) -> None:
+        from llamavid.inference.text import normalize_answer
+
+        gold = normalize_answer(item.answer)
+        correct = int(normalize_answer(text) == gold)
         self.hits[item.question_type][gold].append(correct)
         if item.meta.get("heldout_combo"):
             self.combo_hits[item.question_type].append(correct)
