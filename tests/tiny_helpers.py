@@ -6,7 +6,18 @@ import torch
 
 from llamavid.testing import build_tiny_model, moving_square_video, tiny_config_kwargs
 
-__all__ = ["build_tiny_model", "moving_square_video", "tiny_config_kwargs"]
+__all__ = ["LIVE_EPISODE", "build_tiny_model", "moving_square_video", "tiny_config_kwargs"]
+
+# The live tests' stream (tests/inference/test_live.py and the CLI, server and web UI live tests):
+# make_episode(default_rng(seed), "heldout", frames) has a one-frame needle of `colour` at second `needle`, which
+# the embedded model answers through every live path.
+LIVE_EPISODE = {
+    "seed": 30,
+    "frames": 120,
+    "needle": 8,
+    "colour": "red",
+    "question": "What colour is the shape on the white screen?",
+}
 
 
 def save_serving_model(folder, seed: int = 0):

@@ -19,9 +19,10 @@ import pytest
 from llamavid.errors import ContextBudgetError, InvalidInputError
 from llamavid.inference.live import LiveSession, parse_window, select_by_relevance
 from llamavid.synth.episodes import make_episode
+from tiny_helpers import LIVE_EPISODE
 
-QUESTION = "What colour is the shape on the white screen?"
-SEED, FRAMES, NEEDLE, COLOUR = 30, 120, 8, "red"  # make_episode(default_rng(30), "heldout", 120)
+QUESTION = LIVE_EPISODE["question"]
+SEED, FRAMES, NEEDLE, COLOUR = (LIVE_EPISODE[key] for key in ("seed", "frames", "needle", "colour"))
 PAUSE_AFTER = 40
 WAIT_S = 90.0
 

@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 import pytest
 
 from testing_utils import IN_CI, require_module
+from tiny_helpers import LIVE_EPISODE
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
@@ -306,7 +307,8 @@ def test_the_live_tab_watches_a_fifo_under_the_allowed_root(tmp_path):
     (root / "other.ts").touch()
     with pytest.raises(gr.Error, match="at most 1"):  # the limit counts every tab's sessions
         tab.start(str(root / "other.ts"), "", None)
-    episode = make_episode(np.random.default_rng(30), "heldout", 120)  # a red needle at 8 s
+    live = LIVE_EPISODE  # a one-frame needle the embedded model answers
+    episode = make_episode(np.random.default_rng(live["seed"]), "heldout", live["frames"])
 
     def feed() -> None:
         with open(fifo, "wb") as sink:
@@ -319,11 +321,10 @@ def test_the_live_tab_watches_a_fifo_under_the_allowed_root(tmp_path):
     feeder.join(30)
     frame, status, _ = tab.refresh(session_id, None)
     assert frame.shape == (64, 64, 3) and "30 frames" in status and "ended" in status
-    chat, box, question, timeline = tab.ask(
-        "What colour is the shape on the white screen?", "", [], session_id
-    )
-    assert box == "" and chat[-1]["role"] == "assistant" and chat[-1]["content"].startswith("red")
-    assert "30 frames" in timeline and "0:08" in timeline  # the needle is among the most relevant frames
+    chat, box, question, timeline = tab.ask(live["question"], "", [], session_id)
+    assert box == "" and chat[-1]["role"] == "assistant" and chat[-1]["content"].startswith(live["colour"])
+    needle_time = f"0:{live['needle']:02d}"  # the needle is among the most relevant frames
+    assert "30 frames" in timeline and needle_time in timeline
     assert "Relevance so far" in tab.refresh(session_id, question)[2]
     with pytest.raises(gr.Error, match="window"):
         tab.ask("What happened?", "ten minutes", chat, session_id)
