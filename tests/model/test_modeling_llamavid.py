@@ -443,41 +443,93 @@ def test_cross_attention_keys_values_are_computed_once_per_frame(qformer_tokeniz
     }
 
 
+def _qformer_with_dropout(hidden: float, attention: float | None = None) -> dict:
+    config = dict(tiny_config_kwargs()["qformer_config"])
+    config.update(
+        hidden_dropout_prob=hidden, attention_probs_dropout_prob=hidden if attention is None else attention
+    )
+    return config
+
+
+def _qformer_gradients(model, features, setup, questions, pairwise: bool) -> tuple[torch.Tensor, dict]:
+    core = model.model
+    if pairwise:
+        core.get_context_tokens = core.pairwise_context_tokens
+    model.zero_grad(set_to_none=True)
+    try:
+        context = visual_tokens_for(model, features, setup, questions).context_tokens
+        (context * torch.linspace(-1, 1, context.shape[-1])).square().sum().backward()
+    finally:
+        core.__dict__.pop("get_context_tokens", None)
+    grads = {
+        name: parameter.grad.clone()
+        for name, parameter in core.named_parameters()
+        if name.startswith(("vlm_att", "mm_projector"))
+        and parameter.requires_grad
+        and parameter.grad is not None
+    }
+    return context.detach(), grads
+
+
 @pytest.mark.parametrize(
     "overrides", [{}, {"qformer_input_width": 48}], ids=["same-width", "projected-pretrain"]
 )
-def test_a_training_qformer_takes_the_pairwise_path_and_every_weight_gets_a_gradient(
+def test_a_training_qformer_shares_the_frame_work_with_the_gradients_of_the_pairwise_path(
     overrides, qformer_tokenizer
 ):
-    """Training runs the Q-Former through its layers' own forward: checkpointing and sharded training (FSDP2,
-    ZeRO-3) hook in there, and the shared path would leave the last layer's question rows without gradients."""
-    model = question_sensitive_model(frame_chunk_size=3, **overrides)
+    """Without dropout, checkpointing or sharding, a Q-Former that trains takes the shared path: the same
+    context tokens and the same gradient for every weight as its layers' own forward (exactly zero for the last
+    layer's question-token feed-forward, which nothing reads), so optimizers and DDP see every parameter."""
+    model = question_sensitive_model(
+        frame_chunk_size=3, qformer_config=_qformer_with_dropout(0.0), **overrides
+    )
+    model.train()
     setup = several_questions_layout("mixed", 2)
     questions = qformer_tokenizer(list(QUESTION_TEXTS[:2]), padding=True, return_tensors="pt")
     features = torch.randn(8, 17, 32, generator=torch.Generator().manual_seed(7))
     core = model.model
-    assert core._qformer_checkpoints()  # grad enabled and the Q-Former trains
-    with torch.no_grad():
-        assert not core._qformer_checkpoints()
-        shared = visual_tokens_for(model, features, setup, questions).context_tokens
-    model.zero_grad()
-    trained = visual_tokens_for(model, features, setup, questions).context_tokens
-    trained.square().sum().backward()
-    torch.testing.assert_close(trained.detach(), shared, rtol=1e-5, atol=1e-5)
-    missing = [
+    assert not core._qformer_checkpoints()  # no dropout (as the committed tiny model)
+    shared, shared_grads = _qformer_gradients(model, features, setup, questions, pairwise=False)
+    pairwise, pairwise_grads = _qformer_gradients(model, features, setup, questions, pairwise=True)
+    torch.testing.assert_close(shared, pairwise, rtol=1e-5, atol=1e-5)
+    assert shared_grads.keys() == pairwise_grads.keys()
+    trainable = [
         name for name, parameter in core.named_parameters()
         if name.startswith(("vlm_att_encoder.", "vlm_att_bert_proj.", "vlm_att_ln."))
-        and parameter.requires_grad and parameter.grad is None and "word_embeddings" not in name
+        and parameter.requires_grad and "word_embeddings" not in name
     ]  # fmt: skip
-    assert not missing, missing
+    assert set(trainable) <= shared_grads.keys(), set(trainable) - shared_grads.keys()
+    for name, grad in pairwise_grads.items():
+        torch.testing.assert_close(shared_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    last = len(core.qformer_layers()) - 1
+    unread = [
+        name
+        for name in shared_grads
+        if f"layer.{last}.intermediate." in name or f"layer.{last}.output." in name
+    ]
+    assert unread and all(shared_grads[name].abs().max() == 0 for name in unread)
+    assert any(
+        grad.abs().max() > 0
+        for name, grad in shared_grads.items()
+        if f"layer.{last}.intermediate_query" in name
+    )
     if overrides:  # the projection trains with the Q-Former (official: no freeze variant freezes it)
         assert core.vlm_att_bert_proj.weight.grad.abs().sum() > 0
-    core.vlm_att_encoder.requires_grad_(False)  # a frozen Q-Former shares the frame work even with grad on
-    assert not core._qformer_checkpoints()
+
+
+def test_qformer_dropout_in_training_takes_the_pairwise_path():
+    """Dropout must be drawn per (frame, question) pair, which the shared path cannot do."""
+    for hidden, attention in ((0.1, 0.0), (0.0, 0.1)):
+        model = build_tiny_model(qformer_config=_qformer_with_dropout(hidden, attention))
+        assert not model.model._qformer_checkpoints()  # dropout is off in eval mode
+        model.train()
+        assert model.model._qformer_checkpoints()
+    model = build_tiny_model(qformer_config=_qformer_with_dropout(0.0)).train()
+    assert not model.model._qformer_checkpoints()
 
 
 def test_checkpointed_qformer_training_keeps_the_pairwise_path():
-    model = build_tiny_model()
+    model = build_tiny_model(qformer_config=_qformer_with_dropout(0.0))
     model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     model.model.vlm_att_encoder.requires_grad_(False)

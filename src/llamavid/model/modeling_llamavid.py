@@ -698,18 +698,43 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
     def _qformer_checkpoints(self) -> bool:
         """Whether the Q-Former must run through its layers' own forward (`pairwise_context_tokens`).
 
-        The shared path calls the layers' sub-modules directly, which is right for inference but skips what a
-        layer's forward adds in training: gradient checkpointing, the parameter gathering of sharded training
-        (FSDP2 `DTensor` parameters, DeepSpeed ZeRO-3 partitions) and gradients for every parameter (the shared
-        path skips the last layer's question rows, whose weights would get no gradient and no optimizer state).
+        The shared path calls the layers' sub-modules directly, so it cannot do what a layer's forward adds for
+        some training set-ups: gradient checkpointing, the parameter gathering of sharded training (FSDP2
+        `DTensor` parameters, DeepSpeed ZeRO-3 partitions), and dropout drawn independently for every (frame,
+        question) pair (the shared path computes a question's layer-0 rows once for all frames, so they would
+        share one dropout mask). A Q-Former that trains without those (the tiny model's phases) shares the frame
+        work as inference does; its gradients are those of the pairwise path (tests check it), the last layer's
+        question-token feed-forward included (`_touch_unread_weights`).
         """
         layers = self.qformer_layers()
-        if torch.is_grad_enabled() and any(p.requires_grad for p in self.vlm_att_encoder.parameters()):
-            return True
         first = next(layers[0].parameters(), None) if layers else None
         sharded = first is not None and (type(first).__name__ == "DTensor" or hasattr(first, "ds_id"))
         checkpointing = self.training and torch.is_grad_enabled()
-        return sharded or (checkpointing and any(layer.gradient_checkpointing for layer in layers))
+        checkpointing = checkpointing and any(layer.gradient_checkpointing for layer in layers)
+        return sharded or checkpointing or (self.training and self._qformer_dropout())
+
+    def _qformer_dropout(self) -> bool:
+        """Whether any dropout of the Q-Former is active in training mode (attention or hidden states)."""
+        for module in self.vlm_att_encoder.modules():
+            if isinstance(module, nn.Dropout) and module.p > 0:
+                return True
+            if isinstance(module, InstructBlipQFormerMultiHeadAttention) and module.attention_dropout > 0:
+                return True
+        return False
+
+    def _touch_unread_weights(self, hidden: Tensor) -> Tensor:
+        """`hidden` plus zero times the last layer's question-token feed-forward weights, when they train.
+
+        The shared path never computes the last layer's question rows (nothing reads them), so those weights
+        would get no gradient at all: optimizers would skip their weight decay and distributed data parallel
+        would report unused parameters. Through the layer's own forward their gradient is exactly zero; the zero
+        product gives them the same zero gradient without computing the rows.
+        """
+        last = self.qformer_layers()[-1]
+        unread = [p for p in (*last.intermediate.parameters(), *last.output.parameters()) if p.requires_grad]
+        if not unread or not torch.is_grad_enabled():
+            return hidden
+        return hidden + sum(p.sum() for p in unread) * 0.0
 
     def question_states(
         self, input_ids: Tensor, attention_mask: Tensor, dtype: torch.dtype
@@ -774,7 +799,7 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
             else:
                 text_rows = layer.feed_forward_chunk(attended[:, num_queries:])
             hidden = torch.cat([query_rows, text_rows], dim=1)  # (b, Q + L, H)
-        return self.vlm_att_projector(hidden)
+        return self.vlm_att_projector(self._touch_unread_weights(hidden))
 
     def pairwise_context_tokens(
         self,
