@@ -123,4 +123,21 @@ class LlamaVidCollator:
         return data
 
 
-__all__ = ["LlamaVidCollator", "OverlongSampleError"]
+def without_trailing_padding_mask(inputs: dict[str, Any]) -> dict[str, Any]:
+    """A right-padded training batch without its attention mask, where the mask adds nothing to causality.
+
+    In a right-padded row every pad comes after the last real token, so causal attention alone already keeps
+    real tokens from reading pads; the pads' own outputs carry ignored labels and reach no loss. Without the
+    mask, SDPA runs its causal kernel instead of the masked one (on CPU about twice as fast on long rows) and the
+    loss and gradients are the same up to float rounding. Any other mask (left padding, holes) is kept.
+    """
+    mask, labels = inputs.get("attention_mask"), inputs.get("labels")
+    if mask is None or labels is None or mask.ndim != 2 or not mask.shape[1]:
+        return inputs
+    right_padded = bool(mask[:, 0].all()) and bool((mask[:, 1:] <= mask[:, :-1]).all())
+    if not right_padded or not bool((labels[mask == 0] == IGNORE_INDEX).all()):
+        return inputs
+    return {name: value for name, value in inputs.items() if name != "attention_mask"}
+
+
+__all__ = ["LlamaVidCollator", "OverlongSampleError", "without_trailing_padding_mask"]

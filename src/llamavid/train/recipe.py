@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader
 from llamavid.errors import LlamaVidRuntimeError, MissingFileError
 from llamavid.model.configuration_llamavid import IGNORE_INDEX
 from llamavid.model.conversation import TOKENIZER_TEMPLATE
-from llamavid.train.collate import LlamaVidCollator
+from llamavid.train.collate import LlamaVidCollator, without_trailing_padding_mask
 from llamavid.train.datasets import LlavaJsonDataset
 from llamavid.train.schema import ConfigError, RunConfig, packaged_config_dir
 
@@ -775,6 +775,7 @@ class TrainingRecipe:
         if self.tiny is not None:
             return self._tiny_step_loss(batch)
         inputs = self._to_device({k: v for k, v in batch.items() if k != "sample_ids"})
+        inputs = without_trailing_padding_mask(inputs)
         with self._autocast():
             output = self.model(**inputs)
         tokens = int((inputs["labels"][:, 1:] != IGNORE_INDEX).sum()) if weight else 0
@@ -1257,7 +1258,9 @@ class TrainingRecipe:
 
     def _tiny_step_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
         items = batch["tiny_items"]
-        inputs = self._to_device({k: v for k, v in batch.items() if k != "tiny_items"})
+        inputs = without_trailing_padding_mask(
+            self._to_device({k: v for k, v in batch.items() if k != "tiny_items"})
+        )
         tokens = int((inputs["labels"][:, 1:] != IGNORE_INDEX).sum())
         inputs["tiny_items"] = items
         with self._autocast():
