@@ -90,6 +90,7 @@ def test_stage_trains_its_modules_and_loss_falls(stage, tmp_path, image_data, lo
     cfg.train.max_steps = 4
     recipe = TrainingRecipe(cfg)
     recipe.setup()
+    assert recipe.optimizer.defaults["fused"] is True  # CPU, one process: torch's fused AdamW kernel
     model = recipe.model
     before = _snapshot(model)
     losses = recipe.train()

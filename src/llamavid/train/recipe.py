@@ -608,7 +608,12 @@ class TrainingRecipe:
                 {"params": no_decay, "weight_decay": 0.0},
             ]
             groups = [g for g in groups if g["params"]]
-        optimizer = torch.optim.AdamW(groups, lr=ocfg.lr, betas=(ocfg.betas[0], ocfg.betas[1]), eps=ocfg.eps)
+        # On the CPU torch's default AdamW loops over the tensors one by one; its fused kernel does the same update
+        # about 4x faster (the tiny model: 7 ms against 27 ms a step). Other devices and sharded runs keep the default.
+        fused = True if self.device.type == "cpu" and self.strategy in ("none", "ddp") else None
+        optimizer = torch.optim.AdamW(
+            groups, lr=ocfg.lr, betas=(ocfg.betas[0], ocfg.betas[1]), eps=ocfg.eps, fused=fused
+        )
         if self.tiny is not None:
             scheduler = self._tiny_scheduler(optimizer)
         else:
