@@ -9,9 +9,10 @@ Two workloads from the v5 curriculum's training data (train split, seed 0, `phra
 Frame features come from the model's own vision tower once, outside the timing (training reads them from the
 feature cache); batches are built by `llamavid.train.tiny.make_batch`, exactly what the phases feed the model.
 The baseline runs the Q-Former per (frame, question) pair through its layers' own forward
-(`pairwise_context_tokens`) and gives the LLM the batch's padding mask; the current step shares each item's
-question work across its frames (`get_context_tokens`) and drops the mask of a right-padded batch
-(`without_trailing_padding_mask`), so SDPA takes its causal kernel. The report gives the median of ``--repeats``
+(`pairwise_context_tokens`) and the LLM once on the whole batch with its padding mask; the current step (what
+`TinyLoss` runs) shares each item's question work across its frames (`get_context_tokens`) and runs the LLM once
+per group of rows of similar length (`logits_by_length`), without the padding mask, so SDPA takes its causal
+kernel and short rows are not padded to the longest. The report gives the median of ``--repeats``
 steps, the ratio baseline / current, and the largest differences of the loss and of any gradient.
 
 Usage: ``OMP_NUM_THREADS=2 .venv/bin/python benchmarks/train_step.py [--repeats 5] [--json out.json]``
@@ -45,23 +46,34 @@ def _batch(model: Any, processor: Any, items: list[Any]) -> dict[str, torch.Tens
         offsets.append(start)
         counts.append(len(encoded))
         start += len(encoded)
-    cache = {"features": torch.cat(features), "offsets": torch.tensor(offsets), "counts": torch.tensor(counts)}
+    cache = {
+        "features": torch.cat(features),
+        "offsets": torch.tensor(offsets),
+        "counts": torch.tensor(counts),
+    }
     return make_batch(items, cache, range(len(items)), processor)
 
 
-def _step(model: Any, batch: dict[str, torch.Tensor], baseline: bool) -> tuple[float, dict[str, torch.Tensor]]:
-    from llamavid.train.collate import without_trailing_padding_mask
+def _step(
+    model: Any, batch: dict[str, torch.Tensor], baseline: bool
+) -> tuple[float, dict[str, torch.Tensor]]:
+    from llamavid.model.configuration_llamavid import IGNORE_INDEX
+    from llamavid.train.tiny_phase import logits_by_length
 
     core = model.model
-    if baseline:
+    model.zero_grad(set_to_none=True)
+    if baseline:  # one padded call with its mask, the Q-Former per (frame, question) pair
         core.get_context_tokens = core.pairwise_context_tokens
-    try:
-        inputs = batch if baseline else without_trailing_padding_mask(batch)
-        model.zero_grad(set_to_none=True)
-        loss = model(**inputs).loss
-        loss.backward()
-    finally:
-        core.__dict__.pop("get_context_tokens", None)
+        try:
+            loss = model(**batch).loss
+        finally:
+            core.__dict__.pop("get_context_tokens", None)
+    else:  # what TinyLoss runs: shared Q-Former work, the LLM per length group without a padding mask
+        inputs = {name: value for name, value in batch.items() if name != "labels"}
+        logits = logits_by_length(model, inputs, batch["labels"])[0]
+        labels = batch["labels"].masked_fill(batch["labels"] == model.config.image_token_index, IGNORE_INDEX)
+        loss = model.loss_function(logits=logits, labels=labels, vocab_size=model.config.text.vocab_size)
+    loss.backward()
     grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
     return float(loss.detach()), grads
 

@@ -425,3 +425,83 @@ def test_batches_from_cached_features_match_the_processor_from_pixels() -> None:
         with torch.no_grad():
             ours, theirs = model(**batch).logits[0, -1], model(**reference).logits[0, -1]
         torch.testing.assert_close(ours, theirs, atol=5e-3, rtol=0)
+
+
+def test_length_groups_are_the_cheapest_cut_of_the_sorted_rows() -> None:
+    import itertools
+    import random
+
+    from llamavid.train.tiny_phase import length_groups
+
+    rng = random.Random(0)
+    for _ in range(40):
+        lengths = [rng.randint(5, 200) for _ in range(rng.randint(1, 7))]
+        overhead = rng.choice([0, 16, 128, 10**6])
+        groups = length_groups(lengths, overhead)
+        assert sorted(row for rows in groups for row in rows) == list(range(len(lengths)))
+
+        def cost(groups, lengths=lengths, overhead=overhead):
+            return sum(len(rows) * max(lengths[r] for r in rows) + overhead for rows in groups)
+
+        order = sorted(range(len(lengths)), key=lambda r: (lengths[r], r))
+        best = min(
+            cost([order[a:b] for a, b in itertools.pairwise((0, *cuts, len(order)))])
+            for k in range(len(order))
+            for cuts in itertools.combinations(range(1, len(order)), k)
+        )
+        assert cost(groups) == best
+    assert length_groups([40, 41, 42], overhead=10**6) == [[0, 1, 2]]  # cutting does not pay: one call
+
+
+@pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="tiny model asset not built")
+@pytest.mark.parametrize("with_prior", [False, True], ids=["lm", "answer-prior"])
+def test_the_llm_run_per_length_group_trains_like_one_padded_call(
+    tmp_path: Path, monkeypatch, with_prior
+) -> None:
+    """Rows of very different lengths (clips of 5-60 frames, images, text): the grouped LLM gives every loss term
+    and every gradient (LLM, visual side, auxiliary heads) of one padded call."""
+    import llamavid.train.tiny_phase as tiny_phase
+    from llamavid import LlamaVidForConditionalGeneration, LlamaVidProcessor
+    from llamavid.synth import generate_items
+    from llamavid.train.losses import AnswerPrior, AuxiliaryHeads, LossSettings
+
+    model = LlamaVidForConditionalGeneration.from_pretrained(str(ASSET), dtype=torch.float32)
+    model.model.vision_tower.requires_grad_(False)
+    processor = LlamaVidProcessor.from_pretrained(ASSET)
+    clips = generate_items("train", 40, seed=1, kind="video_qa", clip_frames=(5, 60), turns=(1, 3))
+    items = [i for i in clips if i.question_type == "video_scene_change"][:3] + clips[:5]
+    items += generate_items("train", 4, seed=0, kind="image_qa") + generate_items(
+        "train", 2, seed=0, kind="text_qa"
+    )
+    cache = _features(tmp_path, items, model.model.vision_tower)
+    types = ("image_shape", "image_colour")
+    prior = AnswerPrior(items, processor.tokenizer, types) if with_prior else None
+    losses = LossSettings(answer_head=0.5, grounding=0.5, scene=1.0, answer_prior=types if with_prior else ())
+    heads = AuxiliaryHeads(model.config.text_config.hidden_size)
+    calls: list[int] = []
+    hook = model.model.language_model.register_forward_hook(lambda _m, args, kwargs_out: calls.append(1))
+
+    def run():
+        calls.clear()
+        model.zero_grad(set_to_none=True)
+        heads.zero_grad(set_to_none=True)
+        loss, terms = _step(model, losses, items, cache, processor, heads=heads, prior=prior)
+        grads = {
+            n: p.grad.clone()
+            for n, p in [*model.named_parameters(), *heads.named_parameters()]
+            if p.grad is not None
+        }
+        return float(loss.detach()), terms, grads, len(calls)
+
+    grouped = run()
+    monkeypatch.setattr(tiny_phase, "length_groups", lambda lengths: [list(range(len(lengths)))])
+    single = run()
+    hook.remove()
+    assert grouped[3] > 1 and single[3] == 1  # the LLM ran once per group, then once
+    assert grouped[0] == pytest.approx(single[0], rel=1e-5)
+    assert set(grouped[1]) == set(single[1]) >= {"lm", "aux_context", "aux_scene"}
+    for name, value in single[1].items():
+        assert grouped[1][name] == pytest.approx(value, rel=1e-5, abs=1e-7), name
+    assert grouped[2].keys() == single[2].keys()
+    for name, grad in single[2].items():
+        torch.testing.assert_close(grouped[2][name], grad, rtol=1e-4, atol=1e-6, msg=name)

@@ -1263,9 +1263,8 @@ class TrainingRecipe:
 
     def _tiny_step_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
         items = batch["tiny_items"]
-        inputs = without_trailing_padding_mask(
-            self._to_device({k: v for k, v in batch.items() if k != "tiny_items"})
-        )
+        # TinyLoss drops a right-padded batch's mask itself (it runs the LLM per length group).
+        inputs = self._to_device({k: v for k, v in batch.items() if k != "tiny_items"})
         tokens = int((inputs["labels"][:, 1:] != IGNORE_INDEX).sum())
         inputs["tiny_items"] = items
         with self._autocast():
