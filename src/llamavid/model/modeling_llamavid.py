@@ -642,7 +642,8 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
         keys/values in every cross-attention layer and the `vlm_att_key_projector` keys; per question, once per
         call: the Q-Former's layer 0 self-attention (see `QuestionStates`); per pair: the rest. Pairs are
         independent, so the grouping never changes the tokens.
-        `raw_bert`, a Q-Former that trains, and sharded parameters take `pairwise_context_tokens`.
+        `raw_bert`, and training with Q-Former dropout, gradient checkpointing or sharded parameters take
+        `pairwise_context_tokens` (`_qformer_checkpoints`).
 
         Returns:
             ``(context_tokens (pairs, D), weights (pairs, Q, N) or None, frame scores (pairs,) or None)``.
@@ -814,7 +815,8 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
 
         Frames are visited `frame_chunk_size` at a time: keys are projected once per frame and shared by every
         question about it, but the text decoder runs per pair, so a frame's cross-attention keys/values are
-        recomputed for each question. Used for `raw_bert` and checkpointed training (see `get_context_tokens`).
+        recomputed for each question. Used for `raw_bert` and for training with Q-Former dropout, checkpointing or
+        sharding (see `get_context_tokens`).
 
         Returns:
             ``(context_tokens (pairs, D), weights (pairs, Q, N) or None, frame scores (pairs,) or None)``.
