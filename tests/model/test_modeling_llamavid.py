@@ -488,7 +488,7 @@ def test_a_training_qformer_shares_the_frame_work_with_the_gradients_of_the_pair
     questions = qformer_tokenizer(list(QUESTION_TEXTS[:2]), padding=True, return_tensors="pt")
     features = torch.randn(8, 17, 32, generator=torch.Generator().manual_seed(7))
     core = model.model
-    assert not core._qformer_checkpoints()  # no dropout (as the committed tiny model)
+    assert not core._needs_pairwise_qformer()  # no dropout (as the committed tiny model)
     shared, shared_grads = _qformer_gradients(model, features, setup, questions, pairwise=False)
     pairwise, pairwise_grads = _qformer_gradients(model, features, setup, questions, pairwise=True)
     torch.testing.assert_close(shared, pairwise, rtol=1e-5, atol=1e-5)
@@ -521,11 +521,11 @@ def test_qformer_dropout_in_training_takes_the_pairwise_path():
     """Dropout must be drawn per (frame, question) pair, which the shared path cannot do."""
     for hidden, attention in ((0.1, 0.0), (0.0, 0.1)):
         model = build_tiny_model(qformer_config=_qformer_with_dropout(hidden, attention))
-        assert not model.model._qformer_checkpoints()  # dropout is off in eval mode
+        assert not model.model._needs_pairwise_qformer()  # dropout is off in eval mode
         model.train()
-        assert model.model._qformer_checkpoints()
+        assert model.model._needs_pairwise_qformer()
     model = build_tiny_model(qformer_config=_qformer_with_dropout(0.0)).train()
-    assert not model.model._qformer_checkpoints()
+    assert not model.model._needs_pairwise_qformer()
 
 
 def test_checkpointed_qformer_training_keeps_the_pairwise_path():
@@ -533,9 +533,9 @@ def test_checkpointed_qformer_training_keeps_the_pairwise_path():
     model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     model.model.vlm_att_encoder.requires_grad_(False)
-    assert model.model._qformer_checkpoints()  # checkpointing alone is reason enough
+    assert model.model._needs_pairwise_qformer()  # checkpointing alone is reason enough
     with torch.no_grad():
-        assert not model.model._qformer_checkpoints()
+        assert not model.model._needs_pairwise_qformer()
 
 
 def test_shared_frame_work_at_released_widths(qformer_tokenizer):

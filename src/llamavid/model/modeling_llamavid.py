@@ -643,12 +643,12 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
         call: the Q-Former's layer 0 self-attention (see `QuestionStates`); per pair: the rest. Pairs are
         independent, so the grouping never changes the tokens.
         `raw_bert`, and training with Q-Former dropout, gradient checkpointing or sharded parameters take
-        `pairwise_context_tokens` (`_qformer_checkpoints`).
+        `pairwise_context_tokens` (`_needs_pairwise_qformer`).
 
         Returns:
             ``(context_tokens (pairs, D), weights (pairs, Q, N) or None, frame scores (pairs,) or None)``.
         """
-        if self.vlm_att_query is None or self._qformer_checkpoints():
+        if self.vlm_att_query is None or self._needs_pairwise_qformer():
             return self.pairwise_context_tokens(
                 patches, qformer_visual, qformer_input_ids, qformer_attention_mask, pairs, output_attentions
             )
@@ -696,7 +696,7 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
             raise LlamaVidRuntimeError(f"bert_type {self.config.bert_type!r} has no Q-Former layers.")
         return [cast(InstructBlipQFormerLayer, layer) for layer in self.vlm_att_encoder.encoder.layer]
 
-    def _qformer_checkpoints(self) -> bool:
+    def _needs_pairwise_qformer(self) -> bool:
         """Whether the Q-Former must run through its layers' own forward (`pairwise_context_tokens`).
 
         The shared path calls the layers' sub-modules directly, so it cannot do what a layer's forward adds for
