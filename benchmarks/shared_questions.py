@@ -18,26 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from timing import median_seconds
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ASSET = REPO_ROOT / "src" / "llamavid" / "assets" / "tiny-llamavid"
-
-
-def _median_seconds(run: Callable[[], Any], repeats: int) -> tuple[float, Any]:
-    run()  # warm-up
-    times, result = [], None
-    for _ in range(repeats):
-        started = time.perf_counter()
-        result = run()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times), result
 
 
 def main() -> None:
@@ -78,8 +66,8 @@ def main() -> None:
         def shared(groups: list[tuple[Any, list[str]]] = groups) -> list[Any]:
             return [r for media, questions in groups for r in engine.build_requests(questions, media)]
 
-        base_s, base = _median_seconds(per_question, args.repeats)
-        new_s, new = _median_seconds(shared, args.repeats)
+        base_s, base = median_seconds(per_question, args.repeats)
+        new_s, new = median_seconds(shared, args.repeats)
         diff = max(
             float((a.visual_tokens - b.visual_tokens).abs().max()) for a, b in zip(base, new, strict=True)
         )

@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from timing import median_seconds
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ASSET = REPO_ROOT / "src" / "llamavid" / "assets" / "tiny-llamavid"
@@ -78,16 +77,6 @@ def _step(
     return float(loss.detach()), grads
 
 
-def _median(run: Any, repeats: int) -> tuple[float, Any]:
-    result = run()  # warm-up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        result = run()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times), result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -115,8 +104,12 @@ def main() -> None:
     for name, items in workloads.items():
         batch = _batch(model, processor, items)
         padded = batch["attention_mask"].numel()
-        before, (loss_before, grads_before) = _median(lambda b=batch: _step(model, b, True), args.repeats)
-        after, (loss_after, grads_after) = _median(lambda b=batch: _step(model, b, False), args.repeats)
+        before, (loss_before, grads_before) = median_seconds(
+            lambda b=batch: _step(model, b, True), args.repeats
+        )
+        after, (loss_after, grads_after) = median_seconds(
+            lambda b=batch: _step(model, b, False), args.repeats
+        )
         grad_diff = max(float((grads_after[k] - g).abs().max()) for k, g in grads_before.items())
         grad_scale = max(float(g.abs().max()) for g in grads_before.values())
         report[name] = {
