@@ -20,13 +20,12 @@ Usage: ``OMP_NUM_THREADS=2 .venv/bin/python benchmarks/train_step.py [--repeats 
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from timing import median_seconds
+from timing import median_seconds, parse_arguments
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ASSET = REPO_ROOT / "src" / "llamavid" / "assets" / "tiny-llamavid"
@@ -78,12 +77,7 @@ def _step(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_arguments(__doc__.splitlines()[0])
 
     from llamavid.inference.loading import load_model
     from llamavid.synth import generate_items
