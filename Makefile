@@ -79,7 +79,7 @@ screenshots: $(VENV)/.installed
 # Retrain the committed tiny LLaMA-VID from scratch (docs/tiny-model.md): one `llamavid train` call per phase of the
 # curriculum, each starting from the previous phase's final/ folder. The first call builds stage 0, the tokenizers
 # and the feature caches under TINY_WORK. Resumable: rerun to continue a killed phase; finished phases are skipped.
-# tiny/v5: ~3 h on 2 idle cores (docs/tiny-model.md, "Where make tiny-model's time goes"). Try the whole list
+# tiny/v5: ~112 min on 2 idle cores (docs/tiny-model.md, "Where make tiny-model's time goes"). Try the whole list
 # in ~5 minutes with the shortened curriculum:
 #   make tiny-model TINY_CURRICULUM=tiny/smoke TINY_WORK=build/tiny-smoke TINY_OUT=build/tiny-smoke/model
 TINY_CURRICULUM ?= tiny/v5

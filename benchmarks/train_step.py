@@ -55,7 +55,6 @@ def _batch(model: Any, processor: Any, items: list[Any]) -> dict[str, torch.Tens
 def _step(
     model: Any, batch: dict[str, torch.Tensor], baseline: bool
 ) -> tuple[float, dict[str, torch.Tensor]]:
-    from llamavid.model.configuration_llamavid import IGNORE_INDEX
     from llamavid.train.tiny_phase import logits_by_length
 
     core = model.model
@@ -68,9 +67,7 @@ def _step(
             core.__dict__.pop("get_context_tokens", None)
     else:  # what TinyLoss runs: shared Q-Former work, the LLM per length group without a padding mask
         inputs = {name: value for name, value in batch.items() if name != "labels"}
-        logits = logits_by_length(model, inputs, batch["labels"])[0]
-        labels = batch["labels"].masked_fill(batch["labels"] == model.config.image_token_index, IGNORE_INDEX)
-        loss = model.loss_function(logits=logits, labels=labels, vocab_size=model.config.text.vocab_size)
+        loss = model.lm_loss(logits_by_length(model, inputs, batch["labels"])[0], batch["labels"])
     loss.backward()
     grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
     return float(loss.detach()), grads

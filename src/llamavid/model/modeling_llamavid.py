@@ -731,9 +731,11 @@ class LlamaVidModel(LlamaVidPreTrainedModel):
         would report unused parameters. Through the layer's own forward their gradient is exactly zero; the zero
         product gives them the same zero gradient without computing the rows.
         """
+        if not torch.is_grad_enabled():  # inference: nothing to touch, no parameter walk on this hot path
+            return hidden
         last = self.qformer_layers()[-1]
         unread = [p for p in (*last.intermediate.parameters(), *last.output.parameters()) if p.requires_grad]
-        if not unread or not torch.is_grad_enabled():
+        if not unread:
             return hidden
         return hidden + sum(p.sum() for p in unread) * 0.0
 
@@ -1148,10 +1150,7 @@ class LlamaVidForConditionalGeneration(LlamaVidPreTrainedModel, GenerationMixin)
         if logits_to_keep:
             hidden_states = hidden_states[:, -logits_to_keep:]
         logits = self.lm_head(hidden_states)
-        loss = None
-        if labels is not None:
-            labels = labels.masked_fill(labels == self.config.image_token_index, IGNORE_INDEX)
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text.vocab_size)
+        loss = self.lm_loss(logits, labels) if labels is not None else None
         return LlamaVidCausalLMOutput(
             loss=loss,
             logits=logits,
@@ -1160,6 +1159,11 @@ class LlamaVidForConditionalGeneration(LlamaVidPreTrainedModel, GenerationMixin)
             attentions=getattr(outputs, "attentions", None),
             visual=visual,
         )
+
+    def lm_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """Mean next-token loss of ``logits (B, L, V)`` against ``labels (B, L)``; -100 and placeholders are ignored."""
+        labels = labels.masked_fill(labels == self.config.image_token_index, IGNORE_INDEX)
+        return self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text.vocab_size)
 
     @torch.no_grad()
     def get_attention_maps(self, **inputs: Tensor) -> list[dict[str, Tensor]]:

@@ -131,13 +131,17 @@ def without_trailing_padding_mask(inputs: dict[str, Any]) -> dict[str, Any]:
     mask, SDPA runs its causal kernel instead of the masked one (on CPU about twice as fast on long rows) and the
     loss and gradients are the same up to float rounding. Any other mask (left padding, holes) is kept.
     """
-    mask, labels = inputs.get("attention_mask"), inputs.get("labels")
-    if mask is None or labels is None or mask.ndim != 2 or not mask.shape[1]:
-        return inputs
-    right_padded = bool(mask[:, 0].all()) and bool((mask[:, 1:] <= mask[:, :-1]).all())
-    if not right_padded or not bool((labels[mask == 0] == IGNORE_INDEX).all()):
+    if not is_right_padded(inputs.get("attention_mask"), inputs.get("labels")):
         return inputs
     return {name: value for name, value in inputs.items() if name != "attention_mask"}
 
 
-__all__ = ["LlamaVidCollator", "OverlongSampleError", "without_trailing_padding_mask"]
+def is_right_padded(mask: torch.Tensor | None, labels: torch.Tensor | None) -> bool:
+    """Whether every ``(B, L)`` mask row is ones then zeros and every pad's label is ignored."""
+    if mask is None or labels is None or mask.ndim != 2 or not mask.shape[1]:
+        return False
+    right_padded = bool(mask[:, 0].all()) and bool((mask[:, 1:] <= mask[:, :-1]).all())
+    return right_padded and bool((labels[mask == 0] == IGNORE_INDEX).all())
+
+
+__all__ = ["LlamaVidCollator", "OverlongSampleError", "is_right_padded", "without_trailing_padding_mask"]

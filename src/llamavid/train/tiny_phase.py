@@ -36,10 +36,9 @@ import torch
 from torch import Tensor, nn
 
 from llamavid.errors import InvalidInputError
-from llamavid.model.configuration_llamavid import IGNORE_INDEX
 from llamavid.model.modeling_llamavid import VISUAL_INPUT_NAMES
 from llamavid.synth._common import QAItem
-from llamavid.train.collate import without_trailing_padding_mask
+from llamavid.train.collate import is_right_padded
 from llamavid.train.losses import AnswerPrior, AuxiliaryHeads, LossSettings
 from llamavid.train.schema import ConfigError, packaged_config_dir
 from llamavid.train.tiny import encode_frames, item_frames, make_batch
@@ -375,10 +374,7 @@ def length_groups(lengths: Sequence[int], overhead: int = GROUP_OVERHEAD_TOKENS)
 
 def right_padded_lengths(attention_mask: Tensor | None, labels: Tensor) -> list[int] | None:
     """Each row's length when the batch is right-padded with ignored labels on its pads (else None)."""
-    if attention_mask is None:
-        return None
-    batch = {"attention_mask": attention_mask, "labels": labels}
-    if without_trailing_padding_mask(batch) is batch:
+    if attention_mask is None or not is_right_padded(attention_mask, labels):
         return None
     return [int(n) for n in attention_mask.sum(dim=1).tolist()]
 
@@ -459,11 +455,8 @@ class TinyLoss:
                 logits, visual, groups = logits_by_length(model, batch, labels)
                 if self.prior is not None:
                     loss = self.prior.loss(logits, labels, items)
-                else:  # what the model's forward computes from `labels`
-                    labels = labels.masked_fill(labels == model.config.image_token_index, IGNORE_INDEX)
-                    loss = model.loss_function(
-                        logits=logits, labels=labels, vocab_size=model.config.text.vocab_size
-                    )
+                else:
+                    loss = model.lm_loss(logits, labels)
                 terms["lm"] = float(loss.detach())
             else:  # alignment: the LLM is not run, only the visual tokens and the probes
                 if "vision_features" not in batch:
