@@ -13,7 +13,7 @@ from llamavid.cli.eval_synth import PHRASINGS, format_tables, parse_clip_frames,
 from llamavid.cli.main import main
 from llamavid.synth import generate_items
 from llamavid.synth import phrasing as synth_phrasing
-from llamavid.train.curriculum import SEALED_TEST_SEED
+from llamavid.train.curriculum import SEALED_TEST_SEED, SEALED_TEST_SEEDS
 
 ASSET = Path(__file__).resolve().parents[2] / "src" / "llamavid" / "assets" / "tiny-llamavid"
 
@@ -63,12 +63,16 @@ def test_clip_frames_parse_as_a_count_or_an_inclusive_range() -> None:
             parse_clip_frames(bad)
 
 
-def test_the_sealed_seed_is_refused_before_the_model_loads(capsys: pytest.CaptureFixture[str]) -> None:
-    missing = "/nonexistent/model"
-    assert main(["eval-synth", missing, "--seed", str(SEALED_TEST_SEED)]) == 2
-    assert "sealed v5 test seed" in capsys.readouterr().err
-    assert main(["eval-synth", missing, "--seed", str(SEALED_TEST_SEED), "--sealed"]) == 2  # gets to loading
-    assert "sealed v5 test seed" not in capsys.readouterr().err
+@pytest.mark.parametrize("owner", sorted(SEALED_TEST_SEEDS))
+def test_every_sealed_seed_is_refused_before_the_model_loads(
+    owner: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing, seed = "/nonexistent/model", str(SEALED_TEST_SEEDS[owner])
+    assert main(["eval-synth", missing, "--seed", seed]) == 2
+    assert f"sealed {owner} test seed" in capsys.readouterr().err
+    assert main(["eval-synth", missing, "--seed", seed, "--sealed"]) == 2  # gets to loading
+    assert "sealed" not in capsys.readouterr().err
+    assert SEALED_TEST_SEEDS["v5.1"] == SEALED_TEST_SEED
 
 
 def test_held_out_templates_reword_the_same_items_and_the_report_says_so(

@@ -11,8 +11,8 @@ phrasing). A score near blind means the model is not using the video.
 templates no training config may use), so the three phrasings are compared on identical media and answers;
 ``--phrasing varied,heldout_templates`` scores several in one run, each item rendered and encoded once.
 ``--clip-frames`` sets the clip length (or range) of video items and adds a per-length-bucket table;
-``--balanced-needles`` balances the long videos' secret digits and needle colours. The sealed v5 test seed
-(docs/tiny-model.md, "v5 plan") is refused unless ``--sealed`` is given.
+``--balanced-needles`` balances the long videos' secret digits and needle colours. The sealed test seeds
+(docs/tiny-model.md, "v5 plan", "v5.1 plan") are refused unless ``--sealed`` is given.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--sealed",
         action="store_true",
-        help="allow the sealed v5 test seed: for the final v5 score only (docs/tiny-model.md, v5 plan)",
+        help="allow a sealed test seed: for a tiny model's one final score only (docs/tiny-model.md, v5 plans)",
     )
     parser.add_argument(
         "--phrasing",
@@ -133,7 +133,7 @@ def evaluate(
     encoding and one Q-Former pass the same way.
 
     Raises:
-        InvalidInputError: on an unknown set or phrasing, or the sealed v5 test seed without ``sealed=True``.
+        InvalidInputError: on an unknown set or phrasing, or a sealed test seed without ``sealed=True``.
     """
     check_seed(seed, sealed)
     phrasings = [phrasing] if isinstance(phrasing, str) else list(dict.fromkeys(phrasing))
@@ -345,17 +345,18 @@ class _SetScores:
 
 
 def check_seed(seed: int, sealed: bool) -> None:
-    """Refuse the sealed v5 test seed unless the caller says this is the final v5 score (``sealed``).
+    """Refuse a tiny model's sealed test seed unless the caller says this is that final score (``sealed``).
 
     Raises:
-        InvalidInputError: if ``seed`` is the sealed seed and ``sealed`` is false.
+        InvalidInputError: if ``seed`` is a sealed seed and ``sealed`` is false.
     """
-    from llamavid.train.curriculum import SEALED_TEST_SEED
+    from llamavid.train.curriculum import sealed_seed_name
 
-    if seed == SEALED_TEST_SEED and not sealed:
+    owner = sealed_seed_name(seed)
+    if owner is not None and not sealed:
         raise InvalidInputError(
-            f"seed {SEALED_TEST_SEED} is the sealed v5 test seed (docs/tiny-model.md, v5 plan), reserved for the "
-            "one final v5 score; develop on the dev seed 2 (CI: 0), or pass --sealed for that final score"
+            f"seed {seed} is the sealed {owner} test seed (docs/tiny-model.md, {owner} plan), reserved for the "
+            f"one final {owner} score; develop on the dev seed 2 (CI: 0), or pass --sealed for that final score"
         )
 
 

@@ -18,9 +18,18 @@ from llamavid.synth.phrasing import check_phrasing
 from llamavid.train.losses import LossSettings
 from llamavid.train.stage0_vision import Stage0Settings
 
-SEALED_TEST_SEED = 933225671
-"""The v5 sealed test seed (docs/tiny-model.md, "v5 plan"): reserved for the one final score; a curriculum that
-names it as a data seed is refused, and ``llamavid eval-synth`` asks for ``--sealed`` before using it."""
+SEALED_TEST_SEEDS = {"v5": 933225671, "v5.1": 764493370}
+"""Each tiny model's sealed test seed (docs/tiny-model.md, "v5 plan" and "v5.1 plan"): reserved for that model's
+one final score; a curriculum that names any of them as a data seed is refused, and ``llamavid eval-synth`` asks
+for ``--sealed`` before using one. A used seed stays here so it is never trained or developed on later."""
+SEALED_TEST_SEED = SEALED_TEST_SEEDS["v5.1"]
+"""The sealed seed of the model being developed now (v5.1)."""
+
+
+def sealed_seed_name(seed: int) -> str | None:
+    """The model whose sealed test seed ``seed`` is (``"v5"``, ``"v5.1"``), or None for a free seed."""
+    return next((name for name, sealed in SEALED_TEST_SEEDS.items() if sealed == seed), None)
+
 
 TOKENIZER_CHOICES = {"llm": ("word", "subword"), "qformer": ("synth", "bert")}
 DEFAULT_TOKENIZERS = {"llm": "word", "qformer": "synth"}  # v4's
@@ -115,10 +124,11 @@ def _dataset(path: Path, name: str, spec: dict[str, Any]) -> tuple[tuple[str, st
             f"{path}: datasets.{name}: expected split, kind, n and optionally seed, episode_frames, "
             f"{', '.join(_DATASET_OPTIONS)}; found {sorted(spec)}."
         )
-    if int(spec.get("seed", 0)) == SEALED_TEST_SEED:
+    owner = sealed_seed_name(int(spec.get("seed", 0)))
+    if owner is not None:
         raise InvalidInputError(
-            f"{path}: datasets.{name}: seed {SEALED_TEST_SEED} is the sealed v5 test seed, reserved for the one "
-            "final score (docs/tiny-model.md, v5 plan)."
+            f"{path}: datasets.{name}: seed {spec['seed']} is the sealed {owner} test seed, reserved for the one "
+            f"final score (docs/tiny-model.md, {owner} plan); use another seed (dev: 2)."
         )
     options = {key: spec[key] for key in _DATASET_OPTIONS if key in spec}
     if "phrasing" in options:
@@ -192,6 +202,8 @@ def load_curriculum(path: str | Path) -> Curriculum:
 __all__ = [
     "DEFAULT_TOKENIZERS",
     "SEALED_TEST_SEED",
+    "SEALED_TEST_SEEDS",
+    "sealed_seed_name",
     "TOKENIZER_CHOICES",
     "Curriculum",
     "Phase",
