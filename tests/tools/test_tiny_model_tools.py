@@ -113,7 +113,7 @@ def test_phase_speed_tool_shortens_every_phase_and_nothing_else(tmp_path: Path) 
     from llamavid.train.curriculum import load_curriculum
     from llamavid.train.schema import packaged_config_dir
 
-    source = packaged_config_dir() / "tiny" / "v5.yaml"
+    source = packaged_config_dir() / "tiny" / "v5.1.yaml"
     raw = yaml.safe_load(source.read_text(encoding="utf-8"))
     short_path = tmp_path / "short.yaml"
     short_path.write_text(yaml.safe_dump(_load(TOOLS / "tiny_phase_speed.py").shortened(raw, 30)))

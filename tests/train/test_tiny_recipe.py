@@ -151,7 +151,27 @@ def test_v5_changes_only_the_data_and_tokenizers_of_v4_and_adds_a_last_clip_phas
     }
 
 
-def test_the_makefile_lists_one_train_call_per_phase_of_v5_and_smoke():
+def test_v5_1_keeps_v5_through_polish_then_trains_clips_and_ends_on_1200_frame_episodes():
+    """tiny/v5.1 (the committed model) is v5 with its last phases moved: the same data, stage 0, tokenizers, evals
+    and first ten phases; `polish2` gone; `clips` (no 1,200-frame episodes) before `long1200b`, which is last."""
+    v5, v51 = load_curriculum(V4.with_name("v5.yaml")), load_curriculum(V4.with_name("v5.1.yaml"))
+    assert v51.phases[:10] == v5.phases[:10] and v5.phases[9].name == "polish"
+    assert (v51.datasets, v51.subsets, v51.stage0, v51.tokenizers, v51.evals) == (
+        v5.datasets,
+        v5.subsets,
+        v5.stage0,
+        v5.tokenizers,
+        v5.evals,
+    )
+    clips, last = v51.phases[10:]
+    assert (clips.name, last.name) == ("clips", "long1200b")
+    assert not any(name.startswith("long1200") for name in clips.mixture)
+    assert max(clips.mixture, key=clips.mixture.get) == "video_qa"
+    long1200_share = sum(w for name, w in last.mixture.items() if name.startswith("long1200"))
+    assert long1200_share == pytest.approx(0.4) and last.mixture["video_qa"] >= 0.3
+
+
+def test_the_makefile_lists_one_train_call_per_phase_of_v5_1_and_smoke():
     """`make tiny-model` is the list of `llamavid train` calls: one per phase, in order, each from the previous
     phase's final/ folder, the last one exporting the model; the smoke curriculum has the same phase names."""
     import re
@@ -160,8 +180,8 @@ def test_the_makefile_lists_one_train_call_per_phase_of_v5_and_smoke():
     recipe = makefile.split("\ntiny-model:", 1)[1].split("\n\n", 1)[0]
     calls = re.findall(r"data\.tiny\.phase=(\w+)(?: model\.init=\$\(TINY_WORK\)/runs/(\w+)/final)?", recipe)
     names = [name for name, _ in calls]
-    assert names == [p.name for p in load_curriculum(V4.with_name("v5.yaml")).phases]
+    assert names == [p.name for p in load_curriculum(V4.with_name("v5.1.yaml")).phases]
     assert names == [p.name for p in load_curriculum(V4.with_name("smoke.yaml")).phases]
     assert [init for _, init in calls] == ["", *names[:-1]]
     assert recipe.strip().splitlines()[-1].endswith("data.tiny.export=$(TINY_OUT)")
-    assert "TINY_CURRICULUM ?= tiny/v5" in makefile
+    assert "TINY_CURRICULUM ?= tiny/v5.1\n" in makefile
