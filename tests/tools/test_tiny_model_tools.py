@@ -129,3 +129,22 @@ def test_phase_speed_tool_shortens_every_phase_and_nothing_else(tmp_path: Path) 
         )
     assert short.datasets == full.datasets and short.stage0 == full.stage0
     assert [p["steps"] for p in raw["phases"]][0] == full.phases[0].steps  # the source dict is left as it was
+
+
+def test_needle_answers_lists_every_needle_question_and_counts_the_misses() -> None:
+    from llamavid.errors import InvalidInputError
+    from llamavid.serve.defaults import EMBEDDED_MODEL_DIR
+    from llamavid.train.curriculum import SEALED_TEST_SEED
+
+    tool = _load(TOOLS / "needle_answers.py")
+    rows = tool.needle_answers(Path(EMBEDDED_MODEL_DIR), episodes=2, frames=60, seed=2, phrasing="varied")
+    assert sorted(row["type"] for row in rows) == sorted(tool.NEEDLES * 2)
+    assert all(row["gold"] and isinstance(row["correct"], bool) for row in rows)
+    table = tool.confusions(rows)
+    assert sum(sum(counts.values()) for counts in table.values()) == sum(not row["correct"] for row in rows)
+    fake = [{"type": "long_subtitle_needle", "gold": "7", "answer": "8", "correct": False}] * 2
+    assert tool.confusions(fake)["long_subtitle_needle"] == {"7 -> 8": 2}
+    with pytest.raises(InvalidInputError, match="sealed"):
+        tool.needle_answers(
+            Path(EMBEDDED_MODEL_DIR), episodes=1, frames=60, seed=SEALED_TEST_SEED, phrasing="varied"
+        )

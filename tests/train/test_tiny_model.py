@@ -168,9 +168,10 @@ def committed_scores() -> dict:
     return scores
 
 
-# The targets minus 5 points (docs/tiny-model.md, "v5 on the sealed seed"). The 1,200-frame needle
-# targets (0.80), missed on the sealed seed (subtitle 0.61, visual 0.63), are regression guards at that score minus
-# 5 points; the others are the targets minus 5 points, which these CI items meet.
+# The targets minus 5 points (docs/tiny-model.md, "v5.1 on the sealed seed"), which these CI items meet,
+# except the 1,200-frame needles (34 of each here, so one answer is 0.03): the subtitle needle, missed on the
+# sealed seed (0.65), is guarded at that score minus 5 points; the visual needle (sealed 0.82, these items 0.765)
+# at 0.70, two answers below what these items score (v5 scored 0.63 on its sealed seed).
 @pytest.mark.timeout(1200)  # the shared scoring fixture takes ~3 min on 2 free cores (170 s idle)
 def test_committed_tiny_model_images(committed_scores: dict) -> None:
     images = committed_scores["image_qa/varied"]
@@ -207,8 +208,8 @@ def test_committed_tiny_model_any_clip_length(committed_scores: dict) -> None:
 @pytest.mark.timeout(1200)
 def test_committed_tiny_model_long_video_needles(committed_scores: dict) -> None:
     per_type = committed_scores["long_qa"]["per_type"]
-    assert per_type["long_subtitle_needle"]["accuracy"] >= 0.56, per_type
-    assert per_type["long_visual_needle"]["accuracy"] >= 0.58, per_type
+    assert per_type["long_subtitle_needle"]["accuracy"] >= 0.60, per_type
+    assert per_type["long_visual_needle"]["accuracy"] >= 0.70, per_type
 
 
 @pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="tiny model asset not built")
