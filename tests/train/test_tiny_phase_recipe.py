@@ -32,7 +32,9 @@ def test_every_v4_phase_resolves_to_the_settings_that_trained_v4():
 
     optimizer_record = V4_RECORD["optimizer"]
     for old in V4_RECORD["phases"]:
-        recipe = TrainingRecipe(load_config(PHASE_YAML, [f"data.tiny.phase={old['name']}"]))
+        recipe = TrainingRecipe(
+            load_config(PHASE_YAML, ["data.tiny.curriculum=tiny/v4", f"data.tiny.phase={old['name']}"])
+        )
         stage0 = json.loads(json.dumps(asdict(Stage0Settings(**recipe.tiny_curriculum.stage0))))
         assert stage0 == V4_RECORD["stage0"]
         assert recipe.tiny_settings() == {
