@@ -3,7 +3,7 @@
 `llamavid eval-synth` reports a needle's accuracy per secret digit or colour; this tool shows *what* the model says
 instead (v5 confused neighbouring digits: docs/tiny-model.md, "v5.1 development"). It renders episodes of the
 synthetic world with balanced needles, asks only the subtitle and visual needle questions through the inference
-core (`llamavid.inference.Engine`, one encoding per episode) and prints one line per question and the confusion
+core (`llamavid.cli.eval_synth.answer_items`: one encoding per episode, as `eval-synth` scores) and prints one line per question and the confusion
 counts (gold -> answer) of the misses.
 
 Usage: ``.venv/bin/python tools/needle_answers.py MODEL --episodes 20 --frames 1200 --seed 2`` (dev seed 2; the
@@ -25,7 +25,7 @@ def needle_answers(
     model_dir: Path, episodes: int, frames: int, seed: int, phrasing: str
 ) -> list[dict[str, Any]]:
     """One row per needle question of ``episodes`` held-out episodes: type, question, gold, answer, correct."""
-    from llamavid.cli.eval_synth import check_seed
+    from llamavid.cli.eval_synth import answer_items, check_seed
     from llamavid.inference.engine import Engine
     from llamavid.inference.loading import load_model
     from llamavid.inference.settings import SamplingSettings
@@ -45,28 +45,19 @@ def needle_answers(
         balanced_needles=True,
         phrasing=phrasing,
     )
-    by_episode: dict[int, list[Any]] = collections.defaultdict(list)
-    for item in items:
-        if item.question_type in NEEDLES:
-            by_episode[id(item.media)].append(item)
-    size = engine.model.config.vision_config.image_size
+    needles = [item for item in items if item.question_type in NEEDLES]  # an episode's two stay adjacent
     rows = []
-    for questions in by_episode.values():
-        episode = questions[0].media
-        media = engine.load_media(episode.render(size), subtitles=episode.frame_subtitles())
-        requests = engine.build_requests([item.question for item in questions], media, settings=greedy)
-        for item, request in zip(questions, requests, strict=True):
-            answer = engine.answer_batch([request])[0].text.strip()
-            correct = normalize_answer(answer) == normalize_answer(item.answer)
-            rows.append(
-                {
-                    "type": item.question_type,
-                    "question": item.question,
-                    "gold": item.answer,
-                    "answer": answer,
-                    "correct": correct,
-                }
-            )
+    for _, index, answer in answer_items(engine, {phrasing: needles}, greedy):
+        item = needles[index]
+        rows.append(
+            {
+                "type": item.question_type,
+                "question": item.question,
+                "gold": item.answer,
+                "answer": answer.strip(),
+                "correct": normalize_answer(answer) == normalize_answer(item.answer),
+            }
+        )
     return rows
 
 

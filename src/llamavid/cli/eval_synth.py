@@ -22,7 +22,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -197,16 +197,8 @@ def _score_set(
     options: dict[str, Any],
 ) -> dict[str, dict[str, Any]]:
     """One set's tables per wording: the same items under each wording, each media encoded once."""
-    from llamavid.synth import (
-        Episode,
-        FrameSpec,
-        answer_statistics,
-        generate_items,
-        item_to_record,
-        render_frame,
-    )
+    from llamavid.synth import answer_statistics, generate_items, item_to_record
 
-    size = engine.model.config.vision_config.image_size
     extra: dict[str, Any] = {"episode_frames": episode_frames} if set_name == "long_qa" else {}
     worded = {
         name: generate_items(
@@ -236,6 +228,25 @@ def _score_set(
             [item_to_record(i, "m") for i in fit], [item_to_record(i, "m") for i in worded[name]]
         )
         scores[name] = _SetScores(blind, "clip_frames" in options)
+    for name, index, text in answer_items(engine, worded, greedy, batch_size):
+        scores[name].add(worded[name][index], text)
+    return {name: scores[name].table() for name in phrasings}
+
+
+def answer_items(
+    engine: Any, worded: dict[str, list[Any]], settings: Any, batch_size: int = 16
+) -> Iterator[tuple[str, int, str]]:
+    """Answers to the same synthetic items under each wording, as ``(wording, index, text)``.
+
+    ``worded`` maps a wording to its items (the same media and answers in each: their questions differ). Each
+    media item is rendered and encoded once and the visual tokens of all its questions come from one Q-Former
+    pass (`Engine.build_requests`); a long video's questions share one encoding the same way.
+    """
+    from llamavid.synth import Episode, FrameSpec, render_frame
+
+    size = engine.model.config.vision_config.image_size
+    names = list(worded)
+    items = worded[names[0]]
     for chunk in _media_chunks(items, batch_size):
         requests, owners = [], []
         for indices in chunk:
@@ -248,20 +259,19 @@ def _score_set(
                 media = engine.load_media(render_frame(item.media, size))
             else:
                 media = engine.load_media(item.media.render(size))
-            pairs = [(name, index) for name in phrasings for index in indices]
+            pairs = [(name, index) for name in names for index in indices]
             requests += engine.build_requests(
-                [worded[name][index].question for name, index in pairs], media, settings=greedy
+                [worded[name][index].question for name, index in pairs], media, settings=settings
             )
             owners += pairs
         # Long prompts go one at a time: on CPU a padded batch of them takes SDPA's masked path, slower than
         # one request after another (6 questions of 3,431 tokens: 4.0 s batched, 2.4 s one by one).
-        rows = 1 if set_name == "long_qa" else batch_size
+        rows = 1 if isinstance(items[chunk[0][0]].media, Episode) else batch_size
         texts = []
         for start in range(0, len(requests), rows):
             texts += [answer.text for answer in engine.answer_batch(requests[start : start + rows])]
         for (name, index), text in zip(owners, texts, strict=True):
-            scores[name].add(worded[name][index], text)
-    return {name: scores[name].table() for name in phrasings}
+            yield name, index, text
 
 
 def _media_chunks(items: list[Any], batch_size: int) -> list[list[list[int]]]:
