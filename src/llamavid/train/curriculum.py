@@ -18,8 +18,8 @@ from llamavid.synth.phrasing import check_phrasing
 from llamavid.train.losses import LossSettings
 from llamavid.train.stage0_vision import Stage0Settings
 
-SEALED_TEST_SEEDS = {"v5": 933225671, "v5.1": 764493370}
-"""Each tiny model's sealed test seed (docs/tiny-model.md, "v5 plan" and "v5.1 plan"): reserved for that model's
+SEALED_TEST_SEEDS = {"v5": 933225671, "v5.1": 764493370, "v5.2": 1904615733}
+"""Each tiny model's sealed test seed (docs/tiny-model.md, "v5 plan", "v5.1 plan" and "v5.2 plan"): reserved for that model's
 one final score; a curriculum that names any of them as a data seed is refused, and ``llamavid eval-synth`` asks
 for ``--sealed`` before using one. A used seed stays here so it is never trained or developed on later."""
 SEALED_TEST_SEED = SEALED_TEST_SEEDS["v5.1"]
@@ -27,7 +27,7 @@ SEALED_TEST_SEED = SEALED_TEST_SEEDS["v5.1"]
 
 
 def sealed_seed_name(seed: int) -> str | None:
-    """The model whose sealed test seed ``seed`` is (``"v5"``, ``"v5.1"``), or None for a free seed."""
+    """The model whose sealed test seed ``seed`` is (``"v5"``, ``"v5.1"``, ...), or None for a free seed."""
     return next((name for name, sealed in SEALED_TEST_SEEDS.items() if sealed == seed), None)
 
 
