@@ -371,6 +371,67 @@ def test_a_phase_with_scene_probes_trains_them_and_the_llm_below_them(tmp_path: 
     assert all(not layer._forward_hooks for layer in layers)  # the probes' hooks are removed afterwards
 
 
+def test_count_targets_are_the_shapes_on_screen_and_their_running_union() -> None:
+    from llamavid.synth import generate_items
+    from llamavid.synth.world import SHAPES
+    from llamavid.train.losses import count_targets
+
+    items = generate_items("train", 60, seed=3, kind="video_qa", clip_frames=(5, 30))
+    counted = [i for i in items if i.question_type == "video_count"]
+    assert len({i.answer for i in counted}) > 2
+    for item in counted:
+        shown, so_far = count_targets(item)
+        assert shown.shape == (len(item.media.frames), len(SHAPES)) and so_far.shape == (
+            len(item.media.frames),
+        )
+        for t, frame in enumerate(item.media.frames):
+            assert {SHAPES[int(k)] for k in shown[t].nonzero()} == {o.shape for o in frame.objects}
+        assert bool((so_far.diff() >= 0).all()) and int(so_far[-1]) == int(
+            item.answer
+        )  # the question's answer
+    assert count_targets(generate_items("train", 1, seed=0, kind="image_qa")[0]) is None
+    assert count_targets(generate_items("train", 1, seed=0, kind="text_qa")[0]) is None
+
+
+@pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="tiny model asset not built")
+def test_a_phase_with_count_probes_trains_the_context_path_and_the_llm(tmp_path: Path) -> None:
+    """``count``: the ``shapes`` probe reads count clips' context tokens, ``seen`` the LLM's late hidden states."""
+    from llamavid import LlamaVidForConditionalGeneration, LlamaVidProcessor
+    from llamavid.synth import generate_items
+    from llamavid.train.losses import AuxiliaryHeads, LossSettings
+
+    model = LlamaVidForConditionalGeneration.from_pretrained(str(ASSET), dtype=torch.float32)
+    model.model.vision_tower.requires_grad_(False)
+    processor = LlamaVidProcessor.from_pretrained(ASSET)
+    clips = generate_items("train", 40, seed=1, kind="video_qa", clip_frames=(5, 12))
+    items = [i for i in clips if i.question_type == "video_count"][:3] + [
+        i for i in clips if i.question_type == "video_direction"
+    ][:2]
+    items += generate_items("train", 2, seed=0, kind="image_qa")
+    tower = model.model.vision_tower
+    cache = _features(tmp_path, items, tower)
+    aux = AuxiliaryHeads(model.config.text_config.hidden_size)
+    loss, terms = _step(model, LossSettings(count=1.0), items, cache, processor, heads=aux)
+    assert (
+        set(terms) == {"lm", "aux_context", "aux_count"}
+        and terms["aux_count"] > 0
+        and terms["aux_context"] > 0
+    )
+    assert aux.shapes.weight.grad.abs().sum() > 0 and aux.seen.weight.grad.abs().sum() > 0
+    assert aux.changes.weight.grad is None and aux.cell.weight.grad is None  # only the selected probes
+    assert model.model.vlm_att_query.grad.abs().sum() > 0  # the text queries learn what a count clip shows
+    layers = model.model.language_model.layers
+    assert layers[0].mlp.up_proj.weight.grad.abs().sum() > 0 and not any(
+        layer._forward_hooks for layer in layers
+    )
+    model.zero_grad()
+    rest = items[3:]  # no count clip
+    _, terms = _step(
+        model, LossSettings(count=1.0), rest, _features(tmp_path / "rest", rest, tower), processor, aux
+    )
+    assert terms["aux_context"] == 0 and terms["aux_count"] > 0  # `seen` still reads the direction clips
+
+
 @pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="tiny model asset not built")
 def test_answer_prior_on_the_answer_head_shifts_only_prior_questions(tmp_path: Path) -> None:
     from llamavid import LlamaVidForConditionalGeneration, LlamaVidProcessor

@@ -25,6 +25,8 @@ def test_v4_yaml_states_exactly_the_curriculum_that_trained_v4():
     assert json.loads(json.dumps(stage0)) == V4_RECORD["stage0"]
     # Field by field, as the old loop recorded them.
     for phase, old in zip(recipe.phases, V4_RECORD["phases"], strict=True):
+        losses = asdict(phase.losses)
+        assert losses.pop("count") == 0.0  # a loss added after v4 (v5.2), off in v4's phases
         assert {
             "name": phase.name,
             "steps": phase.steps,
@@ -36,7 +38,7 @@ def test_v4_yaml_states_exactly_the_curriculum_that_trained_v4():
             "warmup": phase.warmup,
             "eval_every": phase.eval_every,
             "seed": phase.seed,
-            "losses": json.loads(json.dumps(asdict(phase.losses))),
+            "losses": json.loads(json.dumps(losses)),
         } == old
 
 
@@ -172,7 +174,26 @@ def test_v5_1_keeps_v5_through_polish_then_trains_clips_and_ends_on_1200_frame_e
     assert long1200_share == pytest.approx(0.4) and last.mixture["video_qa"] >= 0.3
 
 
-def test_the_makefile_lists_one_train_call_per_phase_of_v5_1_and_smoke():
+def test_v5_2_is_v5_1_then_a_digit_copy_phase():
+    """tiny/v5.2 (the committed model) extends v5.1: the same data and twelve phases, then `digits`: 200 steps at
+    a low learning rate, mostly 60-frame subtitle needles, clips and images kept in the mixture."""
+    v51, v52 = load_curriculum(V4.with_name("v5.1.yaml")), load_curriculum(V4.with_name("v5.2.yaml"))
+    assert v52.phases[:-1] == v51.phases
+    assert (v52.datasets, v52.subsets, v52.stage0, v52.tokenizers, v52.evals, v52.dataset_options) == (
+        v51.datasets,
+        v51.subsets,
+        v51.stage0,
+        v51.tokenizers,
+        v51.evals,
+        v51.dataset_options,
+    )
+    last = v52.phases[-1]
+    assert (last.name, last.steps, last.lr) == ("digits", 200, 1e-4)
+    assert max(last.mixture, key=last.mixture.get) == "long60_subtitle" and last.mixture["video_qa"] >= 0.25
+    assert last.losses == v51.phases[-1].losses
+
+
+def test_the_makefile_lists_one_train_call_per_phase_of_v5_2_and_smoke():
     """`make tiny-model` is the list of `llamavid train` calls: one per phase, in order, each from the previous
     phase's final/ folder, the last one exporting the model; the smoke curriculum has the same phase names."""
     import re
@@ -181,8 +202,57 @@ def test_the_makefile_lists_one_train_call_per_phase_of_v5_1_and_smoke():
     recipe = makefile.split("\ntiny-model:", 1)[1].split("\n\n", 1)[0]
     calls = re.findall(r"data\.tiny\.phase=(\w+)(?: model\.init=\$\(TINY_WORK\)/runs/(\w+)/final)?", recipe)
     names = [name for name, _ in calls]
-    assert names == [p.name for p in load_curriculum(V4.with_name("v5.1.yaml")).phases]
+    assert names == [p.name for p in load_curriculum(V4.with_name("v5.2.yaml")).phases]
     assert names == [p.name for p in load_curriculum(V4.with_name("smoke.yaml")).phases]
     assert [init for _, init in calls] == ["", *names[:-1]]
     assert recipe.strip().splitlines()[-1].endswith("data.tiny.export=$(TINY_OUT)")
-    assert "TINY_CURRICULUM ?= tiny/v5.1\n" in makefile
+    assert "TINY_CURRICULUM ?= tiny/v5.2\n" in makefile
+
+
+def test_a_curriculum_extends_another_by_name(tmp_path: Path) -> None:
+    """`extends`: the base's settings, this file's sets added, phases replaced in place by name or appended."""
+    (tmp_path / "base.yaml").write_text(
+        "tokenizers: {llm: subword, qformer: bert}\n"
+        "presets: {aux: &aux {answer_head: 0.5}}\n"
+        "datasets:\n"
+        "  images: {split: train, kind: image_qa, n: 8}\n"
+        "  clips: {split: train, kind: video_qa, n: 8}\n"
+        "evals: [images]\n"
+        "phases:\n"
+        "  - {name: a, steps: 3, mixture: {images: 1.0}, losses: *aux}\n"
+        "  - {name: b, steps: 4, mixture: {clips: 1.0}}\n"
+    )
+    child = tmp_path / "child.yaml"
+    child.write_text(
+        "extends: base.yaml\n"
+        "presets: {count: &count {count: 1.0}}\n"
+        "datasets:\n"
+        "  images: {split: train, kind: image_qa, n: 16}\n"
+        "subsets:\n"
+        "  counting: {from: clips, subset: question_type, question_type: video_count}\n"
+        "phases:\n"
+        "  - {name: b, steps: 5, mixture: {clips: 0.5, counting: 0.5}, losses: *count}\n"
+        "  - {name: c, steps: 6, mixture: {images: 1.0}}\n"
+    )
+    base, extended = load_curriculum(tmp_path / "base.yaml"), load_curriculum(child)
+    assert [(p.name, p.steps) for p in extended.phases] == [("a", 3), ("b", 5), ("c", 6)]
+    assert extended.phases[0] == base.phases[0] and extended.phases[1].losses == LossSettings(count=1.0)
+    assert extended.datasets["images"][2] == 16 and extended.datasets["clips"] == base.datasets["clips"]
+    assert set(extended.subsets) == {"counting"}
+    assert (extended.tokenizers, extended.evals) == (base.tokenizers, base.evals)
+
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("extends: loop.yaml\n")
+    with pytest.raises(InvalidInputError, match="comes back to a file already read"):
+        load_curriculum(loop)
+    child.write_text("extends: nowhere.yaml\n")
+    with pytest.raises(InvalidInputError, match="nowhere.yaml: no such curriculum file"):
+        load_curriculum(child)
+    child.write_text(
+        "extends: base.yaml\ndatasets:\n  bad: {split: train, kind: image_qa, n: 8, seed: "
+        f"{SEALED_TEST_SEEDS['v5.2']}}}\n"
+    )
+    with pytest.raises(
+        InvalidInputError, match="sealed v5.2 test seed"
+    ):  # an extension is checked as a whole
+        load_curriculum(child)

@@ -151,23 +151,62 @@ def _dataset(path: Path, name: str, spec: dict[str, Any]) -> tuple[tuple[str, st
     return row, options
 
 
+_MERGED_BY_NAME = ("stage0", "tokenizers", "datasets", "subsets")  # mappings an ``extends`` child adds to
+_TOP_KEYS = {"version", "extends", "presets", "evals", "phases", *_MERGED_BY_NAME}
+
+
+def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The raw mapping of a curriculum file with its ``extends`` chain applied (see :func:`load_curriculum`)."""
+    import yaml
+
+    if path.resolve() in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path.resolve()))
+        raise InvalidInputError(f"{path}: `extends` comes back to a file already read ({chain}).")
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise InvalidInputError(f"{path}: no such curriculum file.") from err
+    if not isinstance(config, dict):
+        raise InvalidInputError(f"{path}: expected a mapping at the top level.")
+    unknown = sorted(set(config) - _TOP_KEYS)
+    if unknown:
+        raise InvalidInputError(f"{path}: unknown top-level key(s) {unknown}.")
+    base_name = config.pop("extends", None)
+    if base_name is None:
+        return config
+    if not isinstance(base_name, str) or not base_name:
+        raise InvalidInputError(f"{path}: extends: expected a curriculum file name, found {base_name!r}.")
+    base = _read(path.parent / base_name, (*seen, path.resolve()))
+    merged = {**base, **{k: v for k, v in config.items() if k not in (*_MERGED_BY_NAME, "phases")}}
+    for key in _MERGED_BY_NAME:
+        merged[key] = {**(base.get(key) or {}), **(config.get(key) or {})}
+    phases = [dict(phase) for phase in base.get("phases") or []]
+    for phase in config.get("phases") or []:
+        names = [p.get("name") for p in phases]
+        if isinstance(phase, dict) and phase.get("name") in names:
+            phases[names.index(phase["name"])] = phase
+        else:
+            phases.append(phase)
+    merged["phases"] = phases
+    return merged
+
+
 def load_curriculum(path: str | Path) -> Curriculum:
     """Read and check a curriculum YAML; ``presets`` is free space for YAML anchors.
 
+    A curriculum may start from another: ``extends: v5.1.yaml`` (a file in the same folder) takes that file's
+    settings, adds this file's ``datasets``, ``subsets``, ``stage0`` and ``tokenizers`` to them (a name given
+    again is replaced), replaces ``evals`` if given, and merges ``phases`` by name: a phase named like one of the
+    base's replaces it in place, any other is appended. YAML anchors do not cross files: a child defines the
+    presets its own phases use.
+
     Raises:
         InvalidInputError: on an unknown key, a missing field, a mixture naming an undefined set, held-out
-            templates in training or the sealed seed, with the file and the phase or dataset in the message.
+            templates in training or the sealed seed, a missing or circular ``extends``, with the file and the
+            phase or dataset in the message.
     """
-    import yaml
-
     path = Path(path)
-    config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not isinstance(config, dict):
-        raise InvalidInputError(f"{path}: expected a mapping at the top level.")
-    top = {"version", "presets", "stage0", "tokenizers", "datasets", "subsets", "evals", "phases"}
-    unknown = sorted(set(config) - top)
-    if unknown:
-        raise InvalidInputError(f"{path}: unknown top-level key(s) {unknown}.")
+    config = _read(path)
     datasets, options = {}, {}
     for name, spec in (config.get("datasets") or {}).items():
         datasets[name], chosen = _dataset(path, name, spec)

@@ -163,6 +163,19 @@ def lr_lambda(total_steps: int, warmup_steps: int, kind: str):
     return factor
 
 
+def _non_default_losses(losses: Any) -> Any:
+    """A phase's saved ``losses`` settings without the fields at their default value, so that a loss added to
+    :class:`~llamavid.train.losses.LossSettings` later (e.g. ``count``) does not make older phases differ."""
+    if not isinstance(losses, dict):
+        return losses
+    from dataclasses import asdict
+
+    from llamavid.train.losses import LossSettings
+
+    defaults = json.loads(json.dumps(asdict(LossSettings())))
+    return {key: value for key, value in losses.items() if key not in defaults or value != defaults[key]}
+
+
 class _BatchSampler:
     """Seeded per-epoch permutation, split across ranks, starting at a given batch (resume without decoding).
 
@@ -1127,6 +1140,9 @@ class TrainingRecipe:
         if not path.is_file():
             return False
         saved, current = json.loads(path.read_text()), self.tiny_settings()
+        # A loss added later is absent from older files: compare the non-default loss settings.
+        for settings in (saved, current):
+            settings["losses"] = _non_default_losses(settings.get("losses"))
         if saved != current:
             changed = sorted(key for key in {*saved, *current} if saved.get(key) != current.get(key))
             raise ConfigError(

@@ -423,8 +423,10 @@ class TinyLoss:
     def build(
         cls, model: Any, losses: LossSettings, heads: AuxiliaryHeads, prior: AnswerPrior | None
     ) -> TinyLoss:
-        context = bool(model.config.context_token and (losses.answer_head or losses.grounding))
-        scene = losses.lm and losses.scene > 0
+        context = bool(
+            model.config.context_token and (losses.answer_head or losses.grounding or losses.count)
+        )
+        scene = losses.lm and (losses.scene > 0 or losses.count > 0)
         layers = model.model.language_model.layers
         middle, late = max(0, len(layers) // 2 - 1), max(0, len(layers) - 2)
         loss = cls(losses, heads, prior, context, scene, layers=(middle, late))
@@ -470,7 +472,9 @@ class TinyLoss:
                 groups = None
             if self.context_probes and visual is not None:
                 prior = self.prior if self.losses.answer_prior_on_heads else None
-                aux = self.heads.loss(visual, items, self.losses.answer_head, self.losses.grounding, prior)
+                aux = self.heads.loss(
+                    visual, items, self.losses.answer_head, self.losses.grounding, prior, self.losses.count
+                )
                 terms["aux_context"] = float(aux.detach())
                 loss = loss + aux
             if self.scene_probes:
@@ -479,9 +483,14 @@ class TinyLoss:
                 hidden = [
                     self._assembled(self.hidden[i], groups, placeholder.shape[1]) for i in (middle, late)
                 ]
-                scene = self.heads.scene_loss(hidden[0], hidden[1], placeholder, items)
-                terms["aux_scene"] = float(scene.detach())
-                loss = loss + self.losses.scene * scene
+                if self.losses.scene:
+                    scene = self.heads.scene_loss(hidden[0], hidden[1], placeholder, items)
+                    terms["aux_scene"] = float(scene.detach())
+                    loss = loss + self.losses.scene * scene
+                if self.losses.count:
+                    count = self.heads.count_loss(hidden[1], placeholder, items)
+                    terms["aux_count"] = float(count.detach())
+                    loss = loss + self.losses.count * count
         finally:
             self.hidden.clear()
         return loss, terms
