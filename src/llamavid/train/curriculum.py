@@ -19,9 +19,10 @@ from llamavid.train.losses import LossSettings
 from llamavid.train.stage0_vision import Stage0Settings
 
 SEALED_TEST_SEEDS = {"v5": 933225671, "v5.1": 764493370, "v5.2": 1904615733}
-"""Each tiny model's sealed test seed (docs/tiny-model.md, "v5 plan", "v5.1 plan" and "v5.2 plan"): reserved for that model's
-one final score; a curriculum that names any of them as a data seed is refused, and ``llamavid eval-synth`` asks
-for ``--sealed`` before using one. A used seed stays here so it is never trained or developed on later."""
+"""Each tiny model's sealed test seed (docs/tiny-model.md, "v5 plan", "v5.1 plan", "v5.2 plan"): reserved for
+that model's one final score; a curriculum that names any of them as a data seed is refused, and ``llamavid
+eval-synth`` asks for ``--sealed`` before using one. A used seed stays here so it is never trained or developed on
+later."""
 SEALED_TEST_SEED = SEALED_TEST_SEEDS["v5.2"]
 """The sealed seed of the committed tiny model (v5.2), used once for its final score."""
 

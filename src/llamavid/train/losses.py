@@ -17,7 +17,7 @@ None of them is part of a saved model: the heads are saved beside a phase only t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -322,10 +322,15 @@ class AuxiliaryHeads(nn.Module):
         return F.cross_entropy(seen, torch.cat([t[1] for t in found]).to(late.device))
 
 
-def _frame_ends(placeholder: Tensor, items: Sequence[QAItem], targets_of: Any) -> tuple[Tensor, list[Any]]:
+def _frame_ends(
+    placeholder: Tensor,
+    items: Sequence[QAItem],
+    targets_of: Callable[[QAItem], tuple[Tensor, Tensor] | None],
+) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
     """Flat ``(B * L)`` positions of each clip frame's last visual token, and the per-frame targets of the items
-    that have some (``targets_of(item)``: a tuple whose first element has one row per frame, or None)."""
-    picks, found = [], []
+    that have some (``targets_of(item)``: a pair whose first element has one row per frame, or None)."""
+    picks: list[Tensor] = []
+    found: list[tuple[Tensor, Tensor]] = []
     for row, item in enumerate(items):
         targets = targets_of(item)
         if targets is None:
