@@ -2,7 +2,8 @@
 
 `llamavid eval-synth` reports a needle's accuracy per secret digit or colour; this tool shows *what* the model says
 instead (v5 confused neighbouring digits: docs/tiny-model.md, "v5.1 development"). It renders episodes of the
-synthetic world with balanced needles, asks only the subtitle and visual needle questions through the inference
+synthetic world with balanced needles, asks the subtitle and visual needle questions (or the long-video types
+``--types`` names, e.g. ``long_summary``, whose answers 4-9 share the digits) through the inference
 core (`llamavid.cli.eval_synth.answer_items`: one encoding per episode, as `eval-synth` scores) and prints one line per question and the confusion
 counts (gold -> answer) of the misses.
 
@@ -22,17 +23,27 @@ NEEDLES = ("long_subtitle_needle", "long_visual_needle")
 
 
 def needle_answers(
-    model_dir: Path, episodes: int, frames: int, seed: int, phrasing: str
+    model_dir: Path,
+    episodes: int,
+    frames: int,
+    seed: int,
+    phrasing: str,
+    types: tuple[str, ...] = NEEDLES,
 ) -> list[dict[str, Any]]:
-    """One row per needle question of ``episodes`` held-out episodes: type, question, gold, answer, correct."""
+    """One row per question of ``types`` (default: the two needles) in ``episodes`` held-out episodes: type,
+    question, gold, answer, correct."""
     from llamavid.cli.eval_synth import answer_items, check_seed
+    from llamavid.errors import InvalidInputError
     from llamavid.inference.engine import Engine
     from llamavid.inference.loading import load_model
     from llamavid.inference.settings import SamplingSettings
     from llamavid.inference.text import normalize_answer
-    from llamavid.synth import generate_items
+    from llamavid.synth import QUESTION_TYPES, generate_items
 
     check_seed(seed, sealed=False)
+    known = sorted(t for t in QUESTION_TYPES if t.startswith("long_"))
+    if not types or set(types) - set(known):
+        raise InvalidInputError(f"--types: expected some of {known}; found {list(types)}.")
     loaded = load_model(model_dir, device="cpu", dtype="float32")
     engine = Engine(loaded.model, loaded.processor, name=loaded.name)
     greedy = SamplingSettings(temperature=0.0, max_new_tokens=6)
@@ -45,7 +56,7 @@ def needle_answers(
         balanced_needles=True,
         phrasing=phrasing,
     )
-    needles = [item for item in items if item.question_type in NEEDLES]  # an episode's two stay adjacent
+    needles = [item for item in items if item.question_type in types]  # an episode's questions stay adjacent
     rows = []
     for _, index, answer in answer_items(engine, {phrasing: needles}, greedy):
         item = needles[index]
@@ -62,8 +73,8 @@ def needle_answers(
 
 
 def confusions(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
-    """Per needle type, ``"gold -> answer"`` counts of the misses, most frequent first."""
-    table: dict[str, collections.Counter[str]] = {name: collections.Counter() for name in NEEDLES}
+    """Per question type, ``"gold -> answer"`` counts of the misses, most frequent first."""
+    table: dict[str, collections.Counter[str]] = {row["type"]: collections.Counter() for row in rows}
     for row in rows:
         if not row["correct"]:
             table[row["type"]][f"{row['gold']} -> {row['answer']}"] += 1
@@ -80,12 +91,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=2, help="held-out seed (2: the dev seed)")
     parser.add_argument("--phrasing", default="varied", help="canonical, varied or heldout_templates")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument(
+        "--types",
+        default=",".join(NEEDLES),
+        help="comma-separated long-video question types (default: the two needles; e.g. long_summary)",
+    )
     parser.add_argument("--json", action="store_true", help="print the rows and confusions as JSON")
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
-    rows = needle_answers(args.model, args.episodes, args.frames, args.seed, args.phrasing)
+    types = tuple(name.strip() for name in args.types.split(",") if name.strip())
+    rows = needle_answers(args.model, args.episodes, args.frames, args.seed, args.phrasing, types)
     table = confusions(rows)
     if args.json:
         print(json.dumps({"rows": rows, "confusions": table}, indent=1))
@@ -95,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{mark} {row['type']:22s} gold={row['gold']:7s} answer={row['answer']!r:10s} {row['question']}"
         )
-    for name in NEEDLES:
+    for name in table:
         right = [row["correct"] for row in rows if row["type"] == name]
         print(f"{name}: {sum(right)} / {len(right)}; misses: {table[name] or 'none'}")
     return 0

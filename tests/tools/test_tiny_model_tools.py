@@ -142,6 +142,14 @@ def test_needle_answers_lists_every_needle_question_and_counts_the_misses() -> N
     assert all(row["gold"] and isinstance(row["correct"], bool) for row in rows)
     table = tool.confusions(rows)
     assert sum(sum(counts.values()) for counts in table.values()) == sum(not row["correct"] for row in rows)
+    summary = tool.needle_answers(
+        Path(EMBEDDED_MODEL_DIR), episodes=2, frames=60, seed=2, phrasing="varied", types=("long_summary",)
+    )
+    assert [row["type"] for row in summary] == ["long_summary"] * 2 and set(tool.confusions(summary)) <= {
+        "long_summary"
+    }
+    with pytest.raises(InvalidInputError, match="--types: expected some of"):
+        tool.needle_answers(Path(EMBEDDED_MODEL_DIR), 1, 60, 2, "varied", types=("image_shape",))
     fake = [{"type": "long_subtitle_needle", "gold": "7", "answer": "8", "correct": False}] * 2
     assert tool.confusions(fake)["long_subtitle_needle"] == {"7 -> 8": 2}
     with pytest.raises(InvalidInputError, match="sealed"):
