@@ -22,6 +22,15 @@ def _features(tmp_path: Path, items, tower) -> dict:
     return cached_features(FeatureCache(tmp_path / "features"), items, tower, 64, module_sha256(tower))
 
 
+def _asset_to_train():
+    """The committed model in fp32 with its stage-0 tower frozen (as every tiny phase has it), and its processor."""
+    from llamavid import LlamaVidForConditionalGeneration, LlamaVidProcessor
+
+    model = LlamaVidForConditionalGeneration.from_pretrained(str(ASSET), dtype=torch.float32)
+    model.model.vision_tower.requires_grad_(False)
+    return model, LlamaVidProcessor.from_pretrained(ASSET)
+
+
 def _step(model, losses, items, cache, processor, heads=None, prior=None):
     """One tiny-phase loss (``TinyLoss``, what the recipe calls each step) and its backward pass."""
     from llamavid.train.losses import AuxiliaryHeads
@@ -333,14 +342,11 @@ def test_scene_targets_count_background_changes_so_far() -> None:
 @pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="tiny model asset not built")
 def test_a_phase_with_scene_probes_trains_them_and_the_llm_below_them(tmp_path: Path) -> None:
     """The scene probes read clip frames' hidden states inside the LLM and send gradients into it."""
-    from llamavid import LlamaVidForConditionalGeneration, LlamaVidProcessor
     from llamavid.synth import generate_items
     from llamavid.train.losses import AuxiliaryHeads, LossSettings
     from llamavid.train.tiny import make_batch
 
-    model = LlamaVidForConditionalGeneration.from_pretrained(str(ASSET), dtype=torch.float32)
-    model.model.vision_tower.requires_grad_(False)
-    processor = LlamaVidProcessor.from_pretrained(ASSET)
+    model, processor = _asset_to_train()
     items = generate_items("train", 40, seed=1, kind="video_qa")
     items = [i for i in items if i.question_type == "video_scene_change"][:4] + items[:2]
     items += generate_items("train", 2, seed=0, kind="image_qa") + generate_items(
@@ -386,9 +392,8 @@ def test_count_targets_are_the_shapes_on_screen_and_their_running_union() -> Non
         )
         for t, frame in enumerate(item.media.frames):
             assert {SHAPES[int(k)] for k in shown[t].nonzero()} == {o.shape for o in frame.objects}
-        assert bool((so_far.diff() >= 0).all()) and int(so_far[-1]) == int(
-            item.answer
-        )  # the question's answer
+        assert bool((so_far.diff() >= 0).all())
+        assert int(so_far[-1]) == int(item.answer)  # the running count ends at the question's answer
     assert count_targets(generate_items("train", 1, seed=0, kind="image_qa")[0]) is None
     assert count_targets(generate_items("train", 1, seed=0, kind="text_qa")[0]) is None
 
@@ -396,13 +401,10 @@ def test_count_targets_are_the_shapes_on_screen_and_their_running_union() -> Non
 @pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="tiny model asset not built")
 def test_a_phase_with_count_probes_trains_the_context_path_and_the_llm(tmp_path: Path) -> None:
     """``count``: the ``shapes`` probe reads count clips' context tokens, ``seen`` the LLM's late hidden states."""
-    from llamavid import LlamaVidForConditionalGeneration, LlamaVidProcessor
     from llamavid.synth import generate_items
     from llamavid.train.losses import AuxiliaryHeads, LossSettings
 
-    model = LlamaVidForConditionalGeneration.from_pretrained(str(ASSET), dtype=torch.float32)
-    model.model.vision_tower.requires_grad_(False)
-    processor = LlamaVidProcessor.from_pretrained(ASSET)
+    model, processor = _asset_to_train()
     clips = generate_items("train", 40, seed=1, kind="video_qa", clip_frames=(5, 12))
     items = [i for i in clips if i.question_type == "video_count"][:3] + [
         i for i in clips if i.question_type == "video_direction"
