@@ -110,11 +110,12 @@ def test_shape_combination_probe_on_the_committed_tower() -> None:
 def test_phase_speed_tool_shortens_every_phase_and_nothing_else(tmp_path: Path) -> None:
     import yaml
 
-    from llamavid.train.curriculum import load_curriculum
+    from llamavid.train.curriculum import curriculum_mapping, load_curriculum
     from llamavid.train.schema import packaged_config_dir
 
-    source = packaged_config_dir() / "tiny" / "v5.1.yaml"
-    raw = yaml.safe_load(source.read_text(encoding="utf-8"))
+    source = packaged_config_dir() / "tiny" / "v5.2.yaml"  # extends v5.1.yaml: the copy must stand alone
+    raw = curriculum_mapping(source)
+    assert "extends" not in raw and len(raw["phases"]) == 13
     short_path = tmp_path / "short.yaml"
     short_path.write_text(yaml.safe_dump(_load(TOOLS / "tiny_phase_speed.py").shortened(raw, 30)))
     full, short = load_curriculum(source), load_curriculum(short_path)

@@ -192,6 +192,13 @@ def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return merged
 
 
+def curriculum_mapping(path: str | Path) -> dict[str, Any]:
+    """A curriculum file as a plain mapping with its ``extends`` chain resolved (no ``extends`` key left), for
+    tools that rewrite a curriculum (e.g. shorten its phases) and write it elsewhere; not checked beyond its
+    top-level keys (:func:`load_curriculum` checks)."""
+    return _read(Path(path))
+
+
 def load_curriculum(path: str | Path) -> Curriculum:
     """Read and check a curriculum YAML; ``presets`` is free space for YAML anchors.
 
@@ -247,5 +254,6 @@ __all__ = [
     "TOKENIZER_CHOICES",
     "Curriculum",
     "Phase",
+    "curriculum_mapping",
     "load_curriculum",
 ]
