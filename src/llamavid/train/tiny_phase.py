@@ -414,7 +414,7 @@ class TinyLoss:
     heads: AuxiliaryHeads
     prior: AnswerPrior | None
     context_probes: bool
-    scene_probes: bool
+    hidden_probes: bool  # the scene and/or count probes, which read LLM hidden states through forward hooks
     hidden: dict[int, list[Tensor]] = field(default_factory=dict)
     layers: tuple[int, int] = (0, 0)
     hooks: list[Any] = field(default_factory=list)
@@ -426,12 +426,12 @@ class TinyLoss:
         context = bool(
             model.config.context_token and (losses.answer_head or losses.grounding or losses.count)
         )
-        scene = losses.lm and (losses.scene > 0 or losses.count > 0)
+        hidden = losses.lm and (losses.scene > 0 or losses.count > 0)
         layers = model.model.language_model.layers
         middle, late = max(0, len(layers) // 2 - 1), max(0, len(layers) - 2)
-        loss = cls(losses, heads, prior, context, scene, layers=(middle, late))
-        if scene:
-            # The scene probes read two LLM layers' outputs, kept by forward hooks during training steps only.
+        loss = cls(losses, heads, prior, context, hidden, layers=(middle, late))
+        if hidden:
+            # The scene and count probes read LLM layers' outputs, kept by forward hooks during training steps only.
             for index in dict.fromkeys((middle, late)):
                 loss.hooks.append(layers[index].register_forward_hook(loss._keep(index)))
         return loss
@@ -446,7 +446,7 @@ class TinyLoss:
 
     @property
     def uses_heads(self) -> bool:
-        return self.context_probes or self.scene_probes
+        return self.context_probes or self.hidden_probes
 
     def __call__(self, model: Any, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
         items = batch.pop("tiny_items")
@@ -477,7 +477,7 @@ class TinyLoss:
                 )
                 terms["aux_context"] = float(aux.detach())
                 loss = loss + aux
-            if self.scene_probes:
+            if self.hidden_probes:
                 middle, late = self.layers
                 placeholder = batch["input_ids"] == model.config.image_token_index
                 hidden = [
