@@ -48,6 +48,12 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("build/tiny-phase-speed"), help="where the runs go")
     parser.add_argument("--phases", default=None, help="comma list of phases to time (default: all)")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="more `llamavid train` overrides for every call (e.g. train.precision=bf16)",
+    )
     args = parser.parse_args()
     if args.steps < 20:
         parser.error("--steps must be at least 20 (seconds per step are measured from step 10 on)")
@@ -86,6 +92,7 @@ def main() -> int:
                 f"data.tiny.phase={name}",
                 "data.tiny.eval=false",
                 f"train.output_dir={output}",
+                *args.overrides,
             ]
             if previous is not None:
                 command.append(f"model.init={args.runs / previous / 'final'}")

@@ -1,6 +1,8 @@
 import json
+import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -127,7 +129,13 @@ def test_default_heldout_size_is_one_thousand(tmp_path):
 
 @pytest.mark.parametrize(
     ("kind", "n_train", "n_eval"),
-    [("image_qa", 1400, 700), ("video_qa", 1400, 700), ("text_qa", 600, 300), ("long_qa", 600, 300)],
+    [
+        ("image_qa", 1400, 700),
+        ("video_qa", 1400, 700),
+        ("text_qa", 600, 300),
+        ("text_copy", 600, 300),
+        ("long_qa", 600, 300),
+    ],
 )
 def test_blind_baselines_stay_near_chance(kind, n_train, n_eval):
     train = [
@@ -141,9 +149,32 @@ def test_blind_baselines_stay_near_chance(kind, n_train, n_eval):
     statistics = answer_statistics(train, held)
     for question_type, row in statistics.items():
         assert row["majority"] <= 0.5, question_type
-        if kind != "text_qa":  # text-only questions are answerable from the text by design
+        if not kind.startswith("text_"):  # text-only questions are answerable from the text by design
             assert row["question_majority"] <= 0.5, question_type
         assert row["majority"] <= 2.5 * row["chance"], question_type
+
+
+def test_text_copy_asks_for_a_digit_said_in_a_dialogue():
+    """`text_copy` (opt-in; `text_qa` is unchanged): the asked speaker says the answer once, other speakers may
+    say other digits, and every digit is asked about equally often."""
+    items = generate_items("train", 400, seed=0, kind="text_copy")
+    assert Counter(item.answer for item in items).keys() == set("0123456789")
+    assert {item.question_type for item in items} == {"text_secret"}
+    decoys = 0
+    for item in items:
+        name = re.fullmatch(r".* What is (\w+)'s secret number\?", item.question).group(1)
+        said = re.findall(r"(\w+): My secret number is (\d)\.", item.question)
+        assert [digit for speaker, digit in said if speaker == name] == [item.answer]
+        others = [digit for speaker, digit in said if speaker != name]
+        assert item.answer not in others and len(set(others)) == len(others)
+        decoys += bool(others)
+        assert item.media is None and item.answer_options == list("0123456789")
+    assert 0.3 < decoys / len(items) < 0.9  # some dialogues have decoys, some do not
+    assert {i.question_type for i in generate_items("train", 30, seed=0, kind="text_qa")} == {
+        "text_next",
+        "text_bigger",
+        "text_recall",
+    }
 
 
 def test_pretraining_batch_is_reproducible_and_labelled():

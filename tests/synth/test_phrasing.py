@@ -92,12 +92,12 @@ def test_canonical_questions_read_back_their_slots():
     assert slots == {"facts": "Ann has a red ball. Bob has a blue ball.", "name": "Bob"}
     with pytest.raises(InvalidInputError, match="not a canonical image_colour question"):
         read_slots("image_colour", "Which colour is the star?")
-    for kind in ("image_qa", "video_qa", "text_qa", "long_qa"):
+    for kind in ("image_qa", "video_qa", "text_qa", "text_copy", "long_qa"):
         for item in generate_items("train", 28, seed=5, kind=kind, **SMALL):
             read_slots(item.question_type, item.question)  # every default question is canonical
 
 
-@pytest.mark.parametrize("kind", ["image_qa", "video_qa", "text_qa", "long_qa"])
+@pytest.mark.parametrize("kind", ["image_qa", "video_qa", "text_qa", "text_copy", "long_qa"])
 def test_phrasings_change_only_the_question(kind):
     base = generate_items("heldout", 42, seed=2, kind=kind, **SMALL)
     for phrasing in ("varied", "heldout_templates"):

@@ -174,6 +174,20 @@ def test_two_smoke_phases_through_the_console_script_fall_use_the_aux_terms_and_
     assert refused.returncode != 0 and "trained with other settings" in refused.stderr
     assert "differing: ['losses']" in refused.stderr and "Traceback" not in refused.stderr
 
+    # Auxiliary heads saved by another version (another number of answer rows) are refused by name, not loaded.
+    from safetensors.torch import save_file
+
+    other = tmp_path / "other-version"
+    shutil.copytree(tmp_path / "align" / "final", other)
+    heads = load_file(other / "auxiliary_heads.safetensors")
+    heads["answer.weight"] = torch.cat([heads["answer.weight"], heads["answer.weight"][:10]])
+    save_file(heads, str(other / "auxiliary_heads.safetensors"))
+    refused = _train(
+        tmp_path, "images", f"model.init={other}", f"train.output_dir={tmp_path / 'i2'}", check=False
+    )
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "auxiliary heads of other sizes" in refused.stderr and "'answer.weight'" in refused.stderr
+
 
 @pytest.mark.timeout(600)
 def test_a_curriculum_chooses_the_subword_llm_tokenizer_and_the_bert_vocab(tmp_path):

@@ -82,6 +82,16 @@ def test_bad_recipes_name_the_file_and_phase(tmp_path):
         "phases:\n  - {name: p, steps: 1, mixture: {a: 1.0}, losses: {lm: 2}}\n": r"phases\[0\].losses.lm",
         "evals: [z]\n": r"evals \['z'\] are not datasets",
         "subsets:\n  s: {from: nowhere, subset: visual_needle}\n": r"subsets.s.from='nowhere'",
+        "subsets:\n  s: {from: a, subset: colour}\n": r"subsets.s.subset='colour': expected one of",
+        "subsets:\n  s: {from: a, subset: question_type, question_type: image_shape, answers: []}\n": (
+            r"subsets.s.answers=\[\]: expected a non-empty list"
+        ),
+        "subsets:\n  s: {from: a, subset: question_type, question_type: image_shape, answers: red}\n": (
+            r"subsets.s.answers='red'"
+        ),
+        "subsets:\n  s: {from: a, subset: visual_needle, answers: [red]}\n": (
+            r"subsets.s: unknown key\(s\) \['answers'\] for a visual_needle subset"
+        ),
         "tokenizers: {llm: sentencepiece}\n": r"tokenizers.llm='sentencepiece': expected llm in",
         "tokenizers: {vision: bert}\n": r"tokenizers.vision='bert'",
     }
@@ -256,3 +266,28 @@ def test_a_curriculum_extends_another_by_name(tmp_path: Path) -> None:
         InvalidInputError, match="sealed v5.2 test seed"
     ):  # an extension is checked as a whole
         load_curriculum(child)
+
+
+def test_a_question_type_subset_can_keep_only_some_answers() -> None:
+    """`answers` oversamples chosen values of one question type (e.g. the secret digits the model confuses); the
+    subset views the set's cached features at the kept items' rows."""
+    import torch
+
+    from llamavid.synth import generate_items
+    from llamavid.train.tiny_phase import question_type_subset
+
+    items = generate_items("train", 120, seed=0, kind="long_qa", episode_frames=60, balanced_needles=True)
+    cache = {
+        "features": torch.zeros(1),
+        "offsets": torch.arange(len(items)) * 60,
+        "counts": torch.full((len(items),), 60),
+    }
+    kept, view = question_type_subset(items, cache, "long_subtitle_needle", ["6", 7])
+    assert kept and {item.answer for item in kept} == {"6", "7"}
+    assert all(item.question_type == "long_subtitle_needle" for item in kept)
+    rows = [items.index(item) for item in kept]
+    assert view["offsets"].tolist() == [row * 60 for row in rows] and view["features"] is cache["features"]
+    everything, _ = question_type_subset(items, cache, "long_subtitle_needle")
+    assert len(everything) > len(kept)
+    with pytest.raises(InvalidInputError, match=r"with an answer in \['purple'\]"):
+        question_type_subset(items, cache, "long_subtitle_needle", ["purple"])

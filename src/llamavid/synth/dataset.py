@@ -44,7 +44,7 @@ from llamavid.synth.render import (
     random_frame_spec,
     render_frame,
 )
-from llamavid.synth.text import TEXT_QUESTION_TYPES, make_text_question
+from llamavid.synth.text import TEXT_COPY_TYPES, TEXT_QUESTION_TYPES, make_text_question
 from llamavid.synth.turns import earlier_turns, media_slots
 from llamavid.synth.world import NEEDLE_COLOURS, NUMBER_WORDS, check_split, item_purpose_rng, item_rng
 
@@ -56,6 +56,7 @@ KINDS: tuple[str, ...] = (
     "image_qa",
     "video_qa",
     "text_qa",
+    "text_copy",
     "long_qa",
     "stage1",
     "stage2",
@@ -75,6 +76,7 @@ QUESTION_TYPES: dict[str, list[str]] = {
     **VIDEO_QUESTION_TYPES,
     **TEXT_QUESTION_TYPES,
     **LONG_QUESTION_TYPES,
+    **TEXT_COPY_TYPES,
 }
 """Every exact-answer question type and its answer options (chance level = 1 / number of options)."""
 
@@ -166,7 +168,7 @@ def generate_items(
         elif sub_kind == "video_caption":
             item = make_clip_caption(rng, split, item_id, clip_frames, grid)
         else:
-            types = list(TEXT_QUESTION_TYPES)
+            types = list(TEXT_QUESTION_TYPES if sub_kind == "text_qa" else TEXT_COPY_TYPES)
             item = make_text_question(rng, split, types[index % len(types)], item_id)
         item.meta.update(
             media_id=item_id, synth={"split": split, "stream": sub_kind, "seed": seed, "index": index}

@@ -67,7 +67,7 @@ LONG_QUESTION_TYPES: dict[str, list[str]] = {
 SUMMARY_PROMPT = "Summarize the video."
 
 # Dialogue fillers carry no colour, shape, number or room word, so they never answer a question by accident.
-_FILLER_LINES: tuple[str, ...] = (
+FILLER_LINES: tuple[str, ...] = (
     "Hello {other}.",
     "Nice to see you {other}.",
     "What a nice day.",
@@ -390,7 +390,7 @@ def make_episode(
             others = [names[i] for i in cast_indices[scene] if i != talker]
             # Nobody to talk to: only lines that address no one.
             lines = (
-                _FILLER_LINES if others else tuple(line for line in _FILLER_LINES if "{other}" not in line)
+                FILLER_LINES if others else tuple(line for line in FILLER_LINES if "{other}" not in line)
             )
             text = choose(rng, lines).format(other=choose(rng, others) if others else "")
             subtitles.append(Subtitle(float(cue_start), float(cue_end), f"{names[talker]}: {text}"))

@@ -341,6 +341,21 @@ _TEMPLATES: dict[str, _Templates] = {
             "{facts} Tell me what colour ball {name} has.",
         ),
     },
+    "text_secret": {
+        "canonical": ("{facts} What is {name}'s secret number?",),
+        "train": (
+            "{facts} Which secret number does {name} tell?",
+            "{facts} What secret number does {name} say?",
+            "{facts} What number is {name}'s secret?",
+            "{facts} {name}'s secret number?",
+            "{facts} Tell me {name}'s secret number.",
+            "{facts} What is the secret number that {name} mentions?",
+        ),
+        "heldout": (
+            "{facts} Which number does {name} say is secret?",
+            "{facts} Tell me the secret number of {name}.",
+        ),
+    },
     "long_visual_needle": {
         "canonical": ("What colour is the shape on the white screen?",),
         "train": (

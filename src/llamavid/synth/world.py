@@ -93,6 +93,7 @@ _STREAM_KEYS: dict[str, int] = {
     "text_qa": 6,
     "long_qa": 7,
     "episode": 8,
+    "text_copy": 9,
 }
 # Streams for what is layered on top of an item (its wording, its extra turns, balanced answers): keyed by the
 # item's own stream too, so changing them never changes the item's medium or answer.

@@ -156,6 +156,36 @@ _MERGED_BY_NAME = ("stage0", "tokenizers", "datasets", "subsets")  # mappings an
 _TOP_KEYS = {"version", "extends", "presets", "evals", "phases", *_MERGED_BY_NAME}
 
 
+_SUBSET_KEYS = {  # subset kind -> the keys it takes besides ``from`` and ``subset``
+    "question_type": {"question_type", "answers"},
+    "visual_needle": {"needle_length"},
+}
+
+
+def _check_subset(path: Path, name: str, spec: dict[str, Any], datasets: dict[str, Any]) -> None:
+    """Refuse a subset whose source, kind or keys are wrong, naming the file and the subset."""
+    where = f"{path}: subsets.{name}"
+    if spec.get("from") not in datasets:
+        raise InvalidInputError(f"{where}.from={spec.get('from')!r} is not a dataset.")
+    kind = spec.get("subset")
+    if kind not in _SUBSET_KEYS:
+        raise InvalidInputError(f"{where}.subset={kind!r}: expected one of {sorted(_SUBSET_KEYS)}.")
+    extra = sorted(set(spec) - {"from", "subset"} - _SUBSET_KEYS[kind])
+    if extra:
+        raise InvalidInputError(f"{where}: unknown key(s) {extra} for a {kind} subset.")
+    answers = spec.get("answers")
+    if answers is not None and (
+        isinstance(answers, (str, bytes))
+        or not answers
+        or not all(isinstance(a, (str, int)) for a in answers)
+    ):
+        raise InvalidInputError(
+            f'{where}.answers={answers!r}: expected a non-empty list of answers, e.g. ["6", "7"].'
+        )
+    if answers is not None:
+        spec["answers"] = [str(answer) for answer in answers]
+
+
 def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """The raw mapping of a curriculum file with its ``extends`` chain applied (see :func:`load_curriculum`)."""
     import yaml
@@ -222,8 +252,7 @@ def load_curriculum(path: str | Path) -> Curriculum:
             options[name] = chosen
     subsets = {name: dict(spec) for name, spec in (config.get("subsets") or {}).items()}
     for name, spec in subsets.items():
-        if spec.get("from") not in datasets:
-            raise InvalidInputError(f"{path}: subsets.{name}.from={spec.get('from')!r} is not a dataset.")
+        _check_subset(path, name, spec, datasets)
     phases = [_phase(phase, f"{path}: phases[{i}]") for i, phase in enumerate(config.get("phases") or [])]
     for phase in phases:
         missing = sorted(set(phase.mixture) - set(datasets) - set(subsets))

@@ -30,6 +30,7 @@ from llamavid.model.configuration_llamavid import IGNORE_INDEX
 from llamavid.synth import QUESTION_TYPES, Episode, FrameSpec
 from llamavid.synth._common import QAItem
 from llamavid.synth.episodes import NEEDLE_COLOURS
+from llamavid.synth.text import TEXT_COPY_TYPES
 from llamavid.synth.world import BACKGROUNDS, SHAPES
 
 
@@ -112,9 +113,15 @@ class LossSettings:
 
 
 # Targets ----------------------------------------------------------------------------------------------------------
+# The answer probe's rows, one block per question type in this order. Only images reach it, but it keeps a block for
+# every type the world had when the first v5 heads were saved, so saved ``auxiliary_heads.safetensors`` load; the
+# text-only types added since (``text_copy``) get none.
+ANSWER_HEAD_TYPES: tuple[str, ...] = tuple(t for t in QUESTION_TYPES if t not in TEXT_COPY_TYPES)
+
+
 def answer_index(item: QAItem) -> tuple[int, int]:
     """``(question type number, answer number among that type's options)`` for the auxiliary answer heads."""
-    types = list(QUESTION_TYPES)
+    types = list(ANSWER_HEAD_TYPES)
     return types.index(item.question_type), list(QUESTION_TYPES[item.question_type]).index(item.answer)
 
 
@@ -217,7 +224,7 @@ class AuxiliaryHeads(nn.Module):
 
     def __init__(self, width: int, cells: int = 16):
         super().__init__()
-        self.options = [len(options) for options in QUESTION_TYPES.values()]
+        self.options = [len(QUESTION_TYPES[question_type]) for question_type in ANSWER_HEAD_TYPES]
         self.answer = nn.Linear(width, sum(self.options))
         self.cell = nn.Linear(width, cells + 1)
         self.needle = nn.Linear(width, len(NEEDLE_COLOURS) + 1)

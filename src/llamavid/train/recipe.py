@@ -1213,7 +1213,19 @@ class TrainingRecipe:
                 raise ConfigError(f"{folder} has no {AUX_WEIGHTS}: it was not written by a data.tiny run.")
             logger.info("%s has no %s; auxiliary heads start fresh", folder, AUX_WEIGHTS)
             return
-        missing = self.aux_heads.load_state_dict(load_file(str(path)), strict=False).missing_keys
+        saved, own = load_file(str(path)), self.aux_heads.state_dict()
+        wrong = {
+            k: (tuple(v.shape), tuple(own[k].shape))
+            for k, v in saved.items()
+            if k in own and v.shape != own[k].shape
+        }
+        if wrong:
+            raise ConfigError(
+                f"{path}: auxiliary heads of other sizes than this version's (name: saved vs expected shape) "
+                f"{wrong}; start this phase from a folder written by the same llamavid version, or from "
+                "model.init=random."
+            )
+        missing = self.aux_heads.load_state_dict(saved, strict=False).missing_keys
         if missing:
             logger.info("auxiliary heads %s not in %s; freshly initialised", missing, path)
 

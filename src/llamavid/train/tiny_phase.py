@@ -249,16 +249,26 @@ class MixtureCollator:
 
 
 def question_type_subset(
-    items: Sequence[QAItem], cache: dict[str, Tensor], question_type: str
+    items: Sequence[QAItem],
+    cache: dict[str, Tensor],
+    question_type: str,
+    answers: Sequence[str] | None = None,
 ) -> tuple[list[QAItem], dict[str, Tensor]]:
-    """The items of one question type and a view of their cached features (shared, not copied), for oversampling.
+    """The items of one question type (with ``answers``: only those whose answer is one of them) and a view of their
+    cached features (shared, not copied), for oversampling.
 
     Raises:
-        ValueError: when no item has that type (a mixture would otherwise sample from an empty set).
+        InvalidInputError: when no item qualifies (a mixture would otherwise sample from an empty set).
     """
-    index = [i for i, item in enumerate(items) if item.question_type == question_type]
+    wanted = None if answers is None else {str(answer) for answer in answers}
+    index = [
+        i
+        for i, item in enumerate(items)
+        if item.question_type == question_type and (wanted is None or item.answer in wanted)
+    ]
     if not index:
-        raise InvalidInputError(f"no item of question type {question_type!r} among {len(items)} items")
+        among = "" if wanted is None else f" with an answer in {sorted(wanted)}"
+        raise InvalidInputError(f"no item of question type {question_type!r}{among} among {len(items)} items")
     subset = {
         "features": cache["features"],
         "offsets": cache["offsets"][index],
@@ -318,7 +328,7 @@ def load_phase_data(
         spec = recipe.subsets[name]
         items, features = dataset(spec["from"])
         if spec.get("subset") == "question_type":
-            out[name] = question_type_subset(items, features, spec["question_type"])
+            out[name] = question_type_subset(items, features, spec["question_type"], spec.get("answers"))
         elif spec.get("subset") == "visual_needle":
             length = int(spec.get("needle_length", 1))
             subset_items, subset_features = visual_needle_subset(items, features, length)
