@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from llamavid.errors import InvalidInputError
-from llamavid.train.curriculum import SEALED_TEST_SEED, SEALED_TEST_SEEDS, Phase, load_curriculum
+from llamavid.train.curriculum import SEALED_TEST_SEEDS, Phase, load_curriculum
 from llamavid.train.losses import LossSettings
 from llamavid.train.stage0_vision import Stage0Settings
 
@@ -131,7 +131,8 @@ def test_datasets_take_generate_items_options_but_never_the_sealed_seed_or_held_
         "a: {split: train, kind: image_qa, n: 8, phrasing: heldout_templates}": "may not use the held-out templates",
         f"a: {{split: heldout, kind: image_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5']}}}": "sealed v5 test seed",
         f"a: {{split: train, kind: image_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.1']}}}": "sealed v5.1 test seed",
-        f"a: {{split: train, kind: video_qa, n: 8, seed: {SEALED_TEST_SEED}}}": "sealed v5.2 test seed",
+        f"a: {{split: train, kind: video_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.2']}}}": "sealed v5.2 test seed",
+        f"a: {{split: train, kind: text_copy, n: 8, seed: {SEALED_TEST_SEEDS['v5.3']}}}": "sealed v5.3 test seed",
         "a: {split: train, kind: image_qa, n: 8, phrasing: posh}": "phrasing='posh' is unknown",
         "a: {split: train, kind: image_qa, n: 8, colour_spelling: us}": r"found \['colour_spelling'",
     }
