@@ -58,7 +58,7 @@ EVAL_SETS = {  # held-out items (--eval-items each, 560 = 80 per question type),
     "image_qa": {"split": "heldout", "kind": "image_qa", "seed": 0},
     "video_qa": {"split": "heldout", "kind": "video_qa", "seed": 0},
 }
-SHORT_VIDEO_SETS = ("image_qa", "image_qa_s1", "video_qa", "text_qa")
+SHORT_VIDEO_SETS = ("image_qa", "image_qa_s1", "video_qa", "text_qa", "text_copy")
 
 
 def ablation_phases(curriculum: Curriculum, scale: float, min_steps: int = 50) -> list[Phase]:
@@ -85,6 +85,8 @@ def write_curriculum(source: Curriculum, phases: list[Phase], path: Path, eval_i
     """The ablation's own curriculum file: the source's short-video sets and stage 0, the scaled phases."""
     datasets: dict[str, Any] = {}
     for name in SHORT_VIDEO_SETS:
+        if name not in source.datasets:  # text_copy came with v5.3
+            continue
         split, kind, count, seed, _frames = source.datasets[name]
         datasets[name] = {
             "split": split,

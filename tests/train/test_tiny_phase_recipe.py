@@ -139,8 +139,9 @@ def test_two_smoke_phases_through_the_console_script_fall_use_the_aux_terms_and_
     settings = json.loads((tmp_path / "images" / "final" / "tiny_phase.json").read_text())
     assert settings["losses"]["answer_prior"] == ["image_shape", "image_colour"]
     assert (tmp_path / "images" / "scores.jsonl").is_file()
-    # Only one feature entry per set and tower: the second phase reused the first's caches.
-    assert len(list((tmp_path / "work" / "features").iterdir())) == 4
+    # Only one feature entry per set and tower (image_qa, video_qa, the eval set, text_qa, text_copy): the second
+    # phase reused the first's caches.
+    assert len(list((tmp_path / "work" / "features").iterdir())) == 5
 
     from safetensors.torch import load_file
 

@@ -204,6 +204,30 @@ def test_v5_2_is_v5_1_then_a_digit_copy_phase():
     assert last.losses == v51.phases[-1].losses
 
 
+def test_v5_3_is_v5_2_with_half_of_every_text_share_on_digit_copies():
+    """tiny/v5.3 (a candidate; docs/tiny-model.md, "v5.3 development") extends v5.2: the same phases, steps, learning rates and sets, with every
+    phase's `text_qa` share split half `text_qa`, half the text-only digit copies `text_copy`."""
+    v52, v53 = load_curriculum(V4.with_name("v5.2.yaml")), load_curriculum(V4.with_name("v5.3.yaml"))
+    assert [p.name for p in v53.phases] == [p.name for p in v52.phases]
+    assert v53.datasets == {**v52.datasets, "text_copy": ("train", "text_copy", 4000, 0, 0)}
+    assert (v53.subsets, v53.stage0, v53.tokenizers, v53.evals) == (
+        v52.subsets,
+        v52.stage0,
+        v52.tokenizers,
+        v52.evals,
+    )
+    for old, new in zip(v52.phases, v53.phases, strict=True):
+        text = old.mixture.get("text_qa", 0.0)
+        expected = {**old.mixture}
+        if text:
+            expected.update(text_qa=text / 2, text_copy=text / 2)
+        assert new.mixture == pytest.approx(expected), new.name
+        assert asdict(new) | {"mixture": None} == asdict(old) | {"mixture": None}, new.name
+    assert (
+        "text_copy" not in v53.phases[0].mixture and "text_copy" in v53.phases[1].mixture
+    )  # align has no LLM
+
+
 def test_the_makefile_lists_one_train_call_per_phase_of_v5_2_and_smoke():
     """`make tiny-model` is the list of `llamavid train` calls: one per phase, in order, each from the previous
     phase's final/ folder, the last one exporting the model; the smoke curriculum has the same phase names."""
@@ -214,6 +238,7 @@ def test_the_makefile_lists_one_train_call_per_phase_of_v5_2_and_smoke():
     calls = re.findall(r"data\.tiny\.phase=(\w+)(?: model\.init=\$\(TINY_WORK\)/runs/(\w+)/final)?", recipe)
     names = [name for name, _ in calls]
     assert names == [p.name for p in load_curriculum(V4.with_name("v5.2.yaml")).phases]
+    assert names == [p.name for p in load_curriculum(V4.with_name("v5.3.yaml")).phases]
     assert names == [p.name for p in load_curriculum(V4.with_name("smoke.yaml")).phases]
     assert [init for _, init in calls] == ["", *names[:-1]]
     assert recipe.strip().splitlines()[-1].endswith("data.tiny.export=$(TINY_OUT)")

@@ -389,9 +389,7 @@ def make_episode(
             talker = choose(rng, cast_indices[scene])
             others = [names[i] for i in cast_indices[scene] if i != talker]
             # Nobody to talk to: only lines that address no one.
-            lines = (
-                FILLER_LINES if others else tuple(line for line in FILLER_LINES if "{other}" not in line)
-            )
+            lines = FILLER_LINES if others else tuple(line for line in FILLER_LINES if "{other}" not in line)
             text = choose(rng, lines).format(other=choose(rng, others) if others else "")
             subtitles.append(Subtitle(float(cue_start), float(cue_end), f"{names[talker]}: {text}"))
 
