@@ -7,7 +7,7 @@ step (the first steps warm up); the set-up column is the rest of the call's wall
 model). The report projects each phase's full length from its step count in the curriculum. Nothing is written
 outside ``--out`` and the temporary curriculum.
 
-Usage: ``.venv/bin/python tools/tiny_phase_speed.py --runs build/tiny-model/runs [--curriculum tiny/v5.2]``
+Usage: ``.venv/bin/python tools/tiny_phase_speed.py --runs build/tiny-model/runs [--curriculum tiny/v5.3]``
 (about 20 minutes for v5 on 2 cores; results in docs/tiny-model.md, "Where make tiny-model's time goes").
 """
 
@@ -42,7 +42,7 @@ def main() -> int:
     parser.add_argument(
         "--runs", type=Path, required=True, help="the finished run's folder (runs/<phase>/final)"
     )
-    parser.add_argument("--curriculum", default="tiny/v5.2", help="packaged name (tiny/v5.2) or a YAML path")
+    parser.add_argument("--curriculum", default="tiny/v5.3", help="packaged name (tiny/v5.3) or a YAML path")
     parser.add_argument("--work-dir", type=Path, default=Path("build/tiny-model"), help="data.tiny.work_dir")
     parser.add_argument("--steps", type=int, default=30, help="steps per phase (at least 20)")
     parser.add_argument("--threads", type=int, default=2)
