@@ -177,10 +177,10 @@ def committed_scores() -> dict:
     return scores
 
 
-# The targets minus 5 points (docs/tiny-model.md, "v5.2 on the sealed seed"), which these CI items meet,
-# except the 1,200-frame needles (34 of each here, so one answer is 0.03), both missed on the sealed seed: the
-# subtitle needle (sealed 0.77, these items 0.85) is guarded at the sealed score minus 5 points, the visual needle
-# (sealed 0.71, these items 0.79; v5.1 0.82 on its seed) at 0.70.
+# The targets minus 5 points (docs/tiny-model.md, "v5.3 on the sealed seed"). v5.3 on these CI items:
+# images 0.891 (shape 0.759), held-out wording 0.881; short videos 0.751 (the guard holds by one clip's worth: the
+# sealed score, 0.759, misses the 0.80 target), held-out 0.766, 5-60 frames 0.765; 1,200-frame needles (34 of each,
+# one answer is 0.03) subtitle 0.94, visual 0.91, both now meeting the 0.80 target on the sealed seed.
 @pytest.mark.timeout(1200)  # the shared scoring fixture takes ~3 min on 2 free cores (170 s idle)
 def test_committed_tiny_model_images(committed_scores: dict) -> None:
     images = committed_scores["image_qa/varied"]
@@ -217,8 +217,8 @@ def test_committed_tiny_model_any_clip_length(committed_scores: dict) -> None:
 @pytest.mark.timeout(1200)
 def test_committed_tiny_model_long_video_needles(committed_scores: dict) -> None:
     per_type = committed_scores["long_qa"]["per_type"]
-    assert per_type["long_subtitle_needle"]["accuracy"] >= 0.72, per_type
-    assert per_type["long_visual_needle"]["accuracy"] >= 0.70, per_type
+    assert per_type["long_subtitle_needle"]["accuracy"] >= 0.75, per_type
+    assert per_type["long_visual_needle"]["accuracy"] >= 0.75, per_type
 
 
 @pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="tiny model asset not built")
