@@ -232,6 +232,7 @@ def test_v5_3_is_v5_1_without_the_successor_stand_in():
         expected |= {name: text / 2 for name in text_types if text}
         assert new.mixture == pytest.approx(expected), new.name
         assert "text_qa" not in new.mixture, new.name
+        assert sum(new.mixture.values()) == pytest.approx(1.0), new.name
 
 
 def test_the_makefile_lists_one_train_call_per_phase_of_v5_3_and_smoke():
