@@ -18,8 +18,14 @@ from llamavid.synth.phrasing import check_phrasing
 from llamavid.train.losses import LossSettings
 from llamavid.train.stage0_vision import Stage0Settings
 
-SEALED_TEST_SEEDS = {"v5": 933225671, "v5.1": 764493370, "v5.2": 1904615733, "v5.3": 760503152}
-"""Each tiny model's sealed test seed (docs/tiny-model.md, "v5 plan" ... "v5.3 plan"): reserved for
+SEALED_TEST_SEEDS = {
+    "v5": 933225671,
+    "v5.1": 764493370,
+    "v5.2": 1904615733,
+    "v5.3": 760503152,
+    "v5.4": 593098119,
+}
+"""Each tiny model's sealed test seed (docs/tiny-model.md, "v5 plan" ... "v5.4 plan"): reserved for
 that model's one final score; a curriculum that names any of them as a data seed is refused, and ``llamavid
 eval-synth`` asks for ``--sealed`` before using one. A used seed stays here so it is never trained or developed on
 later."""
