@@ -79,16 +79,20 @@ screenshots: $(VENV)/.installed
 # Retrain the committed tiny LLaMA-VID from scratch (docs/tiny-model.md): one `llamavid train` call per phase of the
 # curriculum, each starting from the previous phase's final/ folder. The first call builds stage 0, the tokenizers
 # and the feature caches under TINY_WORK. Resumable: rerun to continue a killed phase; finished phases are skipped.
-# tiny/v5.3 (v5.1's twelve phases without the `text_next` stand-in): ~115 min on 2 idle cores (docs/tiny-model.md,
-# "Where make tiny-model's time goes"). tiny/v5.2 (the model before) adds a 13th call, `digits` (the v5.2 section).
+# tiny/v5.4 (v5.3's twelve phases, then `fresh` on new short clips): ~120 min on 2 idle cores (docs/tiny-model.md,
+# "v5.4 on the sealed seed"). tiny/v5.3 and v5.1 are the first twelve calls, exporting after `long1200b`
+# (data.tiny.export=DIR); tiny/v5.2 has `digits` as its 13th call instead of `fresh`.
 # Try the whole list in ~5 minutes with the shortened curriculum:
 #   make tiny-model TINY_CURRICULUM=tiny/smoke TINY_WORK=build/tiny-smoke TINY_OUT=build/tiny-smoke/model
-TINY_CURRICULUM ?= tiny/v5.3
+TINY_CURRICULUM ?= tiny/v5.4
 TINY_WORK ?= build/tiny-model
 TINY_OUT ?= src/llamavid/assets/tiny-llamavid
 TINY_THREADS ?= 2
+# TINY_EVAL=true scores the curriculum's dev sets during each phase (~3 min more in all).
+TINY_EVAL ?= false
 TINY_TRAIN = $(VENV)/bin/llamavid train src/llamavid/train/configs/tiny/phase.yaml \
-	data.tiny.curriculum=$(TINY_CURRICULUM) data.tiny.work_dir=$(TINY_WORK) data.tiny.threads=$(TINY_THREADS)
+	data.tiny.curriculum=$(TINY_CURRICULUM) data.tiny.work_dir=$(TINY_WORK) data.tiny.threads=$(TINY_THREADS) \
+	data.tiny.eval=$(TINY_EVAL)
 tiny-model: $(VENV)/.installed
 	$(TINY_TRAIN) data.tiny.phase=align train.output_dir=$(TINY_WORK)/runs/align
 	$(TINY_TRAIN) data.tiny.phase=images model.init=$(TINY_WORK)/runs/align/final train.output_dir=$(TINY_WORK)/runs/images
@@ -101,7 +105,8 @@ tiny-model: $(VENV)/.installed
 	$(TINY_TRAIN) data.tiny.phase=long1200 model.init=$(TINY_WORK)/runs/long300/final train.output_dir=$(TINY_WORK)/runs/long1200
 	$(TINY_TRAIN) data.tiny.phase=polish model.init=$(TINY_WORK)/runs/long1200/final train.output_dir=$(TINY_WORK)/runs/polish
 	$(TINY_TRAIN) data.tiny.phase=clips model.init=$(TINY_WORK)/runs/polish/final train.output_dir=$(TINY_WORK)/runs/clips
-	$(TINY_TRAIN) data.tiny.phase=long1200b model.init=$(TINY_WORK)/runs/clips/final train.output_dir=$(TINY_WORK)/runs/long1200b data.tiny.export=$(TINY_OUT)
+	$(TINY_TRAIN) data.tiny.phase=long1200b model.init=$(TINY_WORK)/runs/clips/final train.output_dir=$(TINY_WORK)/runs/long1200b
+	$(TINY_TRAIN) data.tiny.phase=fresh model.init=$(TINY_WORK)/runs/long1200b/final train.output_dir=$(TINY_WORK)/runs/fresh data.tiny.export=$(TINY_OUT)
 
 eval-tiny: $(VENV)/.installed
 	$(VENV)/bin/llamavid eval-synth src/llamavid/assets/tiny-llamavid -n 280 --sets image_qa,video_qa,text_qa,long_qa

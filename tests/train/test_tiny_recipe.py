@@ -133,6 +133,7 @@ def test_datasets_take_generate_items_options_but_never_the_sealed_seed_or_held_
         f"a: {{split: train, kind: image_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.1']}}}": "sealed v5.1 test seed",
         f"a: {{split: train, kind: video_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.2']}}}": "sealed v5.2 test seed",
         f"a: {{split: train, kind: text_copy, n: 8, seed: {SEALED_TEST_SEEDS['v5.3']}}}": "sealed v5.3 test seed",
+        f"a: {{split: train, kind: video_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.4']}}}": "sealed v5.4 test seed",
         "a: {split: train, kind: image_qa, n: 8, phrasing: posh}": "phrasing='posh' is unknown",
         "a: {split: train, kind: image_qa, n: 8, colour_spelling: us}": r"found \['colour_spelling'",
     }
@@ -235,7 +236,35 @@ def test_v5_3_is_v5_1_without_the_successor_stand_in():
         assert sum(new.mixture.values()) == pytest.approx(1.0), new.name
 
 
-def test_the_makefile_lists_one_train_call_per_phase_of_v5_3_and_smoke():
+def test_v5_4_is_v5_3_then_a_phase_on_new_short_clips():
+    """tiny/v5.4 extends v5.3: its twelve phases unchanged, then `fresh`: 300 steps at a low learning rate whose
+    clip share is half new 5-16-frame clips (`video_qa_short`, a seed no other training set uses), so the last
+    phase shows clips the curriculum has not read ten times over."""
+    v53, v54 = load_curriculum(V4.with_name("v5.3.yaml")), load_curriculum(V4.with_name("v5.4.yaml"))
+    assert v54.phases[:-1] == v53.phases
+    assert (v54.subsets, v54.stage0, v54.tokenizers, v54.evals) == (
+        v53.subsets,
+        v53.stage0,
+        v53.tokenizers,
+        v53.evals,
+    )
+    new_sets = {name: spec for name, spec in v54.datasets.items() if name not in v53.datasets}
+    assert set(new_sets) == {"video_qa_short"} and {k: v54.datasets[k] for k in v53.datasets} == v53.datasets
+    split, kind, _, seed, _ = new_sets["video_qa_short"]  # (split, kind, items, seed, long-video frames)
+    assert (split, kind, v54.dataset_options["video_qa_short"]["clip_frames"]) == (
+        "train",
+        "video_qa",
+        (5, 16),
+    )
+    assert seed not in {spec[3] for spec in v53.datasets.values() if spec[0] == "train"}
+    last = v54.phases[-1]
+    assert (last.name, last.steps, last.lr) == ("fresh", 300, 1e-4)
+    assert last.mixture["video_qa_short"] == last.mixture["video_qa"] == 0.3
+    assert sum(last.mixture.values()) == pytest.approx(1.0)
+    assert last.losses == v53.phases[-1].losses
+
+
+def test_the_makefile_lists_one_train_call_per_phase_of_v5_4_and_smoke():
     """`make tiny-model` is the list of `llamavid train` calls: one per phase, in order, each from the previous
     phase's final/ folder, the last one exporting the model; the smoke curriculum has the same phase names."""
     import re
@@ -244,11 +273,11 @@ def test_the_makefile_lists_one_train_call_per_phase_of_v5_3_and_smoke():
     recipe = makefile.split("\ntiny-model:", 1)[1].split("\n\n", 1)[0]
     calls = re.findall(r"data\.tiny\.phase=(\w+)(?: model\.init=\$\(TINY_WORK\)/runs/(\w+)/final)?", recipe)
     names = [name for name, _ in calls]
-    assert names == [p.name for p in load_curriculum(V4.with_name("v5.3.yaml")).phases]
+    assert names == [p.name for p in load_curriculum(V4.with_name("v5.4.yaml")).phases]
     assert names == [p.name for p in load_curriculum(V4.with_name("smoke.yaml")).phases]
     assert [init for _, init in calls] == ["", *names[:-1]]
     assert recipe.strip().splitlines()[-1].endswith("data.tiny.export=$(TINY_OUT)")
-    assert "TINY_CURRICULUM ?= tiny/v5.3\n" in makefile
+    assert "TINY_CURRICULUM ?= tiny/v5.4\n" in makefile
 
 
 def test_a_curriculum_extends_another_by_name(tmp_path: Path) -> None:
