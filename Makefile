@@ -79,7 +79,7 @@ screenshots: $(VENV)/.installed
 # Retrain the committed tiny LLaMA-VID from scratch (docs/tiny-model.md): one `llamavid train` call per phase of the
 # curriculum, each starting from the previous phase's final/ folder. The first call builds stage 0, the tokenizers
 # and the feature caches under TINY_WORK. Resumable: rerun to continue a killed phase; finished phases are skipped.
-# tiny/v5.4 (v5.3's twelve phases, then `fresh` on new short clips): ~120 min on 2 idle cores (docs/tiny-model.md,
+# tiny/v5.4 (v5.3's twelve phases, then `fresh` on new short clips): ~117 min on 2 idle cores (docs/tiny-model.md,
 # "v5.4 on the sealed seed"). tiny/v5.3 and v5.1 are the first twelve calls, exporting after `long1200b`
 # (data.tiny.export=DIR); tiny/v5.2 has `digits` as its 13th call instead of `fresh`.
 # Try the whole list in ~5 minutes with the shortened curriculum:
