@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F  # noqa: N812
 
 from llamavid.model.image_processing_llamavid import LlamaVidImageProcessor
 from llamavid.synth import pretraining_batch
-from llamavid.train.stage0_vision import Stage0Heads, batch_targets, normalise, stage0_loss
+from llamavid.train.stage0_vision import Stage0Heads, batch_targets, normalise, stage0_loss, to_grey
 
 ASSET = Path(__file__).resolve().parents[2] / "src" / "llamavid" / "assets" / "tiny-llamavid"
 
@@ -78,6 +80,60 @@ def test_stage0_patch_targets_follow_the_cells() -> None:
         assert torch.equal(targets["patch_shape"][:, patch], shape[:, cell])
     loss = stage0_loss(Stage0Heads(32, 4, patch_targets=True)(torch.randn(4, 65, 32)), targets)
     assert torch.isfinite(loss)
+
+
+def test_grey_frames_lose_their_colours_and_only_their_colour_targets() -> None:
+    images, labels = pretraining_batch("train", 0, 0, 4, size=64)
+    targets = batch_targets(labels, num_patches=64)
+    before = {name: value.clone() for name, value in targets.items()}
+    grey = to_grey(images, targets, 2)
+    assert (grey[:2, ..., 0] == grey[:2, ..., 1]).all() and (grey[:2, ..., 1] == grey[:2, ..., 2]).all()
+    assert not (images[:2, ..., 0] == images[:2, ..., 1]).all()  # the source frames were in colour
+    np.testing.assert_array_equal(grey[2:], images[2:])
+    for name, value in targets.items():
+        if name in ("colour", "patch_colour", "background", "colours_present"):
+            assert (value[:2] == -1).all() and torch.equal(value[2:], before[name][2:])
+        else:
+            assert torch.equal(value, before[name])
+    # The left-out targets carry no gradient; the others do.
+    heads = Stage0Heads(32, 4, patch_targets=True)
+    features = torch.randn(4, 65, 32, requires_grad=True)
+    logits = heads(features)
+    for name in logits:
+        logits[name].retain_grad()
+    stage0_loss(logits, targets).backward()
+    for name in ("colour", "patch_colour", "background", "colours_present"):
+        assert logits[name].grad[:2].abs().sum() == 0 and logits[name].grad[2:].abs().sum() > 0
+    assert logits["shape"].grad[:2].abs().sum() > 0
+    # Without grey frames the loss is the plain mean it always was (the committed towers' loss).
+    plain = batch_targets(labels, num_patches=64)
+    expected = sum(
+        F.binary_cross_entropy_with_logits(logits[name], plain[name])
+        if name in ("occupancy", "shapes_present", "colours_present")
+        else F.cross_entropy(logits[name].flatten(0, -2), plain[name].flatten(), ignore_index=-1)
+        for name in logits
+    )
+    assert torch.equal(stage0_loss(logits, plain), expected)
+
+
+def test_a_stage0_saved_before_grey_share_is_still_recognised_as_done(tmp_path: Path) -> None:
+    import json
+
+    from llamavid.train.stage0_vision import Stage0Settings, train_stage0
+
+    small = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64, "eval_frames": 8}
+    first = train_stage0(Stage0Settings(steps=2, batch_size=4, grey_share=0.5, **small), tmp_path / "grey")
+    assert first["settings"]["grey_share"] == 0.5
+    done = train_stage0(Stage0Settings(steps=2, batch_size=4, **small), tmp_path / "plain")
+    metrics = tmp_path / "plain" / "stage0_metrics.json"
+    older = json.loads(metrics.read_text())
+    del older["settings"]["grey_share"]  # what a tower trained before the setting existed saved
+    metrics.write_text(json.dumps(older))
+    assert train_stage0(Stage0Settings(steps=2, batch_size=4, **small), tmp_path / "plain") == older
+    again = train_stage0(Stage0Settings(steps=2, batch_size=4, grey_share=0.25, **small), tmp_path / "plain")
+    assert again["settings"]["grey_share"] == 0.25 and again != done  # other settings: trained again
+    with pytest.raises(ValueError, match="grey_share must be within 0..1"):
+        Stage0Settings(grey_share=1.5)
 
 
 def test_needle_targets_mark_only_the_needle_frame() -> None:

@@ -22,6 +22,7 @@ def test_v4_yaml_states_exactly_the_curriculum_that_trained_v4():
     assert {name: list(row) for name, row in recipe.datasets.items()} == V4_RECORD["datasets"]
     assert list(recipe.evals) == V4_RECORD["evals"]
     stage0 = asdict(Stage0Settings(**recipe.stage0))
+    assert stage0.pop("grey_share") == 0.0  # a setting added after v4 (v5.5 experiments), off
     assert json.loads(json.dumps(stage0)) == V4_RECORD["stage0"]
     # Field by field, as the old loop recorded them.
     for phase, old in zip(recipe.phases, V4_RECORD["phases"], strict=True):
@@ -94,6 +95,7 @@ def test_bad_recipes_name_the_file_and_phase(tmp_path):
         ),
         "tokenizers: {llm: sentencepiece}\n": r"tokenizers.llm='sentencepiece': expected llm in",
         "tokenizers: {vision: bert}\n": r"tokenizers.vision='bert'",
+        "stage0: {grey_share: 2}\n": r"stage0: stage0 grey_share must be within 0..1, found 2",
     }
     for index, (text, message) in enumerate(cases.items()):
         path = tmp_path / f"r{index}.yaml"

@@ -271,6 +271,10 @@ def load_curriculum(path: str | Path) -> Curriculum:
     bad = sorted(set(stage0) - {f.name for f in dataclasses.fields(Stage0Settings)})
     if bad:
         raise InvalidInputError(f"{path}: stage0: unknown Stage0Settings field(s) {bad}.")
+    try:
+        Stage0Settings(**stage0)
+    except InvalidInputError as error:
+        raise InvalidInputError(f"{path}: stage0: {error}") from None
     tokenizers = dict(DEFAULT_TOKENIZERS, **(config.get("tokenizers") or {}))
     for part, choice in tokenizers.items():
         if part not in TOKENIZER_CHOICES or choice not in TOKENIZER_CHOICES[part]:

@@ -18,7 +18,12 @@ The findings (``shared/tiny-model-findings.md``) drive the targets:
   a lone patch decoded its quadrant at chance (0.29 vs 0.25), so an instruction-guided context token, a
   softmax-weighted mix of patches, could find "the red star" but not say *where* it is. With the targets, a
   context token that attends to one object carries that object's cell, and the mean of the patches (a video
-  frame's content token) carries the sum of the occupied cells' codes.
+  frame's content token) carries the sum of the occupied cells' codes;
+* with ``grey_share`` > 0, that share of every batch is shown in grey levels (luminance only) with the colour
+  targets (cell and patch colour, colours present, background) left out, so shape and size must also be read
+  without colour. Why: the train split never renders some (shape, colour) pairs (``HELDOUT_PAIRS``), and a shape
+  reader fitted on colour features learns "purple objects are never circles"; grey frames show every shape at
+  every brightness without showing any colour with it (``docs/tiny-model.md``, "After v5.4").
 
 Inputs are normalised exactly as :class:`~llamavid.model.image_processing_llamavid.LlamaVidImageProcessor`
 does for a square frame of the tower's size (no resize), so the frozen tower sees the same pixels at inference.
@@ -41,6 +46,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers.models.instructblip.configuration_instructblip import InstructBlipVisionConfig
 
+from llamavid.errors import InvalidInputError
 from llamavid.model.image_processing_llamavid import CLIP_MEAN, CLIP_STD
 from llamavid.model.modeling_llamavid import LlamaVidVisionTower
 from llamavid.synth import pretraining_batch
@@ -73,6 +79,11 @@ class Stage0Settings:
     eval_frames: int = 2000
     threads: int = 1  # measured: 2 threads are ~8x slower than 1 when other jobs share the 2 cores
     patch_targets: bool = False  # per-patch cell/shape/colour targets (see the module docstring)
+    grey_share: float = 0.0  # share of each batch in grey levels, without colour targets (module docstring)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.grey_share <= 1.0:
+            raise InvalidInputError(f"stage0 grey_share must be within 0..1, found {self.grey_share!r}.")
 
 
 def tiny_vision_config(settings: Stage0Settings) -> InstructBlipVisionConfig:
@@ -194,10 +205,34 @@ def batch_targets(labels: dict[str, np.ndarray], num_patches: int | None = None)
 _MULTI_LABEL = ("occupancy", "shapes_present", "colours_present")
 
 
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601
+
+
+def to_grey(images: np.ndarray, targets: dict[str, Tensor], count: int) -> np.ndarray:
+    """Show the first ``count`` frames in grey levels and leave out their colour targets (-1: ignored)."""
+    if count <= 0:
+        return images
+    images = images.copy()
+    luma = np.rint(images[:count].astype(np.float32) @ _LUMA).clip(0, 255).astype(np.uint8)
+    images[:count] = luma[..., None]
+    for name in ("colour", "patch_colour", "background", "colours_present"):
+        if name in targets:
+            targets[name] = targets[name].clone()  # may share memory with the caller's labels
+            targets[name][:count] = -1
+    return images
+
+
 def stage0_loss(logits: dict[str, Tensor], targets: dict[str, Tensor]) -> Tensor:
+    """Sum of the heads' losses; a target of -1 (a grey frame's colours, :func:`to_grey`) is left out."""
     total = logits["shape"].new_zeros(())
     for name, value in logits.items():
-        if name in _MULTI_LABEL:
+        if name in _MULTI_LABEL and bool((targets[name] < 0).any()):
+            weight = (targets[name] >= 0).to(value.dtype)
+            loss = F.binary_cross_entropy_with_logits(
+                value, targets[name].clamp_min(0), weight, reduction="sum"
+            )
+            total = total + loss / weight.sum().clamp_min(1.0)
+        elif name in _MULTI_LABEL:
             total = total + F.binary_cross_entropy_with_logits(value, targets[name])
         else:
             total = total + F.cross_entropy(value.flatten(0, -2), targets[name].flatten(), ignore_index=-1)
@@ -284,7 +319,8 @@ def train_stage0(settings: Stage0Settings, out_dir: str | Path) -> dict[str, Any
     metrics_path = out_dir / METRICS
     if metrics_path.is_file() and (out_dir / TOWER_WEIGHTS).is_file():
         saved = json.loads(metrics_path.read_text())
-        if saved.get("settings") == asdict(settings):
+        # A setting added later (with a default that changes nothing) is absent from older metrics.
+        if {**asdict(Stage0Settings()), **saved.get("settings", {})} == asdict(settings):
             logger.info("stage 0 already done in %s; skipping", out_dir)
             return saved
     torch.manual_seed(settings.seed)
@@ -318,9 +354,11 @@ def train_stage0(settings: Stage0Settings, out_dir: str | Path) -> dict[str, Any
             settings.image_size,
             settings.grid,
         )
+        num_patches = (settings.image_size // settings.patch_size) ** 2 if settings.patch_targets else None
+        targets = batch_targets(labels, num_patches)
+        images = to_grey(images, targets, round(settings.grey_share * settings.batch_size))
         features = tower(normalise(images))
-        num_patches = features.shape[1] - 1 if settings.patch_targets else None
-        loss = stage0_loss(heads(features), batch_targets(labels, num_patches))
+        loss = stage0_loss(heads(features), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
