@@ -226,6 +226,8 @@ def stage0_loss(logits: dict[str, Tensor], targets: dict[str, Tensor]) -> Tensor
     """Sum of the heads' losses; a target of -1 (a grey frame's colours, :func:`to_grey`) is left out."""
     total = logits["shape"].new_zeros(())
     for name, value in logits.items():
+        # Masked only when a target is left out: the plain mean below keeps the committed towers' loss bit for bit
+        # (a weighted sum divided by the count rounds differently).
         if name in _MULTI_LABEL and bool((targets[name] < 0).any()):
             weight = (targets[name] >= 0).to(value.dtype)
             loss = F.binary_cross_entropy_with_logits(
