@@ -136,6 +136,18 @@ def test_a_stage0_saved_before_grey_share_is_still_recognised_as_done(tmp_path: 
         Stage0Settings(grey_share=1.5)
 
 
+def test_a_stage0_tower_is_reused_whatever_thread_count_trained_it(tmp_path: Path) -> None:
+    from llamavid.train.stage0_vision import Stage0Settings, train_stage0
+
+    small = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64, "eval_frames": 8}
+    first = train_stage0(Stage0Settings(steps=2, batch_size=4, threads=1, **small), tmp_path)
+    weights = (tmp_path / "vision_tower.safetensors").read_bytes()
+    assert train_stage0(Stage0Settings(steps=2, batch_size=4, threads=2, **small), tmp_path) == first
+    assert (tmp_path / "vision_tower.safetensors").read_bytes() == weights
+    again = train_stage0(Stage0Settings(steps=3, batch_size=4, threads=2, **small), tmp_path)
+    assert again["settings"]["steps"] == 3  # another recipe: trained again
+
+
 def test_needle_targets_mark_only_the_needle_frame() -> None:
     from llamavid.synth import generate_items
     from llamavid.synth.episodes import NEEDLE_COLOURS

@@ -321,8 +321,10 @@ def train_stage0(settings: Stage0Settings, out_dir: str | Path) -> dict[str, Any
     metrics_path = out_dir / METRICS
     if metrics_path.is_file() and (out_dir / TOWER_WEIGHTS).is_file():
         saved = json.loads(metrics_path.read_text())
-        # A setting added later (with a default that changes nothing) is absent from older metrics.
-        if {**asdict(Stage0Settings()), **saved.get("settings", {})} == asdict(settings):
+        # A setting added later (with a default that changes nothing) is absent from older metrics. The thread
+        # count changes only the order of float sums, not the recipe: a tower trained with another is reused.
+        recipe = {**asdict(Stage0Settings()), **saved.get("settings", {}), "threads": settings.threads}
+        if recipe == asdict(settings):
             logger.info("stage 0 already done in %s; skipping", out_dir)
             return saved
     torch.manual_seed(settings.seed)
