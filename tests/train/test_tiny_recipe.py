@@ -136,6 +136,7 @@ def test_datasets_take_generate_items_options_but_never_the_sealed_seed_or_held_
         f"a: {{split: train, kind: video_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.2']}}}": "sealed v5.2 test seed",
         f"a: {{split: train, kind: text_copy, n: 8, seed: {SEALED_TEST_SEEDS['v5.3']}}}": "sealed v5.3 test seed",
         f"a: {{split: train, kind: video_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.4']}}}": "sealed v5.4 test seed",
+        f"a: {{split: train, kind: image_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.5']}}}": "sealed v5.5 test seed",
         "a: {split: train, kind: image_qa, n: 8, phrasing: posh}": "phrasing='posh' is unknown",
         "a: {split: train, kind: image_qa, n: 8, colour_spelling: us}": r"found \['colour_spelling'",
     }
