@@ -267,6 +267,19 @@ def test_v5_4_is_v5_3_then_a_phase_on_new_short_clips():
     assert last.losses == v53.phases[-1].losses
 
 
+def test_v5_5_is_v5_4_on_a_stage0_tower_with_grey_frames():
+    """tiny/v5.5 changes one thing: half of every stage-0 batch in grey (no colour targets); the rest is v5.4."""
+    v54, v55 = load_curriculum(V4.with_name("v5.4.yaml")), load_curriculum(V4.with_name("v5.5.yaml"))
+    assert (v55.phases, v55.datasets, v55.subsets, v55.tokenizers, v55.evals) == (
+        v54.phases,
+        v54.datasets,
+        v54.subsets,
+        v54.tokenizers,
+        v54.evals,
+    )
+    assert v55.stage0 == {**v54.stage0, "grey_share": 0.5} and "grey_share" not in v54.stage0
+
+
 def test_the_makefile_lists_one_train_call_per_phase_of_v5_4_and_smoke():
     """`make tiny-model` is the list of `llamavid train` calls: one per phase, in order, each from the previous
     phase's final/ folder, the last one exporting the model; the smoke curriculum has the same phase names."""
