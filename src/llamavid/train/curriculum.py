@@ -24,7 +24,7 @@ SEALED_TEST_SEEDS = {
     "v5.2": 1904615733,
     "v5.3": 760503152,
     "v5.4": 593098119,
-    "v5.5": 399356114,  # drawn for the v5.5 plan; unused while v5.4 is the committed model
+    "v5.5": 399356114,  # the v5.5 plan's; unused (v5.5 failed its dev commit rule)
 }
 """Each tiny model's sealed test seed (docs/tiny-model.md, "v5 plan" ... "v5.5 plan"): reserved for
 that model's one final score; a curriculum that names any of them as a data seed is refused, and ``llamavid
