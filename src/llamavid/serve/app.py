@@ -523,8 +523,10 @@ class MediaResolver:
 class APIKeyMiddleware:
     """Answer 401 to a request without the API key before anything else happens (pure ASGI, outermost).
 
-    Nothing of an unauthenticated request is read: not its body (which the body limit would otherwise buffer),
-    not its JSON. The 401 closes the connection rather than draining what the client is still sending. Every
+    Nothing of an unauthenticated request is kept or parsed: not its body (which the body limit would otherwise
+    buffer), not its JSON. What the client is still uploading is read and dropped for at most `DISCARD_SECONDS`
+    (memory stays flat) before the 401 and a closed connection: closing on an unread upload makes the kernel
+    reset the connection, and the reset can destroy the 401 before the client reads it. Every
     path but ``/health`` needs the key. The scheme is case-insensitive (``bearer`` works, as in RFC 9110) and the
     key is compared in constant time.
     """
@@ -547,10 +549,12 @@ class APIKeyMiddleware:
         refused = APIError(
             401, "missing or wrong API key; send 'Authorization: Bearer <key>'.", kind="authentication_error"
         )
+        if scope["method"] in ("POST", "PUT", "PATCH"):
+            await _discard_body(receive)
         await refused.response({"Connection": "close", "WWW-Authenticate": "Bearer"})(scope, receive, send)
 
 
-# How long a refused upload is read and thrown away before the 413 is sent (see `_discard_body`).
+# How long a refused upload is read and thrown away before the 413 or 401 is sent (see `_discard_body`).
 DISCARD_SECONDS = 5.0
 
 
