@@ -549,8 +549,7 @@ class APIKeyMiddleware:
         refused = APIError(
             401, "missing or wrong API key; send 'Authorization: Bearer <key>'.", kind="authentication_error"
         )
-        if scope["method"] in ("POST", "PUT", "PATCH"):
-            await _discard_body(receive)
+        await _discard_body(receive)  # returns at once for a request without a body
         await refused.response({"Connection": "close", "WWW-Authenticate": "Bearer"})(scope, receive, send)
 
 
