@@ -3,14 +3,26 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from llamavid.errors import InvalidInputError
 from llamavid.synth.images import (
     IMAGE_QUESTION_TYPES,
+    PLACE_QUESTION_TYPES,
     describe_image,
     make_image_caption,
     make_image_question,
+    make_place_question,
 )
 from llamavid.synth.render import frame_labels, quadrant_of, render_frame
-from llamavid.synth.world import BACKGROUNDS, COLOUR_RGB, COLOURS, QUADRANTS, SHAPES, SIZES, WORDS
+from llamavid.synth.world import (
+    BACKGROUNDS,
+    COLOUR_RGB,
+    COLOURS,
+    QUADRANTS,
+    SHAPES,
+    SIZES,
+    WORDS,
+    pair_allowed,
+)
 
 
 def _mentioned(question: str, vocabulary: tuple[str, ...]) -> str | None:
@@ -81,3 +93,29 @@ def test_rejects_unknown_type_and_split():
         make_image_question(np.random.default_rng(0), "train", "image_mood", "x")
     with pytest.raises(ValueError, match="split"):
         make_image_question(np.random.default_rng(0), "test", "image_colour", "x")
+
+
+@pytest.mark.parametrize("question_type", list(PLACE_QUESTION_TYPES))
+def test_place_questions_single_out_the_only_object_in_the_quadrant(question_type):
+    for index in range(60):
+        split = "train" if index % 2 else "heldout"
+        item = make_place_question(np.random.default_rng(index), split, question_type, f"p{index}")
+        assert item.question_type == question_type and item.meta["asks_by"] == "place"
+        assert item.answer in item.answer_options == IMAGE_QUESTION_TYPES[question_type]
+        assert _mentioned(item.question, COLOURS) is None and _mentioned(item.question, SHAPES) is None
+        quadrant = next(q for q in QUADRANTS if q in item.question)
+        inside = [o for o in item.media.objects if quadrant_of(o) == QUADRANTS.index(quadrant)]
+        assert len(inside) == 1 and 2 <= len(item.media.objects) <= 4
+        labels = frame_labels(item.media)
+        row, col = inside[0].cell(4)
+        if question_type == "image_shape":
+            assert labels.shape[row, col] == SHAPES.index(item.answer) + 1
+        else:
+            assert labels.size[row, col] == SIZES.index(item.answer) + 1
+        if split == "train":  # never a held-out (shape, colour) pair
+            assert all(pair_allowed("train", o.shape, o.colour) for o in item.media.objects)
+
+
+def test_place_questions_refuse_other_types():
+    with pytest.raises(InvalidInputError, match="cannot be asked by place"):
+        make_place_question(np.random.default_rng(0), "train", "image_colour", "x")

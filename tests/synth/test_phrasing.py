@@ -16,6 +16,7 @@ from llamavid.synth.phrasing import (
     canonical_templates,
     heldout_templates,
     phrasing_question_types,
+    place_template_keys,
     read_slots,
     train_templates,
 )
@@ -80,6 +81,24 @@ def test_every_exact_answer_type_has_disjoint_train_and_heldout_templates():
         assert len(train) >= 6 and len(heldout) >= 2, question_type
         assert not {_normal(t) for t in train} & {_normal(t) for t in heldout}, question_type
         assert len(set(train)) == len(train) and len(set(heldout)) == len(heldout)
+
+
+def test_place_questions_have_their_own_train_and_heldout_templates():
+    assert not set(place_template_keys()) & set(QUESTION_TYPES)
+    for key in place_template_keys():
+        train, heldout = train_templates(key), heldout_templates(key)
+        assert len(train) >= 6 and len(heldout) >= 2
+        assert not {_normal(t) for t in train} & {_normal(t) for t in heldout}
+        assert all("{place}" in t and "{colour}" not in t and "{shape}" not in t for t in train + heldout)
+    base = generate_items("train", 40, seed=3, kind="image_place")
+    assert {item.question_type for item in base} == {"image_shape", "image_size"}
+    for phrasing in ("varied", "heldout_templates"):
+        items = generate_items("train", 40, seed=3, kind="image_place", phrasing=phrasing)
+        for old, new in zip(base, items, strict=True):
+            assert (old.answer, old.media) == (new.answer, new.media)
+            pool = train_templates if phrasing == "varied" else heldout_templates
+            assert new.meta["template"] in pool(f"{new.question_type}_by_place")
+            assert read_slots(f"{old.question_type}_by_place", old.question)["place"] in QUADRANTS
 
 
 def test_canonical_questions_read_back_their_slots():

@@ -50,7 +50,8 @@ puts earlier questions about the same image or clip before an item's own (:mod:`
 always the short canonical answer. :mod:`llamavid.synth.tokenizers` builds the tokenizers from this world's text.
 
 Kinds (:data:`~llamavid.synth.dataset.KINDS`): ``image_caption``, ``video_caption``, ``image_qa``, ``video_qa``,
-``text_qa``, ``long_qa``, and the stage mixtures ``stage1`` (captions), ``stage2`` (image/video/text QA 5:4:1)
+``text_qa``, ``long_qa``, ``image_place`` (image shape and size asked by the object's quadrant, a training
+stream), and the stage mixtures ``stage1`` (captions), ``stage2`` (image/video/text QA 5:4:1)
 and ``stage3`` (long-video QA + a free-form summary per episode).
 
 Question types (:data:`QUESTION_TYPES` maps each to its answer options; answers are drawn uniformly first and

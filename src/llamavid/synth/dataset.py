@@ -34,7 +34,13 @@ from llamavid.synth.episodes import (
     episode_questions,
     make_episode,
 )
-from llamavid.synth.images import IMAGE_QUESTION_TYPES, make_image_caption, make_image_question
+from llamavid.synth.images import (
+    IMAGE_QUESTION_TYPES,
+    PLACE_QUESTION_TYPES,
+    make_image_caption,
+    make_image_question,
+    make_place_question,
+)
 from llamavid.synth.phrasing import check_phrasing, rephrase
 from llamavid.synth.render import (
     DEFAULT_FRAME_SIZE,
@@ -54,6 +60,7 @@ KINDS: tuple[str, ...] = (
     "image_caption",
     "video_caption",
     "image_qa",
+    "image_place",
     "video_qa",
     "text_qa",
     "text_copy",
@@ -63,7 +70,8 @@ KINDS: tuple[str, ...] = (
     "stage3",
 )
 """Dataset kinds. ``stage1`` = image and video captions (alternating); ``stage2`` = image QA, video QA and
-text-only QA (5 : 4 : 1); ``stage3`` = long-video QA plus one free-form summary per episode."""
+text-only QA (5 : 4 : 1); ``stage3`` = long-video QA plus one free-form summary per episode. ``image_place``
+(a training stream) asks shape and size of the object in a named quadrant instead of naming its colour."""
 
 VIDEO_FORMATS: tuple[str, ...] = ("npz", "mp4", "mkv")
 """``npz``: exact uint8 frames (``frames`` (T, H, W, 3) and ``timestamps`` (T,)); ``mp4``: H.264 yuv420p, lossy
@@ -160,6 +168,9 @@ def generate_items(
         if sub_kind == "image_qa":
             types = list(IMAGE_QUESTION_TYPES)
             item = make_image_question(rng, split, types[index % len(types)], item_id, grid)
+        elif sub_kind == "image_place":
+            types = list(PLACE_QUESTION_TYPES)
+            item = make_place_question(rng, split, types[index % len(types)], item_id, grid)
         elif sub_kind == "image_caption":
             item = make_image_caption(rng, split, item_id, grid)
         elif sub_kind == "video_qa":
@@ -185,9 +196,8 @@ def generate_items(
 
 def _reword(item: QAItem, phrasing: str, rng: np.random.Generator) -> None:
     """Replace a canonical question by its ``phrasing`` wording; the template goes to ``meta["template"]``."""
-    item.question, template = rephrase(
-        item.question_type, item.question, phrasing, rng, media_slots(item.media)
-    )
+    key = f"{item.question_type}_by_place" if item.meta.get("asks_by") == "place" else item.question_type
+    item.question, template = rephrase(key, item.question, phrasing, rng, media_slots(item.media))
     item.meta.update(phrasing=phrasing, template=template)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from llamavid.errors import LlamaVidRuntimeError
+from llamavid.errors import InvalidInputError, LlamaVidRuntimeError
 from llamavid.synth._common import (
     QAItem,
     choose,
@@ -162,6 +162,59 @@ def make_image_question(
         answer_options=list(options),
         media=spec,
         meta={"heldout_combo": bool(heldout)},
+    )
+
+
+PLACE_QUESTION_TYPES: tuple[str, ...] = ("image_shape", "image_size")
+"""Question types :func:`make_place_question` asks (a train-time stream; see ``generate_items(kind="image_place")``)."""
+
+
+def make_place_question(
+    rng: np.random.Generator, split: str, question_type: str, item_id: str, grid: int = DEFAULT_GRID
+) -> QAItem:
+    """An ``image_shape`` or ``image_size`` question that names the object by its quadrant, not its colour.
+
+    "What shape is the object in the top left?": the target is the only object in its quadrant (1-3 distractors
+    fill the other three), so the answer is read from the object's pixels without a colour to key it on. The
+    answer and its options are those of ``question_type``; ``meta["asks_by"]`` is ``"place"``.
+
+    Raises:
+        ValueError: on a question type outside :data:`PLACE_QUESTION_TYPES` or an unknown split.
+    """
+    if question_type not in PLACE_QUESTION_TYPES:
+        raise InvalidInputError(
+            f"question_type={question_type!r} cannot be asked by place; expected one of {PLACE_QUESTION_TYPES}."
+        )
+    options, answer = draw_answer(rng, split, question_type, IMAGE_QUESTION_TYPES)
+    if question_type == "image_shape":
+        shape, colour, heldout = pick_target(rng, split, shape=answer)
+        size = int(rng.integers(len(SIZES)))
+    else:
+        shape, colour, heldout = pick_target(rng, split)
+        size = SIZES.index(answer)
+    distractors = pick_distractors(rng, int(rng.integers(1, 4)), {shape}, {colour})
+    quadrant = int(rng.integers(len(QUADRANTS)))
+    half = grid // 2
+    cells = [(r, c) for r in range(grid) for c in range(grid)]
+    inside = [cell for cell in cells if (cell[0] >= half) * 2 + (cell[1] >= half) == quadrant]
+    outside = [cell for cell in cells if cell not in inside]
+    target_cell = inside[int(rng.integers(len(inside)))]
+    others = [outside[int(i)] for i in rng.permutation(len(outside))[: len(distractors)]]
+    sizes = [size] + [int(rng.integers(len(SIZES))) for _ in distractors]
+    objects = _place(rng, [(shape, colour), *distractors], [target_cell, *others], sizes)
+    if quadrant_of(objects[0], grid) != quadrant:
+        raise LlamaVidRuntimeError("internal error: target placed outside the requested quadrant")
+    order = rng.permutation(len(objects))
+    spec = FrameSpec(background=choose(rng, BACKGROUNDS), objects=tuple(objects[i] for i in order))
+    noun = "shape" if question_type == "image_shape" else "size"
+    return QAItem(
+        id=item_id,
+        question=f"What {noun} is the object in the {QUADRANTS[quadrant]}?",
+        answer=answer,
+        question_type=question_type,
+        answer_options=list(options),
+        media=spec,
+        meta={"heldout_combo": bool(heldout), "asks_by": "place"},
     )
 
 

@@ -448,6 +448,46 @@ _TEMPLATES: dict[str, _Templates] = {
     },
 }
 
+# Train-only questions that name an object by its place instead of its colour or shape (``generate_items(kind=
+# "image_place")``): their answers are those of ``image_shape`` and ``image_size``, so they share those types'
+# options and scoring, but a reader can only answer them by reading the object's shape or size from the frame
+# (see docs/tiny-model.md, "After v5.4"). Keyed ``<question type>_by_place``; not question types themselves.
+_PLACE_TEMPLATES: dict[str, _Templates] = {
+    "image_shape_by_place": {
+        "canonical": ("What shape is the object in the {place}?",),
+        "train": (
+            "What shape is in the {place}?",
+            "Which shape is in the {place}?",
+            "What is the shape of the object in the {place}?",
+            "The object in the {place} is which shape?",
+            "Tell me the shape of the thing in the {place}.",
+            "{place} object shape?",
+            "What shape do you see in the {place}?",
+            "In the {place}, what shape is the object?",
+        ),
+        "heldout": (
+            "The object in the {place} has what shape?",
+            "What is the {place} object's shape?",
+        ),
+    },
+    "image_size_by_place": {
+        "canonical": ("What size is the object in the {place}?",),
+        "train": (
+            "How big is the object in the {place}?",
+            "How large is the thing in the {place}?",
+            "What is the size of the object in the {place}?",
+            "The object in the {place} is what size?",
+            "In the {place}, how big is the object?",
+            "{place} object size?",
+            "Tell me how big the object in the {place} is.",
+        ),
+        "heldout": (
+            "The object in the {place} has which size?",
+            "Tell me the size of the {place} object.",
+        ),
+    },
+}
+
 # Wrappers that fit any direct question ("varied" only).
 _POLITE_PREFIXES: tuple[str, ...] = (
     "Please tell me: ",
@@ -489,12 +529,22 @@ def phrasing_question_types() -> tuple[str, ...]:
     return tuple(_TEMPLATES)
 
 
+def place_template_keys() -> tuple[str, ...]:
+    """Template keys of the questions that name an object by its place (``"image_shape_by_place"``, ...).
+
+    Every function here that takes a question type also takes one of these.
+    """
+    return tuple(_PLACE_TEMPLATES)
+
+
 def _check(question_type: str) -> _Templates:
-    if question_type not in _TEMPLATES:
+    templates = _TEMPLATES.get(question_type) or _PLACE_TEMPLATES.get(question_type)
+    if templates is None:
         raise InvalidInputError(
-            f"question_type={question_type!r} has no phrasing templates; expected one of {list(_TEMPLATES)}."
+            f"question_type={question_type!r} has no phrasing templates; expected one of "
+            f"{list(_TEMPLATES) + list(_PLACE_TEMPLATES)}."
         )
-    return _TEMPLATES[question_type]
+    return templates
 
 
 def canonical_templates(question_type: str) -> tuple[str, ...]:
@@ -659,6 +709,7 @@ __all__ = [
     "check_phrasing",
     "heldout_templates",
     "phrasing_question_types",
+    "place_template_keys",
     "read_slots",
     "render_template",
     "rephrase",

@@ -94,6 +94,7 @@ _STREAM_KEYS: dict[str, int] = {
     "long_qa": 7,
     "episode": 8,
     "text_copy": 9,
+    "image_place": 10,
 }
 # Streams for what is layered on top of an item (its wording, its extra turns, balanced answers): keyed by the
 # item's own stream too, so changing them never changes the item's medium or answer.
