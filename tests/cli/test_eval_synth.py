@@ -167,3 +167,17 @@ def test_media_chunks_keep_a_long_videos_questions_together() -> None:
         [[i for i, key in enumerate(episodes) if key == episode]] for episode in dict.fromkeys(episodes)
     ]
     assert len(expected) == 2 and _media_chunks(long, 5) == expected
+
+
+def test_image_place_set_scores_shape_and_size_asked_by_quadrant(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["eval-synth", str(ASSET), "--sets", "image_place", "-n", "8", "--seed", "2", "--json"]
+    assert main(args) == 0
+    table = json.loads(capsys.readouterr().out)["sets"]["image_place"]
+    assert set(table["per_type"]) == {"image_shape", "image_size"}
+    assert sum(row["count"] for row in table["per_type"].values()) == 8
+    questions = [e["question"] for e in table["examples"]]
+    assert (
+        questions
+        == [i.question for i in generate_items("heldout", 8, seed=2, kind="image_place")][: len(questions)]
+    )
+    assert all("object in the" in q for q in questions)
