@@ -17,6 +17,7 @@ None of them is part of a saved model: the heads are saved beside a phase only t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,13 +26,15 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
-from llamavid.errors import InvalidInputError
+from llamavid.errors import InvalidInputError, LlamaVidRuntimeError
 from llamavid.model.configuration_llamavid import IGNORE_INDEX
 from llamavid.synth import QUESTION_TYPES, Episode, FrameSpec
 from llamavid.synth._common import QAItem
 from llamavid.synth.episodes import NEEDLE_COLOURS
+from llamavid.synth.render import quadrant_of
 from llamavid.synth.text import TEXT_COPY_TYPES
-from llamavid.synth.world import BACKGROUNDS, SHAPES
+from llamavid.synth.world import BACKGROUNDS, QUADRANTS, SHAPES
+from llamavid.train.stage0_vision import patch_cell_index
 
 
 # Selection --------------------------------------------------------------------------------------------------------
@@ -49,6 +52,8 @@ class LossSettings:
         count: weight of the per-frame shape-count probes: which shapes a count clip's frame shows, from its
             context token (``AuxiliaryHeads.shapes``), and how many different shapes any clip has shown so far,
             from the LLM's hidden states (``AuxiliaryHeads.count_loss``).
+        attend: weight of the image attention loss (:func:`attention_loss`): the context attention of an image
+            question that names one object is asked to rest on that object's grid cell.
         answer_prior: question types trained against a fixed question-only expert (:class:`AnswerPrior`).
         answer_prior_on_heads: also add that expert to the ``answer`` probe.
     """
@@ -58,6 +63,7 @@ class LossSettings:
     grounding: float = 0.0
     scene: float = 0.0
     count: float = 0.0
+    attend: float = 0.0
     answer_prior: tuple[str, ...] = ()
     answer_prior_on_heads: bool = False
 
@@ -68,12 +74,12 @@ class LossSettings:
         Raises:
             InvalidInputError: on an unknown key, a negative weight or an unknown question type, naming ``where``.
         """
-        known = {"lm", "answer_head", "grounding", "scene", "count", "answer_prior"}
+        known = {"lm", "answer_head", "grounding", "scene", "count", "attend", "answer_prior"}
         unknown = sorted(set(config) - known)
         if unknown:
             raise InvalidInputError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(known)}.")
         weights: dict[str, float] = {}
-        for key in ("answer_head", "grounding", "scene", "count"):
+        for key in ("answer_head", "grounding", "scene", "count", "attend"):
             value = config.get(key, 0.0)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise InvalidInputError(f"{where}.{key}: expected a weight >= 0, found {value!r}.")
@@ -111,6 +117,11 @@ class LossSettings:
         """Whether any probe of :class:`AuxiliaryHeads` is trained."""
         return bool(self.answer_head or self.grounding or self.scene or self.count)
 
+    @property
+    def uses_context(self) -> bool:
+        """Whether a loss reads the context tokens or their attention (needs ``config.context_token``)."""
+        return bool(self.answer_head or self.grounding or self.count or self.attend)
+
 
 # Targets ----------------------------------------------------------------------------------------------------------
 # The answer probe's rows, one block per question type in this order. Only images reach it, but it keeps a block for
@@ -123,6 +134,68 @@ def answer_index(item: QAItem) -> tuple[int, int]:
     """``(question type number, answer number among that type's options)`` for the auxiliary answer heads."""
     types = list(ANSWER_HEAD_TYPES)
     return types.index(item.question_type), list(QUESTION_TYPES[item.question_type]).index(item.answer)
+
+
+def named_object_cell(item: QAItem, grid: int = 4) -> int | None:
+    """The grid cell (row-major) of the one object an image question names, else None.
+
+    ``image_shape`` names the object by colour and ``image_colour`` by shape (their distractors differ in both, so
+    the answer singles the object out); ``image_size`` and ``image_position`` name colour and shape (read from the
+    question's words: typos never touch them) or, asked by place, the object's quadrant. Other types (count,
+    text, background) name no object.
+    """
+    media = item.media
+    if not isinstance(media, FrameSpec) or not media.objects:
+        return None
+    kind = item.question_type
+    if kind == "image_shape":
+        found = [o for o in media.objects if o.shape == item.answer]
+    elif kind == "image_colour":
+        found = [o for o in media.objects if o.colour == item.answer]
+    elif kind in ("image_size", "image_position"):
+        question = item.question.lower()
+        if item.meta.get("asks_by") == "place":
+            found = [o for o in media.objects if QUADRANTS[quadrant_of(o, grid)] in question]
+        else:
+            words = set(re.findall(r"[a-z]+", question))
+            found = [o for o in media.objects if o.shape in words and o.colour in words]
+    else:
+        return None
+    if len(found) != 1:
+        return None
+    row, col = found[0].cell(grid)
+    return row * grid + col
+
+
+def attention_loss(visual: Any, items: Sequence[QAItem], grid: int = 4) -> Tensor | None:
+    """Mean ``-log`` of the context attention (averaged over queries) that rests on the named object's cell.
+
+    For every image question :func:`named_object_cell` resolves; None when the batch has none. ``visual`` must
+    carry ``attention_weights`` (``output_attentions=True``). Measured on v5.4 (docs/tiny-model.md, "After
+    v5.5"): on unseen (shape, colour) pairs the attention finds the named object less (0.51 of its mass on the
+    object's cell against 0.68 on seen pairs), and the answer probe reads their shape at 0.58 instead of 0.44
+    when the attention is put on the cell.
+    """
+    weights = visual.attention_weights
+    if weights is None:
+        raise LlamaVidRuntimeError("attention_loss needs the visual output's attention weights")
+    blocks = iter(weights.split(visual.block_frame_counts.tolist()))
+    rows, cells = [], []
+    for item in items:
+        if item.media is None:
+            continue
+        taken = item.media.num_frames if isinstance(item.media, Episode) else 1
+        block = [next(blocks) for _ in range(taken)]
+        if (cell := named_object_cell(item, grid)) is not None:
+            rows.append(block[0][0].mean(0))  # (N,) this image's attention, mean over queries
+            cells.append(cell)
+    if not rows:
+        return None
+    attention = torch.stack(rows)  # (R, N)
+    index = patch_cell_index(attention.shape[1], grid).to(attention.device)
+    on_cell = index[None, :] == torch.tensor(cells, device=attention.device)[:, None]  # (R, N)
+    mass = (attention.float() * on_cell).sum(1)
+    return -torch.log(mass.clamp_min(1e-6)).mean()
 
 
 def grounding_targets(item: QAItem) -> list[int] | None:

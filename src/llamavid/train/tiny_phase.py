@@ -39,7 +39,7 @@ from llamavid.errors import InvalidInputError
 from llamavid.model.modeling_llamavid import VISUAL_INPUT_NAMES
 from llamavid.synth._common import QAItem
 from llamavid.train.collate import is_right_padded
-from llamavid.train.losses import AnswerPrior, AuxiliaryHeads, LossSettings
+from llamavid.train.losses import AnswerPrior, AuxiliaryHeads, LossSettings, attention_loss
 from llamavid.train.schema import ConfigError, packaged_config_dir
 from llamavid.train.tiny import encode_frames, item_frames, make_batch
 
@@ -390,7 +390,7 @@ def right_padded_lengths(attention_mask: Tensor | None, labels: Tensor) -> list[
 
 
 def logits_by_length(
-    model: Any, batch: dict[str, Any], labels: Tensor
+    model: Any, batch: dict[str, Any], labels: Tensor, visual_attentions: bool = False
 ) -> tuple[Tensor, Any, list[list[int]] | None]:
     """The batch's logits ``(B, L, V)``, its visual output and the row groups the LLM ran in (None: one call).
 
@@ -399,16 +399,19 @@ def logits_by_length(
     attention keeps real tokens from the pads after them; `without_trailing_padding_mask`). Every row's
     computation is its own, so the real positions' logits and all gradients are those of one padded call, up
     to float rounding; pad positions get zero logits (their labels are ignored). Any other batch runs as one
-    call of the model's forward, with its mask.
+    call of the model's forward, with its mask. ``visual_attentions`` keeps the context attention weights in
+    the visual output (for :func:`~llamavid.train.losses.attention_loss`).
     """
     lengths = right_padded_lengths(batch.get("attention_mask"), labels)
     groups = length_groups(lengths) if lengths is not None else []
     if lengths is None or len(groups) == 1:
         inputs = {k: v for k, v in batch.items() if k != "attention_mask" or lengths is None}
-        output = model(**inputs)
+        output = model(**inputs, output_visual_attentions=visual_attentions)
         return output.logits, output.visual, None
     visual_inputs = {name: batch[name] for name in VISUAL_INPUT_NAMES if name in batch}
-    embeds, visual = model.model.get_inputs_embeds(batch["input_ids"], **visual_inputs)
+    embeds, visual = model.model.get_inputs_embeds(
+        batch["input_ids"], output_attentions=visual_attentions, **visual_inputs
+    )
     parts = [
         model(inputs_embeds=embeds[rows, : max(lengths[row] for row in rows)], use_cache=False).logits
         for rows in groups
@@ -433,9 +436,7 @@ class TinyLoss:
     def build(
         cls, model: Any, losses: LossSettings, heads: AuxiliaryHeads, prior: AnswerPrior | None
     ) -> TinyLoss:
-        context = bool(
-            model.config.context_token and (losses.answer_head or losses.grounding or losses.count)
-        )
+        context = bool(model.config.context_token and losses.uses_context)
         hidden = losses.lm and (losses.scene > 0 or losses.count > 0)
         layers = model.model.language_model.layers
         middle, late = max(0, len(layers) // 2 - 1), max(0, len(layers) - 2)
@@ -458,13 +459,18 @@ class TinyLoss:
     def uses_heads(self) -> bool:
         return self.context_probes or self.hidden_probes
 
+    @property
+    def attends(self) -> bool:
+        """Whether the batch's context attention weights are kept for the attention loss."""
+        return self.context_probes and self.losses.attend > 0
+
     def __call__(self, model: Any, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
         items = batch.pop("tiny_items")
         terms: dict[str, float] = {}
         try:
             if self.losses.lm:
                 labels = batch.pop("labels")
-                logits, visual, groups = logits_by_length(model, batch, labels)
+                logits, visual, groups = logits_by_length(model, batch, labels, self.attends)
                 if self.prior is not None:
                     loss = self.prior.loss(logits, labels, items)
                 else:
@@ -476,7 +482,9 @@ class TinyLoss:
                         "an lm: false phase mixes a text-only set; its batches train nothing."
                     )
                 visual = model.model.get_visual_tokens(
-                    **{key: batch[key] for key in VISUAL_INPUT_NAMES if key in batch}, from_pixels=False
+                    **{key: batch[key] for key in VISUAL_INPUT_NAMES if key in batch},
+                    from_pixels=False,
+                    output_attentions=self.attends,
                 )
                 loss = visual.tokens.new_zeros(())
                 groups = None
@@ -487,6 +495,9 @@ class TinyLoss:
                 )
                 terms["aux_context"] = float(aux.detach())
                 loss = loss + aux
+                if self.attends and (attend := attention_loss(visual, items)) is not None:
+                    terms["aux_attend"] = float(attend.detach())
+                    loss = loss + self.losses.attend * attend
             if self.hidden_probes:
                 middle, late = self.layers
                 placeholder = batch["input_ids"] == model.config.image_token_index
