@@ -1,5 +1,5 @@
-"""`tools/tiny_ablation.py` (the token ablation through the one recipe), `tools/probe_shape_combos.py` and
-`tools/tiny_phase_speed.py`."""
+"""`tools/tiny_ablation.py` (the token ablation through the one recipe), `tools/probe_shape_combos.py`,
+`tools/attention_on_named_object.py` and `tools/tiny_phase_speed.py`."""
 
 from __future__ import annotations
 
@@ -157,3 +157,27 @@ def test_needle_answers_lists_every_needle_question_and_counts_the_misses() -> N
         tool.needle_answers(
             Path(EMBEDDED_MODEL_DIR), episodes=1, frames=60, seed=SEALED_TEST_SEED, phrasing="varied"
         )
+
+
+def test_attention_on_named_object_reads_the_committed_model_and_a_run_with_its_probe(tmp_path: Path) -> None:
+    """tools/attention_on_named_object.py: the committed model's attention rests mostly on the object a question
+    names (seen pairs); with a run's answer probe present, the probe and oracle columns are filled too."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from llamavid.serve.defaults import EMBEDDED_MODEL_DIR
+    from llamavid.train.losses import AuxiliaryHeads
+
+    tool = _load(TOOLS / "attention_on_named_object.py")
+    table = tool.measure(Path(EMBEDDED_MODEL_DIR), items_per_set=140, seed=2)
+    assert set(table) == {"image_colour", "image_shape", "image_size", "image_position"}
+    for splits in table.values():
+        assert splits["seen"]["mass"] > 0.5 and "probe" not in splits["seen"]
+    run = tmp_path / "run"
+    shutil.copytree(EMBEDDED_MODEL_DIR, run)
+    width = json.loads((run / "config.json").read_text())["text_config"]["hidden_size"]
+    save_file(AuxiliaryHeads(width).state_dict(), str(run / "auxiliary_heads.safetensors"))
+    with_probe = tool.measure(run, items_per_set=28, seed=2)
+    row = with_probe["image_shape"]["seen"]
+    assert {"count", "mass", "probe", "oracle"} <= set(row) and 0.0 <= row["oracle"] <= 1.0
