@@ -174,8 +174,8 @@ def make_place_question(
 ) -> QAItem:
     """An ``image_shape`` or ``image_size`` question that names the object by its quadrant, not its colour.
 
-    "What shape is the object in the top left?": the target is the only object in its quadrant (1-3 distractors
-    fill the other three), so the answer is read from the object's pixels without a colour to key it on. The
+    "What shape is the object in the top left?": the target is the only object in its quadrant (1-3 others
+    stand in the other quadrants), so the answer is read from the object's pixels without a colour to key it on. The
     answer and its options are those of ``question_type``; ``meta["asks_by"]`` is ``"place"``.
 
     Raises:
