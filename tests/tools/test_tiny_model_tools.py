@@ -170,7 +170,7 @@ def test_attention_on_named_object_reads_the_committed_model_and_a_run_with_its_
     from llamavid.train.losses import AuxiliaryHeads
 
     tool = _load(TOOLS / "attention_on_named_object.py")
-    table = tool.measure(Path(EMBEDDED_MODEL_DIR), items_per_set=140, seed=2)
+    table = tool.measure(Path(EMBEDDED_MODEL_DIR), items_per_set=84, seed=2)
     assert set(table) == {"image_colour", "image_shape", "image_size", "image_position"}
     for splits in table.values():
         assert splits["seen"]["mass"] > 0.5 and "probe" not in splits["seen"]
@@ -178,6 +178,6 @@ def test_attention_on_named_object_reads_the_committed_model_and_a_run_with_its_
     shutil.copytree(EMBEDDED_MODEL_DIR, run)
     width = json.loads((run / "config.json").read_text())["text_config"]["hidden_size"]
     save_file(AuxiliaryHeads(width).state_dict(), str(run / "auxiliary_heads.safetensors"))
-    with_probe = tool.measure(run, items_per_set=28, seed=2)
+    with_probe = tool.measure(run, items_per_set=14, seed=2)
     row = with_probe["image_shape"]["seen"]
     assert {"count", "mass", "probe", "oracle"} <= set(row) and 0.0 <= row["oracle"] <= 1.0
