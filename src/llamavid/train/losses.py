@@ -136,6 +136,19 @@ def answer_index(item: QAItem) -> tuple[int, int]:
     return types.index(item.question_type), list(QUESTION_TYPES[item.question_type]).index(item.answer)
 
 
+def rows_per_item(per_block: Tensor, visual: Any, items: Sequence[QAItem]) -> list[tuple[Tensor, QAItem]]:
+    """``per_block`` (one row per (block, frame), like ``visual.context_tokens``) regrouped per item with media:
+    a long video has one block per frame, anything else one block."""
+    blocks = iter(per_block.split(visual.block_frame_counts.tolist()))
+    rows = []
+    for item in items:
+        if item.media is None:
+            continue
+        taken = item.media.num_frames if isinstance(item.media, Episode) else 1
+        rows.append((torch.cat([next(blocks) for _ in range(taken)]), item))
+    return rows
+
+
 def named_object_cell(item: QAItem, grid: int = 4) -> int | None:
     """The grid cell (row-major) of the one object an image question names, else None.
 
@@ -179,15 +192,10 @@ def attention_loss(visual: Any, items: Sequence[QAItem], grid: int = 4) -> Tenso
     weights = visual.attention_weights
     if weights is None:
         raise LlamaVidRuntimeError("attention_loss needs the visual output's attention weights")
-    blocks = iter(weights.split(visual.block_frame_counts.tolist()))
     rows, cells = [], []
-    for item in items:
-        if item.media is None:
-            continue
-        taken = item.media.num_frames if isinstance(item.media, Episode) else 1
-        block = [next(blocks) for _ in range(taken)]
+    for block, item in rows_per_item(weights, visual, items):
         if (cell := named_object_cell(item, grid)) is not None:
-            rows.append(block[0][0].mean(0))  # (N,) this image's attention, mean over queries
+            rows.append(block[0].mean(0))  # (N,) this image's attention, mean over queries
             cells.append(cell)
     if not rows:
         return None
@@ -329,16 +337,9 @@ class AuxiliaryHeads(nn.Module):
 
         With ``prior``, the answer head is trained against the same question-only expert as the LLM.
         """
-        context, counts = visual.context_tokens, visual.block_frame_counts.tolist()
+        context = visual.context_tokens
         total = context.new_zeros(())
-        # Regroup the blocks per item: a long video has one block per frame, anything else one block.
-        blocks = iter(context.split(counts))
-        rows: list[tuple[Tensor, QAItem]] = []
-        for item in items:
-            if item.media is None:
-                continue
-            taken = item.media.num_frames if isinstance(item.media, Episode) else 1
-            rows.append((torch.cat([next(blocks) for _ in range(taken)]), item))
+        rows = rows_per_item(context, visual, items)
         images = [(row, item) for row, item in rows if isinstance(item.media, FrameSpec)]
         if context_weight and images:
             types, answers = zip(*(answer_index(item) for _, item in images), strict=True)
