@@ -25,6 +25,7 @@ from llamavid.synth.render import (
     FrameSpec,
     SceneObject,
     cell_centre,
+    cell_quadrant,
     position_jitter,
     quadrant_of,
 )
@@ -194,10 +195,9 @@ def make_place_question(
         size = SIZES.index(answer)
     distractors = pick_distractors(rng, int(rng.integers(1, 4)), {shape}, {colour})
     quadrant = int(rng.integers(len(QUADRANTS)))
-    half = grid // 2
     cells = [(r, c) for r in range(grid) for c in range(grid)]
-    inside = [cell for cell in cells if (cell[0] >= half) * 2 + (cell[1] >= half) == quadrant]
-    outside = [cell for cell in cells if cell not in inside]
+    inside = [cell for cell in cells if cell_quadrant(*cell, grid) == quadrant]
+    outside = [cell for cell in cells if cell_quadrant(*cell, grid) != quadrant]
     target_cell = inside[int(rng.integers(len(inside)))]
     others = [outside[int(i)] for i in rng.permutation(len(outside))[: len(distractors)]]
     sizes = [size] + [int(rng.integers(len(SIZES))) for _ in distractors]

@@ -229,11 +229,15 @@ def cell_centre(row: int, col: int) -> tuple[float, float]:
     return col + 0.5, row + 0.5
 
 
-def quadrant_of(obj: SceneObject, grid: int = DEFAULT_GRID) -> int:
-    """Index into :data:`~llamavid.synth.world.QUADRANTS` of the cell holding ``obj`` (grid must be even)."""
-    row, col = obj.cell(grid)
+def cell_quadrant(row: int, col: int, grid: int = DEFAULT_GRID) -> int:
+    """Index into :data:`~llamavid.synth.world.QUADRANTS` of grid cell ``(row, col)`` (grid must be even)."""
     half = grid // 2
     return 2 * int(row >= half) + int(col >= half)
+
+
+def quadrant_of(obj: SceneObject, grid: int = DEFAULT_GRID) -> int:
+    """Index into :data:`~llamavid.synth.world.QUADRANTS` of the cell holding ``obj`` (grid must be even)."""
+    return cell_quadrant(*obj.cell(grid), grid)
 
 
 def random_frame_spec(
