@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -53,8 +54,6 @@ def measure(model_dir: Path, items_per_set: int, seed: int, batch_size: int = 32
     ]
     tower = model.model.vision_tower
     size = model.config.vision_config.image_size
-    import tempfile
-
     with tempfile.TemporaryDirectory() as cache_dir:
         features = cached_features(FeatureCache(cache_dir), items, tower, size, module_sha256(tower))
     heads_file = model_dir / "auxiliary_heads.safetensors"
