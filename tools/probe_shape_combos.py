@@ -6,41 +6,58 @@ linear probes are fitted on train-split cells and scored separately on seen and 
 and shape again after projecting the colour subspace (the per-colour mean directions) out of the features. A
 large gap that closes once colour is removed means the features carry shape, and a reader fitted on the train
 split leans on the "this colour never has that shape" prior (docs/tiny-model.md, "Against the targets").
+
+``--tower DIR`` probes a stage-0 tower folder (``vision_tower.safetensors``, before any LLM phase) instead of a
+model; with a split tower (``colour_channels`` > 0) the probes are also fitted on its form code alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from llamavid import LlamaVidForConditionalGeneration, LlamaVidProcessor
+from llamavid.model.modeling_llamavid import LlamaVidContentPooling
 from llamavid.serve.defaults import EMBEDDED_MODEL_DIR
 from llamavid.synth import pretraining_batch
 from llamavid.synth.world import COLOURS, HELDOUT_PAIRS, SHAPES
+from llamavid.train.stage0_vision import load_tower, normalise
+
+PatchFeatures = Callable[
+    [np.ndarray], Tensor
+]  # uint8 frames (B, H, W, 3) -> patch features (B, N, C), no CLS
+
+
+def model_patches(model: LlamaVidForConditionalGeneration, processor: LlamaVidProcessor) -> PatchFeatures:
+    """Patch features of a llamavid model's vision tower, through its own image processor."""
+    return lambda images: model.model.get_vision_features(processor.image_processor(images, is_video=True))[
+        :, 1:
+    ].float()
+
+
+def tower_patches(tower_dir: Path) -> tuple[PatchFeatures, int, int]:
+    """``(patch features, image size, colour channels)`` of a stage-0 tower folder."""
+    tower, settings = load_tower(tower_dir)
+    return lambda images: tower(normalise(images))[:, 1:], settings.image_size, settings.colour_channels
 
 
 @torch.no_grad()
 def cell_features(
-    model: LlamaVidForConditionalGeneration,
-    processor: LlamaVidProcessor,
-    split: str,
-    frames: int,
-    grid: int,
-    chunk: int = 250,
+    patches_of: PatchFeatures, size: int, split: str, frames: int, grid: int, chunk: int = 250
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(features (M, C), shape (M,), colour (M,))`` of every occupied cell of ``frames`` synthetic frames."""
-    size = model.config.vision_config.image_size
+    pooling = LlamaVidContentPooling()
     features, shapes, colours = [], [], []
     for start in range(0, frames, chunk):
         images, labels = pretraining_batch(split, 0, start, min(chunk, frames - start), size, grid)
-        pixels = processor.image_processor(images, is_video=True)
-        patches = model.model.get_vision_features(pixels)[:, 1:].float()  # drop CLS
-        cells = model.model.pool_patches(patches, f"grid:{grid}").flatten(
+        cells = pooling(patches_of(images), f"grid:{grid}").flatten(
             0, 1
         )  # row-major cells, as content tokens
         shape = torch.from_numpy(labels["shape"]).reshape(-1)
@@ -65,16 +82,21 @@ def fit_probe(features: Tensor, targets: Tensor, classes: int, steps: int, seed:
 
 
 def probe_combos(
-    model: LlamaVidForConditionalGeneration,
-    processor: LlamaVidProcessor,
+    patches_of: PatchFeatures,
+    size: int,
     train_frames: int = 3000,
     heldout_frames: int = 2000,
     steps: int = 600,
     grid: int = 4,
+    colour_channels: int = 0,
 ) -> dict[str, dict[str, float]]:
-    """Accuracy of each probe on seen and on held-out (shape, colour) pairs of held-out frames."""
-    train_x, train_shape, train_colour = cell_features(model, processor, "train", train_frames, grid)
-    test_x, test_shape, test_colour = cell_features(model, processor, "heldout", heldout_frames, grid)
+    """Accuracy of each probe on seen and on held-out (shape, colour) pairs of held-out frames.
+
+    With ``colour_channels`` > 0 (a split stage-0 tower), ``shape_form_code`` is the shape probe on the form code
+    alone (every channel but the last ``colour_channels``).
+    """
+    train_x, train_shape, train_colour = cell_features(patches_of, size, "train", train_frames, grid)
+    test_x, test_shape, test_colour = cell_features(patches_of, size, "heldout", heldout_frames, grid)
     mean, std = train_x.mean(0), train_x.std(0) + 1e-5
     train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
     pairs = zip(test_shape.tolist(), test_colour.tolist(), strict=True)
@@ -86,8 +108,7 @@ def probe_combos(
     def without_colour(x: Tensor) -> Tensor:
         return x - (x @ basis) @ basis.T
 
-    results = {}
-    for name, fit_x, test_input, fit_y, test_y, classes in (
+    probes = [
         ("shape", train_x, test_x, train_shape, test_shape, len(SHAPES)),
         ("colour", train_x, test_x, train_colour, test_colour, len(COLOURS)),
         (
@@ -98,7 +119,14 @@ def probe_combos(
             test_shape,
             len(SHAPES),
         ),
-    ):
+    ]
+    if colour_channels:
+        form = slice(0, train_x.shape[1] - colour_channels)
+        probes.append(
+            ("shape_form_code", train_x[:, form], test_x[:, form], train_shape, test_shape, len(SHAPES))
+        )
+    results = {}
+    for name, fit_x, test_input, fit_y, test_y, classes in probes:
         probe = fit_probe(fit_x, fit_y, classes, steps)
         with torch.no_grad():
             correct = probe(test_input).argmax(-1) == test_y
@@ -124,12 +152,21 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--heldout-frames", type=int, default=2000, help="held-out-split frames to score on")
     parser.add_argument("--steps", type=int, default=600, help="Adam steps per probe (full batch)")
+    parser.add_argument(
+        "--tower", type=Path, default=None, help="probe a stage-0 tower folder instead of a model (see above)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model = LlamaVidForConditionalGeneration.from_pretrained(str(args.model), dtype=torch.float32).eval()
-    processor = LlamaVidProcessor.from_pretrained(args.model)
-    results = probe_combos(model, processor, args.train_frames, args.heldout_frames, args.steps)
+    if args.tower is not None:
+        patches_of, size, colour_channels = tower_patches(args.tower)
+    else:
+        model = LlamaVidForConditionalGeneration.from_pretrained(str(args.model), dtype=torch.float32).eval()
+        patches_of = model_patches(model, LlamaVidProcessor.from_pretrained(args.model))
+        size, colour_channels = model.config.vision_config.image_size, 0
+    results = probe_combos(
+        patches_of, size, args.train_frames, args.heldout_frames, args.steps, colour_channels=colour_channels
+    )
     print(json.dumps(results, indent=1))
 
 

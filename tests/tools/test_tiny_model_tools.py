@@ -100,7 +100,9 @@ def test_shape_combination_probe_on_the_committed_tower() -> None:
         str(EMBEDDED_MODEL_DIR), dtype=torch.float32
     ).eval()
     processor = LlamaVidProcessor.from_pretrained(EMBEDDED_MODEL_DIR)
-    results = probe.probe_combos(model, processor, train_frames=500, heldout_frames=500, steps=200)
+    results = probe.probe_combos(
+        probe.model_patches(model, processor), 64, train_frames=500, heldout_frames=500, steps=200
+    )
     assert results["counts"]["heldout_pair_cells"] > 0
     assert results["colour"]["seen_pairs"] > 0.9
     assert results["shape"]["seen_pairs"] > 0.8

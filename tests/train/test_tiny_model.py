@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +115,89 @@ def test_grey_frames_lose_their_colours_and_only_their_colour_targets() -> None:
         for name in logits
     )
     assert torch.equal(stage0_loss(logits, plain), expected)
+
+
+def test_split_codes_feed_each_head_only_its_own_channels() -> None:
+    heads = Stage0Heads(32, 4, patch_targets=True, colour_channels=8)
+    colour_heads = ("colour", "patch_colour", "background", "colours_present")
+    for name in ("shape", "colour"):
+        features = torch.randn(4, 65, 32, requires_grad=True)
+        logits = heads(features)
+        read = [key for key in logits if (key in colour_heads) == (name == "colour")]
+        sum(logits[key].square().mean() for key in read).backward()
+        form, colour = features.grad[..., :24], features.grad[..., 24:]
+        if name == "colour":  # the colour heads read only the last 8 channels
+            assert form.abs().sum() == 0 and colour.abs().sum() > 0
+        else:
+            assert colour.abs().sum() == 0 and form.abs().sum() > 0
+    with pytest.raises(ValueError, match="set colour_channels > 0"):
+        from llamavid.train.stage0_vision import Stage0Settings
+
+        Stage0Settings(adversary=1.0)
+
+
+def test_code_separation_trains_the_adversaries_on_detached_codes_and_the_tower_to_confuse_them() -> None:
+    from llamavid.train.stage0_vision import code_separation_loss
+
+    images, labels = pretraining_batch("train", 0, 0, 4, size=64)
+    targets = batch_targets(labels, num_patches=64)
+    heads = Stage0Heads(32, 4, patch_targets=True, colour_channels=8, adversary=1.0)
+    features = torch.randn(4, 65, 32, requires_grad=True)
+    logits = heads(features)
+    # The adversaries' own loss reaches their weights and never the features ...
+    adversaries = {key: value for key, value in logits.items() if key.startswith("adv_")}
+    assert all(not value.requires_grad or value.grad_fn is not None for value in adversaries.values())
+    torch.autograd.backward(
+        code_separation_loss(
+            {
+                **logits,
+                "confuse_colour": logits["confuse_colour"].detach(),
+                "confuse_shape": logits["confuse_shape"].detach(),
+            },
+            targets,
+        )
+    )
+    assert features.grad is None
+    assert heads.adv_colour.weight.grad.abs().sum() > 0 and heads.adv_shape.weight.grad.abs().sum() > 0
+    # ... the confusion term reaches the features and never the adversaries' weights.
+    heads.zero_grad()
+    confusion = {
+        **logits,
+        "adv_colour": logits["adv_colour"].detach(),
+        "adv_shape": logits["adv_shape"].detach(),
+    }
+    code_separation_loss(confusion, targets).backward()
+    assert heads.adv_colour.weight.grad is None or heads.adv_colour.weight.grad.abs().sum() == 0
+    assert features.grad[..., :24].abs().sum() > 0 and features.grad[..., 24:].abs().sum() > 0
+    # An adversary left guessing (uniform logits) costs the tower nothing; a confident one costs more.
+    uniform = {
+        "shape": logits["shape"],
+        "adv_colour": torch.zeros(4, 4, 4, 8),
+        "adv_shape": torch.zeros(4, 4, 4, 6),
+        "confuse_colour": torch.zeros(4, 4, 4, 8),
+        "confuse_shape": torch.zeros(4, 4, 4, 6),
+    }
+    confident = {**uniform, "confuse_colour": torch.zeros(4, 4, 4, 8).index_fill_(-1, torch.tensor([0]), 9.0)}
+    floor = code_separation_loss(uniform, targets) - math.log(8) - math.log(6)
+    assert abs(float(floor)) < 1e-5
+    assert code_separation_loss(confident, targets) > code_separation_loss(uniform, targets) + 1.0
+
+
+def test_grey_twins_repeat_the_last_frames_in_grey_and_tie_their_form_codes() -> None:
+    from llamavid.train.stage0_vision import grey_pair_loss, with_grey_twins
+
+    images, labels = pretraining_batch("train", 0, 0, 4, size=64)
+    targets = batch_targets(labels, num_patches=64)
+    merged_images, merged = with_grey_twins(images, targets, 2)
+    assert merged_images.shape[0] == 6 and all(value.shape[0] == 6 for value in merged.values())
+    np.testing.assert_array_equal(merged_images[:4], images)  # the batch itself is unchanged
+    twins = merged_images[4:]
+    assert (twins[..., 0] == twins[..., 1]).all() and (twins[..., 1] == twins[..., 2]).all()
+    assert torch.equal(merged["shape"][4:], targets["shape"][2:])  # same objects, so same shapes and sizes
+    assert (merged["colour"][4:] == -1).all() and torch.equal(merged["colour"][:4], targets["colour"])
+    form = torch.randn(6, 64, 24)
+    assert float(grey_pair_loss(torch.cat([form[:4], form[2:4]]), 2)) < 1e-6  # twins coded alike: no loss
+    assert float(grey_pair_loss(torch.cat([form[:4], -form[2:4]]), 2)) == pytest.approx(2.0)
 
 
 def test_a_stage0_saved_before_grey_share_is_still_recognised_as_done(tmp_path: Path) -> None:

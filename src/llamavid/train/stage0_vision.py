@@ -23,7 +23,17 @@ The findings (``shared/tiny-model-findings.md``) drive the targets:
   targets (cell and patch colour, colours present, background) left out, so shape and size must also be read
   without colour. Why: the train split never renders some (shape, colour) pairs (``HELDOUT_PAIRS``), and a shape
   reader fitted on colour features learns "purple objects are never circles"; grey frames show every shape at
-  every brightness without showing any colour with it (``docs/tiny-model.md``, "After v5.4").
+  every brightness without showing any colour with it (``docs/tiny-model.md``, "After v5.4");
+* with ``colour_channels`` = k > 0, the features are split into two codes: the last k channels (the *colour
+  code*) feed the colour heads (cell, patch, colours present, background) and nothing else, the other channels
+  (the *form code*) feed every other head. Two linear adversaries try to read colour from the form code and
+  shape from the colour code, and the tower is trained (weight ``adversary``) to leave them guessing, so it keeps
+  each out of the other; with ``grey_pairs`` > 0, every frame of the first half of a batch is also shown in
+  grey levels and the form code of each patch is pulled towards its grey twin's (``1 - cosine``, that weight),
+  so shape and size are coded the same whatever the colour. Why: a linear probe that cannot see colour reads
+  shape on the unseen pairs at 0.86 where one that can reads 0.68 ("After v5.5"), so a tower whose shape code
+  carries no colour leaves a reader fitted on seen pairs nothing to key the "this colour is never that shape"
+  prior on except the separate colour code.
 
 Inputs are normalised exactly as :class:`~llamavid.model.image_processing_llamavid.LlamaVidImageProcessor`
 does for a square frame of the tower's size (no resize), so the frozen tower sees the same pixels at inference.
@@ -80,10 +90,31 @@ class Stage0Settings:
     threads: int = 1  # measured: 2 threads are ~8x slower than 1 when other jobs share the 2 cores
     patch_targets: bool = False  # per-patch cell/shape/colour targets (see the module docstring)
     grey_share: float = 0.0  # share of each batch in grey levels, without colour targets (module docstring)
+    colour_channels: int = (
+        0  # > 0: the last channels are a colour code, the rest a form code (module docstring)
+    )
+    adversary: float = 0.0  # weight of the gradient-reversed probes that keep the two codes apart
+    grey_pairs: float = (
+        0.0  # weight pulling a frame's form code to its grey twin's (first half of each batch)
+    )
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.grey_share <= 1.0:
             raise InvalidInputError(f"stage0 grey_share must be within 0..1, found {self.grey_share!r}.")
+        if not 0 <= self.colour_channels < self.hidden_size:
+            raise InvalidInputError(
+                f"stage0 colour_channels must be within 0..{self.hidden_size - 1} (hidden_size "
+                f"{self.hidden_size}), found {self.colour_channels!r}."
+            )
+        if self.adversary < 0 or self.grey_pairs < 0:
+            raise InvalidInputError(
+                f"stage0 adversary and grey_pairs are loss weights (>= 0), found {self.adversary!r} and "
+                f"{self.grey_pairs!r}."
+            )
+        if (self.adversary or self.grey_pairs) and not self.colour_channels:
+            raise InvalidInputError(
+                "stage0 adversary and grey_pairs act on the form and colour codes: set colour_channels > 0 too."
+            )
 
 
 def tiny_vision_config(settings: Stage0Settings) -> InstructBlipVisionConfig:
@@ -113,26 +144,53 @@ def normalise(images: np.ndarray) -> Tensor:
 
 
 class Stage0Heads(nn.Module):
-    """Throw-away probes on the tower output; linear on purpose so the *features* must carry the information."""
+    """Throw-away probes on the tower output; linear on purpose so the *features* must carry the information.
 
-    def __init__(self, width: int, grid: int, patch_targets: bool = False):
+    With ``colour_channels`` = k > 0 the colour heads read only the last k channels and every other head only the
+    rest; ``adversary`` > 0 adds two linear adversaries on the cell features, colour from the form code and shape
+    from the colour code. Each is returned twice: ``adv_*`` on detached features (trains the adversary) and
+    ``confuse_*`` through frozen adversary weights (trains the tower to leave it guessing),
+    see :func:`code_separation_loss`.
+    """
+
+    def __init__(
+        self,
+        width: int,
+        grid: int,
+        patch_targets: bool = False,
+        colour_channels: int = 0,
+        adversary: float = 0.0,
+    ):
         super().__init__()
         cells = grid * grid
         self.grid = grid
         self.patch_targets = patch_targets
+        self.colour_channels = colour_channels
+        self.adversary = adversary
+        form = width - colour_channels
+        colour = colour_channels or width
         if patch_targets:
-            self.patch_cell = nn.Linear(width, cells + 1)  # last class = the patch's cell is empty
-            self.patch_shape = nn.Linear(width, len(SHAPES) + 1)
-            self.patch_colour = nn.Linear(width, len(COLOURS) + 1)
-        self.cell_shape = nn.Linear(width, len(SHAPES) + 1)
-        self.cell_colour = nn.Linear(width, len(COLOURS) + 1)
-        self.cell_size = nn.Linear(width, len(SIZES) + 1)
-        self.background = nn.Linear(width, len(BACKGROUNDS))
-        self.word = nn.Linear(width, len(WORDS) + 1)  # last class = no word
-        self.row_word = nn.Linear(width * grid, len(WORDS) + 1)
-        self.mean_occupancy = nn.Linear(width, cells)
-        self.mean_shapes = nn.Linear(width, len(SHAPES))
-        self.mean_colours = nn.Linear(width, len(COLOURS))
+            self.patch_cell = nn.Linear(form, cells + 1)  # last class = the patch's cell is empty
+            self.patch_shape = nn.Linear(form, len(SHAPES) + 1)
+            self.patch_colour = nn.Linear(colour, len(COLOURS) + 1)
+        self.cell_shape = nn.Linear(form, len(SHAPES) + 1)
+        self.cell_colour = nn.Linear(colour, len(COLOURS) + 1)
+        self.cell_size = nn.Linear(form, len(SIZES) + 1)
+        self.background = nn.Linear(colour, len(BACKGROUNDS))
+        self.word = nn.Linear(form, len(WORDS) + 1)  # last class = no word
+        self.row_word = nn.Linear(form * grid, len(WORDS) + 1)
+        self.mean_occupancy = nn.Linear(form, cells)
+        self.mean_shapes = nn.Linear(form, len(SHAPES))
+        self.mean_colours = nn.Linear(colour, len(COLOURS))
+        if adversary > 0:
+            self.adv_colour = nn.Linear(form, len(COLOURS))  # object classes only: empty cells are not asked
+            self.adv_shape = nn.Linear(colour, len(SHAPES))
+
+    def split(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """``(form code, colour code)`` of features ``(..., C)``; both are all channels without a split."""
+        if not self.colour_channels:
+            return features, features
+        return features[..., : -self.colour_channels], features[..., -self.colour_channels :]
 
     def forward(self, features: Tensor) -> dict[str, Tensor]:
         """``features`` ``(B, 1+N, C)`` tower output -> logits per target."""
@@ -142,22 +200,29 @@ class Stage0Heads(nn.Module):
         stride = side // self.grid
         grid_map = patches.reshape(batch, side, side, width).permute(0, 3, 1, 2)
         cells = F.avg_pool2d(grid_map, stride, stride).permute(0, 2, 3, 1)  # (B, G, G, C), as grid:G pooling
-        mean = patches.mean(dim=1)
+        form_cells, colour_cells = self.split(cells)
+        form_mean, colour_mean = self.split(patches.mean(dim=1))
         logits = {
-            "shape": self.cell_shape(cells),
-            "colour": self.cell_colour(cells),
-            "size": self.cell_size(cells),
-            "background": self.background(mean),
-            "word": self.word(mean),
-            "row_word": self.row_word(cells[:, -1].flatten(1)),
-            "occupancy": self.mean_occupancy(mean),
-            "shapes_present": self.mean_shapes(mean),
-            "colours_present": self.mean_colours(mean),
+            "shape": self.cell_shape(form_cells),
+            "colour": self.cell_colour(colour_cells),
+            "size": self.cell_size(form_cells),
+            "background": self.background(colour_mean),
+            "word": self.word(form_mean),
+            "row_word": self.row_word(form_cells[:, -1].flatten(1)),
+            "occupancy": self.mean_occupancy(form_mean),
+            "shapes_present": self.mean_shapes(form_mean),
+            "colours_present": self.mean_colours(colour_mean),
         }
         if self.patch_targets:
-            logits["patch_cell"] = self.patch_cell(patches)
-            logits["patch_shape"] = self.patch_shape(patches)
-            logits["patch_colour"] = self.patch_colour(patches)
+            form_patches, colour_patches = self.split(patches)
+            logits["patch_cell"] = self.patch_cell(form_patches)
+            logits["patch_shape"] = self.patch_shape(form_patches)
+            logits["patch_colour"] = self.patch_colour(colour_patches)
+        if self.adversary > 0:
+            for name, code in (("colour", form_cells), ("shape", colour_cells)):
+                head = getattr(self, f"adv_{name}")
+                logits[f"adv_{name}"] = head(code.detach())
+                logits[f"confuse_{name}"] = F.linear(code, head.weight.detach(), head.bias.detach())
         return logits
 
 
@@ -222,10 +287,53 @@ def to_grey(images: np.ndarray, targets: dict[str, Tensor], count: int) -> np.nd
     return images
 
 
+def code_separation_loss(logits: dict[str, Tensor], targets: dict[str, Tensor]) -> Tensor:
+    """The adversaries' loss plus the tower's: keep colour out of the form code and shape out of the colour code.
+
+    On occupied cells only (an empty cell's "no object" is rightly in both codes), and not on grey frames' colours
+    (their targets are -1). Each adversary learns to name the object's class from the other code (cross-entropy,
+    on detached features); the tower is trained to make the frozen adversary's answer uniform over the classes
+    (cross-entropy against the uniform distribution, minus its floor ``log K`` so that 0 means "no idea").
+    """
+    total = logits["shape"].new_zeros(())
+    for name in ("colour", "shape"):
+        target = targets[name].flatten()
+        keep = target > 0
+        if not bool(keep.any()):
+            continue
+        adversary = logits[f"adv_{name}"].flatten(0, -2)[keep]
+        confused = logits[f"confuse_{name}"].flatten(0, -2)[keep]
+        floor = math.log(confused.shape[-1])
+        total = total + F.cross_entropy(adversary, target[keep] - 1)
+        total = total + (-F.log_softmax(confused, dim=-1).mean(-1)).mean() - floor
+    return total
+
+
+def with_grey_twins(
+    images: np.ndarray, targets: dict[str, Tensor], count: int
+) -> tuple[np.ndarray, dict[str, Tensor]]:
+    """Append grey copies of the last ``count`` frames (colour targets left out) after the whole batch."""
+    twin_targets = {name: value[-count:] for name, value in targets.items()}
+    twins = to_grey(images[-count:], twin_targets, count)
+    merged = {name: torch.cat([value, twin_targets[name]]) for name, value in targets.items()}
+    return np.concatenate([images, twins]), merged
+
+
+def grey_pair_loss(form: Tensor, count: int) -> Tensor:
+    """Mean ``1 - cosine`` between the form code of each patch of the last ``count`` colour frames and its twin's.
+
+    ``form`` is ``(B + count, N, C)``: the batch, then the grey twins of its last ``count`` frames.
+    """
+    batch = form.shape[0] - count
+    return (1 - F.cosine_similarity(form[batch - count : batch], form[batch:], dim=-1)).mean()
+
+
 def stage0_loss(logits: dict[str, Tensor], targets: dict[str, Tensor]) -> Tensor:
     """Sum of the heads' losses; a target of -1 (a grey frame's colours, :func:`to_grey`) is left out."""
     total = logits["shape"].new_zeros(())
     for name, value in logits.items():
+        if name.startswith(("adv_", "confuse_")):
+            continue  # code_separation_loss
         # Masked only when a target is left out: the plain mean below keeps the committed towers' loss bit for bit
         # (a weighted sum divided by the count rounds differently).
         if name in _MULTI_LABEL and bool((targets[name] < 0).any()):
@@ -336,7 +444,14 @@ def train_stage0(settings: Stage0Settings, out_dir: str | Path) -> dict[str, Any
             nn.init.zeros_(module.bias)
     nn.init.trunc_normal_(tower.embeddings.position_embedding, std=0.02)
     nn.init.trunc_normal_(tower.embeddings.class_embedding, std=0.02)
-    heads = Stage0Heads(settings.hidden_size, settings.grid, settings.patch_targets)
+    heads = Stage0Heads(
+        settings.hidden_size,
+        settings.grid,
+        settings.patch_targets,
+        settings.colour_channels,
+        settings.adversary,
+    )
+    twins = settings.batch_size // 2 if settings.grey_pairs > 0 else 0
     params = list(tower.parameters()) + list(heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
 
@@ -361,8 +476,15 @@ def train_stage0(settings: Stage0Settings, out_dir: str | Path) -> dict[str, Any
         num_patches = (settings.image_size // settings.patch_size) ** 2 if settings.patch_targets else None
         targets = batch_targets(labels, num_patches)
         images = to_grey(images, targets, round(settings.grey_share * settings.batch_size))
+        if twins:
+            images, targets = with_grey_twins(images, targets, twins)
         features = tower(normalise(images))
-        loss = stage0_loss(heads(features), targets)
+        logits = heads(features)
+        loss = stage0_loss(logits, targets)
+        if settings.adversary > 0:
+            loss = loss + settings.adversary * code_separation_loss(logits, targets)
+        if twins:
+            loss = loss + settings.grey_pairs * grey_pair_loss(heads.split(features[:, 1:])[0], twins)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
