@@ -23,6 +23,8 @@ def test_v4_yaml_states_exactly_the_curriculum_that_trained_v4():
     assert list(recipe.evals) == V4_RECORD["evals"]
     stage0 = asdict(Stage0Settings(**recipe.stage0))
     assert stage0.pop("grey_share") == 0.0  # a setting added after v4 (v5.5 experiments), off
+    for later in ("colour_channels", "adversary", "grey_pairs"):  # added for v5.6, off in v4
+        assert stage0.pop(later) == 0
     assert json.loads(json.dumps(stage0)) == V4_RECORD["stage0"]
     # Field by field, as the old loop recorded them.
     for phase, old in zip(recipe.phases, V4_RECORD["phases"], strict=True):
@@ -138,6 +140,7 @@ def test_datasets_take_generate_items_options_but_never_the_sealed_seed_or_held_
         f"a: {{split: train, kind: text_copy, n: 8, seed: {SEALED_TEST_SEEDS['v5.3']}}}": "sealed v5.3 test seed",
         f"a: {{split: train, kind: video_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.4']}}}": "sealed v5.4 test seed",
         f"a: {{split: train, kind: image_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.5']}}}": "sealed v5.5 test seed",
+        f"a: {{split: train, kind: video_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.6']}}}": "sealed v5.6 test seed",
         "a: {split: train, kind: image_qa, n: 8, phrasing: posh}": "phrasing='posh' is unknown",
         "a: {split: train, kind: image_qa, n: 8, colour_spelling: us}": r"found \['colour_spelling'",
     }
@@ -279,6 +282,20 @@ def test_v5_5_is_v5_4_on_a_stage0_tower_with_grey_frames():
         v54.evals,
     )
     assert v55.stage0 == {**v54.stage0, "grey_share": 0.5} and "grey_share" not in v54.stage0
+
+
+def test_v5_6_is_v5_4_on_a_stage0_tower_with_separate_form_and_colour_codes():
+    """tiny/v5.6 changes only its stage-0 tower (32 colour channels, adversaries, grey twins); the rest is v5.4."""
+    v54, v56 = load_curriculum(V4.with_name("v5.4.yaml")), load_curriculum(V4.with_name("v5.6.yaml"))
+    assert (v56.phases, v56.datasets, v56.subsets, v56.tokenizers, v56.evals) == (
+        v54.phases,
+        v54.datasets,
+        v54.subsets,
+        v54.tokenizers,
+        v54.evals,
+    )
+    assert v56.stage0 == {**v54.stage0, "colour_channels": 32, "adversary": 1.0, "grey_pairs": 1.0}
+    assert Stage0Settings(**v56.stage0).grey_share == 0.0
 
 
 def test_the_makefile_lists_one_train_call_per_phase_of_v5_4_and_smoke():
