@@ -28,7 +28,7 @@ The findings (``shared/tiny-model-findings.md``) drive the targets:
   code*) feed the colour heads (cell, patch, colours present, background) and nothing else, the other channels
   (the *form code*) feed every other head. Two linear adversaries try to read colour from the form code and
   shape from the colour code, and the tower is trained (weight ``adversary``) to leave them guessing, so it keeps
-  each out of the other; with ``grey_pairs`` > 0, every frame of the first half of a batch is also shown in
+  each out of the other; with ``grey_pairs`` > 0, every frame of the last half of a batch is also shown in
   grey levels and the form code of each patch is pulled towards its grey twin's (``1 - cosine``, that weight),
   so shape and size are coded the same whatever the colour. Why: a linear probe that cannot see colour reads
   shape on the unseen pairs at 0.86 where one that can reads 0.68 ("After v5.5"), so a tower whose shape code
@@ -90,13 +90,9 @@ class Stage0Settings:
     threads: int = 1  # measured: 2 threads are ~8x slower than 1 when other jobs share the 2 cores
     patch_targets: bool = False  # per-patch cell/shape/colour targets (see the module docstring)
     grey_share: float = 0.0  # share of each batch in grey levels, without colour targets (module docstring)
-    colour_channels: int = (
-        0  # > 0: the last channels are a colour code, the rest a form code (module docstring)
-    )
-    adversary: float = 0.0  # weight of the gradient-reversed probes that keep the two codes apart
-    grey_pairs: float = (
-        0.0  # weight pulling a frame's form code to its grey twin's (first half of each batch)
-    )
+    colour_channels: int = 0  # > 0: the last channels are a colour code, the rest a form code
+    adversary: float = 0.0  # weight of the adversaries that keep the two codes apart (module docstring)
+    grey_pairs: float = 0.0  # weight tying a frame's form code to its grey twin's (module docstring)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.grey_share <= 1.0:
