@@ -271,31 +271,24 @@ def test_v5_4_is_v5_3_then_a_phase_on_new_short_clips():
     assert last.losses == v53.phases[-1].losses
 
 
-def test_v5_5_is_v5_4_on_a_stage0_tower_with_grey_frames():
-    """tiny/v5.5 changes one thing: half of every stage-0 batch in grey (no colour targets); the rest is v5.4."""
-    v54, v55 = load_curriculum(V4.with_name("v5.4.yaml")), load_curriculum(V4.with_name("v5.5.yaml"))
-    assert (v55.phases, v55.datasets, v55.subsets, v55.tokenizers, v55.evals) == (
+@pytest.mark.parametrize(
+    ("name", "tower"),
+    [
+        ("v5.5", {"grey_share": 0.5}),  # half of every stage-0 batch in grey (no colour targets)
+        ("v5.6", {"colour_channels": 32, "adversary": 1.0, "grey_pairs": 1.0}),  # split form and colour
+    ],
+)
+def test_v5_5_and_v5_6_are_v5_4_on_another_stage0_tower(name: str, tower: dict) -> None:
+    """tiny/v5.5 and tiny/v5.6 change only their stage-0 tower; phases, data, tokenizers and evals are v5.4's."""
+    v54, other = load_curriculum(V4.with_name("v5.4.yaml")), load_curriculum(V4.with_name(f"{name}.yaml"))
+    assert (other.phases, other.datasets, other.subsets, other.tokenizers, other.evals) == (
         v54.phases,
         v54.datasets,
         v54.subsets,
         v54.tokenizers,
         v54.evals,
     )
-    assert v55.stage0 == {**v54.stage0, "grey_share": 0.5} and "grey_share" not in v54.stage0
-
-
-def test_v5_6_is_v5_4_on_a_stage0_tower_with_separate_form_and_colour_codes():
-    """tiny/v5.6 changes only its stage-0 tower (32 colour channels, adversaries, grey twins); the rest is v5.4."""
-    v54, v56 = load_curriculum(V4.with_name("v5.4.yaml")), load_curriculum(V4.with_name("v5.6.yaml"))
-    assert (v56.phases, v56.datasets, v56.subsets, v56.tokenizers, v56.evals) == (
-        v54.phases,
-        v54.datasets,
-        v54.subsets,
-        v54.tokenizers,
-        v54.evals,
-    )
-    assert v56.stage0 == {**v54.stage0, "colour_channels": 32, "adversary": 1.0, "grey_pairs": 1.0}
-    assert Stage0Settings(**v56.stage0).grey_share == 0.0
+    assert other.stage0 == {**v54.stage0, **tower} and not set(tower) & set(v54.stage0)
 
 
 def test_the_makefile_lists_one_train_call_per_phase_of_v5_4_and_smoke():
