@@ -30,16 +30,18 @@ from llamavid.synth import pretraining_batch
 from llamavid.synth.world import COLOURS, HELDOUT_PAIRS, SHAPES
 from llamavid.train.stage0_vision import load_tower, normalise
 
-PatchFeatures = Callable[
-    [np.ndarray], Tensor
-]  # uint8 frames (B, H, W, 3) -> patch features (B, N, C), no CLS
+# uint8 frames (B, H, W, 3) -> patch features (B, N, C), without the CLS token
+PatchFeatures = Callable[[np.ndarray], Tensor]
 
 
 def model_patches(model: LlamaVidForConditionalGeneration, processor: LlamaVidProcessor) -> PatchFeatures:
     """Patch features of a llamavid model's vision tower, through its own image processor."""
-    return lambda images: model.model.get_vision_features(processor.image_processor(images, is_video=True))[
-        :, 1:
-    ].float()
+
+    def patches(images: np.ndarray) -> Tensor:
+        pixels = processor.image_processor(images, is_video=True)
+        return model.model.get_vision_features(pixels)[:, 1:].float()
+
+    return patches
 
 
 def tower_patches(tower_dir: Path) -> tuple[PatchFeatures, int, int]:
