@@ -162,7 +162,7 @@ class Stage0Heads(nn.Module):
         self.grid = grid
         self.patch_targets = patch_targets
         self.colour_channels = colour_channels
-        self.adversary = adversary
+        self.adversaries = adversary > 0  # a flag here: the loss weight is applied by the caller
         form = width - colour_channels
         colour = colour_channels or width
         if patch_targets:
@@ -214,7 +214,7 @@ class Stage0Heads(nn.Module):
             logits["patch_cell"] = self.patch_cell(form_patches)
             logits["patch_shape"] = self.patch_shape(form_patches)
             logits["patch_colour"] = self.patch_colour(colour_patches)
-        if self.adversary > 0:
+        if self.adversaries:
             for name, code in (("colour", form_cells), ("shape", colour_cells)):
                 head = getattr(self, f"adv_{name}")
                 logits[f"adv_{name}"] = head(code.detach())
