@@ -145,8 +145,6 @@ def test_code_separation_trains_the_adversaries_on_detached_codes_and_the_tower_
     features = torch.randn(4, 65, 32, requires_grad=True)
     logits = heads(features)
     # The adversaries' own loss reaches their weights and never the features ...
-    adversaries = {key: value for key, value in logits.items() if key.startswith("adv_")}
-    assert all(not value.requires_grad or value.grad_fn is not None for value in adversaries.values())
     torch.autograd.backward(
         code_separation_loss(
             {
