@@ -38,8 +38,8 @@ def model_patches(model: LlamaVidForConditionalGeneration, processor: LlamaVidPr
     """Patch features of a llamavid model's vision tower, through its own image processor."""
 
     def patches(images: np.ndarray) -> Tensor:
-        pixels = processor.image_processor(images, is_video=True)
-        return model.model.get_vision_features(pixels)[:, 1:].float()
+        features = model.model.get_vision_features(processor.image_processor(images, is_video=True))
+        return model.model.split_vision_features(features, from_pixels=True)[0].float()
 
     return patches
 
