@@ -141,6 +141,7 @@ def test_datasets_take_generate_items_options_but_never_the_sealed_seed_or_held_
         f"a: {{split: train, kind: video_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.4']}}}": "sealed v5.4 test seed",
         f"a: {{split: train, kind: image_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.5']}}}": "sealed v5.5 test seed",
         f"a: {{split: train, kind: video_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.6']}}}": "sealed v5.6 test seed",
+        f"a: {{split: train, kind: long_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.7']}}}": "sealed v5.7 test seed",
         "a: {split: train, kind: image_qa, n: 8, phrasing: posh}": "phrasing='posh' is unknown",
         "a: {split: train, kind: image_qa, n: 8, colour_spelling: us}": r"found \['colour_spelling'",
     }
@@ -289,6 +290,26 @@ def test_v5_5_and_v5_6_are_v5_4_on_another_stage0_tower(name: str, tower: dict) 
         v54.evals,
     )
     assert other.stage0 == {**v54.stage0, **tower} and not set(tower) & set(v54.stage0)
+
+
+def test_v5_7_is_v5_6_on_a_weaker_adversary_with_a_longer_needle8_that_reads_subtitle_needles() -> None:
+    """tiny/v5.7 = v5.6 with adversary 0.3 and a 500-step `needle8` whose `long60` share is the subtitle-needle
+    subset; every other phase, set, tokenizer and eval is v5.6's (so v5.4's)."""
+    v56, v57 = load_curriculum(V4.with_name("v5.6.yaml")), load_curriculum(V4.with_name("v5.7.yaml"))
+    assert (v57.datasets, v57.subsets, v57.tokenizers, v57.evals) == (
+        v56.datasets,
+        v56.subsets,
+        v56.tokenizers,
+        v56.evals,
+    )
+    assert v57.stage0 == {**v56.stage0, "adversary": 0.3}
+    assert [p.name for p in v57.phases] == [p.name for p in v56.phases]
+    changed = [(old, new) for old, new in zip(v56.phases, v57.phases, strict=True) if old != new]
+    assert [new.name for _, new in changed] == ["needle8"]
+    ((old, new),) = changed
+    assert new.steps == 500 and old.steps == 300
+    assert new.mixture == {k if k != "long60" else "long60_subtitle": v for k, v in old.mixture.items()}
+    assert (new.lr, new.losses) == (old.lr, old.losses)
 
 
 def test_the_makefile_lists_one_train_call_per_phase_of_v5_4_and_smoke():
