@@ -117,6 +117,21 @@ def test_grey_frames_lose_their_colours_and_only_their_colour_targets() -> None:
     assert torch.equal(stage0_loss(logits, plain), expected)
 
 
+def test_stage0_loss_weights_scale_one_head_and_leave_the_rest_bit_for_bit() -> None:
+    images, labels = pretraining_batch("train", 0, 0, 4, size=64)
+    targets = batch_targets(labels, num_patches=64)
+    heads = Stage0Heads(32, 4, patch_targets=True)
+    logits = heads(torch.randn(4, 65, 32))
+    plain = stage0_loss(logits, targets)
+    assert torch.equal(stage0_loss(logits, targets, {"occupancy": 1.0}), plain)
+    occupancy = F.binary_cross_entropy_with_logits(logits["occupancy"], targets["occupancy"])
+    torch.testing.assert_close(stage0_loss(logits, targets, {"occupancy": 5.0}), plain + 4 * occupancy)
+    with pytest.raises(ValueError, match="occupancy_weight"):
+        from llamavid.train.stage0_vision import Stage0Settings
+
+        Stage0Settings(occupancy_weight=-1.0)
+
+
 def test_split_codes_feed_each_head_only_its_own_channels() -> None:
     heads = Stage0Heads(32, 4, patch_targets=True, colour_channels=8)
     colour_heads = ("colour", "patch_colour", "background", "colours_present")

@@ -1,7 +1,7 @@
 """The tiny-model curriculum as YAML (train/configs/tiny/) and the losses a phase selects (train/losses.py)."""
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -25,6 +25,7 @@ def test_v4_yaml_states_exactly_the_curriculum_that_trained_v4():
     assert stage0.pop("grey_share") == 0.0  # a setting added after v4 (v5.5 experiments), off
     for later in ("colour_channels", "adversary", "grey_pairs"):  # added for v5.6, off in v4
         assert stage0.pop(later) == 0
+    assert stage0.pop("occupancy_weight") == 1.0  # added after v5.7, 1 in v4
     assert json.loads(json.dumps(stage0)) == V4_RECORD["stage0"]
     # Field by field, as the old loop recorded them.
     for phase, old in zip(recipe.phases, V4_RECORD["phases"], strict=True):
@@ -142,6 +143,7 @@ def test_datasets_take_generate_items_options_but_never_the_sealed_seed_or_held_
         f"a: {{split: train, kind: image_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.5']}}}": "sealed v5.5 test seed",
         f"a: {{split: train, kind: video_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.6']}}}": "sealed v5.6 test seed",
         f"a: {{split: train, kind: long_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.7']}}}": "sealed v5.7 test seed",
+        f"a: {{split: train, kind: image_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.8']}}}": "sealed v5.8 test seed",
         "a: {split: train, kind: image_qa, n: 8, phrasing: posh}": "phrasing='posh' is unknown",
         "a: {split: train, kind: image_qa, n: 8, colour_spelling: us}": r"found \['colour_spelling'",
     }
@@ -310,6 +312,25 @@ def test_v5_7_is_v5_6_on_a_weaker_adversary_with_a_longer_needle8_that_reads_sub
     assert new.steps == 500 and old.steps == 300
     assert new.mixture == {k if k != "long60" else "long60_subtitle": v for k, v in old.mixture.items()}
     assert (new.lr, new.losses) == (old.lr, old.losses)
+
+
+def test_v5_8_is_v5_7_on_a_layout_keeping_full_adversary_with_a_tail_on_new_clips() -> None:
+    """tiny/v5.8 = v5.7 with adversary 1.0 and the occupancy loss x4, and `clips`, `long1200b` and `fresh` reading
+    the new clips `video_qa_s4` where v5.7's read `video_qa`; every other phase, set and setting is v5.7's."""
+    v57, v58 = load_curriculum(V4.with_name("v5.7.yaml")), load_curriculum(V4.with_name("v5.8.yaml"))
+    assert v58.stage0 == {**v57.stage0, "adversary": 1.0, "occupancy_weight": 4.0}
+    assert (v58.subsets, v58.tokenizers, v58.evals) == (v57.subsets, v57.tokenizers, v57.evals)
+    (new_set,) = set(v58.datasets) - set(v57.datasets)
+    assert {k: v for k, v in v58.datasets.items() if k != new_set} == v57.datasets
+    assert v58.datasets[new_set] == ("train", "video_qa", 4000, 4, 0)
+    assert v57.datasets["video_qa"] == ("train", "video_qa", 5000, 0, 0)
+    assert v58.dataset_options[new_set] == {**v57.dataset_options["video_qa"], "clip_frames": (5, 32)}
+    assert [p.name for p in v58.phases] == [p.name for p in v57.phases]
+    changed = [(old, new) for old, new in zip(v57.phases, v58.phases, strict=True) if old != new]
+    assert [new.name for _, new in changed] == ["clips", "long1200b", "fresh"]
+    for old, new in changed:
+        assert new.mixture == {k if k != "video_qa" else new_set: v for k, v in old.mixture.items()}
+        assert replace(new, mixture=old.mixture) == old
 
 
 def test_the_makefile_lists_one_train_call_per_phase_of_v5_4_and_smoke():

@@ -33,7 +33,11 @@ The findings (``shared/tiny-model-findings.md``) drive the targets:
   so shape and size are coded the same whatever the colour. Why: a linear probe that cannot see colour reads
   shape on the unseen pairs at 0.86 where one that can reads 0.68 ("After v5.5"), so a tower whose shape code
   carries no colour leaves a reader fitted on seen pairs nothing to key the "this colour is never that shape"
-  prior on except the separate colour code.
+  prior on except the separate colour code;
+* ``occupancy_weight`` scales the mean-token occupancy loss (1 in every committed tower). Why: the adversaries
+  cost the mean token, a video frame's content token, its exact cell occupancy (0.94 -> 0.54 at ``adversary:
+  1.0``; a linear probe fitted on all 128 mean channels reads 0.67), the likely cause of that tower's weaker short
+  videos.
 
 Inputs are normalised exactly as :class:`~llamavid.model.image_processing_llamavid.LlamaVidImageProcessor`
 does for a square frame of the tower's size (no resize), so the frozen tower sees the same pixels at inference.
@@ -93,6 +97,7 @@ class Stage0Settings:
     colour_channels: int = 0  # > 0: the last channels are a colour code, the rest a form code
     adversary: float = 0.0  # weight of the adversaries that keep the two codes apart (module docstring)
     grey_pairs: float = 0.0  # weight tying a frame's form code to its grey twin's (module docstring)
+    occupancy_weight: float = 1.0  # scales the mean-token occupancy loss (module docstring)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.grey_share <= 1.0:
@@ -101,6 +106,10 @@ class Stage0Settings:
             raise InvalidInputError(
                 f"stage0 colour_channels must be within 0..{self.hidden_size - 1} (hidden_size "
                 f"{self.hidden_size}), found {self.colour_channels!r}."
+            )
+        if self.occupancy_weight < 0:
+            raise InvalidInputError(
+                f"stage0 occupancy_weight is a loss weight (>= 0), found {self.occupancy_weight!r}."
             )
         if self.adversary < 0 or self.grey_pairs < 0:
             raise InvalidInputError(
@@ -324,25 +333,32 @@ def grey_pair_loss(form: Tensor, count: int) -> Tensor:
     return (1 - F.cosine_similarity(form[batch - count : batch], form[batch:], dim=-1)).mean()
 
 
-def stage0_loss(logits: dict[str, Tensor], targets: dict[str, Tensor]) -> Tensor:
-    """Sum of the heads' losses; a target of -1 (a grey frame's colours, :func:`to_grey`) is left out."""
+def stage0_loss(
+    logits: dict[str, Tensor], targets: dict[str, Tensor], weights: dict[str, float] | None = None
+) -> Tensor:
+    """Sum of the heads' losses, each times its entry in ``weights`` (default 1); a target of -1 (a grey frame's
+    colours, :func:`to_grey`) is left out."""
     total = logits["shape"].new_zeros(())
     for name, value in logits.items():
         if name.startswith(("adv_", "confuse_")):
             continue  # code_separation_loss
-        # Masked only when a target is left out: the plain mean below keeps the committed towers' loss bit for bit
-        # (a weighted sum divided by the count rounds differently).
-        if name in _MULTI_LABEL and bool((targets[name] < 0).any()):
-            weight = (targets[name] >= 0).to(value.dtype)
-            loss = F.binary_cross_entropy_with_logits(
-                value, targets[name].clamp_min(0), weight, reduction="sum"
-            )
-            total = total + loss / weight.sum().clamp_min(1.0)
-        elif name in _MULTI_LABEL:
-            total = total + F.binary_cross_entropy_with_logits(value, targets[name])
-        else:
-            total = total + F.cross_entropy(value.flatten(0, -2), targets[name].flatten(), ignore_index=-1)
+        weight = (weights or {}).get(name, 1.0)
+        loss = _head_loss(name, value, targets[name])
+        # A weight of 1 is not multiplied in, so the committed towers' loss stays bit for bit.
+        total = total + (loss if weight == 1.0 else weight * loss)
     return total
+
+
+def _head_loss(name: str, value: Tensor, target: Tensor) -> Tensor:
+    # Masked only when a target is left out: the plain mean below keeps the committed towers' loss bit for bit
+    # (a weighted sum divided by the count rounds differently).
+    if name in _MULTI_LABEL and bool((target < 0).any()):
+        weight = (target >= 0).to(value.dtype)
+        loss = F.binary_cross_entropy_with_logits(value, target.clamp_min(0), weight, reduction="sum")
+        return loss / weight.sum().clamp_min(1.0)
+    if name in _MULTI_LABEL:
+        return F.binary_cross_entropy_with_logits(value, target)
+    return F.cross_entropy(value.flatten(0, -2), target.flatten(), ignore_index=-1)
 
 
 @torch.no_grad()
@@ -476,7 +492,7 @@ def train_stage0(settings: Stage0Settings, out_dir: str | Path) -> dict[str, Any
             images, targets = with_grey_twins(images, targets, twins)
         features = tower(normalise(images))
         logits = heads(features)
-        loss = stage0_loss(logits, targets)
+        loss = stage0_loss(logits, targets, {"occupancy": settings.occupancy_weight})
         if settings.adversary > 0:
             loss = loss + settings.adversary * code_separation_loss(logits, targets)
         if twins:
