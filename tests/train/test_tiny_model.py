@@ -126,10 +126,11 @@ def test_stage0_loss_weights_scale_one_head_and_leave_the_rest_bit_for_bit() -> 
     assert torch.equal(stage0_loss(logits, targets, {"occupancy": 1.0}), plain)
     occupancy = F.binary_cross_entropy_with_logits(logits["occupancy"], targets["occupancy"])
     torch.testing.assert_close(stage0_loss(logits, targets, {"occupancy": 5.0}), plain + 4 * occupancy)
-    with pytest.raises(ValueError, match="occupancy_weight"):
-        from llamavid.train.stage0_vision import Stage0Settings
+    from llamavid.train.stage0_vision import Stage0Settings
 
-        Stage0Settings(occupancy_weight=-1.0)
+    for name in ("occupancy_weight", "shapes_present_weight"):
+        with pytest.raises(ValueError, match=name):
+            Stage0Settings(**{name: -1.0})
 
 
 def test_split_codes_feed_each_head_only_its_own_channels() -> None:

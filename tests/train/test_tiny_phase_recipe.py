@@ -40,6 +40,7 @@ def test_every_v4_phase_resolves_to_the_settings_that_trained_v4():
         for later in ("colour_channels", "adversary", "grey_pairs"):  # added for v5.6, off in v4
             assert stage0.pop(later) == 0
         assert stage0.pop("occupancy_weight") == 1.0  # added after v5.7, 1 in v4
+        assert stage0.pop("shapes_present_weight") == 1.0  # added after v5.7, 1 in v4
         assert stage0 == V4_RECORD["stage0"]
         assert recipe.tiny_settings() == {
             **{key: old[key] for key in ("name", "steps", "mixture", "batch_size", "batch_sizes", "lr")},

@@ -26,6 +26,7 @@ def test_v4_yaml_states_exactly_the_curriculum_that_trained_v4():
     for later in ("colour_channels", "adversary", "grey_pairs"):  # added for v5.6, off in v4
         assert stage0.pop(later) == 0
     assert stage0.pop("occupancy_weight") == 1.0  # added after v5.7, 1 in v4
+    assert stage0.pop("shapes_present_weight") == 1.0  # added after v5.7, 1 in v4
     assert json.loads(json.dumps(stage0)) == V4_RECORD["stage0"]
     # Field by field, as the old loop recorded them.
     for phase, old in zip(recipe.phases, V4_RECORD["phases"], strict=True):

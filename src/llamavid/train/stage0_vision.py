@@ -34,10 +34,11 @@ The findings (``shared/tiny-model-findings.md``) drive the targets:
   shape on the unseen pairs at 0.86 where one that can reads 0.68 ("After v5.5"), so a tower whose shape code
   carries no colour leaves a reader fitted on seen pairs nothing to key the "this colour is never that shape"
   prior on except the separate colour code;
-* ``occupancy_weight`` scales the mean-token occupancy loss (1 in every committed tower). Why: the adversaries
-  cost the mean token, a video frame's content token, its exact cell occupancy (0.94 -> 0.54 at ``adversary:
-  1.0``; a linear probe fitted on all 128 mean channels reads 0.67), the likely cause of that tower's weaker short
-  videos.
+* ``occupancy_weight`` and ``shapes_present_weight`` scale the mean-token occupancy and shapes-present losses (1
+  in every committed tower). Why: the adversaries cost the mean token, a video frame's content token, its exact
+  cell occupancy (0.94 -> 0.54 at ``adversary: 1.0``; a linear probe fitted on all 128 mean channels reads 0.67),
+  and with the occupancy loss x4 (occupancy 0.98) which shapes it holds (a fitted probe: 0.66 against the committed
+  tower's 0.83); the short-video questions about what appears, disappears and comes first need both.
 
 Inputs are normalised exactly as :class:`~llamavid.model.image_processing_llamavid.LlamaVidImageProcessor`
 does for a square frame of the tower's size (no resize), so the frozen tower sees the same pixels at inference.
@@ -98,6 +99,7 @@ class Stage0Settings:
     adversary: float = 0.0  # weight of the adversaries that keep the two codes apart (module docstring)
     grey_pairs: float = 0.0  # weight tying a frame's form code to its grey twin's (module docstring)
     occupancy_weight: float = 1.0  # scales the mean-token occupancy loss (module docstring)
+    shapes_present_weight: float = 1.0  # scales the mean-token shapes-present loss (module docstring)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.grey_share <= 1.0:
@@ -107,10 +109,11 @@ class Stage0Settings:
                 f"stage0 colour_channels must be within 0..{self.hidden_size - 1} (hidden_size "
                 f"{self.hidden_size}), found {self.colour_channels!r}."
             )
-        if self.occupancy_weight < 0:
-            raise InvalidInputError(
-                f"stage0 occupancy_weight is a loss weight (>= 0), found {self.occupancy_weight!r}."
-            )
+        for name in ("occupancy_weight", "shapes_present_weight"):
+            if getattr(self, name) < 0:
+                raise InvalidInputError(
+                    f"stage0 {name} is a loss weight (>= 0), found {getattr(self, name)!r}."
+                )
         if self.adversary < 0 or self.grey_pairs < 0:
             raise InvalidInputError(
                 f"stage0 adversary and grey_pairs are loss weights (>= 0), found {self.adversary!r} and "
@@ -492,7 +495,8 @@ def train_stage0(settings: Stage0Settings, out_dir: str | Path) -> dict[str, Any
             images, targets = with_grey_twins(images, targets, twins)
         features = tower(normalise(images))
         logits = heads(features)
-        loss = stage0_loss(logits, targets, {"occupancy": settings.occupancy_weight})
+        weights = {"occupancy": settings.occupancy_weight, "shapes_present": settings.shapes_present_weight}
+        loss = stage0_loss(logits, targets, weights)
         if settings.adversary > 0:
             loss = loss + settings.adversary * code_separation_loss(logits, targets)
         if twins:
