@@ -9,6 +9,11 @@ split leans on the "this colour never has that shape" prior (docs/tiny-model.md,
 
 ``--tower DIR`` probes a stage-0 tower folder (``vision_tower.safetensors``, before any LLM phase) instead of a
 model; with a split tower (``colour_channels`` > 0) the probes are also fitted on its form code alone.
+
+``--mean-token`` probes the mean of all patches instead (a video frame's content token, ``mean`` pooling): which of
+the grid's cells are occupied and which shapes are present, each a multi-label linear probe scored by exact match
+over the whole frame (docs/tiny-model.md, "v5.8 on the dev seed": an adversary can keep where objects are and
+still lose which shapes they are).
 """
 
 from __future__ import annotations
@@ -144,6 +149,56 @@ def probe_combos(
     return results
 
 
+@torch.no_grad()
+def mean_token_features(
+    patches_of: PatchFeatures, size: int, split: str, frames: int, grid: int, chunk: int = 250
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(mean token (F, C), occupied cells (F, G*G), shapes present (F, len(SHAPES)))`` of synthetic frames."""
+    features, occupied, present = [], [], []
+    for start in range(0, frames, chunk):
+        images, labels = pretraining_batch(split, 0, start, min(chunk, frames - start), size, grid)
+        shape = torch.from_numpy(labels["shape"]).flatten(1)
+        features.append(patches_of(images).mean(dim=1))
+        occupied.append((shape > 0).float())
+        present.append(torch.stack([(shape == k + 1).any(1) for k in range(len(SHAPES))], 1).float())
+    return torch.cat(features), torch.cat(occupied), torch.cat(present)
+
+
+def mean_token_probes(
+    patches_of: PatchFeatures,
+    size: int,
+    train_frames: int = 3000,
+    heldout_frames: int = 2000,
+    steps: int = 600,
+    grid: int = 4,
+) -> dict[str, float]:
+    """Exact-match accuracy on held-out frames of linear multi-label probes on the mean token."""
+    train_x, train_occupied, train_present = mean_token_features(
+        patches_of, size, "train", train_frames, grid
+    )
+    test_x, test_occupied, test_present = mean_token_features(
+        patches_of, size, "heldout", heldout_frames, grid
+    )
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-5
+    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+    results = {}
+    for name, fit_y, test_y in (
+        ("occupancy_exact", train_occupied, test_occupied),
+        ("shapes_present_exact", train_present, test_present),
+    ):
+        torch.manual_seed(0)
+        probe = torch.nn.Linear(train_x.shape[1], fit_y.shape[1])
+        optimizer = torch.optim.Adam(probe.parameters(), lr=1e-2)
+        for _ in range(steps):
+            loss = F.binary_cross_entropy_with_logits(probe(train_x), fit_y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            results[name] = float(((probe(test_x) > 0) == (test_y > 0.5)).all(-1).float().mean())
+    return results
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -157,6 +212,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--tower", type=Path, default=None, help="probe a stage-0 tower folder instead of a model (see above)"
     )
+    parser.add_argument(
+        "--mean-token",
+        action="store_true",
+        help="probe the mean token's layout and shapes instead (see above)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -166,9 +226,17 @@ def main(argv: list[str] | None = None) -> None:
         model = LlamaVidForConditionalGeneration.from_pretrained(str(args.model), dtype=torch.float32).eval()
         patches_of = model_patches(model, LlamaVidProcessor.from_pretrained(args.model))
         size, colour_channels = model.config.vision_config.image_size, 0
-    results = probe_combos(
-        patches_of, size, args.train_frames, args.heldout_frames, args.steps, colour_channels=colour_channels
-    )
+    if args.mean_token:
+        results = mean_token_probes(patches_of, size, args.train_frames, args.heldout_frames, args.steps)
+    else:
+        results = probe_combos(
+            patches_of,
+            size,
+            args.train_frames,
+            args.heldout_frames,
+            args.steps,
+            colour_channels=colour_channels,
+        )
     print(json.dumps(results, indent=1))
 
 
