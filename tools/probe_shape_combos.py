@@ -76,16 +76,26 @@ def cell_features(
     return torch.cat(features), torch.cat(shapes), torch.cat(colours)
 
 
-def fit_probe(features: Tensor, targets: Tensor, classes: int, steps: int, seed: int = 0) -> torch.nn.Linear:
+def fit_probe(
+    features: Tensor, targets: Tensor, classes: int, steps: int, seed: int = 0, multi_label: bool = False
+) -> torch.nn.Linear:
+    """A linear probe fitted full-batch with Adam: one class per row, or (``multi_label``) a 0/1 row per target."""
     torch.manual_seed(seed)
     probe = torch.nn.Linear(features.shape[1], classes)
     optimizer = torch.optim.Adam(probe.parameters(), lr=1e-2)
+    criterion = F.binary_cross_entropy_with_logits if multi_label else F.cross_entropy
     for _ in range(steps):
-        loss = F.cross_entropy(probe(features), targets)
+        loss = criterion(probe(features), targets)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     return probe
+
+
+def standardise(train: Tensor, test: Tensor) -> tuple[Tensor, Tensor]:
+    """Both feature sets scaled by the train set's per-channel mean and spread."""
+    mean, std = train.mean(0), train.std(0) + 1e-5
+    return (train - mean) / std, (test - mean) / std
 
 
 def probe_combos(
@@ -104,8 +114,7 @@ def probe_combos(
     """
     train_x, train_shape, train_colour = cell_features(patches_of, size, "train", train_frames, grid)
     test_x, test_shape, test_colour = cell_features(patches_of, size, "heldout", heldout_frames, grid)
-    mean, std = train_x.mean(0), train_x.std(0) + 1e-5
-    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+    train_x, test_x = standardise(train_x, test_x)
     pairs = zip(test_shape.tolist(), test_colour.tolist(), strict=True)
     held = torch.tensor([(SHAPES[s], COLOURS[c]) in HELDOUT_PAIRS for s, c in pairs])
     # The colour subspace: least-squares per-colour mean directions, orthonormalised.
@@ -179,21 +188,13 @@ def mean_token_probes(
     test_x, test_occupied, test_present = mean_token_features(
         patches_of, size, "heldout", heldout_frames, grid
     )
-    mean, std = train_x.mean(0), train_x.std(0) + 1e-5
-    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+    train_x, test_x = standardise(train_x, test_x)
     results = {}
     for name, fit_y, test_y in (
         ("occupancy_exact", train_occupied, test_occupied),
         ("shapes_present_exact", train_present, test_present),
     ):
-        torch.manual_seed(0)
-        probe = torch.nn.Linear(train_x.shape[1], fit_y.shape[1])
-        optimizer = torch.optim.Adam(probe.parameters(), lr=1e-2)
-        for _ in range(steps):
-            loss = F.binary_cross_entropy_with_logits(probe(train_x), fit_y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+        probe = fit_probe(train_x, fit_y, fit_y.shape[1], steps, multi_label=True)
         with torch.no_grad():
             results[name] = float(((probe(test_x) > 0) == (test_y > 0.5)).all(-1).float().mean())
     return results
