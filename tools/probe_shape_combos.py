@@ -33,7 +33,7 @@ from llamavid.model.modeling_llamavid import LlamaVidContentPooling
 from llamavid.serve.defaults import EMBEDDED_MODEL_DIR
 from llamavid.synth import pretraining_batch
 from llamavid.synth.world import COLOURS, HELDOUT_PAIRS, SHAPES
-from llamavid.train.stage0_vision import load_tower, normalise
+from llamavid.train.stage0_vision import batch_targets, load_tower, normalise
 
 # uint8 frames (B, H, W, 3) -> patch features (B, N, C), without the CLS token
 PatchFeatures = Callable[[np.ndarray], Tensor]
@@ -162,14 +162,15 @@ def probe_combos(
 def mean_token_features(
     patches_of: PatchFeatures, size: int, split: str, frames: int, grid: int, chunk: int = 250
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(mean token (F, C), occupied cells (F, G*G), shapes present (F, len(SHAPES)))`` of synthetic frames."""
+    """``(mean token (F, C), occupied cells (F, G*G), shapes present (F, len(SHAPES)))`` of synthetic frames: the
+    targets the stage-0 mean-token heads train on (:func:`~llamavid.train.stage0_vision.batch_targets`)."""
     features, occupied, present = [], [], []
     for start in range(0, frames, chunk):
         images, labels = pretraining_batch(split, 0, start, min(chunk, frames - start), size, grid)
-        shape = torch.from_numpy(labels["shape"]).flatten(1)
+        targets = batch_targets(labels)
         features.append(patches_of(images).mean(dim=1))
-        occupied.append((shape > 0).float())
-        present.append(torch.stack([(shape == k + 1).any(1) for k in range(len(SHAPES))], 1).float())
+        occupied.append(targets["occupancy"])
+        present.append(targets["shapes_present"])
     return torch.cat(features), torch.cat(occupied), torch.cat(present)
 
 

@@ -37,8 +37,8 @@ The findings (``shared/tiny-model-findings.md``) drive the targets:
 * ``occupancy_weight`` and ``shapes_present_weight`` scale the mean-token occupancy and shapes-present losses (1
   in every committed tower). Why: the adversaries cost the mean token, a video frame's content token, its exact
   cell occupancy (0.94 -> 0.54 at ``adversary: 1.0``; a linear probe fitted on all 128 mean channels reads 0.67),
-  and with the occupancy loss x4 (occupancy 0.98) which shapes it holds (a fitted probe: 0.66 against the committed
-  tower's 0.83); the short-video questions about what appears, disappears and comes first need both.
+  and with the occupancy loss x4 (occupancy 0.98) which shapes it holds (``tools/probe_shape_combos.py
+  --mean-token``: 0.65 against the committed tower's 0.83); the short-video questions about what appears, disappears and comes first need both.
 
 Inputs are normalised exactly as :class:`~llamavid.model.image_processing_llamavid.LlamaVidImageProcessor`
 does for a square frame of the tower's size (no resize), so the frozen tower sees the same pixels at inference.
