@@ -467,6 +467,7 @@ def train_stage0(settings: Stage0Settings, out_dir: str | Path) -> dict[str, Any
         settings.adversary,
     )
     twins = settings.batch_size // 2 if settings.grey_pairs > 0 else 0
+    weights = {"occupancy": settings.occupancy_weight, "shapes_present": settings.shapes_present_weight}
     params = list(tower.parameters()) + list(heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
 
@@ -495,7 +496,6 @@ def train_stage0(settings: Stage0Settings, out_dir: str | Path) -> dict[str, Any
             images, targets = with_grey_twins(images, targets, twins)
         features = tower(normalise(images))
         logits = heads(features)
-        weights = {"occupancy": settings.occupancy_weight, "shapes_present": settings.shapes_present_weight}
         loss = stage0_loss(logits, targets, weights)
         if settings.adversary > 0:
             loss = loss + settings.adversary * code_separation_loss(logits, targets)
