@@ -95,6 +95,10 @@ def test_bad_recipes_name_the_file_and_phase(tmp_path):
         "subsets:\n  s: {from: a, subset: question_type, question_type: image_shape, answers: red}\n": (
             r"subsets.s.answers='red'"
         ),
+        "subsets:\n  s: {from: a, subset: question_type, question_type: []}\n": (
+            r"subsets.s.question_type=\[\]: expected a question type or a non-empty list"
+        ),
+        "subsets:\n  s: {from: a, subset: question_type}\n": r"subsets.s.question_type=None",
         "subsets:\n  s: {from: a, subset: visual_needle, answers: [red]}\n": (
             r"subsets.s: unknown key\(s\) \['answers'\] for a visual_needle subset"
         ),
@@ -422,3 +426,33 @@ def test_a_question_type_subset_can_keep_only_some_answers() -> None:
     assert len(everything) > len(kept)
     with pytest.raises(InvalidInputError, match=r"with an answer in \['purple'\]"):
         question_type_subset(items, cache, "long_subtitle_needle", ["purple"])
+
+
+def test_a_question_type_subset_can_keep_several_types_in_the_set_order(tmp_path) -> None:
+    """A list of types holds the others back (e.g. `images` without colour questions) in one set, so every batch
+    drawn from it mixes the kept types; a recipe names the list in YAML."""
+    import torch
+
+    from llamavid.synth import generate_items
+    from llamavid.train.tiny_phase import question_type_subset
+
+    items = generate_items("train", 70, seed=0, kind="image_qa")
+    cache = {
+        "features": torch.zeros(1),
+        "offsets": torch.arange(len(items)),
+        "counts": torch.ones(len(items)),
+    }
+    kept_types = ["image_shape", "image_size", "image_count"]
+    kept, view = question_type_subset(items, cache, kept_types)
+    assert {item.question_type for item in kept} == set(kept_types) and len(kept) == 30
+    rows = [items.index(item) for item in kept]
+    assert rows == sorted(rows) and view["offsets"].tolist() == rows
+    with pytest.raises(InvalidInputError, match=r"no item of question type\(s\) \['long_visual_needle'\]"):
+        question_type_subset(items, cache, ["long_visual_needle"])
+    path = tmp_path / "held_back.yaml"
+    path.write_text(
+        "datasets:\n  a: {split: train, kind: image_qa, n: 4}\n"
+        "subsets:\n  a_no_colour: {from: a, subset: question_type, question_type: [image_shape, image_size]}\n"
+        "phases:\n  - {name: p, steps: 1, mixture: {a_no_colour: 1.0}}\n"
+    )
+    assert load_curriculum(path).subsets["a_no_colour"]["question_type"] == ["image_shape", "image_size"]

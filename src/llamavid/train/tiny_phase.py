@@ -251,24 +251,28 @@ class MixtureCollator:
 def question_type_subset(
     items: Sequence[QAItem],
     cache: dict[str, Tensor],
-    question_type: str,
+    question_type: str | Sequence[str],
     answers: Sequence[str] | None = None,
 ) -> tuple[list[QAItem], dict[str, Tensor]]:
-    """The items of one question type (with ``answers``: only those whose answer is one of them) and a view of their
-    cached features (shared, not copied), for oversampling.
+    """The items of one question type, or of any of several (with ``answers``: only those whose answer is one of
+    them), and a view of their cached features (shared, not copied), for oversampling or for holding some types
+    back. Several types keep the set's order, so a batch drawn from the subset mixes them.
 
     Raises:
         InvalidInputError: when no item qualifies (a mixture would otherwise sample from an empty set).
     """
+    types = {question_type} if isinstance(question_type, str) else set(question_type)
     wanted = None if answers is None else {str(answer) for answer in answers}
     index = [
         i
         for i, item in enumerate(items)
-        if item.question_type == question_type and (wanted is None or item.answer in wanted)
+        if item.question_type in types and (wanted is None or item.answer in wanted)
     ]
     if not index:
         among = "" if wanted is None else f" with an answer in {sorted(wanted)}"
-        raise InvalidInputError(f"no item of question type {question_type!r}{among} among {len(items)} items")
+        raise InvalidInputError(
+            f"no item of question type(s) {sorted(types)}{among} among {len(items)} items"
+        )
     subset = {
         "features": cache["features"],
         "offsets": cache["offsets"][index],
