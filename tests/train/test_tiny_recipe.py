@@ -99,6 +99,9 @@ def test_bad_recipes_name_the_file_and_phase(tmp_path):
             r"subsets.s.question_type=\[\]: expected a question type or a non-empty list"
         ),
         "subsets:\n  s: {from: a, subset: question_type}\n": r"subsets.s.question_type=None",
+        "subsets:\n  s: {from: a, subset: question_type, question_type: [image_shape, image_color]}\n": (
+            r"subsets.s.question_type: unknown question type\(s\) \['image_color'\]"
+        ),
         "subsets:\n  s: {from: a, subset: visual_needle, answers: [red]}\n": (
             r"subsets.s: unknown key\(s\) \['answers'\] for a visual_needle subset"
         ),

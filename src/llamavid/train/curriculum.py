@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from llamavid.errors import InvalidInputError
+from llamavid.synth.dataset import FREE_FORM_TYPES, QUESTION_TYPES
 from llamavid.synth.phrasing import check_phrasing
 from llamavid.train.losses import LossSettings
 from llamavid.train.stage0_vision import Stage0Settings
@@ -196,6 +197,14 @@ def _check_subset(path: Path, name: str, spec: dict[str, Any], datasets: dict[st
             f"{where}.question_type={question_type!r}: expected a question type or a non-empty list of them, e.g. "
             "long_subtitle_needle or [image_shape, image_size]."
         )
+    if kind == "question_type":
+        named = [question_type] if isinstance(question_type, str) else question_type
+        unknown = sorted(set(named) - set(QUESTION_TYPES) - set(FREE_FORM_TYPES))
+        if unknown:
+            raise InvalidInputError(
+                f"{where}.question_type: unknown question type(s) {unknown}; expected some of "
+                f"{sorted([*QUESTION_TYPES, *FREE_FORM_TYPES])}."
+            )
     answers = spec.get("answers")
     if answers is not None and (
         isinstance(answers, (str, bytes))
