@@ -198,7 +198,7 @@ def _check_subset(path: Path, name: str, spec: dict[str, Any], datasets: dict[st
             "long_subtitle_needle or [image_shape, image_size]."
         )
     if kind == "question_type":
-        named = [question_type] if isinstance(question_type, str) else question_type
+        named: list[str] = [question_type] if isinstance(question_type, str) else list(question_type or [])
         unknown = sorted(set(named) - set(QUESTION_TYPES) - set(FREE_FORM_TYPES))
         if unknown:
             raise InvalidInputError(
