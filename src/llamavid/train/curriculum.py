@@ -184,21 +184,14 @@ def _check_subset(path: Path, name: str, spec: dict[str, Any], datasets: dict[st
     extra = sorted(set(spec) - {"from", "subset"} - _SUBSET_KEYS[kind])
     if extra:
         raise InvalidInputError(f"{where}: unknown key(s) {extra} for a {kind} subset.")
-    question_type = spec.get("question_type")
-    if kind == "question_type" and not (
-        isinstance(question_type, str)
-        or (
-            isinstance(question_type, list)
-            and question_type
-            and all(isinstance(t, str) for t in question_type)
-        )
-    ):
-        raise InvalidInputError(
-            f"{where}.question_type={question_type!r}: expected a question type or a non-empty list of them, e.g. "
-            "long_subtitle_needle or [image_shape, image_size]."
-        )
     if kind == "question_type":
-        named: list[str] = [question_type] if isinstance(question_type, str) else list(question_type or [])
+        question_type = spec.get("question_type")
+        named = [question_type] if isinstance(question_type, str) else question_type
+        if not isinstance(named, list) or not named or not all(isinstance(t, str) for t in named):
+            raise InvalidInputError(
+                f"{where}.question_type={question_type!r}: expected a question type or a non-empty list of them, "
+                "e.g. long_subtitle_needle or [image_shape, image_size]."
+            )
         unknown = sorted(set(named) - set(QUESTION_TYPES) - set(FREE_FORM_TYPES))
         if unknown:
             raise InvalidInputError(
