@@ -181,3 +181,16 @@ def test_image_place_set_scores_shape_and_size_asked_by_quadrant(capsys: pytest.
         == [i.question for i in generate_items("heldout", 8, seed=2, kind="image_place")][: len(questions)]
     )
     assert all("object in the" in q for q in questions)
+
+
+def test_image_crowded_set_scores_shape_and_size_on_fuller_scenes(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["eval-synth", str(ASSET), "--sets", "image_crowded", "-n", "6", "--seed", "2", "--json"]
+    assert main(args) == 0
+    table = json.loads(capsys.readouterr().out)["sets"]["image_crowded"]
+    assert set(table["per_type"]) == {"image_shape", "image_size"}
+    assert sum(row["count"] for row in table["per_type"].values()) == 6
+    questions = [e["question"] for e in table["examples"]]
+    assert (
+        questions
+        == [i.question for i in generate_items("heldout", 6, seed=2, kind="image_crowded")][: len(questions)]
+    )

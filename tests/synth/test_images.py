@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from llamavid.errors import InvalidInputError
+from llamavid.synth.dataset import generate_items
 from llamavid.synth.images import (
+    CROWDED_DISTRACTORS,
     IMAGE_QUESTION_TYPES,
     PLACE_QUESTION_TYPES,
     describe_image,
@@ -114,6 +116,40 @@ def test_place_questions_single_out_the_only_object_in_the_quadrant(question_typ
             assert labels.size[row, col] == SIZES.index(item.answer) + 1
         if split == "train":  # never a held-out (shape, colour) pair
             assert all(pair_allowed("train", o.shape, o.colour) for o in item.media.objects)
+
+
+def test_crowded_stream_asks_shape_and_size_on_fuller_scenes():
+    items = generate_items("train", 120, seed=5, kind="image_crowded")
+    assert Counter(i.question_type for i in items) == {"image_shape": 60, "image_size": 60}
+    low, high = CROWDED_DISTRACTORS
+    sizes = Counter(len(i.media.objects) for i in items)
+    assert set(sizes) == set(range(low + 1, high + 2))  # every scene size in the range occurs
+    for item in items:
+        objects = item.media.objects
+        assert len({o.shape for o in objects}) == len(objects) and len({o.colour for o in objects}) == len(
+            objects
+        )
+        assert all(pair_allowed("train", o.shape, o.colour) for o in objects)
+        named = _mentioned(item.question, COLOURS)
+        target = next(o for o in objects if o.colour == named)
+        labels = frame_labels(item.media)
+        row, col = target.cell(4)
+        if item.question_type == "image_shape":
+            assert labels.shape[row, col] == SHAPES.index(item.answer) + 1
+        else:
+            assert labels.size[row, col] == SIZES.index(item.answer) + 1
+    # the benchmark's image_qa scenes keep 2-4 objects; the held-out split's crowded scenes use unseen pairs too
+    plain = [
+        i for i in generate_items("train", 140, seed=5) if i.question_type in ("image_shape", "image_size")
+    ]
+    assert {len(i.media.objects) for i in plain} == {2, 3, 4}
+    assert any(i.meta["heldout_combo"] for i in generate_items("heldout", 40, seed=5, kind="image_crowded"))
+
+
+def test_distractor_range_is_checked():
+    for bad in [(0, 2), (3, 2), (1, len(SHAPES))]:
+        with pytest.raises(InvalidInputError, match="distractors"):
+            make_image_question(np.random.default_rng(0), "train", "image_shape", "x", distractors=bad)
 
 
 def test_place_questions_refuse_other_types():

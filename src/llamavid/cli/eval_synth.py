@@ -30,7 +30,7 @@ from llamavid.errors import InvalidInputError, LlamaVidRuntimeError
 
 logger = logging.getLogger(__name__)
 
-SETS = ("image_qa", "image_place", "video_qa", "text_qa", "text_copy", "long_qa")
+SETS = ("image_qa", "image_place", "image_crowded", "video_qa", "text_qa", "text_copy", "long_qa")
 BLIND_FIT_ITEMS = 2000
 PHRASINGS = (
     "canonical",

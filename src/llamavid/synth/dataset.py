@@ -35,6 +35,8 @@ from llamavid.synth.episodes import (
     make_episode,
 )
 from llamavid.synth.images import (
+    CROWDED_DISTRACTORS,
+    CROWDED_QUESTION_TYPES,
     IMAGE_QUESTION_TYPES,
     PLACE_QUESTION_TYPES,
     make_image_caption,
@@ -61,6 +63,7 @@ KINDS: tuple[str, ...] = (
     "video_caption",
     "image_qa",
     "image_place",
+    "image_crowded",
     "video_qa",
     "text_qa",
     "text_copy",
@@ -71,7 +74,8 @@ KINDS: tuple[str, ...] = (
 )
 """Dataset kinds. ``stage1`` = image and video captions (alternating); ``stage2`` = image QA, video QA and
 text-only QA (5 : 4 : 1); ``stage3`` = long-video QA plus one free-form summary per episode. ``image_place``
-(a training stream) asks shape and size of the object in a named quadrant instead of naming its colour."""
+(a training stream) asks shape and size of the object in a named quadrant instead of naming its colour;
+``image_crowded`` (a training stream) asks shape and size on scenes of 4-6 objects instead of 2-4."""
 
 VIDEO_FORMATS: tuple[str, ...] = ("npz", "mp4", "mkv")
 """``npz``: exact uint8 frames (``frames`` (T, H, W, 3) and ``timestamps`` (T,)); ``mp4``: H.264 yuv420p, lossy
@@ -168,6 +172,11 @@ def generate_items(
         if sub_kind == "image_qa":
             types = list(IMAGE_QUESTION_TYPES)
             item = make_image_question(rng, split, types[index % len(types)], item_id, grid)
+        elif sub_kind == "image_crowded":
+            types = list(CROWDED_QUESTION_TYPES)
+            item = make_image_question(
+                rng, split, types[index % len(types)], item_id, grid, distractors=CROWDED_DISTRACTORS
+            )
         elif sub_kind == "image_place":
             types = list(PLACE_QUESTION_TYPES)
             item = make_place_question(rng, split, types[index % len(types)], item_id, grid)
@@ -186,7 +195,7 @@ def generate_items(
         )
         if item.answer_options is not None and phrasing != "canonical":
             _reword(item, phrasing, item_purpose_rng(split, "phrasing", sub_kind, seed, index))
-        if high_turns > 1 and sub_kind in ("image_qa", "video_qa"):
+        if high_turns > 1 and sub_kind in ("image_qa", "image_crowded", "video_qa"):
             turn_rng = item_purpose_rng(split, "turns", sub_kind, seed, index)
             count = int(turn_rng.integers(low_turns, high_turns + 1)) - 1
             item.earlier_turns = earlier_turns(item, count, turn_rng, phrasing, grid)

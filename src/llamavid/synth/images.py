@@ -99,15 +99,30 @@ def _scene(
 
 
 def make_image_question(
-    rng: np.random.Generator, split: str, question_type: str, item_id: str, grid: int = DEFAULT_GRID
+    rng: np.random.Generator,
+    split: str,
+    question_type: str,
+    item_id: str,
+    grid: int = DEFAULT_GRID,
+    distractors: tuple[int, int] = (1, 3),
 ) -> QAItem:
     """Build one image question of ``question_type`` (a key of :data:`IMAGE_QUESTION_TYPES`).
+
+    ``distractors`` is the inclusive range of other objects drawn beside the target (``image_text`` draws one
+    fewer, to leave room for the word; ``image_count`` ignores it). The default is the benchmark's scene; the
+    ``image_crowded`` training stream asks on fuller scenes (:data:`CROWDED_DISTRACTORS`).
 
     Raises:
         ValueError: on an unknown question type or split.
     """
+    low, high = distractors
+    if not 1 <= low <= high <= len(SHAPES) - 1:
+        raise InvalidInputError(
+            f"distractors={distractors!r} must be an inclusive range within 1..{len(SHAPES) - 1} "
+            "(every object in a scene has its own shape)."
+        )
     options, answer = draw_answer(rng, split, question_type, IMAGE_QUESTION_TYPES)
-    n_distractors = int(rng.integers(1, 4))
+    n_distractors = int(rng.integers(low, high + 1))
     heldout = False
     if question_type == "image_colour":
         shape, colour, heldout = pick_target(rng, split, colour=answer)
@@ -165,6 +180,14 @@ def make_image_question(
         meta={"heldout_combo": bool(heldout)},
     )
 
+
+CROWDED_QUESTION_TYPES: tuple[str, ...] = ("image_shape", "image_size")
+"""Question types of the ``image_crowded`` training stream (``generate_items(kind="image_crowded")``)."""
+
+CROWDED_DISTRACTORS: tuple[int, int] = (3, 5)
+"""Objects beside the target in an ``image_crowded`` scene (4-6 objects in all, against 2-4 in ``image_qa``): on
+such a scene "a shape that is present" is about as good a guess as chance, so the answer has to come from the
+object the question names."""
 
 PLACE_QUESTION_TYPES: tuple[str, ...] = ("image_shape", "image_size")
 """Question types :func:`make_place_question` asks (a train-time stream; see ``generate_items(kind="image_place")``)."""

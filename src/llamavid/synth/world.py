@@ -95,6 +95,7 @@ _STREAM_KEYS: dict[str, int] = {
     "episode": 8,
     "text_copy": 9,
     "image_place": 10,
+    "image_crowded": 11,
 }
 # Streams for what is layered on top of an item (its wording, its extra turns, balanced answers): keyed by the
 # item's own stream too, so changing them never changes the item's medium or answer.
