@@ -152,6 +152,7 @@ def test_datasets_take_generate_items_options_but_never_the_sealed_seed_or_held_
         f"a: {{split: train, kind: video_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.6']}}}": "sealed v5.6 test seed",
         f"a: {{split: train, kind: long_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.7']}}}": "sealed v5.7 test seed",
         f"a: {{split: train, kind: image_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.8']}}}": "sealed v5.8 test seed",
+        f"a: {{split: train, kind: image_crowded, n: 8, seed: {SEALED_TEST_SEEDS['v5.9']}}}": "sealed v5.9 test seed",
         "a: {split: train, kind: image_qa, n: 8, phrasing: posh}": "phrasing='posh' is unknown",
         "a: {split: train, kind: image_qa, n: 8, colour_spelling: us}": r"found \['colour_spelling'",
     }
@@ -339,6 +340,33 @@ def test_v5_8_is_v5_7_on_a_layout_keeping_full_adversary_with_a_tail_on_new_clip
     for old, new in changed:
         assert new.mixture == {k if k != "video_qa" else new_set: v for k, v in old.mixture.items()}
         assert replace(new, mixture=old.mixture) == old
+
+
+def test_v5_9_is_v5_4_with_crowded_shape_and_size_questions_in_images() -> None:
+    """tiny/v5.9 = v5.4 with one new set, `image_crowded`, taking a fifth of `images`' batches from the two image
+    sets; every other phase, set, setting and the stage-0 tower are v5.4's."""
+    v54, v59 = load_curriculum(V4.with_name("v5.4.yaml")), load_curriculum(V4.with_name("v5.9.yaml"))
+    assert (v59.stage0, v59.subsets, v59.tokenizers, v59.evals) == (
+        v54.stage0,
+        v54.subsets,
+        v54.tokenizers,
+        v54.evals,
+    )
+    (new_set,) = set(v59.datasets) - set(v54.datasets)
+    assert {k: v for k, v in v59.datasets.items() if k != new_set} == v54.datasets
+    assert v59.datasets[new_set] == ("train", "image_crowded", 8000, 0, 0)
+    changed = [(old, new) for old, new in zip(v54.phases, v59.phases, strict=True) if old != new]
+    assert [new.name for _, new in changed] == ["images"]
+    ((old, new),) = changed
+    assert old.mixture == {"image_qa": 0.45, "image_qa_s1": 0.4, "text_bigger": 0.075, "text_recall": 0.075}
+    assert new.mixture == {
+        "image_qa": 0.35,
+        "image_qa_s1": 0.3,
+        new_set: 0.2,
+        "text_bigger": 0.075,
+        "text_recall": 0.075,
+    }
+    assert replace(new, mixture=old.mixture) == old
 
 
 def test_the_makefile_lists_one_train_call_per_phase_of_v5_4_and_smoke():
