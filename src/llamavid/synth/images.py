@@ -126,13 +126,13 @@ def make_image_question(
     heldout = False
     if question_type == "image_colour":
         shape, colour, heldout = pick_target(rng, split, colour=answer)
-        distractors = pick_distractors(rng, n_distractors, {shape}, {colour})
-        spec, _ = _scene(rng, (shape, colour), distractors, grid)
+        others = pick_distractors(rng, n_distractors, {shape}, {colour})
+        spec, _ = _scene(rng, (shape, colour), others, grid)
         question = f"What colour is the {shape}?"
     elif question_type == "image_shape":
         shape, colour, heldout = pick_target(rng, split, shape=answer)
-        distractors = pick_distractors(rng, n_distractors, {shape}, {colour})
-        spec, _ = _scene(rng, (shape, colour), distractors, grid)
+        others = pick_distractors(rng, n_distractors, {shape}, {colour})
+        spec, _ = _scene(rng, (shape, colour), others, grid)
         question = f"What shape is the {colour} object?"
     elif question_type == "image_count":
         count = int(answer)
@@ -145,29 +145,29 @@ def make_image_question(
         question = choose(rng, ["How many objects are there?", "How many shapes are in the image?"])
     elif question_type == "image_position":
         shape, colour, heldout = pick_target(rng, split)
-        distractors = pick_distractors(rng, n_distractors, {shape}, {colour})
+        others = pick_distractors(rng, n_distractors, {shape}, {colour})
         quadrant = QUADRANTS.index(answer)
         half = grid // 2
         row = int(rng.integers(half)) + half * (quadrant // 2)
         col = int(rng.integers(half)) + half * (quadrant % 2)
-        spec, target = _scene(rng, (shape, colour), distractors, grid, target_cell=(row, col))
+        spec, target = _scene(rng, (shape, colour), others, grid, target_cell=(row, col))
         if quadrant_of(target, grid) != quadrant:
             raise LlamaVidRuntimeError("internal error: target placed outside the requested quadrant")
         question = f"Where is the {colour} {shape}?"
     elif question_type == "image_size":
         shape, colour, heldout = pick_target(rng, split)
-        distractors = pick_distractors(rng, n_distractors, {shape}, {colour})
-        spec, _ = _scene(rng, (shape, colour), distractors, grid, target_size=SIZES.index(answer))
+        others = pick_distractors(rng, n_distractors, {shape}, {colour})
+        spec, _ = _scene(rng, (shape, colour), others, grid, target_size=SIZES.index(answer))
         question = f"What size is the {colour} {shape}?"
     elif question_type == "image_text":
         shape, colour, heldout = pick_target(rng, split)
-        distractors = pick_distractors(rng, n_distractors - 1, {shape}, {colour})
-        spec, _ = _scene(rng, (shape, colour), distractors, grid, word=answer)
+        others = pick_distractors(rng, n_distractors - 1, {shape}, {colour})
+        spec, _ = _scene(rng, (shape, colour), others, grid, word=answer)
         question = choose(rng, ["What word is written on the screen?", "What does the text say?"])
     else:  # image_background
         shape, colour, heldout = pick_target(rng, split)
-        distractors = pick_distractors(rng, n_distractors, {shape}, {colour})
-        spec, _ = _scene(rng, (shape, colour), distractors, grid)
+        others = pick_distractors(rng, n_distractors, {shape}, {colour})
+        spec, _ = _scene(rng, (shape, colour), others, grid)
         spec = FrameSpec(background=answer, objects=spec.objects, word=spec.word)
         question = "What colour is the background?"
     return QAItem(
