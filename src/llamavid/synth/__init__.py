@@ -51,8 +51,9 @@ always the short canonical answer. :mod:`llamavid.synth.tokenizers` builds the t
 
 Kinds (:data:`~llamavid.synth.dataset.KINDS`): ``image_caption``, ``video_caption``, ``image_qa``, ``video_qa``,
 ``text_qa``, ``long_qa``, ``image_place`` (image shape and size asked by the object's quadrant, a training
-stream), ``image_crowded`` (image shape and size on scenes of 4-6 objects, a training stream), and the stage mixtures ``stage1`` (captions), ``stage2`` (image/video/text QA 5:4:1)
-and ``stage3`` (long-video QA + a free-form summary per episode).
+stream), ``image_crowded`` (image shape and size on scenes of 4-6 objects, a training stream), and the stage
+mixtures ``stage1`` (captions), ``stage2`` (image/video/text QA 5:4:1) and ``stage3`` (long-video QA + a free-form
+summary per episode).
 
 Question types (:data:`QUESTION_TYPES` maps each to its answer options; answers are drawn uniformly first and
 the medium is built to make them true, so blind baselines sit at chance):

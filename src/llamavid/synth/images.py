@@ -113,7 +113,7 @@ def make_image_question(
     ``image_crowded`` training stream asks on fuller scenes (:data:`CROWDED_DISTRACTORS`).
 
     Raises:
-        ValueError: on an unknown question type or split.
+        ValueError: on an unknown question type or split, or a ``distractors`` range outside 1..5.
     """
     low, high = distractors
     if not 1 <= low <= high <= len(SHAPES) - 1:
