@@ -153,6 +153,7 @@ def test_datasets_take_generate_items_options_but_never_the_sealed_seed_or_held_
         f"a: {{split: train, kind: long_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.7']}}}": "sealed v5.7 test seed",
         f"a: {{split: train, kind: image_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.8']}}}": "sealed v5.8 test seed",
         f"a: {{split: train, kind: image_crowded, n: 8, seed: {SEALED_TEST_SEEDS['v5.9']}}}": "sealed v5.9 test seed",
+        f"a: {{split: train, kind: image_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.10']}}}": "sealed v5.10 test seed",
         "a: {split: train, kind: image_qa, n: 8, phrasing: posh}": "phrasing='posh' is unknown",
         "a: {split: train, kind: image_qa, n: 8, colour_spelling: us}": r"found \['colour_spelling'",
     }
@@ -367,6 +368,27 @@ def test_v5_9_is_v5_4_with_crowded_shape_and_size_questions_in_images() -> None:
         "text_recall": 0.075,
     }
     assert replace(new, mixture=old.mixture) == old
+
+
+def test_v5_10_is_v5_4_with_crowded_shape_and_size_questions_in_place_of_few_object_ones_and_text():
+    """tiny/v5.10 = v5.4 with `image_crowded` in `images`, `videos` and `mix`; its share comes from the few-object
+    shape and size questions (`image_qa` gives way to its five other types) and from text, so every other image
+    type keeps its v5.4 share; every other phase, set, setting and the stage-0 tower are v5.4's."""
+    v54, v510 = load_curriculum(V4.with_name("v5.4.yaml")), load_curriculum(V4.with_name("v5.10.yaml"))
+    assert (v510.stage0, v510.tokenizers, v510.evals) == (v54.stage0, v54.tokenizers, v54.evals)
+    assert {k: v for k, v in v510.datasets.items() if k != "image_crowded"} == v54.datasets
+    assert v510.datasets["image_crowded"] == ("train", "image_crowded", 8000, 0, 0)
+    (rest,) = set(v510.subsets) - set(v54.subsets)
+    changed = {new.name: (old, new) for old, new in zip(v54.phases, v510.phases, strict=True) if old != new}
+    assert list(changed) == ["images", "videos", "mix"]
+    for old, new in changed.values():
+        assert replace(new, mixture=old.mixture) == old
+        # image_qa's five other types keep their share (to rounding); shape and size give theirs to crowded scenes
+        assert new.mixture[rest] == pytest.approx(old.mixture["image_qa"] * 5 / 7, abs=2e-3)
+        assert new.mixture["image_qa_s1"] == old.mixture["image_qa_s1"]
+        assert new.mixture.get("video_qa") == old.mixture.get("video_qa")
+        assert sum(new.mixture.values()) == pytest.approx(1.0)
+    assert [new.mixture["image_crowded"] for _, new in changed.values()] == [0.2, 0.1, 0.1]
 
 
 def test_the_makefile_lists_one_train_call_per_phase_of_v5_4_and_smoke():
