@@ -373,14 +373,19 @@ def test_v5_9_is_v5_4_with_crowded_shape_and_size_questions_in_images() -> None:
 def test_v5_10_is_v5_4_with_crowded_shape_and_size_questions_in_place_of_few_object_ones_and_text():
     """tiny/v5.10 = v5.4 with `image_crowded` in `images`, `videos` and `mix`; its share comes from the few-object
     shape and size questions (`image_qa` gives way to its five other types) and from text, so every other image
-    type keeps its v5.4 share; every other phase, set, setting and the stage-0 tower are v5.4's."""
+    type keeps its v5.4 share; `needle8` is v5.7's; every other phase, set, setting and the stage-0 tower are
+    v5.4's."""
     v54, v510 = load_curriculum(V4.with_name("v5.4.yaml")), load_curriculum(V4.with_name("v5.10.yaml"))
     assert (v510.stage0, v510.tokenizers, v510.evals) == (v54.stage0, v54.tokenizers, v54.evals)
     assert {k: v for k, v in v510.datasets.items() if k != "image_crowded"} == v54.datasets
     assert v510.datasets["image_crowded"] == ("train", "image_crowded", 8000, 0, 0)
     (rest,) = set(v510.subsets) - set(v54.subsets)
     changed = {new.name: (old, new) for old, new in zip(v54.phases, v510.phases, strict=True) if old != new}
-    assert list(changed) == ["images", "videos", "mix"]
+    assert list(changed) == ["images", "videos", "mix", "needle8"]
+    # the plan's amendment: v5.7's `needle8`, which reads the subtitle-needle questions directly
+    assert changed.pop("needle8")[1] == next(
+        p for p in load_curriculum(V4.with_name("v5.7.yaml")).phases if p.name == "needle8"
+    )
     for old, new in changed.values():
         assert replace(new, mixture=old.mixture) == old
         # image_qa's five other types keep their share (to rounding); shape and size give theirs to crowded scenes
