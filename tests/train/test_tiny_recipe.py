@@ -380,6 +380,10 @@ def test_v5_10_is_v5_4_with_crowded_shape_and_size_questions_in_place_of_few_obj
     assert {k: v for k, v in v510.datasets.items() if k != "image_crowded"} == v54.datasets
     assert v510.datasets["image_crowded"] == ("train", "image_crowded", 8000, 0, 0)
     (rest,) = set(v510.subsets) - set(v54.subsets)
+    assert v510.subsets[rest]["from"] == "image_qa"
+    assert set(v510.subsets[rest]["question_type"]) == {
+        f"image_{name}" for name in ("colour", "count", "position", "text", "background")
+    }
     changed = {new.name: (old, new) for old, new in zip(v54.phases, v510.phases, strict=True) if old != new}
     assert list(changed) == ["images", "videos", "mix", "needle8"]
     # the plan's amendment: v5.7's `needle8`, which reads the subtitle-needle questions directly
