@@ -76,7 +76,8 @@ def _normal(template: str) -> str:
 def test_every_exact_answer_type_has_disjoint_train_and_heldout_templates():
     assert set(phrasing_question_types()) == set(QUESTION_TYPES)
     for question_type in QUESTION_TYPES:
-        train, heldout = train_templates(question_type), heldout_templates(question_type)
+        train, heldout = train_templates(question_type, wide=True), heldout_templates(question_type)
+        assert set(train_templates(question_type)) <= set(train)
         assert set(canonical_templates(question_type)) <= set(train)
         assert len(train) >= 6 and len(heldout) >= 2, question_type
         assert not {_normal(t) for t in train} & {_normal(t) for t in heldout}, question_type
@@ -133,6 +134,44 @@ def test_phrasings_change_only_the_question(kind):
             assert new.meta["template"] in pool(new.question_type)
         if phrasing == "heldout_templates":
             assert all(old.question != new.question for old, new in zip(base, items, strict=True))
+
+
+# `varied` as it was when `varied_wide` was added (commit c732b0f): every curriculum before v5.11 trains on these.
+VARIED_BEFORE_WIDE = {
+    "image_qa": "a20f65dede393bcd",
+    "video_qa": "66534e2eddce1973",
+    "image_crowded": "b3c2b50ba0ac0c53",
+    "stage2": "0ec2f18ea4e85e16",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(VARIED_BEFORE_WIDE))
+def test_varied_wording_is_unchanged_by_the_wide_templates(kind):
+    assert _fingerprint("train", kind, phrasing="varied", turns=(1, 3)) == VARIED_BEFORE_WIDE[kind]
+
+
+def test_varied_wide_rewords_only_position_and_order_questions_with_its_wider_templates():
+    widened = {"image_position", "video_order"}
+    for question_type in QUESTION_TYPES:
+        extra = set(train_templates(question_type, wide=True)) - set(train_templates(question_type))
+        assert bool(extra) == (question_type in widened), question_type
+    used: Counter[str] = Counter()
+    for kind in ("image_qa", "video_qa"):
+        varied = generate_items("train", 400, seed=4, kind=kind, phrasing="varied", **SMALL)
+        wide = generate_items("train", 400, seed=4, kind=kind, phrasing="varied_wide", **SMALL)
+        for old, new in zip(varied, wide, strict=True):
+            assert (old.id, old.answer, old.question_type, old.media) == (
+                new.id,
+                new.answer,
+                new.question_type,
+                new.media,
+            )
+            assert new.meta["template"] in train_templates(new.question_type, wide=True)
+            if new.question_type not in widened:
+                assert new.question == old.question
+            elif new.meta["template"] not in train_templates(new.question_type):
+                used[new.question_type] += 1
+    assert used["image_position"] >= 10 and used["video_order"] >= 10, used
 
 
 def test_varied_phrasing_covers_spellings_typos_terse_and_polite_forms():

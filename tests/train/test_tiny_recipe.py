@@ -154,6 +154,7 @@ def test_datasets_take_generate_items_options_but_never_the_sealed_seed_or_held_
         f"a: {{split: train, kind: image_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.8']}}}": "sealed v5.8 test seed",
         f"a: {{split: train, kind: image_crowded, n: 8, seed: {SEALED_TEST_SEEDS['v5.9']}}}": "sealed v5.9 test seed",
         f"a: {{split: train, kind: image_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.10']}}}": "sealed v5.10 test seed",
+        f"a: {{split: train, kind: video_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.11']}}}": "sealed v5.11 test seed",
         "a: {split: train, kind: image_qa, n: 8, phrasing: posh}": "phrasing='posh' is unknown",
         "a: {split: train, kind: image_qa, n: 8, colour_spelling: us}": r"found \['colour_spelling'",
     }
@@ -398,6 +399,39 @@ def test_v5_10_is_v5_4_with_crowded_shape_and_size_questions_in_place_of_few_obj
         assert new.mixture.get("video_qa") == old.mixture.get("video_qa")
         assert sum(new.mixture.values()) == pytest.approx(1.0)
     assert [new.mixture["image_crowded"] for _, new in changed.values()] == [0.2, 0.1, 0.1]
+
+
+def test_v5_11_is_v5_10_with_wider_question_wordings_and_a_last_short_clip_phase():
+    """tiny/v5.11 = v5.10 with its image and clip question sets worded under `varied_wide` (the same items and
+    media; only position and order questions can read differently) and a fourteenth phase, `fresh2`, of new short
+    clips; every other set, phase, the stage-0 tower, tokenizers and dev evals are v5.10's."""
+    v510, v511 = load_curriculum(V4.with_name("v5.10.yaml")), load_curriculum(V4.with_name("v5.11.yaml"))
+    assert (v511.datasets, v511.subsets, v511.stage0, v511.tokenizers, v511.evals) == (
+        v510.datasets,
+        v510.subsets,
+        v510.stage0,
+        v510.tokenizers,
+        v510.evals,
+    )
+    wide = {
+        name for name, options in v511.dataset_options.items() if options.get("phrasing") == "varied_wide"
+    }
+    assert wide == {"image_qa", "image_qa_s1", "video_qa", "video_qa_short"}
+    for name, options in v511.dataset_options.items():
+        assert options == {
+            **v510.dataset_options[name],
+            **({"phrasing": "varied_wide"} if name in wide else {}),
+        }
+    assert v511.phases[:-1] == v510.phases
+    last = v511.phases[-1]
+    assert (last.name, last.steps, last.lr) == ("fresh2", 300, 1e-4)
+    assert last.mixture == {
+        "video_qa_short": 0.6,
+        "image_qa": 0.25,
+        "text_bigger": 0.075,
+        "text_recall": 0.075,
+    }
+    assert last.losses == v510.phases[-1].losses
 
 
 def test_the_makefile_lists_one_train_call_per_phase_of_v5_4_and_smoke():

@@ -35,6 +35,7 @@ BLIND_FIT_ITEMS = 2000
 PHRASINGS = (
     "canonical",
     "varied",
+    "varied_wide",
     "heldout_templates",
 )  # llamavid.synth.phrasing.PHRASINGS (checked in tests)
 LENGTH_BUCKETS = ((5, 7), (8, 16), (17, 39), (40, 60))  # clip lengths reported separately (v5 plan)

@@ -142,7 +142,8 @@ def generate_items(
         clip_frames: clip length (or inclusive range) for video items, 5-60.
         episode_frames: long-video length, ≥ 60 (1,200 by default).
         phrasing: question wording, one of :data:`~llamavid.synth.phrasing.PHRASINGS`: ``"canonical"``
-            (today's), ``"varied"`` (train templates, perturbed) or ``"heldout_templates"`` (never trained).
+            (today's), ``"varied"`` (train templates, perturbed), ``"varied_wide"`` (``varied`` with more train
+            templates, tiny/v5.11 on) or ``"heldout_templates"`` (never trained).
             Answers and media do not change. Captions and the long-video summary prompt keep their prompts.
         turns: conversation length of image and clip questions (or an inclusive range drawn per item): the
             item's question comes last, after up to ``turns - 1`` earlier questions about the same medium

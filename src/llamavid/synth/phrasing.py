@@ -43,9 +43,10 @@ from llamavid.synth.world import (
     WORDS,
 )
 
-PHRASINGS: tuple[str, ...] = ("canonical", "varied", "heldout_templates")
-"""``canonical``: today's wording (default); ``varied``: train templates with perturbations;
-``heldout_templates``: the templates never used in training, as written."""
+PHRASINGS: tuple[str, ...] = ("canonical", "varied", "varied_wide", "heldout_templates")
+"""``canonical``: today's wording (default); ``varied``: train templates with perturbations; ``varied_wide``:
+``varied`` with the wider train templates of :data:`_WIDE_TEMPLATES` too; ``heldout_templates``: the templates
+never used in training, as written."""
 
 CANONICAL_SHARE = 0.25
 """In ``varied`` mode, the probability of keeping the canonical template (the wording the CI scores)."""
@@ -488,7 +489,34 @@ _PLACE_TEMPLATES: dict[str, _Templates] = {
     },
 }
 
-# Wrappers that fit any direct question ("varied" only).
+# More train templates, drawn only under phrasing="varied_wide" (tiny/v5.11 on), so every earlier curriculum still
+# renders exactly the questions it was trained on. Why: on the dev seed, v5.10 read two held-out wordings as
+# another question type: "Where in the picture can the {colour} {shape} be seen?" answered with a direction or a
+# colour (24 / 97), "Of the shapes, which one appears {which}?" with a count (0 / 85); docs/tiny-model.md "v5.10
+# on the dev seed". These give the trained wordings more of the sentence shapes people use for the same question
+# ("Where" with a verb that is not a motion; "the shapes" with "which ... first/last"), never a held-out template;
+# because they were chosen after that diagnosis, docs/tiny-model.md reports the two types' held-out scores apart.
+_WIDE_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "image_position": (
+        "Where in the image is the {colour} {shape}?",
+        "Where can I find the {colour} {shape}?",
+        "Where does the {colour} {shape} sit in the picture?",
+        "Where is the {colour} {shape} placed in the frame?",
+        "Where would I look for the {colour} {shape}?",
+        "Where is the {colour} {shape} drawn?",
+        "Where on the {background} background can you spot the {colour} {shape}?",
+    ),
+    "video_order": (
+        "Which of the shapes is the {which} one to appear?",
+        "Among all the shapes, which shows up {which}?",
+        "Which one of the shapes comes {which} in the video?",
+        "The shapes appear one after another. Which one is {which}?",
+        "Which shape did the video show {which}?",
+        "Looking at the shapes in order, which one is {which}?",
+    ),
+}
+
+# Wrappers that fit any direct question ("varied" and "varied_wide").
 _POLITE_PREFIXES: tuple[str, ...] = (
     "Please tell me: ",
     "Could you help? ",
@@ -552,14 +580,19 @@ def canonical_templates(question_type: str) -> tuple[str, ...]:
     return _check(question_type)["canonical"]
 
 
-def train_templates(question_type: str) -> tuple[str, ...]:
-    """Every template training may use for ``question_type``: the canonical ones first, then the variants."""
+def train_templates(question_type: str, *, wide: bool = False) -> tuple[str, ...]:
+    """Every template training may use for ``question_type``: the canonical ones first, then the variants.
+
+    ``wide=True`` adds the templates only ``phrasing="varied_wide"`` draws.
+    """
     templates = _check(question_type)
-    return templates["canonical"] + templates["train"]
+    extra = _WIDE_TEMPLATES.get(question_type, ()) if wide else ()
+    return templates["canonical"] + templates["train"] + extra
 
 
 def heldout_templates(question_type: str) -> tuple[str, ...]:
-    """Templates of ``question_type`` that no training configuration uses (disjoint from :func:`train_templates`)."""
+    """Templates of ``question_type`` that no training configuration uses (disjoint from :func:`train_templates`,
+    wide or not)."""
     return _check(question_type)["heldout"]
 
 
@@ -684,7 +717,10 @@ def rephrase(
     if rng.random() < CANONICAL_SHARE:
         candidates = [t for t in canonical_templates(question_type) if usable(t, slots)]
     else:
-        candidates = [t for t in _check(question_type)["train"] if usable(t, slots)]
+        pool = _check(question_type)["train"]
+        if phrasing == "varied_wide":
+            pool = pool + _WIDE_TEMPLATES.get(question_type, ())
+        candidates = [t for t in pool if usable(t, slots)]
     template = choose(rng, candidates)
     text = render_template(template, slots, rng)
     if rng.random() < _P_AMERICAN:
