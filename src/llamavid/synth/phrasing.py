@@ -580,14 +580,18 @@ def canonical_templates(question_type: str) -> tuple[str, ...]:
     return _check(question_type)["canonical"]
 
 
+def _variants(question_type: str, wide: bool) -> tuple[str, ...]:
+    """The non-canonical train templates of ``question_type``, plus the ``varied_wide`` ones if ``wide``."""
+    variants = _check(question_type)["train"]
+    return variants + _WIDE_TEMPLATES.get(question_type, ()) if wide else variants
+
+
 def train_templates(question_type: str, *, wide: bool = False) -> tuple[str, ...]:
     """Every template training may use for ``question_type``: the canonical ones first, then the variants.
 
     ``wide=True`` adds the templates only ``phrasing="varied_wide"`` draws.
     """
-    templates = _check(question_type)
-    extra = _WIDE_TEMPLATES.get(question_type, ()) if wide else ()
-    return templates["canonical"] + templates["train"] + extra
+    return canonical_templates(question_type) + _variants(question_type, wide)
 
 
 def heldout_templates(question_type: str) -> tuple[str, ...]:
@@ -717,9 +721,7 @@ def rephrase(
     if rng.random() < CANONICAL_SHARE:
         candidates = [t for t in canonical_templates(question_type) if usable(t, slots)]
     else:
-        pool = _check(question_type)["train"]
-        if phrasing == "varied_wide":
-            pool = pool + _WIDE_TEMPLATES.get(question_type, ())
+        pool = _variants(question_type, wide=phrasing == "varied_wide")
         candidates = [t for t in pool if usable(t, slots)]
     template = choose(rng, candidates)
     text = render_template(template, slots, rng)
