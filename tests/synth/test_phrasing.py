@@ -117,18 +117,18 @@ def test_canonical_questions_read_back_their_slots():
             read_slots(item.question_type, item.question)  # every default question is canonical
 
 
+def _same_item(item):
+    """What a rewording must leave alone: the item, its answer, its question type and its medium."""
+    return item.id, item.answer, item.question_type, item.media
+
+
 @pytest.mark.parametrize("kind", ["image_qa", "video_qa", "text_qa", "text_copy", "long_qa"])
 def test_phrasings_change_only_the_question(kind):
     base = generate_items("heldout", 42, seed=2, kind=kind, **SMALL)
     for phrasing in ("varied", "heldout_templates"):
         items = generate_items("heldout", 42, seed=2, kind=kind, phrasing=phrasing, **SMALL)
         for old, new in zip(base, items, strict=True):
-            assert (old.id, old.answer, old.question_type, old.media) == (
-                new.id,
-                new.answer,
-                new.question_type,
-                new.media,
-            )
+            assert _same_item(old) == _same_item(new)
             assert new.meta["phrasing"] == phrasing
             pool = train_templates if phrasing == "varied" else heldout_templates
             assert new.meta["template"] in pool(new.question_type)
@@ -160,12 +160,7 @@ def test_varied_wide_rewords_only_position_and_order_questions_with_its_wider_te
         varied = generate_items("train", 400, seed=4, kind=kind, phrasing="varied", **SMALL)
         wide = generate_items("train", 400, seed=4, kind=kind, phrasing="varied_wide", **SMALL)
         for old, new in zip(varied, wide, strict=True):
-            assert (old.id, old.answer, old.question_type, old.media) == (
-                new.id,
-                new.answer,
-                new.question_type,
-                new.media,
-            )
+            assert _same_item(old) == _same_item(new)
             assert new.meta["template"] in train_templates(new.question_type, wide=True)
             if new.question_type not in widened:
                 assert new.question == old.question
