@@ -155,6 +155,7 @@ def test_datasets_take_generate_items_options_but_never_the_sealed_seed_or_held_
         f"a: {{split: train, kind: image_crowded, n: 8, seed: {SEALED_TEST_SEEDS['v5.9']}}}": "sealed v5.9 test seed",
         f"a: {{split: train, kind: image_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.10']}}}": "sealed v5.10 test seed",
         f"a: {{split: train, kind: video_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.11']}}}": "sealed v5.11 test seed",
+        f"a: {{split: train, kind: image_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.12']}}}": "sealed v5.12 test seed",
         "a: {split: train, kind: image_qa, n: 8, phrasing: posh}": "phrasing='posh' is unknown",
         "a: {split: train, kind: image_qa, n: 8, colour_spelling: us}": r"found \['colour_spelling'",
     }
@@ -432,6 +433,25 @@ def test_v5_11_is_v5_10_with_wider_question_wordings_and_a_last_short_clip_phase
         "text_recall": 0.075,
     }
     assert last.losses == v510.phases[-1].losses
+
+
+def test_v5_12_is_v5_11_with_its_first_three_question_phases_under_batch_seed_1():
+    """tiny/v5.12 = v5.11 with `images`, `videos` and `mix` drawing their batches under seed 1; every set, wording,
+    step count, learning rate, loss, the alignment, the tail, the stage-0 tower and the dev evals are v5.11's."""
+    v511, v512 = load_curriculum(V4.with_name("v5.11.yaml")), load_curriculum(V4.with_name("v5.12.yaml"))
+    assert (v512.datasets, v512.dataset_options, v512.subsets, v512.stage0, v512.tokenizers, v512.evals) == (
+        v511.datasets,
+        v511.dataset_options,
+        v511.subsets,
+        v511.stage0,
+        v511.tokenizers,
+        v511.evals,
+    )
+    assert [p.name for p in v512.phases] == [p.name for p in v511.phases]
+    reseeded = {"images", "videos", "mix"}
+    for old, new in zip(v511.phases, v512.phases, strict=True):
+        assert new.seed == (1 if new.name in reseeded else 0)
+        assert replace(new, seed=old.seed) == old
 
 
 def test_the_makefile_lists_one_train_call_per_phase_of_v5_4_and_smoke():
