@@ -156,6 +156,7 @@ def test_datasets_take_generate_items_options_but_never_the_sealed_seed_or_held_
         f"a: {{split: train, kind: image_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.10']}}}": "sealed v5.10 test seed",
         f"a: {{split: train, kind: video_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.11']}}}": "sealed v5.11 test seed",
         f"a: {{split: train, kind: image_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.12']}}}": "sealed v5.12 test seed",
+        f"a: {{split: train, kind: long_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.13']}}}": "sealed v5.13 test seed",
         "a: {split: train, kind: image_qa, n: 8, phrasing: posh}": "phrasing='posh' is unknown",
         "a: {split: train, kind: image_qa, n: 8, colour_spelling: us}": r"found \['colour_spelling'",
     }
@@ -452,6 +453,25 @@ def test_v5_12_is_v5_11_with_its_first_three_question_phases_under_batch_seed_1(
     for old, new in zip(v511.phases, v512.phases, strict=True):
         assert new.seed == (1 if new.name in reseeded else 0)
         assert replace(new, seed=old.seed) == old
+
+
+def test_v5_13_is_v5_12_with_twice_the_visual_needles_in_long1200b():
+    """tiny/v5.13 = v5.12 with `long1200b`'s 1,200-frame visual needles at 0.2 of its batches (from 0.1), taken from
+    its short clips (0.3 -> 0.2); every other phase, set, wording and setting is v5.12's."""
+    v512, v513 = load_curriculum(V4.with_name("v5.12.yaml")), load_curriculum(V4.with_name("v5.13.yaml"))
+    assert (v513.datasets, v513.dataset_options, v513.subsets, v513.stage0, v513.tokenizers, v513.evals) == (
+        v512.datasets,
+        v512.dataset_options,
+        v512.subsets,
+        v512.stage0,
+        v512.tokenizers,
+        v512.evals,
+    )
+    changed = [(old, new) for old, new in zip(v512.phases, v513.phases, strict=True) if old != new]
+    assert [new.name for _, new in changed] == ["long1200b"]
+    old, new = changed[0]
+    assert new.mixture == {**old.mixture, "long1200_needle": 0.2, "video_qa": 0.2}
+    assert replace(new, mixture=old.mixture) == old
 
 
 def test_the_makefile_lists_one_train_call_per_phase_of_v5_4_and_smoke():

@@ -32,9 +32,10 @@ SEALED_TEST_SEEDS = {
     "v5.9": 840529061,  # the v5.9 plan's; unused (v5.9 was stopped on the dev seed)
     "v5.10": 1978060563,  # the v5.10 plan's; unused (v5.10 failed its dev commit rule)
     "v5.11": 882612407,  # the v5.11 plan's; unused (v5.11 failed its dev commit rule)
-    "v5.12": 1352142660,  # the v5.12 plan's
+    "v5.12": 1352142660,  # the v5.12 plan's; unused (v5.12 failed its dev commit rule)
+    "v5.13": 88918718,  # the v5.13 plan's
 }
-"""Each tiny model's sealed test seed (docs/tiny-model.md, "v5 plan" ... "v5.12 plan"): reserved for
+"""Each tiny model's sealed test seed (docs/tiny-model.md, "v5 plan" ... "v5.13 plan"): reserved for
 that model's one final score; a curriculum that names any of them as a data seed is refused, and ``llamavid
 eval-synth`` asks for ``--sealed`` before using one. A used seed stays here so it is never trained or developed on
 later."""
