@@ -79,12 +79,13 @@ screenshots: $(VENV)/.installed
 # Retrain the committed tiny LLaMA-VID from scratch (docs/tiny-model.md): one `llamavid train` call per phase of the
 # curriculum, each starting from the previous phase's final/ folder. The first call builds stage 0, the tokenizers
 # and the feature caches under TINY_WORK. Resumable: rerun to continue a killed phase; finished phases are skipped.
-# tiny/v5.4 (v5.3's twelve phases, then `fresh` on new short clips): ~117 min on 2 idle cores (docs/tiny-model.md,
-# "v5.4 on the sealed seed"). tiny/v5.3 and v5.1 are the first twelve calls, exporting after `long1200b`
-# (data.tiny.export=DIR); tiny/v5.2 has `digits` as its 13th call instead of `fresh`.
+# tiny/v5.13 (v5.4's thirteen phases with crowded shape and size questions, wider question wordings and v5.7's
+# `needle8`, then `fresh2` on new short clips): ~94 min on 2 idle cores (docs/tiny-model.md, "v5.13 on the dev
+# seed"). tiny/v5.4 .. v5.10 are the first thirteen calls, exporting after `fresh` (data.tiny.export=DIR);
+# tiny/v5.3 and v5.1 the first twelve, exporting after `long1200b`; tiny/v5.2 has `digits` as its 13th call.
 # Try the whole list in ~5 minutes with the shortened curriculum:
 #   make tiny-model TINY_CURRICULUM=tiny/smoke TINY_WORK=build/tiny-smoke TINY_OUT=build/tiny-smoke/model
-TINY_CURRICULUM ?= tiny/v5.4
+TINY_CURRICULUM ?= tiny/v5.13
 TINY_WORK ?= build/tiny-model
 TINY_OUT ?= src/llamavid/assets/tiny-llamavid
 TINY_THREADS ?= 2
@@ -106,7 +107,8 @@ tiny-model: $(VENV)/.installed
 	$(TINY_TRAIN) data.tiny.phase=polish model.init=$(TINY_WORK)/runs/long1200/final train.output_dir=$(TINY_WORK)/runs/polish
 	$(TINY_TRAIN) data.tiny.phase=clips model.init=$(TINY_WORK)/runs/polish/final train.output_dir=$(TINY_WORK)/runs/clips
 	$(TINY_TRAIN) data.tiny.phase=long1200b model.init=$(TINY_WORK)/runs/clips/final train.output_dir=$(TINY_WORK)/runs/long1200b
-	$(TINY_TRAIN) data.tiny.phase=fresh model.init=$(TINY_WORK)/runs/long1200b/final train.output_dir=$(TINY_WORK)/runs/fresh data.tiny.export=$(TINY_OUT)
+	$(TINY_TRAIN) data.tiny.phase=fresh model.init=$(TINY_WORK)/runs/long1200b/final train.output_dir=$(TINY_WORK)/runs/fresh
+	$(TINY_TRAIN) data.tiny.phase=fresh2 model.init=$(TINY_WORK)/runs/fresh/final train.output_dir=$(TINY_WORK)/runs/fresh2 data.tiny.export=$(TINY_OUT)
 
 eval-tiny: $(VENV)/.installed
 	$(VENV)/bin/llamavid eval-synth src/llamavid/assets/tiny-llamavid -n 280 --sets image_qa,video_qa,text_qa,long_qa
