@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from llamavid.errors import InvalidInputError
-from llamavid.train.curriculum import SEALED_TEST_SEEDS, Phase, load_curriculum
+from llamavid.train.curriculum import SEALED_TEST_SEEDS, Curriculum, Phase, load_curriculum
 from llamavid.train.losses import LossSettings
 from llamavid.train.stage0_vision import Stage0Settings
 
@@ -436,18 +436,17 @@ def test_v5_11_is_v5_10_with_wider_question_wordings_and_a_last_short_clip_phase
     assert last.losses == v510.phases[-1].losses
 
 
+def _everything_but_phases(curriculum: Curriculum) -> tuple:
+    """A curriculum's sets (with their options), subsets, stage-0 tower, tokenizers and dev evals."""
+    c = curriculum
+    return (c.datasets, c.dataset_options, c.subsets, c.stage0, c.tokenizers, c.evals)
+
+
 def test_v5_12_is_v5_11_with_its_first_three_question_phases_under_batch_seed_1():
     """tiny/v5.12 = v5.11 with `images`, `videos` and `mix` drawing their batches under seed 1; every set, wording,
     step count, learning rate, loss, the alignment, the tail, the stage-0 tower and the dev evals are v5.11's."""
     v511, v512 = load_curriculum(V4.with_name("v5.11.yaml")), load_curriculum(V4.with_name("v5.12.yaml"))
-    assert (v512.datasets, v512.dataset_options, v512.subsets, v512.stage0, v512.tokenizers, v512.evals) == (
-        v511.datasets,
-        v511.dataset_options,
-        v511.subsets,
-        v511.stage0,
-        v511.tokenizers,
-        v511.evals,
-    )
+    assert _everything_but_phases(v512) == _everything_but_phases(v511)
     assert [p.name for p in v512.phases] == [p.name for p in v511.phases]
     reseeded = {"images", "videos", "mix"}
     for old, new in zip(v511.phases, v512.phases, strict=True):
@@ -459,14 +458,7 @@ def test_v5_13_is_v5_12_with_twice_the_visual_needles_in_long1200b():
     """tiny/v5.13 = v5.12 with `long1200b`'s 1,200-frame visual needles at 0.2 of its batches (from 0.1), taken from
     its short clips (0.3 -> 0.2); every other phase, set, wording and setting is v5.12's."""
     v512, v513 = load_curriculum(V4.with_name("v5.12.yaml")), load_curriculum(V4.with_name("v5.13.yaml"))
-    assert (v513.datasets, v513.dataset_options, v513.subsets, v513.stage0, v513.tokenizers, v513.evals) == (
-        v512.datasets,
-        v512.dataset_options,
-        v512.subsets,
-        v512.stage0,
-        v512.tokenizers,
-        v512.evals,
-    )
+    assert _everything_but_phases(v513) == _everything_but_phases(v512)
     changed = [(old, new) for old, new in zip(v512.phases, v513.phases, strict=True) if old != new]
     assert [new.name for _, new in changed] == ["long1200b"]
     old, new = changed[0]
