@@ -34,6 +34,7 @@ SEALED_TEST_SEEDS = {
     "v5.11": 882612407,  # the v5.11 plan's; unused (v5.11 failed its dev commit rule)
     "v5.12": 1352142660,  # the v5.12 plan's; unused (v5.12 failed its dev commit rule)
     "v5.13": 88918718,  # the v5.13 plan's; the committed model's
+    "v5.14": 1600855915,  # the v5.14 plan's
 }
 """Each tiny model's sealed test seed (docs/tiny-model.md, "v5 plan" ... "v5.13 plan"): reserved for
 that model's one final score; a curriculum that names any of them as a data seed is refused, and ``llamavid

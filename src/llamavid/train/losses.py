@@ -428,6 +428,14 @@ def _frame_ends(
     return (torch.cat(picks) if picks else torch.zeros(0, dtype=torch.long)), found
 
 
+def prior_key(item: QAItem) -> tuple[str, str]:
+    """What :class:`AnswerPrior`'s expert conditions on: ``(question type, question text)``, or for a visual
+    needle ``(question type, "needle <shape>")`` (the one thing its answer must not be inferred from)."""
+    if item.question_type == "long_visual_needle" and isinstance(item.media, Episode):
+        return item.question_type, f"needle {item.media.needle_shape}"
+    return item.question_type, item.question
+
+
 class AnswerPrior:
     """A fixed question-only expert for product-of-experts training (as in Clark et al., 2019, "Don't take the easy
     way out"), used only while training and never saved.
@@ -438,6 +446,13 @@ class AnswerPrior:
     rewards what the question alone does not predict; the model decodes without them. Why: the train split holds
     out some (shape, colour) pairs, and a model reading "What shape is the purple object?" learned "purple objects
     are never circles" from the text instead of looking (held-out pairs 0.31 vs seen 0.94; ``docs/tiny-model.md``).
+
+    A visual needle's expert is keyed by the needle's *shape* instead of the question (:func:`prior_key`): its
+    question says nothing about the colour, but the needle frame does, beyond its colour. The train split never
+    shows an orange square or a red diamond on the needle screen, and a model trained without this expert learnt
+    "a needle square is never orange" from the pixels: v5.13 read every held-out orange-square needle as red
+    (0 / 10 at every checkpoint of its tail, 60-frame dev episodes; ``docs/tiny-model.md``, "v5.14 plan"). With
+    ``log P(colour | needle shape)`` added during training, that shortcut earns no loss, so nothing teaches it.
     """
 
     def __init__(
@@ -466,8 +481,7 @@ class AnswerPrior:
         for item in items:
             if item.question_type in self.token_ids:
                 options = list(QUESTION_TYPES[item.question_type])
-                key = (item.question_type, item.question)
-                row = counts.setdefault(key, torch.full((len(options),), float(smoothing)))
+                row = counts.setdefault(prior_key(item), torch.full((len(options),), float(smoothing)))
                 row[options.index(item.answer)] += 1
         self.log_prior = {key: (row / row.sum()).log() for key, row in counts.items()}
 
@@ -476,7 +490,7 @@ class AnswerPrior:
 
     def lookup(self, item: QAItem) -> tuple[Tensor, Tensor] | None:
         """``(option token ids, log-prior)`` for ``item``, or ``None`` if its question was never counted."""
-        log_prior = self.log_prior.get((item.question_type, item.question))
+        log_prior = self.log_prior.get(prior_key(item))
         return None if log_prior is None else (self.token_ids[item.question_type], log_prior)
 
     def loss(self, logits: Tensor, labels: Tensor, items: Sequence[QAItem]) -> Tensor:
