@@ -468,6 +468,51 @@ def test_feature_cache_never_serves_features_of_other_items(tmp_path: Path) -> N
 
 
 @pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="tiny model asset not built")
+@pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="tiny model asset not built")
+def test_a_visual_needle_prior_is_keyed_by_the_needle_shape() -> None:
+    """The visual needle's expert is log P(colour | needle shape) over the training items: the colour a shape never
+    has in train (the held-out pair) is the least likely one for that shape, and a held-out episode with that pair
+    looks up its shape's row whatever the question's wording."""
+    from llamavid import LlamaVidProcessor
+    from llamavid.synth import QUESTION_TYPES, generate_items
+    from llamavid.synth.world import HELDOUT_PAIRS, SHAPES
+    from llamavid.train.losses import AnswerPrior, prior_key
+
+    processor = LlamaVidProcessor.from_pretrained(ASSET)
+    train = generate_items(
+        "train", 6 * 600, seed=0, kind="long_qa", episode_frames=60, balanced_needles=True, phrasing="varied"
+    )
+    prior = AnswerPrior(train, processor.tokenizer, ["long_visual_needle"])
+    colours = list(QUESTION_TYPES["long_visual_needle"])
+    assert set(prior.log_prior) == {("long_visual_needle", f"needle {s}") for s in SHAPES}
+    for shape, colour in HELDOUT_PAIRS:
+        if colour in colours:
+            row = prior.log_prior[("long_visual_needle", f"needle {shape}")]
+            assert int(row.argmin()) == colours.index(colour)
+    held = [
+        item
+        for item in generate_items(
+            "heldout",
+            6 * 40,
+            seed=2,
+            kind="long_qa",
+            episode_frames=60,
+            balanced_needles=True,
+            phrasing="varied",
+        )
+        if item.question_type == "long_visual_needle"
+        and (item.media.needle_shape, item.media.needle_colour) in HELDOUT_PAIRS
+    ]
+    assert len({item.question for item in held}) > 1
+    for item in held:
+        token_ids, log_prior = prior.lookup(item)
+        assert prior_key(item) == ("long_visual_needle", f"needle {item.media.needle_shape}")
+        assert torch.equal(log_prior, prior.log_prior[prior_key(item)])
+        assert int(log_prior.argmin()) == colours.index(item.media.needle_colour)
+    other = next(item for item in train if item.question_type == "long_subtitle_needle")
+    assert prior_key(other) == (other.question_type, other.question)
+
+
 def test_a_phase_with_an_answer_prior_trains_the_llm(tmp_path: Path) -> None:
     from llamavid import LlamaVidForConditionalGeneration, LlamaVidProcessor
     from llamavid.synth import generate_items

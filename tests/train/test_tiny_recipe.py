@@ -157,6 +157,7 @@ def test_datasets_take_generate_items_options_but_never_the_sealed_seed_or_held_
         f"a: {{split: train, kind: video_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.11']}}}": "sealed v5.11 test seed",
         f"a: {{split: train, kind: image_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.12']}}}": "sealed v5.12 test seed",
         f"a: {{split: train, kind: long_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.13']}}}": "sealed v5.13 test seed",
+        f"a: {{split: train, kind: long_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.14']}}}": "sealed v5.14 test seed",
         "a: {split: train, kind: image_qa, n: 8, phrasing: posh}": "phrasing='posh' is unknown",
         "a: {split: train, kind: image_qa, n: 8, colour_spelling: us}": r"found \['colour_spelling'",
     }
@@ -464,6 +465,31 @@ def test_v5_13_is_v5_12_with_twice_the_visual_needles_in_long1200b():
     old, new = changed[0]
     assert new.mixture == {**old.mixture, "long1200_needle": 0.2, "video_qa": 0.2}
     assert replace(new, mixture=old.mixture) == old
+
+
+def test_v5_14_is_v5_13_with_a_needle_shape_prior_wherever_visual_needles_are_trained():
+    """tiny/v5.14 = v5.13 with `long_visual_needle` added to the answer prior's types in exactly the phases whose
+    sets hold visual needles; every other setting of those phases, and every other phase, is v5.13's."""
+    v513, v514 = load_curriculum(V4.with_name("v5.13.yaml")), load_curriculum(V4.with_name("v5.14.yaml"))
+    assert _everything_but_phases(v514) == _everything_but_phases(v513)
+    with_needles = {
+        "long60",
+        "long60_n8",
+        "long60_needle",
+        "long300",
+        "long300_needle",
+        "long1200",
+        "long1200_needle",
+    }
+    changed = []
+    for old, new in zip(v513.phases, v514.phases, strict=True):
+        if new != old:
+            changed.append(new.name)
+            assert new.losses.answer_prior == (*old.losses.answer_prior, "long_visual_needle")
+            assert replace(new, losses=old.losses) == old
+    assert changed == ["needle8", "needle1", "long300", "long1200", "polish", "clips", "long1200b"]
+    trains_needles = [p.name for p in v514.phases if set(p.mixture) & with_needles]
+    assert trains_needles == ["long60", *changed]  # `long60`, before the needle phases, is kept as v5.13's
 
 
 def test_the_makefile_lists_one_train_call_per_phase_of_v5_13_and_smoke():
