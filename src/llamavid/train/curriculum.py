@@ -36,7 +36,7 @@ SEALED_TEST_SEEDS = {
     "v5.13": 88918718,  # the v5.13 plan's; the committed model's
     "v5.14": 1600855915,  # the v5.14 plan's
 }
-"""Each tiny model's sealed test seed (docs/tiny-model.md, "v5 plan" ... "v5.13 plan"): reserved for
+"""Each tiny model's sealed test seed (docs/tiny-model.md, "v5 plan" ... "v5.14 plan"): reserved for
 that model's one final score; a curriculum that names any of them as a data seed is refused, and ``llamavid
 eval-synth`` asks for ``--sealed`` before using one. A used seed stays here so it is never trained or developed on
 later."""
