@@ -33,6 +33,7 @@ from llamavid.synth.episodes import (
     Episode,
     episode_questions,
     make_episode,
+    vary_needle,
 )
 from llamavid.synth.images import (
     CROWDED_DISTRACTORS,
@@ -125,6 +126,7 @@ def generate_items(
     phrasing: str = "canonical",
     turns: int | tuple[int, int] = 1,
     balanced_needles: bool = False,
+    varied_needles: bool = False,
 ) -> list[QAItem]:
     """Generate ``n`` items of ``kind`` in memory (media as descriptions; nothing is rendered).
 
@@ -151,6 +153,9 @@ def generate_items(
         balanced_needles: long videos only: every block of 10 consecutive episodes tells each secret digit
             exactly once and every block of 7 shows each needle colour exactly once (instead of independent
             uniform draws, which leave a 50-episode set with some digits rare).
+        varied_needles: long videos only: the visual needle's shape is drawn at a random cell and size
+            (:func:`~llamavid.synth.episodes.vary_needle`) instead of one big shape in the middle; every answer
+            and every other frame stay as they are. The episodes get their own media ids (suffix ``-vn``).
 
     Raises:
         ValueError: on an unknown split, kind or phrasing, a negative ``n`` or a bad ``turns``.
@@ -165,7 +170,9 @@ def generate_items(
     if not 1 <= low_turns <= high_turns:
         raise InvalidInputError(f"turns={turns!r} must be a count >= 1 or an inclusive range (low, high).")
     if kind in ("long_qa", "stage3"):
-        return _long_items(split, n, seed, kind == "stage3", grid, episode_frames, phrasing, balanced_needles)
+        return _long_items(
+            split, n, seed, kind == "stage3", grid, episode_frames, phrasing, balanced_needles, varied_needles
+        )
     items = []
     for sub_kind, index in _sub_kind_sequence(kind, n):
         rng = item_rng(split, sub_kind, seed, index)
@@ -234,11 +241,12 @@ def _long_items(
     episode_frames: int,
     phrasing: str = "canonical",
     balanced_needles: bool = False,
+    varied_needles: bool = False,
 ) -> list[QAItem]:
     per_episode = len(LONG_QUESTION_TYPES) + int(include_summary)
     items: list[QAItem] = []
     for index in range(math.ceil(n / per_episode)):
-        episode_id = f"{split}-episode-s{seed}-{index:06d}"
+        episode_id = f"{split}-episode-s{seed}-{index:06d}" + ("-vn" if varied_needles else "")
         synth: dict[str, Any] = {
             "split": split,
             "stream": "episode",
@@ -249,7 +257,9 @@ def _long_items(
         forced = _balanced_answers(split, seed, index) if balanced_needles else None
         if forced is not None:
             synth["answers"] = forced
-        episode = make_episode(item_rng(split, "episode", seed, index), split, episode_frames, grid, forced)
+        if varied_needles:
+            synth["varied_needles"] = True
+        episode = _episode(synth, grid)
         for number, item in enumerate(episode_questions(episode, episode_id, include_summary)):
             item.meta.update(media_id=episode_id, synth=dict(synth))
             if item.answer_options is not None and phrasing != "canonical":
@@ -260,8 +270,17 @@ def _long_items(
 
 def regenerate_episode(synth: dict[str, Any], grid: int = DEFAULT_GRID) -> Episode:
     """Rebuild a long video from a record's ``synth`` field instead of decoding its file."""
-    rng = item_rng(synth["split"], "episode", int(synth["seed"]), int(synth["index"]))
-    return make_episode(rng, synth["split"], int(synth["num_frames"]), grid, synth.get("answers"))
+    return _episode(synth, grid)
+
+
+def _episode(synth: dict[str, Any], grid: int) -> Episode:
+    split, seed, index = synth["split"], int(synth["seed"]), int(synth["index"])
+    episode = make_episode(
+        item_rng(split, "episode", seed, index), split, int(synth["num_frames"]), grid, synth.get("answers")
+    )
+    if synth.get("varied_needles"):
+        episode = vary_needle(episode, item_purpose_rng(split, "needle", "episode", seed, index))
+    return episode
 
 
 def item_to_record(item: QAItem, media_path: str | None, subtitles_path: str | None = None) -> dict[str, Any]:
@@ -372,6 +391,7 @@ def write_dataset(
     phrasing: str = "canonical",
     turns: int | tuple[int, int] = 1,
     balanced_needles: bool = False,
+    varied_needles: bool = False,
 ) -> Path:
     """Generate a dataset and write its media and ``{split}_{kind}_s{seed}.json`` under ``out_dir``.
 
@@ -391,7 +411,7 @@ def write_dataset(
         clip_frames: clip length or inclusive range.
         episode_frames: long-video length.
         write_media: if False only the JSON is written (records can still be regenerated from ``synth``).
-        phrasing / turns / balanced_needles: see :func:`generate_items`.
+        phrasing / turns / balanced_needles / varied_needles: see :func:`generate_items`.
 
     Returns:
         Path of the JSON file.
@@ -400,7 +420,7 @@ def write_dataset(
     n = DEFAULT_ITEMS[split] if n is None else n
     out = Path(out_dir)
     items = generate_items(
-        split, n, seed, kind, grid, clip_frames, episode_frames, phrasing, turns, balanced_needles
+        split, n, seed, kind, grid, clip_frames, episode_frames, phrasing, turns, balanced_needles, varied_needles
     )
     media_dir = out / "media" / split / kind
     if write_media:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -133,6 +133,9 @@ class Episode:
         answers: the exact answer of every :data:`LONG_QUESTION_TYPES` entry plus the facts they refer to.
         grid: the cell grid of the frame descriptions.
         fps: frames per second (always 1).
+        needle_size: the needle shape's size (index into :data:`~llamavid.synth.world.SIZES`; 3, huge, unless
+            the episode comes from a set with ``varied_needles``).
+        needle_cell: the needle's ``(row, column)`` cell, or ``None`` for the cell just up-left of the centre.
     """
 
     num_frames: int
@@ -147,6 +150,8 @@ class Episode:
     answers: dict[str, Any]
     grid: int = DEFAULT_GRID
     fps: float = 1.0
+    needle_size: int = 3
+    needle_cell: tuple[int, int] | None = None
 
     def timestamps(self) -> np.ndarray:
         """Presentation time of every frame in seconds, ``(T,)`` float64."""
@@ -165,10 +170,12 @@ class Episode:
         if not 0 <= index < self.num_frames:
             raise IndexError(f"frame {index} is outside this episode's {self.num_frames} frames.")
         if self.needle_start <= index < self.needle_start + self.needle_length:
-            centre = self.grid / 2 - 0.5  # middle of the cell just up-left of the frame centre
-            return FrameSpec(
-                NEEDLE_BACKGROUND, (SceneObject(self.needle_shape, self.needle_colour, centre, centre, 3),)
-            )
+            if self.needle_cell is None:
+                y = x = self.grid / 2 - 0.5  # middle of the cell just up-left of the frame centre
+            else:
+                y, x = self.needle_cell[0] + 0.5, self.needle_cell[1] + 0.5
+            needle = SceneObject(self.needle_shape, self.needle_colour, x, y, self.needle_size)
+            return FrameSpec(NEEDLE_BACKGROUND, (needle,))
         scene = self.scenes[self.scene_index(index)]
         objects = []
         for character_index, row, col, phase in scene.cast:
@@ -424,6 +431,19 @@ def make_episode(
         answers=facts,
         grid=grid,
     )
+
+
+def vary_needle(episode: Episode, rng: np.random.Generator) -> Episode:
+    """``episode`` with its needle shape drawn at a random cell and a random size from medium to huge.
+
+    Everything else (the needle's frame, shape and colour, the plot, every answer) is unchanged. Training sets
+    with ``varied_needles`` use it so that a reader of the needle screen sees more than one picture per
+    (shape, colour) pair: with the needle always at one place and size, the train split holds only 36 needle
+    pictures, and a model learnt to tell them apart by shape as much as by colour (docs/tiny-model.md, "v5.15
+    plan").
+    """
+    row, col = (int(v) for v in rng.integers(episode.grid, size=2))
+    return replace(episode, needle_size=int(rng.integers(1, 4)), needle_cell=(row, col))
 
 
 def episode_questions(episode: Episode, id_prefix: str, include_summary: bool = False) -> list[QAItem]:

@@ -99,7 +99,7 @@ _STREAM_KEYS: dict[str, int] = {
 }
 # Streams for what is layered on top of an item (its wording, its extra turns, balanced answers): keyed by the
 # item's own stream too, so changing them never changes the item's medium or answer.
-_PURPOSE_KEYS: dict[str, int] = {"phrasing": 101, "turns": 102, "balance": 103}
+_PURPOSE_KEYS: dict[str, int] = {"phrasing": 101, "turns": 102, "balance": 103, "needle": 104}
 
 
 def check_split(split: str) -> str:
@@ -147,8 +147,8 @@ def item_purpose_rng(
 ) -> np.random.Generator:
     """A generator for something layered on top of item ``(split, stream, seed, index)``.
 
-    ``purpose`` is ``"phrasing"`` (question wording), ``"turns"`` (extra conversation turns) or ``"balance"``
-    (balanced answers). It never shares a stream with :func:`item_rng`, so e.g. rewording a question leaves the
+    ``purpose`` is ``"phrasing"`` (question wording), ``"turns"`` (extra conversation turns), ``"balance"``
+    (balanced answers) or ``"needle"`` (where the visual needle is drawn). It never shares a stream with :func:`item_rng`, so e.g. rewording a question leaves the
     item's medium and answer exactly as they were.
     """
     item_rng(split, stream, seed, index)  # validates the coordinates
