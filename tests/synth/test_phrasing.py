@@ -275,6 +275,43 @@ def test_balanced_needles_tell_every_secret_digit_equally_often():
     ]
 
 
+def test_varied_needles_move_only_the_needle_shape():
+    """``varied_needles`` draws the needle at a random cell and size; everything else of the episode, its questions
+    and answers stay, the media ids change (a different picture), and the record regenerates the varied episode."""
+    from dataclasses import replace
+
+    from llamavid.synth.world import COLOURS, SHAPES
+
+    options = {
+        "seed": 4,
+        "kind": "long_qa",
+        "episode_frames": 60,
+        "balanced_needles": True,
+        "phrasing": "varied",
+    }
+    plain = generate_items("train", 6 * 30, **options)
+    varied = generate_items("train", 6 * 30, **options, varied_needles=True)
+    assert [(i.question, i.answer, i.question_type) for i in varied] == [
+        (i.question, i.answer, i.question_type) for i in plain
+    ]
+    episodes = [(a.media, b.media) for a, b in zip(plain[::6], varied[::6], strict=True)]
+    assert all(replace(new, needle_size=3, needle_cell=None) == old for old, new in episodes)
+    assert len({(new.needle_size, new.needle_cell) for _, new in episodes}) > 10
+    assert {new.needle_size for _, new in episodes} == {1, 2, 3}
+    for item in varied[::6]:
+        assert item.meta["media_id"].endswith("-vn") and regenerate_episode(item.meta["synth"]) == item.media
+        episode = item.media
+        labels = episode.frame_labels(episode.needle_start)
+        row, col = episode.needle_cell
+        assert labels.background == -1
+        assert SHAPES[labels.shape[row, col] - 1] == episode.needle_shape
+        assert COLOURS[labels.colour[row, col] - 1] == episode.needle_colour
+        assert SIZES[labels.size[row, col] - 1] == SIZES[episode.needle_size]
+        assert int((labels.shape > 0).sum()) == 1
+    # The default (and every eval) keeps the one big needle in the cell up-left of the centre.
+    assert all(old.needle_cell is None and old.needle_size == 3 for old, _ in episodes)
+
+
 @pytest.mark.parametrize("frames", [5, 60])
 def test_clips_of_5_to_60_frames_for_every_type(frames):
     items = generate_items("train", len(VIDEO_QUESTION_TYPES), seed=0, kind="video_qa", clip_frames=frames)

@@ -158,6 +158,9 @@ def test_datasets_take_generate_items_options_but_never_the_sealed_seed_or_held_
         f"a: {{split: train, kind: image_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.12']}}}": "sealed v5.12 test seed",
         f"a: {{split: train, kind: long_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.13']}}}": "sealed v5.13 test seed",
         f"a: {{split: train, kind: long_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.14']}}}": "sealed v5.14 test seed",
+        f"a: {{split: train, kind: long_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.15']}}}": "sealed v5.15 test seed",
+        "a: {split: train, kind: video_qa, n: 8, varied_needles: true}": "varied_needles: expected true or false on",
+        "a: {split: train, kind: long_qa, n: 8, varied_needles: 1}": "varied_needles: expected true or false on",
         "a: {split: train, kind: image_qa, n: 8, phrasing: posh}": "phrasing='posh' is unknown",
         "a: {split: train, kind: image_qa, n: 8, colour_spelling: us}": r"found \['colour_spelling'",
     }
@@ -490,6 +493,37 @@ def test_v5_14_is_v5_13_with_a_needle_shape_prior_wherever_visual_needles_are_tr
     assert changed == ["needle8", "needle1", "long300", "long1200", "polish", "clips", "long1200b"]
     trains_needles = [p.name for p in v514.phases if set(p.mixture) & with_needles]
     assert trains_needles == ["long60", *changed]  # `long60`, before the needle phases, is kept as v5.13's
+
+
+def test_v5_15_is_v5_14_with_varied_needles_after_needle8():
+    """tiny/v5.15 = v5.14 plus the 60-frame set `long60v` (needles at varied cells and sizes) whose needle questions
+    join `needle1` (from `long60_needle`) and `long300`, `long1200`, `long1200b` (from `image_qa`)."""
+    v514, v515 = load_curriculum(V4.with_name("v5.14.yaml")), load_curriculum(V4.with_name("v5.15.yaml"))
+    assert v515.datasets == {**v514.datasets, "long60v": ("train", "long_qa", 6000, 4, 60)}
+    assert v515.dataset_options["long60v"] == {
+        "phrasing": "varied",
+        "balanced_needles": True,
+        "varied_needles": True,
+    }
+    assert v515.subsets == {**v514.subsets, "long60v_needle": {"from": "long60v", "subset": "visual_needle"}}
+    assert (v515.stage0, v515.tokenizers, v515.evals) == (v514.stage0, v514.tokenizers, v514.evals)
+    moved = {
+        "needle1": "long60_needle",
+        "long300": "image_qa",
+        "long1200": "image_qa",
+        "long1200b": "image_qa",
+    }
+    share = {"needle1": 0.2, "long300": 0.05, "long1200": 0.05, "long1200b": 0.05}
+    for old, new in zip(v514.phases, v515.phases, strict=True):
+        if new.name not in moved:
+            assert new == old
+            continue
+        taken = moved[new.name]
+        expected = {**old.mixture, taken: round(old.mixture[taken] - share[new.name], 3)}
+        assert {k: v for k, v in new.mixture.items() if k != "long60v_needle"} == expected
+        assert new.mixture["long60v_needle"] == share[new.name]
+        assert new.batch_sizes == {**old.batch_sizes, "long60v_needle": 8}
+        assert replace(new, mixture=old.mixture, batch_sizes=old.batch_sizes) == old
 
 
 def test_the_makefile_lists_one_train_call_per_phase_of_v5_13_and_smoke():
