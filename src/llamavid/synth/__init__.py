@@ -34,7 +34,7 @@ Public API (everything else is reachable by module path but not promised)::
 
     # questions, records, files
     generate_items(split, n, seed=0, kind="image_qa", grid=4, clip_frames=(8, 16), episode_frames=1200,
-                   phrasing="canonical", turns=1, balanced_needles=False) -> list[QAItem]
+                   phrasing="canonical", turns=1, balanced_needles=False, varied_needles=False) -> list[QAItem]
     item_to_record(item, media_path, subtitles_path=None) -> dict           # LLaVA-style JSON record (docs/architecture.md §9)
     write_dataset(out_dir, split, n=None, seed=0, kind="image_qa", video_format="npz", image_size=64, grid=4,
                   clip_frames=(8, 16), episode_frames=1200, write_media=True) -> Path
@@ -46,8 +46,9 @@ changes nothing else): ``phrasing="varied"`` words each question with one of man
 order, terse and polite forms, ``color``/``gray``, typos) and ``phrasing="heldout_templates"`` with templates no
 training uses (:mod:`llamavid.synth.phrasing`: ``train_templates`` / ``heldout_templates``); ``turns=(1, 3)``
 puts earlier questions about the same image or clip before an item's own (:mod:`llamavid.synth.turns`);
-``balanced_needles=True`` tells every secret digit and shows every needle colour equally often. Answers are
-always the short canonical answer. :mod:`llamavid.synth.tokenizers` builds the tokenizers from this world's text.
+``balanced_needles=True`` tells every secret digit and shows every needle colour equally often;
+``varied_needles=True`` draws the visual needle at a random cell and size instead of one big centred shape (a
+training layer: evals keep the default). Answers are always the short canonical answer. :mod:`llamavid.synth.tokenizers` builds the tokenizers from this world's text.
 
 Kinds (:data:`~llamavid.synth.dataset.KINDS`): ``image_caption``, ``video_caption``, ``image_qa``, ``video_qa``,
 ``text_qa``, ``long_qa``, ``image_place`` (image shape and size asked by the object's quadrant, a training
