@@ -35,9 +35,10 @@ SEALED_TEST_SEEDS = {
     "v5.12": 1352142660,  # the v5.12 plan's; unused (v5.12 failed its dev commit rule)
     "v5.13": 88918718,  # the v5.13 plan's; the committed model's
     "v5.14": 1600855915,  # the v5.14 plan's; unused (v5.14 was stopped on the dev seed)
-    "v5.15": 1155462301,  # the v5.15 plan's
+    "v5.15": 1155462301,  # the v5.15 plan's; unused (v5.15 was stopped on the dev seed)
+    "v5.16": 693909314,  # the v5.16 plan's
 }
-"""Each tiny model's sealed test seed (docs/tiny-model.md, "v5 plan" ... "v5.15 plan"): reserved for
+"""Each tiny model's sealed test seed (docs/tiny-model.md, "v5 plan" ... "v5.16 plan"): reserved for
 that model's one final score; a curriculum that names any of them as a data seed is refused, and ``llamavid
 eval-synth`` asks for ``--sealed`` before using one. A used seed stays here so it is never trained or developed on
 later."""
@@ -64,7 +65,13 @@ _PHASE_KEYS = (
     "visual_lr_scale",
 )
 _DATASET_KEYS = ("split", "kind", "n", "seed", "episode_frames")
-_DATASET_OPTIONS = ("phrasing", "turns", "balanced_needles", "varied_needles", "clip_frames")  # generate_items keywords
+_DATASET_OPTIONS = (
+    "phrasing",
+    "turns",
+    "balanced_needles",
+    "varied_needles",
+    "clip_frames",
+)  # generate_items keywords
 
 
 @dataclass
@@ -158,7 +165,9 @@ def _dataset(path: Path, name: str, spec: dict[str, Any]) -> tuple[tuple[str, st
                 "phrasings never trained)."
             )
     for key in ("balanced_needles", "varied_needles"):
-        if key in options and (not isinstance(options[key], bool) or spec["kind"] not in ("long_qa", "stage3")):
+        if key in options and (
+            not isinstance(options[key], bool) or spec["kind"] not in ("long_qa", "stage3")
+        ):
             raise InvalidInputError(
                 f"{path}: datasets.{name}.{key}: expected true or false on a long_qa or stage3 set, found "
                 f"{options[key]!r} on kind {spec['kind']!r}."

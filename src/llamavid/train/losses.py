@@ -54,6 +54,10 @@ class LossSettings:
             from the LLM's hidden states (``AuxiliaryHeads.count_loss``).
         attend: weight of the image attention loss (:func:`attention_loss`): the context attention of an image
             question that names one object is asked to rest on that object's grid cell.
+        shape_adversary: weight of the needle-shape adversary (``AuxiliaryHeads.needle_shape``): a probe reads
+            the needle's shape from the needle frame's context token of a visual-needle question, and the token is
+            trained, through a reversed gradient, so that it cannot; the token then carries the colour the
+            question asks for and not the shape, which the train split ties to the colour.
         answer_prior: question types trained against a fixed question-only expert (:class:`AnswerPrior`).
         answer_prior_on_heads: also add that expert to the ``answer`` probe.
     """
@@ -64,6 +68,7 @@ class LossSettings:
     scene: float = 0.0
     count: float = 0.0
     attend: float = 0.0
+    shape_adversary: float = 0.0
     answer_prior: tuple[str, ...] = ()
     answer_prior_on_heads: bool = False
 
@@ -74,12 +79,21 @@ class LossSettings:
         Raises:
             InvalidInputError: on an unknown key, a negative weight or an unknown question type, naming ``where``.
         """
-        known = {"lm", "answer_head", "grounding", "scene", "count", "attend", "answer_prior"}
+        known = {
+            "lm",
+            "answer_head",
+            "grounding",
+            "scene",
+            "count",
+            "attend",
+            "shape_adversary",
+            "answer_prior",
+        }
         unknown = sorted(set(config) - known)
         if unknown:
             raise InvalidInputError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(known)}.")
         weights: dict[str, float] = {}
-        for key in ("answer_head", "grounding", "scene", "count", "attend"):
+        for key in ("answer_head", "grounding", "scene", "count", "attend", "shape_adversary"):
             value = config.get(key, 0.0)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise InvalidInputError(f"{where}.{key}: expected a weight >= 0, found {value!r}.")
@@ -115,12 +129,12 @@ class LossSettings:
     @property
     def uses_heads(self) -> bool:
         """Whether any probe of :class:`AuxiliaryHeads` is trained."""
-        return bool(self.answer_head or self.grounding or self.scene or self.count)
+        return bool(self.answer_head or self.grounding or self.scene or self.count or self.shape_adversary)
 
     @property
     def uses_context(self) -> bool:
         """Whether a loss reads the context tokens or their attention (needs ``config.context_token``)."""
-        return bool(self.answer_head or self.grounding or self.count or self.attend)
+        return bool(self.answer_head or self.grounding or self.count or self.attend or self.shape_adversary)
 
 
 # Targets ----------------------------------------------------------------------------------------------------------
@@ -278,6 +292,18 @@ def needle_targets(item: QAItem) -> Tensor | None:
     return target
 
 
+class _ReverseGradient(torch.autograd.Function):
+    """Identity forward, negated gradient backward: the layer below is trained *against* the head above it."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        return -grad
+
+
 class AuxiliaryHeads(nn.Module):
     """Training-only linear probes on the context tokens and, for clips, the LLM's hidden states (discarded after
     training; never part of the saved model).
@@ -292,6 +318,11 @@ class AuxiliaryHeads(nn.Module):
       the needle frame and "none" elsewhere (weighted like ``cell``). Measured: without it the LLM stayed at
       chance on visual needles while it learned subtitle needles; with every other frame saying "none", the one
       frame that differs is what the LLM has to find.
+    * ``needle_shape`` (the ``shape_adversary`` weight): the needle frame's context token of a visual-needle
+      question -> the needle's shape, trained to read it while a reversed gradient trains the token to hide it
+      (domain-adversarial training, Ganin & Lempitsky 2015). Added for v5.16: the LLM read a held-out orange
+      square needle as red because its context token said "square" as loudly as "orange" (swapping in an
+      orange circle's context token alone made it answer orange 10 / 10; docs/tiny-model.md, "v5.16 plan").
     * ``background`` / ``changes`` (`scene_loss`): on the LLM's *hidden states* at each clip frame's last visual
       token, the frame's background (read from a middle layer) and how often the background has changed so far
       (read from the layer before the last, so the answer position can still attend to it). "How many times does
@@ -313,6 +344,8 @@ class AuxiliaryHeads(nn.Module):
         self.changes = nn.Linear(width, MAX_SCENE_CHANGES + 1)
         self.shapes = nn.Linear(width, len(SHAPES))
         self.seen = nn.Linear(width, MAX_SHAPE_COUNT + 1)
+        with torch.random.fork_rng(devices=[]):  # drawn aside: what is drawn after the heads stays as it was
+            self.needle_shape = nn.Linear(width, len(SHAPES))
 
     def answer_logits(self, context: Tensor, types: Tensor) -> Tensor:
         """``(B, D)`` context tokens and ``(B,)`` question types -> ``(B, max options)`` logits (-inf padded)."""
@@ -332,6 +365,7 @@ class AuxiliaryHeads(nn.Module):
         grounding_weight: float,
         prior: AnswerPrior | None = None,
         count_weight: float = 0.0,
+        adversary_weight: float = 0.0,
     ) -> Tensor:
         """Weighted auxiliary losses for one batch (``items`` in batch order, text-only ones included).
 
@@ -362,6 +396,19 @@ class AuxiliaryHeads(nn.Module):
                 logits = self.needle(torch.cat([row for row, _ in needles]))
                 target = torch.cat([frames for _, frames in needles])
                 total = total + grounding_weight * F.cross_entropy(logits, target)
+        if adversary_weight:
+            needle_rows = [(row, item.media) for row, item in rows if needle_targets(item) is not None]
+            if needle_rows:
+                tokens = torch.cat(
+                    [row[ep.needle_start : ep.needle_start + ep.needle_length] for row, ep in needle_rows]
+                )
+                shapes = [
+                    SHAPES.index(ep.needle_shape) for _, ep in needle_rows for _ in range(ep.needle_length)
+                ]
+                logits = self.needle_shape(_ReverseGradient.apply(tokens))
+                total = total + adversary_weight * F.cross_entropy(
+                    logits, torch.tensor(shapes, device=logits.device)
+                )
         if count_weight:
             counted = [
                 (row, targets[0])

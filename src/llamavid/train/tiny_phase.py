@@ -495,7 +495,13 @@ class TinyLoss:
             if self.context_probes and visual is not None:
                 prior = self.prior if self.losses.answer_prior_on_heads else None
                 aux = self.heads.loss(
-                    visual, items, self.losses.answer_head, self.losses.grounding, prior, self.losses.count
+                    visual,
+                    items,
+                    self.losses.answer_head,
+                    self.losses.grounding,
+                    prior,
+                    self.losses.count,
+                    self.losses.shape_adversary,
                 )
                 terms["aux_context"] = float(aux.detach())
                 loss = loss + aux
