@@ -315,6 +315,47 @@ def test_auxiliary_heads_give_gradients_to_the_context_path(tmp_path: Path) -> N
 
 
 @pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="tiny model asset not built")
+def test_the_shape_adversary_trains_its_probe_and_pushes_the_needle_token_the_other_way(
+    tmp_path: Path,
+) -> None:
+    """`shape_adversary`: only the needle frames of visual-needle questions are read; the probe gets the ordinary
+    gradient of its shape loss and the context tokens its negation (so a step makes the shape harder to read)."""
+    from llamavid import LlamaVidForConditionalGeneration, LlamaVidProcessor
+    from llamavid.errors import InvalidInputError
+    from llamavid.synth import generate_items
+    from llamavid.synth.world import SHAPES
+    from llamavid.train.losses import AuxiliaryHeads, LossSettings
+    from llamavid.train.tiny import make_batch
+
+    assert LossSettings.from_config({"shape_adversary": 0.5}).shape_adversary == 0.5
+    assert LossSettings(shape_adversary=1.0).uses_heads and LossSettings(shape_adversary=1.0).uses_context
+    with pytest.raises(InvalidInputError, match="shape_adversary: expected a weight"):
+        LossSettings.from_config({"shape_adversary": -1})
+    model = LlamaVidForConditionalGeneration.from_pretrained(str(ASSET), dtype=torch.float32)
+    processor = LlamaVidProcessor.from_pretrained(ASSET)
+    long_items = generate_items("train", 12, seed=0, kind="long_qa", episode_frames=60)
+    needles = [i for i in long_items if i.question_type == "long_visual_needle"]
+    items = needles + [next(i for i in long_items if i.question_type == "long_plot")]
+    cache = _features(tmp_path, items, model.model.vision_tower)
+    batch = make_batch(items, cache, range(len(items)), processor)
+    visual = model(**batch).visual
+    tokens = visual.context_tokens.detach().requires_grad_(True)
+    visual.context_tokens = tokens
+    heads = AuxiliaryHeads(model.config.text_config.hidden_size)
+    assert heads.loss(visual, items, 0.0, 0.0, adversary_weight=0.0) == 0
+    loss = heads.loss(visual, items, 0.0, 0.0, adversary_weight=1.0)
+    loss.backward()
+    needle_rows = [sum(60 for _ in items[:k]) + item.media.needle_start for k, item in enumerate(needles)]
+    touched = tokens.grad.abs().sum(-1).nonzero().squeeze(1).tolist()
+    assert touched == needle_rows  # only the needle frames of the needle questions (not the plot question's)
+    rows = tokens.detach()[needle_rows].requires_grad_(True)
+    target = torch.tensor([SHAPES.index(item.media.needle_shape) for item in needles])
+    F.cross_entropy(heads.needle_shape(rows), target).backward()
+    torch.testing.assert_close(tokens.grad[needle_rows], -rows.grad)
+    assert heads.needle_shape.weight.grad is not None and heads.needle_shape.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="tiny model asset not built")
 def test_committed_tiny_model_is_small() -> None:
     size = sum(path.stat().st_size for path in ASSET.rglob("*") if path.is_file())
     assert size <= 30 * 1024 * 1024

@@ -159,6 +159,7 @@ def test_datasets_take_generate_items_options_but_never_the_sealed_seed_or_held_
         f"a: {{split: train, kind: long_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.13']}}}": "sealed v5.13 test seed",
         f"a: {{split: train, kind: long_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.14']}}}": "sealed v5.14 test seed",
         f"a: {{split: train, kind: long_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.15']}}}": "sealed v5.15 test seed",
+        f"a: {{split: train, kind: long_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.16']}}}": "sealed v5.16 test seed",
         "a: {split: train, kind: video_qa, n: 8, varied_needles: true}": "varied_needles: expected true or false on",
         "a: {split: train, kind: long_qa, n: 8, varied_needles: 1}": "varied_needles: expected true or false on",
         "a: {split: train, kind: image_qa, n: 8, phrasing: posh}": "phrasing='posh' is unknown",
@@ -524,6 +525,20 @@ def test_v5_15_is_v5_14_with_varied_needles_after_needle8():
         assert new.mixture["long60v_needle"] == share[new.name]
         assert new.batch_sizes == {**old.batch_sizes, "long60v_needle": 8}
         assert replace(new, mixture=old.mixture, batch_sizes=old.batch_sizes) == old
+
+
+def test_v5_16_is_v5_15_with_the_needle_shape_adversary_from_needle1_to_long1200b():
+    """tiny/v5.16 = v5.15 with `shape_adversary: 1.0` in the phases after `needle8` that train visual needles;
+    every other setting of every phase is v5.15's."""
+    v515, v516 = load_curriculum(V4.with_name("v5.15.yaml")), load_curriculum(V4.with_name("v5.16.yaml"))
+    assert _everything_but_phases(v516) == _everything_but_phases(v515)
+    changed = []
+    for old, new in zip(v515.phases, v516.phases, strict=True):
+        if new != old:
+            changed.append(new.name)
+            assert new.losses == replace(old.losses, shape_adversary=1.0)
+            assert replace(new, losses=old.losses) == old
+    assert changed == ["needle1", "long300", "long1200", "polish", "clips", "long1200b"]
 
 
 def test_the_makefile_lists_one_train_call_per_phase_of_v5_13_and_smoke():
