@@ -52,7 +52,7 @@ def test_every_v4_phase_resolves_to_the_settings_that_trained_v4():
             "max_grad_norm": optimizer_record["max_grad_norm"],
             "grad_accum_steps": 1,
             # `count` came after v4 (v5.2) and `attend` after v5.5, both off in its phases
-            "losses": {**old["losses"], "count": 0.0, "attend": 0.0},
+            "losses": {**old["losses"], "count": 0.0, "attend": 0.0, "shape_adversary": 0.0},
             "tokenizers": {"llm": "word", "qformer": "synth"},
         }
         assert recipe.tiny_phase.seed == old["seed"] and recipe.tiny_phase.eval_every == old["eval_every"]

@@ -33,6 +33,7 @@ def test_v4_yaml_states_exactly_the_curriculum_that_trained_v4():
         losses = asdict(phase.losses)
         assert losses.pop("count") == 0.0  # a loss added after v4 (v5.2), off in v4's phases
         assert losses.pop("attend") == 0.0  # added after v5.5 (measured, off everywhere)
+        assert losses.pop("shape_adversary") == 0.0  # added for v5.16, off before it
         assert {
             "name": phase.name,
             "steps": phase.steps,
