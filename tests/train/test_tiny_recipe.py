@@ -161,6 +161,7 @@ def test_datasets_take_generate_items_options_but_never_the_sealed_seed_or_held_
         f"a: {{split: train, kind: long_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.14']}}}": "sealed v5.14 test seed",
         f"a: {{split: train, kind: long_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.15']}}}": "sealed v5.15 test seed",
         f"a: {{split: train, kind: long_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.16']}}}": "sealed v5.16 test seed",
+        f"a: {{split: train, kind: long_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.17']}}}": "sealed v5.17 test seed",
         "a: {split: train, kind: video_qa, n: 8, varied_needles: true}": "varied_needles: expected true or false on",
         "a: {split: train, kind: long_qa, n: 8, varied_needles: 1}": "varied_needles: expected true or false on",
         "a: {split: train, kind: image_qa, n: 8, phrasing: posh}": "phrasing='posh' is unknown",
@@ -540,6 +541,11 @@ def test_v5_16_is_v5_15_with_the_needle_shape_adversary_from_needle1_to_long1200
             assert new.losses == replace(old.losses, shape_adversary=1.0)
             assert replace(new, losses=old.losses) == old
     assert changed == ["needle1", "long300", "long1200", "polish", "clips", "long1200b"]
+
+
+def test_v5_17_restates_v5_16():
+    """tiny/v5.17 is v5.16's settings (its change is the loss behind `shape_adversary`, in train/losses.py)."""
+    assert load_curriculum(V4.with_name("v5.17.yaml")) == load_curriculum(V4.with_name("v5.16.yaml"))
 
 
 def test_the_makefile_lists_one_train_call_per_phase_of_v5_13_and_smoke():

@@ -17,6 +17,7 @@ None of them is part of a saved model: the heads are saved beside a phase only t
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -56,7 +57,7 @@ class LossSettings:
             question that names one object is asked to rest on that object's grid cell.
         shape_adversary: weight of the needle-shape adversary (``AuxiliaryHeads.needle_shape``): a probe reads
             the needle's shape from the needle frame's context token of a visual-needle question, and the token is
-            trained, through a reversed gradient, so that it cannot; the token then carries the colour the
+            trained so that it cannot (:meth:`AuxiliaryHeads.shape_confusion`); the token then carries the colour the
             question asks for and not the shape, which the train split ties to the colour.
         answer_prior: question types trained against a fixed question-only expert (:class:`AnswerPrior`).
         answer_prior_on_heads: also add that expert to the ``answer`` probe.
@@ -292,18 +293,6 @@ def needle_targets(item: QAItem) -> Tensor | None:
     return target
 
 
-class _ReverseGradient(torch.autograd.Function):
-    """Identity forward, negated gradient backward: the layer below is trained *against* the head above it."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
-        return -grad
-
-
 class AuxiliaryHeads(nn.Module):
     """Training-only linear probes on the context tokens and, for clips, the LLM's hidden states (discarded after
     training; never part of the saved model).
@@ -319,8 +308,8 @@ class AuxiliaryHeads(nn.Module):
       chance on visual needles while it learned subtitle needles; with every other frame saying "none", the one
       frame that differs is what the LLM has to find.
     * ``needle_shape`` (the ``shape_adversary`` weight): the needle frame's context token of a visual-needle
-      question -> the needle's shape, trained to read it while a reversed gradient trains the token to hide it
-      (domain-adversarial training, Ganin & Lempitsky 2015). Added for v5.16: the LLM read a held-out orange
+      question -> the needle's shape, trained to read it while the token is trained to leave its prediction
+      uniform (a confusion loss, :meth:`shape_confusion`). Added for v5.16: the LLM read a held-out orange
       square needle as red because its context token said "square" as loudly as "orange" (swapping in an
       orange circle's context token alone made it answer orange 10 / 10; docs/tiny-model.md, "v5.16 plan").
     * ``background`` / ``changes`` (`scene_loss`): on the LLM's *hidden states* at each clip frame's last visual
@@ -405,10 +394,7 @@ class AuxiliaryHeads(nn.Module):
                 shapes = [
                     SHAPES.index(ep.needle_shape) for _, ep in needle_rows for _ in range(ep.needle_length)
                 ]
-                logits = self.needle_shape(_ReverseGradient.apply(tokens))
-                total = total + adversary_weight * F.cross_entropy(
-                    logits, torch.tensor(shapes, device=logits.device)
-                )
+                total = total + adversary_weight * self.shape_confusion(tokens, torch.tensor(shapes))
         if count_weight:
             counted = [
                 (row, targets[0])
@@ -420,6 +406,20 @@ class AuxiliaryHeads(nn.Module):
                 target = torch.cat([shown for _, shown in counted]).to(logits)
                 total = total + count_weight * F.binary_cross_entropy_with_logits(logits, target)
         return total
+
+    def shape_confusion(self, tokens: Tensor, shapes: Tensor) -> Tensor:
+        """The needle-shape adversary on ``(N, D)`` needle-frame context tokens of needles shaped ``shapes``.
+
+        Two bounded terms (a confusion loss, Tzeng et al. 2015, rather than a reversed gradient, whose unbounded
+        objective diverged in v5.16: the tokens grew until the loss was 80): the probe learns to read the shape
+        from the tokens as they are (its own cross-entropy, tokens detached), and the tokens learn to leave it
+        uniform (cross-entropy of the probe's prediction, probe weights detached, against the uniform
+        distribution, minus its floor ``log K``, so the term is 0 when the shape cannot be read).
+        """
+        head = F.cross_entropy(self.needle_shape(tokens.detach()), shapes.to(tokens.device))
+        logits = F.linear(tokens, self.needle_shape.weight.detach(), self.needle_shape.bias.detach())
+        confusion = -logits.log_softmax(-1).mean(-1).mean() - math.log(logits.shape[-1])
+        return head + confusion
 
     def scene_loss(
         self, middle: Tensor, late: Tensor, placeholder: Tensor, items: Sequence[QAItem]
