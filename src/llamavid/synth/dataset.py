@@ -420,7 +420,17 @@ def write_dataset(
     n = DEFAULT_ITEMS[split] if n is None else n
     out = Path(out_dir)
     items = generate_items(
-        split, n, seed, kind, grid, clip_frames, episode_frames, phrasing, turns, balanced_needles, varied_needles
+        split,
+        n,
+        seed,
+        kind,
+        grid,
+        clip_frames,
+        episode_frames,
+        phrasing,
+        turns,
+        balanced_needles,
+        varied_needles,
     )
     media_dir = out / "media" / split / kind
     if write_media:
