@@ -564,6 +564,10 @@ def test_a_visual_needle_prior_is_keyed_by_the_needle_shape() -> None:
         assert int(log_prior.argmin()) == colours.index(item.media.needle_colour)
     other = next(item for item in train if item.question_type == "long_subtitle_needle")
     assert prior_key(other) == (other.question_type, other.question)
+    clips = generate_items("train", 700, seed=0, kind="video_qa", phrasing="varied")
+    changes = [item for item in clips if item.question_type == "video_colour_change"]
+    assert {prior_key(item) for item in changes} == {("video_colour_change", f"shape {s}") for s in SHAPES}
+    assert all(prior_key(item)[1].split()[1] in item.question.lower() for item in changes)
 
 
 def test_a_phase_with_an_answer_prior_trains_the_llm(tmp_path: Path) -> None:

@@ -162,6 +162,7 @@ def test_datasets_take_generate_items_options_but_never_the_sealed_seed_or_held_
         f"a: {{split: train, kind: long_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.15']}}}": "sealed v5.15 test seed",
         f"a: {{split: train, kind: long_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.16']}}}": "sealed v5.16 test seed",
         f"a: {{split: train, kind: long_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.17']}}}": "sealed v5.17 test seed",
+        f"a: {{split: train, kind: long_qa, n: 8, seed: {SEALED_TEST_SEEDS['v5.18']}}}": "sealed v5.18 test seed",
         "a: {split: train, kind: video_qa, n: 8, varied_needles: true}": "varied_needles: expected true or false on",
         "a: {split: train, kind: long_qa, n: 8, varied_needles: 1}": "varied_needles: expected true or false on",
         "a: {split: train, kind: image_qa, n: 8, phrasing: posh}": "phrasing='posh' is unknown",
@@ -546,6 +547,24 @@ def test_v5_16_is_v5_15_with_the_needle_shape_adversary_from_needle1_to_long1200
 def test_v5_17_restates_v5_16():
     """tiny/v5.17 is v5.16's settings (its change is the loss behind `shape_adversary`, in train/losses.py)."""
     assert load_curriculum(V4.with_name("v5.17.yaml")) == load_curriculum(V4.with_name("v5.16.yaml"))
+
+
+def test_v5_18_is_v5_17_with_the_colour_change_prior_after_long1200():
+    """tiny/v5.18 = v5.17 with `video_colour_change` in the answer prior of the five phases after `long1200`."""
+    v517, v518 = load_curriculum(V4.with_name("v5.17.yaml")), load_curriculum(V4.with_name("v5.18.yaml"))
+    assert _everything_but_phases(v518) == _everything_but_phases(v517)
+    changed = []
+    for old, new in zip(v517.phases, v518.phases, strict=True):
+        if new != old:
+            changed.append(new.name)
+            assert "video_colour_change" in new.losses.answer_prior
+            assert set(new.losses.answer_prior) - set(old.losses.answer_prior) <= {
+                "video_colour_change",
+                "long_visual_needle",
+            }
+            assert replace(new.losses, answer_prior=old.losses.answer_prior) == old.losses
+            assert replace(new, losses=old.losses) == old
+    assert changed == ["polish", "clips", "long1200b", "fresh", "fresh2"]
 
 
 def test_the_makefile_lists_one_train_call_per_phase_of_v5_13_and_smoke():

@@ -37,9 +37,10 @@ SEALED_TEST_SEEDS = {
     "v5.14": 1600855915,  # the v5.14 plan's; unused (v5.14 was stopped on the dev seed)
     "v5.15": 1155462301,  # the v5.15 plan's; unused (v5.15 was stopped on the dev seed)
     "v5.16": 693909314,  # the v5.16 plan's; unused (v5.16 diverged and was stopped)
-    "v5.17": 312593987,  # the v5.17 plan's
+    "v5.17": 312593987,  # the v5.17 plan's; unused (v5.17 was stopped on the dev seed)
+    "v5.18": 185419803,  # the v5.18 plan's
 }
-"""Each tiny model's sealed test seed (docs/tiny-model.md, "v5 plan" ... "v5.17 plan"): reserved for
+"""Each tiny model's sealed test seed (docs/tiny-model.md, "v5 plan" ... "v5.18 plan"): reserved for
 that model's one final score; a curriculum that names any of them as a data seed is refused, and ``llamavid
 eval-synth`` asks for ``--sealed`` before using one. A used seed stays here so it is never trained or developed on
 later."""

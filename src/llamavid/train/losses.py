@@ -476,10 +476,15 @@ def _frame_ends(
 
 
 def prior_key(item: QAItem) -> tuple[str, str]:
-    """What :class:`AnswerPrior`'s expert conditions on: ``(question type, question text)``, or for a visual
-    needle ``(question type, "needle <shape>")`` (the one thing its answer must not be inferred from)."""
+    """What :class:`AnswerPrior`'s expert conditions on: ``(question type, question text)``; for a visual needle
+    ``(type, "needle <shape>")`` and for a clip's colour change ``(type, "shape <shape>")``, the one thing besides
+    the asked colour that the answer must not be inferred from (a clip question names its shape in any wording)."""
     if item.question_type == "long_visual_needle" and isinstance(item.media, Episode):
         return item.question_type, f"needle {item.media.needle_shape}"
+    if item.question_type == "video_colour_change":
+        named = [shape for shape in SHAPES if re.search(rf"\b{shape}\b", item.question.lower())]
+        if len(named) == 1:
+            return item.question_type, f"shape {named[0]}"
     return item.question_type, item.question
 
 
