@@ -79,13 +79,15 @@ screenshots: $(VENV)/.installed
 # Retrain the committed tiny LLaMA-VID from scratch (docs/tiny-model.md): one `llamavid train` call per phase of the
 # curriculum, each starting from the previous phase's final/ folder. The first call builds stage 0, the tokenizers
 # and the feature caches under TINY_WORK. Resumable: rerun to continue a killed phase; finished phases are skipped.
-# tiny/v5.13 (v5.4's thirteen phases with crowded shape and size questions, wider question wordings and v5.7's
-# `needle8`, then `fresh2` on new short clips): ~94 min on 2 idle cores (docs/tiny-model.md, "v5.13 on the dev
-# seed"). tiny/v5.4 .. v5.10 are the first thirteen calls, exporting after `fresh` (data.tiny.export=DIR);
-# tiny/v5.3 and v5.1 the first twelve, exporting after `long1200b`; tiny/v5.2 has `digits` as its 13th call.
+# tiny/v5.18 (v5.4's thirteen phases with crowded shape and size questions, wider question wordings, v5.7's
+# `needle8`, visual needles trained against a needle-shape prior and adversary and drawn at varied places, clip
+# colour changes against a named-shape prior, then `fresh2` on new short clips): ~97 min on 2 idle cores
+# (docs/tiny-model.md, "v5.18 on the dev seed"). tiny/v5.11 .. v5.17 are the same fourteen calls; tiny/v5.4 .. v5.10
+# the first thirteen, exporting after `fresh` (data.tiny.export=DIR); tiny/v5.3 and v5.1 the first twelve,
+# exporting after `long1200b`; tiny/v5.2 has `digits` as its 13th call.
 # Try the whole list in ~5 minutes with the shortened curriculum:
 #   make tiny-model TINY_CURRICULUM=tiny/smoke TINY_WORK=build/tiny-smoke TINY_OUT=build/tiny-smoke/model
-TINY_CURRICULUM ?= tiny/v5.13
+TINY_CURRICULUM ?= tiny/v5.18
 TINY_WORK ?= build/tiny-model
 TINY_OUT ?= src/llamavid/assets/tiny-llamavid
 TINY_THREADS ?= 2

@@ -567,7 +567,7 @@ def test_v5_18_is_v5_17_with_the_colour_change_prior_after_long1200():
     assert changed == ["polish", "clips", "long1200b", "fresh", "fresh2"]
 
 
-def test_the_makefile_lists_one_train_call_per_phase_of_v5_13_and_smoke():
+def test_the_makefile_lists_one_train_call_per_phase_of_v5_18_and_smoke():
     """`make tiny-model` is the list of `llamavid train` calls: one per phase, in order, each from the previous
     phase's final/ folder, the last one exporting the model; the smoke curriculum has the same phase names."""
     import re
@@ -576,11 +576,11 @@ def test_the_makefile_lists_one_train_call_per_phase_of_v5_13_and_smoke():
     recipe = makefile.split("\ntiny-model:", 1)[1].split("\n\n", 1)[0]
     calls = re.findall(r"data\.tiny\.phase=(\w+)(?: model\.init=\$\(TINY_WORK\)/runs/(\w+)/final)?", recipe)
     names = [name for name, _ in calls]
-    assert names == [p.name for p in load_curriculum(V4.with_name("v5.13.yaml")).phases]
+    assert names == [p.name for p in load_curriculum(V4.with_name("v5.18.yaml")).phases]
     assert names == [p.name for p in load_curriculum(V4.with_name("smoke.yaml")).phases]
     assert [init for _, init in calls] == ["", *names[:-1]]
     assert recipe.strip().splitlines()[-1].endswith("data.tiny.export=$(TINY_OUT)")
-    assert "TINY_CURRICULUM ?= tiny/v5.13\n" in makefile
+    assert "TINY_CURRICULUM ?= tiny/v5.18\n" in makefile
 
 
 def test_a_curriculum_extends_another_by_name(tmp_path: Path) -> None:
