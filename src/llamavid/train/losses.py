@@ -311,7 +311,8 @@ class AuxiliaryHeads(nn.Module):
       question -> the needle's shape, trained to read it while the token is trained to leave its prediction
       uniform (a confusion loss, :meth:`shape_confusion`). Added for v5.16: the LLM read a held-out orange
       square needle as red because its context token said "square" as loudly as "orange" (swapping in an
-      orange circle's context token alone made it answer orange 10 / 10; docs/tiny-model.md, "v5.16 plan").
+      orange circle's context token alone made it answer orange 10 / 10; docs/tiny-model.md, "v5.16 plan" and,
+      for this bounded form, "v5.17 plan").
     * ``background`` / ``changes`` (`scene_loss`): on the LLM's *hidden states* at each clip frame's last visual
       token, the frame's background (read from a middle layer) and how often the background has changed so far
       (read from the layer before the last, so the answer position can still attend to it). "How many times does
@@ -374,27 +375,28 @@ class AuxiliaryHeads(nn.Module):
                         bias[row, : len(found[1])] = found[1].to(bias.dtype)
                 logits = logits + bias
             total = total + context_weight * F.cross_entropy(logits, torch.tensor(answers))
+        needles = [  # (context rows, per-frame needle targets, episode) of the visual-needle questions
+            (row, frames, item.media)
+            for row, item in rows
+            if (grounding_weight or adversary_weight) and (frames := needle_targets(item)) is not None
+        ]
         if grounding_weight:
             grounded = [(row, cells) for row, item in rows if (cells := grounding_targets(item)) is not None]
             if grounded:
                 logits = self.cell(torch.cat([row for row, _ in grounded]))
                 target = torch.tensor([cell for _, cells in grounded for cell in cells])
                 total = total + grounding_weight * F.cross_entropy(logits, target, ignore_index=-1)
-            needles = [(row, frames) for row, item in rows if (frames := needle_targets(item)) is not None]
             if needles:
-                logits = self.needle(torch.cat([row for row, _ in needles]))
-                target = torch.cat([frames for _, frames in needles])
+                logits = self.needle(torch.cat([row for row, _, _ in needles]))
+                target = torch.cat([frames for _, frames, _ in needles])
                 total = total + grounding_weight * F.cross_entropy(logits, target)
-        if adversary_weight:
-            needle_rows = [(row, item.media) for row, item in rows if needle_targets(item) is not None]
-            if needle_rows:
-                tokens = torch.cat(
-                    [row[ep.needle_start : ep.needle_start + ep.needle_length] for row, ep in needle_rows]
-                )
-                shapes = [
-                    SHAPES.index(ep.needle_shape) for _, ep in needle_rows for _ in range(ep.needle_length)
-                ]
-                total = total + adversary_weight * self.shape_confusion(tokens, torch.tensor(shapes))
+        if adversary_weight and needles:
+            tokens, shapes = [], []
+            for context_rows, marks, episode in needles:
+                shown = context_rows[marks > 0]  # the needle frames' context tokens
+                tokens.append(shown)
+                shapes += [SHAPES.index(episode.needle_shape)] * len(shown)
+            total = total + adversary_weight * self.shape_confusion(torch.cat(tokens), torch.tensor(shapes))
         if count_weight:
             counted = [
                 (row, targets[0])
