@@ -450,6 +450,11 @@ def _everything_but_phases(curriculum: Curriculum) -> tuple:
     return (c.datasets, c.dataset_options, c.subsets, c.stage0, c.tokenizers, c.evals)
 
 
+def _changed_phases(base: Curriculum, child: Curriculum) -> list[tuple[Phase, Phase]]:
+    """``(base phase, child phase)`` for each phase the child changes (both list the same phases in order)."""
+    return [(old, new) for old, new in zip(base.phases, child.phases, strict=True) if old != new]
+
+
 def test_v5_12_is_v5_11_with_its_first_three_question_phases_under_batch_seed_1():
     """tiny/v5.12 = v5.11 with `images`, `videos` and `mix` drawing their batches under seed 1; every set, wording,
     step count, learning rate, loss, the alignment, the tail, the stage-0 tower and the dev evals are v5.11's."""
@@ -467,7 +472,7 @@ def test_v5_13_is_v5_12_with_twice_the_visual_needles_in_long1200b():
     its short clips (0.3 -> 0.2); every other phase, set, wording and setting is v5.12's."""
     v512, v513 = load_curriculum(V4.with_name("v5.12.yaml")), load_curriculum(V4.with_name("v5.13.yaml"))
     assert _everything_but_phases(v513) == _everything_but_phases(v512)
-    changed = [(old, new) for old, new in zip(v512.phases, v513.phases, strict=True) if old != new]
+    changed = _changed_phases(v512, v513)
     assert [new.name for _, new in changed] == ["long1200b"]
     old, new = changed[0]
     assert new.mixture == {**old.mixture, "long1200_needle": 0.2, "video_qa": 0.2}
@@ -488,12 +493,10 @@ def test_v5_14_is_v5_13_with_a_needle_shape_prior_wherever_visual_needles_are_tr
         "long1200",
         "long1200_needle",
     }
-    changed = []
-    for old, new in zip(v513.phases, v514.phases, strict=True):
-        if new != old:
-            changed.append(new.name)
-            assert new.losses.answer_prior == (*old.losses.answer_prior, "long_visual_needle")
-            assert replace(new, losses=old.losses) == old
+    for old, new in _changed_phases(v513, v514):
+        assert new.losses.answer_prior == (*old.losses.answer_prior, "long_visual_needle")
+        assert replace(new, losses=old.losses) == old
+    changed = [new.name for _, new in _changed_phases(v513, v514)]
     assert changed == ["needle8", "needle1", "long300", "long1200", "polish", "clips", "long1200b"]
     trains_needles = [p.name for p in v514.phases if set(p.mixture) & with_needles]
     assert trains_needles == ["long60", *changed]  # `long60`, before the needle phases, is kept as v5.13's
@@ -535,13 +538,17 @@ def test_v5_16_is_v5_15_with_the_needle_shape_adversary_from_needle1_to_long1200
     every other setting of every phase is v5.15's."""
     v515, v516 = load_curriculum(V4.with_name("v5.15.yaml")), load_curriculum(V4.with_name("v5.16.yaml"))
     assert _everything_but_phases(v516) == _everything_but_phases(v515)
-    changed = []
-    for old, new in zip(v515.phases, v516.phases, strict=True):
-        if new != old:
-            changed.append(new.name)
-            assert new.losses == replace(old.losses, shape_adversary=1.0)
-            assert replace(new, losses=old.losses) == old
-    assert changed == ["needle1", "long300", "long1200", "polish", "clips", "long1200b"]
+    for old, new in _changed_phases(v515, v516):
+        assert new.losses == replace(old.losses, shape_adversary=1.0)
+        assert replace(new, losses=old.losses) == old
+    assert [new.name for _, new in _changed_phases(v515, v516)] == [
+        "needle1",
+        "long300",
+        "long1200",
+        "polish",
+        "clips",
+        "long1200b",
+    ]
 
 
 def test_v5_17_restates_v5_16():
@@ -553,18 +560,21 @@ def test_v5_18_is_v5_17_with_the_colour_change_prior_after_long1200():
     """tiny/v5.18 = v5.17 with `video_colour_change` in the answer prior of the five phases after `long1200`."""
     v517, v518 = load_curriculum(V4.with_name("v5.17.yaml")), load_curriculum(V4.with_name("v5.18.yaml"))
     assert _everything_but_phases(v518) == _everything_but_phases(v517)
-    changed = []
-    for old, new in zip(v517.phases, v518.phases, strict=True):
-        if new != old:
-            changed.append(new.name)
-            assert "video_colour_change" in new.losses.answer_prior
-            assert set(new.losses.answer_prior) - set(old.losses.answer_prior) <= {
-                "video_colour_change",
-                "long_visual_needle",
-            }
-            assert replace(new.losses, answer_prior=old.losses.answer_prior) == old.losses
-            assert replace(new, losses=old.losses) == old
-    assert changed == ["polish", "clips", "long1200b", "fresh", "fresh2"]
+    for old, new in _changed_phases(v517, v518):
+        assert "video_colour_change" in new.losses.answer_prior
+        assert set(new.losses.answer_prior) - set(old.losses.answer_prior) <= {
+            "video_colour_change",
+            "long_visual_needle",
+        }
+        assert replace(new.losses, answer_prior=old.losses.answer_prior) == old.losses
+        assert replace(new, losses=old.losses) == old
+    assert [new.name for _, new in _changed_phases(v517, v518)] == [
+        "polish",
+        "clips",
+        "long1200b",
+        "fresh",
+        "fresh2",
+    ]
 
 
 def test_the_makefile_lists_one_train_call_per_phase_of_v5_18_and_smoke():
