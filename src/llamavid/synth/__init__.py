@@ -48,7 +48,8 @@ training uses (:mod:`llamavid.synth.phrasing`: ``train_templates`` / ``heldout_t
 puts earlier questions about the same image or clip before an item's own (:mod:`llamavid.synth.turns`);
 ``balanced_needles=True`` tells every secret digit and shows every needle colour equally often;
 ``varied_needles=True`` draws the visual needle at a random cell and size instead of one big centred shape (a
-training layer: evals keep the default). Answers are always the short canonical answer. :mod:`llamavid.synth.tokenizers` builds the tokenizers from this world's text.
+training layer: evals keep the default). Answers are always the short canonical answer.
+:mod:`llamavid.synth.tokenizers` builds the tokenizers from this world's text.
 
 Kinds (:data:`~llamavid.synth.dataset.KINDS`): ``image_caption``, ``video_caption``, ``image_qa``, ``video_qa``,
 ``text_qa``, ``long_qa``, ``image_place`` (image shape and size asked by the object's quadrant, a training

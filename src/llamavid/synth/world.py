@@ -148,8 +148,8 @@ def item_purpose_rng(
     """A generator for something layered on top of item ``(split, stream, seed, index)``.
 
     ``purpose`` is ``"phrasing"`` (question wording), ``"turns"`` (extra conversation turns), ``"balance"``
-    (balanced answers) or ``"needle"`` (where the visual needle is drawn). It never shares a stream with :func:`item_rng`, so e.g. rewording a question leaves the
-    item's medium and answer exactly as they were.
+    (balanced answers) or ``"needle"`` (where the visual needle is drawn). It never shares a stream with
+    :func:`item_rng`, so e.g. rewording a question leaves the item's medium and answer exactly as they were.
     """
     item_rng(split, stream, seed, index)  # validates the coordinates
     if purpose not in _PURPOSE_KEYS:
